@@ -1,0 +1,104 @@
+//! Builds edge-node's XDP program (edge-ebpf) for the BPF target and puts the object in
+//! OUT_DIR, where `xdp::loader` embeds it.
+//!
+//! The BPF build needs the nightly toolchain with `rust-src` and `bpf-linker`;
+//! `cargo xtask build-ebpf` installs both (bpf-linker into `.tools/`, project-local).
+//! `EDGE_NODE_NO_XDP=1` builds a node without the program: it then runs with userspace
+//! enforcement only, as on a host where XDP cannot attach.
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+const OBJECT: &str = "edge-xdp";
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=EDGE_NODE_NO_XDP");
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
+    if env::var_os("EDGE_NODE_NO_XDP").is_some_and(|v| v == "1") {
+        println!("cargo:warning=EDGE_NODE_NO_XDP=1: building edge-node without its XDP program");
+        fs::write(out_dir.join(OBJECT), b"").expect("write empty object");
+        return;
+    }
+
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let tools_bin = workspace.join(".tools").join("bin");
+    let missing = missing_tools(&tools_bin);
+    if !missing.is_empty() {
+        panic!(
+            "\n\nedge-node embeds its XDP program, and building it needs:\n{}\n\
+             Run `cargo xtask build-ebpf` once: it installs rust-src for nightly and builds \
+             bpf-linker against the toolchain's own LLVM into .tools/ (no system LLVM needed).\n\
+             To build without XDP instead (userspace enforcement only): EDGE_NODE_NO_XDP=1.\n\n",
+            missing
+                .iter()
+                .map(|m| format!("  - {m}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+
+    // aya-build runs `rustup run nightly cargo build`, which finds bpf-linker on PATH.
+    let path = env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![tools_bin];
+    paths.extend(env::split_paths(&path));
+    // SAFETY: build scripts are single-threaded; nothing else reads the environment now.
+    unsafe { env::set_var("PATH", env::join_paths(paths).expect("PATH")) };
+
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("edge-common").display()
+    );
+    let ebpf_dir = workspace.join("edge-ebpf");
+    let ebpf_dir = ebpf_dir.to_str().expect("utf-8 path");
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: "edge-ebpf",
+            root_dir: ebpf_dir,
+            ..Default::default()
+        }],
+        aya_build::Toolchain::Nightly,
+    )
+    .unwrap_or_else(|e| panic!("building the XDP program failed: {e:#}"));
+}
+
+/// What the BPF build lacks on this machine, each with how to get it.
+fn missing_tools(tools_bin: &Path) -> Vec<String> {
+    let mut missing = Vec::new();
+    let sysroot = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .output();
+    match sysroot {
+        Ok(out) if out.status.success() => {
+            let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            let core_src = sysroot.join("lib/rustlib/src/rust/library/core");
+            if !core_src.exists() {
+                missing.push(
+                    "rust-src for nightly (`rustup component add rust-src --toolchain nightly`)"
+                        .to_string(),
+                );
+            }
+        }
+        _ => missing.push(
+            "the nightly toolchain (`rustup toolchain install nightly --component rust-src`)"
+                .to_string(),
+        ),
+    }
+    let on_path = env::var_os("PATH")
+        .map(|p| env::split_paths(&p).any(|d| d.join("bpf-linker").is_file()))
+        .unwrap_or(false);
+    if !tools_bin.join("bpf-linker").is_file() && !on_path {
+        missing.push(format!(
+            "bpf-linker (in {} or on PATH; `cargo xtask build-ebpf` builds it)",
+            tools_bin.display()
+        ));
+    }
+    missing
+}

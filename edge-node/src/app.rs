@@ -1,0 +1,74 @@
+//! The running node: configuration, the XDP side, and the lifecycle (signals, reload,
+//! shutdown).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info};
+
+use crate::{
+    config::{Config, LogFormat},
+    xdp::XdpHandle,
+};
+
+/// Sets up logging once: text or JSON, `RUST_LOG` over the configured level. Records
+/// from the `log` crate (aya, aya-log's forwarded XDP logs) arrive through tracing-log.
+pub fn init_logging(config: &Config) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(config.log.level.clone()));
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+pub struct App {
+    config: Config,
+    config_path: Option<PathBuf>,
+}
+
+impl App {
+    pub fn new(config: Config, config_path: Option<PathBuf>) -> Self {
+        Self {
+            config,
+            config_path,
+        }
+    }
+
+    /// Runs until SIGINT or SIGTERM; SIGHUP reloads the configuration (a bad one is
+    /// refused and the running one stays).
+    pub async fn run(mut self) -> Result<()> {
+        let mut xdp = XdpHandle::start(&self.config.xdp)?;
+        info!(node = %self.config.node.id, enforcement = ?xdp.enforcement(), "edge-node running");
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    match Config::load(self.config_path.as_deref()) {
+                        Ok((new, source)) => match xdp.apply(&new.xdp) {
+                            Ok(()) => {
+                                info!(%source, "configuration reloaded");
+                                self.config = new;
+                            }
+                            Err(e) => error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"),
+                        },
+                        Err(e) => error!(error = %format!("{e:#}"), "new configuration refused; keeping the running one"),
+                    }
+                }
+            }
+        }
+        info!("shutting down");
+        xdp.shutdown()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,168 @@
+//! The node's configuration: one TOML file, every key documented in
+//! `edge-node.example.toml`, unknown keys rejected, defaults that run a working node.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use serde::Deserialize;
+
+use crate::xdp::XdpSettings;
+
+/// The embedded default: what `edge-node` runs with when no file is given.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub node: NodeSettings,
+    #[serde(default)]
+    pub xdp: XdpSettings,
+    #[serde(default)]
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSettings {
+    /// Identifies this node in responses, logs and the fleet.
+    #[serde(default = "default_node_id")]
+    pub id: String,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        Self {
+            id: default_node_id(),
+        }
+    }
+}
+
+fn default_node_id() -> String {
+    "edge-1".to_string()
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `edge_node=debug`, ...); `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::default(),
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_string()
+}
+
+/// Where a configuration came from, for messages.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Embedded,
+    File(PathBuf),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Embedded => f.write_str("<embedded default>"),
+            Source::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl Config {
+    /// Loads and validates `path`, or the embedded default when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<(Self, Source)> {
+        match path {
+            None => Ok((
+                Self::parse(EMBEDDED_DEFAULT, &Source::Embedded)?,
+                Source::Embedded,
+            )),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read config {}", p.display()))?;
+                let source = Source::File(p.to_path_buf());
+                Ok((Self::parse(&text, &source)?, source))
+            }
+        }
+    }
+
+    /// Parses and validates TOML text. Errors name the key and the line.
+    pub fn parse(text: &str, source: &Source) -> Result<Self> {
+        let config: Config = match toml::from_str(text) {
+            Ok(c) => c,
+            // toml's message already carries line, column and the offending key.
+            Err(e) => bail!("{source}: {e}"),
+        };
+        config.validate().with_context(|| format!("{source}"))?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.node.id.trim().is_empty() {
+            bail!("node.id must not be empty");
+        }
+        self.xdp.validate().context("in [xdp]")?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let (c, _) = Config::load(None).unwrap();
+        assert_eq!(c.node.id, "edge-1");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err = Config::parse(
+            "[node]\nid = \"a\"\n\n[xdp]\nmoode = \"auto\"\n",
+            &Source::Embedded,
+        )
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("moode"), "{msg}");
+        assert!(msg.contains("line 5"), "{msg}");
+    }
+
+    #[test]
+    fn invalid_values_are_rejected() {
+        for (text, needle) in [
+            ("[xdp]\nmode = \"turbo\"\n", "turbo"),
+            ("[xdp]\nallow = [\"10.0.0.0/33\"]\n", "10.0.0.0/33"),
+            (
+                "[xdp.rate]\nquic_ports = [1,2,3,4,5,6,7,8,9]\n",
+                "quic_ports",
+            ),
+            ("[node]\nid = \"\"\n", "node.id"),
+        ] {
+            let err = Config::parse(text, &Source::Embedded).unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(msg.contains(needle), "{text}: {msg}");
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! edge-node: an eBPF/XDP-accelerated edge server. The library holds everything; the
+//! binary (`main.rs`) only parses the command line.
+
+pub mod app;
+pub mod config;
+pub mod xdp;

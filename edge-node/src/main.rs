@@ -1,0 +1,47 @@
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use edge_node::{
+    app::{App, init_logging},
+    config::Config,
+    xdp::cli::{self, XdpArgs},
+};
+
+/// edge-node: an eBPF/XDP-accelerated edge server.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML). Without it the embedded default is used.
+    #[arg(short, long, global = true, env = "EDGE_NODE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the node (the default).
+    Run,
+    /// Validate the configuration and exit.
+    Check,
+    /// Inspect and edit the XDP maps of a running node.
+    Xdp(XdpArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let (config, source) = Config::load(cli.config.as_deref())?;
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => {
+            println!("{source}: OK");
+            Ok(())
+        }
+        Command::Xdp(args) => cli::run(args, config.xdp.pin_root.clone()),
+        Command::Run => {
+            init_logging(&config);
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(App::new(config, cli.config).run())
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Conversions between std/ipnet addresses and the kernel's 16-byte mapped form, and the
+//! clock the kernel uses for expiries.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
+
+use edge_common::{Addr16, V4_MAPPED_PREFIX_BITS, map_v4};
+use ipnet::IpNet;
+
+pub fn addr16(ip: IpAddr) -> Addr16 {
+    match ip {
+        IpAddr::V4(v4) => map_v4(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The address back from its 16-byte form (IPv4-mapped addresses become IPv4).
+pub fn from_addr16(a: Addr16) -> IpAddr {
+    let v6 = Ipv6Addr::from(a);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// Trie key data and prefix length of a network (host bits cleared).
+pub fn prefix16(net: IpNet) -> (Addr16, u32) {
+    let net = net.trunc();
+    match net {
+        IpNet::V4(n) => (
+            map_v4(n.network().octets()),
+            V4_MAPPED_PREFIX_BITS + u32::from(n.prefix_len()),
+        ),
+        IpNet::V6(n) => (n.network().octets(), u32::from(n.prefix_len())),
+    }
+}
+
+/// The network of a trie key.
+pub fn net_from_prefix16(data: Addr16, prefix_len: u32) -> IpNet {
+    let v6 = Ipv6Addr::from(data);
+    if let Some(v4) = v6.to_ipv4_mapped()
+        && prefix_len >= V4_MAPPED_PREFIX_BITS
+    {
+        let len = (prefix_len - V4_MAPPED_PREFIX_BITS).min(32) as u8;
+        return IpNet::new(IpAddr::V4(v4), len).expect("prefix <= 32");
+    }
+    IpNet::new(IpAddr::V6(v6), prefix_len.min(128) as u8).expect("prefix <= 128")
+}
+
+/// Nanoseconds of CLOCK_BOOTTIME: the clock of `bpf_ktime_get_boot_ns`.
+pub fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; CLOCK_BOOTTIME always exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_BOOTTIME)");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Absolute boot-time expiry of a TTL (0 = never).
+pub fn expiry(ttl: Option<Duration>) -> u64 {
+    match ttl {
+        None => 0,
+        Some(ttl) => boot_ns().saturating_add(ttl.as_nanos().min(u64::MAX as u128) as u64),
+    }
+}
+
+/// Time left before an expiry, `None` for never, zero when already expired.
+pub fn remaining(expires_at_ns: u64) -> Option<Duration> {
+    if expires_at_ns == 0 {
+        return None;
+    }
+    Some(Duration::from_nanos(
+        expires_at_ns.saturating_sub(boot_ns()),
+    ))
+}
+
+/// `a.b.c.d` stays IPv4 even when written as `::ffff:a.b.c.d`.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+pub const UNSPECIFIED_V4: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_round_trip() {
+        for s in [
+            "10.1.0.0/16",
+            "192.0.2.7/32",
+            "0.0.0.0/0",
+            "2001:db8::/32",
+            "::/0",
+        ] {
+            let net: IpNet = s.parse().unwrap();
+            let (data, len) = prefix16(net);
+            assert_eq!(net_from_prefix16(data, len), net, "{s}");
+        }
+        // Host bits are cleared.
+        let (_, len) = prefix16("10.1.2.3/8".parse().unwrap());
+        assert_eq!(len, 104);
+        assert_eq!(
+            net_from_prefix16(prefix16("10.1.2.3/8".parse().unwrap()).0, 104),
+            "10.0.0.0/8".parse::<IpNet>().unwrap()
+        );
+    }
+
+    #[test]
+    fn addresses_round_trip() {
+        for s in ["203.0.113.9", "2001:db8::1"] {
+            let ip: IpAddr = s.parse().unwrap();
+            assert_eq!(from_addr16(addr16(ip)), ip);
+        }
+        assert_eq!(
+            canonical("::ffff:10.0.0.1".parse().unwrap()),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
+    }
+}

@@ -1,0 +1,400 @@
+//! One interface to the source policy, whoever enforces it: the kernel (XDP attached,
+//! tables in pinned maps) or userspace (XDP unavailable: the same tables in memory and
+//! the same decisions, applied per connection or request by the proxy).
+
+use std::{collections::HashMap, net::IpAddr, time::Duration};
+
+use anyhow::Result;
+use edge_common::{
+    BucketClass, BucketParams, Reason, ThreatEntry, XdpConfig, flags, gcra_admit, is_live,
+    threat_drops,
+};
+use ipnet::IpNet;
+
+use super::{
+    addr::{boot_ns, canonical, expiry},
+    maps::{Listing, PinnedMaps},
+};
+
+/// Operations on the allow/block/threat tables and the verdict for a source.
+pub trait SourcePolicy: Send {
+    fn block(&mut self, net: IpNet, ttl: Option<Duration>) -> Result<()>;
+    fn unblock(&mut self, net: IpNet) -> Result<bool>;
+    fn allow(&mut self, net: IpNet) -> Result<()>;
+    fn unallow(&mut self, net: IpNet) -> Result<bool>;
+    /// Sets a source's threat score (0 clears it).
+    fn set_score(&mut self, ip: IpAddr, score: u32, ttl: Option<Duration>) -> Result<()>;
+    fn list(&self) -> Result<Listing>;
+    fn set_config(&mut self, config: &XdpConfig) -> Result<()>;
+    /// True when packets are judged in the kernel, so userspace need not call `check`.
+    fn in_kernel(&self) -> bool;
+    /// The verdict for a new connection or request from `ip`. With the kernel enforcing,
+    /// this is always `Pass`: anything it would drop never reached userspace.
+    fn check(&mut self, ip: IpAddr, class: BucketClass) -> Reason;
+}
+
+/// Bound on remembered token buckets: an attacker cycling through millions of source
+/// addresses cannot grow memory past this.
+const MAX_USER_BUCKETS: usize = 100_000;
+
+/// The lookup side of the tables, wherever they live.
+pub trait PolicyTables {
+    fn config(&self) -> XdpConfig;
+    /// Whether `ip` lies in an allow prefix.
+    fn allowed(&self, ip: IpAddr) -> bool;
+    /// Expiry of the longest block prefix holding `ip`.
+    fn block_expiry(&self, ip: IpAddr) -> Option<u64>;
+    fn threat(&self, ip: IpAddr) -> Option<ThreatEntry>;
+}
+
+/// Token buckets kept in userspace (the kernel keeps its own in `EDGE_BUCKETS`).
+#[derive(Default)]
+pub struct Buckets {
+    tat: HashMap<(IpAddr, u32), u64>,
+}
+
+impl Buckets {
+    fn admit(&mut self, ip: IpAddr, class: BucketClass, p: &BucketParams, now: u64) -> bool {
+        if p.interval_ns == 0 {
+            return true;
+        }
+        let key = (ip, class as u32);
+        if !self.tat.contains_key(&key) && self.tat.len() >= MAX_USER_BUCKETS {
+            // Forget sources whose bucket has refilled: they are indistinguishable from new.
+            self.tat.retain(|_, tat| *tat > now);
+            if self.tat.len() >= MAX_USER_BUCKETS {
+                return true;
+            }
+        }
+        let tat = self.tat.get(&key).copied().unwrap_or(0);
+        match gcra_admit(tat, now, p) {
+            Some(next) => {
+                self.tat.insert(key, next);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The verdict for a source at `now_ns` (boot-time ns), in the kernel program's order:
+/// allow → block → threat → class budget → packet budget → pass.
+pub fn decide(
+    tables: &impl PolicyTables,
+    buckets: &mut Buckets,
+    ip: IpAddr,
+    class: BucketClass,
+    now_ns: u64,
+) -> Reason {
+    let ip = canonical(ip);
+    let cfg = tables.config();
+    if cfg.flags & flags::ALLOW != 0 && tables.allowed(ip) {
+        return Reason::PassAllowed;
+    }
+    if cfg.flags & flags::BLOCK != 0
+        && let Some(expires) = tables.block_expiry(ip)
+        && is_live(expires, now_ns)
+    {
+        return Reason::DropBlocked;
+    }
+    if cfg.flags & flags::THREAT != 0
+        && let Some(entry) = tables.threat(ip)
+        && threat_drops(&entry, cfg.drop_threshold, now_ns)
+    {
+        return Reason::DropThreat;
+    }
+    if cfg.flags & flags::RATE_LIMIT != 0 {
+        let class_budget = match class {
+            BucketClass::TcpSyn => Some((cfg.tcp_syn, Reason::DropSynRate)),
+            BucketClass::Quic => Some((cfg.quic, Reason::DropQuicRate)),
+            BucketClass::Packets => None,
+        };
+        if let Some((params, reason)) = class_budget
+            && !buckets.admit(ip, class, &params, now_ns)
+        {
+            return reason;
+        }
+        if !buckets.admit(ip, BucketClass::Packets, &cfg.packets, now_ns) {
+            return Reason::DropRate;
+        }
+    }
+    Reason::Pass
+}
+
+/// The policy tables in memory, for hosts where the program cannot even be loaded.
+#[derive(Default)]
+pub struct MemoryTables {
+    config: XdpConfig,
+    allow: Vec<IpNet>,
+    block: Vec<(IpNet, u64)>,
+    threat: HashMap<IpAddr, ThreatEntry>,
+}
+
+impl PolicyTables for MemoryTables {
+    fn config(&self) -> XdpConfig {
+        self.config
+    }
+    fn allowed(&self, ip: IpAddr) -> bool {
+        self.allow.iter().any(|n| n.contains(&ip))
+    }
+    fn block_expiry(&self, ip: IpAddr) -> Option<u64> {
+        // Longest prefix wins, as in the kernel's trie.
+        self.block
+            .iter()
+            .filter(|(n, _)| n.contains(&ip))
+            .max_by_key(|(n, _)| n.prefix_len())
+            .map(|(_, e)| *e)
+    }
+    fn threat(&self, ip: IpAddr) -> Option<ThreatEntry> {
+        self.threat.get(&ip).copied()
+    }
+}
+
+/// Userspace enforcement over in-memory tables.
+#[derive(Default)]
+pub struct UserspacePolicy {
+    tables: MemoryTables,
+    buckets: Buckets,
+}
+
+impl UserspacePolicy {
+    pub fn new(config: XdpConfig) -> Self {
+        let mut p = Self::default();
+        p.tables.config = config;
+        p
+    }
+
+    pub fn check_at(&mut self, ip: IpAddr, class: BucketClass, now_ns: u64) -> Reason {
+        decide(&self.tables, &mut self.buckets, ip, class, now_ns)
+    }
+}
+
+impl SourcePolicy for UserspacePolicy {
+    fn block(&mut self, net: IpNet, ttl: Option<Duration>) -> Result<()> {
+        let net = net.trunc();
+        self.tables.block.retain(|(n, _)| *n != net);
+        self.tables.block.push((net, expiry(ttl)));
+        Ok(())
+    }
+    fn unblock(&mut self, net: IpNet) -> Result<bool> {
+        let net = net.trunc();
+        let before = self.tables.block.len();
+        self.tables.block.retain(|(n, _)| *n != net);
+        Ok(before != self.tables.block.len())
+    }
+    fn allow(&mut self, net: IpNet) -> Result<()> {
+        let net = net.trunc();
+        if !self.tables.allow.contains(&net) {
+            self.tables.allow.push(net);
+        }
+        Ok(())
+    }
+    fn unallow(&mut self, net: IpNet) -> Result<bool> {
+        let net = net.trunc();
+        let before = self.tables.allow.len();
+        self.tables.allow.retain(|n| *n != net);
+        Ok(before != self.tables.allow.len())
+    }
+    fn set_score(&mut self, ip: IpAddr, score: u32, ttl: Option<Duration>) -> Result<()> {
+        let ip = canonical(ip);
+        if score == 0 {
+            self.tables.threat.remove(&ip);
+        } else {
+            self.tables.threat.insert(
+                ip,
+                ThreatEntry {
+                    score,
+                    _pad: 0,
+                    expires_at_ns: expiry(ttl),
+                },
+            );
+        }
+        Ok(())
+    }
+    fn list(&self) -> Result<Listing> {
+        let t = &self.tables;
+        let mut l = Listing {
+            allow: t.allow.clone(),
+            block: t.block.clone(),
+            scores: t
+                .threat
+                .iter()
+                .map(|(ip, e)| (*ip, e.score, e.expires_at_ns))
+                .collect(),
+        };
+        l.allow.sort();
+        l.block.sort();
+        l.scores.sort();
+        Ok(l)
+    }
+    fn set_config(&mut self, config: &XdpConfig) -> Result<()> {
+        self.tables.config = *config;
+        Ok(())
+    }
+    fn in_kernel(&self) -> bool {
+        false
+    }
+    fn check(&mut self, ip: IpAddr, class: BucketClass) -> Reason {
+        self.check_at(ip, class, boot_ns())
+    }
+}
+
+/// Tables in the pinned maps. `attached` says whether the program runs on the
+/// interfaces; when it does not (no interface attached), userspace applies the same
+/// tables itself.
+pub struct KernelPolicy {
+    pub maps: PinnedMaps,
+    pub attached: bool,
+    buckets: Buckets,
+}
+
+impl KernelPolicy {
+    pub fn new(maps: PinnedMaps, attached: bool) -> Self {
+        Self {
+            maps,
+            attached,
+            buckets: Buckets::default(),
+        }
+    }
+}
+
+impl SourcePolicy for KernelPolicy {
+    fn block(&mut self, net: IpNet, ttl: Option<Duration>) -> Result<()> {
+        self.maps.block(net, ttl)
+    }
+    fn unblock(&mut self, net: IpNet) -> Result<bool> {
+        self.maps.unblock(net)
+    }
+    fn allow(&mut self, net: IpNet) -> Result<()> {
+        self.maps.allow(net)
+    }
+    fn unallow(&mut self, net: IpNet) -> Result<bool> {
+        self.maps.unallow(net)
+    }
+    fn set_score(&mut self, ip: IpAddr, score: u32, ttl: Option<Duration>) -> Result<()> {
+        self.maps.set_score(ip, score, ttl)
+    }
+    fn list(&self) -> Result<Listing> {
+        self.maps.list()
+    }
+    fn set_config(&mut self, config: &XdpConfig) -> Result<()> {
+        self.maps.set_config(config)
+    }
+    fn in_kernel(&self) -> bool {
+        self.attached
+    }
+    fn check(&mut self, ip: IpAddr, class: BucketClass) -> Reason {
+        if self.attached {
+            return Reason::Pass;
+        }
+        decide(&self.maps, &mut self.buckets, ip, class, boot_ns())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xdp::XdpSettings;
+
+    fn policy() -> UserspacePolicy {
+        let mut s = XdpSettings::default();
+        s.rate.packets_per_sec = 10;
+        s.rate.packets_burst = 3;
+        s.rate.syn_per_sec = 1;
+        s.rate.syn_burst = 1;
+        UserspacePolicy::new(s.kernel_config())
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn order_is_allow_block_threat_rate() {
+        let mut p = policy();
+        let now = boot_ns();
+        p.block("10.0.0.0/8".parse().unwrap(), None).unwrap();
+        p.allow("10.1.0.0/16".parse().unwrap()).unwrap();
+        p.set_score(ip("192.0.2.1"), 100, None).unwrap();
+        p.set_score(ip("192.0.2.2"), 99, None).unwrap();
+        assert_eq!(
+            p.check_at(ip("10.1.2.3"), BucketClass::Packets, now),
+            Reason::PassAllowed
+        );
+        assert_eq!(
+            p.check_at(ip("10.2.2.3"), BucketClass::Packets, now),
+            Reason::DropBlocked
+        );
+        assert_eq!(
+            p.check_at(ip("::ffff:10.2.2.3"), BucketClass::Packets, now),
+            Reason::DropBlocked
+        );
+        assert_eq!(
+            p.check_at(ip("192.0.2.1"), BucketClass::Packets, now),
+            Reason::DropThreat
+        );
+        assert_eq!(
+            p.check_at(ip("192.0.2.2"), BucketClass::Packets, now),
+            Reason::Pass
+        );
+    }
+
+    #[test]
+    fn expiries_restore_traffic() {
+        let mut p = policy();
+        p.block(
+            "2001:db8::/32".parse().unwrap(),
+            Some(Duration::from_secs(5)),
+        )
+        .unwrap();
+        p.set_score(ip("198.51.100.1"), 500, Some(Duration::from_secs(5)))
+            .unwrap();
+        let now = boot_ns();
+        let later = now + 6_000_000_000;
+        assert_eq!(
+            p.check_at(ip("2001:db8::1"), BucketClass::Packets, now),
+            Reason::DropBlocked
+        );
+        assert_eq!(
+            p.check_at(ip("2001:db8::1"), BucketClass::Packets, later),
+            Reason::Pass
+        );
+        assert_eq!(
+            p.check_at(ip("198.51.100.1"), BucketClass::Packets, now),
+            Reason::DropThreat
+        );
+        assert_eq!(
+            p.check_at(ip("198.51.100.1"), BucketClass::Packets, later),
+            Reason::Pass
+        );
+    }
+
+    #[test]
+    fn budgets_are_per_source_and_class() {
+        let mut p = policy();
+        let now = boot_ns();
+        let a = ip("203.0.113.1");
+        let verdicts: Vec<_> = (0..5)
+            .map(|_| p.check_at(a, BucketClass::Packets, now))
+            .collect();
+        assert_eq!(
+            verdicts,
+            [
+                Reason::Pass,
+                Reason::Pass,
+                Reason::Pass,
+                Reason::DropRate,
+                Reason::DropRate
+            ]
+        );
+        // Another source has its own budget; SYNs have their own, smaller one.
+        let b = ip("203.0.113.2");
+        assert_eq!(p.check_at(b, BucketClass::TcpSyn, now), Reason::Pass);
+        assert_eq!(p.check_at(b, BucketClass::TcpSyn, now), Reason::DropSynRate);
+        // 100 ms later one more packet fits.
+        assert_eq!(
+            p.check_at(a, BucketClass::Packets, now + 100_000_000),
+            Reason::Pass
+        );
+    }
+}

@@ -1,0 +1,237 @@
+//! The kernel half as seen from userspace: load and attach the XDP program, keep its
+//! pinned maps in sync with the configuration, forward its logs, and fall back to
+//! userspace enforcement (loudly) where XDP cannot run. The only module that uses aya.
+
+pub mod addr;
+pub mod cli;
+pub mod enforce;
+pub mod loader;
+pub mod maps;
+pub mod settings;
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::Ebpf;
+use ipnet::IpNet;
+use tokio::{io::unix::AsyncFd, task::JoinHandle};
+use tracing::{error, info, warn};
+
+pub use enforce::{KernelPolicy, SourcePolicy, UserspacePolicy};
+pub use loader::Attachment;
+pub use maps::PinnedMaps;
+pub use settings::{ModeSetting, XdpSettings};
+
+/// Who enforces the source policy, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enforcement {
+    /// The program runs on every configured interface.
+    Kernel,
+    /// Packets are not filtered in the kernel; userspace checks each connection.
+    Userspace { reason: String },
+}
+
+pub type SharedPolicy = Arc<Mutex<Box<dyn SourcePolicy>>>;
+
+/// The running XDP side of a node.
+pub struct XdpHandle {
+    loaded: Option<Loaded>,
+    policy: SharedPolicy,
+    enforcement: Enforcement,
+    /// Allow/block entries that came from the config file (replaced on reload).
+    config_allow: BTreeSet<IpNet>,
+    config_block: BTreeSet<IpNet>,
+}
+
+struct Loaded {
+    // Owns the program and its non-persistent links: dropping it detaches them.
+    ebpf: Ebpf,
+    attachments: Vec<Attachment>,
+    keep_attached: bool,
+    pin_dir: std::path::PathBuf,
+    log_task: Option<JoinHandle<()>>,
+}
+
+impl XdpHandle {
+    /// Loads and attaches per `settings`. In auto mode every failure degrades to
+    /// userspace enforcement with an error-level log; in strict mode it is an error.
+    pub fn start(settings: &XdpSettings) -> Result<Self> {
+        let (loaded, policy, enforcement) = match Self::start_kernel(settings) {
+            Ok((loaded, maps)) => {
+                let missing = settings.interfaces.len() - loaded.attachments.len();
+                let enforcement = if loaded.attachments.is_empty() {
+                    Enforcement::Userspace {
+                        reason: if settings.interfaces.is_empty() {
+                            "no interfaces configured (xdp.interfaces)".into()
+                        } else {
+                            "XDP could not attach to any configured interface".into()
+                        },
+                    }
+                } else if missing > 0 {
+                    Enforcement::Userspace {
+                        reason: format!("XDP attached to only some interfaces ({missing} failed)"),
+                    }
+                } else {
+                    Enforcement::Kernel
+                };
+                let attached = enforcement == Enforcement::Kernel;
+                let policy: Box<dyn SourcePolicy> = Box::new(KernelPolicy::new(maps, attached));
+                (Some(loaded), policy, enforcement)
+            }
+            Err(e) => {
+                if settings.strict {
+                    return Err(e.context("XDP is required (xdp.strict = true)"));
+                }
+                let policy: Box<dyn SourcePolicy> =
+                    Box::new(UserspacePolicy::new(settings.kernel_config()));
+                (
+                    None,
+                    policy,
+                    Enforcement::Userspace {
+                        reason: format!("{e:#}"),
+                    },
+                )
+            }
+        };
+        if settings.strict && enforcement != Enforcement::Kernel {
+            bail!(
+                "XDP is required (xdp.strict = true) but not attached everywhere: {enforcement:?}"
+            );
+        }
+        match &enforcement {
+            Enforcement::Kernel => info!("source policy enforced in the kernel (XDP)"),
+            Enforcement::Userspace { reason } => error!(
+                %reason,
+                "XDP NOT ACTIVE: packets are not filtered at the NIC; edge-node enforces the source policy in userspace"
+            ),
+        }
+        let mut handle = Self {
+            loaded,
+            policy: Arc::new(Mutex::new(policy)),
+            enforcement,
+            config_allow: BTreeSet::new(),
+            config_block: BTreeSet::new(),
+        };
+        handle.apply(settings)?;
+        Ok(handle)
+    }
+
+    fn start_kernel(settings: &XdpSettings) -> Result<(Loaded, PinnedMaps)> {
+        if settings.mode == ModeSetting::Off {
+            bail!("xdp.mode = \"off\"");
+        }
+        let pin_dir = settings.pin_dir();
+        let mut ebpf = loader::load(&pin_dir)?;
+        let mut maps = PinnedMaps::open(&pin_dir)?;
+        // Configure before attaching so the first packet already sees the policy.
+        maps.set_config(&settings.kernel_config())?;
+        let log_task = spawn_log_forwarder(&mut ebpf);
+        let mut attachments = Vec::new();
+        for iface in &settings.interfaces {
+            match loader::attach(&mut ebpf, &mut maps, settings, iface) {
+                Ok(a) => attachments.push(a),
+                Err(e) if settings.strict => return Err(e),
+                Err(e) => {
+                    error!(interface = %iface, error = %format!("{e:#}"), "XDP attach failed")
+                }
+            }
+        }
+        Ok((
+            Loaded {
+                ebpf,
+                attachments,
+                keep_attached: settings.keep_attached,
+                pin_dir,
+                log_task,
+            },
+            maps,
+        ))
+    }
+
+    /// Applies (re)loaded settings: the kernel config and the config-owned allow/block
+    /// entries. Entries added at run time (CLI, policy engine) are left alone.
+    pub fn apply(&mut self, settings: &XdpSettings) -> Result<()> {
+        let mut policy = self.policy.lock().expect("policy lock");
+        policy.set_config(&settings.kernel_config())?;
+        let allow: BTreeSet<IpNet> = settings.allow.iter().map(IpNet::trunc).collect();
+        let block: BTreeSet<IpNet> = settings.block.iter().map(IpNet::trunc).collect();
+        for gone in self.config_allow.difference(&allow) {
+            policy.unallow(*gone)?;
+        }
+        for gone in self.config_block.difference(&block) {
+            policy.unblock(*gone)?;
+        }
+        for net in &allow {
+            policy.allow(*net).context("allow from config")?;
+        }
+        for net in &block {
+            policy.block(*net, None).context("block from config")?;
+        }
+        self.config_allow = allow;
+        self.config_block = block;
+        Ok(())
+    }
+
+    pub fn policy(&self) -> SharedPolicy {
+        self.policy.clone()
+    }
+
+    pub fn enforcement(&self) -> &Enforcement {
+        &self.enforcement
+    }
+
+    pub fn attachments(&self) -> &[Attachment] {
+        self.loaded.as_ref().map_or(&[], |l| &l.attachments)
+    }
+
+    /// Detaches (unless keep_attached) and stops forwarding logs. Maps stay pinned, so
+    /// blocks and scores are there for the next start.
+    pub fn shutdown(mut self) -> Result<()> {
+        let Some(loaded) = self.loaded.take() else {
+            return Ok(());
+        };
+        if let Some(task) = &loaded.log_task {
+            task.abort();
+        }
+        let mut maps = PinnedMaps::open(&loaded.pin_dir)?;
+        for att in &loaded.attachments {
+            loader::detach(&mut maps, att, loaded.keep_attached)?;
+        }
+        // Dropping the program releases the links that were not pinned: detached.
+        drop(loaded.ebpf);
+        Ok(())
+    }
+}
+
+/// Forwards aya-log records from the program into edge-node's log (tracing).
+fn spawn_log_forwarder(ebpf: &mut Ebpf) -> Option<JoinHandle<()>> {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "XDP log forwarding unavailable");
+            return None;
+        }
+    };
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return None;
+    };
+    Some(handle.spawn(async move {
+        // SAFETY: the logger owns the ring buffer's fd, which therefore stays open for as
+        // long as the AsyncFd (which owns the logger) is registered.
+        let Ok(mut fd) =
+            (unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) })
+        else {
+            return;
+        };
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    }))
+}
