@@ -1,0 +1,229 @@
+//! What a fresh machine lacks, installed on demand: the nightly `rust-src` component,
+//! bpf-linker built against the Rust toolchain's own LLVM (no system LLVM needed), and
+//! the Debian packages the tests and benchmarks drive.
+
+use std::{
+    env, fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+pub fn tools_dir() -> PathBuf {
+    workspace_root().join(".tools")
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// A rustup/cargo command for the nightly toolchain, free of the variables cargo sets
+/// for the stable toolchain that runs xtask.
+fn nightly(program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    for var in ["RUSTUP_TOOLCHAIN", "RUSTC", "CARGO", "RUSTC_WRAPPER"] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn nightly_sysroot() -> Result<PathBuf> {
+    let sysroot = output(nightly("rustc").args(["+nightly", "--print", "sysroot"]));
+    match sysroot {
+        Ok(s) => Ok(PathBuf::from(s)),
+        Err(_) => {
+            eprintln!("xtask: installing the nightly toolchain (the BPF target needs it)");
+            run(nightly("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ]))?;
+            Ok(PathBuf::from(output(
+                nightly("rustc").args(["+nightly", "--print", "sysroot"]),
+            )?))
+        }
+    }
+}
+
+/// nightly + rust-src + bpf-linker in `.tools/bin`.
+pub fn ensure_bpf_toolchain() -> Result<()> {
+    let sysroot = nightly_sysroot()?;
+    if !sysroot.join("lib/rustlib/src/rust/library/core").exists() {
+        eprintln!("xtask: installing rust-src for nightly (-Z build-std=core needs it)");
+        run(nightly("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    let linker = tools_dir().join("bin").join("bpf-linker");
+    if linker.is_file()
+        && Command::new(&linker)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    {
+        return Ok(());
+    }
+    // bpf-linker links LLVM dynamically; rustup's nightly ships a shared LLVM 22. Give the
+    // build a prefix whose lib/ has the two names it needs: libLLVM.so for linking and
+    // the soname for run time (found through the rpath bpf-linker's build sets).
+    let llvm = find_rust_llvm(&sysroot)?;
+    let prefix = tools_dir().join("llvm");
+    let lib = prefix.join("lib");
+    fs::create_dir_all(&lib)?;
+    let soname = llvm.file_name().expect("file name").to_owned();
+    for name in [std::ffi::OsStr::new("libLLVM.so"), soname.as_os_str()] {
+        let link = lib.join(name);
+        let _ = fs::remove_file(&link);
+        symlink(&llvm, &link).with_context(|| format!("symlink {}", link.display()))?;
+    }
+    let major = llvm_major(&soname.to_string_lossy())?;
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against {} into {} (about 90 s)",
+        llvm.display(),
+        tools_dir().display()
+    );
+    run(
+        Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "install",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--locked",
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+                "--root",
+            ])
+            .arg(tools_dir())
+            .env("LLVM_PREFIX", &prefix),
+    )
+    .context(
+        "building bpf-linker failed; it needs the nightly toolchain's shared LLVM \
+         (lib/libLLVM.so.*-rust-* in its sysroot) and a C compiler",
+    )?;
+    Ok(())
+}
+
+/// The toolchain's own `libLLVM.so.<ver>-rust-<ver>` in `<sysroot>/lib`.
+fn find_rust_llvm(sysroot: &Path) -> Result<PathBuf> {
+    let lib = sysroot.join("lib");
+    for entry in fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        if name.starts_with("libLLVM.so.") && name.contains("-rust-") {
+            return Ok(path);
+        }
+    }
+    bail!(
+        "no shared LLVM (libLLVM.so.*-rust-*) in {}: this nightly cannot host bpf-linker",
+        lib.display()
+    )
+}
+
+/// `libLLVM.so.22.1-rust-1.97.0-nightly` → 22.
+fn llvm_major(soname: &str) -> Result<u32> {
+    soname
+        .trim_start_matches("libLLVM.so.")
+        .split(['.', '-'])
+        .next()
+        .and_then(|m| m.parse().ok())
+        .with_context(|| format!("cannot read the LLVM version from {soname}"))
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn have(binary: &str) -> bool {
+    env::var_os("PATH")
+        .map(|p| env::split_paths(&p).any(|d| d.join(binary).is_file()))
+        .unwrap_or(false)
+        || ["/usr/sbin", "/sbin"]
+            .iter()
+            .any(|d| Path::new(d).join(binary).is_file())
+}
+
+/// apt-installs the packages providing `wanted` binaries that are missing.
+fn ensure_packages(wanted: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(bin, _)| !have(bin))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        eprintln!(
+            "xtask: missing packages {missing:?}; run as root (or `sudo apt-get install {}`) to install them",
+            missing.join(" ")
+        );
+        return Ok(());
+    }
+    eprintln!("xtask: apt-get install {}", missing.join(" "));
+    run(Command::new("apt-get")
+        .args(["update", "-qq"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// What the test suite drives: ip (netns, veth), curl.
+pub fn ensure_test_packages() -> Result<()> {
+    ensure_packages(&[("ip", "iproute2"), ("curl", "curl")])
+}
+
+/// What the benchmarks compare against and load with.
+pub fn ensure_bench_packages() -> Result<()> {
+    ensure_packages(&[
+        ("ip", "iproute2"),
+        ("xdp-filter", "xdp-tools"),
+        ("iptables", "iptables"),
+        ("nft", "nftables"),
+        ("bpftool", "bpftool"),
+        ("ethtool", "ethtool"),
+    ])
+}
