@@ -48,7 +48,12 @@ fn main() {
     let mut paths = vec![tools_bin];
     paths.extend(env::split_paths(&path));
     // SAFETY: build scripts are single-threaded; nothing else reads the environment now.
-    unsafe { env::set_var("PATH", env::join_paths(paths).expect("PATH")) };
+    // Quiet: aya-build turns every line of the nested cargo's stderr into a warning that
+    // cargo would replay on every build; errors still come through.
+    unsafe {
+        env::set_var("PATH", env::join_paths(paths).expect("PATH"));
+        env::set_var("CARGO_TERM_QUIET", "true");
+    }
 
     println!(
         "cargo:rerun-if-changed={}",
