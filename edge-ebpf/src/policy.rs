@@ -75,15 +75,14 @@ fn decide_source(cfg: &XdpConfig, src: &Addr16, transport: Transport) -> Reason 
         }
         // The class budget first, so a SYN or QUIC flood is counted as such.
         match transport {
-            Transport::TcpSyn => {
-                if !admit(src, BucketClass::TcpSyn, &cfg.tcp_syn, now) {
-                    return Reason::DropSynRate;
-                }
+            Transport::TcpSyn if !admit(src, BucketClass::TcpSyn, &cfg.tcp_syn, now) => {
+                return Reason::DropSynRate;
             }
-            Transport::Udp { dst_port } if is_quic_port(cfg, dst_port) => {
-                if !admit(src, BucketClass::Quic, &cfg.quic, now) {
-                    return Reason::DropQuicRate;
-                }
+            Transport::Udp { dst_port }
+                if is_quic_port(cfg, dst_port)
+                    && !admit(src, BucketClass::Quic, &cfg.quic, now) =>
+            {
+                return Reason::DropQuicRate;
             }
             _ => {}
         }
@@ -116,7 +115,7 @@ fn admit(src: &Addr16, class: BucketClass, params: &BucketParams, now: u64) -> b
         addr: *src,
         class: class as u32,
     };
-    match EDGE_BUCKETS.get_ptr_mut(&key) {
+    match EDGE_BUCKETS.get_ptr_mut(key) {
         Some(state) => {
             // SAFETY: pointer into the map value, valid for this program run.
             let tat = unsafe { (*state).tat_ns };
@@ -133,7 +132,7 @@ fn admit(src: &Addr16, class: BucketClass, params: &BucketParams, now: u64) -> b
             let state = BucketState {
                 tat_ns: now + params.interval_ns,
             };
-            let _ = EDGE_BUCKETS.insert(&key, &state, 0);
+            let _ = EDGE_BUCKETS.insert(key, state, 0);
             true
         }
     }

@@ -166,3 +166,20 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The example in the repository documents every key: it must parse, and its values
+    /// must be the defaults it claims.
+    #[test]
+    fn example_config_parses_and_shows_the_defaults() {
+        let text = include_str!("../../../edge-node.example.toml");
+        let c = Config::parse(text, &Source::Embedded).unwrap();
+        let d = Config::parse("", &Source::Embedded).unwrap();
+        assert_eq!(c.xdp.kernel_config(), d.xdp.kernel_config());
+        assert_eq!(c.xdp.pin_root, d.xdp.pin_root);
+        assert_eq!(c.node.id, d.node.id);
+    }
+}

@@ -194,16 +194,9 @@ fn config_text(c: &XdpConfig) -> String {
             on.push(name);
         }
     }
-    let rate = |p: &edge_common::BucketParams| {
-        if p.interval_ns == 0 {
-            "unlimited".to_string()
-        } else {
-            format!(
-                "{}/s burst {}",
-                1_000_000_000 / p.interval_ns,
-                p.limit_ns / p.interval_ns
-            )
-        }
+    let rate = |p: &edge_common::BucketParams| match 1_000_000_000u64.checked_div(p.interval_ns) {
+        None => "unlimited".to_string(),
+        Some(per_sec) => format!("{per_sec}/s burst {}", p.limit_ns / p.interval_ns),
     };
     let ports = &c.quic_ports[..(c.quic_port_count as usize).min(c.quic_ports.len())];
     format!(
