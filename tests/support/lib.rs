@@ -97,7 +97,7 @@ pub fn edge_node_bin() -> PathBuf {
     let bin = dir.join("edge-node");
     assert!(
         bin.is_file(),
-        "{} not built: run the tests through `cargo test --workspace`",
+        "{} not built: run the tests with `cargo xtask test` (or `cargo build -p edge-node` first)",
         bin.display()
     );
     bin

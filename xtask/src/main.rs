@@ -65,7 +65,16 @@ fn main() -> Result<()> {
         Cmd::Test { args } => {
             toolchain::ensure_test_packages()?;
             toolchain::ensure_bpf_toolchain()?;
-            let mut cmd = vec!["test", "--workspace", "--exclude", "edge-ebpf"];
+            // The integration tests in tests/ drive the real edge-node binary.
+            cargo(&["build", "--package", "edge-node", "--bins"])?;
+            let mut cmd = vec![
+                "test",
+                "--workspace",
+                "--exclude",
+                "edge-ebpf",
+                "--exclude",
+                "edge-bench-ebpf",
+            ];
             if !args.is_empty() {
                 cmd.push("--");
                 cmd.extend(args.iter().map(String::as_str));
