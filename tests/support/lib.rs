@@ -89,16 +89,22 @@ impl Drop for BpfFs {
     }
 }
 
-/// The edge-node binary cargo built next to this test.
+/// The edge-node binary cargo built beside this executable (a test in
+/// `target/<profile>/deps/`, or a tool in `target/<profile>/`); `EDGE_NODE_BIN` overrides.
 pub fn edge_node_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("EDGE_NODE_BIN") {
+        return PathBuf::from(p);
+    }
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> → target/<profile>/edge-node
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("edge-node");
-    assert!(
-        bin.is_file(),
-        "{} not built: run the tests with `cargo xtask test` (or `cargo build -p edge-node` first)",
-        bin.display()
+    let dir = exe.parent().expect("exe dir");
+    for candidate in [dir.join("edge-node"), dir.parent().expect("target dir").join("edge-node")] {
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "edge-node is not built next to {}: run the tests with `cargo xtask test` \
+         (or `cargo build -p edge-node` first)",
+        exe.display()
     );
-    bin
 }

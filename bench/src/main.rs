@@ -1,0 +1,35 @@
+//! edge-node benchmarks. Each one runs edge-node and its peers side by side in the same
+//! run, interleaved, and reports medians and ratios; `--write` puts the report into
+//! bench/RESULTS.md. Machines here are small and noisy: only same-run ratios mean much.
+
+mod cost;
+mod flood;
+mod report;
+mod sys;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "edge-node benchmarks (run as root)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Per-packet cost of every XDP verdict path (BPF_PROG_TEST_RUN with repeat) against
+    /// an empty program and xdp-filter.
+    XdpCost(cost::Args),
+    /// A flood over veth into a namespace: drops per second and receive-CPU ns per packet
+    /// for edge-node against iptables, nftables, xdp-filter and a bare XDP_DROP.
+    XdpFlood(flood::Args),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::XdpCost(args) => cost::run(args),
+        Cmd::XdpFlood(args) => flood::run(args),
+    }
+}
