@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     io::ErrorKind,
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
     time::{Duration, Instant},
 };
 
@@ -285,7 +285,7 @@ fn syn_budget_and_blocks_stop_new_connections() {
     let connect_from = |src: &str| {
         let src = src.to_string();
         rig.client.enter(move || {
-            let sock = socket2_connect(&src, to, Duration::from_millis(600));
+            let sock = edge_tests::connect_from(&src, to, Duration::from_millis(600));
             sock.is_ok()
         })
     };
@@ -302,69 +302,6 @@ fn syn_budget_and_blocks_stop_new_connections() {
     );
     assert!(delta(&maps, &before, Reason::DropSynRate) >= 1);
     drop(listener);
-}
-
-/// A TCP connect from `src` with a timeout (std cannot bind before connect).
-fn socket2_connect(src: &str, to: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
-    use std::os::fd::FromRawFd;
-    let src: std::net::Ipv4Addr = src.parse().unwrap();
-    // SAFETY: plain socket/bind calls with valid arguments; the fd is owned by TcpStream.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0);
-        let addr = libc::sockaddr_in {
-            sin_family: libc::AF_INET as u16,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(src).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        let rc = libc::bind(
-            fd,
-            &addr as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        );
-        assert_eq!(rc, 0, "bind {src}");
-        let stream = TcpStream::from_raw_fd(fd);
-        // Connect with a timeout through a non-blocking connect and poll.
-        stream.set_nonblocking(true)?;
-        let std::net::SocketAddr::V4(v4) = to else {
-            unreachable!()
-        };
-        let dst = libc::sockaddr_in {
-            sin_family: libc::AF_INET as u16,
-            sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*v4.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        let rc = libc::connect(
-            fd,
-            &dst as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        );
-        if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLOUT,
-            revents: 0,
-        };
-        let n = libc::poll(&mut pfd, 1, timeout.as_millis() as i32);
-        if n <= 0 {
-            return Err(std::io::Error::new(
-                ErrorKind::TimedOut,
-                "connect timed out",
-            ));
-        }
-        match stream.take_error()? {
-            Some(e) => Err(e),
-            None => Ok(stream),
-        }
-    }
 }
 
 #[test]

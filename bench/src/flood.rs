@@ -341,7 +341,10 @@ impl Legit {
         });
         // A filter that drops everything (the bare floor) also drops the legitimate
         // client: then nothing is served, which is what the table shows.
-        let Ok(sock) = rig.sender.enter(|| connect_from(LEGIT_SRC)) else {
+        let Ok(sock) = rig.sender.enter(|| {
+            let to = std::net::SocketAddr::from((RX_ADDR.parse::<std::net::Ipv4Addr>().expect("ipv4"), LEGIT_PORT));
+            edge_tests::connect_from(LEGIT_SRC, to, Duration::from_secs(1))
+        }) else {
             return Ok(Self {
                 stop,
                 served,
@@ -400,41 +403,6 @@ fn serve(conn: TcpStream, stop: Arc<AtomicBool>) {
             }
             Err(_) => continue,
         }
-    }
-}
-
-fn connect_from(src: &str) -> std::io::Result<TcpStream> {
-    // Bind the client's source address, then connect (through a raw socket: std cannot
-    // bind before connect).
-    use std::os::fd::FromRawFd;
-    let src: std::net::Ipv4Addr = src.parse().expect("ipv4");
-    let dst: std::net::Ipv4Addr = RX_ADDR.parse().expect("ipv4");
-    let sa = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
-    // SAFETY: plain socket calls with valid arguments; the fd is owned by the TcpStream.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let stream = TcpStream::from_raw_fd(fd);
-        let local = sa(src, 0);
-        if libc::bind(fd, &local as *const _ as *const libc::sockaddr, len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let remote = sa(dst, LEGIT_PORT);
-        if libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        stream.set_nodelay(true)?;
-        Ok(stream)
     }
 }
 

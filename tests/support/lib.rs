@@ -108,3 +108,73 @@ pub fn edge_node_bin() -> PathBuf {
         exe.display()
     );
 }
+
+/// A TCP connection from source address `src` (IPv4) with a connect timeout: std can
+/// neither bind before connecting nor time out a connect from a chosen address.
+pub fn connect_from(
+    src: &str,
+    to: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> std::io::Result<std::net::TcpStream> {
+    use std::os::fd::FromRawFd;
+    let src: std::net::Ipv4Addr = src.parse().unwrap();
+    // SAFETY: plain socket/bind calls with valid arguments; the fd is owned by TcpStream.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(src).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::bind(
+            fd,
+            &addr as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
+        assert_eq!(rc, 0, "bind {src}");
+        let stream = std::net::TcpStream::from_raw_fd(fd);
+        // Connect with a timeout through a non-blocking connect and poll.
+        stream.set_nonblocking(true)?;
+        let std::net::SocketAddr::V4(v4) = to else {
+            unreachable!()
+        };
+        let dst = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*v4.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            fd,
+            &dst as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
+        if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        let n = libc::poll(&mut pfd, 1, timeout.as_millis() as i32);
+        if n <= 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timed out",
+            ));
+        }
+        if let Some(e) = stream.take_error()? {
+            return Err(e);
+        }
+        stream.set_nonblocking(false)?;
+        Ok(stream)
+    }
+}
+
