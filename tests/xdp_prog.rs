@@ -520,3 +520,50 @@ fn config_changes_apply_without_reloading() {
     h.configure(&s);
     assert_eq!(h.reason(&syn), Reason::Pass);
 }
+
+/// One longest-prefix lookup decides, so every entry carries what its covering prefixes
+/// say: an allow prefix covers the blocks and scores inside it, a block covers the hosts
+/// inside it, and the later of two block expiries wins. Edits in any order keep that.
+#[test]
+fn rules_inside_prefixes_inherit_allow_and_block() {
+    let Some(mut h) = Harness::new("rules_inside_prefixes_inherit") else {
+        return;
+    };
+    let host: std::net::IpAddr = "203.0.113.10".parse().unwrap();
+    let pkt = v4_udp(V4_SRC, 53);
+    // A score below the threshold on a host inside a blocked prefix: the block applies.
+    h.maps.set_score(host, 1, None).unwrap();
+    assert_eq!(h.reason(&pkt), Reason::Pass);
+    h.maps.block(net("203.0.112.0/23"), None).unwrap();
+    assert_eq!(h.reason(&pkt), Reason::DropBlocked);
+    // An allow prefix added afterwards, around both, wins.
+    h.maps.allow(net("203.0.0.0/16")).unwrap();
+    assert_eq!(h.reason(&pkt), Reason::PassAllowed);
+    assert!(h.maps.unallow(net("203.0.0.0/16")).unwrap());
+    assert_eq!(h.reason(&pkt), Reason::DropBlocked);
+    // A short block inside a permanent one: when it expires the outer one still holds.
+    h.maps
+        .block(net("203.0.113.0/24"), Some(Duration::from_millis(100)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(h.reason(&pkt), Reason::DropBlocked);
+    // Lifting the outer block leaves only the expired inner one: traffic passes.
+    assert!(h.maps.unblock(net("203.0.112.0/23")).unwrap());
+    assert_eq!(h.reason(&pkt), Reason::Pass);
+    // Scores are the host's own: raising it drops, clearing it passes again.
+    h.maps.set_score(host, 100, None).unwrap();
+    assert_eq!(h.reason(&pkt), Reason::DropThreat);
+    h.maps.set_score(host, 0, None).unwrap();
+    assert_eq!(h.reason(&pkt), Reason::Pass);
+    // The sweep removes what expired; the listing shows what is in force.
+    h.maps
+        .block(net("198.51.100.0/24"), Some(Duration::from_millis(1)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(h.maps.purge_expired().unwrap(), 2);
+    let l = h.maps.list().unwrap();
+    assert!(
+        l.block.is_empty() && l.allow.is_empty() && l.scores.is_empty(),
+        "{l:?}"
+    );
+}

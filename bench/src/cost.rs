@@ -62,12 +62,20 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 
 fn v4(src: [u8; 4], syn: bool) -> Vec<u8> {
-    let l4 = if syn { packet::tcp(TCP_SYN) } else { packet::udp(53) };
+    let l4 = if syn {
+        packet::tcp(TCP_SYN)
+    } else {
+        packet::udp(53)
+    };
     packet::v4(&[], &V4::from(src), &l4)
 }
 
 fn v6(last: u16, syn: bool) -> Vec<u8> {
-    let l4 = if syn { packet::tcp(TCP_SYN) } else { packet::udp(53) };
+    let l4 = if syn {
+        packet::tcp(TCP_SYN)
+    } else {
+        packet::udp(53)
+    };
     let mut a = [0u8; 16];
     a[..6].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0x00, 0xaa]);
     a[14..16].copy_from_slice(&last.to_be_bytes());
@@ -75,8 +83,10 @@ fn v6(last: u16, syn: bool) -> Vec<u8> {
 }
 
 fn edge_settings(state: EdgeState) -> XdpSettings {
-    let mut s = XdpSettings::default();
-    s.drop_threshold = 100;
+    let mut s = XdpSettings {
+        drop_threshold: 100,
+        ..XdpSettings::default()
+    };
     // Budgets on but out of reach: the pass path still pays for its bucket update.
     s.rate.packets_per_sec = 1_000_000_000;
     s.rate.packets_burst = 1_000_000_000;
@@ -198,20 +208,106 @@ pub fn run(args: Args) -> Result<()> {
                 v4([198, 51, 100, 7], false),
                 v4([198, 18, 0, 3], true),
             ),
-            V6 => (v6(0x0001, false), v6(0x0101, false), v6(0x0200, false), v6(0x0300, false), v6(0x0003, true)),
+            V6 => (
+                v6(0x0001, false),
+                v6(0x0101, false),
+                v6(0x0200, false),
+                v6(0x0300, false),
+                v6(0x0003, true),
+            ),
         };
-        add(fam, "empty XDP_PASS (floor)", "pass", ids["bench_pass"], plain.clone(), XDP_PASS, None);
+        add(
+            fam,
+            "empty XDP_PASS (floor)",
+            "pass",
+            ids["bench_pass"],
+            plain.clone(),
+            XDP_PASS,
+            None,
+        );
         if fam == V4 {
-            add(fam, "bare eth+IPv4 XDP_DROP", "drop", ids["bench_drop_v4"], blocked.clone(), XDP_DROP, None);
+            add(
+                fam,
+                "bare eth+IPv4 XDP_DROP",
+                "drop",
+                ids["bench_drop_v4"],
+                blocked.clone(),
+                XDP_DROP,
+                None,
+            );
         }
-        add(fam, "xdp-filter", "pass (not listed)", xf_id, plain.clone(), XDP_PASS, None);
-        add(fam, "xdp-filter", "deny (source listed)", xf_id, blocked.clone(), XDP_DROP, None);
-        add(fam, "edge-node", "pass (no rule, budgets charged)", edge_id, plain.clone(), XDP_PASS, Some(Generous));
-        add(fam, "edge-node", "pass (allow prefix)", edge_id, allowed, XDP_PASS, Some(Generous));
-        add(fam, "edge-node", "drop (block prefix)", edge_id, blocked, XDP_DROP, Some(Generous));
-        add(fam, "edge-node", "drop (threat score)", edge_id, scored, XDP_DROP, Some(Generous));
-        add(fam, "edge-node", "drop (packet budget)", edge_id, plain, XDP_DROP, Some(PacketBudget1));
-        add(fam, "edge-node", "drop (SYN budget)", edge_id, syn, XDP_DROP, Some(SynBudget1));
+        add(
+            fam,
+            "xdp-filter",
+            "pass (not listed)",
+            xf_id,
+            plain.clone(),
+            XDP_PASS,
+            None,
+        );
+        add(
+            fam,
+            "xdp-filter",
+            "deny (source listed)",
+            xf_id,
+            blocked.clone(),
+            XDP_DROP,
+            None,
+        );
+        add(
+            fam,
+            "edge-node",
+            "pass (no rule, budgets charged)",
+            edge_id,
+            plain.clone(),
+            XDP_PASS,
+            Some(Generous),
+        );
+        add(
+            fam,
+            "edge-node",
+            "pass (allow prefix)",
+            edge_id,
+            allowed,
+            XDP_PASS,
+            Some(Generous),
+        );
+        add(
+            fam,
+            "edge-node",
+            "drop (block prefix)",
+            edge_id,
+            blocked,
+            XDP_DROP,
+            Some(Generous),
+        );
+        add(
+            fam,
+            "edge-node",
+            "drop (threat score)",
+            edge_id,
+            scored,
+            XDP_DROP,
+            Some(Generous),
+        );
+        add(
+            fam,
+            "edge-node",
+            "drop (packet budget)",
+            edge_id,
+            plain,
+            XDP_DROP,
+            Some(PacketBudget1),
+        );
+        add(
+            fam,
+            "edge-node",
+            "drop (SYN budget)",
+            edge_id,
+            syn,
+            XDP_DROP,
+            Some(SynBudget1),
+        );
     }
 
     let dir = tempdir()?;
@@ -258,7 +354,9 @@ pub fn run(args: Args) -> Result<()> {
         sys::version("bpftool", "--version"),
         sys::deb_version("xdp-tools"),
     ));
-    md.push_str("| family | program | path | ns/packet | vs empty program |\n|---|---|---|---:|---:|\n");
+    md.push_str(
+        "| family | program | path | ns/packet | vs empty program |\n|---|---|---|---:|---:|\n",
+    );
     for fam in [V4, V6] {
         let floor = cases
             .iter()
@@ -286,7 +384,10 @@ pub fn run(args: Args) -> Result<()> {
                 .find(|(c, _)| c.family == fam && c.program == program && c.path == path)
                 .map(|(_, m)| *m)
         };
-        if let (Some(edge), Some(peer)) = (get("edge-node", "drop (block prefix)"), get("xdp-filter", "deny (source listed)")) {
+        if let (Some(edge), Some(peer)) = (
+            get("edge-node", "drop (block prefix)"),
+            get("xdp-filter", "deny (source listed)"),
+        ) {
             md.push_str(&format!(
                 "- {fam:?}: edge-node block drop {edge:.0} ns vs xdp-filter deny {peer:.0} ns: {:.2}× the peer's cost\n",
                 edge / peer

@@ -112,7 +112,8 @@ enum Active {
 }
 
 fn mac(ns: &Netns, dev: &str) -> Result<[u8; 6]> {
-    let out = String::from_utf8_lossy(&ns.ip(&["-j", "link", "show", "dev", dev]).stdout).into_owned();
+    let out =
+        String::from_utf8_lossy(&ns.ip(&["-j", "link", "show", "dev", dev]).stdout).into_owned();
     let addr = out
         .split("\"address\":\"")
         .nth(1)
@@ -133,16 +134,39 @@ impl Rig {
         sender.ip(&["addr", "add", &format!("{LEGIT_SRC}/24"), "dev", &gen_if]);
         rx.exec(&["ethtool", "-K", &rx_if, "gro", "on"]);
         sender.exec(&["ethtool", "-K", &gen_if, "tso", "off"]);
-        rx.exec(&["sh", "-c", &format!("echo 1 > /sys/class/net/{rx_if}/threaded")]);
+        rx.exec(&[
+            "sh",
+            "-c",
+            &format!("echo 1 > /sys/class/net/{rx_if}/threaded"),
+        ]);
         // Neighbour entries, so legitimate traffic needs no ARP under load.
         let rx_mac = mac(&rx, &rx_if)?;
         let gen_mac = mac(&sender, &gen_if)?;
         let fmt_mac = |m: [u8; 6]| {
-            m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
         };
-        sender.ip(&["neigh", "replace", RX_ADDR, "lladdr", &fmt_mac(rx_mac), "dev", &gen_if]);
+        sender.ip(&[
+            "neigh",
+            "replace",
+            RX_ADDR,
+            "lladdr",
+            &fmt_mac(rx_mac),
+            "dev",
+            &gen_if,
+        ]);
         for a in ["10.232.0.10", LEGIT_SRC] {
-            rx.ip(&["neigh", "replace", a, "lladdr", &fmt_mac(gen_mac), "dev", &rx_if]);
+            rx.ip(&[
+                "neigh",
+                "replace",
+                a,
+                "lladdr",
+                &fmt_mac(gen_mac),
+                "dev",
+                &rx_if,
+            ]);
         }
         // The flood frame: UDP from FLOOD_SRC to the receiver's address, 64 bytes.
         let mut frame = packet::v4(&[], &packet::V4::from(FLOOD_SRC), &packet::udp(9));
@@ -193,7 +217,10 @@ impl Rig {
         Ok(match c {
             Contender::NoFilter => Active::None,
             Contender::IptablesRaw => {
-                self.in_rx("iptables", &["-t", "raw", "-A", "PREROUTING", "-s", src, "-j", "DROP"])?;
+                self.in_rx(
+                    "iptables",
+                    &["-t", "raw", "-A", "PREROUTING", "-s", src, "-j", "DROP"],
+                )?;
                 Active::None
             }
             Contender::NftIngress => {
@@ -209,7 +236,11 @@ impl Rig {
                 Active::None
             }
             Contender::XdpFilterGeneric | Contender::XdpFilterNative => {
-                let mode = if c == Contender::XdpFilterGeneric { "skb" } else { "native" };
+                let mode = if c == Contender::XdpFilterGeneric {
+                    "skb"
+                } else {
+                    "native"
+                };
                 self.xdp_filter(&["load", "-m", mode, &self.rx_if])?;
                 self.xdp_filter(&["ip", src, "-m", "src"])?;
                 Active::None
@@ -218,15 +249,24 @@ impl Rig {
                 let rx_if = self.rx_if.clone();
                 let ebpf = self.rx.enter(move || -> Result<Ebpf> {
                     let mut ebpf = EbpfLoader::new().load(BENCH_PROGS)?;
-                    let prog: &mut Xdp = ebpf.program_mut("bench_drop_v4").context("prog")?.try_into()?;
+                    let prog: &mut Xdp = ebpf
+                        .program_mut("bench_drop_v4")
+                        .context("prog")?
+                        .try_into()?;
                     prog.load()?;
                     prog.attach(&rx_if, XdpMode::Driver)?;
                     Ok(ebpf)
                 })?;
                 Active::Ebpf(Box::new(ebpf))
             }
-            Contender::EdgeGenericBlock | Contender::EdgeNativeBlock | Contender::EdgeNativeBudget => {
-                let mode = if c == Contender::EdgeGenericBlock { "generic" } else { "native" };
+            Contender::EdgeGenericBlock
+            | Contender::EdgeNativeBlock
+            | Contender::EdgeNativeBudget => {
+                let mode = if c == Contender::EdgeGenericBlock {
+                    "generic"
+                } else {
+                    "native"
+                };
                 let cfg = self.edge_config(mode, c == Contender::EdgeNativeBudget);
                 let node = Node::start(&cfg, Some(&self.rx));
                 if !node.wait_running(Duration::from_secs(20)) {
@@ -273,7 +313,8 @@ impl Rig {
 
     fn napi_thread(&self) -> Result<i32> {
         let prefix = format!("napi/{}", self.rx_if);
-        sys::find_kthread(&prefix).with_context(|| format!("no {prefix} kthread (threaded NAPI off?)"))
+        sys::find_kthread(&prefix)
+            .with_context(|| format!("no {prefix} kthread (threaded NAPI off?)"))
     }
 }
 
@@ -290,7 +331,10 @@ fn spawn_generator(rig: &Rig, stop: Arc<AtomicBool>) -> thread::JoinHandle<Resul
         }
         sys::pin_to_cpu(0, GEN_CPU)?;
         let mut ebpf = EbpfLoader::new().load(BENCH_PROGS)?;
-        let prog: &mut Xdp = ebpf.program_mut("bench_tx").context("bench_tx")?.try_into()?;
+        let prog: &mut Xdp = ebpf
+            .program_mut("bench_tx")
+            .context("bench_tx")?
+            .try_into()?;
         prog.load()?;
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
         // egress_ifindex. The ingress device is where XDP_TX transmits.
@@ -342,7 +386,10 @@ impl Legit {
         // A filter that drops everything (the bare floor) also drops the legitimate
         // client: then nothing is served, which is what the table shows.
         let Ok(sock) = rig.sender.enter(|| {
-            let to = std::net::SocketAddr::from((RX_ADDR.parse::<std::net::Ipv4Addr>().expect("ipv4"), LEGIT_PORT));
+            let to = std::net::SocketAddr::from((
+                RX_ADDR.parse::<std::net::Ipv4Addr>().expect("ipv4"),
+                LEGIT_PORT,
+            ));
             edge_tests::connect_from(LEGIT_SRC, to, Duration::from_secs(1))
         }) else {
             return Ok(Self {
@@ -425,9 +472,12 @@ fn measure(rig: &Rig, c: Contender, seconds: f64) -> Result<Sample> {
         let stop = Arc::new(AtomicBool::new(false));
         let generator = spawn_generator(rig, stop.clone());
         thread::sleep(Duration::from_secs(1));
-        let maps = matches!(c, Contender::EdgeGenericBlock | Contender::EdgeNativeBlock | Contender::EdgeNativeBudget)
-            .then(|| PinnedMaps::open(&rig.fs.pin_dir()))
-            .transpose()?;
+        let maps = matches!(
+            c,
+            Contender::EdgeGenericBlock | Contender::EdgeNativeBlock | Contender::EdgeNativeBudget
+        )
+        .then(|| PinnedMaps::open(&rig.fs.pin_dir()))
+        .transpose()?;
         let edge_drops = |m: &Option<PinnedMaps>| -> Result<u64> {
             let Some(m) = m else { return Ok(0) };
             let c = m.counters()?;
@@ -473,7 +523,11 @@ pub fn run(args: Args) -> Result<()> {
     let rig = Rig::new()?;
     let contenders: Vec<Contender> = Contender::ALL
         .into_iter()
-        .filter(|c| args.only.as_ref().is_none_or(|o| c.name().contains(o.as_str())))
+        .filter(|c| {
+            args.only
+                .as_ref()
+                .is_none_or(|o| c.name().contains(o.as_str()))
+        })
         .collect();
     let mut samples: Vec<Vec<Sample>> = contenders.iter().map(|_| Vec::new()).collect();
     for round in 0..args.rounds {
@@ -487,7 +541,9 @@ pub fn run(args: Args) -> Result<()> {
                 s.ns_per_packet,
                 s.rx_cpu_busy * 100.0,
                 s.served_per_sec,
-                s.edge_drops_pps.map(|d| format!("  (edge drops {d:.0}/s)")).unwrap_or_default()
+                s.edge_drops_pps
+                    .map(|d| format!("  (edge drops {d:.0}/s)"))
+                    .unwrap_or_default()
             );
             samples[i].push(s);
         }

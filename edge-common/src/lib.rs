@@ -9,9 +9,17 @@
 //! IPv4-mapped IPv6 form (`::ffff:a.b.c.d`), so one trie or hash serves both families
 //! and a v4 prefix `a.b.c.d/n` is the mapped prefix `/96+n`.
 //!
-//! Times are nanoseconds of `CLOCK_BOOTTIME` (`bpf_ktime_get_boot_ns` in the kernel,
-//! `clock_gettime(CLOCK_BOOTTIME)` in userspace), so expiries written by userspace and
-//! checked by the kernel use the same clock. An expiry of 0 means "never".
+//! Times are nanoseconds of `CLOCK_MONOTONIC`: the kernel reads the coarse variant
+//! (`bpf_ktime_get_coarse_ns`, a few ns; the precise `bpf_ktime_get_ns` costs more than
+//! the rest of the drop path on our machines, see bench/RESULTS.md), userspace
+//! `clock_gettime(CLOCK_MONOTONIC)`. The two differ by at most one tick (≤ 4 ms), far
+//! below any TTL. An expiry of 0 means "never".
+//!
+//! Per packet the program does one LPM lookup for everything known about the source
+//! (allow, block, threat score: [`SourceRule`]); userspace keeps each rule's *effective*
+//! fields (inherited from the covering prefixes) up to date, so the longest match alone
+//! decides. Token buckets live in a direct-mapped array indexed by a hash of the source:
+//! on the machines we measured an array slot costs a fraction of a hash-map lookup.
 //!
 //! The decision helpers at the bottom are pure functions used both by the XDP program
 //! and by userspace enforcement when XDP is not attached, so the two cannot drift.
@@ -23,31 +31,27 @@ pub const ABI_VERSION: u32 = 1;
 
 /// Names of the maps in the object (also their file names under the pin directory).
 pub mod map_names {
-    pub const ALLOW: &str = "EDGE_ALLOW";
-    pub const BLOCK: &str = "EDGE_BLOCK";
-    pub const THREAT: &str = "EDGE_THREAT";
+    pub const SOURCES: &str = "EDGE_SOURCES";
     pub const BUCKETS: &str = "EDGE_BUCKETS";
     pub const CONFIG: &str = "EDGE_CONFIG";
     pub const STATS: &str = "EDGE_STATS";
     pub const ATTACH: &str = "EDGE_ATTACH";
     /// Every map, in a fixed order (pin, unpin, status).
-    pub const ALL: [&str; 7] = [ALLOW, BLOCK, THREAT, BUCKETS, CONFIG, STATS, ATTACH];
+    pub const ALL: [&str; 5] = [SOURCES, BUCKETS, CONFIG, STATS, ATTACH];
 }
 
 /// Name of the XDP program in the object.
 pub const PROGRAM_NAME: &str = "edge_xdp";
 
-/// Map capacities. Tries hold operator-managed prefixes; the hashes are LRU so a flood of
-/// distinct sources evicts the coldest entries instead of failing inserts.
-pub const ALLOW_MAX_ENTRIES: u32 = 16_384;
-pub const BLOCK_MAX_ENTRIES: u32 = 262_144;
-pub const THREAT_MAX_ENTRIES: u32 = 262_144;
-pub const BUCKET_MAX_ENTRIES: u32 = 524_288;
+/// Map capacities. The source trie holds operator prefixes and scored hosts; the bucket
+/// array is fixed-size, so a flood of distinct sources cannot grow memory.
+pub const SOURCES_MAX_ENTRIES: u32 = 524_288;
+/// Number of token-bucket slots (a power of two).
+pub const BUCKET_SLOTS: u32 = 1 << 18;
 pub const ATTACH_MAX_ENTRIES: u32 = 16;
 
-/// Key of the allow and block LPM tries: `prefix_len` bits of `addr` (16-byte mapped form).
-/// Layout matches the kernel's `struct bpf_lpm_trie_key`: a u32 prefix length followed by
-/// the data; userspace and the kernel side both use their crate's `Key<Addr16>`.
+/// A source address in 16-byte form; the data of the source trie's keys (a u32 prefix
+/// length followed by these bytes, the kernel's `struct bpf_lpm_trie_key`).
 pub type Addr16 = [u8; 16];
 
 /// IPv4-mapped form of an IPv4 address given as its four network-order bytes.
@@ -61,30 +65,93 @@ pub const fn map_v4(v4: [u8; 4]) -> Addr16 {
 /// Prefix length in the 16-byte space of an IPv4 prefix length.
 pub const V4_MAPPED_PREFIX_BITS: u32 = 96;
 
-/// Value of the allow trie. `reserved` must be 0.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct AllowEntry {
-    pub reserved: u32,
+/// Bits of [`SourceRule::flags`].
+pub mod rule_flags {
+    /// Effective: this prefix or a covering one is allowed. Checked by the kernel.
+    pub const ALLOWED: u32 = 1 << 0;
+    /// Effective: this prefix or a covering one is blocked until `block_expires_at_ns`.
+    pub const BLOCKED: u32 = 1 << 1;
+    /// This entry itself is an allow prefix.
+    pub const OWN_ALLOW: u32 = 1 << 2;
+    /// This entry itself is a block prefix (until `own_block_expires_at_ns`).
+    pub const OWN_BLOCK: u32 = 1 << 3;
 }
 
-/// Value of the block trie.
+/// Value of the source trie: what is known about a prefix or a host.
+///
+/// The `OWN_*` flags, `own_block_expires_at_ns` and the score are what was set on this
+/// entry; `ALLOWED`, `BLOCKED` and `block_expires_at_ns` are effective values that
+/// userspace derives with [`SourceRule::inherit`] from the longest covering entry, so the
+/// kernel's single longest-prefix match sees every rule that applies.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BlockEntry {
-    /// Boot-time ns after which the block no longer applies; 0 = never expires.
-    pub expires_at_ns: u64,
-}
-
-/// Value of the threat-score hash (key: [`Addr16`] of the source).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ThreatEntry {
-    /// Current score; at or above [`XdpConfig::drop_threshold`] the source is dropped.
+pub struct SourceRule {
+    pub flags: u32,
+    /// Threat score of this host (scores are set on /128 entries; not inherited).
     pub score: u32,
+    /// The prefix length of the entry's key, so a lookup tells an exact hit from a
+    /// covering entry.
+    pub prefix_len: u32,
     pub _pad: u32,
-    /// Boot-time ns after which the score no longer applies; 0 = never expires.
-    pub expires_at_ns: u64,
+    /// Effective block expiry (0 = never), valid with `BLOCKED`.
+    pub block_expires_at_ns: u64,
+    /// Expiry of the score (0 = never).
+    pub score_expires_at_ns: u64,
+    /// Expiry of this entry's own block (0 = never), valid with `OWN_BLOCK`.
+    pub own_block_expires_at_ns: u64,
+}
+
+/// Of two block expiries, the later one (0 = never wins).
+#[inline(always)]
+pub const fn later_expiry(a: u64, b: u64) -> u64 {
+    if a == 0 || b == 0 {
+        0
+    } else if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+impl SourceRule {
+    /// True when the entry carries nothing of its own and can be deleted.
+    pub const fn is_empty(&self) -> bool {
+        self.flags & (rule_flags::OWN_ALLOW | rule_flags::OWN_BLOCK) == 0 && self.score == 0
+    }
+
+    /// Recomputes the effective fields from this entry's own and those of `parent` (the
+    /// longest strictly covering entry, already up to date): allowed if either is;
+    /// blocked if either is, until the later of their expiries.
+    pub const fn inherit(mut self, parent: Option<&SourceRule>) -> Self {
+        let own_allow = self.flags & rule_flags::OWN_ALLOW != 0;
+        let own_block = self.flags & rule_flags::OWN_BLOCK != 0;
+        let mut flags = self.flags & (rule_flags::OWN_ALLOW | rule_flags::OWN_BLOCK);
+        let mut blocked = own_block;
+        let mut expires = self.own_block_expires_at_ns;
+        let mut allowed = own_allow;
+        if let Some(p) = parent {
+            allowed |= p.flags & rule_flags::ALLOWED != 0;
+            if p.flags & rule_flags::BLOCKED != 0 {
+                expires = if blocked {
+                    later_expiry(expires, p.block_expires_at_ns)
+                } else {
+                    p.block_expires_at_ns
+                };
+                blocked = true;
+            }
+        }
+        if allowed {
+            flags |= rule_flags::ALLOWED;
+        }
+        if blocked {
+            flags |= rule_flags::BLOCKED;
+        } else {
+            expires = 0;
+        }
+        self.flags = flags;
+        self.block_expires_at_ns = expires;
+        self
+    }
 }
 
 /// Which token bucket of a source a packet is charged to.
@@ -99,21 +166,45 @@ pub enum BucketClass {
     Quic = 2,
 }
 
-/// Key of the token-bucket hash.
+/// One slot of the token-bucket array: the source that owns it and its GCRA state (the
+/// "theoretical arrival time") for each [`BucketClass`]. One u64 per class, no division
+/// on the fast path.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BucketKey {
+pub struct BucketSlot {
     pub addr: Addr16,
-    /// A [`BucketClass`] as u32.
-    pub class: u32,
+    pub tat_ns: [u64; 3],
 }
 
-/// Value of the token-bucket hash: GCRA state (the "theoretical arrival time").
-/// One u64 per source and class, no division on the fast path.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BucketState {
-    pub tat_ns: u64,
+/// The two candidate slots of a source (two-choice hashing keeps collisions between busy
+/// sources rare). `seed` comes from the config so slots cannot be predicted from outside.
+#[inline(always)]
+pub const fn bucket_slots(addr: &Addr16, seed: u64) -> (u32, u32) {
+    let (lo, hi) = addr_halves(addr);
+    let h = fmix64(fmix64(lo ^ seed) ^ hi);
+    let first = (h as u32) & (BUCKET_SLOTS - 1);
+    let second = ((h >> 32) as u32) & (BUCKET_SLOTS - 1);
+    (first, second)
+}
+
+/// MurmurHash3's 64-bit finalizer: every input bit moves every output bit.
+#[inline(always)]
+const fn fmix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h
+}
+
+/// The address as two native-endian u64 (cheap comparisons and hashing).
+#[inline(always)]
+pub const fn addr_halves(a: &Addr16) -> (u64, u64) {
+    (
+        u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
+        u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
+    )
 }
 
 /// Rate of one bucket class, as GCRA parameters computed by userspace.
@@ -183,6 +274,8 @@ pub struct XdpConfig {
     pub packets: BucketParams,
     pub tcp_syn: BucketParams,
     pub quic: BucketParams,
+    /// Seed of the bucket-slot hash.
+    pub bucket_seed: u64,
 }
 
 /// Why a packet got its verdict: the index into the per-CPU `EDGE_STATS` array.
@@ -299,10 +392,10 @@ pub const fn is_live(expires_at_ns: u64, now_ns: u64) -> bool {
     expires_at_ns == 0 || now_ns < expires_at_ns
 }
 
-/// Whether a threat entry drops its source at `now_ns`.
+/// Whether a rule's score drops its source at `now_ns`.
 #[inline(always)]
-pub const fn threat_drops(entry: &ThreatEntry, threshold: u32, now_ns: u64) -> bool {
-    threshold != 0 && entry.score >= threshold && is_live(entry.expires_at_ns, now_ns)
+pub const fn threat_drops(rule: &SourceRule, threshold: u32, now_ns: u64) -> bool {
+    threshold != 0 && rule.score >= threshold && is_live(rule.score_expires_at_ns, now_ns)
 }
 
 /// GCRA admission: `Some(new_tat)` admits the packet (store the new state), `None`
@@ -321,13 +414,11 @@ pub const fn gcra_admit(tat_ns: u64, now_ns: u64, params: &BucketParams) -> Opti
 
 // ---- compile-time layout checks: the kernel and userspace must agree byte for byte ----
 const _: () = {
-    assert!(core::mem::size_of::<AllowEntry>() == 4);
-    assert!(core::mem::size_of::<BlockEntry>() == 8);
-    assert!(core::mem::size_of::<ThreatEntry>() == 16);
-    assert!(core::mem::size_of::<BucketKey>() == 20);
-    assert!(core::mem::size_of::<BucketState>() == 8);
+    assert!(core::mem::size_of::<SourceRule>() == 40);
+    assert!(core::mem::size_of::<BucketSlot>() == 40);
     assert!(core::mem::size_of::<BucketParams>() == 16);
-    assert!(core::mem::size_of::<XdpConfig>() == 16 + 16 + 3 * 16);
+    assert!(core::mem::size_of::<XdpConfig>() == 16 + 16 + 3 * 16 + 8);
+    assert!(BUCKET_SLOTS.is_power_of_two());
     assert!(core::mem::size_of::<Counter>() == 16);
     assert!(core::mem::size_of::<AttachRecord>() == 24);
     assert!(Reason::ALL.len() == REASON_COUNT as usize);
@@ -337,15 +428,15 @@ const _: () = {
 mod pod {
     // SAFETY: all of these are repr(C), made only of integers, with no implicit padding
     // (checked by the size asserts above), so every bit pattern is valid.
-    unsafe impl aya::Pod for super::AllowEntry {}
-    unsafe impl aya::Pod for super::BlockEntry {}
-    unsafe impl aya::Pod for super::ThreatEntry {}
-    unsafe impl aya::Pod for super::BucketKey {}
-    unsafe impl aya::Pod for super::BucketState {}
+    unsafe impl aya::Pod for super::SourceRule {}
+    unsafe impl aya::Pod for super::BucketSlot {}
     unsafe impl aya::Pod for super::XdpConfig {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::AttachRecord {}
 }
+
+#[cfg(test)]
+extern crate std;
 
 #[cfg(test)]
 mod tests {
@@ -373,16 +464,75 @@ mod tests {
 
     #[test]
     fn expiry_and_threshold() {
-        let e = ThreatEntry {
+        let e = SourceRule {
             score: 80,
-            _pad: 0,
-            expires_at_ns: 50,
+            score_expires_at_ns: 50,
+            ..SourceRule::default()
         };
         assert!(threat_drops(&e, 80, 49));
         assert!(!threat_drops(&e, 80, 50));
         assert!(!threat_drops(&e, 81, 10));
         assert!(!threat_drops(&e, 0, 10));
         assert!(is_live(0, u64::MAX));
+    }
+
+    #[test]
+    fn rules_inherit_allow_and_the_later_block() {
+        use rule_flags::*;
+        let parent = SourceRule {
+            flags: OWN_BLOCK,
+            own_block_expires_at_ns: 100,
+            ..SourceRule::default()
+        }
+        .inherit(None);
+        assert_eq!(parent.flags, OWN_BLOCK | BLOCKED);
+        assert_eq!(parent.block_expires_at_ns, 100);
+        let child = SourceRule {
+            flags: OWN_BLOCK,
+            own_block_expires_at_ns: 50,
+            ..SourceRule::default()
+        }
+        .inherit(Some(&parent));
+        assert_eq!(child.block_expires_at_ns, 100, "the later expiry wins");
+        let forever = SourceRule {
+            flags: OWN_BLOCK | OWN_ALLOW,
+            ..SourceRule::default()
+        }
+        .inherit(Some(&parent));
+        assert_eq!(forever.block_expires_at_ns, 0);
+        assert_eq!(forever.flags & ALLOWED, ALLOWED);
+        let host = SourceRule {
+            score: 7,
+            ..SourceRule::default()
+        }
+        .inherit(Some(&forever));
+        assert_eq!(host.flags, ALLOWED | BLOCKED);
+        assert!(!host.is_empty());
+        assert!(SourceRule::default().inherit(Some(&forever)).is_empty());
+    }
+
+    #[test]
+    fn bucket_slots_spread_and_depend_on_the_seed() {
+        let a = map_v4([10, 0, 0, 1]);
+        let b = map_v4([10, 0, 0, 2]);
+        assert_ne!(bucket_slots(&a, 1), bucket_slots(&b, 1));
+        assert_ne!(bucket_slots(&a, 1), bucket_slots(&a, 2));
+        let (x, y) = bucket_slots(&a, 1);
+        assert!(x < BUCKET_SLOTS && y < BUCKET_SLOTS);
+        // Sequential addresses (the usual case: one subnet) spread like random ones:
+        // 10k sources in 2^18 slots collide about n²/2m ≈ 190 times.
+        for seed in [0, 0x1234_5678_9abc_def0] {
+            let mut seen = std::collections::HashSet::new();
+            for i in 0..10_000u32 {
+                let [_, b, c, d] = i.to_be_bytes();
+                seen.insert(bucket_slots(&map_v4([10, b, c, d]), seed).0);
+            }
+            assert!(
+                seen.len() > 9_700,
+                "seed {seed}: {} distinct slots",
+                seen.len()
+            );
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! edge-node's XDP program: per packet, allow prefixes → block prefixes → threat score →
-//! token buckets → pass, with a per-CPU counter for every verdict and reason.
+//! edge-node's XDP program: per packet, one longest-prefix lookup of the source (allow →
+//! block → threat score) → token buckets → pass, with a per-CPU counter for every
+//! verdict and reason.
 //!
 //! All policy lives in maps (see `edge_common`), written by userspace at run time.
 #![no_std]
@@ -11,29 +12,22 @@ mod policy;
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, LpmTrie, PerCpuArray},
     programs::XdpContext,
 };
 use edge_common::{
-    ALLOW_MAX_ENTRIES, ATTACH_MAX_ENTRIES, Addr16, AllowEntry, AttachRecord, BLOCK_MAX_ENTRIES,
-    BUCKET_MAX_ENTRIES, BlockEntry, BucketKey, BucketState, Counter, REASON_COUNT, Reason,
-    THREAT_MAX_ENTRIES, ThreatEntry, XdpConfig,
+    ATTACH_MAX_ENTRIES, Addr16, AttachRecord, BUCKET_SLOTS, BucketSlot, Counter, REASON_COUNT,
+    Reason, SOURCES_MAX_ENTRIES, SourceRule, XdpConfig,
 };
 
 // Map names are the static names; `edge_common::map_names` spells them for userspace.
 // Every map is pinned by name so its state outlives the userspace process.
 
 #[map]
-static EDGE_ALLOW: LpmTrie<Addr16, AllowEntry> = LpmTrie::pinned(ALLOW_MAX_ENTRIES, 0);
+static EDGE_SOURCES: LpmTrie<Addr16, SourceRule> = LpmTrie::pinned(SOURCES_MAX_ENTRIES, 0);
 
 #[map]
-static EDGE_BLOCK: LpmTrie<Addr16, BlockEntry> = LpmTrie::pinned(BLOCK_MAX_ENTRIES, 0);
-
-#[map]
-static EDGE_THREAT: LruHashMap<Addr16, ThreatEntry> = LruHashMap::pinned(THREAT_MAX_ENTRIES, 0);
-
-#[map]
-static EDGE_BUCKETS: LruHashMap<BucketKey, BucketState> = LruHashMap::pinned(BUCKET_MAX_ENTRIES, 0);
+static EDGE_BUCKETS: Array<BucketSlot> = Array::pinned(BUCKET_SLOTS, 0);
 
 #[map]
 static EDGE_CONFIG: Array<XdpConfig> = Array::pinned(1, 0);

@@ -1,17 +1,27 @@
 //! The verdict for one packet, in the documented order. Pure decisions come from
 //! `edge_common` so userspace enforcement applies exactly the same rules.
 
-use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, maps::lpm_trie::Key, programs::XdpContext};
+use aya_ebpf::{
+    helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key, programs::XdpContext,
+};
 use aya_log_ebpf::info;
 use edge_common::{
-    Addr16, BucketClass, BucketKey, BucketParams, BucketState, MAX_QUIC_PORTS, Reason, XdpConfig,
-    flags, gcra_admit, is_live, threat_drops,
+    Addr16, BucketClass, BucketParams, BucketSlot, MAX_QUIC_PORTS, Reason, XdpConfig, addr_halves,
+    bucket_slots, flags, gcra_admit, is_live, rule_flags, threat_drops,
 };
 
 use crate::{
-    EDGE_ALLOW, EDGE_BLOCK, EDGE_BUCKETS, EDGE_CONFIG, EDGE_THREAT,
+    EDGE_BUCKETS, EDGE_CONFIG, EDGE_SOURCES,
     parse::{Parsed, Transport, parse},
 };
+
+/// CLOCK_MONOTONIC at tick resolution: a few ns, where the precise clock costs more than
+/// the rest of the drop path. Read at most once per packet, and only when needed.
+#[inline(always)]
+fn clock() -> u64 {
+    // SAFETY: helper without arguments or side effects.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
 
 #[inline(always)]
 pub fn decide(ctx: &XdpContext) -> Reason {
@@ -41,27 +51,27 @@ fn malformed(cfg: &XdpConfig) -> Reason {
 
 #[inline(always)]
 fn decide_source(cfg: &XdpConfig, src: &Addr16, transport: Transport) -> Reason {
-    let key = Key::new(128, *src);
-    if cfg.flags & flags::ALLOW != 0 && EDGE_ALLOW.get(&key).is_some() {
-        return Reason::PassAllowed;
-    }
-    // The clock is read once, and only when some check needs it.
     let mut now = 0;
-    if cfg.flags & flags::BLOCK != 0
-        && let Some(block) = EDGE_BLOCK.get(&key)
+    if cfg.flags & (flags::ALLOW | flags::BLOCK | flags::THREAT) != 0
+        && let Some(rule) = EDGE_SOURCES.get(Key::new(128, *src))
     {
-        now = unsafe { bpf_ktime_get_boot_ns() };
-        if is_live(block.expires_at_ns, now) {
-            return Reason::DropBlocked;
+        if cfg.flags & flags::ALLOW != 0 && rule.flags & rule_flags::ALLOWED != 0 {
+            return Reason::PassAllowed;
         }
-    }
-    if cfg.flags & flags::THREAT != 0 && cfg.drop_threshold != 0 {
-        // SAFETY: the value is only read; a concurrent update can at worst give a stale score.
-        if let Some(entry) = unsafe { EDGE_THREAT.get(src) } {
-            if now == 0 {
-                now = unsafe { bpf_ktime_get_boot_ns() };
+        if cfg.flags & flags::BLOCK != 0 && rule.flags & rule_flags::BLOCKED != 0 {
+            if rule.block_expires_at_ns == 0 {
+                return Reason::DropBlocked;
             }
-            if threat_drops(entry, cfg.drop_threshold, now) {
+            now = clock();
+            if is_live(rule.block_expires_at_ns, now) {
+                return Reason::DropBlocked;
+            }
+        }
+        if cfg.flags & flags::THREAT != 0 && rule.score != 0 {
+            if now == 0 {
+                now = clock();
+            }
+            if threat_drops(rule, cfg.drop_threshold, now) {
                 return Reason::DropThreat;
             }
         }
@@ -71,22 +81,25 @@ fn decide_source(cfg: &XdpConfig, src: &Addr16, transport: Transport) -> Reason 
     }
     if cfg.flags & flags::RATE_LIMIT != 0 {
         if now == 0 {
-            now = unsafe { bpf_ktime_get_boot_ns() };
+            now = clock();
         }
+        let Some(slot) = bucket_slot(src, cfg.bucket_seed, now) else {
+            return Reason::Pass;
+        };
         // The class budget first, so a SYN or QUIC flood is counted as such.
         match transport {
-            Transport::TcpSyn if !admit(src, BucketClass::TcpSyn, &cfg.tcp_syn, now) => {
+            Transport::TcpSyn if !admit(slot, BucketClass::TcpSyn, &cfg.tcp_syn, now) => {
                 return Reason::DropSynRate;
             }
             Transport::Udp { dst_port }
                 if is_quic_port(cfg, dst_port)
-                    && !admit(src, BucketClass::Quic, &cfg.quic, now) =>
+                    && !admit(slot, BucketClass::Quic, &cfg.quic, now) =>
             {
                 return Reason::DropQuicRate;
             }
             _ => {}
         }
-        if !admit(src, BucketClass::Packets, &cfg.packets, now) {
+        if !admit(slot, BucketClass::Packets, &cfg.packets, now) {
             return Reason::DropRate;
         }
     }
@@ -104,36 +117,52 @@ fn is_quic_port(cfg: &XdpConfig, port: u16) -> bool {
     false
 }
 
-/// Charges one packet to a source's bucket of `class`. Buckets are shared by all CPUs;
-/// updates are not atomic, so under contention a few extra packets may pass (never fewer).
+/// The bucket slot of `src`: the one of its two candidates it already owns, else an idle
+/// one it takes over (a slot is idle once all its buckets have refilled), else the first
+/// candidate, shared with its busy owner. Slots are shared by all CPUs and updated without
+/// atomics, so under contention a few extra packets may pass (never fewer).
 #[inline(always)]
-fn admit(src: &Addr16, class: BucketClass, params: &BucketParams, now: u64) -> bool {
+fn bucket_slot(src: &Addr16, seed: u64, now: u64) -> Option<*mut BucketSlot> {
+    let (a, b) = bucket_slots(src, seed);
+    let first = EDGE_BUCKETS.get_ptr_mut(a)?;
+    let second = EDGE_BUCKETS.get_ptr_mut(b)?;
+    let me = addr_halves(src);
+    // SAFETY: pointers into the array's values, valid for this program run.
+    unsafe {
+        if addr_halves(&(*first).addr) == me {
+            return Some(first);
+        }
+        if addr_halves(&(*second).addr) == me {
+            return Some(second);
+        }
+        for slot in [first, second] {
+            let t = (*slot).tat_ns;
+            if t[0] <= now && t[1] <= now && t[2] <= now {
+                (*slot).addr = *src;
+                (*slot).tat_ns = [0; 3];
+                return Some(slot);
+            }
+        }
+    }
+    Some(first)
+}
+
+/// Charges one packet to the `class` bucket of a slot.
+#[inline(always)]
+fn admit(slot: *mut BucketSlot, class: BucketClass, params: &BucketParams, now: u64) -> bool {
     if params.interval_ns == 0 {
         return true;
     }
-    let key = BucketKey {
-        addr: *src,
-        class: class as u32,
-    };
-    match EDGE_BUCKETS.get_ptr_mut(key) {
-        Some(state) => {
-            // SAFETY: pointer into the map value, valid for this program run.
-            let tat = unsafe { (*state).tat_ns };
-            match gcra_admit(tat, now, params) {
-                Some(next) => {
-                    unsafe { (*state).tat_ns = next };
-                    true
-                }
-                None => false,
+    let i = class as usize;
+    // SAFETY: pointer into the array's value; `i` < 3 (a BucketClass).
+    unsafe {
+        let tat = (*slot).tat_ns[i];
+        match gcra_admit(tat, now, params) {
+            Some(next) => {
+                (*slot).tat_ns[i] = next;
+                true
             }
-        }
-        None => {
-            // First packet of this source and class: admitted, the bucket starts now.
-            let state = BucketState {
-                tat_ns: now + params.interval_ns,
-            };
-            let _ = EDGE_BUCKETS.insert(key, state, 0);
-            true
+            None => false,
         }
     }
 }

@@ -49,8 +49,20 @@ impl App {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
+        // Expired blocks and scores no longer apply; sweeping them keeps the source trie
+        // (and `xdp list`) to what is in force.
+        let mut sweep = tokio::time::interval(std::time::Duration::from_secs(5));
+        let policy = xdp.policy();
         loop {
             tokio::select! {
+                _ = sweep.tick() => {
+                    let purged = policy.lock().expect("policy lock").purge_expired();
+                    match purged {
+                        Ok(0) => {}
+                        Ok(n) => info!(purged = n, "expired blocks and scores removed"),
+                        Err(e) => error!(error = %format!("{e:#}"), "sweeping expired entries failed"),
+                    }
+                }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {

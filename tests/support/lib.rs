@@ -97,7 +97,10 @@ pub fn edge_node_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().expect("exe dir");
-    for candidate in [dir.join("edge-node"), dir.parent().expect("target dir").join("edge-node")] {
+    for candidate in [
+        dir.join("edge-node"),
+        dir.parent().expect("target dir").join("edge-node"),
+    ] {
         if candidate.is_file() {
             return candidate;
         }
@@ -177,4 +180,3 @@ pub fn connect_from(
         Ok(stream)
     }
 }
-

@@ -49,23 +49,23 @@ pub fn net_from_prefix16(data: Addr16, prefix_len: u32) -> IpNet {
     IpNet::new(IpAddr::V6(v6), prefix_len.min(128) as u8).expect("prefix <= 128")
 }
 
-/// Nanoseconds of CLOCK_BOOTTIME: the clock of `bpf_ktime_get_boot_ns`.
-pub fn boot_ns() -> u64 {
+/// Nanoseconds of CLOCK_MONOTONIC: the clock of `bpf_ktime_get_coarse_ns`.
+pub fn now_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: valid pointer to a timespec; CLOCK_BOOTTIME always exists on Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_BOOTTIME)");
+    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC)");
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Absolute boot-time expiry of a TTL (0 = never).
+/// Absolute monotonic expiry of a TTL (0 = never).
 pub fn expiry(ttl: Option<Duration>) -> u64 {
     match ttl {
         None => 0,
-        Some(ttl) => boot_ns().saturating_add(ttl.as_nanos().min(u64::MAX as u128) as u64),
+        Some(ttl) => now_ns().saturating_add(ttl.as_nanos().min(u64::MAX as u128) as u64),
     }
 }
 
@@ -74,9 +74,7 @@ pub fn remaining(expires_at_ns: u64) -> Option<Duration> {
     if expires_at_ns == 0 {
         return None;
     }
-    Some(Duration::from_nanos(
-        expires_at_ns.saturating_sub(boot_ns()),
-    ))
+    Some(Duration::from_nanos(expires_at_ns.saturating_sub(now_ns())))
 }
 
 /// `a.b.c.d` stays IPv4 even when written as `::ffff:a.b.c.d`.

@@ -6,13 +6,13 @@ use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use anyhow::Result;
 use edge_common::{
-    BucketClass, BucketParams, Reason, ThreatEntry, XdpConfig, flags, gcra_admit, is_live,
-    threat_drops,
+    BucketClass, BucketParams, Reason, SourceRule, XdpConfig, flags, gcra_admit, is_live,
+    later_expiry, rule_flags, threat_drops,
 };
 use ipnet::IpNet;
 
 use super::{
-    addr::{boot_ns, canonical, expiry},
+    addr::{canonical, expiry, now_ns},
     maps::{Listing, PinnedMaps},
 };
 
@@ -31,6 +31,8 @@ pub trait SourcePolicy: Send {
     /// The verdict for a new connection or request from `ip`. With the kernel enforcing,
     /// this is always `Pass`: anything it would drop never reached userspace.
     fn check(&mut self, ip: IpAddr, class: BucketClass) -> Reason;
+    /// Drops blocks and scores whose TTL has passed; returns how many.
+    fn purge_expired(&mut self) -> Result<usize>;
 }
 
 /// Bound on remembered token buckets: an attacker cycling through millions of source
@@ -40,11 +42,8 @@ const MAX_USER_BUCKETS: usize = 100_000;
 /// The lookup side of the tables, wherever they live.
 pub trait PolicyTables {
     fn config(&self) -> XdpConfig;
-    /// Whether `ip` lies in an allow prefix.
-    fn allowed(&self, ip: IpAddr) -> bool;
-    /// Expiry of the longest block prefix holding `ip`.
-    fn block_expiry(&self, ip: IpAddr) -> Option<u64>;
-    fn threat(&self, ip: IpAddr) -> Option<ThreatEntry>;
+    /// The effective rule for `ip`, as the kernel's longest-prefix lookup sees it.
+    fn rule(&self, ip: IpAddr) -> Option<SourceRule>;
 }
 
 /// Token buckets kept in userspace (the kernel keeps its own in `EDGE_BUCKETS`).
@@ -77,7 +76,7 @@ impl Buckets {
     }
 }
 
-/// The verdict for a source at `now_ns` (boot-time ns), in the kernel program's order:
+/// The verdict for a source at `now_ns` (monotonic ns), in the kernel program's order:
 /// allow → block → threat → class budget → packet budget → pass.
 pub fn decide(
     tables: &impl PolicyTables,
@@ -88,20 +87,19 @@ pub fn decide(
 ) -> Reason {
     let ip = canonical(ip);
     let cfg = tables.config();
-    if cfg.flags & flags::ALLOW != 0 && tables.allowed(ip) {
-        return Reason::PassAllowed;
-    }
-    if cfg.flags & flags::BLOCK != 0
-        && let Some(expires) = tables.block_expiry(ip)
-        && is_live(expires, now_ns)
-    {
-        return Reason::DropBlocked;
-    }
-    if cfg.flags & flags::THREAT != 0
-        && let Some(entry) = tables.threat(ip)
-        && threat_drops(&entry, cfg.drop_threshold, now_ns)
-    {
-        return Reason::DropThreat;
+    if let Some(rule) = tables.rule(ip) {
+        if cfg.flags & flags::ALLOW != 0 && rule.flags & rule_flags::ALLOWED != 0 {
+            return Reason::PassAllowed;
+        }
+        if cfg.flags & flags::BLOCK != 0
+            && rule.flags & rule_flags::BLOCKED != 0
+            && is_live(rule.block_expires_at_ns, now_ns)
+        {
+            return Reason::DropBlocked;
+        }
+        if cfg.flags & flags::THREAT != 0 && threat_drops(&rule, cfg.drop_threshold, now_ns) {
+            return Reason::DropThreat;
+        }
     }
     if cfg.flags & flags::RATE_LIMIT != 0 {
         let class_budget = match class {
@@ -127,26 +125,34 @@ pub struct MemoryTables {
     config: XdpConfig,
     allow: Vec<IpNet>,
     block: Vec<(IpNet, u64)>,
-    threat: HashMap<IpAddr, ThreatEntry>,
+    /// Score and its expiry per host.
+    threat: HashMap<IpAddr, (u32, u64)>,
 }
 
 impl PolicyTables for MemoryTables {
     fn config(&self) -> XdpConfig {
         self.config
     }
-    fn allowed(&self, ip: IpAddr) -> bool {
-        self.allow.iter().any(|n| n.contains(&ip))
-    }
-    fn block_expiry(&self, ip: IpAddr) -> Option<u64> {
-        // Longest prefix wins, as in the kernel's trie.
-        self.block
-            .iter()
-            .filter(|(n, _)| n.contains(&ip))
-            .max_by_key(|(n, _)| n.prefix_len())
-            .map(|(_, e)| *e)
-    }
-    fn threat(&self, ip: IpAddr) -> Option<ThreatEntry> {
-        self.threat.get(&ip).copied()
+    /// The same effective rule the kernel's trie would hold: allowed if any allow prefix
+    /// covers the address, blocked until the latest expiry of the covering blocks.
+    fn rule(&self, ip: IpAddr) -> Option<SourceRule> {
+        let mut rule = SourceRule::default();
+        if self.allow.iter().any(|n| n.contains(&ip)) {
+            rule.flags |= rule_flags::ALLOWED;
+        }
+        for (_, expires) in self.block.iter().filter(|(n, _)| n.contains(&ip)) {
+            rule.block_expires_at_ns = if rule.flags & rule_flags::BLOCKED != 0 {
+                later_expiry(rule.block_expires_at_ns, *expires)
+            } else {
+                *expires
+            };
+            rule.flags |= rule_flags::BLOCKED;
+        }
+        if let Some((score, expires)) = self.threat.get(&ip) {
+            rule.score = *score;
+            rule.score_expires_at_ns = *expires;
+        }
+        Some(rule)
     }
 }
 
@@ -200,14 +206,7 @@ impl SourcePolicy for UserspacePolicy {
         if score == 0 {
             self.tables.threat.remove(&ip);
         } else {
-            self.tables.threat.insert(
-                ip,
-                ThreatEntry {
-                    score,
-                    _pad: 0,
-                    expires_at_ns: expiry(ttl),
-                },
-            );
+            self.tables.threat.insert(ip, (score, expiry(ttl)));
         }
         Ok(())
     }
@@ -219,7 +218,7 @@ impl SourcePolicy for UserspacePolicy {
             scores: t
                 .threat
                 .iter()
-                .map(|(ip, e)| (*ip, e.score, e.expires_at_ns))
+                .map(|(ip, (score, expires))| (*ip, *score, *expires))
                 .collect(),
         };
         l.allow.sort();
@@ -235,7 +234,15 @@ impl SourcePolicy for UserspacePolicy {
         false
     }
     fn check(&mut self, ip: IpAddr, class: BucketClass) -> Reason {
-        self.check_at(ip, class, boot_ns())
+        self.check_at(ip, class, now_ns())
+    }
+    fn purge_expired(&mut self) -> Result<usize> {
+        let now = now_ns();
+        let t = &mut self.tables;
+        let before = t.block.len() + t.threat.len();
+        t.block.retain(|(_, e)| is_live(*e, now));
+        t.threat.retain(|_, (_, e)| is_live(*e, now));
+        Ok(before - t.block.len() - t.threat.len())
     }
 }
 
@@ -287,7 +294,10 @@ impl SourcePolicy for KernelPolicy {
         if self.attached {
             return Reason::Pass;
         }
-        decide(&self.maps, &mut self.buckets, ip, class, boot_ns())
+        decide(&self.maps, &mut self.buckets, ip, class, now_ns())
+    }
+    fn purge_expired(&mut self) -> Result<usize> {
+        self.maps.purge_expired()
     }
 }
 
@@ -312,7 +322,7 @@ mod tests {
     #[test]
     fn order_is_allow_block_threat_rate() {
         let mut p = policy();
-        let now = boot_ns();
+        let now = now_ns();
         p.block("10.0.0.0/8".parse().unwrap(), None).unwrap();
         p.allow("10.1.0.0/16".parse().unwrap()).unwrap();
         p.set_score(ip("192.0.2.1"), 100, None).unwrap();
@@ -349,7 +359,7 @@ mod tests {
         .unwrap();
         p.set_score(ip("198.51.100.1"), 500, Some(Duration::from_secs(5)))
             .unwrap();
-        let now = boot_ns();
+        let now = now_ns();
         let later = now + 6_000_000_000;
         assert_eq!(
             p.check_at(ip("2001:db8::1"), BucketClass::Packets, now),
@@ -372,7 +382,7 @@ mod tests {
     #[test]
     fn budgets_are_per_source_and_class() {
         let mut p = policy();
-        let now = boot_ns();
+        let now = now_ns();
         let a = ip("203.0.113.1");
         let verdicts: Vec<_> = (0..5)
             .map(|_| p.check_at(a, BucketClass::Packets, now))

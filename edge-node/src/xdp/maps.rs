@@ -8,22 +8,22 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow};
-use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
+use aya::maps::{Array, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use edge_common::{
-    Addr16, AllowEntry, AttachRecord, BlockEntry, BucketKey, BucketState, Counter, REASON_COUNT,
-    Reason, ThreatEntry, XdpConfig, map_names,
+    Addr16, AttachRecord, BucketSlot, Counter, REASON_COUNT, Reason, SourceRule, XdpConfig,
+    is_live, map_names, rule_flags,
 };
 use ipnet::IpNet;
 
-use super::addr::{addr16, expiry, from_addr16, net_from_prefix16, prefix16};
+use super::addr::{addr16, expiry, net_from_prefix16, now_ns, prefix16};
 
 /// Everything the policy tables hold, for `xdp list` and the admin API.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Listing {
     pub allow: Vec<IpNet>,
-    /// Blocked prefixes and their boot-time expiry (0 = never).
+    /// Blocked prefixes and their monotonic expiry (0 = never).
     pub block: Vec<(IpNet, u64)>,
-    /// Scored sources: address, score, boot-time expiry (0 = never).
+    /// Scored sources: address, score, monotonic expiry (0 = never).
     pub scores: Vec<(IpAddr, u32, u64)>,
 }
 
@@ -32,10 +32,8 @@ pub type Counters = [Counter; REASON_COUNT as usize];
 
 pub struct PinnedMaps {
     dir: PathBuf,
-    allow: LpmTrie<MapData, Addr16, AllowEntry>,
-    block: LpmTrie<MapData, Addr16, BlockEntry>,
-    threat: HashMap<MapData, Addr16, ThreatEntry>,
-    buckets: HashMap<MapData, BucketKey, BucketState>,
+    sources: LpmTrie<MapData, Addr16, SourceRule>,
+    buckets: Array<MapData, BucketSlot>,
     config: Array<MapData, XdpConfig>,
     stats: PerCpuArray<MapData, Counter>,
     attach: Array<MapData, AttachRecord>,
@@ -56,14 +54,14 @@ where
     T::try_from(map).with_context(|| format!("map {} has an unexpected type", path.display()))
 }
 
+type TrieKey = Key<Addr16>;
+
 impl PinnedMaps {
     /// Opens the maps pinned in `dir` (`<pin_root>/v<ABI>`).
     pub fn open(dir: &Path) -> Result<Self> {
         Ok(Self {
             dir: dir.to_path_buf(),
-            allow: open(dir, map_names::ALLOW)?,
-            block: open(dir, map_names::BLOCK)?,
-            threat: open(dir, map_names::THREAT)?,
+            sources: open(dir, map_names::SOURCES)?,
             buckets: open(dir, map_names::BUCKETS)?,
             config: open(dir, map_names::CONFIG)?,
             stats: open(dir, map_names::STATS)?,
@@ -84,84 +82,169 @@ impl PinnedMaps {
         Ok(())
     }
 
-    pub fn block(&mut self, net: IpNet, ttl: Option<Duration>) -> Result<()> {
-        let (data, len) = prefix16(net);
-        let entry = BlockEntry {
-            expires_at_ns: expiry(ttl),
-        };
-        self.block
-            .insert(&Key::new(len, data), entry, 0)
-            .with_context(|| format!("block {net}"))
-    }
-
-    /// Removes a block; `false` if it was not there.
-    pub fn unblock(&mut self, net: IpNet) -> Result<bool> {
-        let (data, len) = prefix16(net);
-        not_found_is_false(self.block.remove(&Key::new(len, data)))
-    }
-
-    pub fn allow(&mut self, net: IpNet) -> Result<()> {
-        let (data, len) = prefix16(net);
-        self.allow
-            .insert(&Key::new(len, data), AllowEntry::default(), 0)
-            .with_context(|| format!("allow {net}"))
-    }
-
-    pub fn unallow(&mut self, net: IpNet) -> Result<bool> {
-        let (data, len) = prefix16(net);
-        not_found_is_false(self.allow.remove(&Key::new(len, data)))
-    }
-
-    /// Sets a source's threat score; 0 removes it.
-    pub fn set_score(&mut self, ip: IpAddr, score: u32, ttl: Option<Duration>) -> Result<()> {
-        let key = addr16(ip);
-        if score == 0 {
-            not_found_is_false(self.threat.remove(&key))?;
-            return Ok(());
-        }
-        let entry = ThreatEntry {
-            score,
-            _pad: 0,
-            expires_at_ns: expiry(ttl),
-        };
-        self.threat
-            .insert(key, entry, 0)
-            .with_context(|| format!("score {ip}"))
-    }
-
-    pub fn score(&self, ip: IpAddr) -> Result<Option<ThreatEntry>> {
-        match self.threat.get(&addr16(ip), 0) {
-            Ok(e) => Ok(Some(e)),
-            Err(MapError::KeyNotFound) => Ok(None),
+    /// The entry stored exactly at `key`, if any. A lookup returns the longest match at
+    /// most as long as the key; the stored prefix length tells whether that is this entry.
+    fn exact(&self, key: &TrieKey) -> Result<Option<SourceRule>> {
+        match self.sources.get(key, 0) {
+            Ok(r) if r.prefix_len == key.prefix_len() => Ok(Some(r)),
+            Ok(_) | Err(MapError::KeyNotFound) => Ok(None),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(None)
+            }
             Err(e) => Err(e.into()),
         }
     }
 
+    /// The longest entry strictly covering `key`.
+    fn parent(&self, key: &TrieKey) -> Option<SourceRule> {
+        if key.prefix_len() == 0 {
+            return None;
+        }
+        self.sources
+            .get(&Key::new(key.prefix_len() - 1, key.data()), 0)
+            .ok()
+    }
+
+    /// Changes the entry at `net` with `edit`, then brings the effective fields of it and
+    /// of every entry inside it up to date.
+    fn update(&mut self, net: IpNet, edit: impl FnOnce(&mut SourceRule)) -> Result<bool> {
+        let (data, len) = prefix16(net);
+        let key = Key::new(len, data);
+        let existed = self.exact(&key)?;
+        let mut rule = existed.unwrap_or(SourceRule {
+            prefix_len: len,
+            ..SourceRule::default()
+        });
+        let before = rule;
+        edit(&mut rule);
+        if rule.is_empty() {
+            if existed.is_some() {
+                self.sources.remove(&key)?;
+            }
+        } else {
+            let rule = rule.inherit(self.parent(&key).as_ref());
+            self.sources
+                .insert(&key, rule, 0)
+                .with_context(|| format!("writing the rule for {net}"))?;
+        }
+        // Entries inside `net` inherit from it: refresh them, outermost first.
+        if len < 128 {
+            let mut inner: Vec<TrieKey> = self
+                .sources
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| {
+                    k.prefix_len() > len
+                        && net.contains(&net_from_prefix16(k.data(), k.prefix_len()))
+                })
+                .collect();
+            inner.sort_by_key(|k| k.prefix_len());
+            for k in inner {
+                let own = self.sources.get(&k, 0)?;
+                let fresh = own.inherit(self.parent(&k).as_ref());
+                if fresh != own {
+                    self.sources.insert(&k, fresh, 0)?;
+                }
+            }
+        }
+        Ok(before != rule)
+    }
+
+    pub fn block(&mut self, net: IpNet, ttl: Option<Duration>) -> Result<()> {
+        let expires = expiry(ttl);
+        self.update(net, |r| {
+            r.flags |= rule_flags::OWN_BLOCK;
+            r.own_block_expires_at_ns = expires;
+        })?;
+        Ok(())
+    }
+
+    /// Removes a block; `false` if it was not there.
+    pub fn unblock(&mut self, net: IpNet) -> Result<bool> {
+        let mut had = false;
+        self.update(net, |r| {
+            had = r.flags & rule_flags::OWN_BLOCK != 0;
+            r.flags &= !rule_flags::OWN_BLOCK;
+            r.own_block_expires_at_ns = 0;
+        })?;
+        Ok(had)
+    }
+
+    pub fn allow(&mut self, net: IpNet) -> Result<()> {
+        self.update(net, |r| r.flags |= rule_flags::OWN_ALLOW)?;
+        Ok(())
+    }
+
+    pub fn unallow(&mut self, net: IpNet) -> Result<bool> {
+        let mut had = false;
+        self.update(net, |r| {
+            had = r.flags & rule_flags::OWN_ALLOW != 0;
+            r.flags &= !rule_flags::OWN_ALLOW;
+        })?;
+        Ok(had)
+    }
+
+    /// Sets a source's threat score; 0 removes it.
+    pub fn set_score(&mut self, ip: IpAddr, score: u32, ttl: Option<Duration>) -> Result<()> {
+        let expires = expiry(ttl);
+        self.update(IpNet::from(ip), |r| {
+            r.score = score;
+            r.score_expires_at_ns = if score == 0 { 0 } else { expires };
+        })?;
+        Ok(())
+    }
+
+    /// The rule that applies to `ip` (the longest match), as the kernel sees it.
+    pub fn rule(&self, ip: IpAddr) -> Option<SourceRule> {
+        self.sources.get(&Key::new(128, addr16(ip)), 0).ok()
+    }
+
+    pub fn score(&self, ip: IpAddr) -> Result<Option<u32>> {
+        let key = Key::new(128, addr16(ip));
+        Ok(self.exact(&key)?.map(|r| r.score).filter(|s| *s != 0))
+    }
+
     pub fn list(&self) -> Result<Listing> {
         let mut listing = Listing::default();
-        for item in self.allow.iter() {
-            let (key, _) = item?;
-            listing
-                .allow
-                .push(net_from_prefix16(key.data(), key.prefix_len()));
-        }
-        for item in self.block.iter() {
-            let (key, entry) = item?;
-            listing.block.push((
-                net_from_prefix16(key.data(), key.prefix_len()),
-                entry.expires_at_ns,
-            ));
-        }
-        for item in self.threat.iter() {
-            let (addr, entry) = item?;
-            listing
-                .scores
-                .push((from_addr16(addr), entry.score, entry.expires_at_ns));
+        for item in self.sources.iter() {
+            let (key, rule) = item?;
+            let net = net_from_prefix16(key.data(), key.prefix_len());
+            if rule.flags & rule_flags::OWN_ALLOW != 0 {
+                listing.allow.push(net);
+            }
+            if rule.flags & rule_flags::OWN_BLOCK != 0 {
+                listing.block.push((net, rule.own_block_expires_at_ns));
+            }
+            if rule.score != 0 {
+                listing
+                    .scores
+                    .push((net.addr(), rule.score, rule.score_expires_at_ns));
+            }
         }
         listing.allow.sort();
         listing.block.sort();
         listing.scores.sort();
         Ok(listing)
+    }
+
+    /// Removes blocks and scores whose TTL has passed (they no longer apply, but a stale
+    /// entry would still be the longest match). Returns how many were removed.
+    pub fn purge_expired(&mut self) -> Result<usize> {
+        let now = now_ns();
+        let listing = self.list()?;
+        let mut purged = 0;
+        for (net, expires) in listing.block {
+            if !is_live(expires, now) && self.unblock(net)? {
+                purged += 1;
+            }
+        }
+        for (ip, _, expires) in listing.scores {
+            if !is_live(expires, now) {
+                self.set_score(ip, 0, None)?;
+                purged += 1;
+            }
+        }
+        Ok(purged)
     }
 
     /// Counters summed over CPUs.
@@ -177,9 +260,13 @@ impl PinnedMaps {
         Ok(out)
     }
 
-    /// Number of live token buckets (sources seen recently).
-    pub fn bucket_count(&self) -> usize {
-        self.buckets.keys().filter(|k| k.is_ok()).count()
+    /// Token-bucket slots in use (sources seen since the slot was last taken over).
+    pub fn bucket_slots_used(&self) -> usize {
+        self.buckets
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|s| s.addr != [0; 16])
+            .count()
     }
 
     pub fn attach_records(&self) -> Result<Vec<AttachRecord>> {
@@ -221,33 +308,12 @@ impl PinnedMaps {
     }
 }
 
-fn not_found_is_false(r: Result<(), MapError>) -> Result<bool> {
-    match r {
-        Ok(()) => Ok(true),
-        Err(MapError::KeyNotFound) => Ok(false),
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-            Ok(false)
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
 impl super::enforce::PolicyTables for PinnedMaps {
     fn config(&self) -> XdpConfig {
         // An unreadable config map enforces nothing, like the kernel's all-zero default.
         PinnedMaps::config(self).unwrap_or_default()
     }
-    fn allowed(&self, ip: IpAddr) -> bool {
-        // A lookup in an LPM trie returns the longest prefix holding the address.
-        self.allow.get(&Key::new(128, addr16(ip)), 0).is_ok()
-    }
-    fn block_expiry(&self, ip: IpAddr) -> Option<u64> {
-        self.block
-            .get(&Key::new(128, addr16(ip)), 0)
-            .ok()
-            .map(|e| e.expires_at_ns)
-    }
-    fn threat(&self, ip: IpAddr) -> Option<ThreatEntry> {
-        self.threat.get(&addr16(ip), 0).ok()
+    fn rule(&self, ip: IpAddr) -> Option<SourceRule> {
+        PinnedMaps::rule(self, ip)
     }
 }

@@ -44,6 +44,22 @@ pub struct XdpHandle {
     /// Allow/block entries that came from the config file (replaced on reload).
     config_allow: BTreeSet<IpNet>,
     config_block: BTreeSet<IpNet>,
+    /// Seed of the kernel's bucket-slot hash: random, kept across restarts (read back from
+    /// the pinned config) so the buckets stay valid.
+    bucket_seed: u64,
+}
+
+/// A random u64 from the kernel's generator.
+fn random_seed() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: valid buffer of 8 bytes.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n == 8 {
+        u64::from_ne_bytes(b)
+    } else {
+        // Never 0: 0 would mean "no seed yet" on the next start.
+        addr::now_ns() | 1
+    }
 }
 
 struct Loaded {
@@ -59,7 +75,8 @@ impl XdpHandle {
     /// Loads and attaches per `settings`. In auto mode every failure degrades to
     /// userspace enforcement with an error-level log; in strict mode it is an error.
     pub fn start(settings: &XdpSettings) -> Result<Self> {
-        let (loaded, policy, enforcement) = match Self::start_kernel(settings) {
+        let mut bucket_seed = random_seed();
+        let (loaded, policy, enforcement) = match Self::start_kernel(settings, &mut bucket_seed) {
             Ok((loaded, maps)) => {
                 let missing = settings.interfaces.len() - loaded.attachments.len();
                 let enforcement = if loaded.attachments.is_empty() {
@@ -114,20 +131,27 @@ impl XdpHandle {
             enforcement,
             config_allow: BTreeSet::new(),
             config_block: BTreeSet::new(),
+            bucket_seed,
         };
         handle.apply(settings)?;
         Ok(handle)
     }
 
-    fn start_kernel(settings: &XdpSettings) -> Result<(Loaded, PinnedMaps)> {
+    fn start_kernel(settings: &XdpSettings, bucket_seed: &mut u64) -> Result<(Loaded, PinnedMaps)> {
         if settings.mode == ModeSetting::Off {
             bail!("xdp.mode = \"off\"");
         }
         let pin_dir = settings.pin_dir();
         let mut ebpf = loader::load(&pin_dir)?;
         let mut maps = PinnedMaps::open(&pin_dir)?;
+        let previous = maps.config()?.bucket_seed;
+        if previous != 0 {
+            *bucket_seed = previous;
+        }
         // Configure before attaching so the first packet already sees the policy.
-        maps.set_config(&settings.kernel_config())?;
+        let mut config = settings.kernel_config();
+        config.bucket_seed = *bucket_seed;
+        maps.set_config(&config)?;
         let log_task = spawn_log_forwarder(&mut ebpf);
         let mut attachments = Vec::new();
         for iface in &settings.interfaces {
@@ -155,7 +179,9 @@ impl XdpHandle {
     /// entries. Entries added at run time (CLI, policy engine) are left alone.
     pub fn apply(&mut self, settings: &XdpSettings) -> Result<()> {
         let mut policy = self.policy.lock().expect("policy lock");
-        policy.set_config(&settings.kernel_config())?;
+        let mut config = settings.kernel_config();
+        config.bucket_seed = self.bucket_seed;
+        policy.set_config(&config)?;
         let allow: BTreeSet<IpNet> = settings.allow.iter().map(IpNet::trunc).collect();
         let block: BTreeSet<IpNet> = settings.block.iter().map(IpNet::trunc).collect();
         for gone in self.config_allow.difference(&allow) {

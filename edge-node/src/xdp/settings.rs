@@ -202,6 +202,7 @@ impl XdpSettings {
             packets: BucketParams::from_rate(r.packets_per_sec, r.packets_burst),
             tcp_syn: BucketParams::from_rate(r.syn_per_sec, r.syn_burst),
             quic: BucketParams::from_rate(r.quic_per_sec, r.quic_burst),
+            bucket_seed: 0,
         }
     }
 }
