@@ -36,8 +36,12 @@ pub mod map_names {
     pub const CONFIG: &str = "EDGE_CONFIG";
     pub const STATS: &str = "EDGE_STATS";
     pub const ATTACH: &str = "EDGE_ATTACH";
+    pub const VERDICTS: &str = "EDGE_VERDICTS";
+    pub const GENERATION: &str = "EDGE_GEN";
     /// Every map, in a fixed order (pin, unpin, status).
-    pub const ALL: [&str; 5] = [SOURCES, BUCKETS, CONFIG, STATS, ATTACH];
+    pub const ALL: [&str; 7] = [
+        SOURCES, BUCKETS, CONFIG, STATS, ATTACH, VERDICTS, GENERATION,
+    ];
 }
 
 /// Name of the XDP program in the object.
@@ -49,6 +53,26 @@ pub const SOURCES_MAX_ENTRIES: u32 = 524_288;
 /// Number of token-bucket slots (a power of two).
 pub const BUCKET_SLOTS: u32 = 1 << 18;
 pub const ATTACH_MAX_ENTRIES: u32 = 16;
+/// Slots of the per-CPU source-verdict cache (a power of two).
+pub const VERDICT_SLOTS: u32 = 4096;
+
+/// One slot of the per-CPU verdict cache: the outcome of the source-rule step (allow /
+/// block / threat) for `addr`, valid while the rules' generation (element 0 of
+/// `EDGE_GEN`, rewritten by userspace after every change to the rules or the config)
+/// equals `generation`. A flooding source then costs a hash and one per-CPU slot
+/// instead of a trie walk per packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerdictSlot {
+    pub addr: Addr16,
+    pub generation: u64,
+    /// A [`Reason`] as u32: `PassAllowed`, `DropBlocked`, `DropThreat`, or `Pass` for
+    /// "no source rule applies".
+    pub reason: u32,
+    pub _pad: u32,
+    /// When the cached drop stops applying (0 = never).
+    pub expires_at_ns: u64,
+}
 
 /// A source address in 16-byte form; the data of the source trie's keys (a u32 prefix
 /// length followed by these bytes, the kernel's `struct bpf_lpm_trie_key`).
@@ -180,11 +204,22 @@ pub struct BucketSlot {
 /// sources rare). `seed` comes from the config so slots cannot be predicted from outside.
 #[inline(always)]
 pub const fn bucket_slots(addr: &Addr16, seed: u64) -> (u32, u32) {
-    let (lo, hi) = addr_halves(addr);
-    let h = fmix64(fmix64(lo ^ seed) ^ hi);
+    bucket_slots_of(source_hash(addr, seed))
+}
+
+/// [`bucket_slots`] from an already computed [`source_hash`].
+#[inline(always)]
+pub const fn bucket_slots_of(h: u64) -> (u32, u32) {
     let first = (h as u32) & (BUCKET_SLOTS - 1);
     let second = ((h >> 32) as u32) & (BUCKET_SLOTS - 1);
     (first, second)
+}
+
+/// A seeded 64-bit hash of a source address (bucket slots, verdict-cache slots).
+#[inline(always)]
+pub const fn source_hash(addr: &Addr16, seed: u64) -> u64 {
+    let (lo, hi) = addr_halves(addr);
+    fmix64(fmix64(lo ^ seed) ^ hi)
 }
 
 /// MurmurHash3's 64-bit finalizer: every input bit moves every output bit.
@@ -415,6 +450,8 @@ pub const fn gcra_admit(tat_ns: u64, now_ns: u64, params: &BucketParams) -> Opti
 // ---- compile-time layout checks: the kernel and userspace must agree byte for byte ----
 const _: () = {
     assert!(core::mem::size_of::<SourceRule>() == 40);
+    assert!(core::mem::size_of::<VerdictSlot>() == 40);
+    assert!(VERDICT_SLOTS.is_power_of_two());
     assert!(core::mem::size_of::<BucketSlot>() == 40);
     assert!(core::mem::size_of::<BucketParams>() == 16);
     assert!(core::mem::size_of::<XdpConfig>() == 16 + 16 + 3 * 16 + 8);
@@ -430,6 +467,7 @@ mod pod {
     // (checked by the size asserts above), so every bit pattern is valid.
     unsafe impl aya::Pod for super::SourceRule {}
     unsafe impl aya::Pod for super::BucketSlot {}
+    unsafe impl aya::Pod for super::VerdictSlot {}
     unsafe impl aya::Pod for super::XdpConfig {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::AttachRecord {}

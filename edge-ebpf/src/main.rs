@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 use edge_common::{
     ATTACH_MAX_ENTRIES, Addr16, AttachRecord, BUCKET_SLOTS, BucketSlot, Counter, REASON_COUNT,
-    Reason, SOURCES_MAX_ENTRIES, SourceRule, XdpConfig,
+    Reason, SOURCES_MAX_ENTRIES, SourceRule, VERDICT_SLOTS, VerdictSlot, XdpConfig,
 };
 
 // Map names are the static names; `edge_common::map_names` spells them for userspace.
@@ -31,6 +31,14 @@ static EDGE_BUCKETS: Array<BucketSlot> = Array::pinned(BUCKET_SLOTS, 0);
 
 #[map]
 static EDGE_CONFIG: Array<XdpConfig> = Array::pinned(1, 0);
+
+/// Generation of the rules and config; userspace rewrites it after every change, which
+/// invalidates every cached verdict.
+#[map]
+static EDGE_GEN: Array<u64> = Array::pinned(1, 0);
+
+#[map]
+static EDGE_VERDICTS: PerCpuArray<VerdictSlot> = PerCpuArray::pinned(VERDICT_SLOTS, 0);
 
 #[map]
 static EDGE_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(REASON_COUNT, 0);

@@ -6,12 +6,13 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::info;
 use edge_common::{
-    Addr16, BucketClass, BucketParams, BucketSlot, MAX_QUIC_PORTS, Reason, XdpConfig, addr_halves,
-    bucket_slots, flags, gcra_admit, is_live, rule_flags, threat_drops,
+    Addr16, BucketClass, BucketParams, BucketSlot, MAX_QUIC_PORTS, Reason, VERDICT_SLOTS,
+    XdpConfig, addr_halves, bucket_slots_of, flags, gcra_admit, is_live, rule_flags, source_hash,
+    threat_drops,
 };
 
 use crate::{
-    EDGE_BUCKETS, EDGE_CONFIG, EDGE_SOURCES,
+    EDGE_BUCKETS, EDGE_CONFIG, EDGE_GEN, EDGE_SOURCES, EDGE_VERDICTS,
     parse::{Parsed, Transport, parse},
 };
 
@@ -49,32 +50,92 @@ fn malformed(cfg: &XdpConfig) -> Reason {
     }
 }
 
+/// The source-rule step (allow → block → threat) by the trie: the reason and, for a
+/// drop with a TTL, when it stops applying. `Pass` means no source rule applies.
+#[inline(always)]
+fn source_rule(cfg: &XdpConfig, src: &Addr16, now: &mut u64) -> (Reason, u64) {
+    if cfg.flags & (flags::ALLOW | flags::BLOCK | flags::THREAT) == 0 {
+        return (Reason::Pass, 0);
+    }
+    let Some(rule) = EDGE_SOURCES.get(Key::new(128, *src)) else {
+        return (Reason::Pass, 0);
+    };
+    if cfg.flags & flags::ALLOW != 0 && rule.flags & rule_flags::ALLOWED != 0 {
+        return (Reason::PassAllowed, 0);
+    }
+    if cfg.flags & flags::BLOCK != 0 && rule.flags & rule_flags::BLOCKED != 0 {
+        if rule.block_expires_at_ns == 0 {
+            return (Reason::DropBlocked, 0);
+        }
+        if *now == 0 {
+            *now = clock();
+        }
+        if is_live(rule.block_expires_at_ns, *now) {
+            return (Reason::DropBlocked, rule.block_expires_at_ns);
+        }
+    }
+    if cfg.flags & flags::THREAT != 0 && rule.score != 0 {
+        if *now == 0 {
+            *now = clock();
+        }
+        if threat_drops(rule, cfg.drop_threshold, *now) {
+            return (Reason::DropThreat, rule.score_expires_at_ns);
+        }
+    }
+    (Reason::Pass, 0)
+}
+
+/// The source-rule step through this CPU's verdict cache: a hit costs one per-CPU slot;
+/// a miss, a stale generation or an expired drop falls back to the trie and refills it.
+#[inline(always)]
+fn cached_source_rule(cfg: &XdpConfig, src: &Addr16, hash: u64, now: &mut u64) -> Reason {
+    let generation = EDGE_GEN.get(0).copied().unwrap_or(0);
+    let Some(slot) = EDGE_VERDICTS.get_ptr_mut(((hash >> 40) as u32) & (VERDICT_SLOTS - 1)) else {
+        return source_rule(cfg, src, now).0;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array, valid for this program run.
+    unsafe {
+        if generation != 0
+            && (*slot).generation == generation
+            && addr_halves(&(*slot).addr) == addr_halves(src)
+        {
+            let expires = (*slot).expires_at_ns;
+            if expires == 0 {
+                return reason_from((*slot).reason);
+            }
+            if *now == 0 {
+                *now = clock();
+            }
+            if is_live(expires, *now) {
+                return reason_from((*slot).reason);
+            }
+        }
+        let (reason, expires) = source_rule(cfg, src, now);
+        (*slot).addr = *src;
+        (*slot).generation = generation;
+        (*slot).reason = reason as u32;
+        (*slot).expires_at_ns = expires;
+        reason
+    }
+}
+
+#[inline(always)]
+fn reason_from(v: u32) -> Reason {
+    match v {
+        x if x == Reason::PassAllowed as u32 => Reason::PassAllowed,
+        x if x == Reason::DropBlocked as u32 => Reason::DropBlocked,
+        x if x == Reason::DropThreat as u32 => Reason::DropThreat,
+        _ => Reason::Pass,
+    }
+}
+
 #[inline(always)]
 fn decide_source(cfg: &XdpConfig, src: &Addr16, transport: Transport) -> Reason {
     let mut now = 0;
-    if cfg.flags & (flags::ALLOW | flags::BLOCK | flags::THREAT) != 0
-        && let Some(rule) = EDGE_SOURCES.get(Key::new(128, *src))
-    {
-        if cfg.flags & flags::ALLOW != 0 && rule.flags & rule_flags::ALLOWED != 0 {
-            return Reason::PassAllowed;
-        }
-        if cfg.flags & flags::BLOCK != 0 && rule.flags & rule_flags::BLOCKED != 0 {
-            if rule.block_expires_at_ns == 0 {
-                return Reason::DropBlocked;
-            }
-            now = clock();
-            if is_live(rule.block_expires_at_ns, now) {
-                return Reason::DropBlocked;
-            }
-        }
-        if cfg.flags & flags::THREAT != 0 && rule.score != 0 {
-            if now == 0 {
-                now = clock();
-            }
-            if threat_drops(rule, cfg.drop_threshold, now) {
-                return Reason::DropThreat;
-            }
-        }
+    let hash = source_hash(src, cfg.bucket_seed);
+    let reason = cached_source_rule(cfg, src, hash, &mut now);
+    if reason != Reason::Pass {
+        return reason;
     }
     if transport == Transport::Malformed {
         return malformed(cfg);
@@ -83,7 +144,7 @@ fn decide_source(cfg: &XdpConfig, src: &Addr16, transport: Transport) -> Reason 
         if now == 0 {
             now = clock();
         }
-        let Some(slot) = bucket_slot(src, cfg.bucket_seed, now) else {
+        let Some(slot) = bucket_slot(src, hash, now) else {
             return Reason::Pass;
         };
         // The class budget first, so a SYN or QUIC flood is counted as such.
@@ -122,8 +183,8 @@ fn is_quic_port(cfg: &XdpConfig, port: u16) -> bool {
 /// candidate, shared with its busy owner. Slots are shared by all CPUs and updated without
 /// atomics, so under contention a few extra packets may pass (never fewer).
 #[inline(always)]
-fn bucket_slot(src: &Addr16, seed: u64, now: u64) -> Option<*mut BucketSlot> {
-    let (a, b) = bucket_slots(src, seed);
+fn bucket_slot(src: &Addr16, hash: u64, now: u64) -> Option<*mut BucketSlot> {
+    let (a, b) = bucket_slots_of(hash);
     let first = EDGE_BUCKETS.get_ptr_mut(a)?;
     let second = EDGE_BUCKETS.get_ptr_mut(b)?;
     let me = addr_halves(src);

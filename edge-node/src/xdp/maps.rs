@@ -37,6 +37,7 @@ pub struct PinnedMaps {
     config: Array<MapData, XdpConfig>,
     stats: PerCpuArray<MapData, Counter>,
     attach: Array<MapData, AttachRecord>,
+    generation: Array<MapData, u64>,
 }
 
 fn open<T>(dir: &Path, name: &str) -> Result<T>
@@ -66,6 +67,7 @@ impl PinnedMaps {
             config: open(dir, map_names::CONFIG)?,
             stats: open(dir, map_names::STATS)?,
             attach: open(dir, map_names::ATTACH)?,
+            generation: open(dir, map_names::GENERATION)?,
         })
     }
 
@@ -79,6 +81,17 @@ impl PinnedMaps {
 
     pub fn set_config(&mut self, config: &XdpConfig) -> Result<()> {
         self.config.set(0, config, 0)?;
+        self.bump_generation()
+    }
+
+    /// Tells the kernel that rules or config changed: every CPU's cached verdicts become
+    /// stale. Written after the change itself, so a verdict cached under the new
+    /// generation saw the change. A fresh value (not +1) stays distinct even when two
+    /// writers (daemon and CLI) race.
+    fn bump_generation(&mut self) -> Result<()> {
+        let previous = self.generation.get(&0, 0)?;
+        let next = now_ns().max(previous + 1);
+        self.generation.set(0, next, 0)?;
         Ok(())
     }
 
@@ -147,6 +160,7 @@ impl PinnedMaps {
                 }
             }
         }
+        self.bump_generation()?;
         Ok(before != rule)
     }
 
