@@ -324,6 +324,13 @@ fn cli_edits_a_running_node_and_pinned_state_survives_restarts() {
     assert_eq!(plain(&rig), 0, "blocked by the CLI");
     let list = node.cli_ok(&["xdp", "list"]);
     assert!(list.contains("10.231.0.8/29"), "{list}");
+    // The live view samples the counters and stops after --count samples.
+    let top = node.cli_ok(&["xdp", "top", "--interval", "200ms", "--count", "2"]);
+    assert_eq!(
+        top.lines().filter(|l| l.starts_with("dropped=")).count(),
+        2,
+        "{top}"
+    );
 
     // Restart: the block is still there, read back from the pinned map.
     node.restart();

@@ -319,11 +319,12 @@ impl Rig {
 }
 
 /// Runs the live-frames generator on CPU 0 in the sender's namespace until `stop`.
-fn spawn_generator(rig: &Rig, stop: Arc<AtomicBool>) -> thread::JoinHandle<Result<u64>> {
+/// Returns the frames it sent and for how long it ran.
+fn spawn_generator(rig: &Rig, stop: Arc<AtomicBool>) -> thread::JoinHandle<Result<(u64, f64)>> {
     let ns_path = format!("/var/run/netns/{}", rig.sender.name);
     let frame = rig.frame.clone();
     let ifindex = rig.gen_ifindex;
-    thread::spawn(move || -> Result<u64> {
+    thread::spawn(move || -> Result<(u64, f64)> {
         let f = std::fs::File::open(&ns_path)?;
         // SAFETY: valid namespace fd; affects this thread only.
         if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) } != 0 {
@@ -342,6 +343,7 @@ fn spawn_generator(rig: &Rig, stop: Arc<AtomicBool>) -> thread::JoinHandle<Resul
         let ctx: Vec<u8> = md.iter().flat_map(|v| v.to_ne_bytes()).collect();
         let mut runs = 0u64;
         let repeat = 2_000_000;
+        let started = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             let opts = TestRunOptions {
                 data_in: Some(&frame),
@@ -353,7 +355,7 @@ fn spawn_generator(rig: &Rig, stop: Arc<AtomicBool>) -> thread::JoinHandle<Resul
             prog.test_run(opts).context("live-frames BPF_PROG_RUN")?;
             runs += u64::from(repeat);
         }
-        Ok(runs)
+        Ok((runs, started.elapsed().as_secs_f64()))
     })
 }
 
@@ -454,6 +456,8 @@ fn serve(conn: TcpStream, stop: Arc<AtomicBool>) {
 }
 
 struct Sample {
+    /// What the generator offered (frames per second over its whole run).
+    offered_pps: f64,
     pps: f64,
     ns_per_packet: f64,
     rx_cpu_busy: f64,
@@ -499,12 +503,12 @@ fn measure(rig: &Rig, c: Contender, seconds: f64) -> Result<Sample> {
             Instant::now(),
         );
         stop.store(true, Ordering::Relaxed);
-        let offered = generator.join().expect("generator thread")?;
-        eprintln!("generator: {offered} frames");
+        let (frames, gen_secs) = generator.join().expect("generator thread")?;
         drop(legit);
         let secs = (t1 - t0).as_secs_f64();
         let packets = (p1 - p0).max(1) as f64;
         Ok(Sample {
+            offered_pps: frames as f64 / gen_secs,
             pps: packets / secs,
             ns_per_packet: (r1 - r0) as f64 / packets,
             rx_cpu_busy: (r1 - r0) as f64 / 1e9 / secs,
@@ -534,9 +538,10 @@ pub fn run(args: Args) -> Result<()> {
         for (i, c) in contenders.iter().enumerate() {
             let s = measure(&rig, *c, args.seconds).with_context(|| c.name())?;
             eprintln!(
-                "round {}: {:<40} {:>10.0} pkt/s {:>7.0} ns/pkt  rx cpu {:>4.0}%  legit {:>7.0} req/s{}",
+                "round {}: {:<40} offered {:>8.0} pkt/s, processed {:>8.0} pkt/s {:>5.0} ns/pkt  rx cpu {:>4.0}%  legit {:>5.0} req/s{}",
                 round + 1,
                 c.name(),
+                s.offered_pps,
                 s.pps,
                 s.ns_per_packet,
                 s.rx_cpu_busy * 100.0,
@@ -574,11 +579,12 @@ pub fn run(args: Args) -> Result<()> {
         sys::deb_version("nftables"),
         sys::deb_version("xdp-tools"),
     ));
-    md.push_str("| contender | packets/s | ns/packet | rx core busy | legit req/s |\n|---|---:|---:|---:|---:|\n");
+    md.push_str("| contender | offered/s | packets/s | ns/packet | rx core busy | legit req/s |\n|---|---:|---:|---:|---:|---:|\n");
     for (i, c) in contenders.iter().enumerate() {
         md.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {:.0}% | {:.0} |\n",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0}% | {:.0} |\n",
             c.name(),
+            med(i, |s| s.offered_pps),
             med(i, |s| s.pps),
             med(i, |s| s.ns_per_packet),
             med(i, |s| s.rx_cpu_busy * 100.0),

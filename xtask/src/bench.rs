@@ -1,7 +1,64 @@
-pub fn run(_c: BenchCmd) -> anyhow::Result<()> {
-    Ok(())
-}
-#[derive(clap::Subcommand)]
+//! `cargo xtask bench …`: installs the peers, builds edge-node and the bench runner in
+//! release mode, and runs the benchmark as root; `--write` records it in bench/RESULTS.md.
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+use crate::{cargo, toolchain};
+
+#[derive(Subcommand)]
 pub enum BenchCmd {
-    Xdp,
+    /// Per-packet cost of every XDP verdict path against an empty program and xdp-filter
+    /// (BPF_PROG_TEST_RUN with repeat).
+    XdpCost(Common),
+    /// A flood over veth: drops/s and receive-CPU ns/packet for edge-node against
+    /// iptables, nftables, xdp-filter and a bare XDP_DROP.
+    XdpFlood(Common),
+    /// Both XDP benchmarks.
+    Xdp(Common),
+}
+
+#[derive(Args, Clone)]
+pub struct Common {
+    /// Rounds (default: the benchmark's own).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Do not write bench/RESULTS.md (print only).
+    #[arg(long)]
+    no_write: bool,
+}
+
+fn run_bench(name: &str, c: &Common) -> Result<()> {
+    let rounds = c.rounds.map(|r| r.to_string());
+    let mut args = vec![
+        "run",
+        "--release",
+        "--quiet",
+        "--package",
+        "edge-bench",
+        "--",
+        name,
+    ];
+    if let Some(r) = &rounds {
+        args.extend(["--rounds", r.as_str()]);
+    }
+    if !c.no_write {
+        args.push("--write");
+    }
+    cargo(&args)
+}
+
+pub fn run(cmd: BenchCmd) -> Result<()> {
+    toolchain::ensure_bench_packages()?;
+    toolchain::ensure_bpf_toolchain()?;
+    // The flood runs the real daemon: build it next to the runner.
+    cargo(&["build", "--release", "--package", "edge-node", "--bins"])?;
+    match cmd {
+        BenchCmd::XdpCost(c) => run_bench("xdp-cost", &c),
+        BenchCmd::XdpFlood(c) => run_bench("xdp-flood", &c),
+        BenchCmd::Xdp(c) => {
+            run_bench("xdp-cost", &c)?;
+            run_bench("xdp-flood", &c)
+        }
+    }
 }
