@@ -213,7 +213,7 @@ fn ensure_packages(wanted: &[(&str, &str)]) -> Result<()> {
 
 /// What the test suite drives: ip (netns, veth), curl.
 pub fn ensure_test_packages() -> Result<()> {
-    ensure_packages(&[("ip", "iproute2"), ("curl", "curl")])
+    ensure_packages(&[("ip", "iproute2"), ("sysctl", "procps"), ("curl", "curl")])
 }
 
 /// What the benchmarks compare against and load with.
