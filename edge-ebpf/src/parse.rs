@@ -133,8 +133,20 @@ pub enum Parsed {
     Malformed,
     Ip {
         src: Addr16,
-        transport: Transport,
+        l4: L4,
     },
+}
+
+/// Where the transport header is. It is read only when the verdict needs it (budgets):
+/// a packet dropped by a source rule never pays for it.
+#[derive(Clone, Copy)]
+pub enum L4 {
+    At {
+        offset: usize,
+        proto: u8,
+    },
+    /// Known without reading further (fragment, unknown protocol, broken extension chain).
+    Known(Transport),
 }
 
 struct Frame {
@@ -217,12 +229,15 @@ fn parse_ipv4(frame: &Frame, l3: usize) -> Parsed {
         return Parsed::Malformed;
     }
     let src = map_v4(src);
-    let transport = if frag_off & 0x1fff != 0 {
-        Transport::Fragment
+    let l4 = if frag_off & 0x1fff != 0 {
+        L4::Known(Transport::Fragment)
     } else {
-        parse_transport(frame, l3 + header_len, proto)
+        L4::At {
+            offset: l3 + header_len,
+            proto,
+        }
     };
-    Parsed::Ip { src, transport }
+    Parsed::Ip { src, l4 }
 }
 
 #[inline(always)]
@@ -254,14 +269,17 @@ fn parse_ipv6(frame: &Frame, l3: usize) -> Parsed {
             _ => {
                 return Parsed::Ip {
                     src,
-                    transport: parse_transport(frame, offset, next),
+                    l4: L4::At {
+                        offset,
+                        proto: next,
+                    },
                 };
             }
         }
         let Some(ext) = frame.at::<Ipv6ExtHdr>(offset) else {
             return Parsed::Ip {
                 src,
-                transport: Transport::Malformed,
+                l4: L4::Known(Transport::Malformed),
             };
         };
         // SAFETY: bounds checked by `at`.
@@ -272,7 +290,7 @@ fn parse_ipv6(frame: &Frame, l3: usize) -> Parsed {
                 if be16([frag[0], frag[1]]) >> 3 != 0 {
                     return Parsed::Ip {
                         src,
-                        transport: Transport::Fragment,
+                        l4: L4::Known(Transport::Fragment),
                     };
                 }
                 8
@@ -285,7 +303,22 @@ fn parse_ipv6(frame: &Frame, l3: usize) -> Parsed {
     }
     Parsed::Ip {
         src,
-        transport: Transport::Other,
+        l4: L4::Known(Transport::Other),
+    }
+}
+
+/// Reads the transport header located by [`parse`].
+#[inline(always)]
+pub fn transport(ctx: &XdpContext, l4: L4) -> Transport {
+    match l4 {
+        L4::Known(t) => t,
+        L4::At { offset, proto } => {
+            let frame = Frame {
+                start: ctx.data(),
+                end: ctx.data_end(),
+            };
+            parse_transport(&frame, offset, proto)
+        }
     }
 }
 

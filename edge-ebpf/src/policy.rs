@@ -13,7 +13,7 @@ use edge_common::{
 
 use crate::{
     EDGE_BUCKETS, EDGE_CONFIG, EDGE_GEN, EDGE_SOURCES, EDGE_VERDICTS,
-    parse::{Parsed, Transport, parse},
+    parse::{L4, Parsed, Transport, parse, transport},
 };
 
 /// CLOCK_MONOTONIC at tick resolution: a few ns, where the precise clock costs more than
@@ -29,12 +29,12 @@ pub fn decide(ctx: &XdpContext) -> Reason {
     let Some(cfg) = EDGE_CONFIG.get(0) else {
         return Reason::Pass;
     };
-    let (src, transport) = match parse(ctx) {
+    let (src, l4) = match parse(ctx) {
         Parsed::NotIp => return Reason::PassNotIp,
         Parsed::Malformed => return malformed(cfg),
-        Parsed::Ip { src, transport } => (src, transport),
+        Parsed::Ip { src, l4 } => (src, l4),
     };
-    let reason = decide_source(cfg, &src, transport);
+    let reason = decide_source(ctx, cfg, &src, l4);
     if cfg.flags & flags::DEBUG_LOG != 0 && reason.is_drop() {
         info!(ctx, "edge-xdp: drop {:i} reason {}", src, reason as u32);
     }
@@ -130,13 +130,14 @@ fn reason_from(v: u32) -> Reason {
 }
 
 #[inline(always)]
-fn decide_source(cfg: &XdpConfig, src: &Addr16, transport: Transport) -> Reason {
+fn decide_source(ctx: &XdpContext, cfg: &XdpConfig, src: &Addr16, l4: L4) -> Reason {
     let mut now = 0;
     let hash = source_hash(src, cfg.bucket_seed);
     let reason = cached_source_rule(cfg, src, hash, &mut now);
     if reason != Reason::Pass {
         return reason;
     }
+    let transport = transport(ctx, l4);
     if transport == Transport::Malformed {
         return malformed(cfg);
     }
