@@ -246,20 +246,27 @@ fn budgets_per_source_and_class() {
     assert_eq!(h.reason(&v6_udp(v6_src(3), 443)), Reason::Pass);
     assert_eq!(h.reason(&v6_udp(v6_src(3), 443)), Reason::DropQuicRate);
 
-    // All packets: burst 50 at 1000/s. Sent back to back, about 50 pass (a few more as
-    // time passes between runs: one per millisecond).
+    // All packets: burst 50 at 10/s. Sent back to back, 50 pass, plus one per 100 ms
+    // that the loop takes (measured, not assumed: the machine may be busy).
+    let mut s = settings();
+    s.rate.packets_per_sec = 10;
+    s.rate.packets_burst = 50;
+    h.configure(&s);
     let src = [198, 18, 0, 1];
-    let mut passed = 0;
-    let mut dropped = 0;
+    let mut passed = 0u64;
+    let started = std::time::Instant::now();
     for _ in 0..200 {
         match h.reason(&v4_udp(src, 53)) {
             Reason::Pass => passed += 1,
-            Reason::DropRate => dropped += 1,
+            Reason::DropRate => {}
             r => panic!("unexpected {r:?}"),
         }
     }
-    assert!((50..150).contains(&passed), "passed {passed}");
-    assert!(dropped > 0);
+    let refill = (started.elapsed().as_millis() / 100) as u64 + 2;
+    assert!(
+        passed >= 50 && passed <= 50 + refill,
+        "passed {passed}, refill bound {refill}"
+    );
 
     // With rate limiting switched off nothing is charged.
     let mut s = settings();
@@ -555,12 +562,20 @@ fn rules_inside_prefixes_inherit_allow_and_block() {
     assert_eq!(h.reason(&pkt), Reason::DropThreat);
     h.maps.set_score(host, 0, None).unwrap();
     assert_eq!(h.reason(&pkt), Reason::Pass);
+    // The trie has one 16-byte address space: an IPv4-mapped IPv6 prefix is the IPv4
+    // prefix, and hosts inside it are refreshed like any others.
+    h.maps.set_score(host, 1, None).unwrap();
+    h.maps.block(net("::ffff:203.0.113.0/120"), None).unwrap();
+    assert_eq!(h.reason(&pkt), Reason::DropBlocked);
+    assert!(h.maps.unblock(net("203.0.113.0/24")).unwrap());
+    assert_eq!(h.reason(&pkt), Reason::Pass);
+    h.maps.set_score(host, 0, None).unwrap();
     // The sweep removes what expired; the listing shows what is in force.
     h.maps
         .block(net("198.51.100.0/24"), Some(Duration::from_millis(1)))
         .unwrap();
     std::thread::sleep(Duration::from_millis(20));
-    assert_eq!(h.maps.purge_expired().unwrap(), 2);
+    assert_eq!(h.maps.purge_expired().unwrap(), 1);
     let l = h.maps.list().unwrap();
     assert!(
         l.block.is_empty() && l.allow.is_empty() && l.scores.is_empty(),

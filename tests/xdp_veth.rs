@@ -386,11 +386,46 @@ fn keep_attached_filters_while_the_node_is_down() {
     assert!(node.wait_running(Duration::from_secs(20)));
     let got = rig.udp_exchange(&[PLAIN], 30);
     assert_eq!(got.get(&ip(PLAIN)).copied().unwrap_or(0), 0);
+    // The interface's row: the program is running and the link is persistent.
     let status = node.cli_ok(&["xdp", "status"]);
-    assert!(
-        status.contains("running") && status.contains(" yes"),
-        "{status}"
+    let row: Vec<&str> = status
+        .lines()
+        .find(|l| l.starts_with(rig.server_if.as_str()))
+        .unwrap_or_else(|| panic!("no row for {}: {status}", rig.server_if))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[4..], ["yes", "yes"], "{status}");
+}
+
+#[test]
+fn prefixes_removed_from_the_config_do_not_outlive_a_restart() {
+    if !privileged("prefixes_removed_from_the_config") {
+        return;
+    }
+    let rig = Rig::new();
+    let mut node = rig.start("native", "block = [\"10.231.0.10/32\"]");
+    node.cli_ok(&["xdp", "block", "10.231.0.20", "--ttl", "10m"]);
+    let got = rig.udp_exchange(&[PLAIN, BLOCKED, ALLOWED], 20);
+    assert_eq!(got.get(&ip(PLAIN)).copied().unwrap_or(0), 0);
+    assert_eq!(got.get(&ip(BLOCKED)).copied().unwrap_or(0), 0);
+    // The operator drops the block from the file and restarts: the file's entry goes,
+    // the CLI's stays.
+    node.stop();
+    std::fs::write(node.config_path(), rig.config("native", "")).unwrap();
+    node.restart();
+    assert!(node.wait_running(Duration::from_secs(20)), "{}", node.log());
+    let got = rig.udp_exchange(&[PLAIN, BLOCKED, ALLOWED], 20);
+    assert_eq!(
+        got.get(&ip(PLAIN)).copied().unwrap_or(0),
+        20,
+        "config block removed"
     );
+    assert_eq!(
+        got.get(&ip(BLOCKED)).copied().unwrap_or(0),
+        0,
+        "CLI block kept"
+    );
+    assert_eq!(got.get(&ip(ALLOWED)).copied().unwrap_or(0), 20);
 }
 
 #[test]

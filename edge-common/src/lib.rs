@@ -99,6 +99,13 @@ pub mod rule_flags {
     pub const OWN_ALLOW: u32 = 1 << 2;
     /// This entry itself is a block prefix (until `own_block_expires_at_ns`).
     pub const OWN_BLOCK: u32 = 1 << 3;
+    /// The entry's own allow came from the configuration file (so a restart with a file
+    /// that no longer lists it removes it).
+    pub const CONFIG_ALLOW: u32 = 1 << 4;
+    /// The entry's own block came from the configuration file.
+    pub const CONFIG_BLOCK: u32 = 1 << 5;
+    /// The bits that belong to the entry itself (kept by [`super::SourceRule::inherit`]).
+    pub const OWN: u32 = OWN_ALLOW | OWN_BLOCK | CONFIG_ALLOW | CONFIG_BLOCK;
 }
 
 /// Value of the source trie: what is known about a prefix or a host.
@@ -149,7 +156,7 @@ impl SourceRule {
     pub const fn inherit(mut self, parent: Option<&SourceRule>) -> Self {
         let own_allow = self.flags & rule_flags::OWN_ALLOW != 0;
         let own_block = self.flags & rule_flags::OWN_BLOCK != 0;
-        let mut flags = self.flags & (rule_flags::OWN_ALLOW | rule_flags::OWN_BLOCK);
+        let mut flags = self.flags & rule_flags::OWN;
         let mut blocked = own_block;
         let mut expires = self.own_block_expires_at_ns;
         let mut allowed = own_allow;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::{
     config::{Config, LogFormat},
@@ -70,6 +70,7 @@ impl App {
                         Ok((new, source)) => match xdp.apply(&new.xdp) {
                             Ok(()) => {
                                 info!(%source, "configuration reloaded");
+                                warn_restart_only(&self.config, &new);
                                 self.config = new;
                             }
                             Err(e) => error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"),
@@ -82,5 +83,25 @@ impl App {
         info!("shutting down");
         xdp.shutdown()?;
         Ok(())
+    }
+}
+
+/// Keys that only take effect at start: say so instead of pretending they were applied.
+fn warn_restart_only(old: &Config, new: &Config) {
+    let (a, b) = (&old.xdp, &new.xdp);
+    for (key, changed) in [
+        ("xdp.mode", a.mode != b.mode),
+        ("xdp.strict", a.strict != b.strict),
+        ("xdp.interfaces", a.interfaces != b.interfaces),
+        ("xdp.pin_root", a.pin_root != b.pin_root),
+        ("xdp.keep_attached", a.keep_attached != b.keep_attached),
+        ("node.id", old.node.id != new.node.id),
+    ] {
+        if changed {
+            warn!(
+                key,
+                "changed by the reload but takes effect only at the next restart"
+            );
+        }
     }
 }

@@ -49,6 +49,25 @@ pub fn net_from_prefix16(data: Addr16, prefix_len: u32) -> IpNet {
     IpNet::new(IpAddr::V6(v6), prefix_len.min(128) as u8).expect("prefix <= 128")
 }
 
+/// Whether the first `len` bits of `a` and `b` agree: containment in the kernel's one
+/// 16-byte address space, where `::/0` covers IPv4 too and `::ffff:10.0.0.0/104` is
+/// `10.0.0.0/8`. (`IpNet::contains` keeps the families apart, the trie does not.)
+pub fn prefix_matches(a: &Addr16, b: &Addr16, len: u32) -> bool {
+    let x = u128::from_be_bytes(*a);
+    let y = u128::from_be_bytes(*b);
+    match len {
+        0 => true,
+        1..=127 => (x ^ y) >> (128 - len) == 0,
+        _ => x == y,
+    }
+}
+
+/// Whether `net` holds `ip`, in the 16-byte space.
+pub fn net_holds(net: IpNet, ip: IpAddr) -> bool {
+    let (data, len) = prefix16(net);
+    prefix_matches(&data, &addr16(ip), len)
+}
+
 /// Nanoseconds of CLOCK_MONOTONIC: the clock of `bpf_ktime_get_coarse_ns`.
 pub fn now_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -114,6 +133,25 @@ mod tests {
             net_from_prefix16(prefix16("10.1.2.3/8".parse().unwrap()).0, 104),
             "10.0.0.0/8".parse::<IpNet>().unwrap()
         );
+    }
+
+    #[test]
+    fn containment_is_in_one_address_space() {
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        assert!(net_holds("10.0.0.0/8".parse().unwrap(), ip));
+        assert!(net_holds("::ffff:10.0.0.0/104".parse().unwrap(), ip));
+        assert!(net_holds("::/0".parse().unwrap(), ip));
+        assert!(!net_holds("11.0.0.0/8".parse().unwrap(), ip));
+        assert!(!net_holds("2001:db8::/32".parse().unwrap(), ip));
+        assert!(net_holds(
+            "2001:db8::/32".parse().unwrap(),
+            "2001:db8::1".parse().unwrap()
+        ));
+        assert!(net_holds("0.0.0.0/0".parse().unwrap(), ip));
+        assert!(!net_holds(
+            "0.0.0.0/0".parse().unwrap(),
+            "2001:db8::1".parse().unwrap()
+        ));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use edge_common::{
 use ipnet::IpNet;
 
 use super::{
-    addr::{canonical, expiry, now_ns},
+    addr::{canonical, expiry, net_holds, now_ns},
     maps::{Listing, PinnedMaps},
 };
 
@@ -33,6 +33,15 @@ pub trait SourcePolicy: Send {
     fn check(&mut self, ip: IpAddr, class: BucketClass) -> Reason;
     /// Drops blocks and scores whose TTL has passed; returns how many.
     fn purge_expired(&mut self) -> Result<usize>;
+    /// Allow / block entries owned by the configuration file (set with the `*_configured`
+    /// calls), as found in the tables, so a start can drop what the file no longer lists.
+    fn configured(&self) -> Result<(Vec<IpNet>, Vec<IpNet>)>;
+    fn allow_configured(&mut self, net: IpNet) -> Result<()> {
+        self.allow(net)
+    }
+    fn block_configured(&mut self, net: IpNet) -> Result<()> {
+        self.block(net, None)
+    }
 }
 
 /// Bound on remembered token buckets: an attacker cycling through millions of source
@@ -137,10 +146,10 @@ impl PolicyTables for MemoryTables {
     /// covers the address, blocked until the latest expiry of the covering blocks.
     fn rule(&self, ip: IpAddr) -> Option<SourceRule> {
         let mut rule = SourceRule::default();
-        if self.allow.iter().any(|n| n.contains(&ip)) {
+        if self.allow.iter().any(|n| net_holds(*n, ip)) {
             rule.flags |= rule_flags::ALLOWED;
         }
-        for (_, expires) in self.block.iter().filter(|(n, _)| n.contains(&ip)) {
+        for (_, expires) in self.block.iter().filter(|(n, _)| net_holds(*n, ip)) {
             rule.block_expires_at_ns = if rule.flags & rule_flags::BLOCKED != 0 {
                 later_expiry(rule.block_expires_at_ns, *expires)
             } else {
@@ -236,6 +245,10 @@ impl SourcePolicy for UserspacePolicy {
     fn check(&mut self, ip: IpAddr, class: BucketClass) -> Reason {
         self.check_at(ip, class, now_ns())
     }
+    fn configured(&self) -> Result<(Vec<IpNet>, Vec<IpNet>)> {
+        // Memory starts empty on every run: nothing from an earlier file can linger.
+        Ok((Vec::new(), Vec::new()))
+    }
     fn purge_expired(&mut self) -> Result<usize> {
         let now = now_ns();
         let t = &mut self.tables;
@@ -298,6 +311,15 @@ impl SourcePolicy for KernelPolicy {
     }
     fn purge_expired(&mut self) -> Result<usize> {
         self.maps.purge_expired()
+    }
+    fn configured(&self) -> Result<(Vec<IpNet>, Vec<IpNet>)> {
+        self.maps.configured()
+    }
+    fn allow_configured(&mut self, net: IpNet) -> Result<()> {
+        self.maps.allow_configured(net)
+    }
+    fn block_configured(&mut self, net: IpNet) -> Result<()> {
+        self.maps.block_configured(net)
     }
 }
 

@@ -281,3 +281,35 @@ pub fn detach(maps: &mut PinnedMaps, att: &Attachment, keep: bool) -> Result<()>
     info!(interface = %att.interface, "XDP program detached");
     Ok(())
 }
+
+/// Detaches and forgets interfaces an earlier run attached to (pinned links, attach
+/// records) that the configuration no longer lists.
+pub fn forget_unlisted(maps: &mut PinnedMaps, interfaces: &[String]) -> Result<()> {
+    let links = maps.dir().join("links");
+    if let Ok(entries) = fs::read_dir(&links) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !interfaces.contains(&name) {
+                // Unpinning drops the last reference: the kernel detaches the program.
+                let released = PinnedLink::from_pin(entry.path())
+                    .map_err(anyhow::Error::from)
+                    .and_then(|l| Ok(l.unpin()?));
+                match released {
+                    Ok(link) => drop(link),
+                    Err(e) => {
+                        warn!(interface = %name, error = %format!("{e:#}"), "cannot release a pinned XDP link")
+                    }
+                }
+                let _ = fs::remove_file(entry.path());
+                info!(interface = %name, "detached: no longer in xdp.interfaces");
+            }
+        }
+    }
+    let listed: Vec<u32> = interfaces.iter().filter_map(|i| ifindex(i).ok()).collect();
+    for rec in maps.attach_records()? {
+        if !listed.contains(&rec.ifindex) {
+            maps.forget_attach(rec.ifindex)?;
+        }
+    }
+    Ok(())
+}

@@ -15,7 +15,7 @@ use edge_common::{
 };
 use ipnet::IpNet;
 
-use super::addr::{addr16, expiry, net_from_prefix16, now_ns, prefix16};
+use super::addr::{addr16, expiry, net_from_prefix16, now_ns, prefix_matches, prefix16};
 
 /// Everything the policy tables hold, for `xdp list` and the admin API.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -119,8 +119,17 @@ impl PinnedMaps {
     }
 
     /// Changes the entry at `net` with `edit`, then brings the effective fields of it and
-    /// of every entry inside it up to date.
+    /// of every entry inside it up to date. Writers (daemon, CLI) serialise on a lock of
+    /// the pin directory, so one's inheritance never overwrites the other's.
     fn update(&mut self, net: IpNet, edit: impl FnOnce(&mut SourceRule)) -> Result<bool> {
+        let _lock = self.lock()?;
+        let result = self.update_locked(net, edit);
+        // Whatever got written (even on a later error) must invalidate cached verdicts.
+        self.bump_generation()?;
+        result
+    }
+
+    fn update_locked(&mut self, net: IpNet, edit: impl FnOnce(&mut SourceRule)) -> Result<bool> {
         let (data, len) = prefix16(net);
         let key = Key::new(len, data);
         let existed = self.exact(&key)?;
@@ -140,16 +149,14 @@ impl PinnedMaps {
                 .insert(&key, rule, 0)
                 .with_context(|| format!("writing the rule for {net}"))?;
         }
-        // Entries inside `net` inherit from it: refresh them, outermost first.
+        // Entries inside `net` (in the 16-byte space the trie uses) inherit from it:
+        // refresh them, outermost first.
         if len < 128 {
             let mut inner: Vec<TrieKey> = self
                 .sources
                 .keys()
                 .filter_map(Result::ok)
-                .filter(|k| {
-                    k.prefix_len() > len
-                        && net.contains(&net_from_prefix16(k.data(), k.prefix_len()))
-                })
+                .filter(|k| k.prefix_len() > len && prefix_matches(&k.data(), &data, len))
                 .collect();
             inner.sort_by_key(|k| k.prefix_len());
             for k in inner {
@@ -160,14 +167,36 @@ impl PinnedMaps {
                 }
             }
         }
-        self.bump_generation()?;
         Ok(before != rule)
     }
 
+    /// An exclusive lock on the pin directory, held while a rule and its inheritors are
+    /// rewritten (flock works on directories, also on bpffs).
+    fn lock(&self) -> Result<std::fs::File> {
+        let dir = std::fs::File::open(&self.dir)
+            .with_context(|| format!("opening {}", self.dir.display()))?;
+        // SAFETY: valid fd; the lock is released when the File is dropped.
+        let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&dir), libc::LOCK_EX) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("locking {}", self.dir.display()));
+        }
+        Ok(dir)
+    }
+
     pub fn block(&mut self, net: IpNet, ttl: Option<Duration>) -> Result<()> {
+        self.block_as(net, ttl, 0)
+    }
+
+    /// A block that the configuration file owns.
+    pub fn block_configured(&mut self, net: IpNet) -> Result<()> {
+        self.block_as(net, None, rule_flags::CONFIG_BLOCK)
+    }
+
+    fn block_as(&mut self, net: IpNet, ttl: Option<Duration>, origin: u32) -> Result<()> {
         let expires = expiry(ttl);
         self.update(net, |r| {
-            r.flags |= rule_flags::OWN_BLOCK;
+            r.flags = (r.flags & !rule_flags::CONFIG_BLOCK) | rule_flags::OWN_BLOCK | origin;
             r.own_block_expires_at_ns = expires;
         })?;
         Ok(())
@@ -178,7 +207,7 @@ impl PinnedMaps {
         let mut had = false;
         self.update(net, |r| {
             had = r.flags & rule_flags::OWN_BLOCK != 0;
-            r.flags &= !rule_flags::OWN_BLOCK;
+            r.flags &= !(rule_flags::OWN_BLOCK | rule_flags::CONFIG_BLOCK);
             r.own_block_expires_at_ns = 0;
         })?;
         Ok(had)
@@ -189,13 +218,38 @@ impl PinnedMaps {
         Ok(())
     }
 
+    /// An allow prefix that the configuration file owns.
+    pub fn allow_configured(&mut self, net: IpNet) -> Result<()> {
+        self.update(net, |r| {
+            r.flags |= rule_flags::OWN_ALLOW | rule_flags::CONFIG_ALLOW
+        })?;
+        Ok(())
+    }
+
     pub fn unallow(&mut self, net: IpNet) -> Result<bool> {
         let mut had = false;
         self.update(net, |r| {
             had = r.flags & rule_flags::OWN_ALLOW != 0;
-            r.flags &= !rule_flags::OWN_ALLOW;
+            r.flags &= !(rule_flags::OWN_ALLOW | rule_flags::CONFIG_ALLOW);
         })?;
         Ok(had)
+    }
+
+    /// The allow and block prefixes a configuration file put here (possibly by an earlier
+    /// run of the node).
+    pub fn configured(&self) -> Result<(Vec<IpNet>, Vec<IpNet>)> {
+        let (mut allow, mut block) = (Vec::new(), Vec::new());
+        for item in self.sources.iter() {
+            let (key, rule) = item?;
+            let net = net_from_prefix16(key.data(), key.prefix_len());
+            if rule.flags & rule_flags::CONFIG_ALLOW != 0 {
+                allow.push(net);
+            }
+            if rule.flags & rule_flags::CONFIG_BLOCK != 0 {
+                block.push(net);
+            }
+        }
+        Ok((allow, block))
     }
 
     /// Sets a source's threat score; 0 removes it.

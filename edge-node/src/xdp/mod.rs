@@ -133,6 +133,14 @@ impl XdpHandle {
             config_block: BTreeSet::new(),
             bucket_seed,
         };
+        // Entries an earlier run took from its config file are this file's to keep or
+        // drop: a prefix removed from the file must not outlive a restart.
+        {
+            let policy = handle.policy.lock().expect("policy lock");
+            let (allow, block) = policy.configured()?;
+            handle.config_allow = allow.into_iter().collect();
+            handle.config_block = block.into_iter().collect();
+        }
         handle.apply(settings)?;
         Ok(handle)
     }
@@ -153,6 +161,7 @@ impl XdpHandle {
         config.bucket_seed = *bucket_seed;
         maps.set_config(&config)?;
         let log_task = spawn_log_forwarder(&mut ebpf);
+        loader::forget_unlisted(&mut maps, &settings.interfaces)?;
         let mut attachments = Vec::new();
         for iface in &settings.interfaces {
             match loader::attach(&mut ebpf, &mut maps, settings, iface) {
@@ -191,10 +200,10 @@ impl XdpHandle {
             policy.unblock(*gone)?;
         }
         for net in &allow {
-            policy.allow(*net).context("allow from config")?;
+            policy.allow_configured(*net).context("allow from config")?;
         }
         for net in &block {
-            policy.block(*net, None).context("block from config")?;
+            policy.block_configured(*net).context("block from config")?;
         }
         self.config_allow = allow;
         self.config_block = block;
