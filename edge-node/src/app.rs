@@ -56,7 +56,11 @@ impl App {
         loop {
             tokio::select! {
                 _ = sweep.tick() => {
-                    let purged = policy.lock().expect("policy lock").purge_expired();
+                    // Map syscalls under a lock: keep them off the async workers.
+                    let p = policy.clone();
+                    let purged = tokio::task::spawn_blocking(move || p.lock().expect("policy lock").purge_expired())
+                        .await
+                        .unwrap_or_else(|e| Err(anyhow::anyhow!("sweep task: {e}")));
                     match purged {
                         Ok(0) => {}
                         Ok(n) => info!(purged = n, "expired blocks and scores removed"),

@@ -295,22 +295,53 @@ impl PinnedMaps {
         Ok(listing)
     }
 
-    /// Removes blocks and scores whose TTL has passed (they no longer apply, but a stale
-    /// entry would still be the longest match). Returns how many were removed.
+    /// Removes blocks and scores whose TTL has passed (they already no longer apply; this
+    /// keeps the trie and `xdp list` to what is in force). One locked pass: own fields are
+    /// edited first, then every entry's effective fields are recomputed once.
     pub fn purge_expired(&mut self) -> Result<usize> {
         let now = now_ns();
-        let listing = self.list()?;
+        let _lock = self.lock()?;
         let mut purged = 0;
-        for (net, expires) in listing.block {
-            if !is_live(expires, now) && self.unblock(net)? {
+        let mut keys: Vec<TrieKey> = self.sources.keys().filter_map(Result::ok).collect();
+        for key in &keys {
+            let mut rule = self.sources.get(key, 0)?;
+            let mut changed = false;
+            if rule.flags & rule_flags::OWN_BLOCK != 0
+                && !is_live(rule.own_block_expires_at_ns, now)
+            {
+                rule.flags &= !(rule_flags::OWN_BLOCK | rule_flags::CONFIG_BLOCK);
+                rule.own_block_expires_at_ns = 0;
+                changed = true;
+            }
+            if rule.score != 0 && !is_live(rule.score_expires_at_ns, now) {
+                rule.score = 0;
+                rule.score_expires_at_ns = 0;
+                changed = true;
+            }
+            if changed {
                 purged += 1;
+                if rule.is_empty() {
+                    self.sources.remove(key)?;
+                } else {
+                    self.sources.insert(key, rule, 0)?;
+                }
             }
         }
-        for (ip, _, expires) in listing.scores {
-            if !is_live(expires, now) {
-                self.set_score(ip, 0, None)?;
-                purged += 1;
+        if purged > 0 {
+            keys.retain(|k| {
+                self.sources
+                    .get(k, 0)
+                    .is_ok_and(|r| r.prefix_len == k.prefix_len())
+            });
+            keys.sort_by_key(|k| k.prefix_len());
+            for k in keys {
+                let own = self.sources.get(&k, 0)?;
+                let fresh = own.inherit(self.parent(&k).as_ref());
+                if fresh != own {
+                    self.sources.insert(&k, fresh, 0)?;
+                }
             }
+            self.bump_generation()?;
         }
         Ok(purged)
     }

@@ -188,9 +188,6 @@ impl XdpHandle {
     /// entries. Entries added at run time (CLI, policy engine) are left alone.
     pub fn apply(&mut self, settings: &XdpSettings) -> Result<()> {
         let mut policy = self.policy.lock().expect("policy lock");
-        let mut config = settings.kernel_config();
-        config.bucket_seed = self.bucket_seed;
-        policy.set_config(&config)?;
         let allow: BTreeSet<IpNet> = settings.allow.iter().map(IpNet::trunc).collect();
         let block: BTreeSet<IpNet> = settings.block.iter().map(IpNet::trunc).collect();
         for gone in self.config_allow.difference(&allow) {
@@ -205,6 +202,10 @@ impl XdpHandle {
         for net in &block {
             policy.block_configured(*net).context("block from config")?;
         }
+        // The kernel config last: a failure above leaves the running thresholds alone.
+        let mut config = settings.kernel_config();
+        config.bucket_seed = self.bucket_seed;
+        policy.set_config(&config)?;
         self.config_allow = allow;
         self.config_block = block;
         Ok(())
