@@ -212,6 +212,15 @@ fn threat_score_drops_until_its_ttl_expires() {
         50,
         "score expired"
     );
+    // The daemon's sweep (every 5 s) then removes the expired entry from the trie.
+    let deadline = std::time::Instant::now() + Duration::from_secs(12);
+    while node.cli_ok(&["xdp", "list"]).contains(PLAIN) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expired score never swept"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 #[test]
