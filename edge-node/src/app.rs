@@ -7,8 +7,13 @@ use anyhow::Result;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
+use std::sync::{Arc, RwLock};
+
 use crate::{
     config::{Config, LogFormat},
+    pipeline::Pipeline,
+    server,
+    upstream::Pool,
     xdp::XdpHandle,
 };
 
@@ -44,7 +49,26 @@ impl App {
     /// Runs until SIGINT or SIGTERM; SIGHUP reloads the configuration (a bad one is
     /// refused and the running one stays).
     pub async fn run(mut self) -> Result<()> {
+        // Listeners first: a taken port fails the start before anything is attached.
+        let listeners = server::bind(&self.config.http).await?;
+        let pool = Pool::new(self.config.http.upstream_connect_timeout);
+        let pipeline: server::SharedPipeline = Arc::new(RwLock::new(Arc::new(Pipeline::new(
+            &self.config,
+            pool.clone(),
+        )?)));
         let mut xdp = XdpHandle::start(&self.config.xdp)?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let servers: Vec<_> = listeners
+            .into_iter()
+            .map(|l| {
+                server::spawn(
+                    l,
+                    pipeline.clone(),
+                    self.config.http.clone(),
+                    stop_rx.clone(),
+                )
+            })
+            .collect();
         info!(node = %self.config.node.id, enforcement = ?xdp.enforcement(), "edge-node running");
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -71,8 +95,13 @@ impl App {
                 _ = int.recv() => break,
                 _ = hup.recv() => {
                     match Config::load(self.config_path.as_deref()) {
-                        Ok((new, source)) => match xdp.apply(&new.xdp) {
-                            Ok(()) => {
+                        Ok((new, source)) => match Pipeline::new(&new, pool.clone())
+                            .and_then(|p| xdp.apply(&new.xdp).map(|()| p))
+                        {
+                            Ok(p) => {
+                                // New requests take the new routes; requests in flight
+                                // finish on the pipeline they started with.
+                                *pipeline.write().expect("pipeline lock") = Arc::new(p);
                                 info!(%source, "configuration reloaded");
                                 warn_restart_only(&self.config, &new);
                                 self.config = new;
@@ -84,7 +113,11 @@ impl App {
                 }
             }
         }
-        info!("shutting down");
+        info!("shutting down: draining requests in flight");
+        let _ = stop_tx.send(true);
+        for s in servers {
+            let _ = s.await;
+        }
         xdp.shutdown()?;
         Ok(())
     }

@@ -3,4 +3,9 @@
 
 pub mod app;
 pub mod config;
+pub mod error;
+pub mod phases;
+pub mod pipeline;
+pub mod server;
+pub mod upstream;
 pub mod xdp;

@@ -3,6 +3,7 @@
 
 pub mod netns;
 pub mod node;
+pub mod origin;
 pub mod packet;
 
 use std::{

@@ -63,6 +63,26 @@ impl Node {
         self.starts += 1;
     }
 
+    /// The first HTTP address the node logged (`http listening addr=…`).
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.log()
+            .lines()
+            .rev()
+            .filter(|l| l.contains("http listening"))
+            .filter_map(|l| l.split("addr=").nth(1))
+            .filter_map(|a| a.split_whitespace().next())
+            .filter_map(|a| a.parse().ok())
+            .next()
+    }
+
+    /// Sends a signal to the node (SIGHUP reloads).
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
     /// Waits (bounded) until the current run logged that it is running.
     pub fn wait_running(&self, timeout: Duration) -> bool {
         let start = Instant::now();

@@ -6,7 +6,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 
-use crate::xdp::XdpSettings;
+pub mod duration;
+
+use crate::{
+    phases::route::RouteSettings, server::HttpSettings, upstream::UpstreamSettings,
+    xdp::XdpSettings,
+};
 
 /// The embedded default: what `edge-node` runs with when no file is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
@@ -20,6 +25,14 @@ pub struct Config {
     pub xdp: XdpSettings,
     #[serde(default)]
     pub log: LogSettings,
+    #[serde(default)]
+    pub http: HttpSettings,
+    /// `[[upstream]]` pools.
+    #[serde(default)]
+    pub upstream: Vec<UpstreamSettings>,
+    /// `[[route]]`s, first match wins.
+    #[serde(default)]
+    pub route: Vec<RouteSettings>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,6 +136,22 @@ impl Config {
             bail!("node.id must not be empty");
         }
         self.xdp.validate().context("in [xdp]")?;
+        let mut names = std::collections::HashSet::new();
+        for u in &self.upstream {
+            u.validate()?;
+            if !names.insert(u.name.as_str()) {
+                bail!("upstream {} is defined twice", u.name);
+            }
+        }
+        for r in &self.route {
+            r.validate()?;
+            if !names.contains(r.upstream.as_str()) {
+                bail!(
+                    "a route names upstream {:?}, which is not defined",
+                    r.upstream
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -181,5 +210,10 @@ mod example_tests {
         assert_eq!(c.xdp.kernel_config(), d.xdp.kernel_config());
         assert_eq!(c.xdp.pin_root, d.xdp.pin_root);
         assert_eq!(c.node.id, d.node.id);
+        assert_eq!(format!("{:?}", c.http), format!("{:?}", d.http));
+        // The example's pool and route are the embedded default's.
+        let (e, _) = Config::load(None).unwrap();
+        assert_eq!(c.upstream.len(), e.upstream.len());
+        assert_eq!(c.route[0].hosts, e.route[0].hosts);
     }
 }

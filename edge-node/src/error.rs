@@ -1,0 +1,104 @@
+//! Errors of the request path and the one place they become HTTP responses: clients get
+//! a status and a generic body; the detail goes to the log.
+
+use bytes::Bytes;
+use http::{Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+
+/// The body type of every response the node produces or relays.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Which side a failure belongs to (for logs and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Node,
+    Upstream,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is malformed (missing Host, bad URI, ...).
+    BadRequest,
+    /// No route serves this host: the node is not an open proxy.
+    UnknownHost,
+    /// A route matched the host but not the path or method.
+    NoRoute,
+    /// Connecting to or talking with the origin failed.
+    UpstreamFailed,
+    /// No origin of the route's pool can take the request.
+    NoUpstreamAvailable,
+    /// The origin did not answer in time.
+    UpstreamTimeout,
+}
+
+#[derive(Debug)]
+pub struct EdgeError {
+    pub kind: ErrorKind,
+    pub side: Side,
+    /// Whether another attempt (another origin) could succeed.
+    pub retryable: bool,
+    pub detail: String,
+}
+
+impl EdgeError {
+    pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
+        let (side, retryable) = match kind {
+            ErrorKind::BadRequest | ErrorKind::UnknownHost | ErrorKind::NoRoute => {
+                (Side::Client, false)
+            }
+            ErrorKind::NoUpstreamAvailable => (Side::Node, false),
+            ErrorKind::UpstreamFailed => (Side::Upstream, true),
+            ErrorKind::UpstreamTimeout => (Side::Upstream, false),
+        };
+        Self {
+            kind,
+            side,
+            retryable,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self.kind {
+            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::UnknownHost => StatusCode::MISDIRECTED_REQUEST,
+            ErrorKind::NoRoute => StatusCode::NOT_FOUND,
+            ErrorKind::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            ErrorKind::NoUpstreamAvailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The response the client sees: status and a generic body, never the detail.
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let text = format!(
+            "{} {}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        );
+        let mut resp = Response::new(full(text));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        resp
+    }
+}
+
+impl std::fmt::Display for EdgeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} ({:?} side): {}", self.kind, self.side, self.detail)
+    }
+}
+
+impl std::error::Error for EdgeError {}
+
+/// A complete body from bytes.
+pub fn full(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
+}

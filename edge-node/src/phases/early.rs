@@ -1,0 +1,147 @@
+//! Early phase: the request's host, and header hygiene before anything trusts a header.
+//! With nothing to do (a clean request) it only records the host.
+
+use http::{HeaderMap, HeaderName, Request, header};
+
+use crate::{
+    error::{EdgeError, ErrorKind},
+    pipeline::RequestCtx,
+};
+
+/// Headers that describe one hop's connection and must not be forwarded (RFC 9110 7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Header prefixes only the node may set toward origins: client copies are removed so
+/// nothing a client sends can spoof an identity or a forwarding chain.
+const NODE_OWNED_PREFIXES: [&str; 2] = ["x-user-", "x-edge-"];
+const NODE_OWNED: [&str; 6] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+    "x-region",
+];
+
+pub fn on_request<B>(ctx: &mut RequestCtx, req: &mut Request<B>) -> Result<(), EdgeError> {
+    // HTTP/2 carries the host in the URI (:authority), HTTP/1.1 in Host.
+    let raw = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .ok_or_else(|| EdgeError::new(ErrorKind::BadRequest, "no Host"))?;
+    ctx.host = normalize_host(&raw)
+        .ok_or_else(|| EdgeError::new(ErrorKind::BadRequest, format!("bad Host {raw:?}")))?;
+    strip_hop_by_hop(req.headers_mut());
+    strip_node_owned(req.headers_mut());
+    Ok(())
+}
+
+/// Lower-case host without port; `None` if it is not a plausible host.
+pub fn normalize_host(raw: &str) -> Option<String> {
+    let raw = raw.trim();
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        // [v6]:port
+        let end = rest.find(']')?;
+        &raw[..end + 2]
+    } else {
+        raw.rsplit_once(':')
+            .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+            .map_or(raw, |(h, _)| h)
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let valid = !host.is_empty()
+        && host.len() <= 255
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']'));
+    valid.then_some(host)
+}
+
+/// Removes hop-by-hop headers, including those a `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(n);
+    }
+    headers.remove(header::TRANSFER_ENCODING);
+}
+
+fn strip_node_owned(headers: &mut HeaderMap) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            let k = k.as_str();
+            NODE_OWNED.contains(&k) || NODE_OWNED_PREFIXES.iter().any(|p| k.starts_with(p))
+        })
+        .cloned()
+        .collect();
+    for k in doomed {
+        headers.remove(k);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_normalized() {
+        assert_eq!(
+            normalize_host("Example.COM:8080").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(
+            normalize_host("example.com.").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(normalize_host("[::1]:443").as_deref(), Some("[::1]"));
+        assert_eq!(normalize_host("a b"), None);
+        assert_eq!(normalize_host(""), None);
+    }
+
+    #[test]
+    fn spoofable_and_hop_headers_go() {
+        let mut req = Request::builder()
+            .uri("/")
+            .header("host", "x.test")
+            .header("connection", "close, x-secret")
+            .header("x-secret", "1")
+            .header("x-user-id", "admin")
+            .header("X-Forwarded-For", "1.2.3.4")
+            .header("accept", "*/*")
+            .body(())
+            .unwrap();
+        let mut ctx = RequestCtx::new("127.0.0.1:1".parse().unwrap());
+        on_request(&mut ctx, &mut req).unwrap();
+        let h = req.headers();
+        assert!(h.get("x-secret").is_none() && h.get("connection").is_none());
+        assert!(h.get("x-user-id").is_none() && h.get("x-forwarded-for").is_none());
+        assert_eq!(h.get("accept").unwrap(), "*/*");
+        assert_eq!(ctx.host, "x.test");
+    }
+}

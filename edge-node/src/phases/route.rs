@@ -1,0 +1,118 @@
+//! Route phase: which route (and so which upstream pool) serves the request. Only
+//! configured hosts are served: an unknown host is refused, never proxied.
+
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+use http::Method;
+use serde::Deserialize;
+
+use crate::{
+    error::{EdgeError, ErrorKind},
+    upstream::Upstream,
+};
+
+/// `[[route]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSettings {
+    /// Hosts served: exact (`www.example.com`), wildcard (`*.example.com`, one or more
+    /// labels), or `*` for any host.
+    pub hosts: Vec<String>,
+    /// Path prefix, matched on segment boundaries (`/api` matches `/api` and `/api/x`).
+    #[serde(default = "default_prefix")]
+    pub path_prefix: String,
+    /// Methods served (empty: all).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// The upstream pool (its `name`).
+    pub upstream: String,
+}
+
+fn default_prefix() -> String {
+    "/".into()
+}
+
+impl RouteSettings {
+    pub fn validate(&self) -> Result<()> {
+        if self.hosts.is_empty() {
+            bail!("route to {}: hosts is empty", self.upstream);
+        }
+        if !self.path_prefix.starts_with('/') {
+            bail!("route to {}: path_prefix must start with /", self.upstream);
+        }
+        for m in &self.methods {
+            if Method::from_bytes(m.as_bytes()).is_err() {
+                bail!("route to {}: {m:?} is not a method", self.upstream);
+            }
+        }
+        Ok(())
+    }
+}
+
+pub struct Route {
+    pub hosts: Vec<String>,
+    pub path_prefix: String,
+    pub methods: Vec<Method>,
+    pub upstream: Arc<Upstream>,
+}
+
+impl Route {
+    fn host_matches(&self, host: &str) -> bool {
+        self.hosts.iter().any(|h| {
+            if h == "*" {
+                true
+            } else if let Some(suffix) = h.strip_prefix("*.") {
+                host.len() > suffix.len() + 1
+                    && host.ends_with(suffix)
+                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+            } else {
+                h.eq_ignore_ascii_case(host)
+            }
+        })
+    }
+
+    fn path_matches(&self, path: &str) -> bool {
+        let p = self.path_prefix.trim_end_matches('/');
+        p.is_empty()
+            || path == p
+            || (path.starts_with(p) && path.as_bytes().get(p.len()) == Some(&b'/'))
+    }
+}
+
+/// Routes in configuration order; the first match wins.
+pub struct RouteTable {
+    routes: Vec<Arc<Route>>,
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<Route>) -> Self {
+        Self {
+            routes: routes.into_iter().map(Arc::new).collect(),
+        }
+    }
+
+    pub fn select(&self, host: &str, method: &Method, path: &str) -> Result<Arc<Route>, EdgeError> {
+        let mut host_known = false;
+        for r in &self.routes {
+            if !r.host_matches(host) {
+                continue;
+            }
+            host_known = true;
+            if r.path_matches(path) && (r.methods.is_empty() || r.methods.contains(method)) {
+                return Ok(r.clone());
+            }
+        }
+        if host_known {
+            Err(EdgeError::new(
+                ErrorKind::NoRoute,
+                format!("{host}: no route for {method} {path}"),
+            ))
+        } else {
+            Err(EdgeError::new(
+                ErrorKind::UnknownHost,
+                format!("host {host:?} is not served"),
+            ))
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The request pipeline: one context per request, phases in a fixed order
+//! (early → route → upstream → response), and errors turned into responses in one place.
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Instant};
+
+use anyhow::{Result, bail};
+use http::{HeaderValue, Request, Response, header};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Incoming};
+use tracing::{info, warn};
+
+use crate::{
+    config::Config,
+    error::{Body, EdgeError},
+    phases::{
+        early,
+        route::{Route, RouteTable},
+    },
+    upstream::{Origin, Pool, Upstream, demo},
+};
+
+/// What the phases learn about one request.
+pub struct RequestCtx {
+    pub client: SocketAddr,
+    /// Lower-case host without port.
+    pub host: String,
+    pub region: String,
+    pub started: Instant,
+}
+
+impl RequestCtx {
+    pub fn new(client: SocketAddr) -> Self {
+        Self {
+            client,
+            host: String::new(),
+            region: String::new(),
+            started: Instant::now(),
+        }
+    }
+}
+
+pub struct Pipeline {
+    node_id: String,
+    node_id_header: HeaderValue,
+    routes: RouteTable,
+    pool: Pool,
+}
+
+impl Pipeline {
+    /// Builds the pipeline of a (validated) configuration.
+    pub fn new(config: &Config, pool: Pool) -> Result<Self> {
+        let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
+        for u in &config.upstream {
+            if upstreams
+                .insert(u.name.clone(), Arc::new(Upstream::new(u)))
+                .is_some()
+            {
+                bail!("upstream {} is defined twice", u.name);
+            }
+        }
+        let mut routes = Vec::new();
+        for r in &config.route {
+            let Some(up) = upstreams.get(&r.upstream) else {
+                bail!(
+                    "route for {:?} names upstream {:?}, which is not defined",
+                    r.hosts,
+                    r.upstream
+                );
+            };
+            routes.push(Route {
+                hosts: r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                path_prefix: r.path_prefix.clone(),
+                methods: r
+                    .methods
+                    .iter()
+                    .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
+                    .collect(),
+                upstream: up.clone(),
+            });
+        }
+        Ok(Self {
+            node_id_header: HeaderValue::from_str(&config.node.id)?,
+            node_id: config.node.id.clone(),
+            routes: RouteTable::new(routes),
+            pool,
+        })
+    }
+
+    /// Runs the phases; every error becomes its response here and only here.
+    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        let mut ctx = RequestCtx::new(client);
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let version = req.version();
+        let mut resp = match self.run(&mut ctx, req).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Client mistakes are routine at an edge; the node's and origins' are not.
+                if e.side == crate::error::Side::Client {
+                    info!(client = %client, host = %ctx.host, %method, %path, error = %e, "request refused");
+                } else {
+                    warn!(client = %client, host = %ctx.host, %method, %path, error = %e, "request failed");
+                }
+                e.into_response()
+            }
+        };
+        let h = resp.headers_mut();
+        h.insert("x-node-id", self.node_id_header.clone());
+        if let Ok(v) = HeaderValue::from_str(&ctx.region)
+            && !ctx.region.is_empty()
+        {
+            h.insert("x-region", v);
+        }
+        info!(
+            target: "access",
+            client = %client,
+            host = %ctx.host,
+            %method,
+            %path,
+            version = ?version,
+            status = resp.status().as_u16(),
+            micros = ctx.started.elapsed().as_micros() as u64,
+        );
+        resp
+    }
+
+    async fn run(
+        &self,
+        ctx: &mut RequestCtx,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Body>, EdgeError> {
+        early::on_request(ctx, &mut req)?;
+        let route = self
+            .routes
+            .select(&ctx.host, req.method(), req.uri().path())?;
+        ctx.region = route.upstream.region.clone();
+        if route.upstream.origin == Origin::Demo {
+            return Ok(demo::respond(
+                ctx,
+                &self.node_id,
+                req.method(),
+                req.uri().path(),
+            ));
+        }
+        let version = req.version();
+        let proto = "http";
+        let authority = req.uri().authority().cloned();
+        let headers = req.headers_mut();
+        // The forwarding chain starts here: no trusted hops are configured, so client
+        // copies were removed by the early phase and the socket peer is the client.
+        let ip = ctx.client.ip().to_string();
+        headers.insert("x-forwarded-for", HeaderValue::from_str(&ip).expect("ip"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        if let Ok(v) = HeaderValue::from_str(&ctx.host) {
+            headers.insert("x-forwarded-host", v);
+        }
+        let fwd_for = if ctx.client.is_ipv6() {
+            format!("\"[{ip}]\"")
+        } else {
+            ip
+        };
+        if let Ok(v) =
+            HeaderValue::from_str(&format!("for={fwd_for};proto={proto};host={}", ctx.host))
+        {
+            headers.insert(header::FORWARDED, v);
+        }
+        headers.append(header::VIA, HeaderValue::from_static(via(version)));
+        // HTTP/2 requests carry the host as :authority; origins get a Host header.
+        if !headers.contains_key(header::HOST)
+            && let Some(a) = authority
+            && let Ok(v) = HeaderValue::from_str(a.as_str())
+        {
+            headers.insert(header::HOST, v);
+        }
+        let body_is_empty = req.body().is_end_stream() || req.body().size_hint().exact() == Some(0);
+        let req = req.map(|b| b.boxed());
+        let mut resp = self.pool.send(&route.upstream, req, body_is_empty).await?;
+        early::strip_hop_by_hop(resp.headers_mut());
+        resp.headers_mut()
+            .append(header::VIA, HeaderValue::from_static(via(version)));
+        Ok(resp)
+    }
+}
+
+fn via(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_2 => "2 edge-node",
+        http::Version::HTTP_10 => "1.0 edge-node",
+        _ => "1.1 edge-node",
+    }
+}

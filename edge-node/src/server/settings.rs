@@ -1,0 +1,63 @@
+//! `[http]`: listeners and the limits that protect them.
+
+use std::{net::SocketAddr, time::Duration};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Addresses serving HTTP/1.1 and HTTP/2 with prior knowledge (h2c).
+    #[serde(default = "default_listen")]
+    pub listen: Vec<SocketAddr>,
+    /// Time a client has to send its request head (slowloris protection).
+    #[serde(
+        default = "default_header_read_timeout",
+        with = "crate::config::duration"
+    )]
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted (bytes).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Concurrent streams per HTTP/2 connection.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    /// Time to open a connection to an origin.
+    #[serde(default = "default_connect_timeout", with = "crate::config::duration")]
+    pub upstream_connect_timeout: Duration,
+    /// How long shutdown waits for requests in flight.
+    #[serde(default = "default_drain_timeout", with = "crate::config::duration")]
+    pub drain_timeout: Duration,
+}
+
+fn default_listen() -> Vec<SocketAddr> {
+    vec!["127.0.0.1:8080".parse().expect("static")]
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_concurrent_streams() -> u32 {
+    128
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            header_read_timeout: default_header_read_timeout(),
+            max_header_bytes: default_max_header_bytes(),
+            max_concurrent_streams: default_max_concurrent_streams(),
+            upstream_connect_timeout: default_connect_timeout(),
+            drain_timeout: default_drain_timeout(),
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! The HTTP/1.1 and HTTP/2 (h2c) reverse proxy, driven by curl against a real origin on
+//! 127.0.0.1: routing by host, header hygiene, forwarding headers, errors as responses,
+//! and reload without a restart. No privileges needed (XDP off).
+
+use std::{process::Command, time::Duration};
+
+use edge_tests::{node::Node, origin::Origin};
+
+struct Proxy {
+    node: Node,
+    base: String,
+}
+
+fn config(origin: &Origin, extra_route: &str) -> String {
+    format!(
+        r#"[xdp]
+mode = "off"
+
+[http]
+listen = ["127.0.0.1:0"]
+upstream_connect_timeout = "1s"
+
+[[upstream]]
+name = "app"
+region = "eu-west"
+servers = ["{}"]
+
+[[upstream]]
+name = "dead"
+servers = ["127.0.0.1:1"]
+
+[[route]]
+hosts = ["app.test", "*.wild.test"]
+upstream = "app"
+
+[[route]]
+hosts = ["dead.test"]
+upstream = "dead"
+{extra_route}
+"#,
+        origin.addr
+    )
+}
+
+fn start(origin: &Origin) -> Proxy {
+    let node = Node::start(&config(origin, ""), None);
+    assert!(node.wait_running(Duration::from_secs(20)), "{}", node.log());
+    let addr = node.http_addr().expect("listening address in the log");
+    Proxy {
+        base: format!("http://{addr}"),
+        node,
+    }
+}
+
+struct Reply {
+    status: u16,
+    version: String,
+    headers: String,
+    body: String,
+}
+
+/// curl with `args`, to `path` of the proxy with Host `host`.
+fn curl(p: &Proxy, host: &str, path: &str, args: &[&str]) -> Reply {
+    let dir = std::env::temp_dir().join(edge_tests::unique("edge-curl-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let headers = dir.join("h");
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-o", "-", "-D"])
+        .arg(&headers)
+        .args(["-w", "\n%{http_code} %{http_version}", "-H"])
+        .arg(format!("Host: {host}"))
+        .args(args)
+        .arg(format!("{}{path}", p.base))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let mut t = tail.split_whitespace();
+    let status = t.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let version = t.next().unwrap_or("").to_string();
+    let headers = std::fs::read_to_string(&headers)
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let _ = std::fs::remove_dir_all(&dir);
+    Reply {
+        status,
+        version,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+#[test]
+fn proxies_http1_and_h2c_to_the_routed_origin() {
+    let origin = Origin::start("a");
+    let p = start(&origin);
+    for (args, version) in [(&[][..], "1.1"), (&["--http2-prior-knowledge"][..], "2")] {
+        let r = curl(&p, "app.test", "/x/y?q=1", args);
+        assert_eq!((r.status, r.version.as_str()), (200, version), "{}", r.body);
+        assert!(
+            r.body.contains("origin=a") && r.body.contains("path=/x/y?q=1"),
+            "{}",
+            r.body
+        );
+        assert!(
+            r.body.contains("host: app.test"),
+            "origin sees the client's host: {}",
+            r.body
+        );
+        assert!(r.headers.contains("x-node-id: edge-1"), "{}", r.headers);
+        assert!(r.headers.contains("x-region: eu-west"), "{}", r.headers);
+        assert!(
+            r.headers.contains("via: ") && r.headers.contains("edge-node"),
+            "{}",
+            r.headers
+        );
+        assert!(
+            r.body.contains("via: 1.1 edge-node") || r.body.contains("via: 2 edge-node"),
+            "{}",
+            r.body
+        );
+    }
+    // Request bodies reach the origin.
+    let r = curl(&p, "app.test", "/upload", &["--data-binary", "hello world"]);
+    assert!(
+        r.body.contains("method=POST") && r.body.contains("body=11"),
+        "{}",
+        r.body
+    );
+    let r = curl(
+        &p,
+        "app.test",
+        "/upload",
+        &["--http2-prior-knowledge", "--data-binary", "hello"],
+    );
+    assert!(r.body.contains("body=5"), "{}", r.body);
+    // Wildcards match one or more labels, not the bare domain.
+    assert_eq!(curl(&p, "a.b.wild.test", "/", &[]).status, 200);
+    assert_eq!(curl(&p, "wild.test", "/", &[]).status, 421);
+}
+
+#[test]
+fn client_headers_cannot_spoof_identity_or_forwarding() {
+    let origin = Origin::start("a");
+    let p = start(&origin);
+    let r = curl(
+        &p,
+        "app.test",
+        "/",
+        &[
+            "-H",
+            "X-User-Id: admin",
+            "-H",
+            "X-User-Roles: root",
+            "-H",
+            "X-Forwarded-For: 6.6.6.6",
+            "-H",
+            "Forwarded: for=6.6.6.6",
+            "-H",
+            "Connection: keep-alive, X-Secret",
+            "-H",
+            "X-Secret: s3cret",
+        ],
+    );
+    assert_eq!(r.status, 200);
+    let b = r.body.to_ascii_lowercase();
+    for bad in ["x-user-id", "x-user-roles", "6.6.6.6", "x-secret", "s3cret"] {
+        assert!(!b.contains(bad), "{bad} reached the origin: {b}");
+    }
+    assert!(b.contains("x-forwarded-for: 127.0.0.1"), "{b}");
+    assert!(
+        b.contains("x-forwarded-proto: http") && b.contains("x-forwarded-host: app.test"),
+        "{b}"
+    );
+    assert!(
+        b.contains("forwarded: for=127.0.0.1;proto=http;host=app.test"),
+        "{b}"
+    );
+}
+
+#[test]
+fn unknown_hosts_are_refused_and_failures_become_statuses() {
+    let origin = Origin::start("a");
+    let p = start(&origin);
+    let before = origin.hits();
+    for host in ["unknown.test", "127.0.0.1", "app.test.evil"] {
+        let r = curl(&p, host, "/", &[]);
+        assert_eq!(r.status, 421, "{host}");
+        assert!(!r.body.contains("origin="), "{}", r.body);
+    }
+    assert_eq!(
+        origin.hits(),
+        before,
+        "an unknown host never reaches an origin"
+    );
+    // An origin that refuses connections: 502 with a generic body (detail in the log).
+    let r = curl(&p, "dead.test", "/", &[]);
+    assert_eq!(r.status, 502);
+    assert_eq!(r.body.trim(), "502 Bad Gateway");
+    assert!(p.node.log().contains("dead"), "{}", p.node.log());
+    // No Host at all (HTTP/1.0 without Host): 400.
+    let r = curl(&p, "", "/", &["-0", "-H", "Host:"]);
+    assert_eq!(r.status, 400);
+}
+
+#[test]
+fn sighup_reload_adds_routes_and_refuses_a_broken_config() {
+    let origin = Origin::start("a");
+    let b = Origin::start("b");
+    let mut p = start(&origin);
+    assert_eq!(curl(&p, "new.test", "/", &[]).status, 421);
+    let added = format!(
+        "\n[[upstream]]\nname = \"b\"\nservers = [\"{}\"]\n\n[[route]]\nhosts = [\"new.test\"]\nupstream = \"b\"\n",
+        b.addr
+    );
+    std::fs::write(p.node.config_path(), config(&origin, &added)).unwrap();
+    p.node.signal(libc::SIGHUP);
+    assert!(
+        p.node
+            .wait_for_log("configuration reloaded", Duration::from_secs(10)),
+        "{}",
+        p.node.log()
+    );
+    let r = curl(&p, "new.test", "/", &[]);
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("origin=b"), "{}", r.body);
+    // A config naming an undefined upstream is refused; the running one keeps serving.
+    std::fs::write(
+        p.node.config_path(),
+        config(
+            &origin,
+            "[[route]]\nhosts = [\"x.test\"]\nupstream = \"nope\"\n",
+        ),
+    )
+    .unwrap();
+    p.node.signal(libc::SIGHUP);
+    assert!(
+        p.node
+            .wait_for_log("new configuration refused", Duration::from_secs(10)),
+        "{}",
+        p.node.log()
+    );
+    assert_eq!(curl(&p, "new.test", "/", &[]).status, 200);
+    assert_eq!(curl(&p, "app.test", "/", &[]).status, 200);
+    p.node.stop();
+}
