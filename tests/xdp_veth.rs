@@ -445,7 +445,7 @@ fn auto_mode_degrades_loudly_and_strict_mode_refuses() {
     let fs = BpfFs::new();
     let cfg = |extra: &str| {
         format!(
-            "[xdp]\ninterfaces = [\"nosuchif0\"]\npin_root = \"{}\"\n{extra}",
+            "[xdp]\ninterfaces = [\"nosuchif0\"]\npin_root = \"{}\"\n{extra}\n[http]\nlisten = [\"127.0.0.1:0\"]\n",
             fs.path().display()
         )
     };
