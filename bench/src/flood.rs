@@ -11,7 +11,6 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::{TcpListener, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -198,18 +197,35 @@ impl Rig {
         sys::run("ip", &all)
     }
 
+    /// An edge-node in the receiving namespace: it serves the legitimate client over HTTP
+    /// (its demo origin, host legit.test) and, per `xdp`, filters the flood or not.
+    fn node_config(&self, xdp: &str) -> String {
+        format!(
+            "[http]\nlisten = [\"{RX_ADDR}:{LEGIT_PORT}\"]\n\n[[upstream]]\nname = \"demo\"\nbuiltin = \"demo\"\n\n\
+             [[route]]\nhosts = [\"legit.test\"]\nupstream = \"demo\"\n\n{xdp}\n"
+        )
+    }
+
     fn edge_config(&self, mode: &str, budget: bool) -> String {
         let (block, rate) = if budget {
             ("[]", "packets_per_sec = 1000\npackets_burst = 1000")
         } else {
             ("[\"10.232.0.10/32\"]", "")
         };
-        format!(
+        self.node_config(&format!(
             "[xdp]\nmode = \"{mode}\"\nstrict = true\ninterfaces = [\"{}\"]\npin_root = \"{}\"\n\
              allow = [\"192.0.2.0/24\"]\nblock = {block}\n[xdp.rate]\n{rate}\n",
             self.rx_if,
             self.fs.path().display()
-        )
+        ))
+    }
+
+    fn start_node(&self, config: &str) -> Result<Node> {
+        let node = Node::start(config, Some(&self.rx));
+        if !node.wait_running(Duration::from_secs(20)) {
+            bail!("edge-node did not start:\n{}", node.log());
+        }
+        Ok(node)
     }
 
     fn setup(&self, c: Contender) -> Result<Active> {
@@ -268,11 +284,7 @@ impl Rig {
                     "native"
                 };
                 let cfg = self.edge_config(mode, c == Contender::EdgeNativeBudget);
-                let node = Node::start(&cfg, Some(&self.rx));
-                if !node.wait_running(Duration::from_secs(20)) {
-                    bail!("edge-node did not start:\n{}", node.log());
-                }
-                Active::Node(Box::new(node))
+                Active::Node(Box::new(self.start_node(&cfg)?))
             }
         })
     }
@@ -359,8 +371,8 @@ fn spawn_generator(rig: &Rig, stop: Arc<AtomicBool>) -> thread::JoinHandle<Resul
     })
 }
 
-/// A request/response service in the receiving namespace and a keep-alive client from a
-/// legitimate source: how many requests get served while the flood runs.
+/// A keep-alive HTTP/1.1 client from a legitimate source, asking edge-node (in the
+/// receiving namespace) for its demo page while the flood runs: requests served.
 struct Legit {
     stop: Arc<AtomicBool>,
     served: Arc<AtomicU64>,
@@ -368,54 +380,48 @@ struct Legit {
 }
 
 impl Legit {
+    /// Starts the client thread in the sender's namespace. It (re)connects whenever the
+    /// flood costs it its connection: packets lost to a full ring are lost before any
+    /// filter runs, whatever the filter.
     fn start(rig: &Rig) -> Result<Self> {
-        let listener = rig.rx.enter(|| TcpListener::bind((RX_ADDR, LEGIT_PORT)))?;
-        listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicU64::new(0));
-        let s = stop.clone();
-        thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((conn, _)) => {
-                        let s = s.clone();
-                        thread::spawn(move || serve(conn, s));
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(5)),
-                }
+        let ns_path = format!("/var/run/netns/{}", rig.sender.name);
+        let (st, sv) = (stop.clone(), served.clone());
+        let client = thread::spawn(move || {
+            let Ok(f) = std::fs::File::open(&ns_path) else {
+                return;
+            };
+            // SAFETY: valid namespace fd; affects this thread only.
+            if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) } != 0
+            {
+                return;
             }
-        });
-        // A filter that drops everything (the bare floor) also drops the legitimate
-        // client: then nothing is served, which is what the table shows.
-        let Ok(sock) = rig.sender.enter(|| {
             let to = std::net::SocketAddr::from((
                 RX_ADDR.parse::<std::net::Ipv4Addr>().expect("ipv4"),
                 LEGIT_PORT,
             ));
-            edge_tests::connect_from(LEGIT_SRC, to, Duration::from_secs(1))
-        }) else {
-            return Ok(Self {
-                stop,
-                served,
-                client: None,
-            });
-        };
-        let (st, sv) = (stop.clone(), served.clone());
-        let client = thread::spawn(move || {
-            let _ = sock.set_read_timeout(Some(Duration::from_millis(500)));
-            let mut reader = BufReader::new(sock.try_clone().expect("clone"));
-            let mut w = sock;
-            let mut line = String::new();
             while !st.load(Ordering::Relaxed) {
-                if w.write_all(b"GET /\n").is_err() {
-                    return;
-                }
-                line.clear();
-                match reader.read_line(&mut line) {
-                    Ok(n) if n > 0 => {
-                        sv.fetch_add(1, Ordering::Relaxed);
+                let Ok(sock) = edge_tests::connect_from(LEGIT_SRC, to, Duration::from_millis(500))
+                else {
+                    continue;
+                };
+                let _ = sock.set_read_timeout(Some(Duration::from_millis(500)));
+                let mut reader = BufReader::new(sock.try_clone().expect("clone"));
+                let mut w = sock;
+                while !st.load(Ordering::Relaxed) {
+                    if w.write_all(b"GET / HTTP/1.1\r\nHost: legit.test\r\n\r\n")
+                        .is_err()
+                    {
+                        break;
                     }
-                    _ => {}
+                    match read_response(&mut reader) {
+                        Some(200) => {
+                            sv.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Some(_) => {}
+                        None => break,
+                    }
                 }
             }
         });
@@ -436,23 +442,39 @@ impl Drop for Legit {
     }
 }
 
-fn serve(conn: TcpStream, stop: Arc<AtomicBool>) {
-    let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
-    let mut w = conn;
+/// Reads one HTTP/1.1 response with a Content-Length body; its status.
+fn read_response(r: &mut impl BufRead) -> Option<u16> {
     let mut line = String::new();
-    while !stop.load(Ordering::Relaxed) {
-        line.clear();
-        match reader.read_line(&mut line) {
-            Ok(0) => return,
-            Ok(_) => {
-                if w.write_all(b"OK\n").is_err() {
-                    return;
-                }
-            }
+    // Retry reads that time out while the flood delays packets, within a bound.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while line.is_empty() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        match r.read_line(&mut line) {
+            Ok(0) => return None,
+            Ok(_) => {}
             Err(_) => continue,
         }
     }
+    let status = line.split_whitespace().nth(1)?.parse().ok()?;
+    let mut length = 0usize;
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            length = v.trim().parse().ok()?;
+        }
+    }
+    let mut body = vec![0u8; length];
+    r.read_exact(&mut body).ok()?;
+    Some(status)
 }
 
 struct Sample {
@@ -468,6 +490,11 @@ struct Sample {
 
 fn measure(rig: &Rig, c: Contender, seconds: f64) -> Result<Sample> {
     let active = rig.setup(c)?;
+    // Peers filter, edge-node (without XDP) serves the legitimate client.
+    let mut http_node = match active {
+        Active::Node(_) => None,
+        _ => Some(rig.start_node(&rig.node_config("[xdp]\nmode = \"off\"\n"))?),
+    };
     let result = (|| -> Result<Sample> {
         // NAPI may be re-created when XDP attaches: find and pin its thread now.
         let napi = rig.napi_thread()?;
@@ -516,6 +543,9 @@ fn measure(rig: &Rig, c: Contender, seconds: f64) -> Result<Sample> {
             edge_drops_pps: maps.as_ref().map(|_| (d1 - d0) as f64 / secs),
         })
     })();
+    if let Some(n) = http_node.as_mut() {
+        n.stop();
+    }
     rig.teardown(c, active)?;
     result
 }
@@ -568,8 +598,9 @@ pub fn run(args: Args) -> Result<()> {
          the receiving veth processed per second (ethtool `rx_queue_0_xdp_packets`), all of \
          them dropped by the filter under test (for \"no filter\" the stack discards them); \
          \"ns/packet\" = CPU time of the receive NAPI kthread per frame. \"legit req/s\" = \
-         request/response round trips served meanwhile to a keep-alive TCP client from \
-         another source (a plain TCP service in the receiving namespace). edge-node runs \
+         HTTP requests edge-node served meanwhile (its demo page, HTTP/1.1 keep-alive) \
+         to a client from another source; with the peers, edge-node runs without XDP and \
+         the peer filters. edge-node runs \
          the real daemon with all features on (allow list, block list, threat threshold, \
          per-source budgets).\n\n",
         args.rounds,
