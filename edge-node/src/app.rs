@@ -9,6 +9,8 @@ use tracing::{error, info, warn};
 
 use std::sync::{Arc, RwLock};
 
+use sd_notify::NotifyState;
+
 use crate::{
     config::{Config, LogFormat},
     pipeline::Pipeline,
@@ -49,6 +51,11 @@ impl App {
     /// Runs until SIGINT or SIGTERM; SIGHUP reloads the configuration (a bad one is
     /// refused and the running one stays).
     pub async fn run(mut self) -> Result<()> {
+        // Signal handlers before anything else: a SIGHUP right after READY (systemd may
+        // send one) must reload, not kill the process with the default action.
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
         // Listeners first: a taken port fails the start before anything is attached.
         let listeners = server::bind(&self.config.http).await?;
         let pool = Pool::new(self.config.http.upstream_connect_timeout);
@@ -70,9 +77,7 @@ impl App {
             })
             .collect();
         info!(node = %self.config.node.id, enforcement = ?xdp.enforcement(), "edge-node running");
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
+        notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
         // Expired blocks and scores no longer apply; sweeping them keeps the source trie
         // (and `xdp list`) to what is in force.
         let mut sweep = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -94,6 +99,12 @@ impl App {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
+                    // systemd (Type=notify, or notify-reload) waits for READY=1 again.
+                    let mut states = vec![NotifyState::Reloading];
+                    if let Ok(now) = NotifyState::monotonic_usec_now() {
+                        states.push(now);
+                    }
+                    notify(&states);
                     match Config::load(self.config_path.as_deref()) {
                         Ok((new, source)) => match Pipeline::new(&new, pool.clone())
                             .and_then(|p| xdp.apply(&new.xdp).map(|()| p))
@@ -110,10 +121,12 @@ impl App {
                         },
                         Err(e) => error!(error = %format!("{e:#}"), "new configuration refused; keeping the running one"),
                     }
+                    notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
                 }
             }
         }
         info!("shutting down: draining requests in flight");
+        notify(&[NotifyState::Stopping]);
         let _ = stop_tx.send(true);
         for s in servers {
             let _ = s.await;
@@ -140,5 +153,12 @@ fn warn_restart_only(old: &Config, new: &Config) {
                 "changed by the reload but takes effect only at the next restart"
             );
         }
+    }
+}
+
+/// Tells systemd (when it started us with NOTIFY_SOCKET) about the service's state.
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        warn!(error = %e, "sd_notify failed");
     }
 }

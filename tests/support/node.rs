@@ -11,6 +11,8 @@ use crate::{edge_node_bin, netns::Netns, unique};
 
 pub struct Node {
     child: Option<Child>,
+    /// Extra environment for the process.
+    env: Vec<(String, String)>,
     /// How many times the process was started (the log accumulates across restarts).
     starts: usize,
     dir: PathBuf,
@@ -20,11 +22,20 @@ pub struct Node {
 impl Node {
     /// Starts edge-node with `config` (TOML) inside `netns` (if given).
     pub fn start(config: &str, netns: Option<&Netns>) -> Self {
+        Self::start_with_env(config, netns, &[])
+    }
+
+    /// Like `start`, with extra environment variables.
+    pub fn start_with_env(config: &str, netns: Option<&Netns>, env: &[(&str, &str)]) -> Self {
         let dir = std::env::temp_dir().join(unique("edge-node-test-"));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("edge-node.toml"), config).unwrap();
         let mut node = Self {
             child: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             starts: 0,
             dir,
             netns: netns.map(|n| n.name.clone()),
@@ -55,6 +66,7 @@ impl Node {
             .arg("-c")
             .arg(self.config_path())
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

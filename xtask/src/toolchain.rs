@@ -213,7 +213,12 @@ fn ensure_packages(wanted: &[(&str, &str)]) -> Result<()> {
 
 /// What the test suite drives: ip (netns, veth), curl.
 pub fn ensure_test_packages() -> Result<()> {
-    ensure_packages(&[("ip", "iproute2"), ("sysctl", "procps"), ("curl", "curl")])
+    ensure_packages(&[
+        ("ip", "iproute2"),
+        ("sysctl", "procps"),
+        ("curl", "curl"),
+        ("systemd-analyze", "systemd"),
+    ])
 }
 
 /// What the benchmarks compare against and load with.

@@ -1,0 +1,86 @@
+//! Running as a systemd service: the unit in deploy/ passes `systemd-analyze verify`, and
+//! the node speaks the notify protocol (READY, RELOADING/READY around a reload, STOPPING)
+//! on the socket systemd would give it.
+
+use std::{os::unix::net::UnixDatagram, process::Command, time::Duration};
+
+use edge_tests::{edge_node_bin, node::Node, unique};
+
+#[test]
+fn systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/edge-node.service"
+    ))
+    .expect("deploy/edge-node.service");
+    assert!(
+        unit.contains("Type=notify") && unit.contains("ExecReload="),
+        "{unit}"
+    );
+    // verify checks that the binaries exist: point it at the one cargo built.
+    let dir = std::env::temp_dir().join(unique("edge-unit-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("edge-node.service");
+    std::fs::write(
+        &path,
+        unit.replace(
+            "/usr/local/bin/edge-node",
+            edge_node_bin().to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (Debian package systemd)");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn notifies_ready_reloading_and_stopping() {
+    let dir = std::env::temp_dir().join(unique("edge-notify-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock_path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let config = "[xdp]\nmode = \"off\"\n[http]\nlisten = [\"127.0.0.1:0\"]\n";
+    let mut node = Node::start_with_env(
+        config,
+        None,
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+    );
+    let next = |node: &Node| {
+        let mut buf = [0u8; 512];
+        match sock.recv(&mut buf) {
+            Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+            Err(e) => panic!(
+                "no notification within 20 s ({e}); node log:\n{}",
+                node.log()
+            ),
+        }
+    };
+    let ready = next(&node);
+    assert!(ready.contains("READY=1"), "{ready}");
+    assert!(
+        node.http_addr().is_some(),
+        "READY only after listening: {}",
+        node.log()
+    );
+    node.signal(libc::SIGHUP);
+    let reloading = next(&node);
+    assert!(
+        reloading.contains("RELOADING=1") && reloading.contains("MONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert!(next(&node).contains("READY=1"));
+    node.stop();
+    assert!(next(&node).contains("STOPPING=1"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
