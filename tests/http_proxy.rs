@@ -244,3 +244,85 @@ fn sighup_reload_adds_routes_and_refuses_a_broken_config() {
     assert_eq!(curl(&p, "app.test", "/", &[]).status, 200);
     p.node.stop();
 }
+
+#[test]
+fn admin_api_needs_its_token_and_serves_metrics_and_reload() {
+    let origin = Origin::start("a");
+    let b = Origin::start("b");
+    let token = "test-token-0123456789abcdef";
+    let admin = format!("\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{token}\"\n");
+    let node = Node::start(&(config(&origin, "") + &admin), None);
+    assert!(node.wait_running(Duration::from_secs(20)), "{}", node.log());
+    let p = Proxy {
+        base: format!("http://{}", node.http_addr().unwrap()),
+        node,
+    };
+    let admin_base = format!(
+        "http://{}",
+        p.node
+            .logged_addr("admin listening")
+            .expect("admin address")
+    );
+    let call = |method: &str, path: &str, auth: Option<&str>| -> (u16, String) {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-s",
+            "--max-time",
+            "10",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+        ]);
+        if let Some(t) = auth {
+            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        let out = cmd.arg(format!("{admin_base}{path}")).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.trim().parse().unwrap(), body.to_string())
+    };
+    // Liveness is open; everything else needs the token.
+    assert_eq!(call("GET", "/healthz", None).0, 200);
+    assert_eq!(call("GET", "/metrics", None).0, 401);
+    assert_eq!(
+        call("GET", "/metrics", Some("wrong-token-0123456789abc")).0,
+        401
+    );
+    assert_eq!(call("POST", "/reload", None).0, 401);
+    assert_eq!(call("GET", "/readyz", Some(token)).0, 200);
+    // Metrics count what was served.
+    assert_eq!(curl(&p, "app.test", "/", &[]).status, 200);
+    assert_eq!(curl(&p, "nope.test", "/", &[]).status, 421);
+    let (code, m) = call("GET", "/metrics", Some(token));
+    assert_eq!(code, 200);
+    assert!(
+        m.contains("edge_requests_total{upstream=\"app\",status=\"200\",protocol=\"http/1.1\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("edge_requests_total{upstream=\"\",status=\"421\",protocol=\"http/1.1\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("edge_request_duration_seconds_bucket"), "{m}");
+    // Reload through the API: a new route, then a broken file refused.
+    let added = format!(
+        "\n[[upstream]]\nname = \"b\"\nservers = [\"{}\"]\n\n[[route]]\nhosts = [\"new.test\"]\nupstream = \"b\"\n",
+        b.addr
+    );
+    std::fs::write(p.node.config_path(), config(&origin, &added) + &admin).unwrap();
+    assert_eq!(
+        call("POST", "/reload", Some(token)),
+        (200, "reloaded\n".to_string())
+    );
+    assert_eq!(curl(&p, "new.test", "/", &[]).status, 200);
+    std::fs::write(
+        p.node.config_path(),
+        config(&origin, "[[route]]\nhosts = [\"x\"]\nupstream = \"nope\"\n") + &admin,
+    )
+    .unwrap();
+    let (code, body) = call("POST", "/reload", Some(token));
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("nope"), "{body}");
+    assert_eq!(curl(&p, "new.test", "/", &[]).status, 200);
+}

@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 use sd_notify::NotifyState;
 
 use crate::{
+    admin::{self, Metrics},
     config::{Config, LogFormat},
     pipeline::Pipeline,
     server,
@@ -48,8 +49,8 @@ impl App {
         }
     }
 
-    /// Runs until SIGINT or SIGTERM; SIGHUP reloads the configuration (a bad one is
-    /// refused and the running one stays).
+    /// Runs until SIGINT or SIGTERM; SIGHUP (or `POST /reload` on the admin API)
+    /// reloads the configuration (a bad one is refused and the running one stays).
     pub async fn run(mut self) -> Result<()> {
         // Signal handlers before anything else: a SIGHUP right after READY (systemd may
         // send one) must reload, not kill the process with the default action.
@@ -58,14 +59,25 @@ impl App {
         let mut hup = signal(SignalKind::hangup())?;
         // Listeners first: a taken port fails the start before anything is attached.
         let listeners = server::bind(&self.config.http).await?;
+        let admin_token = self.config.admin.token()?;
+        let admin_listener = match &admin_token {
+            Some(_) => Some(admin::bind(&self.config.admin).await?),
+            None => {
+                info!("admin API off: set admin.token or admin.token_file to enable it");
+                None
+            }
+        };
         let pool = Pool::new(self.config.http.upstream_connect_timeout);
+        let metrics = Arc::new(Metrics::new());
         let pipeline: server::SharedPipeline = Arc::new(RwLock::new(Arc::new(Pipeline::new(
             &self.config,
             pool.clone(),
+            metrics.clone(),
         )?)));
         let mut xdp = XdpHandle::start(&self.config.xdp)?;
+        let policy = xdp.policy();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let servers: Vec<_> = listeners
+        let mut servers: Vec<_> = listeners
             .into_iter()
             .map(|l| {
                 server::spawn(
@@ -76,12 +88,21 @@ impl App {
                 )
             })
             .collect();
+        let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<admin::ReloadRequest>(4);
+        if let (Some(l), Some(token)) = (admin_listener, admin_token) {
+            let state = admin::AdminState {
+                token: token.into(),
+                metrics: metrics.clone(),
+                policy: policy.clone(),
+                reload: reload_tx,
+            };
+            servers.push(admin::spawn(l, state, stop_rx.clone()));
+        }
         info!(node = %self.config.node.id, enforcement = ?xdp.enforcement(), "edge-node running");
         notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
         // Expired blocks and scores no longer apply; sweeping them keeps the source trie
         // (and `xdp list`) to what is in force.
         let mut sweep = tokio::time::interval(std::time::Duration::from_secs(5));
-        let policy = xdp.policy();
         loop {
             tokio::select! {
                 _ = sweep.tick() => {
@@ -99,29 +120,11 @@ impl App {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
-                    // systemd (Type=notify, or notify-reload) waits for READY=1 again.
-                    let mut states = vec![NotifyState::Reloading];
-                    if let Ok(now) = NotifyState::monotonic_usec_now() {
-                        states.push(now);
-                    }
-                    notify(&states);
-                    match Config::load(self.config_path.as_deref()) {
-                        Ok((new, source)) => match Pipeline::new(&new, pool.clone())
-                            .and_then(|p| xdp.apply(&new.xdp).map(|()| p))
-                        {
-                            Ok(p) => {
-                                // New requests take the new routes; requests in flight
-                                // finish on the pipeline they started with.
-                                *pipeline.write().expect("pipeline lock") = Arc::new(p);
-                                info!(%source, "configuration reloaded");
-                                warn_restart_only(&self.config, &new);
-                                self.config = new;
-                            }
-                            Err(e) => error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"),
-                        },
-                        Err(e) => error!(error = %format!("{e:#}"), "new configuration refused; keeping the running one"),
-                    }
-                    notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+                    let _ = self.reload(&pool, &metrics, &pipeline, &mut xdp);
+                }
+                Some(reply) = reload_rx.recv() => {
+                    let result = self.reload(&pool, &metrics, &pipeline, &mut xdp);
+                    let _ = reply.send(result.map_err(|e| format!("{e:#}")));
                 }
             }
         }
@@ -133,6 +136,38 @@ impl App {
         }
         xdp.shutdown()?;
         Ok(())
+    }
+
+    /// Re-reads the configuration and swaps it in; on any error the running one stays.
+    fn reload(
+        &mut self,
+        pool: &Pool,
+        metrics: &Arc<Metrics>,
+        pipeline: &server::SharedPipeline,
+        xdp: &mut XdpHandle,
+    ) -> Result<()> {
+        // systemd (Type=notify, or notify-reload) waits for READY=1 again.
+        let mut states = vec![NotifyState::Reloading];
+        if let Ok(now) = NotifyState::monotonic_usec_now() {
+            states.push(now);
+        }
+        notify(&states);
+        let result = (|| -> Result<()> {
+            let (new, source) = Config::load(self.config_path.as_deref())
+                .inspect_err(|e| error!(error = %format!("{e:#}"), "new configuration refused; keeping the running one"))?;
+            let p = Pipeline::new(&new, pool.clone(), metrics.clone())
+                .and_then(|p| xdp.apply(&new.xdp).map(|()| p))
+                .inspect_err(|e| error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"))?;
+            // New requests take the new routes; requests in flight finish on the
+            // pipeline they started with.
+            *pipeline.write().expect("pipeline lock") = Arc::new(p);
+            info!(%source, "configuration reloaded");
+            warn_restart_only(&self.config, &new);
+            self.config = new;
+            Ok(())
+        })();
+        notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+        result
     }
 }
 
@@ -146,6 +181,12 @@ fn warn_restart_only(old: &Config, new: &Config) {
         ("xdp.pin_root", a.pin_root != b.pin_root),
         ("xdp.keep_attached", a.keep_attached != b.keep_attached),
         ("node.id", old.node.id != new.node.id),
+        ("http.listen", old.http.listen != new.http.listen),
+        ("admin.listen", old.admin.listen != new.admin.listen),
+        (
+            "admin.token",
+            old.admin.token != new.admin.token || old.admin.token_file != new.admin.token_file,
+        ),
     ] {
         if changed {
             warn!(

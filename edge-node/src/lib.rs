@@ -1,6 +1,7 @@
 //! edge-node: an eBPF/XDP-accelerated edge server. The library holds everything; the
 //! binary (`main.rs`) only parses the command line.
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod error;

@@ -75,12 +75,17 @@ impl Node {
         self.starts += 1;
     }
 
-    /// The first HTTP address the node logged (`http listening addr=…`).
+    /// The HTTP address the current run logged (`http listening addr=…`).
     pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.logged_addr("http listening")
+    }
+
+    /// The address of the last log line containing `what` (`… addr=ip:port`).
+    pub fn logged_addr(&self, what: &str) -> Option<std::net::SocketAddr> {
         self.log()
             .lines()
             .rev()
-            .filter(|l| l.contains("http listening"))
+            .filter(|l| l.contains(what))
             .filter_map(|l| l.split("addr=").nth(1))
             .filter_map(|a| a.split_whitespace().next())
             .filter_map(|a| a.parse().ok())

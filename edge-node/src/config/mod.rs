@@ -9,8 +9,8 @@ use serde::Deserialize;
 pub mod duration;
 
 use crate::{
-    phases::route::RouteSettings, server::HttpSettings, upstream::UpstreamSettings,
-    xdp::XdpSettings,
+    admin::AdminSettings, phases::route::RouteSettings, server::HttpSettings,
+    upstream::UpstreamSettings, xdp::XdpSettings,
 };
 
 /// The embedded default: what `edge-node` runs with when no file is given.
@@ -27,6 +27,8 @@ pub struct Config {
     pub log: LogSettings,
     #[serde(default)]
     pub http: HttpSettings,
+    #[serde(default)]
+    pub admin: AdminSettings,
     /// `[[upstream]]` pools.
     #[serde(default)]
     pub upstream: Vec<UpstreamSettings>,
@@ -136,6 +138,7 @@ impl Config {
             bail!("node.id must not be empty");
         }
         self.xdp.validate().context("in [xdp]")?;
+        self.admin.token().context("in [admin]")?;
         let mut names = std::collections::HashSet::new();
         for u in &self.upstream {
             u.validate()?;

@@ -10,6 +10,7 @@ use hyper::body::{Body as _, Incoming};
 use tracing::{info, warn};
 
 use crate::{
+    admin::Metrics,
     config::Config,
     error::{Body, EdgeError},
     phases::{
@@ -25,6 +26,8 @@ pub struct RequestCtx {
     /// Lower-case host without port.
     pub host: String,
     pub region: String,
+    /// The upstream pool the route chose ("" before routing).
+    pub upstream: String,
     pub started: Instant,
 }
 
@@ -34,6 +37,7 @@ impl RequestCtx {
             client,
             host: String::new(),
             region: String::new(),
+            upstream: String::new(),
             started: Instant::now(),
         }
     }
@@ -44,11 +48,12 @@ pub struct Pipeline {
     node_id_header: HeaderValue,
     routes: RouteTable,
     pool: Pool,
+    metrics: Arc<Metrics>,
 }
 
 impl Pipeline {
     /// Builds the pipeline of a (validated) configuration.
-    pub fn new(config: &Config, pool: Pool) -> Result<Self> {
+    pub fn new(config: &Config, pool: Pool, metrics: Arc<Metrics>) -> Result<Self> {
         let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
         for u in &config.upstream {
             if upstreams
@@ -83,6 +88,7 @@ impl Pipeline {
             node_id: config.node.id.clone(),
             routes: RouteTable::new(routes),
             pool,
+            metrics,
         })
     }
 
@@ -111,6 +117,17 @@ impl Pipeline {
         {
             h.insert("x-region", v);
         }
+        let protocol = match version {
+            http::Version::HTTP_2 => "h2",
+            http::Version::HTTP_10 => "http/1.0",
+            _ => "http/1.1",
+        };
+        self.metrics.record(
+            &ctx.upstream,
+            resp.status().as_u16(),
+            protocol,
+            ctx.started.elapsed().as_secs_f64(),
+        );
         info!(
             target: "access",
             client = %client,
@@ -134,6 +151,7 @@ impl Pipeline {
             .routes
             .select(&ctx.host, req.method(), req.uri().path())?;
         ctx.region = route.upstream.region.clone();
+        ctx.upstream = route.upstream.name.clone();
         if route.upstream.origin == Origin::Demo {
             return Ok(demo::respond(
                 ctx,

@@ -42,6 +42,10 @@ pub trait SourcePolicy: Send {
     fn block_configured(&mut self, net: IpNet) -> Result<()> {
         self.block(net, None)
     }
+    /// The XDP program's per-reason counters, when it is loaded.
+    fn counters(&self) -> Option<super::maps::Counters> {
+        None
+    }
 }
 
 /// Bound on remembered token buckets: an attacker cycling through millions of source
@@ -320,6 +324,9 @@ impl SourcePolicy for KernelPolicy {
     }
     fn block_configured(&mut self, net: IpNet) -> Result<()> {
         self.maps.block_configured(net)
+    }
+    fn counters(&self) -> Option<super::maps::Counters> {
+        self.maps.counters().ok()
     }
 }
 
