@@ -156,7 +156,8 @@ fn blocked_prefix_dropped_allowed_never_and_counters_agree() {
     let rig = Rig::new();
     let node = rig.start(
         "native",
-        "block = [\"10.231.0.16/28\"]\nallow = [\"10.231.0.21/32\"]\ndebug_log = true",
+        "block = [\"10.231.0.16/28\"]\nallow = [\"10.231.0.21/32\"]\ndebug_log = true\n\
+         [admin]\nlisten = \"127.0.0.1:9901\"\ntoken = \"veth-test-token-0123456789\"",
     );
     let status = node.cli_ok(&["xdp", "status"]);
     assert!(
@@ -182,6 +183,23 @@ fn blocked_prefix_dropped_allowed_never_and_counters_agree() {
     assert_eq!(delta(&maps, &before, Reason::DropBlocked), n as u64);
     assert_eq!(delta(&maps, &before, Reason::PassAllowed), n as u64);
     assert_eq!(delta(&maps, &before, Reason::Pass), n as u64);
+
+    // The admin API exports the same kernel counters.
+    let metrics = rig.server.exec(&[
+        "curl",
+        "-s",
+        "-H",
+        "Authorization: Bearer veth-test-token-0123456789",
+        "http://127.0.0.1:9901/metrics",
+    ]);
+    let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    let blocked = maps.counters().unwrap()[Reason::DropBlocked as usize].packets;
+    assert!(
+        metrics.contains(&format!(
+            "edge_xdp_packets_total{{reason=\"drop_blocked\"}} {blocked}"
+        )),
+        "{metrics}"
+    );
 
     // The program's own diagnostics arrive in the node's log through aya-log.
     assert!(
