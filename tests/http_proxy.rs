@@ -326,3 +326,94 @@ fn admin_api_needs_its_token_and_serves_metrics_and_reload() {
     assert!(body.contains("nope"), "{body}");
     assert_eq!(curl(&p, "new.test", "/", &[]).status, 200);
 }
+
+/// Sends raw bytes on a fresh connection; returns what came back until the server closed
+/// the connection (or 10 s passed: then "<open>" is appended).
+fn raw(addr: &str, bytes: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => {
+                out.extend_from_slice(b"<open>");
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn malformed_framing_oversized_and_slow_heads_never_reach_the_origin() {
+    let origin = Origin::start("a");
+    let cfg = config(&origin, "").replace(
+        "upstream_connect_timeout = \"1s\"",
+        "upstream_connect_timeout = \"1s\"\nheader_read_timeout = \"1s\"\nmax_header_bytes = 8192",
+    );
+    let node = Node::start(&cfg, None);
+    assert!(node.wait_running(Duration::from_secs(20)), "{}", node.log());
+    let addr = node.http_addr().unwrap().to_string();
+    let cases: [(&str, &[u8], &str); 5] = [
+        (
+            "conflicting Content-Length",
+            b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+            "400",
+        ),
+        (
+            "invalid chunk size",
+            b"POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+            "400",
+        ),
+        (
+            "obs-fold",
+            b"GET / HTTP/1.1\r\nHost: app.test\r\nX-A: 1\r\n  folded\r\n\r\n",
+            "400",
+        ),
+        (
+            "Transfer-Encoding without chunked",
+            b"POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+            "400",
+        ),
+        (
+            "oversized head",
+            &[b"GET / HTTP/1.1\r\nHost: app.test\r\nX-Big: ".as_slice(), &[b'a'; 20_000], b"\r\n\r\n"].concat(),
+            "431",
+        ),
+    ];
+    for (what, bytes, status) in cases {
+        let reply = raw(&addr, bytes);
+        assert!(
+            reply.starts_with(&format!("HTTP/1.1 {status}")),
+            "{what}: {reply}"
+        );
+        assert!(
+            !reply.ends_with("<open>"),
+            "{what}: the connection must be closed: {reply}"
+        );
+    }
+    // A client that never finishes its head is cut off by the head timeout, unanswered.
+    let reply = raw(&addr, b"GET / HTTP/1.1\r\nHost: app.te");
+    assert!(
+        !reply.ends_with("<open>"),
+        "slowloris connection left open: {reply}"
+    );
+    assert!(!reply.contains("200"), "{reply}");
+    assert_eq!(
+        origin.hits(),
+        0,
+        "nothing malformed or incomplete reached the origin"
+    );
+    // The node still serves well-formed requests.
+    let ok = raw(
+        &addr,
+        b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    );
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert_eq!(origin.hits(), 1);
+}

@@ -84,6 +84,13 @@ impl EdgeError {
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        // After a malformed request nothing else on the connection can be trusted.
+        if self.kind == ErrorKind::BadRequest {
+            resp.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
         resp
     }
 }

@@ -47,6 +47,7 @@ pub fn on_request<B>(ctx: &mut RequestCtx, req: &mut Request<B>) -> Result<(), E
         .ok_or_else(|| EdgeError::new(ErrorKind::BadRequest, "no Host"))?;
     ctx.host = normalize_host(&raw)
         .ok_or_else(|| EdgeError::new(ErrorKind::BadRequest, format!("bad Host {raw:?}")))?;
+
     strip_hop_by_hop(req.headers_mut());
     strip_node_owned(req.headers_mut());
     Ok(())

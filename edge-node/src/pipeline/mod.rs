@@ -191,8 +191,16 @@ impl Pipeline {
             headers.insert(header::HOST, v);
         }
         let body_is_empty = req.body().is_end_stream() || req.body().size_hint().exact() == Some(0);
-        let req = req.map(|b| b.boxed());
+        let (parts, body) = req.into_parts();
+        let body = if body_is_empty {
+            body.boxed()
+        } else {
+            first_frame_checked(body).await?
+        };
+        let req = Request::from_parts(parts, body);
         let mut resp = self.pool.send(&route.upstream, req, body_is_empty).await?;
+        // The client's protocol version, whatever the origin spoke.
+        *resp.version_mut() = version;
         early::strip_hop_by_hop(resp.headers_mut());
         resp.headers_mut()
             .append(header::VIA, HeaderValue::from_static(via(version)));
@@ -206,4 +214,31 @@ fn via(version: http::Version) -> &'static str {
         http::Version::HTTP_10 => "1.0 edge-node",
         _ => "1.1 edge-node",
     }
+}
+
+/// Reads the first frame of a request body before any origin is contacted, so a body that
+/// is malformed from the start (an invalid chunk size, say) is the client's 400 and never
+/// reaches an origin; the rest still streams.
+async fn first_frame_checked(mut body: Incoming) -> Result<Body, EdgeError> {
+    use http_body_util::StreamBody;
+    let first = match body.frame().await {
+        None => {
+            return Ok(http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed());
+        }
+        Some(Err(e)) => {
+            return Err(EdgeError::new(
+                crate::error::ErrorKind::BadRequest,
+                format!("request body: {e}"),
+            ));
+        }
+        Some(Ok(frame)) => frame,
+    };
+    let rest = http_body_util::BodyStream::new(body);
+    let stream = futures_util::stream::StreamExt::chain(
+        futures_util::stream::once(async move { Ok(first) }),
+        rest,
+    );
+    Ok(StreamBody::new(stream).boxed())
 }
