@@ -15,7 +15,7 @@ use crate::{
     admin::{self, Metrics},
     config::{Config, LogFormat},
     pipeline::Pipeline,
-    server,
+    server::{self, tls},
     upstream::Pool,
     xdp::XdpHandle,
 };
@@ -77,17 +77,24 @@ impl App {
         let mut xdp = XdpHandle::start(&self.config.xdp)?;
         let policy = xdp.policy();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let tls: Option<tls::SharedTls> = if self.config.http.tls_listen.is_empty() {
+            None
+        } else {
+            Some(Arc::new(RwLock::new(tls::build(&self.config.certificate)?)))
+        };
         let mut servers: Vec<_> = listeners
             .into_iter()
-            .map(|l| {
+            .map(|b| {
                 server::spawn(
-                    l,
+                    b.listener,
+                    if b.tls { tls.clone() } else { None },
                     pipeline.clone(),
                     self.config.http.clone(),
                     stop_rx.clone(),
                 )
             })
             .collect();
+        let mut cert_stamp = tls::stamp(&self.config.certificate);
         let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<admin::ReloadRequest>(4);
         if let (Some(l), Some(token)) = (admin_listener, admin_token) {
             let state = admin::AdminState {
@@ -106,6 +113,20 @@ impl App {
         loop {
             tokio::select! {
                 _ = sweep.tick() => {
+                    // Renewed certificate files take effect without a reload.
+                    let now = tls::stamp(&self.config.certificate);
+                    if now != cert_stamp {
+                        cert_stamp = now;
+                        if let Some(t) = &tls {
+                            match tls::build(&self.config.certificate) {
+                                Ok(c) => {
+                                    *t.write().expect("tls lock") = c;
+                                    info!("certificates reloaded (files changed)");
+                                }
+                                Err(e) => error!(error = %format!("{e:#}"), "changed certificates refused; keeping the loaded ones"),
+                            }
+                        }
+                    }
                     // Map syscalls under a lock: keep them off the async workers.
                     let p = policy.clone();
                     let purged = tokio::task::spawn_blocking(move || p.lock().expect("policy lock").purge_expired())
@@ -120,10 +141,10 @@ impl App {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
-                    let _ = self.reload(&pool, &metrics, &pipeline, &mut xdp);
+                    let _ = self.reload(&pool, &metrics, &pipeline, tls.as_ref(), &mut xdp);
                 }
                 Some(reply) = reload_rx.recv() => {
-                    let result = self.reload(&pool, &metrics, &pipeline, &mut xdp);
+                    let result = self.reload(&pool, &metrics, &pipeline, tls.as_ref(), &mut xdp);
                     let _ = reply.send(result.map_err(|e| format!("{e:#}")));
                 }
             }
@@ -144,6 +165,7 @@ impl App {
         pool: &Pool,
         metrics: &Arc<Metrics>,
         pipeline: &server::SharedPipeline,
+        tls: Option<&tls::SharedTls>,
         xdp: &mut XdpHandle,
     ) -> Result<()> {
         // systemd (Type=notify, or notify-reload) waits for READY=1 again.
@@ -155,12 +177,21 @@ impl App {
         let result = (|| -> Result<()> {
             let (new, source) = Config::load(self.config_path.as_deref())
                 .inspect_err(|e| error!(error = %format!("{e:#}"), "new configuration refused; keeping the running one"))?;
+            let certs = match tls {
+                Some(_) => Some(tls::build(&new.certificate)),
+                None => None,
+            }
+            .transpose()
+            .inspect_err(|e| error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"))?;
             let p = Pipeline::new(&new, pool.clone(), metrics.clone())
                 .and_then(|p| xdp.apply(&new.xdp).map(|()| p))
                 .inspect_err(|e| error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"))?;
             // New requests take the new routes; requests in flight finish on the
             // pipeline they started with.
             *pipeline.write().expect("pipeline lock") = Arc::new(p);
+            if let (Some(t), Some(c)) = (tls, certs) {
+                *t.write().expect("tls lock") = c;
+            }
             info!(%source, "configuration reloaded");
             warn_restart_only(&self.config, &new);
             self.config = new;
@@ -182,6 +213,10 @@ fn warn_restart_only(old: &Config, new: &Config) {
         ("xdp.keep_attached", a.keep_attached != b.keep_attached),
         ("node.id", old.node.id != new.node.id),
         ("http.listen", old.http.listen != new.http.listen),
+        (
+            "http.tls_listen",
+            old.http.tls_listen != new.http.tls_listen,
+        ),
         ("admin.listen", old.admin.listen != new.admin.listen),
         (
             "admin.token",

@@ -9,8 +9,11 @@ use serde::Deserialize;
 pub mod duration;
 
 use crate::{
-    admin::AdminSettings, phases::route::RouteSettings, server::HttpSettings,
-    upstream::UpstreamSettings, xdp::XdpSettings,
+    admin::AdminSettings,
+    phases::route::RouteSettings,
+    server::{HttpSettings, tls::CertificateSettings},
+    upstream::UpstreamSettings,
+    xdp::XdpSettings,
 };
 
 /// The embedded default: what `edge-node` runs with when no file is given.
@@ -35,6 +38,9 @@ pub struct Config {
     /// `[[route]]`s, first match wins.
     #[serde(default)]
     pub route: Vec<RouteSettings>,
+    /// `[[certificate]]`s for the TLS listeners, chosen by SNI.
+    #[serde(default)]
+    pub certificate: Vec<CertificateSettings>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,6 +145,11 @@ impl Config {
         }
         self.xdp.validate().context("in [xdp]")?;
         self.admin.token().context("in [admin]")?;
+        if !self.http.tls_listen.is_empty() || !self.certificate.is_empty() {
+            // Loads the files: a missing or mismatched key is a config error, not a
+            // failed handshake later.
+            crate::server::tls::build(&self.certificate).context("in [[certificate]]")?;
+        }
         let mut names = std::collections::HashSet::new();
         for u in &self.upstream {
             u.validate()?;

@@ -26,6 +26,8 @@ pub struct RequestCtx {
     /// Lower-case host without port.
     pub host: String,
     pub region: String,
+    /// "http" or "https": how the client reached the node.
+    pub scheme: &'static str,
     /// The upstream pool the route chose ("" before routing).
     pub upstream: String,
     pub started: Instant,
@@ -37,6 +39,7 @@ impl RequestCtx {
             client,
             host: String::new(),
             region: String::new(),
+            scheme: "http",
             upstream: String::new(),
             started: Instant::now(),
         }
@@ -93,8 +96,14 @@ impl Pipeline {
     }
 
     /// Runs the phases; every error becomes its response here and only here.
-    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        scheme: &'static str,
+    ) -> Response<Body> {
         let mut ctx = RequestCtx::new(client);
+        ctx.scheme = scheme;
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let version = req.version();
@@ -161,14 +170,14 @@ impl Pipeline {
             ));
         }
         let version = req.version();
-        let proto = "http";
+        let proto = ctx.scheme;
         let authority = req.uri().authority().cloned();
         let headers = req.headers_mut();
         // The forwarding chain starts here: no trusted hops are configured, so client
         // copies were removed by the early phase and the socket peer is the client.
         let ip = ctx.client.ip().to_string();
         headers.insert("x-forwarded-for", HeaderValue::from_str(&ip).expect("ip"));
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
         if let Ok(v) = HeaderValue::from_str(&ctx.host) {
             headers.insert("x-forwarded-host", v);
         }

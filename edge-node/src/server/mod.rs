@@ -3,6 +3,7 @@
 //! the reason it sits at the edge of the server.
 
 pub mod settings;
+pub mod tls;
 
 use std::{
     net::SocketAddr,
@@ -25,16 +26,29 @@ use crate::pipeline::Pipeline;
 /// The pipeline in force; a reload swaps it while requests in flight keep theirs.
 pub type SharedPipeline = Arc<RwLock<Arc<Pipeline>>>;
 
+/// A bound listener and whether it speaks TLS.
+pub struct Bound {
+    pub listener: TcpListener,
+    pub tls: bool,
+}
+
 /// Binds every configured address (before anything else starts, so a taken port fails
 /// the start loudly) and returns the bound listeners.
-pub async fn bind(settings: &HttpSettings) -> Result<Vec<TcpListener>> {
+pub async fn bind(settings: &HttpSettings) -> Result<Vec<Bound>> {
     let mut out = Vec::new();
-    for addr in &settings.listen {
-        let l = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        info!(addr = %l.local_addr()?, "http listening");
-        out.push(l);
+    for (addrs, tls) in [(&settings.listen, false), (&settings.tls_listen, true)] {
+        for addr in addrs {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            let what = if tls {
+                "https listening"
+            } else {
+                "http listening"
+            };
+            info!(addr = %listener.local_addr()?, "{what}");
+            out.push(Bound { listener, tls });
+        }
     }
     Ok(out)
 }
@@ -43,6 +57,7 @@ pub async fn bind(settings: &HttpSettings) -> Result<Vec<TcpListener>> {
 /// drain timeout) for connections in flight.
 pub fn spawn(
     listener: TcpListener,
+    tls: Option<tls::SharedTls>,
     pipeline: SharedPipeline,
     settings: HttpSettings,
     mut shutdown: watch::Receiver<bool>,
@@ -74,14 +89,40 @@ pub fn spawn(
                     };
                     let _ = stream.set_nodelay(true);
                     let p = pipeline.clone();
+                    let scheme = if tls.is_some() { "https" } else { "http" };
                     let service = service_fn(move |req: Request<Incoming>| {
                         let current = p.read().expect("pipeline lock").clone();
-                        async move { Ok::<_, std::convert::Infallible>(current.handle(req, peer).await) }
+                        async move { Ok::<_, std::convert::Infallible>(current.handle(req, peer, scheme).await) }
                     });
-                    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                    let conn = graceful.watch(conn);
+                    let builder = builder.clone();
+                    let watcher = graceful.watcher();
+                    let tls = tls.as_ref().map(|t| t.read().expect("tls lock").clone());
+                    let handshake_timeout = settings.header_read_timeout;
                     tokio::spawn(async move {
-                        if let Err(e) = conn.await {
+                        let result = match tls {
+                            None => {
+                                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                                watcher.watch(conn).await
+                            }
+                            Some(config) => {
+                                // The handshake counts against the same head timeout.
+                                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                                let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                                    Ok(Ok(s)) => s,
+                                    Ok(Err(e)) => {
+                                        debug!(%peer, error = %e, "TLS handshake failed");
+                                        return;
+                                    }
+                                    Err(_) => {
+                                        debug!(%peer, "TLS handshake timed out");
+                                        return;
+                                    }
+                                };
+                                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                                watcher.watch(conn).await
+                            }
+                        };
+                        if let Err(e) = result {
                             debug!(%peer, error = %e, "connection ended with an error");
                         }
                     });

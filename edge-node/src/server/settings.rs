@@ -10,6 +10,9 @@ pub struct HttpSettings {
     /// Addresses serving HTTP/1.1 and HTTP/2 with prior knowledge (h2c).
     #[serde(default = "default_listen")]
     pub listen: Vec<SocketAddr>,
+    /// Addresses serving TLS (ALPN h2 and http/1.1), with the `[[certificate]]`s.
+    #[serde(default)]
+    pub tls_listen: Vec<SocketAddr>,
     /// Time a client has to send its request head (slowloris protection).
     #[serde(
         default = "default_header_read_timeout",
@@ -53,6 +56,7 @@ impl Default for HttpSettings {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            tls_listen: Vec::new(),
             header_read_timeout: default_header_read_timeout(),
             max_header_bytes: default_max_header_bytes(),
             max_concurrent_streams: default_max_concurrent_streams(),
