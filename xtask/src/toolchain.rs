@@ -218,6 +218,7 @@ pub fn ensure_test_packages() -> Result<()> {
         ("sysctl", "procps"),
         ("curl", "curl"),
         ("systemd-analyze", "systemd"),
+        ("openssl", "openssl"),
     ])
 }
 
