@@ -417,3 +417,46 @@ fn malformed_framing_oversized_and_slow_heads_never_reach_the_origin() {
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
     assert_eq!(origin.hits(), 1);
 }
+
+#[test]
+fn trusted_proxies_extend_the_chain_and_large_bodies_are_refused() {
+    let origin = Origin::start("a");
+    let cfg = config(&origin, "").replace(
+        "upstream_connect_timeout = \"1s\"",
+        "upstream_connect_timeout = \"1s\"\ntrusted_proxies = [\"127.0.0.0/8\"]\nmax_body_bytes = 100",
+    );
+    let node = Node::start(&cfg, None);
+    assert!(node.wait_running(Duration::from_secs(20)), "{}", node.log());
+    let p = Proxy {
+        base: format!("http://{}", node.http_addr().unwrap()),
+        node,
+    };
+    // The peer (127.0.0.1) is a trusted proxy: the client it reports is believed and the
+    // chain is extended, not replaced.
+    let r = curl(
+        &p,
+        "app.test",
+        "/",
+        &[
+            "-H",
+            "X-Forwarded-For: 6.6.6.6",
+            "-H",
+            "X-Forwarded-Proto: https",
+        ],
+    );
+    let b = r.body.to_ascii_lowercase();
+    assert!(b.contains("x-forwarded-for: 6.6.6.6, 127.0.0.1"), "{b}");
+    assert!(
+        b.contains("forwarded: for=6.6.6.6;proto=https;host=app.test"),
+        "{b}"
+    );
+    assert!(b.contains("x-forwarded-proto: https"), "{b}");
+    // A declared body over the limit never reaches the origin.
+    let before = origin.hits();
+    let big = "x".repeat(1000);
+    let r = curl(&p, "app.test", "/upload", &["--data-binary", &big]);
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(origin.hits(), before);
+    let r = curl(&p, "app.test", "/upload", &["--data-binary", "small"]);
+    assert_eq!(r.status, 200);
+}

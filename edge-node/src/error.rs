@@ -24,6 +24,8 @@ pub enum ErrorKind {
     UnknownHost,
     /// A route matched the host but not the path or method.
     NoRoute,
+    /// The request body is larger than `http.max_body_bytes`.
+    PayloadTooLarge,
     /// Connecting to or talking with the origin failed.
     UpstreamFailed,
     /// No origin of the route's pool can take the request.
@@ -44,9 +46,10 @@ pub struct EdgeError {
 impl EdgeError {
     pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
         let (side, retryable) = match kind {
-            ErrorKind::BadRequest | ErrorKind::UnknownHost | ErrorKind::NoRoute => {
-                (Side::Client, false)
-            }
+            ErrorKind::BadRequest
+            | ErrorKind::UnknownHost
+            | ErrorKind::NoRoute
+            | ErrorKind::PayloadTooLarge => (Side::Client, false),
             ErrorKind::NoUpstreamAvailable => (Side::Node, false),
             ErrorKind::UpstreamFailed => (Side::Upstream, true),
             ErrorKind::UpstreamTimeout => (Side::Upstream, false),
@@ -64,6 +67,7 @@ impl EdgeError {
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             ErrorKind::UnknownHost => StatusCode::MISDIRECTED_REQUEST,
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
+            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ErrorKind::NoUpstreamAvailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -85,7 +89,10 @@ impl EdgeError {
             header::HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         // After a malformed request nothing else on the connection can be trusted.
-        if self.kind == ErrorKind::BadRequest {
+        if matches!(
+            self.kind,
+            ErrorKind::BadRequest | ErrorKind::PayloadTooLarge
+        ) {
             resp.headers_mut().insert(
                 header::CONNECTION,
                 header::HeaderValue::from_static("close"),

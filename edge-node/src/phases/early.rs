@@ -1,7 +1,10 @@
 //! Early phase: the request's host, and header hygiene before anything trusts a header.
 //! With nothing to do (a clean request) it only records the host.
 
+use std::net::IpAddr;
+
 use http::{HeaderMap, HeaderName, Request, header};
+use ipnet::IpNet;
 
 use crate::{
     error::{EdgeError, ErrorKind},
@@ -32,7 +35,54 @@ const NODE_OWNED: [&str; 6] = [
     "x-region",
 ];
 
-pub fn on_request<B>(ctx: &mut RequestCtx, req: &mut Request<B>) -> Result<(), EdgeError> {
+/// Who the client is: the socket peer, or, when the peer is a trusted proxy, the
+/// rightmost address of X-Forwarded-For that is not itself a trusted proxy (entries
+/// further left could have been written by anyone).
+fn client_behind_proxies<B>(ctx: &mut RequestCtx, req: &Request<B>, trusted: &[IpNet]) {
+    let peer = ctx.client.ip();
+    if !trusted.iter().any(|n| n.contains(&peer)) {
+        return;
+    }
+    let chain: Vec<String> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if chain.is_empty() {
+        return;
+    }
+    for entry in chain.iter().rev() {
+        match entry.parse::<IpAddr>() {
+            Ok(ip) if trusted.iter().any(|n| n.contains(&ip)) => continue,
+            Ok(ip) => {
+                ctx.client_ip = ip;
+                break;
+            }
+            // Garbage in the chain: stop believing it there.
+            Err(_) => break,
+        }
+    }
+    ctx.forwarded_chain = Some(chain.join(", "));
+    if let Some(proto) = req
+        .headers()
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        && (proto == "https" || proto == "http")
+    {
+        ctx.scheme = if proto == "https" { "https" } else { "http" };
+    }
+}
+
+pub fn on_request<B>(
+    ctx: &mut RequestCtx,
+    req: &mut Request<B>,
+    trusted: &[IpNet],
+) -> Result<(), EdgeError> {
+    client_behind_proxies(ctx, req, trusted);
     // HTTP/2 carries the host in the URI (:authority), HTTP/1.1 in Host.
     let raw = req
         .uri()
@@ -138,11 +188,48 @@ mod tests {
             .body(())
             .unwrap();
         let mut ctx = RequestCtx::new("127.0.0.1:1".parse().unwrap());
-        on_request(&mut ctx, &mut req).unwrap();
+        on_request(&mut ctx, &mut req, &[]).unwrap();
         let h = req.headers();
         assert!(h.get("x-secret").is_none() && h.get("connection").is_none());
         assert!(h.get("x-user-id").is_none() && h.get("x-forwarded-for").is_none());
         assert_eq!(h.get("accept").unwrap(), "*/*");
         assert_eq!(ctx.host, "x.test");
+    }
+}
+
+#[cfg(test)]
+mod trusted_tests {
+    use super::*;
+
+    fn ctx_for(peer: &str, xff: &str, trusted: &[&str]) -> RequestCtx {
+        let mut req = Request::builder()
+            .uri("/")
+            .header("host", "x.test")
+            .header("x-forwarded-for", xff)
+            .body(())
+            .unwrap();
+        let mut ctx = RequestCtx::new(peer.parse().unwrap());
+        let nets: Vec<IpNet> = trusted.iter().map(|n| n.parse().unwrap()).collect();
+        on_request(&mut ctx, &mut req, &nets).unwrap();
+        ctx
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_from_trusted_hops() {
+        // Untrusted peer: its header is ignored.
+        let c = ctx_for("203.0.113.5:1", "6.6.6.6", &["10.0.0.0/8"]);
+        assert_eq!(c.client_ip.to_string(), "203.0.113.5");
+        assert!(c.forwarded_chain.is_none());
+        // Trusted peer: the rightmost untrusted entry is the client.
+        let c = ctx_for(
+            "10.0.0.2:1",
+            "6.6.6.6, 198.51.100.9, 10.0.0.7",
+            &["10.0.0.0/8"],
+        );
+        assert_eq!(c.client_ip.to_string(), "198.51.100.9");
+        assert_eq!(
+            c.forwarded_chain.as_deref(),
+            Some("6.6.6.6, 198.51.100.9, 10.0.0.7")
+        );
     }
 }

@@ -22,7 +22,12 @@ use crate::{
 
 /// What the phases learn about one request.
 pub struct RequestCtx {
+    /// The socket peer.
     pub client: SocketAddr,
+    /// The client: the peer, or the address a trusted proxy in front reported.
+    pub client_ip: std::net::IpAddr,
+    /// X-Forwarded-For as received from a trusted proxy.
+    pub forwarded_chain: Option<String>,
     /// Lower-case host without port.
     pub host: String,
     pub region: String,
@@ -37,6 +42,8 @@ impl RequestCtx {
     pub fn new(client: SocketAddr) -> Self {
         Self {
             client,
+            client_ip: client.ip(),
+            forwarded_chain: None,
             host: String::new(),
             region: String::new(),
             scheme: "http",
@@ -52,6 +59,8 @@ pub struct Pipeline {
     routes: RouteTable,
     pool: Pool,
     metrics: Arc<Metrics>,
+    trusted_proxies: Vec<ipnet::IpNet>,
+    max_body_bytes: u64,
 }
 
 impl Pipeline {
@@ -92,6 +101,8 @@ impl Pipeline {
             routes: RouteTable::new(routes),
             pool,
             metrics,
+            trusted_proxies: config.http.trusted_proxies.clone(),
+            max_body_bytes: config.http.max_body_bytes,
         })
     }
 
@@ -155,7 +166,16 @@ impl Pipeline {
         ctx: &mut RequestCtx,
         mut req: Request<Incoming>,
     ) -> Result<Response<Body>, EdgeError> {
-        early::on_request(ctx, &mut req)?;
+        early::on_request(ctx, &mut req, &self.trusted_proxies)?;
+        if self.max_body_bytes != 0
+            && let Some(len) = req.body().size_hint().exact()
+            && len > self.max_body_bytes
+        {
+            return Err(EdgeError::new(
+                crate::error::ErrorKind::PayloadTooLarge,
+                format!("body of {len} bytes, limit {}", self.max_body_bytes),
+            ));
+        }
         let route = self
             .routes
             .select(&ctx.host, req.method(), req.uri().path())?;
@@ -173,15 +193,22 @@ impl Pipeline {
         let proto = ctx.scheme;
         let authority = req.uri().authority().cloned();
         let headers = req.headers_mut();
-        // The forwarding chain starts here: no trusted hops are configured, so client
-        // copies were removed by the early phase and the socket peer is the client.
-        let ip = ctx.client.ip().to_string();
-        headers.insert("x-forwarded-for", HeaderValue::from_str(&ip).expect("ip"));
+        // The forwarding chain: what a trusted proxy reported, plus the peer; from anyone
+        // else only the peer (the early phase removed their copies).
+        let peer = ctx.client.ip().to_string();
+        let xff = match &ctx.forwarded_chain {
+            Some(chain) => format!("{chain}, {peer}"),
+            None => peer,
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            headers.insert("x-forwarded-for", v);
+        }
         headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
         if let Ok(v) = HeaderValue::from_str(&ctx.host) {
             headers.insert("x-forwarded-host", v);
         }
-        let fwd_for = if ctx.client.is_ipv6() {
+        let ip = ctx.client_ip.to_string();
+        let fwd_for = if ctx.client_ip.is_ipv6() {
             format!("\"[{ip}]\"")
         } else {
             ip

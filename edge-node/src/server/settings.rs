@@ -25,6 +25,14 @@ pub struct HttpSettings {
     /// Concurrent streams per HTTP/2 connection.
     #[serde(default = "default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
+    /// Largest declared request body (Content-Length) accepted, bytes (0 = no limit):
+    /// above it the request is refused with 413 before any origin is contacted.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Peers whose X-Forwarded-For / X-Forwarded-Proto / Forwarded are believed (load
+    /// balancers in front of the node). Everyone else's copies are removed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Time to open a connection to an origin.
     #[serde(default = "default_connect_timeout", with = "crate::config::duration")]
     pub upstream_connect_timeout: Duration,
@@ -45,6 +53,9 @@ fn default_max_header_bytes() -> usize {
 fn default_max_concurrent_streams() -> u32 {
     128
 }
+fn default_max_body_bytes() -> u64 {
+    64 * 1024 * 1024
+}
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(2)
 }
@@ -60,6 +71,8 @@ impl Default for HttpSettings {
             header_read_timeout: default_header_read_timeout(),
             max_header_bytes: default_max_header_bytes(),
             max_concurrent_streams: default_max_concurrent_streams(),
+            max_body_bytes: default_max_body_bytes(),
+            trusted_proxies: Vec::new(),
             upstream_connect_timeout: default_connect_timeout(),
             drain_timeout: default_drain_timeout(),
         }
