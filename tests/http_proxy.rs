@@ -460,3 +460,62 @@ fn trusted_proxies_extend_the_chain_and_large_bodies_are_refused() {
     let r = curl(&p, "app.test", "/upload", &["--data-binary", "small"]);
     assert_eq!(r.status, 200);
 }
+
+#[test]
+fn clients_go_to_their_regions_pool_and_fail_over_when_it_is_down() {
+    let eu = Origin::start("eu");
+    let us = Origin::start("us");
+    let cfg = |eu_addr: String| {
+        format!(
+            r#"[xdp]
+mode = "off"
+[http]
+listen = ["127.0.0.1:0"]
+upstream_connect_timeout = "1s"
+[geo]
+default_region = "us"
+[[geo.region]]
+name = "eu"
+cidrs = ["127.0.0.0/8"]
+[[upstream]]
+name = "app-us"
+region = "us"
+servers = ["{us}"]
+[[upstream]]
+name = "app-eu"
+region = "eu"
+servers = ["{eu_addr}"]
+[[route]]
+hosts = ["app.test"]
+upstreams = ["app-us", "app-eu"]
+"#,
+            us = us.addr
+        )
+    };
+    let node = Node::start(&cfg(eu.addr.to_string()), None);
+    assert!(node.wait_running(Duration::from_secs(20)), "{}", node.log());
+    let p = Proxy {
+        base: format!("http://{}", node.http_addr().unwrap()),
+        node,
+    };
+    // 127.0.0.1 is in the eu table: the eu pool serves, whatever the config order.
+    let r = curl(&p, "app.test", "/", &[]);
+    assert!(r.body.contains("origin=eu"), "{}", r.body);
+    assert!(r.headers.contains("x-region: eu"), "{}", r.headers);
+    // The eu pool down (a port nobody listens on): the next region's pool serves.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    std::fs::write(p.node.config_path(), cfg(dead.to_string())).unwrap();
+    p.node.signal(libc::SIGHUP);
+    assert!(
+        p.node
+            .wait_for_log("configuration reloaded", Duration::from_secs(10))
+    );
+    let r = curl(&p, "app.test", "/", &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("origin=us"), "{}", r.body);
+    assert!(r.headers.contains("x-region: us"), "{}", r.headers);
+    assert!(p.node.log().contains("failing over"), "{}", p.node.log());
+}

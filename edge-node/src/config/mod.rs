@@ -10,7 +10,7 @@ pub mod duration;
 
 use crate::{
     admin::AdminSettings,
-    phases::route::RouteSettings,
+    phases::{geo::GeoSettings, route::RouteSettings},
     server::{HttpSettings, tls::CertificateSettings},
     upstream::UpstreamSettings,
     xdp::XdpSettings,
@@ -38,6 +38,9 @@ pub struct Config {
     /// `[[route]]`s, first match wins.
     #[serde(default)]
     pub route: Vec<RouteSettings>,
+    /// Client regions.
+    #[serde(default)]
+    pub geo: GeoSettings,
     /// `[[certificate]]`s for the TLS listeners, chosen by SNI.
     #[serde(default)]
     pub certificate: Vec<CertificateSettings>,
@@ -159,11 +162,10 @@ impl Config {
         }
         for r in &self.route {
             r.validate()?;
-            if !names.contains(r.upstream.as_str()) {
-                bail!(
-                    "a route names upstream {:?}, which is not defined",
-                    r.upstream
-                );
+            for u in r.pools() {
+                if !names.contains(u) {
+                    bail!("a route names upstream {u:?}, which is not defined");
+                }
             }
         }
         Ok(())

@@ -2,4 +2,5 @@
 //! when it has nothing to do.
 
 pub mod early;
+pub mod geo;
 pub mod route;

@@ -26,7 +26,12 @@ pub struct RouteSettings {
     #[serde(default)]
     pub methods: Vec<String>,
     /// The upstream pool (its `name`).
+    #[serde(default)]
     pub upstream: String,
+    /// Or several pools, one per region: the client's region's pool first, the others
+    /// in this order when it cannot be reached (failover).
+    #[serde(default)]
+    pub upstreams: Vec<String>,
 }
 
 fn default_prefix() -> String {
@@ -34,16 +39,31 @@ fn default_prefix() -> String {
 }
 
 impl RouteSettings {
+    /// The pools this route may use, in configuration order.
+    pub fn pools(&self) -> Vec<&str> {
+        if self.upstreams.is_empty() {
+            vec![self.upstream.as_str()]
+        } else {
+            self.upstreams.iter().map(String::as_str).collect()
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
+        if self.upstream.is_empty() == self.upstreams.is_empty() {
+            bail!(
+                "route for {:?}: give either upstream or upstreams",
+                self.hosts
+            );
+        }
         if self.hosts.is_empty() {
-            bail!("route to {}: hosts is empty", self.upstream);
+            bail!("route to {:?}: hosts is empty", self.pools());
         }
         if !self.path_prefix.starts_with('/') {
-            bail!("route to {}: path_prefix must start with /", self.upstream);
+            bail!("route to {:?}: path_prefix must start with /", self.pools());
         }
         for m in &self.methods {
             if Method::from_bytes(m.as_bytes()).is_err() {
-                bail!("route to {}: {m:?} is not a method", self.upstream);
+                bail!("route to {:?}: {m:?} is not a method", self.pools());
             }
         }
         Ok(())
@@ -54,7 +74,21 @@ pub struct Route {
     pub hosts: Vec<String>,
     pub path_prefix: String,
     pub methods: Vec<Method>,
-    pub upstream: Arc<Upstream>,
+    /// Pools in configuration order (see `RouteSettings::upstreams`).
+    pub upstreams: Vec<Arc<Upstream>>,
+}
+
+impl Route {
+    /// The pools to try for a client of `region`: that region's first, then the rest.
+    pub fn pools_for(&self, region: &str) -> Vec<Arc<Upstream>> {
+        let (mut mine, rest): (Vec<_>, Vec<_>) = self
+            .upstreams
+            .iter()
+            .cloned()
+            .partition(|u| u.region == region);
+        mine.extend(rest);
+        mine
+    }
 }
 
 impl Route {

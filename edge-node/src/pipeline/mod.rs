@@ -61,6 +61,7 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     trusted_proxies: Vec<ipnet::IpNet>,
     max_body_bytes: u64,
+    geo: crate::phases::geo::GeoSettings,
 }
 
 impl Pipeline {
@@ -77,13 +78,16 @@ impl Pipeline {
         }
         let mut routes = Vec::new();
         for r in &config.route {
-            let Some(up) = upstreams.get(&r.upstream) else {
-                bail!(
-                    "route for {:?} names upstream {:?}, which is not defined",
-                    r.hosts,
-                    r.upstream
-                );
-            };
+            let mut pools = Vec::new();
+            for name in r.pools() {
+                let Some(up) = upstreams.get(name) else {
+                    bail!(
+                        "route for {:?} names upstream {name:?}, which is not defined",
+                        r.hosts
+                    );
+                };
+                pools.push(up.clone());
+            }
             routes.push(Route {
                 hosts: r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
                 path_prefix: r.path_prefix.clone(),
@@ -92,7 +96,7 @@ impl Pipeline {
                     .iter()
                     .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
                     .collect(),
-                upstream: up.clone(),
+                upstreams: pools,
             });
         }
         Ok(Self {
@@ -103,6 +107,7 @@ impl Pipeline {
             metrics,
             trusted_proxies: config.http.trusted_proxies.clone(),
             max_body_bytes: config.http.max_body_bytes,
+            geo: config.geo.clone(),
         })
     }
 
@@ -179,9 +184,14 @@ impl Pipeline {
         let route = self
             .routes
             .select(&ctx.host, req.method(), req.uri().path())?;
-        ctx.region = route.upstream.region.clone();
-        ctx.upstream = route.upstream.name.clone();
-        if route.upstream.origin == Origin::Demo {
+        let pools = route.pools_for(self.geo.region_of(ctx.client_ip));
+        let first = pools
+            .first()
+            .expect("validated: a route has a pool")
+            .clone();
+        ctx.region = first.region.clone();
+        ctx.upstream = first.name.clone();
+        if first.origin == Origin::Demo {
             return Ok(demo::respond(
                 ctx,
                 &self.node_id,
@@ -233,8 +243,46 @@ impl Pipeline {
         } else {
             first_frame_checked(body).await?
         };
-        let req = Request::from_parts(parts, body);
-        let mut resp = self.pool.send(&route.upstream, req, body_is_empty).await?;
+        // The client's region's pool first; the next region's when it cannot be reached
+        // (every origin refused the connection). A request body can only be sent once:
+        // failover is for requests without one.
+        let mut body = Some(body);
+        let mut last = None;
+        let mut served = None;
+        for up in &pools {
+            let b = match body.take() {
+                Some(b) => b,
+                None if body_is_empty => http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed(),
+                None => break,
+            };
+            match self
+                .pool
+                .send(up, Request::from_parts(parts.clone(), b), body_is_empty)
+                .await
+            {
+                Ok(r) => {
+                    ctx.region = up.region.clone();
+                    ctx.upstream = up.name.clone();
+                    served = Some(r);
+                    break;
+                }
+                Err(e) if e.kind == crate::error::ErrorKind::UpstreamFailed => {
+                    warn!(upstream = %up.name, region = %up.region, error = %e, "pool unreachable; failing over");
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let Some(mut resp) = served else {
+            return Err(last.unwrap_or_else(|| {
+                EdgeError::new(
+                    crate::error::ErrorKind::NoUpstreamAvailable,
+                    "no pool could take the request",
+                )
+            }));
+        };
         // The client's protocol version, whatever the origin spoke.
         *resp.version_mut() = version;
         early::strip_hop_by_hop(resp.headers_mut());
