@@ -43,13 +43,26 @@ upstream = "dead"
 }
 
 fn start(origin: &Origin) -> Proxy {
-    let node = Node::start(&config(origin, ""), None);
+    start_config(&config(origin, ""))
+}
+
+/// Starts a node with `cfg` and waits until it serves.
+fn start_config(cfg: &str) -> Proxy {
+    let node = Node::start(cfg, None);
     assert!(node.wait_running(Duration::from_secs(20)), "{}", node.log());
     let addr = node.http_addr().expect("listening address in the log");
     Proxy {
         base: format!("http://{addr}"),
         node,
     }
+}
+
+/// `config` with extra `[http]` keys.
+fn config_with_http(origin: &Origin, http: &str) -> String {
+    config(origin, "").replace(
+        "upstream_connect_timeout = \"1s\"",
+        &format!("upstream_connect_timeout = \"1s\"\n{http}"),
+    )
 }
 
 struct Reply {
@@ -251,12 +264,7 @@ fn admin_api_needs_its_token_and_serves_metrics_and_reload() {
     let b = Origin::start("b");
     let token = "test-token-0123456789abcdef";
     let admin = format!("\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{token}\"\n");
-    let node = Node::start(&(config(&origin, "") + &admin), None);
-    assert!(node.wait_running(Duration::from_secs(20)), "{}", node.log());
-    let p = Proxy {
-        base: format!("http://{}", node.http_addr().unwrap()),
-        node,
-    };
+    let p = start_config(&(config(&origin, "") + &admin));
     let admin_base = format!(
         "http://{}",
         p.node
@@ -352,13 +360,11 @@ fn raw(addr: &str, bytes: &[u8]) -> String {
 #[test]
 fn malformed_framing_oversized_and_slow_heads_never_reach_the_origin() {
     let origin = Origin::start("a");
-    let cfg = config(&origin, "").replace(
-        "upstream_connect_timeout = \"1s\"",
-        "upstream_connect_timeout = \"1s\"\nheader_read_timeout = \"1s\"\nmax_header_bytes = 8192",
-    );
-    let node = Node::start(&cfg, None);
-    assert!(node.wait_running(Duration::from_secs(20)), "{}", node.log());
-    let addr = node.http_addr().unwrap().to_string();
+    let p = start_config(&config_with_http(
+        &origin,
+        "header_read_timeout = \"1s\"\nmax_header_bytes = 8192",
+    ));
+    let addr = p.base.trim_start_matches("http://").to_string();
     let cases: [(&str, &[u8], &str); 5] = [
         (
             "conflicting Content-Length",
@@ -421,16 +427,10 @@ fn malformed_framing_oversized_and_slow_heads_never_reach_the_origin() {
 #[test]
 fn trusted_proxies_extend_the_chain_and_large_bodies_are_refused() {
     let origin = Origin::start("a");
-    let cfg = config(&origin, "").replace(
-        "upstream_connect_timeout = \"1s\"",
-        "upstream_connect_timeout = \"1s\"\ntrusted_proxies = [\"127.0.0.0/8\"]\nmax_body_bytes = 100",
-    );
-    let node = Node::start(&cfg, None);
-    assert!(node.wait_running(Duration::from_secs(20)), "{}", node.log());
-    let p = Proxy {
-        base: format!("http://{}", node.http_addr().unwrap()),
-        node,
-    };
+    let p = start_config(&config_with_http(
+        &origin,
+        "trusted_proxies = [\"127.0.0.0/8\"]\nmax_body_bytes = 100",
+    ));
     // The peer (127.0.0.1) is a trusted proxy: the client it reports is believed and the
     // chain is extended, not replaced.
     let r = curl(
@@ -492,12 +492,7 @@ upstreams = ["app-us", "app-eu"]
             us = us.addr
         )
     };
-    let node = Node::start(&cfg(eu.addr.to_string()), None);
-    assert!(node.wait_running(Duration::from_secs(20)), "{}", node.log());
-    let p = Proxy {
-        base: format!("http://{}", node.http_addr().unwrap()),
-        node,
-    };
+    let p = start_config(&cfg(eu.addr.to_string()));
     // 127.0.0.1 is in the eu table: the eu pool serves, whatever the config order.
     let r = curl(&p, "app.test", "/", &[]);
     assert!(r.body.contains("origin=eu"), "{}", r.body);
