@@ -68,12 +68,10 @@ impl App {
             }
         };
         let pool = Pool::new(self.config.http.upstream_connect_timeout);
-        let metrics = Arc::new(Metrics::new());
-        let pipeline: server::SharedPipeline = Arc::new(RwLock::new(Arc::new(Pipeline::new(
-            &self.config,
-            pool.clone(),
-            metrics.clone(),
-        )?)));
+        let metrics = Arc::new(Metrics::new(pool.registry.clone()));
+        let first = Pipeline::new(&self.config, pool.clone(), metrics.clone())?;
+        first.start_health_checks();
+        let pipeline: server::SharedPipeline = Arc::new(RwLock::new(Arc::new(first)));
         let mut xdp = XdpHandle::start(&self.config.xdp)?;
         let policy = xdp.policy();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -188,6 +186,7 @@ impl App {
                 .inspect_err(|e| error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"))?;
             // New requests take the new routes; requests in flight finish on the
             // pipeline they started with.
+            p.start_health_checks();
             *pipeline.write().expect("pipeline lock") = Arc::new(p);
             if let (Some(t), Some(c)) = (tls, certs) {
                 *t.write().expect("tls lock") = c;

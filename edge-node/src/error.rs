@@ -5,8 +5,11 @@ use bytes::Bytes;
 use http::{Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 
-/// The body type of every response the node produces or relays.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+/// Errors of bodies in transit (the client's or an origin's connection, a timeout).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every request and response the node produces or relays.
+pub type Body = BoxBody<Bytes, BoxError>;
 
 /// Which side a failure belongs to (for logs and metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

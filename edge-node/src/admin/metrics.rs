@@ -13,7 +13,7 @@ use prometheus_client::{
 
 use edge_common::Reason;
 
-use crate::xdp::maps::Counters;
+use crate::{upstream::health, xdp::maps::Counters};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -32,16 +32,12 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<UpstreamLabels, Histogram>,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// Origin servers' health and load, read at scrape.
+    servers: health::Registry,
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub fn new(servers: health::Registry) -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -62,6 +58,7 @@ impl Metrics {
             registry,
             requests,
             latency,
+            servers,
         }
     }
 
@@ -86,8 +83,8 @@ impl Metrics {
         if encode(&mut out, &self.registry).is_err() {
             return String::new();
         }
+        let mut extra = self.render_servers();
         if let Some(c) = xdp {
-            let mut extra = String::new();
             for (name, help) in [
                 (
                     "edge_xdp_packets",
@@ -108,11 +105,53 @@ impl Metrics {
                     extra.push_str(&format!("{name}_total{{reason=\"{}\"}} {v}\n", r.name()));
                 }
             }
-            // Before the OpenMetrics terminator.
-            match out.rfind("# EOF") {
-                Some(i) => out.insert_str(i, &extra),
-                None => out.push_str(&extra),
+        }
+        // Before the OpenMetrics terminator.
+        match out.rfind("# EOF") {
+            Some(i) => out.insert_str(i, &extra),
+            None => out.push_str(&extra),
+        }
+        out
+    }
+
+    fn render_servers(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let servers = self.servers.snapshot();
+        let mut out = String::new();
+        if servers.is_empty() {
+            return out;
+        }
+        type Read = fn(&health::ServerState) -> u64;
+        let families: [(&str, &str, &str, Read); 7] = [
+            ("edge_upstream_server_up", "gauge", "1 when the origin server is in rotation (health check passing, not ejected)", |s| u64::from(s.usable())),
+            ("edge_upstream_server_health_check_passing", "gauge", "1 when the active health check passes (or none is configured)", |s| u64::from(s.probe_healthy())),
+            ("edge_upstream_server_outstanding", "gauge", "Requests in flight to the origin server", |s| s.outstanding() as u64),
+            ("edge_upstream_server_requests", "counter", "Requests sent to the origin server", |s| s.requests.load(Relaxed)),
+            ("edge_upstream_server_failures", "counter", "Connection failures and timeouts of the origin server", |s| s.failures.load(Relaxed)),
+            ("edge_upstream_server_ejections", "counter", "Times the origin server was ejected after failures in a row", |s| s.ejections.load(Relaxed)),
+            ("edge_upstream_server_retries", "counter", "Retries on another server after this one failed", |s| s.retried.load(Relaxed)),
+        ];
+        for (name, kind, help, read) in families {
+            out.push_str(&format!("# HELP {name} {help}.\n# TYPE {name} {kind}\n"));
+            // OpenMetrics: counter samples carry the _total suffix, the family does not.
+            let suffix = if kind == "counter" { "_total" } else { "" };
+            for s in &servers {
+                out.push_str(&format!(
+                    "{name}{suffix}{{upstream=\"{}\",server=\"{}\"}} {}\n",
+                    s.upstream,
+                    s.server,
+                    read(s)
+                ));
             }
+        }
+        out.push_str("# HELP edge_upstream_server_retries_denied Retries the retry budget refused after this server failed.\n# TYPE edge_upstream_server_retries_denied counter\n");
+        for s in &servers {
+            out.push_str(&format!(
+                "edge_upstream_server_retries_denied_total{{upstream=\"{}\",server=\"{}\"}} {}\n",
+                s.upstream,
+                s.server,
+                s.retry_denied.load(Relaxed)
+            ));
         }
         out
     }

@@ -4,3 +4,4 @@
 pub mod early;
 pub mod geo;
 pub mod route;
+pub mod upgrade;

@@ -14,7 +14,7 @@ use crate::{
     config::Config,
     error::{Body, EdgeError},
     phases::{
-        early,
+        early, upgrade,
         route::{Route, RouteTable},
     },
     upstream::{Origin, Pool, Upstream, demo},
@@ -62,6 +62,7 @@ pub struct Pipeline {
     trusted_proxies: Vec<ipnet::IpNet>,
     max_body_bytes: u64,
     geo: crate::phases::geo::GeoSettings,
+    upstreams: Vec<Arc<Upstream>>,
 }
 
 impl Pipeline {
@@ -70,7 +71,7 @@ impl Pipeline {
         let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
         for u in &config.upstream {
             if upstreams
-                .insert(u.name.clone(), Arc::new(Upstream::new(u)))
+                .insert(u.name.clone(), Arc::new(pool.upstream(u)?))
                 .is_some()
             {
                 bail!("upstream {} is defined twice", u.name);
@@ -108,7 +109,16 @@ impl Pipeline {
             trusted_proxies: config.http.trusted_proxies.clone(),
             max_body_bytes: config.http.max_body_bytes,
             geo: config.geo.clone(),
+            upstreams: upstreams.into_values().collect(),
         })
+    }
+
+    /// Starts the active health checks of the pools (they stop when the pipeline is
+    /// replaced and its pools dropped).
+    pub fn start_health_checks(&self) {
+        for up in &self.upstreams {
+            up.spawn_health_checks();
+        }
     }
 
     /// Runs the phases; every error becomes its response here and only here.
@@ -171,6 +181,7 @@ impl Pipeline {
         ctx: &mut RequestCtx,
         mut req: Request<Incoming>,
     ) -> Result<Response<Body>, EdgeError> {
+        let upgrade = upgrade::requested(&mut req);
         early::on_request(ctx, &mut req, &self.trusted_proxies)?;
         if self.max_body_bytes != 0
             && let Some(len) = req.body().size_hint().exact()
@@ -184,7 +195,12 @@ impl Pipeline {
         let route = self
             .routes
             .select(&ctx.host, req.method(), req.uri().path())?;
-        let pools = route.pools_for(self.geo.region_of(ctx.client_ip));
+        let mut pools = route.pools_for(self.geo.region_of(ctx.client_ip));
+        // Pools with a server in rotation first (a region whose origins are all down
+        // or ejected is failed over); when none has one, try them anyway.
+        if pools.iter().any(|p| p.has_usable_server()) {
+            pools.retain(|p| p.has_usable_server());
+        }
         let first = pools
             .first()
             .expect("validated: a route has a pool")
@@ -229,6 +245,9 @@ impl Pipeline {
             headers.insert(header::FORWARDED, v);
         }
         headers.append(header::VIA, HeaderValue::from_static(via(version)));
+        if let Some(u) = &upgrade {
+            u.forward(headers);
+        }
         // HTTP/2 requests carry the host as :authority; origins get a Host header.
         if !headers.contains_key(header::HOST)
             && let Some(a) = authority
@@ -239,7 +258,12 @@ impl Pipeline {
         let body_is_empty = req.body().is_end_stream() || req.body().size_hint().exact() == Some(0);
         let (parts, body) = req.into_parts();
         let body = if body_is_empty {
-            body.boxed()
+            body.map_err(|e| Box::new(e) as crate::error::BoxError).boxed()
+        } else if self.max_body_bytes != 0 {
+            // Bodies without a declared length (chunked) are held to the same limit
+            // while they stream: past it the exchange is aborted and the client gets 413.
+            let checked = first_frame_checked(body).await?;
+            http_body_util::Limited::new(checked, self.max_body_bytes as usize).boxed()
         } else {
             first_frame_checked(body).await?
         };
@@ -259,7 +283,12 @@ impl Pipeline {
             };
             match self
                 .pool
-                .send(up, Request::from_parts(parts.clone(), b), body_is_empty)
+                .send(
+                    up,
+                    Request::from_parts(parts.clone(), b),
+                    body_is_empty,
+                    ctx.client_ip,
+                )
                 .await
             {
                 Ok(r) => {
@@ -285,6 +314,16 @@ impl Pipeline {
         };
         // The client's protocol version, whatever the origin spoke.
         *resp.version_mut() = version;
+        match upgrade {
+            Some(u) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                early::strip_hop_by_hop(resp.headers_mut());
+                let mut resp = u.tunnel(resp, ctx.upstream.clone());
+                resp.headers_mut()
+                    .append(header::VIA, HeaderValue::from_static(via(version)));
+                return Ok(resp);
+            }
+            _ => upgrade::unexpected_switch(&resp)?,
+        }
         early::strip_hop_by_hop(resp.headers_mut());
         resp.headers_mut()
             .append(header::VIA, HeaderValue::from_static(via(version)));
@@ -319,7 +358,7 @@ async fn first_frame_checked(mut body: Incoming) -> Result<Body, EdgeError> {
         }
         Some(Ok(frame)) => frame,
     };
-    let rest = http_body_util::BodyStream::new(body);
+    let rest = http_body_util::BodyStream::new(body.map_err(|e| Box::new(e) as crate::error::BoxError));
     let stream = futures_util::stream::StreamExt::chain(
         futures_util::stream::once(async move { Ok(first) }),
         rest,

@@ -75,7 +75,13 @@ pub fn spawn(
             .http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(settings.max_concurrent_streams)
-            .max_header_list_size(settings.max_header_bytes as u32);
+            // CONTINUATION floods: a header block is bounded like an HTTP/1 head.
+            .max_header_list_size(settings.max_header_bytes as u32)
+            // Rapid reset (CVE-2023-44487): streams the client opens and cancels before
+            // they are served end the connection with ENHANCE_YOUR_CALM past this many.
+            .max_pending_accept_reset_streams(20)
+            // Streams the client makes the server reset (protocol errors) are bounded too.
+            .max_local_error_reset_streams(256);
         let graceful = GracefulShutdown::new();
         loop {
             tokio::select! {

@@ -1,0 +1,86 @@
+//! Protocol upgrades (WebSocket and the like) over HTTP/1.1: the request's Upgrade goes
+//! to the origin, and the connection becomes a tunnel only after the origin's own
+//! `101 Switching Protocols`. Any other answer is an ordinary response.
+
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tracing::debug;
+
+use crate::error::{Body, EdgeError, ErrorKind};
+
+/// A client's request to switch protocols, taken before the early phase strips the
+/// hop-by-hop headers that carry it.
+pub struct Requested {
+    protocol: HeaderValue,
+    client: OnUpgrade,
+}
+
+/// The upgrade the client asked for (HTTP/1.1, `Connection: upgrade` and `Upgrade`).
+pub fn requested<B>(req: &mut Request<B>) -> Option<Requested> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let protocol = req.headers().get(header::UPGRADE)?.clone();
+    if !asks {
+        return None;
+    }
+    let client = hyper::upgrade::on(req);
+    Some(Requested { protocol, client })
+}
+
+impl Requested {
+    /// Puts the upgrade back on the request toward the origin.
+    pub fn forward(&self, headers: &mut HeaderMap) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, self.protocol.clone());
+    }
+
+    /// The origin agreed (101): answer the client with the origin's 101 and join the two
+    /// connections once both sides have switched.
+    pub fn tunnel(self, mut resp: Response<Body>, upstream: String) -> Response<Body> {
+        let origin = hyper::upgrade::on(&mut resp);
+        let protocol = resp
+            .headers()
+            .get(header::UPGRADE)
+            .cloned()
+            .unwrap_or(self.protocol);
+        let client = self.client;
+        tokio::spawn(async move {
+            let (client, origin) = match tokio::try_join!(client, origin) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    debug!(%upstream, error = %e, "upgrade did not complete");
+                    return;
+                }
+            };
+            let (mut c, mut o) = (TokioIo::new(client), TokioIo::new(origin));
+            match tokio::io::copy_bidirectional(&mut c, &mut o).await {
+                Ok((up, down)) => debug!(%upstream, up, down, "upgraded connection closed"),
+                Err(e) => debug!(%upstream, error = %e, "upgraded connection ended"),
+            }
+        });
+        let (mut parts, _) = resp.into_parts();
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol);
+        Response::from_parts(parts, crate::error::full(""))
+    }
+}
+
+/// A 101 the client did not ask for cannot be relayed.
+pub fn unexpected_switch(resp: &Response<Body>) -> Result<(), EdgeError> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(EdgeError::new(
+            ErrorKind::UpstreamFailed,
+            "origin switched protocols without being asked",
+        ));
+    }
+    Ok(())
+}
