@@ -4,12 +4,10 @@
 
 use std::{process::Command, time::Duration};
 
-use edge_tests::{node::Node, origin::Origin};
-
-struct Proxy {
-    node: Node,
-    base: String,
-}
+use edge_tests::{
+    origin::Origin,
+    proxy::{Proxy, curl, raw, start_config},
+};
 
 fn config(origin: &Origin, extra_route: &str) -> String {
     format!(
@@ -46,61 +44,12 @@ fn start(origin: &Origin) -> Proxy {
     start_config(&config(origin, ""))
 }
 
-/// Starts a node with `cfg` and waits until it serves.
-fn start_config(cfg: &str) -> Proxy {
-    let node = Node::start(cfg, None);
-    assert!(node.wait_running(Duration::from_secs(20)), "{}", node.log());
-    let addr = node.http_addr().expect("listening address in the log");
-    Proxy {
-        base: format!("http://{addr}"),
-        node,
-    }
-}
-
 /// `config` with extra `[http]` keys.
 fn config_with_http(origin: &Origin, http: &str) -> String {
     config(origin, "").replace(
         "upstream_connect_timeout = \"1s\"",
         &format!("upstream_connect_timeout = \"1s\"\n{http}"),
     )
-}
-
-struct Reply {
-    status: u16,
-    version: String,
-    headers: String,
-    body: String,
-}
-
-/// curl with `args`, to `path` of the proxy with Host `host`.
-fn curl(p: &Proxy, host: &str, path: &str, args: &[&str]) -> Reply {
-    let dir = std::env::temp_dir().join(edge_tests::unique("edge-curl-"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let headers = dir.join("h");
-    let out = Command::new("curl")
-        .args(["-s", "--max-time", "10", "-o", "-", "-D"])
-        .arg(&headers)
-        .args(["-w", "\n%{http_code} %{http_version}", "-H"])
-        .arg(format!("Host: {host}"))
-        .args(args)
-        .arg(format!("{}{path}", p.base))
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
-    let mut t = tail.split_whitespace();
-    let status = t.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let version = t.next().unwrap_or("").to_string();
-    let headers = std::fs::read_to_string(&headers)
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let _ = std::fs::remove_dir_all(&dir);
-    Reply {
-        status,
-        version,
-        headers,
-        body: body.to_string(),
-    }
 }
 
 #[test]
@@ -333,28 +282,6 @@ fn admin_api_needs_its_token_and_serves_metrics_and_reload() {
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("nope"), "{body}");
     assert_eq!(curl(&p, "new.test", "/", &[]).status, 200);
-}
-
-/// Sends raw bytes on a fresh connection; returns what came back until the server closed
-/// the connection (or 10 s passed: then "<open>" is appended).
-fn raw(addr: &str, bytes: &[u8]) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(bytes).unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(_) => {
-                out.extend_from_slice(b"<open>");
-                break;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[test]

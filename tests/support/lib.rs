@@ -5,6 +5,8 @@ pub mod netns;
 pub mod node;
 pub mod origin;
 pub mod packet;
+pub mod proxy;
+pub mod tls_origin;
 
 use std::{
     ffi::CString,

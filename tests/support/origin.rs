@@ -6,7 +6,7 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering},
     },
     thread,
     time::Duration,
@@ -16,29 +16,67 @@ pub struct Origin {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
+    /// Status of `GET /healthz` (health checks).
+    pub health_status: Arc<AtomicU16>,
+    /// Milliseconds every other request waits before its answer.
+    pub delay_ms: Arc<AtomicU64>,
+}
+
+/// What the serving threads share.
+#[derive(Clone)]
+struct Shared {
+    name: String,
+    hits: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    health_status: Arc<AtomicU16>,
+    delay_ms: Arc<AtomicU64>,
 }
 
 impl Origin {
     /// Starts an origin on 127.0.0.1 (ephemeral port) named `name`.
     pub fn start(name: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind origin");
+        Self::start_on(name, "127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Starts an origin on `addr` (a port an origin that was killed used: it comes back).
+    pub fn start_on(name: &str, addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).expect("bind origin");
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (h, s, name) = (hits.clone(), stop.clone(), name.to_string());
+        let shared = Shared {
+            name: name.to_string(),
+            hits: Arc::new(AtomicUsize::new(0)),
+            stop: Arc::new(AtomicBool::new(false)),
+            health_status: Arc::new(AtomicU16::new(200)),
+            delay_ms: Arc::new(AtomicU64::new(0)),
+        };
+        let origin = Self {
+            addr,
+            hits: shared.hits.clone(),
+            stop: shared.stop.clone(),
+            health_status: shared.health_status.clone(),
+            delay_ms: shared.delay_ms.clone(),
+        };
         thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
+            while !shared.stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((conn, _)) => {
-                        let (h, name) = (h.clone(), name.clone());
-                        thread::spawn(move || serve(conn, &name, &h));
+                        let shared = shared.clone();
+                        thread::spawn(move || serve(conn, &shared));
                     }
                     Err(_) => thread::sleep(Duration::from_millis(5)),
                 }
             }
         });
-        Self { addr, hits, stop }
+        origin
+    }
+
+    /// Stops listening and closes every connection: the origin is dead.
+    pub fn kill(self) -> SocketAddr {
+        self.stop.store(true, Ordering::Relaxed);
+        // Let the accept loop notice and drop the listener.
+        thread::sleep(Duration::from_millis(50));
+        self.addr
     }
 
     pub fn hits(&self) -> usize {
@@ -52,14 +90,32 @@ impl Drop for Origin {
     }
 }
 
-fn serve(conn: TcpStream, name: &str, hits: &AtomicUsize) {
+fn serve(conn: TcpStream, shared: &Shared) {
+    let (name, hits) = (&shared.name, &shared.hits);
     conn.set_nonblocking(false).ok();
-    conn.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    // Short reads so a killed origin closes its idle keep-alive connections soon.
+    conn.set_read_timeout(Some(Duration::from_millis(100))).ok();
     let mut reader = BufReader::new(conn.try_clone().expect("clone"));
     let mut w = conn;
     loop {
         let mut request_line = String::new();
-        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+        loop {
+            if shared.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            match reader.read_line(&mut request_line) {
+                Ok(0) => return,
+                Ok(_) => break,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    continue;
+                }
+                Err(_) => return,
+            }
+        }
+        if shared.stop.load(Ordering::Relaxed) {
             return;
         }
         let mut headers = Vec::new();
@@ -84,9 +140,21 @@ fn serve(conn: TcpStream, name: &str, hits: &AtomicUsize) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        hits.fetch_add(1, Ordering::Relaxed);
         let mut parts = request_line.split_whitespace();
         let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        if path == "/healthz" {
+            let status = shared.health_status.load(Ordering::Relaxed);
+            let resp = format!("HTTP/1.1 {status} Health\r\ncontent-length: 0\r\n\r\n");
+            if w.write_all(resp.as_bytes()).is_err() {
+                return;
+            }
+            continue;
+        }
+        hits.fetch_add(1, Ordering::Relaxed);
+        let delay = shared.delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            thread::sleep(Duration::from_millis(delay));
+        }
         let text = format!(
             "origin={name}\nmethod={method}\npath={path}\nbody={}\n{}\n",
             body.len(),

@@ -123,13 +123,48 @@ impl Metrics {
         }
         type Read = fn(&health::ServerState) -> u64;
         let families: [(&str, &str, &str, Read); 7] = [
-            ("edge_upstream_server_up", "gauge", "1 when the origin server is in rotation (health check passing, not ejected)", |s| u64::from(s.usable())),
-            ("edge_upstream_server_health_check_passing", "gauge", "1 when the active health check passes (or none is configured)", |s| u64::from(s.probe_healthy())),
-            ("edge_upstream_server_outstanding", "gauge", "Requests in flight to the origin server", |s| s.outstanding() as u64),
-            ("edge_upstream_server_requests", "counter", "Requests sent to the origin server", |s| s.requests.load(Relaxed)),
-            ("edge_upstream_server_failures", "counter", "Connection failures and timeouts of the origin server", |s| s.failures.load(Relaxed)),
-            ("edge_upstream_server_ejections", "counter", "Times the origin server was ejected after failures in a row", |s| s.ejections.load(Relaxed)),
-            ("edge_upstream_server_retries", "counter", "Retries on another server after this one failed", |s| s.retried.load(Relaxed)),
+            (
+                "edge_upstream_server_up",
+                "gauge",
+                "1 when the origin server is in rotation (health check passing, not ejected)",
+                |s| u64::from(s.usable()),
+            ),
+            (
+                "edge_upstream_server_health_check_passing",
+                "gauge",
+                "1 when the active health check passes (or none is configured)",
+                |s| u64::from(s.probe_healthy()),
+            ),
+            (
+                "edge_upstream_server_outstanding",
+                "gauge",
+                "Requests in flight to the origin server",
+                |s| s.outstanding() as u64,
+            ),
+            (
+                "edge_upstream_server_requests",
+                "counter",
+                "Requests sent to the origin server",
+                |s| s.requests.load(Relaxed),
+            ),
+            (
+                "edge_upstream_server_failures",
+                "counter",
+                "Connection failures and timeouts of the origin server",
+                |s| s.failures.load(Relaxed),
+            ),
+            (
+                "edge_upstream_server_ejections",
+                "counter",
+                "Times the origin server was ejected after failures in a row",
+                |s| s.ejections.load(Relaxed),
+            ),
+            (
+                "edge_upstream_server_retries",
+                "counter",
+                "Retries on another server after this one failed",
+                |s| s.retried.load(Relaxed),
+            ),
         ];
         for (name, kind, help, read) in families {
             out.push_str(&format!("# HELP {name} {help}.\n# TYPE {name} {kind}\n"));

@@ -68,7 +68,9 @@ impl Requested {
             }
         });
         let (mut parts, _) = resp.into_parts();
-        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, protocol);
         Response::from_parts(parts, crate::error::full(""))
     }

@@ -14,8 +14,9 @@ use crate::{
     config::Config,
     error::{Body, EdgeError},
     phases::{
-        early, upgrade,
+        early,
         route::{Route, RouteTable},
+        upgrade,
     },
     upstream::{Origin, Pool, Upstream, demo},
 };
@@ -258,7 +259,8 @@ impl Pipeline {
         let body_is_empty = req.body().is_end_stream() || req.body().size_hint().exact() == Some(0);
         let (parts, body) = req.into_parts();
         let body = if body_is_empty {
-            body.map_err(|e| Box::new(e) as crate::error::BoxError).boxed()
+            body.map_err(|e| Box::new(e) as crate::error::BoxError)
+                .boxed()
         } else if self.max_body_bytes != 0 {
             // Bodies without a declared length (chunked) are held to the same limit
             // while they stream: past it the exchange is aborted and the client gets 413.
@@ -358,7 +360,8 @@ async fn first_frame_checked(mut body: Incoming) -> Result<Body, EdgeError> {
         }
         Some(Ok(frame)) => frame,
     };
-    let rest = http_body_util::BodyStream::new(body.map_err(|e| Box::new(e) as crate::error::BoxError));
+    let rest =
+        http_body_util::BodyStream::new(body.map_err(|e| Box::new(e) as crate::error::BoxError));
     let stream = futures_util::stream::StreamExt::chain(
         futures_util::stream::once(async move { Ok(first) }),
         rest,

@@ -111,7 +111,9 @@ impl RetryBudget {
 
     fn cap(&self) -> f64 {
         // Ten seconds' worth of the floor, and room for a burst of ratio-earned ones.
-        (self.min_per_sec * 10.0).max(10.0 * self.ratio.ceil()).max(1.0)
+        (self.min_per_sec * 10.0)
+            .max(10.0 * self.ratio.ceil())
+            .max(1.0)
     }
 
     /// A request came in: it earns `ratio` of a retry.

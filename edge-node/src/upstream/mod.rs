@@ -17,7 +17,9 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, Uri, header, request::Parts, uri::PathAndQuery};
+use http::{
+    HeaderValue, Method, Request, Response, Uri, header, request::Parts, uri::PathAndQuery,
+};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
@@ -28,8 +30,8 @@ use hyper_util::{
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 use tracing::{debug, warn};
 
-pub use settings::{Origin, UpstreamSettings};
 use settings::{HashKey, HealthCheckSettings, OriginProtocol};
+pub use settings::{Origin, UpstreamSettings};
 
 use crate::error::{Body, BoxError, EdgeError, ErrorKind};
 use balance::{Balancer, RetryBudget, stable_hash};
@@ -239,9 +241,8 @@ impl Pool {
                     for cert in CertificateDer::pem_file_iter(path)
                         .with_context(|| format!("cannot read tls_ca_file {}", path.display()))?
                     {
-                        let cert = cert.with_context(|| {
-                            format!("tls_ca_file {}: bad PEM", path.display())
-                        })?;
+                        let cert = cert
+                            .with_context(|| format!("tls_ca_file {}: bad PEM", path.display()))?;
                         roots.add(cert).with_context(|| {
                             format!("tls_ca_file {}: not a CA certificate", path.display())
                         })?;
@@ -317,19 +318,23 @@ impl Pool {
         let key = up.request_key(&parts, client_ip);
         up.budget.deposit();
         let all_out = !up.states.iter().any(|s| s.usable());
-        let deadline = (!up.total_timeout.is_zero())
-            .then(|| tokio::time::Instant::now() + up.total_timeout);
+        let deadline =
+            (!up.total_timeout.is_zero()).then(|| tokio::time::Instant::now() + up.total_timeout);
         let mut body = Some(body);
         let mut tried: Vec<usize> = Vec::new();
         let mut last_error = None;
         while let Some(i) = up.balancer.pick(&up.states, key, &tried, all_out) {
             if let Some(&prev) = tried.last() {
                 if !up.budget.withdraw() {
-                    up.states[prev].retry_denied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    up.states[prev]
+                        .retry_denied
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     warn!(upstream = %up.name, "retry budget exhausted; not retrying");
                     break;
                 }
-                up.states[prev].retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                up.states[prev]
+                    .retried
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             tried.push(i);
             let (server, state) = (&up.servers[i], &up.states[i]);

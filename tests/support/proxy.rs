@@ -1,0 +1,135 @@
+//! A proxy node under test and the clients that talk to it: curl (its status, version,
+//! headers and body) and raw bytes on a socket.
+
+use std::{process::Command, time::Duration};
+
+use crate::node::Node;
+
+pub struct Proxy {
+    pub node: Node,
+    /// `http://addr`
+    pub base: String,
+}
+
+/// Starts a node with `cfg` and waits until it serves.
+pub fn start_config(cfg: &str) -> Proxy {
+    let node = Node::start(cfg, None);
+    assert!(node.wait_running(Duration::from_secs(20)), "{}", node.log());
+    let addr = node.http_addr().expect("listening address in the log");
+    Proxy {
+        base: format!("http://{addr}"),
+        node,
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub version: String,
+    /// Lower-cased.
+    pub headers: String,
+    pub body: String,
+}
+
+/// curl with `args`, to `path` of the proxy with Host `host`.
+pub fn curl(p: &Proxy, host: &str, path: &str, args: &[&str]) -> Reply {
+    let dir = std::env::temp_dir().join(crate::unique("edge-curl-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let headers = dir.join("h");
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-o", "-", "-D"])
+        .arg(&headers)
+        .args(["-w", "\n%{http_code} %{http_version}", "-H"])
+        .arg(format!("Host: {host}"))
+        .args(args)
+        .arg(format!("{}{path}", p.base))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let mut t = tail.split_whitespace();
+    let status = t.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let version = t.next().unwrap_or("").to_string();
+    let headers = std::fs::read_to_string(&headers)
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let _ = std::fs::remove_dir_all(&dir);
+    Reply {
+        status,
+        version,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+/// Sends raw bytes on a fresh connection; returns what came back until the server closed
+/// the connection (or 10 s passed: then "<open>" is appended).
+pub fn raw(addr: &str, bytes: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => {
+                out.extend_from_slice(b"<open>");
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The admin token the helpers below use.
+pub const ADMIN_TOKEN: &str = "test-token-0123456789abcdef";
+
+/// An `[admin]` section on an ephemeral port with `ADMIN_TOKEN`.
+pub fn admin_section() -> String {
+    format!("\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{ADMIN_TOKEN}\"\n")
+}
+
+impl Proxy {
+    /// `127.0.0.1:port` of the HTTP listener.
+    pub fn addr(&self) -> String {
+        self.base.trim_start_matches("http://").to_string()
+    }
+
+    /// The admin API's /metrics text (the node runs with `admin_section()`).
+    pub fn metrics(&self) -> String {
+        let admin = self
+            .node
+            .logged_addr("admin listening")
+            .expect("admin address in the log");
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "10", "-H"])
+            .arg(format!("Authorization: Bearer {ADMIN_TOKEN}"))
+            .arg(format!("http://{admin}/metrics"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The value of the metric sample starting with `sample` (name and labels), if any.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        self.metrics()
+            .lines()
+            .find(|l| l.starts_with(sample))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+/// Polls `cond` every 100 ms until it holds or `timeout` passes.
+pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cond()
+}
