@@ -93,11 +93,13 @@ impl Drop for Origin {
 fn serve(conn: TcpStream, shared: &Shared) {
     let (name, hits) = (&shared.name, &shared.hits);
     conn.set_nonblocking(false).ok();
-    // Short reads so a killed origin closes its idle keep-alive connections soon.
-    conn.set_read_timeout(Some(Duration::from_millis(100))).ok();
+    let idle_poll = Some(Duration::from_millis(100));
     let mut reader = BufReader::new(conn.try_clone().expect("clone"));
     let mut w = conn;
     loop {
+        // Short waits between requests, so a killed origin closes its idle keep-alive
+        // connections soon; a request once started gets 10 s.
+        w.set_read_timeout(idle_poll).ok();
         let mut request_line = String::new();
         loop {
             if shared.stop.load(Ordering::Relaxed) {
@@ -118,8 +120,10 @@ fn serve(conn: TcpStream, shared: &Shared) {
         if shared.stop.load(Ordering::Relaxed) {
             return;
         }
+        w.set_read_timeout(Some(Duration::from_secs(10))).ok();
         let mut headers = Vec::new();
         let mut length = 0usize;
+        let mut chunked = false;
         loop {
             let mut line = String::new();
             if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -133,13 +137,26 @@ fn serve(conn: TcpStream, shared: &Shared) {
                 if k.eq_ignore_ascii_case("content-length") {
                     length = v.trim().parse().unwrap_or(0);
                 }
+                if k.eq_ignore_ascii_case("transfer-encoding")
+                    && v.to_ascii_lowercase().contains("chunked")
+                {
+                    chunked = true;
+                }
                 headers.push(format!("{}: {}", k.to_ascii_lowercase(), v.trim()));
             }
         }
-        let mut body = vec![0u8; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
+        let body = if chunked {
+            match read_chunked(&mut reader) {
+                Some(b) => b,
+                None => return,
+            }
+        } else {
+            let mut body = vec![0u8; length];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+            body
+        };
         let mut parts = request_line.split_whitespace();
         let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
         if path == "/healthz" {
@@ -166,6 +183,39 @@ fn serve(conn: TcpStream, shared: &Shared) {
         );
         if w.write_all(resp.as_bytes()).is_err() {
             return;
+        }
+    }
+}
+
+/// A chunked body (RFC 9112 7.1); `None` if the connection broke or the framing is bad.
+fn read_chunked(r: &mut impl BufRead) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let size = line.trim_end().split(';').next()?;
+        let size = usize::from_str_radix(size.trim(), 16).ok()?;
+        if size == 0 {
+            // Trailers, up to the empty line.
+            loop {
+                let mut t = String::new();
+                if r.read_line(&mut t).ok()? == 0 {
+                    return None;
+                }
+                if t.trim_end().is_empty() {
+                    return Some(body);
+                }
+            }
+        }
+        let start = body.len();
+        body.resize(start + size, 0);
+        r.read_exact(&mut body[start..]).ok()?;
+        let mut crlf = [0u8; 2];
+        r.read_exact(&mut crlf).ok()?;
+        if &crlf != b"\r\n" {
+            return None;
         }
     }
 }

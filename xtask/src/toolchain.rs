@@ -211,12 +211,13 @@ fn ensure_packages(wanted: &[(&str, &str)]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-/// What the test suite drives: ip (netns, veth), curl.
+/// What the test suite drives: ip (netns, veth), curl, nghttp (a second HTTP/2 client).
 pub fn ensure_test_packages() -> Result<()> {
     ensure_packages(&[
         ("ip", "iproute2"),
         ("sysctl", "procps"),
         ("curl", "curl"),
+        ("nghttp", "nghttp2-client"),
         ("systemd-analyze", "systemd"),
         ("openssl", "openssl"),
     ])

@@ -107,7 +107,7 @@ pub fn spawn(
                     tokio::spawn(async move {
                         let result = match tls {
                             None => {
-                                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                                 watcher.watch(conn).await
                             }
                             Some(config) => {
@@ -124,7 +124,7 @@ pub fn spawn(
                                         return;
                                     }
                                 };
-                                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                                 watcher.watch(conn).await
                             }
                         };

@@ -136,10 +136,13 @@ impl Drop for InFlight {
     }
 }
 
+/// (upstream, server) → its state while some pool still uses it.
+type StateMap = HashMap<(String, String), Weak<ServerState>>;
+
 /// Server states of every pool, shared across reloads (and read by /metrics).
 #[derive(Clone, Default)]
 pub struct Registry {
-    states: Arc<Mutex<HashMap<(String, String), Weak<ServerState>>>>,
+    states: Arc<Mutex<StateMap>>,
 }
 
 impl Registry {
