@@ -292,7 +292,24 @@ fn malformed_framing_oversized_and_slow_heads_never_reach_the_origin() {
         "header_read_timeout = \"1s\"\nmax_header_bytes = 8192",
     ));
     let addr = p.base.trim_start_matches("http://").to_string();
-    let cases: [(&str, &[u8], &str); 5] = [
+    let cases: [(&str, &[u8], &str); 8] = [
+        (
+            "Content-Length then Transfer-Encoding",
+            b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "400",
+        ),
+        (
+            "Transfer-Encoding then Content-Length",
+            b"POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+            "400",
+        ),
+        (
+            // The classic smuggle, after a clean keep-alive request: the first is
+            // answered, the second refused, and the connection closed.
+            "pipelined CL.TE smuggle",
+            b"GET / HTTP/1.1\r\nHost: nope.test\r\n\r\nPOST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG",
+            "421",
+        ),
         (
             "conflicting Content-Length",
             b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
@@ -321,6 +338,10 @@ fn malformed_framing_oversized_and_slow_heads_never_reach_the_origin() {
     ];
     for (what, bytes, status) in cases {
         let reply = raw(&addr, bytes);
+        if what.starts_with("pipelined") {
+            let second = reply.split("HTTP/1.1 ").nth(2).unwrap_or("");
+            assert!(second.starts_with("400"), "{what}: {reply}");
+        }
         assert!(
             reply.starts_with(&format!("HTTP/1.1 {status}")),
             "{what}: {reply}"

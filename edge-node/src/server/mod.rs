@@ -2,6 +2,7 @@
 //! port, every request handed to the pipeline. Transport concerns live here, each with
 //! the reason it sits at the edge of the server.
 
+pub mod framing;
 pub mod settings;
 pub mod tls;
 
@@ -104,9 +105,11 @@ pub fn spawn(
                     let watcher = graceful.watcher();
                     let tls = tls.as_ref().map(|t| t.read().expect("tls lock").clone());
                     let handshake_timeout = settings.header_read_timeout;
+                    let max_head = settings.max_header_bytes;
                     tokio::spawn(async move {
                         let result = match tls {
                             None => {
+                                let stream = framing::FramingGuard::new(stream, peer, max_head);
                                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                                 watcher.watch(conn).await
                             }
@@ -124,6 +127,7 @@ pub fn spawn(
                                         return;
                                     }
                                 };
+                                let stream = framing::FramingGuard::new(stream, peer, max_head);
                                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                                 watcher.watch(conn).await
                             }
