@@ -132,11 +132,7 @@ impl Framing {
                     None => State::Passthrough,
                 };
             }
-            State::Trailers => {
-                if text.is_empty() {
-                    self.state = State::Head;
-                }
-            }
+            State::Trailers if text.is_empty() => self.state = State::Head,
             State::Head => self.on_head_line(line),
             _ => {}
         }
