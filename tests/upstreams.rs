@@ -277,3 +277,90 @@ fn http2_and_verified_tls_toward_origins() {
     assert!(r.body.contains("version=HTTP/2.0"), "{}", r.body);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A MaxMind-format database written by an independent writer (the mmdb-writer Python
+/// package): 127.0.0.1 in Germany, 127.0.0.2 in the United States, 127.0.0.3 in Japan.
+fn make_mmdb(path: &std::path::Path) {
+    let script = format!(
+        r#"
+from netaddr import IPSet
+from mmdb_writer import MMDBWriter
+w = MMDBWriter(ip_version=6, database_type="GeoLite2-Country", ipv4_compatible=True)
+for net, country, continent in [("127.0.0.1/32", "DE", "EU"), ("127.0.0.2/32", "US", "NA"), ("127.0.0.3/32", "JP", "AS")]:
+    w.insert_network(IPSet([net]), {{"country": {{"iso_code": country}}, "continent": {{"code": continent}}}})
+w.to_db_file("{}")
+"#,
+        path.display()
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "mmdb-writer (pip install mmdb-writer; `cargo xtask test` installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn clients_get_their_region_from_a_maxmind_database() {
+    let dir = std::env::temp_dir().join(unique("edge-geo-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("country.mmdb");
+    make_mmdb(&db);
+    let (eu, us, ap) = (
+        Origin::start("eu"),
+        Origin::start("us"),
+        Origin::start("ap"),
+    );
+    let cfg = format!(
+        "{HEAD}\n[geo]\ndefault_region = \"ap\"\nmaxmind_db = \"{}\"\ncountry_regions = {{ DE = \"eu\" }}\ncontinent_regions = {{ NA = \"us\" }}\n{}{}{}\n[[route]]\nhosts = [\"app.test\"]\nupstreams = [\"p-eu\", \"p-us\", \"p-ap\"]\n",
+        db.display(),
+        pool("p-eu", &[eu.addr.to_string()], "region = \"eu\""),
+        pool("p-us", &[us.addr.to_string()], "region = \"us\""),
+        pool("p-ap", &[ap.addr.to_string()], "region = \"ap\""),
+    );
+    let p = start_config(&cfg);
+    // By country (DE → eu), by continent (US is not listed, NA → us), and the default
+    // for a country and continent nobody mapped (JP, AS).
+    for (from, region) in [
+        ("127.0.0.1", "eu"),
+        ("127.0.0.2", "us"),
+        ("127.0.0.3", "ap"),
+    ] {
+        let r = curl(&p, "app.test", "/", &["--interface", from]);
+        assert_eq!(r.status, 200, "{from}");
+        assert!(
+            r.headers.contains(&format!("x-region: {region}\r")),
+            "{from}: {}",
+            r.headers
+        );
+        assert_eq!(served_by(&r.headers), region);
+    }
+    // A database that is not one is a configuration error naming the file.
+    std::fs::write(dir.join("broken.mmdb"), b"not a database").unwrap();
+    let out = std::process::Command::new(edge_tests::edge_node_bin())
+        .args(["check", "-c"])
+        .arg({
+            let c = dir.join("bad.toml");
+            std::fs::write(
+                &c,
+                format!(
+                    "[geo]\nmaxmind_db = \"{}\"\n",
+                    dir.join("broken.mmdb").display()
+                ),
+            )
+            .unwrap();
+            c
+        })
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("broken.mmdb"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -220,7 +220,32 @@ pub fn ensure_test_packages() -> Result<()> {
         ("nghttp", "nghttp2-client"),
         ("systemd-analyze", "systemd"),
         ("openssl", "openssl"),
-    ])
+        ("python3", "python3"),
+    ])?;
+    // The geo test writes its MaxMind database with an independent writer.
+    ensure_python_module("mmdb_writer", "mmdb-writer")
+}
+
+/// pip-installs `package` when `import module` fails.
+fn ensure_python_module(module: &str, package: &str) -> Result<()> {
+    let present = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if present {
+        return Ok(());
+    }
+    eprintln!("xtask: pip install {package}");
+    run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--root-user-action=ignore",
+        package,
+    ]))
 }
 
 /// What the benchmarks compare against and load with.

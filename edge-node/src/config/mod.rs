@@ -153,6 +153,7 @@ impl Config {
             // failed handshake later.
             crate::server::tls::build(&self.certificate).context("in [[certificate]]")?;
         }
+        self.geo.open_db()?;
         let mut names = std::collections::HashSet::new();
         for u in &self.upstream {
             u.validate()?;

@@ -62,7 +62,7 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     trusted_proxies: Vec<ipnet::IpNet>,
     max_body_bytes: u64,
-    geo: crate::phases::geo::GeoSettings,
+    geo: crate::phases::geo::Geo,
     upstreams: Vec<Arc<Upstream>>,
 }
 
@@ -109,7 +109,7 @@ impl Pipeline {
             metrics,
             trusted_proxies: config.http.trusted_proxies.clone(),
             max_body_bytes: config.http.max_body_bytes,
-            geo: config.geo.clone(),
+            geo: crate::phases::geo::Geo::new(&config.geo)?,
             upstreams: upstreams.into_values().collect(),
         })
     }
