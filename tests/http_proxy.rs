@@ -254,11 +254,13 @@ fn admin_api_needs_its_token_and_serves_metrics_and_reload() {
     let (code, m) = call("GET", "/metrics", Some(token));
     assert_eq!(code, 200);
     assert!(
-        m.contains("edge_requests_total{upstream=\"app\",status=\"200\",protocol=\"http/1.1\"} 1"),
+        m.contains("edge_requests_total{route=\"app.test/\",upstream=\"app\",status=\"200\",protocol=\"http/1.1\"} 1"),
         "{m}"
     );
     assert!(
-        m.contains("edge_requests_total{upstream=\"\",status=\"421\",protocol=\"http/1.1\"} 1"),
+        m.contains(
+            "edge_requests_total{route=\"\",upstream=\"\",status=\"421\",protocol=\"http/1.1\"} 1"
+        ),
         "{m}"
     );
     assert!(m.contains("edge_request_duration_seconds_bucket"), "{m}");
@@ -461,4 +463,71 @@ upstreams = ["app-us", "app-eu"]
     assert!(r.body.contains("origin=us"), "{}", r.body);
     assert!(r.headers.contains("x-region: us"), "{}", r.headers);
     assert!(p.node.log().contains("failing over"), "{}", p.node.log());
+}
+
+#[test]
+fn shutdown_drains_requests_in_flight_and_the_access_log_is_json() {
+    let origin = Origin::start("a");
+    origin
+        .delay_ms
+        .store(700, std::sync::atomic::Ordering::Relaxed);
+    let cfg = config_with_http(&origin, "drain_timeout = \"10s\"") + "\n[log]\nformat = \"json\"\n";
+    let mut p = start_config(&cfg);
+    // A request in flight when SIGTERM arrives still gets its answer...
+    let slow = std::thread::scope(|s| {
+        let h = s.spawn(|| curl(&p, "app.test", "/slow", &[]));
+        std::thread::sleep(Duration::from_millis(250));
+        p.node.signal(libc::SIGTERM);
+        h.join().unwrap()
+    });
+    assert_eq!(slow.status, 200, "{}", p.node.log());
+    assert!(slow.body.contains("path=/slow"));
+    // ... and then the node exits cleanly.
+    assert_eq!(
+        p.node.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        p.node.log()
+    );
+    // One JSON object per line; the access line carries the request's fields.
+    let log = p.node.log();
+    let access = log
+        .lines()
+        .find(|l| l.contains("\"target\":\"access\""))
+        .unwrap_or_else(|| panic!("no access line: {log}"));
+    assert!(access.starts_with('{') && access.ends_with('}'), "{access}");
+    for field in [
+        "\"status\":200",
+        "\"host\":\"app.test\"",
+        "\"path\":\"/slow\"",
+        "\"upstream\":\"app\"",
+    ] {
+        assert!(access.contains(field), "{field} missing: {access}");
+    }
+
+    // With a short drain period, a request that outlives it is cut off and the node
+    // still exits.
+    let cfg = config_with_http(&origin, "drain_timeout = \"300ms\"");
+    origin
+        .delay_ms
+        .store(5000, std::sync::atomic::Ordering::Relaxed);
+    let mut p = start_config(&cfg);
+    let cut = std::thread::scope(|s| {
+        let h = s.spawn(|| curl(&p, "app.test", "/too-slow", &[]));
+        std::thread::sleep(Duration::from_millis(250));
+        p.node.signal(libc::SIGTERM);
+        h.join().unwrap()
+    });
+    assert_ne!(cut.status, 200);
+    assert_eq!(
+        p.node.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        p.node.log()
+    );
+    assert!(
+        p.node.log().contains("drain timeout reached"),
+        "{}",
+        p.node.log()
+    );
 }

@@ -80,14 +80,19 @@ impl Node {
         self.logged_addr("http listening")
     }
 
-    /// The address of the last log line containing `what` (`… addr=ip:port`).
+    /// The address of the last log line containing `what` (`… addr=ip:port` in text
+    /// logs, `"addr":"ip:port"` in JSON logs).
     pub fn logged_addr(&self, what: &str) -> Option<std::net::SocketAddr> {
         self.log()
             .lines()
             .rev()
             .filter(|l| l.contains(what))
-            .filter_map(|l| l.split("addr=").nth(1))
-            .filter_map(|a| a.split_whitespace().next())
+            .filter_map(|l| {
+                l.split("addr=")
+                    .nth(1)
+                    .or_else(|| l.split("\"addr\":\"").nth(1))
+            })
+            .filter_map(|a| a.split([' ', '"']).next())
             .filter_map(|a| a.parse().ok())
             .next()
     }

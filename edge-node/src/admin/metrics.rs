@@ -17,6 +17,8 @@ use crate::{upstream::health, xdp::maps::Counters};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
+    /// The route that matched ("" when none did).
+    pub route: String,
     /// The upstream pool that served it ("" when no route matched).
     pub upstream: String,
     pub status: u16,
@@ -42,7 +44,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "edge_requests",
-            "HTTP requests answered, by upstream, status and protocol",
+            "HTTP requests answered, by route, upstream, status and protocol",
             requests.clone(),
         );
         // 0.5 ms .. ~16 s
@@ -62,9 +64,10 @@ impl Metrics {
         }
     }
 
-    pub fn record(&self, upstream: &str, status: u16, protocol: &str, seconds: f64) {
+    pub fn record(&self, route: &str, upstream: &str, status: u16, protocol: &str, seconds: f64) {
         self.requests
             .get_or_create(&RequestLabels {
+                route: route.to_string(),
                 upstream: upstream.to_string(),
                 status,
                 protocol: protocol.to_string(),

@@ -16,6 +16,9 @@ use crate::{
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSettings {
+    /// Name in metrics and logs (default: the first host and the path prefix).
+    #[serde(default)]
+    pub name: Option<String>,
     /// Hosts served: exact (`www.example.com`), wildcard (`*.example.com`, one or more
     /// labels), or `*` for any host.
     pub hosts: Vec<String>,
@@ -39,6 +42,16 @@ fn default_prefix() -> String {
 }
 
 impl RouteSettings {
+    pub fn display_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            format!(
+                "{}{}",
+                self.hosts.first().map_or("", String::as_str),
+                self.path_prefix
+            )
+        })
+    }
+
     /// The pools this route may use, in configuration order.
     pub fn pools(&self) -> Vec<&str> {
         if self.upstreams.is_empty() {
@@ -71,6 +84,7 @@ impl RouteSettings {
 }
 
 pub struct Route {
+    pub name: String,
     pub hosts: Vec<String>,
     pub path_prefix: String,
     pub methods: Vec<Method>,

@@ -34,6 +34,8 @@ pub struct RequestCtx {
     pub region: String,
     /// "http" or "https": how the client reached the node.
     pub scheme: &'static str,
+    /// The route that matched ("" before routing).
+    pub route: String,
     /// The upstream pool the route chose ("" before routing).
     pub upstream: String,
     pub started: Instant,
@@ -48,6 +50,7 @@ impl RequestCtx {
             host: String::new(),
             region: String::new(),
             scheme: "http",
+            route: String::new(),
             upstream: String::new(),
             started: Instant::now(),
         }
@@ -91,6 +94,7 @@ impl Pipeline {
                 pools.push(up.clone());
             }
             routes.push(Route {
+                name: r.display_name(),
                 hosts: r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
                 path_prefix: r.path_prefix.clone(),
                 methods: r
@@ -134,7 +138,8 @@ impl Pipeline {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let version = req.version();
-        let mut resp = match self.run(&mut ctx, req).await {
+        let span = tracing::info_span!("request", %client, %method, %path);
+        let mut resp = match tracing::Instrument::instrument(self.run(&mut ctx, req), span).await {
             Ok(r) => r,
             Err(e) => {
                 // Client mistakes are routine at an edge; the node's and origins' are not.
@@ -159,6 +164,7 @@ impl Pipeline {
             _ => "http/1.1",
         };
         self.metrics.record(
+            &ctx.route,
             &ctx.upstream,
             resp.status().as_u16(),
             protocol,
@@ -168,6 +174,9 @@ impl Pipeline {
             target: "access",
             client = %client,
             host = %ctx.host,
+            route = %ctx.route,
+            upstream = %ctx.upstream,
+            region = %ctx.region,
             %method,
             %path,
             version = ?version,
@@ -196,6 +205,7 @@ impl Pipeline {
         let route = self
             .routes
             .select(&ctx.host, req.method(), req.uri().path())?;
+        ctx.route = route.name.clone();
         let mut pools = route.pools_for(self.geo.region_of(ctx.client_ip));
         // Pools with a server in rotation first (a region whose origins are all down
         // or ejected is failed over); when none has one, try them anyway.
