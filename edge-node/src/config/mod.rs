@@ -232,5 +232,16 @@ mod example_tests {
         let (e, _) = Config::load(None).unwrap();
         assert_eq!(c.upstream.len(), e.upstream.len());
         assert_eq!(c.route[0].hosts, e.route[0].hosts);
+        // Every upstream key the example sets is the default.
+        let minimal = Config::parse(
+            "[[upstream]]\nname = \"demo\"\nregion = \"local\"\nbuiltin = \"demo\"\n",
+            &Source::Embedded,
+        )
+        .unwrap();
+        assert_eq!(
+            format!("{:?}", c.upstream[0]),
+            format!("{:?}", minimal.upstream[0])
+        );
+        assert_eq!(format!("{:?}", c.geo), format!("{:?}", d.geo));
     }
 }
