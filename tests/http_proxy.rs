@@ -294,7 +294,16 @@ fn malformed_framing_oversized_and_slow_heads_never_reach_the_origin() {
         "header_read_timeout = \"1s\"\nmax_header_bytes = 8192",
     ));
     let addr = p.base.trim_start_matches("http://").to_string();
-    let cases: [(&str, &[u8], &str); 8] = [
+    let many_headers: Vec<u8> = [
+        b"GET / HTTP/1.1\r\nHost: app.test\r\n".to_vec(),
+        (0..150)
+            .flat_map(|i| format!("X-H{i}: 1\r\n").into_bytes())
+            .collect(),
+        b"\r\n".to_vec(),
+    ]
+    .concat();
+    let cases: [(&str, &[u8], &str); 9] = [
+        ("too many header fields", &many_headers, "431"),
         (
             "Content-Length then Transfer-Encoding",
             b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",

@@ -71,7 +71,8 @@ pub fn spawn(
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(settings.header_read_timeout)
-            .max_buf_size(settings.max_header_bytes.max(8192));
+            .max_buf_size(settings.max_header_bytes.max(8192))
+            .max_headers(settings.max_headers);
         builder
             .http2()
             .timer(TokioTimer::new())

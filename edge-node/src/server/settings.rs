@@ -22,6 +22,9 @@ pub struct HttpSettings {
     /// Largest request head accepted (bytes).
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
+    /// Most header fields in an HTTP/1 request head (more: 431).
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
     /// Concurrent streams per HTTP/2 connection.
     #[serde(default = "default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
@@ -50,6 +53,9 @@ fn default_header_read_timeout() -> Duration {
 fn default_max_header_bytes() -> usize {
     64 * 1024
 }
+fn default_max_headers() -> usize {
+    100
+}
 fn default_max_concurrent_streams() -> u32 {
     128
 }
@@ -70,6 +76,7 @@ impl Default for HttpSettings {
             tls_listen: Vec::new(),
             header_read_timeout: default_header_read_timeout(),
             max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
             max_concurrent_streams: default_max_concurrent_streams(),
             max_body_bytes: default_max_body_bytes(),
             trusted_proxies: Vec::new(),
