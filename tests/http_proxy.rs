@@ -289,10 +289,14 @@ fn admin_api_needs_its_token_and_serves_metrics_and_reload() {
 #[test]
 fn malformed_framing_oversized_and_slow_heads_never_reach_the_origin() {
     let origin = Origin::start("a");
-    let p = start_config(&config_with_http(
-        &origin,
-        "header_read_timeout = \"1s\"\nmax_header_bytes = 8192",
-    ));
+    // Threat scoring off: this test sends one client's malformed requests on purpose
+    // (tests/security.rs covers what they add up to).
+    let p = start_config(
+        &(config_with_http(
+            &origin,
+            "header_read_timeout = \"1s\"\nmax_header_bytes = 8192",
+        ) + "\n[threat]\nenabled = false\n"),
+    );
     let addr = p.base.trim_start_matches("http://").to_string();
     let many_headers: Vec<u8> = [
         b"GET / HTTP/1.1\r\nHost: app.test\r\n".to_vec(),

@@ -15,9 +15,10 @@ use crate::{
     admin::{self, Metrics},
     config::{Config, LogFormat},
     pipeline::Pipeline,
+    policy::ThreatEngine,
     server::{self, tls},
     upstream::Pool,
-    xdp::XdpHandle,
+    xdp::{Enforcement, XdpHandle},
 };
 
 /// Sets up logging once: text or JSON, `RUST_LOG` over the configured level. Records
@@ -69,11 +70,28 @@ impl App {
         };
         let pool = Pool::new(self.config.http.upstream_connect_timeout);
         let metrics = Arc::new(Metrics::new(pool.registry.clone()));
-        let first = Pipeline::new(&self.config, pool.clone(), metrics.clone())?;
-        first.start_health_checks();
-        let pipeline: server::SharedPipeline = Arc::new(RwLock::new(Arc::new(first)));
         let mut xdp = XdpHandle::start(&self.config.xdp)?;
         let policy = xdp.policy();
+        // Scores outlive reloads; escalations are written into the source policy (the
+        // kernel's maps, or the userspace tables when XDP is not active).
+        let threat = Arc::new(ThreatEngine::new(
+            &self.config.threat,
+            self.config.xdp.drop_threshold,
+            Some(policy.clone()),
+        ));
+        let userspace_policy = match xdp.enforcement() {
+            Enforcement::Kernel => None,
+            Enforcement::Userspace { .. } => Some(policy.clone()),
+        };
+        let first = Pipeline::new(
+            &self.config,
+            pool.clone(),
+            metrics.clone(),
+            threat.clone(),
+            userspace_policy.clone(),
+        )?;
+        first.start_background();
+        let pipeline: server::SharedPipeline = Arc::new(RwLock::new(Arc::new(first)));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let tls: Option<tls::SharedTls> = if self.config.http.tls_listen.is_empty() {
             None
@@ -99,10 +117,17 @@ impl App {
                 token: token.into(),
                 metrics: metrics.clone(),
                 policy: policy.clone(),
+                threat: threat.clone(),
                 reload: reload_tx,
             };
             servers.push(admin::spawn(l, state, stop_rx.clone()));
         }
+        let shared = Shared {
+            pool: pool.clone(),
+            metrics: metrics.clone(),
+            threat: threat.clone(),
+            userspace_policy,
+        };
         info!(node = %self.config.node.id, enforcement = ?xdp.enforcement(), "edge-node running");
         notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
         // Expired blocks and scores no longer apply; sweeping them keeps the source trie
@@ -139,10 +164,10 @@ impl App {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
-                    let _ = self.reload(&pool, &metrics, &pipeline, tls.as_ref(), &mut xdp);
+                    let _ = self.reload(&shared, &pipeline, tls.as_ref(), &mut xdp);
                 }
                 Some(reply) = reload_rx.recv() => {
-                    let result = self.reload(&pool, &metrics, &pipeline, tls.as_ref(), &mut xdp);
+                    let result = self.reload(&shared, &pipeline, tls.as_ref(), &mut xdp);
                     let _ = reply.send(result.map_err(|e| format!("{e:#}")));
                 }
             }
@@ -160,8 +185,7 @@ impl App {
     /// Re-reads the configuration and swaps it in; on any error the running one stays.
     fn reload(
         &mut self,
-        pool: &Pool,
-        metrics: &Arc<Metrics>,
+        shared: &Shared,
         pipeline: &server::SharedPipeline,
         tls: Option<&tls::SharedTls>,
         xdp: &mut XdpHandle,
@@ -181,12 +205,18 @@ impl App {
             }
             .transpose()
             .inspect_err(|e| error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"))?;
-            let p = Pipeline::new(&new, pool.clone(), metrics.clone())
-                .and_then(|p| xdp.apply(&new.xdp).map(|()| p))
+            let p = Pipeline::new(
+                &new,
+                shared.pool.clone(),
+                shared.metrics.clone(),
+                shared.threat.clone(),
+                shared.userspace_policy.clone(),
+            )
+            .and_then(|p| xdp.apply(&new.xdp).map(|()| p))
                 .inspect_err(|e| error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"))?;
             // New requests take the new routes; requests in flight finish on the
             // pipeline they started with.
-            p.start_health_checks();
+            p.start_background();
             *pipeline.write().expect("pipeline lock") = Arc::new(p);
             if let (Some(t), Some(c)) = (tls, certs) {
                 *t.write().expect("tls lock") = c;
@@ -201,6 +231,14 @@ impl App {
     }
 }
 
+/// What lives across reloads and every pipeline shares.
+struct Shared {
+    pool: Pool,
+    metrics: Arc<Metrics>,
+    threat: Arc<ThreatEngine>,
+    userspace_policy: Option<crate::xdp::SharedPolicy>,
+}
+
 /// Keys that only take effect at start: say so instead of pretending they were applied.
 fn warn_restart_only(old: &Config, new: &Config) {
     let (a, b) = (&old.xdp, &new.xdp);
@@ -211,6 +249,10 @@ fn warn_restart_only(old: &Config, new: &Config) {
         ("xdp.pin_root", a.pin_root != b.pin_root),
         ("xdp.keep_attached", a.keep_attached != b.keep_attached),
         ("node.id", old.node.id != new.node.id),
+        (
+            "threat.max_tracked",
+            old.threat.max_tracked != new.threat.max_tracked,
+        ),
         ("http.listen", old.http.listen != new.http.listen),
         (
             "http.tls_listen",

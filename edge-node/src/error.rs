@@ -29,6 +29,14 @@ pub enum ErrorKind {
     NoRoute,
     /// The request body is larger than `http.max_body_bytes`.
     PayloadTooLarge,
+    /// No valid token where the route requires one.
+    Unauthorized,
+    /// A valid identity without the required role, or a source the policy blocks.
+    Forbidden,
+    /// Over a rate limit.
+    TooManyRequests,
+    /// The client must pass a challenge first (the response is the challenge).
+    Challenged,
     /// Connecting to or talking with the origin failed.
     UpstreamFailed,
     /// No origin of the route's pool can take the request.
@@ -44,6 +52,13 @@ pub struct EdgeError {
     /// Whether another attempt (another origin) could succeed.
     pub retryable: bool,
     pub detail: String,
+    /// Headers the response carries (WWW-Authenticate, Retry-After, RateLimit, ...).
+    pub headers: Vec<(header::HeaderName, header::HeaderValue)>,
+    /// A body of its own instead of the generic one (content type, bytes): the
+    /// challenge page.
+    pub body: Option<(&'static str, Bytes)>,
+    /// Answer with JSON (API routes) instead of text.
+    pub json: bool,
 }
 
 impl EdgeError {
@@ -52,7 +67,11 @@ impl EdgeError {
             ErrorKind::BadRequest
             | ErrorKind::UnknownHost
             | ErrorKind::NoRoute
-            | ErrorKind::PayloadTooLarge => (Side::Client, false),
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::Unauthorized
+            | ErrorKind::Forbidden
+            | ErrorKind::TooManyRequests
+            | ErrorKind::Challenged => (Side::Client, false),
             ErrorKind::NoUpstreamAvailable => (Side::Node, false),
             ErrorKind::UpstreamFailed => (Side::Upstream, true),
             ErrorKind::UpstreamTimeout => (Side::Upstream, false),
@@ -62,7 +81,18 @@ impl EdgeError {
             side,
             retryable,
             detail: detail.into(),
+            headers: Vec::new(),
+            body: None,
+            json: false,
         }
+    }
+
+    /// Adds a response header (values that are not valid header text are dropped).
+    pub fn with_header(mut self, name: header::HeaderName, value: impl AsRef<str>) -> Self {
+        if let Ok(v) = header::HeaderValue::from_str(value.as_ref()) {
+            self.headers.push((name, v));
+        }
+        self
     }
 
     pub fn status(&self) -> StatusCode {
@@ -71,26 +101,68 @@ impl EdgeError {
             ErrorKind::UnknownHost => StatusCode::MISDIRECTED_REQUEST,
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::Challenged if self.json => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::Challenged => StatusCode::FORBIDDEN,
             ErrorKind::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ErrorKind::NoUpstreamAvailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
+    /// A short machine-readable name of the error (JSON bodies).
+    fn code(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::UnknownHost => "unknown_host",
+            ErrorKind::NoRoute => "not_found",
+            ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::TooManyRequests => "rate_limited",
+            ErrorKind::Challenged => "challenge_required",
+            ErrorKind::UpstreamFailed => "bad_gateway",
+            ErrorKind::NoUpstreamAvailable => "unavailable",
+            ErrorKind::UpstreamTimeout => "gateway_timeout",
+        }
+    }
+
     /// The response the client sees: status and a generic body, never the detail.
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
-        let text = format!(
-            "{} {}\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or("")
-        );
-        let mut resp = Response::new(full(text));
+        let (content_type, bytes): (&str, Bytes) = match (&self.body, self.json) {
+            (Some((ct, b)), _) => (ct, b.clone()),
+            (None, true) => (
+                "application/json",
+                format!(
+                    "{{\"error\":\"{}\",\"status\":{}}}\n",
+                    self.code(),
+                    status.as_u16()
+                )
+                .into(),
+            ),
+            (None, false) => (
+                "text/plain; charset=utf-8",
+                format!(
+                    "{} {}\n",
+                    status.as_u16(),
+                    status.canonical_reason().unwrap_or("")
+                )
+                .into(),
+            ),
+        };
+        let mut resp = Response::new(full(bytes));
         *resp.status_mut() = status;
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
-            header::HeaderValue::from_static("text/plain; charset=utf-8"),
+            header::HeaderValue::from_str(content_type)
+                .unwrap_or(header::HeaderValue::from_static("text/plain")),
         );
+        for (k, v) in self.headers {
+            resp.headers_mut().append(k, v);
+        }
         // After a malformed request nothing else on the connection can be trusted.
         if matches!(
             self.kind,

@@ -3,10 +3,13 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod phases;
 pub mod pipeline;
+pub mod policy;
 pub mod server;
 pub mod upstream;
 pub mod xdp;

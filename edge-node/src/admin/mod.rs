@@ -1,5 +1,6 @@
 //! The admin listener: a separate address, every endpoint but `/healthz` behind a bearer
-//! token. `/metrics` (Prometheus), `/readyz`, `POST /reload`.
+//! token. `/metrics` (Prometheus), `/readyz`, `POST /reload`, and the source policy:
+//! `GET /policy`, `POST /policy/score`, `/policy/block`, `/policy/unblock`.
 
 pub mod metrics;
 
@@ -84,6 +85,7 @@ pub struct AdminState {
     pub token: Arc<str>,
     pub metrics: Arc<Metrics>,
     pub policy: SharedPolicy,
+    pub threat: Arc<crate::policy::ThreatEngine>,
     pub reload: mpsc::Sender<ReloadRequest>,
 }
 
@@ -183,7 +185,99 @@ async fn handle(st: AdminState, req: Request<Incoming>) -> Response<Body> {
                 Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
             }
         }
-        (_, "/readyz" | "/metrics" | "/reload") => text(StatusCode::METHOD_NOT_ALLOWED, "405\n"),
+        (Method::GET, "/policy") => {
+            let p = st.policy.clone();
+            let listed =
+                tokio::task::spawn_blocking(move || p.lock().expect("policy lock").list()).await;
+            match listed {
+                Ok(Ok(l)) => text(StatusCode::OK, crate::xdp::cli::listing(&l)),
+                Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            }
+        }
+        (Method::POST, "/policy/score" | "/policy/block" | "/policy/unblock") => {
+            policy_change(&st, &path, req.uri().query().unwrap_or("")).await
+        }
+        (
+            _,
+            "/readyz" | "/metrics" | "/reload" | "/policy" | "/policy/score" | "/policy/block"
+            | "/policy/unblock",
+        ) => text(StatusCode::METHOD_NOT_ALLOWED, "405\n"),
         _ => text(StatusCode::NOT_FOUND, "404\n"),
+    }
+}
+
+/// `POST /policy/score?ip=IP&score=N[&ttl=10m]` (score 0 clears it),
+/// `/policy/block?cidr=NET[&ttl=..]`, `/policy/unblock?cidr=NET`: the same changes as
+/// the CLI, on the running node's policy (kernel maps or userspace tables).
+async fn policy_change(st: &AdminState, path: &str, query: &str) -> Response<Body> {
+    let args: std::collections::HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let ttl = match args
+        .get("ttl")
+        .map(|t| humantime::parse_duration(t))
+        .transpose()
+    {
+        Ok(t) => t,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("ttl: {e}\n")),
+    };
+    enum Change {
+        Score(std::net::IpAddr, u32),
+        Block(ipnet::IpNet),
+        Unblock(ipnet::IpNet),
+    }
+    let change = match path {
+        "/policy/score" => {
+            let ip = args.get("ip").and_then(|v| v.parse().ok());
+            let score = args.get("score").and_then(|v| v.parse().ok());
+            match (ip, score) {
+                (Some(ip), Some(score)) => Change::Score(ip, score),
+                _ => return text(StatusCode::BAD_REQUEST, "need ip=ADDRESS and score=N\n"),
+            }
+        }
+        _ => match args
+            .get("cidr")
+            .and_then(|v| crate::xdp::cli::parse_cidr(v).ok())
+        {
+            Some(net) if path == "/policy/block" => Change::Block(net),
+            Some(net) => Change::Unblock(net),
+            None => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "need cidr=PREFIX (or an address)\n",
+                );
+            }
+        },
+    };
+    if let Change::Score(ip, 0) = change {
+        // Cleared by an operator: the proxy forgets what it held against the source too.
+        st.threat.clear(ip);
+    }
+    let p = st.policy.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let mut p = p.lock().expect("policy lock");
+        match change {
+            Change::Score(ip, score) => p
+                .set_score(ip, score, ttl)
+                .map(|()| format!("score {ip} = {score}\n")),
+            Change::Block(net) => p.block(net, ttl).map(|()| format!("blocked {net}\n")),
+            Change::Unblock(net) => p.unblock(net).map(|was| {
+                if was {
+                    format!("unblocked {net}\n")
+                } else {
+                    format!("{net} was not blocked\n")
+                }
+            }),
+        }
+    })
+    .await;
+    match done {
+        Ok(Ok(msg)) => {
+            info!(change = %msg.trim(), "source policy changed through the admin API");
+            text(StatusCode::OK, msg)
+        }
+        Ok(Err(e)) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}\n")),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     }
 }

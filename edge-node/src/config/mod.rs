@@ -44,6 +44,15 @@ pub struct Config {
     /// `[[certificate]]`s for the TLS listeners, chosen by SNI.
     #[serde(default)]
     pub certificate: Vec<CertificateSettings>,
+    /// `[[jwt_provider]]`s routes authenticate against.
+    #[serde(default)]
+    pub jwt_provider: Vec<crate::auth::JwtProviderSettings>,
+    /// Threat scoring and escalation.
+    #[serde(default)]
+    pub threat: crate::policy::ThreatSettings,
+    /// The proof-of-work challenge.
+    #[serde(default)]
+    pub challenge: crate::phases::challenge::ChallengeSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -154,6 +163,26 @@ impl Config {
             crate::server::tls::build(&self.certificate).context("in [[certificate]]")?;
         }
         self.geo.open_db()?;
+        self.challenge.validate()?;
+        let mut providers = std::collections::HashSet::new();
+        for p in &self.jwt_provider {
+            p.validate()?;
+            if !providers.insert(p.name.as_str()) {
+                bail!("jwt_provider {} is defined twice", p.name);
+            }
+        }
+        for r in &self.route {
+            if let Some(a) = &r.auth
+                && a.mode != crate::phases::auth::AuthMode::Off
+                && !providers.contains(a.provider.as_str())
+            {
+                bail!(
+                    "route {}: auth names jwt_provider {:?}, which is not defined",
+                    r.display_name(),
+                    a.provider
+                );
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for u in &self.upstream {
             u.validate()?;

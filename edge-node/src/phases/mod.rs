@@ -1,7 +1,10 @@
 //! The request phases, in the order the pipeline runs them. Each documents what it does
 //! when it has nothing to do.
 
+pub mod auth;
+pub mod challenge;
 pub mod early;
 pub mod geo;
+pub mod rate_limit;
 pub mod route;
 pub mod upgrade;

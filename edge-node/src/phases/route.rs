@@ -35,6 +35,15 @@ pub struct RouteSettings {
     /// in this order when it cannot be reached (failover).
     #[serde(default)]
     pub upstreams: Vec<String>,
+    /// An API: refusals and challenges answer with JSON, never an HTML page.
+    #[serde(default)]
+    pub api: bool,
+    /// JWT policy (`[route.auth]`).
+    #[serde(default)]
+    pub auth: Option<super::auth::RouteAuthSettings>,
+    /// Rate limits (`[[route.rate_limit]]`), all applied.
+    #[serde(default)]
+    pub rate_limit: Vec<super::rate_limit::RateLimitSettings>,
 }
 
 fn default_prefix() -> String {
@@ -79,6 +88,10 @@ impl RouteSettings {
                 bail!("route to {:?}: {m:?} is not a method", self.pools());
             }
         }
+        for l in &self.rate_limit {
+            l.validate()
+                .map_err(|e| anyhow::anyhow!("route {}: {e}", self.display_name()))?;
+        }
         Ok(())
     }
 }
@@ -90,6 +103,9 @@ pub struct Route {
     pub methods: Vec<Method>,
     /// Pools in configuration order (see `RouteSettings::upstreams`).
     pub upstreams: Vec<Arc<Upstream>>,
+    pub api: bool,
+    pub auth: Option<super::auth::RouteAuth>,
+    pub limits: Vec<super::rate_limit::RateLimit>,
 }
 
 impl Route {

@@ -1,5 +1,6 @@
 //! The request pipeline: one context per request, phases in a fixed order
-//! (early → route → upstream → response), and errors turned into responses in one place.
+//! (early → route → challenge → auth → rate limit → upstream → response), and errors
+//! turned into responses in one place.
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Instant};
 
@@ -11,14 +12,19 @@ use tracing::{info, warn};
 
 use crate::{
     admin::Metrics,
+    auth::JwtProvider,
     config::Config,
     error::{Body, EdgeError},
     phases::{
-        early,
+        auth::RouteAuth,
+        challenge::{self, Challenger},
+        early, rate_limit,
         route::{Route, RouteTable},
         upgrade,
     },
+    policy::{Signal, Standing, ThreatEngine},
     upstream::{Origin, Pool, Upstream, demo},
+    xdp::SharedPolicy,
 };
 
 /// What the phases learn about one request.
@@ -38,6 +44,10 @@ pub struct RequestCtx {
     pub route: String,
     /// The upstream pool the route chose ("" before routing).
     pub upstream: String,
+    /// The route is an API (errors as JSON).
+    pub api: bool,
+    /// The authenticated user (`sub`), if any.
+    pub user: Option<String>,
     pub started: Instant,
 }
 
@@ -52,6 +62,8 @@ impl RequestCtx {
             scheme: "http",
             route: String::new(),
             upstream: String::new(),
+            api: false,
+            user: None,
             started: Instant::now(),
         }
     }
@@ -67,11 +79,36 @@ pub struct Pipeline {
     max_body_bytes: u64,
     geo: crate::phases::geo::Geo,
     upstreams: Vec<Arc<Upstream>>,
+    providers: Vec<Arc<JwtProvider>>,
+    /// Identity headers of every provider: removed from every request, whatever its route.
+    identity_headers: Vec<http::HeaderName>,
+    threat: Arc<ThreatEngine>,
+    challenger: Challenger,
+    /// The source policy when userspace enforces it (XDP not active); `None` when the
+    /// kernel does, or without XDP state at all.
+    userspace_policy: Option<SharedPolicy>,
 }
 
 impl Pipeline {
-    /// Builds the pipeline of a (validated) configuration.
-    pub fn new(config: &Config, pool: Pool, metrics: Arc<Metrics>) -> Result<Self> {
+    /// Builds the pipeline of a (validated) configuration. `threat` lives across
+    /// reloads; `userspace_policy` is the source policy when XDP is not enforcing it.
+    pub fn new(
+        config: &Config,
+        pool: Pool,
+        metrics: Arc<Metrics>,
+        threat: Arc<ThreatEngine>,
+        userspace_policy: Option<SharedPolicy>,
+    ) -> Result<Self> {
+        let mut providers = HashMap::new();
+        for p in &config.jwt_provider {
+            providers.insert(p.name.clone(), Arc::new(JwtProvider::new(p)?));
+        }
+        let mut identity_headers = Vec::new();
+        for p in providers.values() {
+            for h in [&p.settings.user_header, &p.settings.roles_header] {
+                identity_headers.push(http::HeaderName::from_bytes(h.as_bytes())?);
+            }
+        }
         let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
         for u in &config.upstream {
             if upstreams
@@ -103,8 +140,19 @@ impl Pipeline {
                     .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
                     .collect(),
                 upstreams: pools,
+                api: r.api,
+                auth: match &r.auth {
+                    Some(a) => RouteAuth::new(a, &providers)?,
+                    None => None,
+                },
+                limits: r
+                    .rate_limit
+                    .iter()
+                    .map(rate_limit::RateLimit::new)
+                    .collect::<Result<_>>()?,
             });
         }
+        threat.update(&config.threat, config.xdp.drop_threshold);
         Ok(Self {
             node_id_header: HeaderValue::from_str(&config.node.id)?,
             node_id: config.node.id.clone(),
@@ -115,15 +163,48 @@ impl Pipeline {
             max_body_bytes: config.http.max_body_bytes,
             geo: crate::phases::geo::Geo::new(&config.geo)?,
             upstreams: upstreams.into_values().collect(),
+            providers: providers.into_values().collect(),
+            identity_headers,
+            threat,
+            challenger: Challenger::new(&config.challenge)?,
+            userspace_policy,
         })
     }
 
-    /// Starts the active health checks of the pools (they stop when the pipeline is
-    /// replaced and its pools dropped).
-    pub fn start_health_checks(&self) {
+    /// Starts the pools' active health checks and the JWKS refreshes (they stop when
+    /// the pipeline is replaced and dropped).
+    pub fn start_background(&self) {
         for up in &self.upstreams {
             up.spawn_health_checks();
         }
+        for p in &self.providers {
+            p.start();
+        }
+    }
+
+    pub fn threat(&self) -> &Arc<ThreatEngine> {
+        &self.threat
+    }
+
+    /// Whether a new connection from `ip` may proceed: the source policy when userspace
+    /// enforces it (XDP not active), and the threat score's drop standing.
+    pub fn admit_connection(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        if let Some(p) = &self.userspace_policy {
+            let reason = p
+                .lock()
+                .expect("policy lock")
+                .check(ip, edge_common::BucketClass::TcpSyn);
+            if reason.is_drop() {
+                return false;
+            }
+        }
+        self.threat.standing(ip) != Standing::Drop
     }
 
     /// Runs the phases; every error becomes its response here and only here.
@@ -141,7 +222,13 @@ impl Pipeline {
         let span = tracing::info_span!("request", %client, %method, %path);
         let mut resp = match tracing::Instrument::instrument(self.run(&mut ctx, req), span).await {
             Ok(r) => r,
-            Err(e) => {
+            Err(mut e) => {
+                e.json |= ctx.api;
+                if e.kind == crate::error::ErrorKind::BadRequest {
+                    let peer_is_client = ctx.client_ip == ctx.client.ip();
+                    self.threat
+                        .signal(ctx.client_ip, Signal::MalformedRequest, peer_is_client);
+                }
                 // Client mistakes are routine at an edge; the node's and origins' are not.
                 if e.side == crate::error::Side::Client {
                     info!(client = %client, host = %ctx.host, %method, %path, error = %e, "request refused");
@@ -176,6 +263,7 @@ impl Pipeline {
             host = %ctx.host,
             route = %ctx.route,
             upstream = %ctx.upstream,
+            user = ctx.user.as_deref().unwrap_or(""),
             region = %ctx.region,
             %method,
             %path,
@@ -202,10 +290,92 @@ impl Pipeline {
                 format!("body of {len} bytes, limit {}", self.max_body_bytes),
             ));
         }
+        // Shield: probes of blocked paths, the challenge, then the route's auth and limits.
+        let escalatable = ctx.client_ip == ctx.client.ip();
+        if self.threat.is_blocked_path(req.uri().path()) {
+            self.threat
+                .signal(ctx.client_ip, Signal::BlockedPath, escalatable);
+            return Err(EdgeError::new(
+                crate::error::ErrorKind::NoRoute,
+                "probe of a blocked path",
+            ));
+        }
+        if req.uri().path() == challenge::ANSWER_PATH && req.method() == http::Method::POST {
+            let form = http_body_util::Limited::new(req.into_body(), 4096)
+                .collect()
+                .await
+                .map_err(|e| {
+                    EdgeError::new(
+                        crate::error::ErrorKind::BadRequest,
+                        format!("challenge answer: {e}"),
+                    )
+                })?
+                .to_bytes();
+            return self
+                .challenger
+                .answer(ctx.client_ip, &form, ctx.scheme == "https")
+                .inspect_err(|_| {
+                    self.threat
+                        .signal(ctx.client_ip, Signal::ChallengeFailed, escalatable);
+                });
+        }
+        for h in &self.identity_headers {
+            req.headers_mut().remove(h);
+        }
         let route = self
             .routes
             .select(&ctx.host, req.method(), req.uri().path())?;
         ctx.route = route.name.clone();
+        ctx.api = route.api;
+        match self.threat.standing(ctx.client_ip) {
+            Standing::Clear => {}
+            Standing::Drop => {
+                return Err(EdgeError::new(
+                    crate::error::ErrorKind::Forbidden,
+                    "source over the drop threshold",
+                ));
+            }
+            Standing::Challenge => {
+                if !self
+                    .challenger
+                    .take_clearance(req.headers_mut(), ctx.client_ip)
+                {
+                    let back = req
+                        .uri()
+                        .path_and_query()
+                        .map_or("/", |p| p.as_str())
+                        .to_string();
+                    return Err(self.challenger.challenge(ctx.client_ip, &back, route.api));
+                }
+            }
+        }
+        if let Some(auth) = &route.auth {
+            let path = req.uri().path().to_string();
+            match auth.check(req.headers_mut(), &path).await {
+                Ok(identity) => ctx.user = identity.map(|i| i.sub),
+                Err((e, failed)) => {
+                    if failed {
+                        self.threat
+                            .signal(ctx.client_ip, Signal::AuthFailure, escalatable);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let limit_fields = if route.limits.is_empty() {
+            Vec::new()
+        } else {
+            rate_limit::check(
+                &route.limits,
+                ctx.client_ip,
+                ctx.user.as_deref(),
+                req.headers(),
+            )
+            .inspect_err(|_| {
+                self.threat
+                    .signal(ctx.client_ip, Signal::RateLimited, escalatable);
+            })?
+        };
         let mut pools = route.pools_for(self.geo.region_of(ctx.client_ip));
         // Pools with a server in rotation first (a region whose origins are all down
         // or ejected is failed over); when none has one, try them anyway.
@@ -339,6 +509,9 @@ impl Pipeline {
         early::strip_hop_by_hop(resp.headers_mut());
         resp.headers_mut()
             .append(header::VIA, HeaderValue::from_static(via(version)));
+        for (k, v) in limit_fields {
+            resp.headers_mut().insert(k, v);
+        }
         Ok(resp)
     }
 }

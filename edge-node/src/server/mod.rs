@@ -95,6 +95,15 @@ pub fn spawn(
                             continue;
                         }
                     };
+                    // The source policy, where the kernel is not enforcing it, and the
+                    // threat score: a refused source's connection is closed unread.
+                    let current = pipeline.read().expect("pipeline lock").clone();
+                    if !current.admit_connection(peer.ip()) {
+                        debug!(%peer, "connection refused by the source policy");
+                        continue;
+                    }
+                    let threat = current.threat().clone();
+                    drop(current);
                     let _ = stream.set_nodelay(true);
                     let p = pipeline.clone();
                     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -135,6 +144,10 @@ pub fn spawn(
                         };
                         if let Err(e) = result {
                             debug!(%peer, error = %e, "connection ended with an error");
+                            // Requests hyper could not even parse count against the source.
+                            if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse) {
+                                threat.signal(peer.ip(), crate::policy::Signal::MalformedRequest, true);
+                            }
                         }
                     });
                 }

@@ -223,7 +223,7 @@ fn counters_text(c: &Counters) -> String {
     s
 }
 
-fn listing(l: &Listing) -> String {
+pub(crate) fn listing(l: &Listing) -> String {
     let mut s = String::from("allow:\n");
     for n in &l.allow {
         s.push_str(&format!("  {n}\n"));

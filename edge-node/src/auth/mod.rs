@@ -1,0 +1,163 @@
+//! JWT verification: providers with their keys (secret, PEM, JWKS file, JWKS URL kept
+//! fresh in the background), each key pinned to the algorithms of its kind, and the
+//! claims a route needs (exp/nbf with leeway, iss, aud, roles).
+
+pub mod keys;
+pub mod settings;
+
+use std::{collections::HashSet, sync::Arc};
+
+use anyhow::Result;
+use jsonwebtoken::{Algorithm, Validation, decode, decode_header};
+use serde_json::Value;
+
+pub use keys::PinnedKey;
+pub use settings::JwtProviderSettings;
+
+/// Who a valid token says the client is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub sub: String,
+    pub roles: Vec<String>,
+}
+
+/// Why a token was not accepted (for the log; the client only sees 401).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    Missing,
+    Invalid(String),
+}
+
+pub struct JwtProvider {
+    pub settings: JwtProviderSettings,
+    algorithms: Vec<Algorithm>,
+    static_keys: Vec<PinnedKey>,
+    remote: Option<Arc<keys::RemoteKeys>>,
+}
+
+impl JwtProvider {
+    /// Loads the configured keys (validated settings). A JWKS URL is fetched by
+    /// `start` in the background.
+    pub fn new(s: &JwtProviderSettings) -> Result<Self> {
+        let algorithms: Vec<Algorithm> =
+            s.algorithms.iter().filter_map(|a| a.parse().ok()).collect();
+        let static_keys = keys::load_static(s, &algorithms)?;
+        let remote = s
+            .jwks_url
+            .as_ref()
+            .map(|url| keys::RemoteKeys::new(url, s, &algorithms))
+            .transpose()?
+            .map(Arc::new);
+        if static_keys.is_empty() && remote.is_none() {
+            anyhow::bail!(
+                "jwt_provider {}: none of the keys fits the configured algorithms",
+                s.name
+            );
+        }
+        Ok(Self {
+            settings: s.clone(),
+            algorithms,
+            static_keys,
+            remote,
+        })
+    }
+
+    /// Starts the background JWKS refresh (stops when the provider is dropped).
+    pub fn start(&self) {
+        if let Some(r) = &self.remote {
+            keys::RemoteKeys::spawn_refresh(r);
+        }
+    }
+
+    /// Verifies `token`: signature with a key pinned to the header's algorithm, then
+    /// exp/nbf/iss/aud.
+    pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let header =
+            decode_header(token).map_err(|e| AuthError::Invalid(format!("header: {e}")))?;
+        if !self.algorithms.contains(&header.alg) {
+            return Err(AuthError::Invalid(format!(
+                "algorithm {:?} not accepted",
+                header.alg
+            )));
+        }
+        let mut keys: Vec<PinnedKey> = self.candidates(header.kid.as_deref(), header.alg);
+        if keys.is_empty()
+            && let (Some(kid), Some(remote)) = (&header.kid, &self.remote)
+        {
+            // A key the provider may just have rotated in.
+            remote.refetch_for_unknown_kid(kid).await;
+            keys = self.candidates(Some(kid), header.alg);
+        }
+        if keys.is_empty() {
+            return Err(AuthError::Invalid(format!(
+                "no key for kid {:?} and {:?}",
+                header.kid, header.alg
+            )));
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = self.settings.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp"]);
+        if self.settings.issuer.is_empty() {
+            validation.iss = None;
+        } else {
+            validation.set_issuer(&self.settings.issuer);
+        }
+        if self.settings.audience.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&self.settings.audience);
+        }
+        let mut last = String::new();
+        for k in &keys {
+            match decode::<serde_json::Map<String, Value>>(token, &k.key, &validation) {
+                Ok(data) => return Ok(self.identity(&data.claims)),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(AuthError::Invalid(last))
+    }
+
+    /// Keys that may verify a token with `kid` and `alg`.
+    fn candidates(&self, kid: Option<&str>, alg: Algorithm) -> Vec<PinnedKey> {
+        let remote = self.remote.as_ref().map(|r| r.current());
+        self.static_keys
+            .iter()
+            .chain(remote.iter().flat_map(|v| v.iter()))
+            .filter(|k| k.algorithms.contains(&alg) && k.key.family() == alg.family())
+            .filter(|k| match (kid, &k.kid) {
+                (Some(want), Some(have)) => want == have,
+                (Some(_), None) => true,
+                (None, _) => true,
+            })
+            .cloned()
+            .collect()
+    }
+
+    fn identity(&self, claims: &serde_json::Map<String, Value>) -> Identity {
+        let sub = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let roles = match claims.get(&self.settings.roles_claim) {
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect(),
+            Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
+            _ => Vec::new(),
+        };
+        Identity { sub, roles }
+    }
+}
+
+/// Whether `have` holds any of `any_of` (an empty requirement is met by everyone).
+pub fn has_any_role(have: &[String], any_of: &[String]) -> bool {
+    if any_of.is_empty() {
+        return true;
+    }
+    let have: HashSet<&str> = have.iter().map(String::as_str).collect();
+    any_of.iter().any(|r| have.contains(r.as_str()))
+}

@@ -1,0 +1,163 @@
+//! Auth phase: a route's JWT policy. `required`: no valid token → 401 with
+//! `WWW-Authenticate`; `optional`: no token is fine, a bad one is not. Roles per path
+//! prefix: a valid token without one of them → 403. The origin gets the identity in
+//! headers the node alone sets. With no `[route.auth]` the phase does nothing.
+
+use std::{collections::HashMap, sync::Arc};
+
+use anyhow::{Result, bail};
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+use serde::Deserialize;
+
+use crate::{
+    auth::{AuthError, Identity, JwtProvider, has_any_role},
+    error::{EdgeError, ErrorKind},
+};
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    #[default]
+    Required,
+    Optional,
+    Off,
+}
+
+/// `[route.auth]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteAuthSettings {
+    /// The `[[jwt_provider]]` (its name).
+    pub provider: String,
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// Roles required under path prefixes (the longest matching prefix applies).
+    #[serde(default)]
+    pub roles: Vec<RoleRule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleRule {
+    pub path_prefix: String,
+    /// The token needs at least one of these.
+    pub any_of: Vec<String>,
+}
+
+/// The auth policy of one route.
+pub struct RouteAuth {
+    provider: Arc<JwtProvider>,
+    mode: AuthMode,
+    roles: Vec<RoleRule>,
+    user_header: HeaderName,
+    roles_header: HeaderName,
+}
+
+impl RouteAuth {
+    pub fn new(
+        s: &RouteAuthSettings,
+        providers: &HashMap<String, Arc<JwtProvider>>,
+    ) -> Result<Option<Self>> {
+        if s.mode == AuthMode::Off {
+            return Ok(None);
+        }
+        let Some(provider) = providers.get(&s.provider) else {
+            bail!(
+                "route auth names jwt_provider {:?}, which is not defined",
+                s.provider
+            );
+        };
+        let mut roles = s.roles.clone();
+        // Longest prefix first.
+        roles.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
+        Ok(Some(Self {
+            user_header: HeaderName::from_bytes(provider.settings.user_header.as_bytes())?,
+            roles_header: HeaderName::from_bytes(provider.settings.roles_header.as_bytes())?,
+            provider: provider.clone(),
+            mode: s.mode,
+            roles,
+        }))
+    }
+
+    /// The identity headers this route's provider sets (client copies are removed).
+    pub fn identity_headers(&self) -> [&HeaderName; 2] {
+        [&self.user_header, &self.roles_header]
+    }
+
+    fn token<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
+        if let Some(v) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        {
+            let (scheme, token) = v.split_once(' ')?;
+            return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
+        }
+        let name = self.provider.settings.cookie.as_deref()?;
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    }
+
+    /// Checks the request; on success the identity (if any) is in the origin-bound
+    /// headers. `Err` is the response, plus whether it counts as a failed auth.
+    pub async fn check(
+        &self,
+        headers: &mut HeaderMap,
+        path: &str,
+    ) -> Result<Option<Identity>, (EdgeError, bool)> {
+        headers.remove(&self.user_header);
+        headers.remove(&self.roles_header);
+        let verified = match self.token(headers) {
+            None => Err(AuthError::Missing),
+            Some(t) => self.provider.verify(t).await,
+        };
+        // The token is for the node; the origin gets the identity instead.
+        headers.remove(header::AUTHORIZATION);
+        let identity = match verified {
+            Ok(id) => id,
+            Err(AuthError::Missing) if self.mode == AuthMode::Optional => return Ok(None),
+            Err(e) => {
+                let (challenge, failed) = match &e {
+                    AuthError::Missing => ("Bearer realm=\"edge-node\"".to_string(), false),
+                    AuthError::Invalid(_) => (
+                        "Bearer realm=\"edge-node\", error=\"invalid_token\"".to_string(),
+                        true,
+                    ),
+                };
+                let err = EdgeError::new(ErrorKind::Unauthorized, format!("{e:?}"))
+                    .with_header(header::WWW_AUTHENTICATE, challenge);
+                return Err((err, failed));
+            }
+        };
+        if let Some(rule) = self.roles.iter().find(|r| path_under(path, &r.path_prefix))
+            && !has_any_role(&identity.roles, &rule.any_of)
+        {
+            return Err((
+                EdgeError::new(
+                    ErrorKind::Forbidden,
+                    format!("{} lacks any of {:?} for {path}", identity.sub, rule.any_of),
+                ),
+                false,
+            ));
+        }
+        if let Ok(v) = HeaderValue::from_str(&identity.sub) {
+            headers.insert(self.user_header.clone(), v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&identity.roles.join(",")) {
+            headers.insert(self.roles_header.clone(), v);
+        }
+        Ok(Some(identity))
+    }
+}
+
+fn path_under(path: &str, prefix: &str) -> bool {
+    let p = prefix.trim_end_matches('/');
+    p.is_empty()
+        || path == p
+        || (path.starts_with(p) && path.as_bytes().get(p.len()) == Some(&b'/'))
+}

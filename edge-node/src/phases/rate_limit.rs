@@ -1,0 +1,173 @@
+//! Rate-limit phase: token buckets per route, keyed by the client's address (the peer,
+//! or what a trusted hop reported), the authenticated user, the route as a whole, or an
+//! API-key header. Over the limit: 429 with `Retry-After` and the IETF `RateLimit-Policy`
+//! / `RateLimit` fields. With no `[[route.rate_limit]]` the phase does nothing.
+
+use std::{net::IpAddr, time::Instant};
+
+use anyhow::{Result, bail};
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+use serde::Deserialize;
+
+use crate::{
+    error::{EdgeError, ErrorKind},
+    limits::{Decision, KeyedLimiter},
+    upstream::balance::stable_hash,
+};
+
+/// `[[route.rate_limit]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// `client_ip`, `user` (the token's `sub`; the client IP without one), `route`, or
+    /// `header:NAME` (the client IP without the header).
+    #[serde(default = "default_key")]
+    pub key: String,
+    /// Sustained requests per second (fractions allowed).
+    pub per_second: f64,
+    /// Requests allowed at once.
+    pub burst: u64,
+    /// Most keys remembered (least recently seen forgotten first).
+    #[serde(default = "default_max_keys")]
+    pub max_keys: u64,
+}
+
+fn default_key() -> String {
+    "client_ip".into()
+}
+fn default_max_keys() -> u64 {
+    100_000
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LimitKey {
+    ClientIp,
+    User,
+    Route,
+    Header(HeaderName),
+}
+
+impl LimitKey {
+    fn name(&self) -> &'static str {
+        match self {
+            LimitKey::ClientIp => "client_ip",
+            LimitKey::User => "user",
+            LimitKey::Route => "route",
+            LimitKey::Header(_) => "header",
+        }
+    }
+}
+
+pub struct RateLimit {
+    key: LimitKey,
+    limiter: KeyedLimiter<u64>,
+}
+
+impl RateLimitSettings {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.per_second > 0.0 && self.per_second.is_finite()) || self.burst == 0 {
+            bail!("rate_limit: per_second must be above 0 and burst at least 1");
+        }
+        RateLimit::new(self).map(|_| ())
+    }
+}
+
+/// Time for the limiters: monotonic ns since the process started.
+fn now_ns() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    // Offset by a second so a fresh bucket (TAT 0) is never "ahead".
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1_000_000_000
+}
+
+impl RateLimit {
+    pub fn new(s: &RateLimitSettings) -> Result<Self> {
+        let key = match s.key.split_once(':') {
+            None if s.key == "client_ip" => LimitKey::ClientIp,
+            None if s.key == "user" => LimitKey::User,
+            None if s.key == "route" => LimitKey::Route,
+            Some(("header", h)) => LimitKey::Header(HeaderName::from_bytes(h.as_bytes())?),
+            _ => bail!(
+                "rate_limit key {:?} is not client_ip, user, route or header:NAME",
+                s.key
+            ),
+        };
+        Ok(Self {
+            key,
+            limiter: KeyedLimiter::new(s.per_second, s.burst, s.max_keys),
+        })
+    }
+
+    fn key_of(&self, client: IpAddr, user: Option<&str>, headers: &HeaderMap) -> u64 {
+        let ip = || stable_hash(format!("ip:{client}").as_bytes());
+        match &self.key {
+            LimitKey::ClientIp => ip(),
+            LimitKey::Route => 0,
+            LimitKey::User => user
+                .filter(|u| !u.is_empty())
+                .map_or_else(ip, |u| stable_hash(format!("user:{u}").as_bytes())),
+            LimitKey::Header(h) => headers.get(h).map_or_else(ip, |v| {
+                stable_hash(&[b"hdr:".as_slice(), v.as_bytes()].concat())
+            }),
+        }
+    }
+
+    fn fields(&self, d: &Decision) -> [(HeaderName, String); 2] {
+        let name = self.key.name();
+        [
+            (
+                HeaderName::from_static("ratelimit-policy"),
+                format!(
+                    "\"{name}\";q={};w={}",
+                    self.limiter.burst(),
+                    self.limiter.window().as_secs().max(1)
+                ),
+            ),
+            (
+                HeaderName::from_static("ratelimit"),
+                format!(
+                    "\"{name}\";r={};t={}",
+                    d.remaining,
+                    d.reset_after.as_secs_f64().ceil() as u64
+                ),
+            ),
+        ]
+    }
+}
+
+/// Applies every limit of the route; the fields of the tightest are returned for the
+/// response, or the 429.
+pub fn check(
+    limits: &[RateLimit],
+    client: IpAddr,
+    user: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Vec<(HeaderName, HeaderValue)>, EdgeError> {
+    let now = now_ns();
+    let mut tightest: Option<(&RateLimit, Decision)> = None;
+    for l in limits {
+        let d = l.limiter.check(&l.key_of(client, user, headers), now);
+        if !d.allowed {
+            let retry = d.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            let mut err = EdgeError::new(
+                ErrorKind::TooManyRequests,
+                format!("over the {} limit", l.key.name()),
+            )
+            .with_header(header::RETRY_AFTER, retry.to_string());
+            for (k, v) in l.fields(&d) {
+                err = err.with_header(k, v);
+            }
+            return Err(err);
+        }
+        if tightest.is_none_or(|(_, t)| d.remaining < t.remaining) {
+            tightest = Some((l, d));
+        }
+    }
+    Ok(tightest
+        .map(|(l, d)| {
+            l.fields(&d)
+                .into_iter()
+                .filter_map(|(k, v)| HeaderValue::from_str(&v).ok().map(|v| (k, v)))
+                .collect()
+        })
+        .unwrap_or_default())
+}

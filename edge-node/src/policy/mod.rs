@@ -1,0 +1,227 @@
+//! The policy engine: what the proxy learns about a client (failed auth, rate-limit
+//! hits, malformed requests, failed challenges, probes of blocked paths) raises a
+//! per-source threat score that decays over time. At `challenge_threshold` the client is
+//! challenged; at the XDP drop threshold its address is written into the kernel's source
+//! trie with a TTL, so its next packets die at the NIC (or, without XDP, at accept).
+
+pub mod settings;
+
+use std::{
+    net::IpAddr,
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::mpsc;
+use tracing::{error, warn};
+
+pub use settings::{Signal, ThreatSettings};
+
+use crate::xdp::SharedPolicy;
+
+/// A score and when it was last brought up to date.
+#[derive(Clone, Copy)]
+struct Score {
+    value: f64,
+    at: Instant,
+    /// Already written into the source policy (until `escalated_until`).
+    escalated_until: Option<Instant>,
+}
+
+/// What a client's score calls for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    Clear,
+    Challenge,
+    Drop,
+}
+
+/// An escalation for the writer task: source, score, TTL.
+type Escalation = (IpAddr, u32, Duration);
+
+/// One engine for the life of the process: scores survive reloads, which swap the
+/// settings.
+pub struct ThreatEngine {
+    config: RwLock<Arc<(ThreatSettings, u32)>>,
+    scores: moka::sync::Cache<IpAddr, Arc<Mutex<Score>>>,
+    escalate: Option<mpsc::Sender<Escalation>>,
+}
+
+impl ThreatEngine {
+    /// `drop_threshold` is the XDP program's (xdp.drop_threshold): one number decides
+    /// in both halves. Without a policy (tests, `check`) nothing is written anywhere.
+    pub fn new(
+        settings: &ThreatSettings,
+        drop_threshold: u32,
+        policy: Option<SharedPolicy>,
+    ) -> Self {
+        let escalate = policy.map(spawn_writer);
+        Self {
+            config: RwLock::new(Arc::new((settings.clone(), drop_threshold))),
+            scores: moka::sync::Cache::builder()
+                .max_capacity(settings.max_tracked)
+                // A score idle for ten half-lives is under a thousandth of itself.
+                .time_to_idle(
+                    settings
+                        .half_life
+                        .saturating_mul(10)
+                        .max(Duration::from_secs(1)),
+                )
+                .build(),
+            escalate,
+        }
+    }
+
+    /// New weights and thresholds (a reload); the scores stay.
+    pub fn update(&self, settings: &ThreatSettings, drop_threshold: u32) {
+        *self.config.write().expect("threat lock") = Arc::new((settings.clone(), drop_threshold));
+    }
+
+    fn config(&self) -> Arc<(ThreatSettings, u32)> {
+        self.config.read().expect("threat lock").clone()
+    }
+
+    fn decayed(&self, s: &Score, now: Instant) -> f64 {
+        let half = self.config().0.half_life.as_secs_f64();
+        if half <= 0.0 {
+            return s.value;
+        }
+        let dt = now.saturating_duration_since(s.at).as_secs_f64();
+        s.value * 0.5f64.powf(dt / half)
+    }
+
+    /// The client's score now.
+    pub fn score(&self, ip: IpAddr) -> f64 {
+        self.scores.get(&ip).map_or(0.0, |s| {
+            self.decayed(&s.lock().expect("score lock"), Instant::now())
+        })
+    }
+
+    pub fn standing(&self, ip: IpAddr) -> Standing {
+        let c = self.config();
+        let (settings, drop_threshold) = (&c.0, c.1);
+        if !settings.enabled {
+            return Standing::Clear;
+        }
+        let s = self.score(ip);
+        if drop_threshold != 0 && s >= f64::from(drop_threshold) {
+            Standing::Drop
+        } else if settings.challenge_threshold > 0.0 && s >= settings.challenge_threshold {
+            Standing::Challenge
+        } else {
+            Standing::Clear
+        }
+    }
+
+    /// Records `signal` from `ip` (`escalatable`: the address is the socket peer, so a
+    /// packet drop hits the client and not a proxy in front of it). Returns the new score.
+    pub fn signal(&self, ip: IpAddr, signal: Signal, escalatable: bool) -> f64 {
+        let c = self.config();
+        let (settings, drop_threshold) = (&c.0, c.1);
+        if !settings.enabled {
+            return 0.0;
+        }
+        let weight = settings.weights.of(signal);
+        if weight <= 0.0 {
+            return self.score(ip);
+        }
+        let now = Instant::now();
+        let entry = self.scores.get_with(ip, || {
+            Arc::new(Mutex::new(Score {
+                value: 0.0,
+                at: now,
+                escalated_until: None,
+            }))
+        });
+        let mut s = entry.lock().expect("score lock");
+        s.value = self.decayed(&s, now) + weight;
+        s.at = now;
+        let value = s.value;
+        let crossed = drop_threshold != 0 && value >= f64::from(drop_threshold);
+        let fresh = s.escalated_until.is_none_or(|u| now >= u);
+        if crossed && fresh && escalatable {
+            let ttl = settings.block_ttl;
+            s.escalated_until = Some(now + ttl);
+            drop(s);
+            if let Some(tx) = &self.escalate {
+                let kernel_score = (value as u32).max(drop_threshold);
+                if tx.try_send((ip, kernel_score, ttl)).is_err() {
+                    warn!(%ip, "escalation queue full; this source is enforced in userspace only");
+                }
+            }
+            warn!(%ip, score = value, ?signal, ?ttl, "threat score crossed the drop threshold: source escalated to XDP");
+        }
+        value
+    }
+
+    /// Forgets a source's score (an operator cleared it).
+    pub fn clear(&self, ip: IpAddr) {
+        self.scores.invalidate(&ip);
+    }
+
+    pub fn is_blocked_path(&self, path: &str) -> bool {
+        self.config()
+            .0
+            .blocked_paths
+            .iter()
+            .any(|p| path == p || (path.starts_with(p.as_str()) && p.ends_with('/')))
+    }
+}
+
+/// Map writes are syscalls under a lock: one task does them, off the request path.
+fn spawn_writer(policy: SharedPolicy) -> mpsc::Sender<Escalation> {
+    let (tx, mut rx) = mpsc::channel::<Escalation>(4096);
+    tokio::spawn(async move {
+        while let Some((ip, score, ttl)) = rx.recv().await {
+            let p = policy.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                p.lock()
+                    .expect("policy lock")
+                    .set_score(ip, score, Some(ttl))
+            })
+            .await;
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    error!(%ip, error = %format!("{e:#}"), "writing the threat score failed")
+                }
+                Err(e) => error!(%ip, error = %e, "threat writer task failed"),
+            }
+        }
+    });
+    tx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_add_up_decay_and_set_the_standing() {
+        let mut s = ThreatSettings {
+            half_life: Duration::from_secs(3600),
+            // Two failures (10 each), less the little they decay in between.
+            challenge_threshold: 19.0,
+            ..Default::default()
+        };
+        let t = ThreatEngine::new(&s, 100, None);
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(t.standing(ip), Standing::Clear);
+        t.signal(ip, Signal::AuthFailure, true);
+        t.signal(ip, Signal::AuthFailure, true);
+        assert_eq!(t.standing(ip), Standing::Challenge);
+        for _ in 0..10 {
+            t.signal(ip, Signal::AuthFailure, true);
+        }
+        assert_eq!(t.standing(ip), Standing::Drop);
+        // Another address is untouched.
+        assert_eq!(t.standing("192.0.2.8".parse().unwrap()), Standing::Clear);
+
+        // Decay: with a tiny half-life the score is gone almost at once.
+        s.half_life = Duration::from_millis(10);
+        let t = ThreatEngine::new(&s, 100, None);
+        t.signal(ip, Signal::BlockedPath, true);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(t.score(ip) < 1.0, "{}", t.score(ip));
+    }
+}
