@@ -4,6 +4,7 @@
 
 mod cost;
 mod flood;
+mod proxy;
 mod report;
 mod sys;
 
@@ -25,11 +26,16 @@ enum Cmd {
     /// A flood over veth into a namespace: drops per second and receive-CPU ns per packet
     /// for edge-node against iptables, nftables, xdp-filter and a bare XDP_DROP.
     XdpFlood(flood::Args),
+    /// HTTP pass-through proxying of 1 KiB and 64 KiB responses from one origin: req/s,
+    /// p50 and p99 for edge-node against nginx and haproxy, with wrk and h2load, and the
+    /// origin served directly as the ceiling.
+    Proxy(proxy::Args),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::XdpCost(args) => cost::run(args),
         Cmd::XdpFlood(args) => flood::run(args),
+        Cmd::Proxy(args) => proxy::run(args),
     }
 }

@@ -16,6 +16,9 @@ pub enum BenchCmd {
     XdpFlood(Common),
     /// Both XDP benchmarks.
     Xdp(Common),
+    /// HTTP pass-through proxying (1 KiB and 64 KiB, wrk and h2load, 32 and 256
+    /// connections): edge-node against nginx and haproxy, the origin direct as ceiling.
+    Proxy(Common),
 }
 
 #[derive(Args, Clone)]
@@ -49,11 +52,17 @@ fn run_bench(name: &str, c: &Common) -> Result<()> {
 }
 
 pub fn run(cmd: BenchCmd) -> Result<()> {
-    toolchain::ensure_bench_packages()?;
+    // Each benchmark installs only its own peers and load generators.
+    if matches!(cmd, BenchCmd::Proxy(_)) {
+        toolchain::ensure_proxy_bench_packages()?;
+    } else {
+        toolchain::ensure_bench_packages()?;
+    }
     toolchain::ensure_bpf_toolchain()?;
-    // The flood runs the real daemon: build it next to the runner.
+    // The flood and the proxy bench run the real daemon: build it next to the runner.
     cargo(&["build", "--release", "--package", "edge-node", "--bins"])?;
     match cmd {
+        BenchCmd::Proxy(c) => run_bench("proxy", &c),
         BenchCmd::XdpCost(c) => run_bench("xdp-cost", &c),
         BenchCmd::XdpFlood(c) => run_bench("xdp-flood", &c),
         BenchCmd::Xdp(c) => {

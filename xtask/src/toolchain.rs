@@ -259,3 +259,14 @@ pub fn ensure_bench_packages() -> Result<()> {
         ("ethtool", "ethtool"),
     ])
 }
+
+/// What the proxy benchmark compares against (nginx, haproxy; nginx is also the origin)
+/// and loads with (wrk for HTTP/1.1, h2load for HTTP/2).
+pub fn ensure_proxy_bench_packages() -> Result<()> {
+    ensure_packages(&[
+        ("nginx", "nginx"),
+        ("haproxy", "haproxy"),
+        ("wrk", "wrk"),
+        ("h2load", "nghttp2-client"),
+    ])
+}
