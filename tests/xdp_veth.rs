@@ -485,3 +485,83 @@ fn auto_mode_degrades_loudly_and_strict_mode_refuses() {
     );
     assert!(strict.log().contains("nosuchif0"), "{}", strict.log());
 }
+
+/// One HTTP request from `src` on a fresh connection: `Err` when the connection could
+/// not even be made (SYN dropped), else the status (0 when the server closed unread).
+fn http_from(src: &str, to: SocketAddr, auth: &str) -> std::io::Result<u16> {
+    use std::io::{Read, Write};
+    let mut s = edge_tests::connect_from(src, to, Duration::from_millis(700))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let _ = write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {auth}\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    Ok(out
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0))
+}
+
+#[test]
+fn failing_auth_escalates_the_client_into_xdp_drops_until_the_ttl() {
+    if !privileged("failing_auth_escalates_the_client_into_xdp_drops_until_the_ttl") {
+        return;
+    }
+    let rig = Rig::new();
+    let node = rig.start(
+        "auto",
+        &format!(
+            "drop_threshold = 50\n\n[http]\nlisten = [\"{SERVER}:8080\"]\n\n\
+             [threat]\nhalf_life = \"1s\"\nchallenge_threshold = 0\nblock_ttl = \"3s\"\n\n\
+             [[jwt_provider]]\nname = \"idp\"\nalgorithms = [\"HS256\"]\nsecret = \"an-hmac-secret-of-at-least-32-bytes!\"\n\n\
+             [[upstream]]\nname = \"demo\"\nbuiltin = \"demo\"\n\n\
+             [[route]]\nhosts = [\"*\"]\nupstream = \"demo\"\n[route.auth]\nprovider = \"idp\"\n"
+        ),
+    );
+    let to: SocketAddr = format!("{SERVER}:8080").parse().unwrap();
+    let (abuser, neighbour) = (PLAIN, ALLOWED);
+    let maps = rig.maps();
+    let before = maps.counters().unwrap();
+    let call = |src: &str| rig.client.enter(|| http_from(src, to, "not-a-valid-token"));
+    assert_eq!(call(neighbour).unwrap(), 401);
+    // Bad tokens, one after another: each is a failed auth (10 points; the drop
+    // threshold is 50). Within a few more the kernel stops answering the abuser's SYNs.
+    let mut refused_at = None;
+    for i in 0..15 {
+        match call(abuser) {
+            Ok(401) | Ok(0) => {}
+            Ok(other) => panic!("request {i}: status {other}"),
+            Err(_) => {
+                refused_at = Some(i);
+                break;
+            }
+        }
+    }
+    let refused_at = refused_at.unwrap_or_else(|| panic!("never escalated:\n{}", node.log()));
+    assert!(refused_at >= 5, "dropped after only {refused_at} failures");
+    assert!(
+        delta(&maps, &before, Reason::DropThreat) >= 1,
+        "the connection failed but XDP counted no threat drop"
+    );
+    assert!(node.log().contains("escalated to XDP"), "{}", node.log());
+    let listed = node.cli_ok(&["xdp", "list"]);
+    assert!(listed.contains(abuser), "{listed}");
+    // The neighbour on the same link is served as before.
+    assert_eq!(call(neighbour).unwrap(), 401);
+    // After the block's TTL (and the score's decay) the abuser gets through again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(401) = call(abuser) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still refused after the TTL:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

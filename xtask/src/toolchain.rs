@@ -221,6 +221,8 @@ pub fn ensure_test_packages() -> Result<()> {
         ("systemd-analyze", "systemd"),
         ("openssl", "openssl"),
         ("python3", "python3"),
+        // The challenge test: a real browser runs the proof-of-work page.
+        ("chromium", "chromium"),
     ])?;
     // The geo test writes its MaxMind database with an independent writer.
     ensure_python_module("mmdb_writer", "mmdb-writer")
