@@ -272,5 +272,7 @@ mod example_tests {
             format!("{:?}", minimal.upstream[0])
         );
         assert_eq!(format!("{:?}", c.geo), format!("{:?}", d.geo));
+        assert_eq!(format!("{:?}", c.threat), format!("{:?}", d.threat));
+        assert_eq!(format!("{:?}", c.challenge), format!("{:?}", d.challenge));
     }
 }
