@@ -6,6 +6,7 @@ mod cost;
 mod flood;
 mod proxy;
 mod report;
+mod security;
 mod sys;
 
 use anyhow::Result;
@@ -30,6 +31,8 @@ enum Cmd {
     /// p50 and p99 for edge-node against nginx and haproxy, with wrk and h2load, and the
     /// origin served directly as the ceiling.
     Proxy(proxy::Args),
+    /// The security phases: criterion costs, auth on/off requests/s, escalation latency.
+    Security(security::Args),
 }
 
 fn main() -> Result<()> {
@@ -37,5 +40,6 @@ fn main() -> Result<()> {
         Cmd::XdpCost(args) => cost::run(args),
         Cmd::XdpFlood(args) => flood::run(args),
         Cmd::Proxy(args) => proxy::run(args),
+        Cmd::Security(args) => security::run(args),
     }
 }

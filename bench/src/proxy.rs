@@ -95,14 +95,14 @@ struct Target {
 
 /// A process we started, in its own directory's log; stopped (TERM, then KILL) on drop,
 /// so nothing outlives the benchmark, errors and panics included.
-struct Proc {
+pub(crate) struct Proc {
     name: String,
-    child: Child,
+    pub(crate) child: Child,
     log: PathBuf,
 }
 
 impl Proc {
-    fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Result<Self> {
+    pub(crate) fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Result<Self> {
         let out = File::create(&log)?;
         let child = cmd
             .stdin(Stdio::null())
@@ -117,14 +117,14 @@ impl Proc {
         })
     }
 
-    fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
     /// Fails if the process has exited (a server must not).
-    fn check_alive(&mut self) -> Result<()> {
+    pub(crate) fn check_alive(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!("{} exited ({status}):\n{}", self.name, self.log_tail());
         }
@@ -168,7 +168,7 @@ impl Drop for Proc {
 }
 
 /// A private directory (configs, logs, the origin's files), removed on drop.
-struct Workdir(PathBuf);
+pub(crate) struct Workdir(pub(crate) PathBuf);
 
 impl Drop for Workdir {
     fn drop(&mut self) {
@@ -178,7 +178,7 @@ impl Drop for Workdir {
 
 /// A free loopback port. The listener is closed before the server binds it; nothing
 /// else on this machine is expected to grab it meanwhile.
-fn free_port() -> Result<SocketAddr> {
+pub(crate) fn free_port() -> Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
@@ -400,12 +400,12 @@ fn start_edge_node(dir: &Path, origin: SocketAddr) -> Result<(Proc, Target)> {
 }
 
 #[derive(Clone, Copy, Default)]
-struct Sample {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+pub(crate) struct Sample {
+    pub(crate) rps: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
     /// Requests that failed, non-2xx/3xx responses and socket errors.
-    errors: u64,
+    pub(crate) errors: u64,
     /// CPU time the target (all its processes) spent per request, µs.
     cpu_us_per_req: f64,
 }
@@ -441,7 +441,12 @@ fn tree_cpu_seconds(pid: i32) -> f64 {
 }
 
 /// Runs a load generator to its end (bounded), returning its stdout.
-fn run_client(dir: &Path, program: &str, args: &[String], limit: Duration) -> Result<String> {
+pub(crate) fn run_client(
+    dir: &Path,
+    program: &str,
+    args: &[String],
+    limit: Duration,
+) -> Result<String> {
     let out = dir.join("client.out");
     let mut cmd = Command::new(program);
     cmd.args(args);
@@ -472,7 +477,7 @@ fn parse_duration_ms(s: &str) -> Option<f64> {
 }
 
 /// Requests/sec, the 50% and 99% lines of `--latency`, and the error lines.
-fn parse_wrk(out: &str) -> Result<Sample> {
+pub(crate) fn parse_wrk(out: &str) -> Result<Sample> {
     let mut s = Sample::default();
     let (mut got_rps, mut got_p50, mut got_p99) = (false, false, false);
     for line in out.lines() {
@@ -643,7 +648,7 @@ fn measure(dir: &Path, cell: Cell, t: &Target, args: &Args) -> Result<Sample> {
 /// Lets every server keep as many connections as the load needs (h2load at 256
 /// connections × 10 streams has 2560 requests in flight, each of them an origin
 /// connection at a proxy).
-fn raise_nofile() {
+pub(crate) fn raise_nofile() {
     // SAFETY: getrlimit/setrlimit on a valid struct; children inherit the new limit.
     unsafe {
         let mut r: libc::rlimit = std::mem::zeroed();

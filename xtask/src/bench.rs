@@ -19,6 +19,9 @@ pub enum BenchCmd {
     /// HTTP pass-through proxying (1 KiB and 64 KiB, wrk and h2load, 32 and 256
     /// connections): edge-node against nginx and haproxy, the origin direct as ceiling.
     Proxy(Common),
+    /// Security phases: their cost per request (criterion), requests/s with auth off and
+    /// on, and the time from crossing the drop threshold to XDP drops.
+    Security(Common),
 }
 
 #[derive(Args, Clone)]
@@ -55,6 +58,9 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     // Each benchmark installs only its own peers and load generators.
     if matches!(cmd, BenchCmd::Proxy(_)) {
         toolchain::ensure_proxy_bench_packages()?;
+    } else if matches!(cmd, BenchCmd::Security(_)) {
+        toolchain::ensure_proxy_bench_packages()?;
+        toolchain::ensure_bench_packages()?;
     } else {
         toolchain::ensure_bench_packages()?;
     }
@@ -63,6 +69,17 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     cargo(&["build", "--release", "--package", "edge-node", "--bins"])?;
     match cmd {
         BenchCmd::Proxy(c) => run_bench("proxy", &c),
+        BenchCmd::Security(c) => {
+            cargo(&[
+                "bench",
+                "--quiet",
+                "--package",
+                "edge-bench",
+                "--bench",
+                "phases",
+            ])?;
+            run_bench("security", &c)
+        }
         BenchCmd::XdpCost(c) => run_bench("xdp-cost", &c),
         BenchCmd::XdpFlood(c) => run_bench("xdp-flood", &c),
         BenchCmd::Xdp(c) => {

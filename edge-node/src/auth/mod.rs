@@ -33,6 +33,20 @@ pub struct JwtProvider {
     algorithms: Vec<Algorithm>,
     static_keys: Vec<PinnedKey>,
     remote: Option<Arc<keys::RemoteKeys>>,
+    /// Tokens already verified, with their `exp`: a client sends the same token with
+    /// every request, and an RSA or ECDSA verification costs 100+ µs. Bounded in size
+    /// and held at most `VERIFIED_TTL` (so a key removed from a JWKS stops
+    /// verifying its tokens within that time).
+    verified: moka::sync::Cache<Arc<str>, (Identity, u64)>,
+}
+
+/// How long a verified token is trusted without verifying it again (never past its exp).
+const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl JwtProvider {
@@ -59,6 +73,10 @@ impl JwtProvider {
             algorithms,
             static_keys,
             remote,
+            verified: moka::sync::Cache::builder()
+                .max_capacity(50_000)
+                .time_to_live(VERIFIED_TTL)
+                .build(),
         })
     }
 
@@ -72,6 +90,12 @@ impl JwtProvider {
     /// Verifies `token`: signature with a key pinned to the header's algorithm, then
     /// exp/nbf/iss/aud.
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        if let Some((id, exp)) = self.verified.get(token) {
+            if unix_now() <= exp.saturating_add(self.settings.leeway.as_secs()) {
+                return Ok(id);
+            }
+            self.verified.invalidate(token);
+        }
         let header =
             decode_header(token).map_err(|e| AuthError::Invalid(format!("header: {e}")))?;
         if !self.algorithms.contains(&header.alg) {
@@ -111,7 +135,13 @@ impl JwtProvider {
         let mut last = String::new();
         for k in &keys {
             match decode::<serde_json::Map<String, Value>>(token, &k.key, &validation) {
-                Ok(data) => return Ok(self.identity(&data.claims)),
+                Ok(data) => {
+                    let id = self.identity(&data.claims);
+                    if let Some(exp) = data.claims.get("exp").and_then(Value::as_u64) {
+                        self.verified.insert(Arc::from(token), (id.clone(), exp));
+                    }
+                    return Ok(id);
+                }
                 Err(e) => last = e.to_string(),
             }
         }

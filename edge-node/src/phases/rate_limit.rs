@@ -97,17 +97,22 @@ impl RateLimit {
         })
     }
 
+    /// The bucket's key: a hash with the kind mixed in, so a user named like an
+    /// address never shares its bucket.
     fn key_of(&self, client: IpAddr, user: Option<&str>, headers: &HeaderMap) -> u64 {
-        let ip = || stable_hash(format!("ip:{client}").as_bytes());
+        let ip = || match client {
+            IpAddr::V4(v4) => stable_hash(&v4.octets()) ^ 0x4,
+            IpAddr::V6(v6) => stable_hash(&v6.octets()) ^ 0x6,
+        };
         match &self.key {
             LimitKey::ClientIp => ip(),
             LimitKey::Route => 0,
             LimitKey::User => user
                 .filter(|u| !u.is_empty())
-                .map_or_else(ip, |u| stable_hash(format!("user:{u}").as_bytes())),
-            LimitKey::Header(h) => headers.get(h).map_or_else(ip, |v| {
-                stable_hash(&[b"hdr:".as_slice(), v.as_bytes()].concat())
-            }),
+                .map_or_else(ip, |u| stable_hash(u.as_bytes()) ^ 0x75),
+            LimitKey::Header(h) => headers
+                .get(h)
+                .map_or_else(ip, |v| stable_hash(v.as_bytes()) ^ 0x68),
         }
     }
 

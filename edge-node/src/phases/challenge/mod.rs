@@ -241,6 +241,17 @@ impl Challenger {
         err
     }
 
+    /// A clearance for `ip`, valid for `clearance_ttl` (the cookie's value).
+    pub fn clearance(&self, ip: IpAddr) -> String {
+        let exp = unix_now() + self.ttl.as_secs();
+        format!("v1.{exp}.{}", self.sign(&format!("clear|{ip}|{exp}")))
+    }
+
+    /// The clearance cookie's name.
+    pub fn cookie_name(&self) -> &str {
+        &self.cookie
+    }
+
     /// The page's answer (`POST ANSWER_PATH`, a form body): a clearance and a redirect
     /// back, or `Err` with a new challenge (and the caller counts a failed challenge).
     pub fn answer(
@@ -284,8 +295,7 @@ impl Challenger {
             warn!(%ip, "challenge answer refused");
             return Err(self.challenge(ip, &back, false));
         }
-        let exp = unix_now() + self.ttl.as_secs();
-        let clearance = format!("v1.{exp}.{}", self.sign(&format!("clear|{ip}|{exp}")));
+        let clearance = self.clearance(ip);
         let cookie = format!(
             "{}={clearance}; Max-Age={}; Path=/; HttpOnly; SameSite=Lax{}",
             self.cookie,
