@@ -60,6 +60,16 @@ impl App {
         let mut hup = signal(SignalKind::hangup())?;
         // Listeners first: a taken port fails the start before anything is attached.
         let listeners = server::bind(&self.config.http).await?;
+        let tls: Option<tls::SharedTls> =
+            if self.config.http.tls_listen.is_empty() && self.config.http.h3_listen.is_empty() {
+                None
+            } else {
+                Some(Arc::new(RwLock::new(tls::build(&self.config.certificate)?)))
+            };
+        let h3_endpoints = match &tls {
+            Some(t) => server::h3::bind(&self.config.http, t)?,
+            None => Vec::new(),
+        };
         let admin_token = self.config.admin.token()?;
         let admin_listener = match &admin_token {
             Some(_) => Some(admin::bind(&self.config.admin).await?),
@@ -93,11 +103,6 @@ impl App {
         first.start_background();
         let pipeline: server::SharedPipeline = Arc::new(RwLock::new(Arc::new(first)));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let tls: Option<tls::SharedTls> = if self.config.http.tls_listen.is_empty() {
-            None
-        } else {
-            Some(Arc::new(RwLock::new(tls::build(&self.config.certificate)?)))
-        };
         let mut servers: Vec<_> = listeners
             .into_iter()
             .map(|b| {
@@ -110,6 +115,17 @@ impl App {
                 )
             })
             .collect();
+        if let Some(t) = &tls {
+            for ep in h3_endpoints {
+                servers.push(server::h3::spawn(
+                    ep,
+                    t.clone(),
+                    pipeline.clone(),
+                    self.config.http.clone(),
+                    stop_rx.clone(),
+                ));
+            }
+        }
         let mut cert_stamp = tls::stamp(&self.config.certificate);
         let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<admin::ReloadRequest>(4);
         if let (Some(l), Some(token)) = (admin_listener, admin_token) {
@@ -254,6 +270,7 @@ fn warn_restart_only(old: &Config, new: &Config) {
             old.threat.max_tracked != new.threat.max_tracked,
         ),
         ("http.listen", old.http.listen != new.http.listen),
+        ("http.h3_listen", old.http.h3_listen != new.http.h3_listen),
         (
             "http.tls_listen",
             old.http.tls_listen != new.http.tls_listen,

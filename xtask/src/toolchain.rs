@@ -224,8 +224,10 @@ pub fn ensure_test_packages() -> Result<()> {
         // The challenge test: a real browser runs the proof-of-work page.
         ("chromium", "chromium"),
     ])?;
-    // The geo test writes its MaxMind database with an independent writer.
-    ensure_python_module("mmdb_writer", "mmdb-writer")
+    // The geo test writes its MaxMind database with an independent writer; the HTTP/3
+    // tests speak through an independent client (aioquic).
+    ensure_python_module("mmdb_writer", "mmdb-writer")?;
+    ensure_python_module("aioquic", "aioquic")
 }
 
 /// pip-installs `package` when `import module` fails.

@@ -142,13 +142,24 @@ impl Config {
 
     /// Parses and validates TOML text. Errors name the key and the line.
     pub fn parse(text: &str, source: &Source) -> Result<Self> {
-        let config: Config = match toml::from_str(text) {
+        let mut config: Config = match toml::from_str(text) {
             Ok(c) => c,
             // toml's message already carries line, column and the offending key.
             Err(e) => bail!("{source}: {e}"),
         };
+        config.complete();
         config.validate().with_context(|| format!("{source}"))?;
         Ok(config)
+    }
+
+    /// Settings implied by others: the HTTP/3 ports are QUIC ports, so the XDP UDP
+    /// budget covers them and a flood against them dies at the NIC.
+    pub fn complete(&mut self) {
+        for a in &self.http.h3_listen {
+            if !self.xdp.rate.quic_ports.contains(&a.port()) && a.port() != 0 {
+                self.xdp.rate.quic_ports.push(a.port());
+            }
+        }
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -157,6 +168,9 @@ impl Config {
         }
         self.xdp.validate().context("in [xdp]")?;
         self.admin.token().context("in [admin]")?;
+        if !self.http.h3_listen.is_empty() && self.certificate.is_empty() {
+            bail!("http.h3_listen needs at least one [[certificate]]");
+        }
         if !self.http.tls_listen.is_empty() || !self.certificate.is_empty() {
             // Loads the files: a missing or mismatched key is a config error, not a
             // failed handshake later.
@@ -222,6 +236,22 @@ mod tests {
         let msg = format!("{err:#}");
         assert!(msg.contains("moode"), "{msg}");
         assert!(msg.contains("line 5"), "{msg}");
+    }
+
+    #[test]
+    fn http3_ports_join_the_xdp_quic_budget() {
+        // HTTP/3 needs a certificate.
+        let err = Config::parse(
+            "[http]\nh3_listen = [\"127.0.0.1:8443\"]\n",
+            &Source::Embedded,
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("certificate"), "{err:#}");
+        let mut c: Config =
+            toml::from_str("[http]\nh3_listen = [\"127.0.0.1:8443\", \"[::1]:443\"]\n").unwrap();
+        c.complete();
+        assert_eq!(c.xdp.rate.quic_ports, vec![443, 8443]);
+        assert_eq!(c.xdp.kernel_config().quic_ports[..2], [443, 8443]);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Instant};
 use anyhow::{Result, bail};
 use http::{HeaderValue, Request, Response, header};
 use http_body_util::BodyExt;
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as HttpBody;
 use tracing::{info, warn};
 
 use crate::{
@@ -26,6 +26,22 @@ use crate::{
     upstream::{Origin, Pool, Upstream, demo},
     xdp::SharedPolicy,
 };
+
+/// A request body the pipeline can take: hyper's (HTTP/1.1, HTTP/2) or the HTTP/3
+/// listener's.
+pub trait RequestBody:
+    HttpBody<Data = bytes::Bytes, Error: Into<crate::error::BoxError>> + Send + Sync + Unpin + 'static
+{
+}
+
+impl<B> RequestBody for B where
+    B: HttpBody<Data = bytes::Bytes, Error: Into<crate::error::BoxError>>
+        + Send
+        + Sync
+        + Unpin
+        + 'static
+{
+}
 
 /// What the phases learn about one request.
 pub struct RequestCtx {
@@ -84,6 +100,8 @@ pub struct Pipeline {
     identity_headers: Vec<http::HeaderName>,
     threat: Arc<ThreatEngine>,
     challenger: Challenger,
+    /// `Alt-Svc` for HTTP/1.1 and HTTP/2 responses when HTTP/3 is served.
+    alt_svc: Option<HeaderValue>,
     /// The source policy when userspace enforces it (XDP not active); `None` when the
     /// kernel does, or without XDP state at all.
     userspace_policy: Option<SharedPolicy>,
@@ -167,6 +185,14 @@ impl Pipeline {
             identity_headers,
             threat,
             challenger: Challenger::new(&config.challenge)?,
+            alt_svc: config.http.h3_listen.first().and_then(|a| {
+                HeaderValue::from_str(&format!(
+                    "h3=\":{}\"; ma={}",
+                    a.port(),
+                    config.http.alt_svc_max_age.as_secs()
+                ))
+                .ok()
+            }),
             userspace_policy,
         })
     }
@@ -208,12 +234,15 @@ impl Pipeline {
     }
 
     /// Runs the phases; every error becomes its response here and only here.
-    pub async fn handle(
+    pub async fn handle<B>(
         &self,
-        req: Request<Incoming>,
+        req: Request<B>,
         client: SocketAddr,
         scheme: &'static str,
-    ) -> Response<Body> {
+    ) -> Response<Body>
+    where
+        B: RequestBody,
+    {
         let mut ctx = RequestCtx::new(client);
         ctx.scheme = scheme;
         let method = req.method().clone();
@@ -240,12 +269,18 @@ impl Pipeline {
         };
         let h = resp.headers_mut();
         h.insert("x-node-id", self.node_id_header.clone());
+        if let Some(v) = &self.alt_svc
+            && version != http::Version::HTTP_3
+        {
+            h.insert(header::ALT_SVC, v.clone());
+        }
         if let Ok(v) = HeaderValue::from_str(&ctx.region)
             && !ctx.region.is_empty()
         {
             h.insert("x-region", v);
         }
         let protocol = match version {
+            http::Version::HTTP_3 => "h3",
             http::Version::HTTP_2 => "h2",
             http::Version::HTTP_10 => "http/1.0",
             _ => "http/1.1",
@@ -274,10 +309,10 @@ impl Pipeline {
         resp
     }
 
-    async fn run(
+    async fn run<B: RequestBody>(
         &self,
         ctx: &mut RequestCtx,
-        mut req: Request<Incoming>,
+        mut req: Request<B>,
     ) -> Result<Response<Body>, EdgeError> {
         let upgrade = upgrade::requested(&mut req);
         early::on_request(ctx, &mut req, &self.trusted_proxies)?;
@@ -439,8 +474,7 @@ impl Pipeline {
         let body_is_empty = req.body().is_end_stream() || req.body().size_hint().exact() == Some(0);
         let (parts, body) = req.into_parts();
         let body = if body_is_empty {
-            body.map_err(|e| Box::new(e) as crate::error::BoxError)
-                .boxed()
+            body.map_err(Into::into).boxed()
         } else if self.max_body_bytes != 0 {
             // Bodies without a declared length (chunked) are held to the same limit
             // while they stream: past it the exchange is aborted and the client gets 413.
@@ -518,6 +552,7 @@ impl Pipeline {
 
 fn via(version: http::Version) -> &'static str {
     match version {
+        http::Version::HTTP_3 => "3 edge-node",
         http::Version::HTTP_2 => "2 edge-node",
         http::Version::HTTP_10 => "1.0 edge-node",
         _ => "1.1 edge-node",
@@ -527,7 +562,7 @@ fn via(version: http::Version) -> &'static str {
 /// Reads the first frame of a request body before any origin is contacted, so a body that
 /// is malformed from the start (an invalid chunk size, say) is the client's 400 and never
 /// reaches an origin; the rest still streams.
-async fn first_frame_checked(mut body: Incoming) -> Result<Body, EdgeError> {
+async fn first_frame_checked<B: RequestBody>(mut body: B) -> Result<Body, EdgeError> {
     use http_body_util::StreamBody;
     let first = match body.frame().await {
         None => {
@@ -538,13 +573,12 @@ async fn first_frame_checked(mut body: Incoming) -> Result<Body, EdgeError> {
         Some(Err(e)) => {
             return Err(EdgeError::new(
                 crate::error::ErrorKind::BadRequest,
-                format!("request body: {e}"),
+                format!("request body: {}", e.into()),
             ));
         }
         Some(Ok(frame)) => frame,
     };
-    let rest =
-        http_body_util::BodyStream::new(body.map_err(|e| Box::new(e) as crate::error::BoxError));
+    let rest = http_body_util::BodyStream::new(body.map_err(Into::into));
     let stream = futures_util::stream::StreamExt::chain(
         futures_util::stream::once(async move { Ok(first) }),
         rest,

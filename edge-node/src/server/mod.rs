@@ -3,6 +3,7 @@
 //! the reason it sits at the edge of the server.
 
 pub mod framing;
+pub mod h3;
 pub mod settings;
 pub mod tls;
 

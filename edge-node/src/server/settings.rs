@@ -13,6 +13,24 @@ pub struct HttpSettings {
     /// Addresses serving TLS (ALPN h2 and http/1.1), with the `[[certificate]]`s.
     #[serde(default)]
     pub tls_listen: Vec<SocketAddr>,
+    /// UDP addresses serving HTTP/3 (QUIC) with the `[[certificate]]`s; the first one's
+    /// port is advertised in `Alt-Svc` on HTTP/1.1 and HTTP/2 responses.
+    #[serde(default)]
+    pub h3_listen: Vec<SocketAddr>,
+    /// Accept 0-RTT early data (only GET, HEAD and OPTIONS are served from it; others
+    /// get 425 Too Early until the handshake completes).
+    #[serde(default)]
+    pub h3_0rtt: bool,
+    /// A QUIC connection idle this long is closed.
+    #[serde(default = "default_h3_idle", with = "crate::config::duration")]
+    pub h3_idle_timeout: Duration,
+    /// Handshakes in progress above which new clients must validate their address first
+    /// (QUIC Retry): cheap for real clients, costly for spoofed floods.
+    #[serde(default = "default_h3_retry_above")]
+    pub h3_retry_above: usize,
+    /// How long clients may cache the `Alt-Svc` advertisement.
+    #[serde(default = "default_alt_svc_max_age", with = "crate::config::duration")]
+    pub alt_svc_max_age: Duration,
     /// Time a client has to send its request head (slowloris protection).
     #[serde(
         default = "default_header_read_timeout",
@@ -47,6 +65,15 @@ pub struct HttpSettings {
 fn default_listen() -> Vec<SocketAddr> {
     vec!["127.0.0.1:8080".parse().expect("static")]
 }
+fn default_h3_idle() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_h3_retry_above() -> usize {
+    64
+}
+fn default_alt_svc_max_age() -> Duration {
+    Duration::from_secs(86400)
+}
 fn default_header_read_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -74,6 +101,11 @@ impl Default for HttpSettings {
         Self {
             listen: default_listen(),
             tls_listen: Vec::new(),
+            h3_listen: Vec::new(),
+            h3_0rtt: false,
+            h3_idle_timeout: default_h3_idle(),
+            h3_retry_above: default_h3_retry_above(),
+            alt_svc_max_age: default_alt_svc_max_age(),
             header_read_timeout: default_header_read_timeout(),
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),

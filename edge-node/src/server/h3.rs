@@ -1,0 +1,336 @@
+//! HTTP/3: QUIC (quinn) with the TLS listeners' certificates (ALPN h3), h3 on top, and
+//! every request through the same pipeline as HTTP/1.1 and HTTP/2, bodies streaming
+//! both ways. Transport concerns live here, each with why:
+//! - the source policy and threat score are checked before a handshake is spent;
+//! - above `h3_retry_above` handshakes in progress, clients must prove their address
+//!   (Retry), so spoofed floods cannot make the node do handshake work;
+//! - 0-RTT is off unless configured, and then serves only safe methods (others 425);
+//! - streams per connection and idle time are bounded;
+//! - shutdown sends GOAWAY and lets requests in flight finish within the drain period.
+
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use bytes::{Buf, Bytes};
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use tokio::{sync::watch, task::JoinHandle};
+use tracing::{debug, info};
+
+use super::{HttpSettings, SharedPipeline, tls::SharedTls};
+use crate::error::BoxError;
+
+type RecvStream = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
+type SendStream = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+
+/// The QUIC server configuration for the current certificates.
+pub fn quic_config(
+    tls: &Arc<rustls::ServerConfig>,
+    s: &HttpSettings,
+) -> Result<quinn::ServerConfig> {
+    let mut t = (**tls).clone();
+    t.alpn_protocols = vec![b"h3".to_vec()];
+    t.max_early_data_size = if s.h3_0rtt { u32::MAX } else { 0 };
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(t))
+        .context("the certificates cannot serve QUIC (TLS 1.3)")?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(s.max_concurrent_streams.into());
+    // The peer's control stream and two QPACK streams, plus room for extensions.
+    transport.max_concurrent_uni_streams(8u32.into());
+    transport.max_idle_timeout(Some(
+        s.h3_idle_timeout
+            .try_into()
+            .context("http.h3_idle_timeout is too large")?,
+    ));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// Binds every `http.h3_listen` address (UDP).
+pub fn bind(s: &HttpSettings, tls: &SharedTls) -> Result<Vec<quinn::Endpoint>> {
+    let current = tls.read().expect("tls lock").clone();
+    let mut out = Vec::new();
+    for addr in &s.h3_listen {
+        let ep = quinn::Endpoint::server(quic_config(&current, s)?, *addr)
+            .with_context(|| format!("cannot listen on udp {addr} (HTTP/3)"))?;
+        info!(addr = %ep.local_addr()?, "h3 listening");
+        out.push(ep);
+    }
+    Ok(out)
+}
+
+/// A request body arriving on an HTTP/3 stream. (The stream is only used through
+/// `&mut`; SyncWrapper gives the Sync the pipeline's body type asks for.)
+struct H3Body {
+    recv: sync_wrapper::SyncWrapper<RecvStream>,
+    done: bool,
+}
+
+impl HttpBody for H3Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.recv.get_mut().poll_recv_data(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(Some(mut buf))) => {
+                let bytes = buf.copy_to_bytes(buf.remaining());
+                Poll::Ready(Some(Ok(Frame::data(bytes))))
+            }
+            Poll::Ready(Ok(None)) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Err(e)) => {
+                self.done = true;
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// Serves `endpoint` until `shutdown` flips; then GOAWAY on every connection and up to
+/// `drain_timeout` for requests in flight.
+pub fn spawn(
+    endpoint: quinn::Endpoint,
+    tls: SharedTls,
+    pipeline: SharedPipeline,
+    settings: HttpSettings,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let handshaking = Arc::new(AtomicUsize::new(0));
+        let mut connections = tokio::task::JoinSet::new();
+        let mut tls_now = tls.read().expect("tls lock").clone();
+        let mut refresh = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                incoming = endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    let peer = incoming.remote_address();
+                    let current = pipeline.read().expect("pipeline lock").clone();
+                    if !current.admit_connection(peer.ip()) {
+                        debug!(%peer, "QUIC connection refused by the source policy");
+                        incoming.refuse();
+                        continue;
+                    }
+                    drop(current);
+                    if handshaking.load(Ordering::Relaxed) >= settings.h3_retry_above
+                        && !incoming.remote_address_validated()
+                    {
+                        // Under load: the client must echo a token before any work is done.
+                        let _ = incoming.retry();
+                        continue;
+                    }
+                    connections.spawn(connection(
+                        incoming,
+                        pipeline.clone(),
+                        settings.clone(),
+                        handshaking.clone(),
+                        shutdown.clone(),
+                    ));
+                }
+                _ = refresh.tick() => {
+                    // Reloaded or renewed certificates: new connections get them.
+                    let now = tls.read().expect("tls lock").clone();
+                    if !Arc::ptr_eq(&now, &tls_now) {
+                        match quic_config(&now, &settings) {
+                            Ok(c) => {
+                                endpoint.set_server_config(Some(c));
+                                info!("HTTP/3 certificates reloaded");
+                            }
+                            Err(e) => debug!(error = %format!("{e:#}"), "HTTP/3 keeps its certificates"),
+                        }
+                        tls_now = now;
+                    }
+                }
+                _ = shutdown.changed() => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        // No new connections; the open ones got GOAWAY from their tasks.
+        endpoint.set_server_config(None);
+        let drained = tokio::time::timeout(settings.drain_timeout, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            info!("HTTP/3 drain timeout reached; closing the remaining connections");
+        }
+        endpoint.close(
+            h3::error::Code::H3_NO_ERROR
+                .value()
+                .try_into()
+                .unwrap_or_default(),
+            b"shutdown",
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    })
+}
+
+async fn connection(
+    incoming: quinn::Incoming,
+    pipeline: SharedPipeline,
+    settings: HttpSettings,
+    handshaking: Arc<AtomicUsize>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let peer = incoming.remote_address();
+    handshaking.fetch_add(1, Ordering::Relaxed);
+    let established = async {
+        let connecting = incoming.accept()?;
+        // Early data: requests may arrive before the handshake completes; until then
+        // only safe methods are served.
+        let confirmed = Arc::new(AtomicBool::new(!settings.h3_0rtt));
+        if settings.h3_0rtt {
+            match connecting.into_0rtt() {
+                Ok((conn, accepted)) => {
+                    let flag = confirmed.clone();
+                    tokio::spawn(async move {
+                        accepted.await;
+                        flag.store(true, Ordering::Relaxed);
+                    });
+                    return Ok::<_, quinn::ConnectionError>((conn, confirmed));
+                }
+                Err(connecting) => return Ok((connecting.await?, Arc::new(AtomicBool::new(true)))),
+            }
+        }
+        Ok((connecting.await?, confirmed))
+    };
+    let established = tokio::time::timeout(settings.header_read_timeout, established).await;
+    handshaking.fetch_sub(1, Ordering::Relaxed);
+    let (conn, confirmed) = match established {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "QUIC handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "QUIC handshake timed out");
+            return;
+        }
+    };
+    let mut h3 = match h3::server::builder()
+        .max_field_section_size(settings.max_header_bytes as u64)
+        .build::<_, Bytes>(h3_quinn::Connection::new(conn))
+        .await
+    {
+        Ok(h) => h,
+        Err(e) => {
+            debug!(%peer, error = %e, "HTTP/3 setup failed");
+            return;
+        }
+    };
+    let mut requests = tokio::task::JoinSet::new();
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            accepted = h3.accept() => match accepted {
+                Ok(Some(resolver)) => {
+                    let (pipeline, confirmed) = (pipeline.clone(), confirmed.clone());
+                    requests.spawn(async move {
+                        match resolver.resolve_request().await {
+                            Ok((req, stream)) => request(req, stream, peer, pipeline, confirmed).await,
+                            Err(e) => debug!(%peer, error = %e, "HTTP/3 request head refused"),
+                        }
+                    });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(%peer, error = %e, "HTTP/3 connection ended");
+                    break;
+                }
+            },
+            _ = shutdown.changed(), if !closing => {
+                closing = true;
+                // GOAWAY: no new requests; those in flight go on.
+                let _ = h3.shutdown(0).await;
+            }
+            Some(_) = requests.join_next(), if !requests.is_empty() => {}
+        }
+    }
+    while requests.join_next().await.is_some() {}
+}
+
+async fn request(
+    req: Request<()>,
+    stream: h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+    peer: SocketAddr,
+    pipeline: SharedPipeline,
+    confirmed: Arc<AtomicBool>,
+) {
+    let (mut send, recv) = stream.split();
+    let early = !confirmed.load(Ordering::Relaxed);
+    let resp = if early && !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        // RFC 8470: a request that could be replayed waits for the handshake.
+        let mut r = Response::new(crate::error::full("425 Too Early\n"));
+        *r.status_mut() = StatusCode::TOO_EARLY;
+        r
+    } else {
+        let current = pipeline.read().expect("pipeline lock").clone();
+        let req = req.map(|()| H3Body {
+            recv: sync_wrapper::SyncWrapper::new(recv),
+            done: false,
+        });
+        current.handle(req, peer, "https").await
+    };
+    if let Err(e) = respond(&mut send, resp).await {
+        debug!(%peer, error = %e, "HTTP/3 response not completed");
+    }
+}
+
+async fn respond(
+    send: &mut SendStream,
+    resp: Response<crate::error::Body>,
+) -> Result<(), BoxError> {
+    let (mut parts, mut body) = resp.into_parts();
+    // Connection-specific fields do not exist in HTTP/3 (RFC 9114 4.2).
+    parts.headers.remove(header::CONNECTION);
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    parts.version = http::Version::HTTP_3;
+    send.send_response(Response::from_parts(parts, ())).await?;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+                return Err(e);
+            }
+        };
+        match frame.into_data() {
+            Ok(data) => send.send_data(data).await?,
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    send.send_trailers(trailers).await?;
+                }
+            }
+        }
+    }
+    send.finish().await?;
+    Ok(())
+}

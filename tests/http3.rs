@@ -1,0 +1,279 @@
+//! HTTP/3 through the same pipeline, driven by clients that are not ours: an aioquic
+//! client (Python) for GET and POST, and headless Chromium forced onto QUIC; curl over
+//! HTTP/1.1 and HTTP/2 sees `Alt-Svc`; a route answers alike over all three protocols,
+//! auth failures included.
+
+use std::{path::Path, process::Command};
+
+use edge_tests::{
+    origin::Origin,
+    proxy::{admin_section, curl, start_config},
+    tls_origin::make_ca_and_leaf,
+    unique,
+};
+use serde_json::{Value, json};
+
+const SECRET: &str = "an-hmac-secret-of-at-least-32-bytes!";
+
+/// A UDP port free right now (the node binds it next).
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs the aioquic client with `requests`; its JSON answers.
+fn h3(port: u16, ca: &Path, requests: Value) -> Vec<Value> {
+    let job = json!({
+        "host": "127.0.0.1", "port": port, "sni": "app.test",
+        "ca": ca.display().to_string(), "requests": requests,
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/support/h3client.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(job.to_string())
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "aioquic client (pip install aioquic; `cargo xtask test` installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Vec<Value>>(&out.stdout).expect("client output")
+}
+
+/// The origin's echo without the lines that name the protocol hop (Via, and the
+/// scheme: curl here speaks plain HTTP, HTTP/3 is always TLS).
+fn echo_core(body: &str) -> Vec<String> {
+    body.lines()
+        .filter(|l| {
+            l.starts_with("origin=")
+                || l.starts_with("method=")
+                || l.starts_with("path=")
+                || l.starts_with("body=")
+                || l.starts_with("x-user-id:")
+                || l.starts_with("x-forwarded-for:")
+        })
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn http3_serves_the_same_routes_as_http1_and_http2() {
+    let dir = std::env::temp_dir().join(unique("edge-h3-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    make_ca_and_leaf(&dir, &["app.test", "auth.test"]);
+    let origin = Origin::start("a");
+    let port = free_udp_port();
+    let cfg = format!(
+        "[xdp]\nmode = \"off\"\n\n[http]\nlisten = [\"127.0.0.1:0\"]\nh3_listen = [\"127.0.0.1:{port}\"]\n\n\
+         [threat]\nenabled = false\n\n\
+         [[certificate]]\nhosts = [\"app.test\", \"auth.test\"]\ncert = \"{leaf}\"\nkey = \"{key}\"\n\n\
+         [[jwt_provider]]\nname = \"hs\"\nalgorithms = [\"HS256\"]\nsecret = \"{SECRET}\"\n\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{origin}\"]\n\n\
+         [[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n\n\
+         [[route]]\nhosts = [\"auth.test\"]\nupstream = \"app\"\n[route.auth]\nprovider = \"hs\"\n{admin}",
+        leaf = dir.join("leaf.crt").display(),
+        key = dir.join("leaf.key").display(),
+        origin = origin.addr,
+        admin = admin_section(),
+    );
+    let p = start_config(&cfg);
+    assert!(p.node.log().contains("h3 listening"), "{}", p.node.log());
+    let ca = dir.join("ca.crt");
+    let answers = h3(
+        port,
+        &ca,
+        json!([
+            {"method": "GET", "authority": "app.test", "path": "/page?q=1"},
+            {"method": "POST", "authority": "app.test", "path": "/form", "body": "x".repeat(3000)},
+            {"method": "GET", "authority": "auth.test", "path": "/private"},
+            {"method": "GET", "authority": "nope.test", "path": "/"},
+        ]),
+    );
+    // GET and POST reach the origin over HTTP/3, bodies streaming through.
+    assert_eq!(answers[0]["status"], 200, "{answers:?}");
+    let body = answers[0]["body"].as_str().unwrap();
+    assert!(
+        body.contains("path=/page") && body.contains("via: 3 edge-node"),
+        "{body}"
+    );
+    assert_eq!(answers[0]["headers"]["x-node-id"], "edge-1");
+    assert!(
+        answers[0]["headers"].get("alt-svc").is_none(),
+        "no Alt-Svc over HTTP/3"
+    );
+    assert_eq!(answers[1]["status"], 200);
+    assert!(answers[1]["body"].as_str().unwrap().contains("body=3000"));
+    // Auth and unknown hosts answer as they do over TCP.
+    assert_eq!(answers[2]["status"], 401);
+    assert_eq!(
+        answers[2]["headers"]["www-authenticate"],
+        "Bearer realm=\"edge-node\""
+    );
+    assert_eq!(answers[3]["status"], 421);
+
+    // HTTP/1.1 and HTTP/2 advertise HTTP/3 ...
+    for args in [&[][..], &["--http2-prior-knowledge"][..]] {
+        let r = curl(&p, "app.test", "/page?q=1", args);
+        assert_eq!(r.status, 200);
+        assert!(
+            r.headers
+                .contains(&format!("alt-svc: h3=\":{port}\"; ma=86400")),
+            "{}",
+            r.headers
+        );
+        // ... and the same route answers the same way (all but the protocol hop).
+        assert_eq!(echo_core(&r.body), echo_core(body), "{args:?}");
+    }
+    // With a valid token, all three protocols get through the auth route alike.
+    let token = {
+        use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 600;
+        encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"sub": "alice", "exp": exp}),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let a3 = h3(
+        port,
+        &ca,
+        json!([{"method": "GET", "authority": "auth.test", "path": "/private",
+                "headers": [["authorization", format!("Bearer {token}")]]}]),
+    );
+    assert_eq!(a3[0]["status"], 200);
+    let h1 = curl(
+        &p,
+        "auth.test",
+        "/private",
+        &["-H", &format!("Authorization: Bearer {token}")],
+    );
+    assert_eq!(h1.status, 200);
+    assert_eq!(
+        echo_core(a3[0]["body"].as_str().unwrap()),
+        echo_core(&h1.body)
+    );
+    assert!(h1.body.contains("x-user-id: alice"));
+    // Metrics and the access log name the protocol.
+    assert!(p.metrics().contains("protocol=\"h3\""), "{}", p.metrics());
+    assert!(
+        p.node.log().contains("version=HTTP/3.0"),
+        "{}",
+        p.node.log()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn chromium_loads_a_page_over_quic() {
+    let browser = "/usr/bin/chromium";
+    if !Path::new(browser).exists() {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(!ci, "chromium is missing and CI=true forbids skipping");
+        eprintln!("\n!!!!!!!! SKIPPED: /usr/bin/chromium missing !!!!!!!!\n");
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique("edge-h3c-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    make_ca_and_leaf(&dir, &["app.test"]);
+    // Chromium trusts the leaf by the hash of its public key.
+    let spki = Command::new("sh")
+        .arg("-c")
+        .arg("openssl x509 -in leaf.crt -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let spki = String::from_utf8_lossy(&spki.stdout).trim().to_string();
+    let origin = Origin::start("a");
+    let port = free_udp_port();
+    let cfg = format!(
+        "[xdp]\nmode = \"off\"\n\n[http]\nlisten = [\"127.0.0.1:0\"]\nh3_listen = [\"127.0.0.1:{port}\"]\n\n\
+         [[certificate]]\nhosts = [\"app.test\"]\ncert = \"{}\"\nkey = \"{}\"\n\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\n[[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n",
+        dir.join("leaf.crt").display(),
+        dir.join("leaf.key").display(),
+        origin.addr,
+    );
+    let p = start_config(&cfg);
+    let profile = dir.join("profile");
+    let out = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-quic",
+            "--virtual-time-budget=10000",
+            "--timeout=30000",
+            "--dump-dom",
+        ])
+        .arg(format!("--origin-to-force-quic-on=app.test:{port}"))
+        .arg("--host-resolver-rules=MAP app.test 127.0.0.1")
+        .arg(format!("--ignore-certificate-errors-spki-list={spki}"))
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("https://app.test:{port}/from-chromium"))
+        .output()
+        .expect("run chromium");
+    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        dom.contains("path=/from-chromium") && dom.contains("via: 3 edge-node"),
+        "Chromium did not load the page over HTTP/3:\n{dom}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        p.node.log()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn zero_rtt_serves_only_safe_methods_before_the_handshake() {
+    let dir = std::env::temp_dir().join(unique("edge-h3z-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    make_ca_and_leaf(&dir, &["app.test"]);
+    let origin = Origin::start("a");
+    let port = free_udp_port();
+    let cfg = format!(
+        "[xdp]\nmode = \"off\"\n\n[http]\nlisten = [\"127.0.0.1:0\"]\nh3_listen = [\"127.0.0.1:{port}\"]\nh3_0rtt = true\n\n\
+         [[certificate]]\nhosts = [\"app.test\"]\ncert = \"{}\"\nkey = \"{}\"\n\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\n[[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n",
+        dir.join("leaf.crt").display(),
+        dir.join("leaf.key").display(),
+        origin.addr,
+    );
+    let _p = start_config(&cfg);
+    let job = json!({
+        "host": "127.0.0.1", "port": port, "sni": "app.test",
+        "ca": dir.join("ca.crt").display().to_string(), "zero_rtt": true,
+        "requests": [
+            {"method": "GET", "authority": "app.test", "path": "/early-get"},
+            {"method": "POST", "authority": "app.test", "path": "/early-post", "body": "pay"},
+        ],
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/support/h3client.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(job.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answers[2]["early_data_accepted"], true, "{answers:?}");
+    assert_eq!(answers[0]["status"], 200, "{answers:?}");
+    // The POST, replayable from early data, must wait for the handshake: 425.
+    assert_eq!(answers[1]["status"], 425, "{answers:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
