@@ -4,6 +4,7 @@
 
 mod cost;
 mod flood;
+mod h3;
 mod proxy;
 mod report;
 mod security;
@@ -31,6 +32,8 @@ enum Cmd {
     /// p50 and p99 for edge-node against nginx and haproxy, with wrk and h2load, and the
     /// origin served directly as the ceiling.
     Proxy(proxy::Args),
+    /// HTTP/3 against HTTP/2 and HTTP/1.1 on the same route (quinn + h3 client).
+    H3(h3::Args),
     /// The security phases: criterion costs, auth on/off requests/s, escalation latency.
     Security(security::Args),
 }
@@ -41,5 +44,6 @@ fn main() -> Result<()> {
         Cmd::XdpFlood(args) => flood::run(args),
         Cmd::Proxy(args) => proxy::run(args),
         Cmd::Security(args) => security::run(args),
+        Cmd::H3(args) => h3::run(args),
     }
 }

@@ -407,7 +407,7 @@ pub(crate) struct Sample {
     /// Requests that failed, non-2xx/3xx responses and socket errors.
     pub(crate) errors: u64,
     /// CPU time the target (all its processes) spent per request, µs.
-    cpu_us_per_req: f64,
+    pub(crate) cpu_us_per_req: f64,
 }
 
 /// CPU time (user + system) of `pid` and its direct children (nginx's workers), seconds.
@@ -510,7 +510,7 @@ pub(crate) fn parse_wrk(out: &str) -> Result<Sample> {
 
 /// h2load prints req/s and failure counts but no percentiles: those come from its
 /// per-request log (start µs, status, duration µs per line).
-fn parse_h2load(out: &str, log: &str) -> Result<Sample> {
+pub(crate) fn parse_h2load(out: &str, log: &str) -> Result<Sample> {
     let mut s = Sample::default();
     let mut got_rps = false;
     for line in out.lines() {
@@ -778,7 +778,7 @@ struct Medians {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
-    cpu_us_per_req: f64,
+    pub(crate) cpu_us_per_req: f64,
     errors: u64,
 }
 

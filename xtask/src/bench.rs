@@ -22,6 +22,8 @@ pub enum BenchCmd {
     /// Security phases: their cost per request (criterion), requests/s with auth off and
     /// on, and the time from crossing the drop threshold to XDP drops.
     Security(Common),
+    /// HTTP/3 against HTTP/2 and HTTP/1.1 on one route: req/s, p50, p99.
+    H3(Common),
 }
 
 #[derive(Args, Clone)]
@@ -58,6 +60,8 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     // Each benchmark installs only its own peers and load generators.
     if matches!(cmd, BenchCmd::Proxy(_)) {
         toolchain::ensure_proxy_bench_packages()?;
+    } else if matches!(cmd, BenchCmd::H3(_)) {
+        toolchain::ensure_proxy_bench_packages()?;
     } else if matches!(cmd, BenchCmd::Security(_)) {
         toolchain::ensure_proxy_bench_packages()?;
         toolchain::ensure_bench_packages()?;
@@ -69,6 +73,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     cargo(&["build", "--release", "--package", "edge-node", "--bins"])?;
     match cmd {
         BenchCmd::Proxy(c) => run_bench("proxy", &c),
+        BenchCmd::H3(c) => run_bench("h3", &c),
         BenchCmd::Security(c) => {
             cargo(&[
                 "bench",

@@ -1,0 +1,268 @@
+//! HTTP/3 against HTTP/2 and HTTP/1.1 on the same route of the same node, same run: the
+//! node serves TLS (h2, http/1.1) and QUIC (h3) with one certificate and answers from
+//! its built-in demo origin (so the protocols are what differs). Load: h2load (HTTP/2
+//! over TLS), wrk (HTTP/1.1 over TLS) and this crate's own HTTP/3 client (quinn + h3),
+//! each with the same connections and, for the multiplexed two, the same streams per
+//! connection. Interleaved rounds, medians of req/s, p50, p99.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    process::Command,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use bytes::Buf;
+use clap::Args as ClapArgs;
+
+use crate::{
+    proxy::{Proc, Sample, Workdir, free_port, parse_h2load, parse_wrk, raise_nofile, run_client},
+    report, sys,
+};
+
+#[derive(ClapArgs)]
+pub struct Args {
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Connections (each client), and streams per connection for h2 and h3.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    #[arg(long, default_value_t = 10)]
+    streams: usize,
+    #[arg(long)]
+    write: bool,
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl").args(args).current_dir(dir).output()?;
+    if !out.status.success() {
+        bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// A CA and a leaf for `bench.test` in `dir`.
+fn certificates(dir: &Path) -> Result<()> {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend(["-days", "2", "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=bench CA"]);
+    openssl(dir, &ca)?;
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=bench.test"]);
+    openssl(dir, &csr)?;
+    std::fs::write(dir.join("leaf.ext"), "subjectAltName=DNS:bench.test\nbasicConstraints=CA:FALSE\n")?;
+    openssl(
+        dir,
+        &["x509", "-req", "-in", "leaf.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-out", "leaf.crt", "-extfile", "leaf.ext"],
+    )
+}
+
+fn start_node(dir: &Path) -> Result<(Proc, SocketAddr, SocketAddr)> {
+    let tcp = free_port()?;
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+    let text = format!(
+        "[node]\nid = \"bench\"\n\n[log]\nlevel = \"warn\"\n\n[xdp]\nmode = \"off\"\n\n\
+         [http]\nlisten = []\ntls_listen = [\"{tcp}\"]\nh3_listen = [\"{udp}\"]\nh3_retry_above = 100000\n\n\
+         [threat]\nenabled = false\n\n\
+         [[certificate]]\nhosts = [\"bench.test\"]\ncert = \"{d}/leaf.crt\"\nkey = \"{d}/leaf.key\"\n\n\
+         [[upstream]]\nname = \"demo\"\nbuiltin = \"demo\"\n\n[[route]]\nhosts = [\"*\"]\nupstream = \"demo\"\n",
+        d = dir.display()
+    );
+    let conf = dir.join("edge-node.toml");
+    std::fs::write(&conf, text)?;
+    let mut cmd = Command::new(edge_tests::edge_node_bin());
+    cmd.env_remove("RUST_LOG").arg("-c").arg(&conf).arg("run");
+    let mut p = Proc::spawn("edge-node", cmd, dir.join("edge-node.log"))?;
+    let start = Instant::now();
+    while std::net::TcpStream::connect(tcp).is_err() {
+        p.check_alive()?;
+        if start.elapsed() > Duration::from_secs(20) {
+            bail!("edge-node does not listen:\n{}", p.log_tail());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok((p, tcp, udp))
+}
+
+/// The HTTP/3 load: `connections` QUIC connections, `streams` requests in flight on
+/// each, for `seconds`; every request's latency recorded.
+fn h3_load(addr: SocketAddr, ca: &Path, connections: usize, streams: usize, seconds: u64) -> Result<Sample> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let ca = ca.to_path_buf();
+    rt.block_on(async move {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&ca)? {
+            roots.add(c?)?;
+        }
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h3".to_vec()];
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+        let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
+        let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let warmup = Duration::from_secs(1);
+        let started = Instant::now();
+        let measure_from = started + warmup;
+        let end = measure_from + Duration::from_secs(seconds);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..connections {
+            let conn = endpoint.connect(addr, "bench.test")?.await?;
+            let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn)).await?;
+            tasks.spawn(async move {
+                let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+            });
+            for _ in 0..streams {
+                let mut send = send.clone();
+                let (lat, errs) = (latencies.clone(), errors.clone());
+                tasks.spawn(async move {
+                    let mut mine = Vec::new();
+                    while Instant::now() < end {
+                        let t = Instant::now();
+                        let req = http::Request::get("https://bench.test/").body(()).expect("request");
+                        let ok = async {
+                            let mut s = send.send_request(req).await?;
+                            s.finish().await?;
+                            let resp = s.recv_response().await?;
+                            while let Some(mut chunk) = s.recv_data().await? {
+                                chunk.advance(chunk.remaining());
+                            }
+                            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(resp.status().is_success())
+                        }
+                        .await;
+                        if t >= measure_from {
+                            match ok {
+                                Ok(true) => mine.push(t.elapsed().as_secs_f64() * 1e3),
+                                _ => {
+                                    errs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                }
+                            }
+                        }
+                    }
+                    lat.lock().expect("latencies").extend(mine);
+                });
+            }
+        }
+        // Bounded: every stream loop ends at `end`; the drivers end when the endpoint closes.
+        tokio::time::sleep_until((end + Duration::from_millis(500)).into()).await;
+        endpoint.close(0u32.into(), b"done");
+        let _ = tokio::time::timeout(Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
+        let mut l = latencies.lock().expect("latencies").clone();
+        if l.is_empty() {
+            bail!("no HTTP/3 request succeeded");
+        }
+        l.sort_by(f64::total_cmp);
+        let pick = |q: f64| l[((q * l.len() as f64).ceil() as usize).clamp(1, l.len()) - 1];
+        Ok(Sample {
+            rps: l.len() as f64 / seconds as f64,
+            p50_ms: pick(0.5),
+            p99_ms: pick(0.99),
+            errors: errors.load(std::sync::atomic::Ordering::Relaxed),
+            ..Default::default()
+        })
+    })
+}
+
+pub fn run(args: Args) -> Result<()> {
+    raise_nofile();
+    let dir = Workdir(std::env::temp_dir().join(format!("edge-bench-h3-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0)?;
+    certificates(&dir.0)?;
+    let (_node, tcp, udp) = start_node(&dir.0)?;
+    let ca = dir.0.join("ca.crt");
+    let names = ["HTTP/1.1 (wrk, TLS)", "HTTP/2 (h2load, TLS)", "HTTP/3 (quinn + h3)"];
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); 3];
+    let url = format!("https://bench.test:{}/", tcp.port());
+    for round in 0..args.rounds {
+        for k in 0..3 {
+            let i = (k + round) % 3;
+            let s = match i {
+                0 => {
+                    // wrk has no resolver override: it gets the address, with the SNI
+                    // and Host of bench.test from the URL it is given through -H.
+                    let wrk = vec![
+                        "-t2".to_string(),
+                        format!("-c{}", args.connections),
+                        format!("-d{}s", args.seconds),
+                        "--latency".into(),
+                        "-H".into(),
+                        "Host: bench.test".into(),
+                        format!("https://127.0.0.1:{}/", tcp.port()),
+                    ];
+                    parse_wrk(&run_client(&dir.0, "wrk", &wrk, Duration::from_secs(args.seconds + 30))?)?
+                }
+                1 => {
+                    let log = dir.0.join("h2load.log");
+                    let h2 = vec![
+                        format!("-c{}", args.connections),
+                        format!("-m{}", args.streams),
+                        "-t2".into(),
+                        "--warm-up-time=1".into(),
+                        "-D".into(),
+                        args.seconds.to_string(),
+                        "--connect-to".into(),
+                        format!("127.0.0.1:{}", tcp.port()),
+                        "--log-file".into(),
+                        log.display().to_string(),
+                        url.clone(),
+                    ];
+                    let out = run_client(&dir.0, "h2load", &h2, Duration::from_secs(args.seconds + 30))?;
+                    parse_h2load(&out, &std::fs::read_to_string(&log)?)?
+                }
+                _ => h3_load(udp, &ca, args.connections, args.streams, args.seconds)?,
+            };
+            eprintln!("round {round} {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {}", names[i], s.rps, s.p50_ms, s.p99_ms, s.errors);
+            samples[i].push(s);
+        }
+    }
+    let med = |v: &[Sample], f: fn(&Sample) -> f64| {
+        let mut x: Vec<f64> = v.iter().map(f).collect();
+        sys::median(&mut x)
+    };
+    let h2 = med(&samples[1], |s| s.rps);
+    let h3 = med(&samples[2], |s| s.rps);
+    let mut body = format!(
+        "## HTTP/3 against HTTP/2 and HTTP/1.1 (one node, TLS, the built-in demo origin)\n\n\
+         Machine: {} CPUs, kernel {}. Command: `cargo xtask bench h3` ({} interleaved rounds of {} s, \
+         {} connections, {} streams per connection for HTTP/2 and HTTP/3; wrk has one request \
+         in flight per connection). Medians.\n\n| protocol | req/s | p50 | p99 | errors |\n| --- | ---: | ---: | ---: | ---: |\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        sys::kernel_release(),
+        args.rounds,
+        args.seconds,
+        args.connections,
+        args.streams,
+    );
+    for (name, v) in names.iter().zip(&samples) {
+        body.push_str(&format!(
+            "| {name} | {:.0} | {:.2} ms | {:.2} ms | {:.0} |\n",
+            med(v, |s| s.rps),
+            med(v, |s| s.p50_ms),
+            med(v, |s| s.p99_ms),
+            med(v, |s| s.errors as f64),
+        ));
+    }
+    body.push_str(&format!(
+        "\nHTTP/3 / HTTP/2 throughput: **{:.2}×** (target ≥ 0.7×: {}).\n",
+        h3 / h2,
+        if h3 / h2 >= 0.7 { "met" } else { "not met" }
+    ));
+    println!("{body}");
+    if args.write {
+        report::write_section("h3", &body)?;
+    }
+    Ok(())
+}
