@@ -18,7 +18,10 @@ use bytes::Buf;
 use clap::Args as ClapArgs;
 
 use crate::{
-    proxy::{Proc, Sample, Workdir, free_port, parse_h2load, parse_wrk, raise_nofile, run_client},
+    proxy::{
+        Proc, Sample, Workdir, free_port, parse_h2load, parse_wrk, raise_nofile, run_client,
+        tree_cpu_seconds,
+    },
     report, sys,
 };
 
@@ -38,7 +41,10 @@ pub struct Args {
 }
 
 fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new("openssl").args(args).current_dir(dir).output()?;
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()?;
     if !out.status.success() {
         bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -47,19 +53,60 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
 
 /// A CA and a leaf for `bench.test` in `dir`.
 fn certificates(dir: &Path) -> Result<()> {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
     let mut ca = vec!["req", "-x509"];
     ca.extend(ec);
-    ca.extend(["-days", "2", "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=bench CA"]);
+    ca.extend([
+        "-days",
+        "2",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-subj",
+        "/CN=bench CA",
+    ]);
     openssl(dir, &ca)?;
     let mut csr = vec!["req"];
     csr.extend(ec);
-    csr.extend(["-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=bench.test"]);
+    csr.extend([
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=bench.test",
+    ]);
     openssl(dir, &csr)?;
-    std::fs::write(dir.join("leaf.ext"), "subjectAltName=DNS:bench.test\nbasicConstraints=CA:FALSE\n")?;
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=DNS:bench.test\nbasicConstraints=CA:FALSE\n",
+    )?;
     openssl(
         dir,
-        &["x509", "-req", "-in", "leaf.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-out", "leaf.crt", "-extfile", "leaf.ext"],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            "leaf.crt",
+            "-extfile",
+            "leaf.ext",
+        ],
     )
 }
 
@@ -92,7 +139,13 @@ fn start_node(dir: &Path) -> Result<(Proc, SocketAddr, SocketAddr)> {
 
 /// The HTTP/3 load: `connections` QUIC connections, `streams` requests in flight on
 /// each, for `seconds`; every request's latency recorded.
-fn h3_load(addr: SocketAddr, ca: &Path, connections: usize, streams: usize, seconds: u64) -> Result<Sample> {
+fn h3_load(
+    addr: SocketAddr,
+    ca: &Path,
+    connections: usize,
+    streams: usize,
+    seconds: u64,
+) -> Result<Sample> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -104,10 +157,12 @@ fn h3_load(addr: SocketAddr, ca: &Path, connections: usize, streams: usize, seco
         for c in CertificateDer::pem_file_iter(&ca)? {
             roots.add(c?)?;
         }
-        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         tls.alpn_protocols = vec![b"h3".to_vec()];
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
@@ -132,7 +187,9 @@ fn h3_load(addr: SocketAddr, ca: &Path, connections: usize, streams: usize, seco
                     let mut mine = Vec::new();
                     while Instant::now() < end {
                         let t = Instant::now();
-                        let req = http::Request::get("https://bench.test/").body(()).expect("request");
+                        let req = http::Request::get("https://bench.test/")
+                            .body(())
+                            .expect("request");
                         let ok = async {
                             let mut s = send.send_request(req).await?;
                             s.finish().await?;
@@ -140,7 +197,9 @@ fn h3_load(addr: SocketAddr, ca: &Path, connections: usize, streams: usize, seco
                             while let Some(mut chunk) = s.recv_data().await? {
                                 chunk.advance(chunk.remaining());
                             }
-                            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(resp.status().is_success())
+                            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                                resp.status().is_success(),
+                            )
                         }
                         .await;
                         if t >= measure_from {
@@ -159,7 +218,10 @@ fn h3_load(addr: SocketAddr, ca: &Path, connections: usize, streams: usize, seco
         // Bounded: every stream loop ends at `end`; the drivers end when the endpoint closes.
         tokio::time::sleep_until((end + Duration::from_millis(500)).into()).await;
         endpoint.close(0u32.into(), b"done");
-        let _ = tokio::time::timeout(Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
         let mut l = latencies.lock().expect("latencies").clone();
         if l.is_empty() {
             bail!("no HTTP/3 request succeeded");
@@ -181,15 +243,21 @@ pub fn run(args: Args) -> Result<()> {
     let dir = Workdir(std::env::temp_dir().join(format!("edge-bench-h3-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0)?;
     certificates(&dir.0)?;
-    let (_node, tcp, udp) = start_node(&dir.0)?;
+    let (node, tcp, udp) = start_node(&dir.0)?;
+    let node_pid = node.child.id() as i32;
     let ca = dir.0.join("ca.crt");
-    let names = ["HTTP/1.1 (wrk, TLS)", "HTTP/2 (h2load, TLS)", "HTTP/3 (quinn + h3)"];
+    let names = [
+        "HTTP/1.1 (wrk, TLS)",
+        "HTTP/2 (h2load, TLS)",
+        "HTTP/3 (quinn + h3)",
+    ];
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); 3];
     let url = format!("https://bench.test:{}/", tcp.port());
     for round in 0..args.rounds {
         for k in 0..3 {
             let i = (k + round) % 3;
-            let s = match i {
+            let cpu0 = tree_cpu_seconds(node_pid);
+            let mut s = match i {
                 0 => {
                     // wrk has no resolver override: it gets the address, with the SNI
                     // and Host of bench.test from the URL it is given through -H.
@@ -202,7 +270,12 @@ pub fn run(args: Args) -> Result<()> {
                         "Host: bench.test".into(),
                         format!("https://127.0.0.1:{}/", tcp.port()),
                     ];
-                    parse_wrk(&run_client(&dir.0, "wrk", &wrk, Duration::from_secs(args.seconds + 30))?)?
+                    parse_wrk(&run_client(
+                        &dir.0,
+                        "wrk",
+                        &wrk,
+                        Duration::from_secs(args.seconds + 30),
+                    )?)?
                 }
                 1 => {
                     let log = dir.0.join("h2load.log");
@@ -219,12 +292,26 @@ pub fn run(args: Args) -> Result<()> {
                         log.display().to_string(),
                         url.clone(),
                     ];
-                    let out = run_client(&dir.0, "h2load", &h2, Duration::from_secs(args.seconds + 30))?;
+                    let out = run_client(
+                        &dir.0,
+                        "h2load",
+                        &h2,
+                        Duration::from_secs(args.seconds + 30),
+                    )?;
                     parse_h2load(&out, &std::fs::read_to_string(&log)?)?
                 }
                 _ => h3_load(udp, &ca, args.connections, args.streams, args.seconds)?,
             };
-            eprintln!("round {round} {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {}", names[i], s.rps, s.p50_ms, s.p99_ms, s.errors);
+            // The node's own CPU per request: what each protocol costs the server, apart
+            // from how heavy each load generator is. h2load and the h3 client warm up
+            // for a second at about the measured rate.
+            let warm = if i == 0 { 0.0 } else { 1.0 };
+            let cpu = tree_cpu_seconds(node_pid) - cpu0;
+            s.cpu_us_per_req = cpu * 1e6 / (s.rps * (args.seconds as f64 + warm)).max(1.0);
+            eprintln!(
+                "round {round} {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {}, node CPU {:.1} µs/req",
+                names[i], s.rps, s.p50_ms, s.p99_ms, s.errors, s.cpu_us_per_req
+            );
             samples[i].push(s);
         }
     }
@@ -238,7 +325,9 @@ pub fn run(args: Args) -> Result<()> {
         "## HTTP/3 against HTTP/2 and HTTP/1.1 (one node, TLS, the built-in demo origin)\n\n\
          Machine: {} CPUs, kernel {}. Command: `cargo xtask bench h3` ({} interleaved rounds of {} s, \
          {} connections, {} streams per connection for HTTP/2 and HTTP/3; wrk has one request \
-         in flight per connection). Medians.\n\n| protocol | req/s | p50 | p99 | errors |\n| --- | ---: | ---: | ---: | ---: |\n",
+         in flight per connection). Medians. \"node CPU\" is the node's own CPU time per request (all three load generators run \
+         on the same two cores and weigh differently: the HTTP/3 one is this crate's quinn client).\n\n\
+         | protocol | req/s | p50 | p99 | errors | node CPU µs/req |\n| --- | ---: | ---: | ---: | ---: | ---: |\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         sys::kernel_release(),
         args.rounds,
@@ -248,11 +337,12 @@ pub fn run(args: Args) -> Result<()> {
     );
     for (name, v) in names.iter().zip(&samples) {
         body.push_str(&format!(
-            "| {name} | {:.0} | {:.2} ms | {:.2} ms | {:.0} |\n",
+            "| {name} | {:.0} | {:.2} ms | {:.2} ms | {:.0} | {:.1} |\n",
             med(v, |s| s.rps),
             med(v, |s| s.p50_ms),
             med(v, |s| s.p99_ms),
             med(v, |s| s.errors as f64),
+            med(v, |s| s.cpu_us_per_req),
         ));
     }
     body.push_str(&format!(

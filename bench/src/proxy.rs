@@ -411,7 +411,7 @@ pub(crate) struct Sample {
 }
 
 /// CPU time (user + system) of `pid` and its direct children (nginx's workers), seconds.
-fn tree_cpu_seconds(pid: i32) -> f64 {
+pub(crate) fn tree_cpu_seconds(pid: i32) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let mut total = 0u64;
