@@ -58,9 +58,7 @@ fn run_bench(name: &str, c: &Common) -> Result<()> {
 
 pub fn run(cmd: BenchCmd) -> Result<()> {
     // Each benchmark installs only its own peers and load generators.
-    if matches!(cmd, BenchCmd::Proxy(_)) {
-        toolchain::ensure_proxy_bench_packages()?;
-    } else if matches!(cmd, BenchCmd::H3(_)) {
+    if matches!(cmd, BenchCmd::Proxy(_) | BenchCmd::H3(_)) {
         toolchain::ensure_proxy_bench_packages()?;
     } else if matches!(cmd, BenchCmd::Security(_)) {
         toolchain::ensure_proxy_bench_packages()?;
