@@ -277,3 +277,49 @@ fn zero_rtt_serves_only_safe_methods_before_the_handshake() {
     assert_eq!(answers[1]["status"], 425, "{answers:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn address_validation_and_graceful_shutdown_over_quic() {
+    let dir = std::env::temp_dir().join(unique("edge-h3s-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    make_ca_and_leaf(&dir, &["app.test"]);
+    let origin = Origin::start("a");
+    origin
+        .delay_ms
+        .store(800, std::sync::atomic::Ordering::Relaxed);
+    let port = free_udp_port();
+    // h3_retry_above = 0: every new client must first validate its address (Retry).
+    let cfg = format!(
+        "[xdp]\nmode = \"off\"\n\n[http]\nlisten = [\"127.0.0.1:0\"]\nh3_listen = [\"127.0.0.1:{port}\"]\nh3_retry_above = 0\n\n\
+         [[certificate]]\nhosts = [\"app.test\"]\ncert = \"{}\"\nkey = \"{}\"\n\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\n[[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n",
+        dir.join("leaf.crt").display(),
+        dir.join("leaf.key").display(),
+        origin.addr,
+    );
+    let mut p = start_config(&cfg);
+    let ca = dir.join("ca.crt");
+    // A request in flight when SIGTERM arrives is answered (GOAWAY stops new ones), and
+    // the client got through the Retry round trip first.
+    let answers = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            h3(
+                port,
+                &ca,
+                json!([{"method": "GET", "authority": "app.test", "path": "/slow"}]),
+            )
+        });
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        p.node.signal(libc::SIGTERM);
+        h.join().unwrap()
+    });
+    assert_eq!(answers[0]["status"], 200, "{answers:?}");
+    assert!(answers[0]["body"].as_str().unwrap().contains("path=/slow"));
+    assert_eq!(
+        p.node.wait_exit(std::time::Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        p.node.log()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
