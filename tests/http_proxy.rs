@@ -6,7 +6,7 @@ use std::{process::Command, time::Duration};
 
 use edge_tests::{
     origin::Origin,
-    proxy::{Proxy, curl, raw, start_config},
+    proxy::{Proxy, curl, eventually, raw, start_config},
 };
 
 fn config(origin: &Origin, extra_route: &str) -> String {
@@ -489,7 +489,8 @@ fn shutdown_drains_requests_in_flight_and_the_access_log_is_json() {
     // A request in flight when SIGTERM arrives still gets its answer...
     let slow = std::thread::scope(|s| {
         let h = s.spawn(|| curl(&p, "app.test", "/slow", &[]));
-        std::thread::sleep(Duration::from_millis(250));
+        // SIGTERM once the request is at the origin (in flight).
+        assert!(eventually(Duration::from_secs(10), || origin.hits() == 1));
         p.node.signal(libc::SIGTERM);
         h.join().unwrap()
     });
@@ -527,7 +528,7 @@ fn shutdown_drains_requests_in_flight_and_the_access_log_is_json() {
     let mut p = start_config(&cfg);
     let cut = std::thread::scope(|s| {
         let h = s.spawn(|| curl(&p, "app.test", "/too-slow", &[]));
-        std::thread::sleep(Duration::from_millis(250));
+        assert!(eventually(Duration::from_secs(10), || origin.hits() == 2));
         p.node.signal(libc::SIGTERM);
         h.join().unwrap()
     });

@@ -19,7 +19,8 @@ use std::{
 
 use edge_tests::{
     origin::Origin,
-    proxy::{ADMIN_TOKEN, Proxy, admin_section, curl, start_config},
+    proxy::{Proxy, admin_section, curl, start_config},
+    tls_origin::openssl,
     unique,
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
@@ -36,24 +37,10 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// An RSA key pair: `stem.key` (private, PKCS#8) and `stem.pub` (public, SPKI).
 fn rsa_pair(dir: &Path, stem: &str) {
     let key = format!("{stem}.key");
     openssl(
-        dir,
         &[
             "genpkey",
             "-algorithm",
@@ -63,9 +50,9 @@ fn rsa_pair(dir: &Path, stem: &str) {
             "-out",
             &key,
         ],
+        dir,
     );
     openssl(
-        dir,
         &[
             "pkey",
             "-in",
@@ -74,6 +61,7 @@ fn rsa_pair(dir: &Path, stem: &str) {
             "-out",
             &format!("{stem}.pub"),
         ],
+        dir,
     );
 }
 
@@ -508,32 +496,6 @@ fn burst_ok(p: &Proxy, host: &str, src: &str, extra: &[&str]) -> usize {
     ok.clamp(3, 4)
 }
 
-/// An admin API call with the token: (status, body).
-fn admin(p: &Proxy, method: &str, path: &str) -> (u16, String) {
-    let addr = p
-        .node
-        .logged_addr("admin listening")
-        .expect("admin address");
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "--max-time",
-            "10",
-            "-X",
-            method,
-            "-w",
-            "\n%{http_code}",
-            "-H",
-        ])
-        .arg(format!("Authorization: Bearer {ADMIN_TOKEN}"))
-        .arg(format!("http://{addr}{path}"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (code.trim().parse().unwrap(), body.to_string())
-}
-
 #[test]
 fn abusive_clients_are_challenged_then_refused_and_operators_can_clear_them() {
     let origin = Origin::start("a");
@@ -587,29 +549,20 @@ fn abusive_clients_are_challenged_then_refused_and_operators_can_clear_them() {
     assert_eq!(from(&p, "app.test", "127.0.0.1", &[]).0, 200);
     assert_eq!(origin.hits(), 2);
     // The operator sees the source in the policy and clears it through the admin API.
-    let (code, listed) = admin(&p, "GET", "/policy");
+    let (code, listed) = p.admin("GET", "/policy");
     assert_eq!(code, 200);
     assert!(listed.contains("127.0.0.2"), "{listed}");
-    assert_eq!(
-        admin(&p, "POST", "/policy/score?ip=127.0.0.2&score=0").0,
-        200
-    );
+    assert_eq!(p.admin("POST", "/policy/score?ip=127.0.0.2&score=0").0, 200);
     assert_eq!(from(&p, "app.test", bad, &[]).0, 200);
     // And blocks a prefix by hand, with a TTL.
     assert_eq!(
-        admin(&p, "POST", "/policy/block?cidr=127.0.0.7/32&ttl=1h").0,
+        p.admin("POST", "/policy/block?cidr=127.0.0.7/32&ttl=1h").0,
         200
     );
     assert_eq!(from(&p, "app.test", "127.0.0.7", &[]).0, 0);
-    assert_eq!(
-        admin(&p, "POST", "/policy/unblock?cidr=127.0.0.7/32").0,
-        200
-    );
+    assert_eq!(p.admin("POST", "/policy/unblock?cidr=127.0.0.7/32").0, 200);
     assert_eq!(from(&p, "app.test", "127.0.0.7", &[]).0, 200);
-    assert_eq!(
-        admin(&p, "POST", "/policy/score?ip=nonsense&score=5").0,
-        400
-    );
+    assert_eq!(p.admin("POST", "/policy/score?ip=nonsense&score=5").0, 400);
     // Without the token: nothing.
     let addr = p.node.logged_addr("admin listening").unwrap();
     let out = Command::new("curl")

@@ -40,76 +40,6 @@ pub struct Args {
     write: bool,
 }
 
-fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()?;
-    if !out.status.success() {
-        bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
-/// A CA and a leaf for `bench.test` in `dir`.
-fn certificates(dir: &Path) -> Result<()> {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
-    ca.extend([
-        "-days",
-        "2",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-subj",
-        "/CN=bench CA",
-    ]);
-    openssl(dir, &ca)?;
-    let mut csr = vec!["req"];
-    csr.extend(ec);
-    csr.extend([
-        "-keyout",
-        "leaf.key",
-        "-out",
-        "leaf.csr",
-        "-subj",
-        "/CN=bench.test",
-    ]);
-    openssl(dir, &csr)?;
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "subjectAltName=DNS:bench.test\nbasicConstraints=CA:FALSE\n",
-    )?;
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-out",
-            "leaf.crt",
-            "-extfile",
-            "leaf.ext",
-        ],
-    )
-}
-
 fn start_node(dir: &Path) -> Result<(Proc, SocketAddr, SocketAddr)> {
     let tcp = free_port()?;
     let udp = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
@@ -242,7 +172,7 @@ pub fn run(args: Args) -> Result<()> {
     raise_nofile();
     let dir = Workdir(std::env::temp_dir().join(format!("edge-bench-h3-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0)?;
-    certificates(&dir.0)?;
+    edge_tests::tls_origin::make_ca_and_leaf(&dir.0, &["bench.test"]);
     let (node, tcp, udp) = start_node(&dir.0)?;
     let node_pid = node.child.id() as i32;
     let ca = dir.0.join("ca.crt");

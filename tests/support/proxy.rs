@@ -97,19 +97,36 @@ impl Proxy {
         self.base.trim_start_matches("http://").to_string()
     }
 
-    /// The admin API's /metrics text (the node runs with `admin_section()`).
-    pub fn metrics(&self) -> String {
+    /// An admin API call with `ADMIN_TOKEN` (the node runs with `admin_section()`):
+    /// (status, body).
+    pub fn admin(&self, method: &str, path: &str) -> (u16, String) {
         let admin = self
             .node
             .logged_addr("admin listening")
             .expect("admin address in the log");
         let out = Command::new("curl")
-            .args(["-s", "--max-time", "10", "-H"])
+            .args([
+                "-s",
+                "--max-time",
+                "10",
+                "-X",
+                method,
+                "-w",
+                "\n%{http_code}",
+                "-H",
+            ])
             .arg(format!("Authorization: Bearer {ADMIN_TOKEN}"))
-            .arg(format!("http://{admin}/metrics"))
+            .arg(format!("http://{admin}{path}"))
             .output()
             .expect("curl");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// The admin API's /metrics text.
+    pub fn metrics(&self) -> String {
+        self.admin("GET", "/metrics").1
     }
 
     /// The value of the metric sample starting with `sample` (name and labels), if any.

@@ -104,7 +104,8 @@ where
         .await;
 }
 
-fn openssl(args: &[&str], dir: &Path) {
+/// Runs openssl with `args` in `dir`; panics with its error output on failure.
+pub fn openssl(args: &[&str], dir: &Path) {
     let out = Command::new("openssl")
         .args(args)
         .current_dir(dir)

@@ -125,7 +125,7 @@ impl Metrics {
             return out;
         }
         type Read = fn(&health::ServerState) -> u64;
-        let families: [(&str, &str, &str, Read); 7] = [
+        let families: [(&str, &str, &str, Read); 8] = [
             (
                 "edge_upstream_server_up",
                 "gauge",
@@ -168,6 +168,12 @@ impl Metrics {
                 "Retries on another server after this one failed",
                 |s| s.retried.load(Relaxed),
             ),
+            (
+                "edge_upstream_server_retries_denied",
+                "counter",
+                "Retries the retry budget refused after this server failed",
+                |s| s.retry_denied.load(Relaxed),
+            ),
         ];
         for (name, kind, help, read) in families {
             out.push_str(&format!("# HELP {name} {help}.\n# TYPE {name} {kind}\n"));
@@ -181,15 +187,6 @@ impl Metrics {
                     read(s)
                 ));
             }
-        }
-        out.push_str("# HELP edge_upstream_server_retries_denied Retries the retry budget refused after this server failed.\n# TYPE edge_upstream_server_retries_denied counter\n");
-        for s in &servers {
-            out.push_str(&format!(
-                "edge_upstream_server_retries_denied_total{{upstream=\"{}\",server=\"{}\"}} {}\n",
-                s.upstream,
-                s.server,
-                s.retry_denied.load(Relaxed)
-            ));
         }
         out
     }

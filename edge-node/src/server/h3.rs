@@ -4,7 +4,9 @@
 //! - the source policy and threat score are checked before a handshake is spent;
 //! - above `h3_retry_above` handshakes in progress, clients must prove their address
 //!   (Retry), so spoofed floods cannot make the node do handshake work;
-//! - 0-RTT is off unless configured, and then serves only safe methods (others 425);
+//! - 0-RTT is off unless configured; then only safe methods are served from early data,
+//!   others wait for the handshake to complete (a replayed flight never completes it:
+//!   425 Too Early after the head timeout);
 //! - streams per connection and idle time are bounded;
 //! - shutdown sends GOAWAY and lets requests in flight finish within the drain period.
 
@@ -13,7 +15,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -206,18 +208,20 @@ async fn connection(
         let connecting = incoming.accept()?;
         // Early data: requests may arrive before the handshake completes; until then
         // only safe methods are served.
-        let confirmed = Arc::new(AtomicBool::new(!settings.h3_0rtt));
+        let (confirm, confirmed) = watch::channel(!settings.h3_0rtt);
         if settings.h3_0rtt {
             match connecting.into_0rtt() {
                 Ok((conn, accepted)) => {
-                    let flag = confirmed.clone();
                     tokio::spawn(async move {
                         accepted.await;
-                        flag.store(true, Ordering::Relaxed);
+                        let _ = confirm.send(true);
                     });
                     return Ok::<_, quinn::ConnectionError>((conn, confirmed));
                 }
-                Err(connecting) => return Ok((connecting.await?, Arc::new(AtomicBool::new(true)))),
+                Err(connecting) => {
+                    let _ = confirm.send(true);
+                    return Ok((connecting.await?, confirmed));
+                }
             }
         }
         Ok((connecting.await?, confirmed))
@@ -253,9 +257,10 @@ async fn connection(
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
                     let (pipeline, confirmed) = (pipeline.clone(), confirmed.clone());
+                    let wait = settings.header_read_timeout;
                     requests.spawn(async move {
                         match resolver.resolve_request().await {
-                            Ok((req, stream)) => request(req, stream, peer, pipeline, confirmed).await,
+                            Ok((req, stream)) => request(req, stream, peer, pipeline, confirmed, wait).await,
                             Err(e) => debug!(%peer, error = %e, "HTTP/3 request head refused"),
                         }
                     });
@@ -282,12 +287,20 @@ async fn request(
     stream: h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
     peer: SocketAddr,
     pipeline: SharedPipeline,
-    confirmed: Arc<AtomicBool>,
+    mut confirmed: watch::Receiver<bool>,
+    wait: Duration,
 ) {
     let (mut send, recv) = stream.split();
-    let early = !confirmed.load(Ordering::Relaxed);
-    let resp = if early && !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
-        // RFC 8470: a request that could be replayed waits for the handshake.
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    // RFC 8470: a request that would do harm if replayed is not served from early
+    // data; it waits for the handshake, which a replayed flight never completes.
+    let too_early = !safe
+        && !*confirmed.borrow()
+        && !matches!(
+            tokio::time::timeout(wait, confirmed.wait_for(|c| *c)).await,
+            Ok(Ok(_))
+        );
+    let resp = if too_early {
         let mut r = Response::new(crate::error::full("425 Too Early\n"));
         *r.status_mut() = StatusCode::TOO_EARLY;
         r

@@ -18,7 +18,7 @@ pub struct HttpSettings {
     #[serde(default)]
     pub h3_listen: Vec<SocketAddr>,
     /// Accept 0-RTT early data (only GET, HEAD and OPTIONS are served from it; others
-    /// get 425 Too Early until the handshake completes).
+    /// wait for the handshake, and get 425 Too Early if it does not complete in time).
     #[serde(default)]
     pub h3_0rtt: bool,
     /// A QUIC connection idle this long is closed.
