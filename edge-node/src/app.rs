@@ -93,12 +93,15 @@ impl App {
             Enforcement::Kernel => None,
             Enforcement::Userspace { .. } => Some(policy.clone()),
         };
+        // The cache outlives reloads too.
+        let cache = crate::cache::Store::new(&self.config.cache);
         let first = Pipeline::new(
             &self.config,
             pool.clone(),
             metrics.clone(),
             threat.clone(),
             userspace_policy.clone(),
+            cache.clone(),
         )?;
         first.start_background();
         let pipeline: server::SharedPipeline = Arc::new(RwLock::new(Arc::new(first)));
@@ -143,6 +146,7 @@ impl App {
             metrics: metrics.clone(),
             threat: threat.clone(),
             userspace_policy,
+            cache: cache.clone(),
         };
         info!(node = %self.config.node.id, enforcement = ?xdp.enforcement(), "edge-node running");
         notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
@@ -227,6 +231,7 @@ impl App {
                 shared.metrics.clone(),
                 shared.threat.clone(),
                 shared.userspace_policy.clone(),
+                shared.cache.clone(),
             )
             .and_then(|p| xdp.apply(&new.xdp).map(|()| p))
                 .inspect_err(|e| error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"))?;
@@ -253,6 +258,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     threat: Arc<ThreatEngine>,
     userspace_policy: Option<crate::xdp::SharedPolicy>,
+    cache: Arc<crate::cache::Store>,
 }
 
 /// Keys that only take effect at start: say so instead of pretending they were applied.
@@ -265,6 +271,10 @@ fn warn_restart_only(old: &Config, new: &Config) {
         ("xdp.pin_root", a.pin_root != b.pin_root),
         ("xdp.keep_attached", a.keep_attached != b.keep_attached),
         ("node.id", old.node.id != new.node.id),
+        (
+            "cache.max_bytes",
+            old.cache.max_bytes != new.cache.max_bytes,
+        ),
         (
             "threat.max_tracked",
             old.threat.max_tracked != new.threat.max_tracked,

@@ -177,8 +177,25 @@ fn serve(conn: TcpStream, shared: &Shared) {
             body.len(),
             headers.join("\n")
         );
+        // Response headers a test asks for in the query: `cc=` (Cache-Control), `vary=`.
+        let mut extra = String::new();
+        if let Some((_, q)) = path.split_once('?') {
+            for pair in q.split('&') {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                let v = v
+                    .replace("%3D", "=")
+                    .replace("%2C", ",")
+                    .replace("%20", " ");
+                match k {
+                    "cc" => extra.push_str(&format!("cache-control: {v}\r\n")),
+                    "vary" => extra.push_str(&format!("vary: {v}\r\n")),
+                    _ => {}
+                }
+            }
+        }
+        let n = hits.load(Ordering::Relaxed);
         let resp = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-origin: {name}\r\n\r\n{text}",
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-origin: {name}\r\nx-hit: {n}\r\n{extra}\r\n{text}",
             text.len()
         );
         if w.write_all(resp.as_bytes()).is_err() {

@@ -53,6 +53,9 @@ pub struct Config {
     /// The proof-of-work challenge.
     #[serde(default)]
     pub challenge: crate::phases::challenge::ChallengeSettings,
+    /// The in-memory cache tier (routes opt in with `[route.cache]`).
+    #[serde(default)]
+    pub cache: crate::cache::CacheSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -304,5 +307,6 @@ mod example_tests {
         assert_eq!(format!("{:?}", c.geo), format!("{:?}", d.geo));
         assert_eq!(format!("{:?}", c.threat), format!("{:?}", d.threat));
         assert_eq!(format!("{:?}", c.challenge), format!("{:?}", d.challenge));
+        assert_eq!(format!("{:?}", c.cache), format!("{:?}", d.cache));
     }
 }

@@ -2,6 +2,7 @@
 //! when it has nothing to do.
 
 pub mod auth;
+pub mod cache;
 pub mod challenge;
 pub mod early;
 pub mod geo;

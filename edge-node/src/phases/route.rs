@@ -44,6 +44,9 @@ pub struct RouteSettings {
     /// Rate limits (`[[route.rate_limit]]`), all applied.
     #[serde(default)]
     pub rate_limit: Vec<super::rate_limit::RateLimitSettings>,
+    /// Caching (`[route.cache]`; none: responses are not cached).
+    #[serde(default)]
+    pub cache: Option<super::cache::RouteCacheSettings>,
 }
 
 fn default_prefix() -> String {
@@ -106,6 +109,7 @@ pub struct Route {
     pub api: bool,
     pub auth: Option<super::auth::RouteAuth>,
     pub limits: Vec<super::rate_limit::RateLimit>,
+    pub cache: Option<super::cache::RouteCache>,
 }
 
 impl Route {

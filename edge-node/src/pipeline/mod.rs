@@ -102,6 +102,8 @@ pub struct Pipeline {
     challenger: Challenger,
     /// `Alt-Svc` for HTTP/1.1 and HTTP/2 responses when HTTP/3 is served.
     alt_svc: Option<HeaderValue>,
+    /// The in-memory cache tier (shared across reloads).
+    cache: Arc<crate::cache::Store>,
     /// The source policy when userspace enforces it (XDP not active); `None` when the
     /// kernel does, or without XDP state at all.
     userspace_policy: Option<SharedPolicy>,
@@ -116,6 +118,7 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         threat: Arc<ThreatEngine>,
         userspace_policy: Option<SharedPolicy>,
+        cache: Arc<crate::cache::Store>,
     ) -> Result<Self> {
         let mut providers = HashMap::new();
         for p in &config.jwt_provider {
@@ -168,6 +171,11 @@ impl Pipeline {
                     .iter()
                     .map(rate_limit::RateLimit::new)
                     .collect::<Result<_>>()?,
+                cache: r
+                    .cache
+                    .as_ref()
+                    .map(crate::phases::cache::RouteCache::new)
+                    .transpose()?,
             });
         }
         threat.update(&config.threat, config.xdp.drop_threshold);
@@ -194,6 +202,7 @@ impl Pipeline {
                 .ok()
             }),
             userspace_policy,
+            cache,
         })
     }
 
@@ -431,6 +440,60 @@ impl Pipeline {
                 req.uri().path(),
             ));
         }
+        // Cache: answered from the store while fresh; concurrent misses for one key
+        // make one origin request.
+        let method = req.method().clone();
+        let mut cache_fill = None;
+        if let Some(rc) = &route.cache
+            && (method == http::Method::GET || method == http::Method::HEAD)
+        {
+            use crate::cache::{Fill, Lookup, policy};
+            let key = rc.key(ctx.scheme, &req);
+            // What the client asked of caches, before its unkeyed headers go.
+            let serve = policy::may_serve_from_cache(&method, req.headers());
+            let asked = req.headers().get(header::CACHE_CONTROL).cloned();
+            rc.strip_unkeyed(req.headers_mut());
+            let mut label = "BYPASS";
+            let mut guard = None;
+            if serve {
+                label = "MISS";
+                let mut waited = false;
+                loop {
+                    match self.cache.lookup(key, req.headers(), Instant::now()) {
+                        Lookup::Hit(e) => {
+                            return Ok(crate::phases::cache::RouteCache::respond(
+                                &e,
+                                &method,
+                                Instant::now(),
+                                "HIT",
+                            ));
+                        }
+                        Lookup::Stale(_) => label = "EXPIRED",
+                        Lookup::Miss => {}
+                    }
+                    if waited {
+                        break;
+                    }
+                    match self.cache.fill(key) {
+                        Fill::Leader(g) => {
+                            guard = Some(g);
+                            break;
+                        }
+                        Fill::Follower(mut rx) => {
+                            // Wait for the request already fetching it (bounded), then
+                            // look again; still missing: fetch too.
+                            let _ = tokio::time::timeout(
+                                self.cache.lock_timeout,
+                                rx.wait_for(|done| *done),
+                            )
+                            .await;
+                            waited = true;
+                        }
+                    }
+                }
+            }
+            cache_fill = Some((key, guard, label, asked));
+        }
         let version = req.version();
         let proto = ctx.scheme;
         let authority = req.uri().authority().cloned();
@@ -543,6 +606,23 @@ impl Pipeline {
         early::strip_hop_by_hop(resp.headers_mut());
         resp.headers_mut()
             .append(header::VIA, HeaderValue::from_static(via(version)));
+        if let (Some(rc), Some((key, guard, label, asked))) = (&route.cache, cache_fill) {
+            let mut request = parts.headers.clone();
+            if let Some(cc) = asked {
+                // A client's no-store holds for what it fetched.
+                request.insert(header::CACHE_CONTROL, cc);
+            }
+            resp = rc.store(
+                &self.cache,
+                key,
+                &method,
+                &request,
+                ctx.user.is_some(),
+                resp,
+                guard,
+                label,
+            );
+        }
         for (k, v) in limit_fields {
             resp.headers_mut().insert(k, v);
         }

@@ -1,0 +1,193 @@
+//! The edge cache, sans-IO where it can be: what may be stored and for how long
+//! (RFC 9111 freshness from Cache-Control / Expires), cache keys, and the in-memory
+//! tier (moka, bounded by bytes) with one entry per `Vary` variant. The pipeline phase
+//! (`phases/cache.rs`) does the I/O: lookups, coalescing, and storing responses as they
+//! stream to the client.
+
+pub mod policy;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+/// `[cache]`: the in-memory tier shared by every route that caches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Bytes of response bodies and headers kept (least recently used go first).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    /// How long concurrent misses for one key wait for the first one's response before
+    /// fetching on their own.
+    #[serde(default = "default_lock_timeout", with = "crate::config::duration")]
+    pub lock_timeout: Duration,
+}
+
+fn default_max_bytes() -> u64 {
+    256 << 20
+}
+fn default_lock_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            max_bytes: default_max_bytes(),
+            lock_timeout: default_lock_timeout(),
+        }
+    }
+}
+
+/// A stored response.
+pub struct Entry {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub stored_at: Instant,
+    /// Age the response already had when stored (its `Age` header).
+    pub initial_age: Duration,
+    /// Freshness lifetime.
+    pub lifetime: Duration,
+    /// The request headers the response varies on, with the values it was stored for.
+    pub vary: Vec<(HeaderName, Option<HeaderValue>)>,
+}
+
+impl Entry {
+    pub fn age(&self, now: Instant) -> Duration {
+        self.initial_age + now.saturating_duration_since(self.stored_at)
+    }
+
+    pub fn is_fresh(&self, now: Instant) -> bool {
+        self.age(now) < self.lifetime
+    }
+
+    fn matches(&self, request: &HeaderMap) -> bool {
+        self.vary
+            .iter()
+            .all(|(name, value)| request.get(name) == value.as_ref())
+    }
+
+    fn weight(&self) -> u32 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum();
+        (self.body.len() + headers + 256).min(u32::MAX as usize) as u32
+    }
+}
+
+/// The variants stored under one key (a response with `Vary` has one per combination).
+#[derive(Clone, Default)]
+struct Variants(Vec<Arc<Entry>>);
+
+/// The in-memory tier, and the misses in progress (for coalescing).
+pub struct Store {
+    entries: moka::sync::Cache<u64, Variants>,
+    inflight: Mutex<HashMap<u64, watch::Receiver<bool>>>,
+    pub lock_timeout: Duration,
+}
+
+/// A lookup's answer.
+pub enum Lookup {
+    Hit(Arc<Entry>),
+    /// Stored but no longer fresh (kept for stale serving).
+    Stale(Arc<Entry>),
+    Miss,
+}
+
+/// The right to fetch a key for everyone waiting on it; dropping it releases them.
+pub struct FillGuard {
+    store: Arc<Store>,
+    key: u64,
+    done: watch::Sender<bool>,
+}
+
+impl Drop for FillGuard {
+    fn drop(&mut self) {
+        self.store
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .remove(&self.key);
+        let _ = self.done.send(true);
+    }
+}
+
+/// Who fetches a missing key.
+pub enum Fill {
+    /// This request fetches; others wait on it.
+    Leader(FillGuard),
+    /// Another request is fetching: wait for it, then look again.
+    Follower(watch::Receiver<bool>),
+}
+
+impl Store {
+    pub fn new(s: &CacheSettings) -> Arc<Self> {
+        Arc::new(Self {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(s.max_bytes)
+                .weigher(|_, v: &Variants| v.0.iter().map(|e| e.weight()).sum::<u32>())
+                .build(),
+            inflight: Mutex::new(HashMap::new()),
+            lock_timeout: s.lock_timeout,
+        })
+    }
+
+    pub fn lookup(&self, key: u64, request: &HeaderMap, now: Instant) -> Lookup {
+        let Some(variants) = self.entries.get(&key) else {
+            return Lookup::Miss;
+        };
+        match variants.0.iter().find(|e| e.matches(request)) {
+            Some(e) if e.is_fresh(now) => Lookup::Hit(e.clone()),
+            Some(e) => Lookup::Stale(e.clone()),
+            None => Lookup::Miss,
+        }
+    }
+
+    pub fn insert(&self, key: u64, entry: Entry) {
+        let entry = Arc::new(entry);
+        let mut variants = self.entries.get(&key).unwrap_or_default();
+        // A new response for the same variant replaces the old one.
+        variants.0.retain(|e| e.vary != entry.vary);
+        variants.0.push(entry);
+        self.entries.insert(key, variants);
+    }
+
+    pub fn purge(&self, key: u64) {
+        self.entries.invalidate(&key);
+    }
+
+    /// Elects who fetches `key`.
+    pub fn fill(self: &Arc<Self>, key: u64) -> Fill {
+        let mut inflight = self.inflight.lock().expect("inflight lock");
+        if let Some(rx) = inflight.get(&key) {
+            return Fill::Follower(rx.clone());
+        }
+        let (done, rx) = watch::channel(false);
+        inflight.insert(key, rx);
+        Fill::Leader(FillGuard {
+            store: self.clone(),
+            key,
+            done,
+        })
+    }
+
+    /// Entries held (for tests and metrics).
+    pub fn len(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

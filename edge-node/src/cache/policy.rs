@@ -1,0 +1,265 @@
+//! RFC 9111 decisions, without I/O: whether a response may be stored by a shared cache,
+//! for how long it is fresh, and whether a request may be served from the cache.
+
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, Method, StatusCode, header};
+
+/// The directives of the Cache-Control fields of a message.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Directives {
+    pub no_store: bool,
+    pub no_cache: bool,
+    pub private: bool,
+    pub public: bool,
+    pub must_revalidate: bool,
+    pub proxy_revalidate: bool,
+    pub max_age: Option<u64>,
+    pub s_maxage: Option<u64>,
+}
+
+pub fn directives(headers: &HeaderMap) -> Directives {
+    let mut d = Directives::default();
+    for v in headers.get_all(header::CACHE_CONTROL) {
+        let Ok(v) = v.to_str() else { continue };
+        for part in v.split(',') {
+            let part = part.trim();
+            let (name, arg) = part.split_once('=').map_or((part, None), |(n, a)| {
+                (n.trim(), Some(a.trim().trim_matches('"')))
+            });
+            let secs = || arg.and_then(|a| a.parse::<u64>().ok());
+            match name.to_ascii_lowercase().as_str() {
+                "no-store" => d.no_store = true,
+                // no-cache with field names still means revalidate for those: be strict.
+                "no-cache" => d.no_cache = true,
+                "private" => d.private = true,
+                "public" => d.public = true,
+                "must-revalidate" => d.must_revalidate = true,
+                "proxy-revalidate" => d.proxy_revalidate = true,
+                "max-age" => d.max_age = secs().or(Some(0)),
+                "s-maxage" => d.s_maxage = secs().or(Some(0)),
+                _ => {}
+            }
+        }
+    }
+    d
+}
+
+/// Statuses a cache may store without explicit freshness ("heuristically cacheable")
+/// are left out: the node stores only what the origin or the route gives a lifetime.
+fn storable_status(s: StatusCode) -> bool {
+    matches!(
+        s.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+fn http_date(headers: &HeaderMap, name: header::HeaderName) -> Option<SystemTime> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+}
+
+/// What the route allows beyond the defaults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RoutePolicy {
+    /// Lifetime when the origin gives none (zero: do not store such responses).
+    pub default_ttl: Duration,
+    /// Store responses to requests carrying Authorization, or carrying Set-Cookie.
+    pub share_authorized: bool,
+    pub share_set_cookie: bool,
+}
+
+/// The freshness lifetime of a response a shared cache may store, or `None` when it
+/// must not be stored.
+pub fn storable(
+    method: &Method,
+    request: &HeaderMap,
+    status: StatusCode,
+    response: &HeaderMap,
+    route: RoutePolicy,
+    now: SystemTime,
+) -> Option<Duration> {
+    if *method != Method::GET || !storable_status(status) {
+        return None;
+    }
+    let req = directives(request);
+    let resp = directives(response);
+    if req.no_store || resp.no_store || resp.private {
+        return None;
+    }
+    if response.get_all(header::VARY).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|f| f.trim() == "*"))
+    }) {
+        return None;
+    }
+    // RFC 9111 3.5: a request with Authorization only if the response says so.
+    if request.contains_key(header::AUTHORIZATION)
+        && !(route.share_authorized
+            || resp.public
+            || resp.s_maxage.is_some()
+            || resp.must_revalidate)
+    {
+        return None;
+    }
+    if response.contains_key(header::SET_COOKIE) && !route.share_set_cookie {
+        return None;
+    }
+    // A response that must be revalidated every time is not worth storing without
+    // revalidation support for it.
+    if resp.no_cache {
+        return None;
+    }
+    let lifetime = if let Some(s) = resp.s_maxage {
+        Duration::from_secs(s)
+    } else if let Some(m) = resp.max_age {
+        Duration::from_secs(m)
+    } else if let Some(expires) = http_date(response, header::EXPIRES) {
+        let date = http_date(response, header::DATE).unwrap_or(now);
+        expires.duration_since(date).unwrap_or(Duration::ZERO)
+    } else {
+        route.default_ttl
+    };
+    (!lifetime.is_zero()).then_some(lifetime)
+}
+
+/// Whether a request may be answered from the cache at all (it may still be stored).
+pub fn may_serve_from_cache(method: &Method, request: &HeaderMap) -> bool {
+    if !(*method == Method::GET || *method == Method::HEAD) {
+        return false;
+    }
+    let d = directives(request);
+    let pragma_no_cache = request
+        .get(header::PRAGMA)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("no-cache"));
+    !(d.no_cache || d.no_store || d.max_age == Some(0) || pragma_no_cache)
+}
+
+/// The age the response already had (`Age`).
+pub fn initial_age(response: &HeaderMap) -> Duration {
+    Duration::from_secs(
+        response
+            .get(header::AGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn freshness_and_storability_matrix() {
+        let now = SystemTime::now();
+        let get = Method::GET;
+        let ok = StatusCode::OK;
+        let r = RoutePolicy::default();
+        let s = |req: &[(&str, &str)], resp: &[(&str, &str)]| {
+            storable(&get, &h(req), ok, &h(resp), r, now)
+        };
+        assert_eq!(
+            s(&[], &[("cache-control", "max-age=60")]),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            s(&[], &[("cache-control", "max-age=60, s-maxage=10")]),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(s(&[], &[("cache-control", "no-store, max-age=60")]), None);
+        assert_eq!(s(&[], &[("cache-control", "private, max-age=60")]), None);
+        assert_eq!(s(&[], &[("cache-control", "no-cache")]), None);
+        assert_eq!(
+            s(
+                &[("cache-control", "no-store")],
+                &[("cache-control", "max-age=60")]
+            ),
+            None
+        );
+        assert_eq!(s(&[], &[]), None, "no lifetime, no default");
+        assert_eq!(
+            s(&[], &[("cache-control", "max-age=60"), ("vary", "*")]),
+            None
+        );
+        assert_eq!(
+            s(
+                &[],
+                &[("cache-control", "max-age=60"), ("set-cookie", "a=1")]
+            ),
+            None
+        );
+        // Authorization: only when the response allows sharing.
+        let auth = [("authorization", "Bearer x")];
+        assert_eq!(s(&auth, &[("cache-control", "max-age=60")]), None);
+        assert_eq!(
+            s(&auth, &[("cache-control", "public, max-age=60")]),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            s(&auth, &[("cache-control", "s-maxage=5")]),
+            Some(Duration::from_secs(5))
+        );
+        // Expires relative to Date.
+        let date = httpdate::fmt_http_date(now);
+        let exp = httpdate::fmt_http_date(now + Duration::from_secs(120));
+        assert_eq!(
+            s(&[], &[("date", &date), ("expires", &exp)]),
+            Some(Duration::from_secs(120))
+        );
+        // The route's default applies without origin freshness.
+        let with_default = RoutePolicy {
+            default_ttl: Duration::from_secs(30),
+            ..r
+        };
+        assert_eq!(
+            storable(&get, &h(&[]), ok, &h(&[]), with_default, now),
+            Some(Duration::from_secs(30))
+        );
+        // POST and 500 are not stored.
+        assert_eq!(
+            storable(
+                &Method::POST,
+                &h(&[]),
+                ok,
+                &h(&[("cache-control", "max-age=60")]),
+                r,
+                now
+            ),
+            None
+        );
+        assert_eq!(
+            storable(
+                &get,
+                &h(&[]),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &h(&[("cache-control", "max-age=60")]),
+                r,
+                now
+            ),
+            None
+        );
+        // Requests that want a fresh answer.
+        assert!(!may_serve_from_cache(
+            &get,
+            &h(&[("cache-control", "no-cache")])
+        ));
+        assert!(!may_serve_from_cache(&get, &h(&[("pragma", "no-cache")])));
+        assert!(may_serve_from_cache(&Method::HEAD, &h(&[])));
+    }
+}

@@ -1,0 +1,157 @@
+//! The edge cache against a real origin that counts its hits: freshness from the origin's
+//! Cache-Control, Age, no-store, variants, HEAD from a stored GET, request coalescing,
+//! and a poisoning attempt through an unkeyed header.
+
+use std::time::Duration;
+
+use edge_tests::{
+    origin::Origin,
+    proxy::{Reply, curl, start_config},
+};
+
+fn node(origin: &Origin, route_cache: &str) -> edge_tests::proxy::Proxy {
+    start_config(&format!(
+        "[xdp]\nmode = \"off\"\n\n[http]\nlisten = [\"127.0.0.1:0\"]\n\n[threat]\nenabled = false\n\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\n\
+         [[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n[route.cache]\n{route_cache}\n",
+        origin.addr
+    ))
+}
+
+fn header(r: &Reply, name: &str) -> String {
+    r.headers
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or("")
+        .trim()
+        .to_ascii_uppercase()
+}
+
+#[test]
+fn fresh_responses_are_served_from_the_cache_and_the_rest_is_not() {
+    let origin = Origin::start("a");
+    let p = node(&origin, "");
+    let get = |path: &str, args: &[&str]| curl(&p, "app.test", path, args);
+
+    let first = get("/page?cc=max-age%3D60", &[]);
+    assert_eq!(
+        (first.status, header(&first, "x-cache").as_str()),
+        (200, "MISS")
+    );
+    assert_eq!(
+        header(&first, "cache-status"),
+        "EDGE-NODE; FWD=MISS; STORED"
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let second = get("/page?cc=max-age%3D60", &[]);
+    assert_eq!(header(&second, "x-cache"), "HIT", "{}", second.headers);
+    assert_eq!(second.body, first.body);
+    assert!(
+        header(&second, "age").parse::<u64>().unwrap() >= 1,
+        "{}",
+        second.headers
+    );
+    assert!(header(&second, "cache-status").starts_with("EDGE-NODE; HIT; TTL="));
+    assert_eq!(origin.hits(), 1);
+    // The query is part of the key, in any parameter order.
+    let reordered = get("/page?x=1&cc=max-age%3D60", &[]);
+    assert_eq!(header(&reordered, "x-cache"), "MISS");
+    assert_eq!(
+        header(&get("/page?cc=max-age%3D60&x=1", &[]), "x-cache"),
+        "HIT"
+    );
+    // HEAD is answered from the stored GET, without a body.
+    let head = get("/page?cc=max-age%3D60", &["-I"]);
+    assert_eq!(
+        (head.status, header(&head, "x-cache").as_str()),
+        (200, "HIT")
+    );
+    // A client asking for a fresh answer bypasses the stored one.
+    let fresh = get("/page?cc=max-age%3D60", &["-H", "Cache-Control: no-cache"]);
+    assert_eq!(header(&fresh, "x-cache"), "BYPASS");
+    // no-store, private, no lifetime: never stored.
+    for cc in ["no-store", "private%2Cmax-age%3D60", "no-cache"] {
+        let before = origin.hits();
+        for _ in 0..2 {
+            let r = get(&format!("/n?cc={cc}"), &[]);
+            assert_eq!(header(&r, "x-cache"), "MISS", "{cc}");
+        }
+        assert_eq!(origin.hits(), before + 2, "{cc}");
+    }
+    let before = origin.hits();
+    get("/plain", &[]);
+    get("/plain", &[]);
+    assert_eq!(
+        origin.hits(),
+        before + 2,
+        "no freshness, no default_ttl: not stored"
+    );
+    // Expired entries are fetched again.
+    get("/short?cc=max-age%3D1", &[]);
+    std::thread::sleep(Duration::from_millis(2100));
+    let again = get("/short?cc=max-age%3D1", &[]);
+    assert_eq!(header(&again, "x-cache"), "EXPIRED");
+}
+
+#[test]
+fn variants_keys_and_poisoning() {
+    let origin = Origin::start("a");
+    let p = node(&origin, "key_headers = [\"x-lang\"]");
+    let get = |args: &[&str]| curl(&p, "app.test", "/v?cc=max-age%3D60&vary=x-lang", args);
+    let en = get(&["-H", "X-Lang: en"]);
+    let de = get(&["-H", "X-Lang: de"]);
+    assert_eq!(header(&en, "x-cache"), "MISS");
+    assert_eq!(header(&de, "x-cache"), "MISS");
+    let en2 = get(&["-H", "X-Lang: en"]);
+    assert_eq!(header(&en2, "x-cache"), "HIT");
+    assert!(en2.body.contains("x-lang: en") && !en2.body.contains("x-lang: de"));
+    // Poisoning: a header outside the key never reaches the origin on a cacheable
+    // request, so it cannot shape what everyone else gets.
+    let evil = curl(
+        &p,
+        "app.test",
+        "/p?cc=max-age%3D60",
+        &[
+            "-H",
+            "X-Forwarded-Host: evil.example",
+            "-H",
+            "X-Evil: <script>",
+            "-H",
+            "Cookie: session=attacker",
+        ],
+    );
+    assert!(
+        !evil.body.contains("evil")
+            && !evil.body.contains("script")
+            && !evil.body.contains("attacker"),
+        "{}",
+        evil.body
+    );
+    let victim = curl(&p, "app.test", "/p?cc=max-age%3D60", &[]);
+    assert_eq!(header(&victim, "x-cache"), "HIT");
+    assert_eq!(victim.body, evil.body);
+}
+
+#[test]
+fn concurrent_misses_make_one_origin_request() {
+    let origin = Origin::start("a");
+    origin
+        .delay_ms
+        .store(500, std::sync::atomic::Ordering::Relaxed);
+    let p = node(&origin, "");
+    let replies: Vec<Reply> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..10)
+            .map(|_| s.spawn(|| curl(&p, "app.test", "/hot?cc=max-age%3D60", &[])))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(replies.iter().all(|r| r.status == 200));
+    assert_eq!(origin.hits(), 1, "10 concurrent misses, one origin request");
+    let labels: Vec<String> = replies.iter().map(|r| header(r, "x-cache")).collect();
+    assert_eq!(
+        labels.iter().filter(|l| *l == "MISS").count(),
+        1,
+        "{labels:?}"
+    );
+    assert!(replies.iter().all(|r| r.body == replies[0].body));
+}
