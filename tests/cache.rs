@@ -13,8 +13,9 @@ fn node(origin: &Origin, route_cache: &str) -> edge_tests::proxy::Proxy {
     start_config(&format!(
         "[xdp]\nmode = \"off\"\n\n[http]\nlisten = [\"127.0.0.1:0\"]\n\n[threat]\nenabled = false\n\n\
          [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\n\
-         [[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n[route.cache]\n{route_cache}\n",
-        origin.addr
+         [[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n[route.cache]\n{route_cache}\n{}",
+        origin.addr,
+        edge_tests::proxy::admin_section(),
     ))
 }
 
@@ -154,4 +155,44 @@ fn concurrent_misses_make_one_origin_request() {
         "{labels:?}"
     );
     assert!(replies.iter().all(|r| r.body == replies[0].body));
+}
+
+#[test]
+fn purge_by_url_prefix_tag_and_everything() {
+    let origin = Origin::start("a");
+    let p = node(&origin, "");
+    let get = |path: &str| header(&curl(&p, "app.test", path, &[]), "x-cache");
+    let paths = [
+        "/img/a?cc=max-age%3D600&tag=product-1",
+        "/img/b?cc=max-age%3D600&tag=product-2",
+        "/doc/c?cc=max-age%3D600&tag=product-1",
+        "/doc/d?cc=max-age%3D600",
+    ];
+    for path in paths {
+        assert_eq!(get(path), "MISS");
+        assert_eq!(get(path), "HIT");
+    }
+    // Surrogate keys are the cache's business, not the client's.
+    let r = curl(&p, "app.test", paths[0], &[]);
+    assert!(!r.headers.contains("surrogate-key"), "{}", r.headers);
+    // By tag: both product-1 pages, nothing else.
+    assert_eq!(
+        p.admin("POST", "/cache/purge?tag=product-1"),
+        (200, "purged 2\n".into())
+    );
+    assert_eq!(get(paths[0]), "MISS");
+    assert_eq!(get(paths[2]), "MISS");
+    assert_eq!(get(paths[1]), "HIT");
+    // By prefix.
+    assert_eq!(
+        p.admin("POST", "/cache/purge?prefix=http://app.test/img/")
+            .0,
+        200
+    );
+    assert_eq!(get(paths[1]), "MISS");
+    assert_eq!(get(paths[3]), "HIT");
+    // Everything.
+    assert_eq!(p.admin("POST", "/cache/purge?all=1").0, 200);
+    assert_eq!(get(paths[3]), "MISS");
+    assert_eq!(p.admin("POST", "/cache/purge").0, 400);
 }

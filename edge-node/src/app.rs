@@ -137,6 +137,7 @@ impl App {
                 metrics: metrics.clone(),
                 policy: policy.clone(),
                 threat: threat.clone(),
+                cache: cache.clone(),
                 reload: reload_tx,
             };
             servers.push(admin::spawn(l, state, stop_rx.clone()));

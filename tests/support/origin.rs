@@ -189,6 +189,7 @@ fn serve(conn: TcpStream, shared: &Shared) {
                 match k {
                     "cc" => extra.push_str(&format!("cache-control: {v}\r\n")),
                     "vary" => extra.push_str(&format!("vary: {v}\r\n")),
+                    "tag" => extra.push_str(&format!("surrogate-key: {v}\r\n")),
                     _ => {}
                 }
             }

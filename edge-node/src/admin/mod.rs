@@ -86,6 +86,7 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub policy: SharedPolicy,
     pub threat: Arc<crate::policy::ThreatEngine>,
+    pub cache: Arc<crate::cache::Store>,
     pub reload: mpsc::Sender<ReloadRequest>,
 }
 
@@ -195,6 +196,7 @@ async fn handle(st: AdminState, req: Request<Incoming>) -> Response<Body> {
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
             }
         }
+        (Method::POST, "/cache/purge") => cache_purge(&st, req.uri().query().unwrap_or("")),
         (Method::POST, "/policy/score" | "/policy/block" | "/policy/unblock") => {
             policy_change(&st, &path, req.uri().query().unwrap_or("")).await
         }
@@ -280,4 +282,33 @@ async fn policy_change(st: &AdminState, path: &str, query: &str) -> Response<Bod
         Ok(Err(e)) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}\n")),
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     }
+}
+
+/// `POST /cache/purge?url=URL`, `?prefix=URL`, `?tag=KEY` (Surrogate-Key / Cache-Tag),
+/// or `?all=1`: removes stored responses; answers how many keys went.
+fn cache_purge(st: &AdminState, query: &str) -> Response<Body> {
+    let args: std::collections::HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let purged = if args.get("all").is_some_and(|v| v == "1") {
+        st.cache.purge_all();
+        "all".to_string()
+    } else if let Some(url) = args.get("url") {
+        st.cache.purge_where(|e| &e.url == url).to_string()
+    } else if let Some(prefix) = args.get("prefix") {
+        st.cache
+            .purge_where(|e| e.url.starts_with(prefix.as_str()))
+            .to_string()
+    } else if let Some(tag) = args.get("tag") {
+        st.cache
+            .purge_where(|e| e.tags.iter().any(|t| t == tag))
+            .to_string()
+    } else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "need url=, prefix=, tag= or all=1\n",
+        );
+    };
+    info!(%purged, query, "cache purged through the admin API");
+    text(StatusCode::OK, format!("purged {purged}\n"))
 }

@@ -58,6 +58,10 @@ pub struct Entry {
     pub lifetime: Duration,
     /// The request headers the response varies on, with the values it was stored for.
     pub vary: Vec<(HeaderName, Option<HeaderValue>)>,
+    /// `scheme://host/path?query` it was stored for (purge by URL or prefix).
+    pub url: String,
+    /// Surrogate keys (`Surrogate-Key` / `Cache-Tag` of the response; purge by tag).
+    pub tags: Vec<String>,
 }
 
 impl Entry {
@@ -162,8 +166,22 @@ impl Store {
         self.entries.insert(key, variants);
     }
 
-    pub fn purge(&self, key: u64) {
-        self.entries.invalidate(&key);
+    /// Removes every entry `matches` selects; returns how many keys went.
+    pub fn purge_where(&self, matches: impl Fn(&Entry) -> bool) -> usize {
+        let doomed: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|(_, v)| v.0.iter().any(|e| matches(e)))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &doomed {
+            self.entries.invalidate(k);
+        }
+        doomed.len()
+    }
+
+    pub fn purge_all(&self) {
+        self.entries.invalidate_all();
     }
 
     /// Elects who fetches `key`.

@@ -94,6 +94,23 @@ impl RouteCache {
         })
     }
 
+    /// The URL an entry is stored for (purges match it).
+    pub fn url<B>(scheme: &str, req: &Request<B>) -> String {
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_ascii_lowercase())
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_ascii_lowercase)
+            })
+            .unwrap_or_default();
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        format!("{scheme}://{authority}{pq}")
+    }
+
     /// The key: scheme, host and port, path, the query with its parameters sorted, and
     /// the key headers and cookies.
     pub fn key<B>(&self, scheme: &str, req: &Request<B>) -> u64 {
@@ -188,6 +205,7 @@ impl RouteCache {
         &self,
         store: &std::sync::Arc<Store>,
         key: u64,
+        url: String,
         method: &Method,
         request: &HeaderMap,
         authorized: bool,
@@ -237,6 +255,19 @@ impl RouteCache {
         let mut headers = resp.headers().clone();
         headers.remove("x-cache");
         headers.remove("cache-status");
+        let tags: Vec<String> = ["surrogate-key", "cache-tag"]
+            .iter()
+            .flat_map(|h| headers.get_all(*h).iter())
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split([' ', ',']))
+            .filter(|t| !t.is_empty())
+            .map(String::from)
+            .collect();
+        // Surrogate keys are for the cache, not for clients.
+        for h in ["surrogate-key", "cache-tag"] {
+            headers.remove(h);
+            resp.headers_mut().remove(h);
+        }
         let status = resp.status();
         let initial_age = policy::initial_age(resp.headers());
         let store = store.clone();
@@ -253,6 +284,8 @@ impl RouteCache {
                         initial_age,
                         lifetime,
                         vary,
+                        url,
+                        tags,
                     },
                 );
             });

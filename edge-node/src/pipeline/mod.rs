@@ -449,6 +449,7 @@ impl Pipeline {
         {
             use crate::cache::{Fill, Lookup, policy};
             let key = rc.key(ctx.scheme, &req);
+            let url = crate::phases::cache::RouteCache::url(ctx.scheme, &req);
             // What the client asked of caches, before its unkeyed headers go.
             let serve = policy::may_serve_from_cache(&method, req.headers());
             let asked = req.headers().get(header::CACHE_CONTROL).cloned();
@@ -492,7 +493,7 @@ impl Pipeline {
                     }
                 }
             }
-            cache_fill = Some((key, guard, label, asked));
+            cache_fill = Some((key, url, guard, label, asked));
         }
         let version = req.version();
         let proto = ctx.scheme;
@@ -606,7 +607,7 @@ impl Pipeline {
         early::strip_hop_by_hop(resp.headers_mut());
         resp.headers_mut()
             .append(header::VIA, HeaderValue::from_static(via(version)));
-        if let (Some(rc), Some((key, guard, label, asked))) = (&route.cache, cache_fill) {
+        if let (Some(rc), Some((key, url, guard, label, asked))) = (&route.cache, cache_fill) {
             let mut request = parts.headers.clone();
             if let Some(cc) = asked {
                 // A client's no-store holds for what it fetched.
@@ -615,6 +616,7 @@ impl Pipeline {
             resp = rc.store(
                 &self.cache,
                 key,
+                url,
                 &method,
                 &request,
                 ctx.user.is_some(),
