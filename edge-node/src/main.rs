@@ -8,6 +8,11 @@ use edge_node::{
     xdp::cli::{self, XdpArgs},
 };
 
+// glibc's malloc showed up at ~11% of a proxy profile (arena locks, consolidation) and
+// left RSS fragmented after heavy HTTP/2 load; mimalloc's per-thread heaps avoid both.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// edge-node: an eBPF/XDP-accelerated edge server.
 #[derive(Debug, Parser)]
 #[command(version, about)]
