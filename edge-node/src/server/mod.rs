@@ -5,6 +5,7 @@
 pub mod framing;
 pub mod settings;
 pub mod tls;
+pub mod workers;
 
 use std::{
     net::SocketAddr,
@@ -21,6 +22,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tracing::{debug, info};
 
 pub use settings::HttpSettings;
+pub use workers::Workers;
 
 use crate::pipeline::Pipeline;
 
@@ -55,12 +57,13 @@ pub async fn bind(settings: &HttpSettings) -> Result<Vec<Bound>> {
 }
 
 /// Serves `listener` until `shutdown` flips, then stops accepting and waits (up to the
-/// drain timeout) for connections in flight.
+/// drain timeout) for connections in flight. Connections are served on `workers`.
 pub fn spawn(
     listener: TcpListener,
     tls: Option<tls::SharedTls>,
     pipeline: SharedPipeline,
     settings: HttpSettings,
+    workers: Workers,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -116,7 +119,7 @@ pub fn spawn(
                     let tls = tls.as_ref().map(|t| t.read().expect("tls lock").clone());
                     let handshake_timeout = settings.header_read_timeout;
                     let max_head = settings.max_header_bytes;
-                    tokio::spawn(async move {
+                    workers.spawn_connection(async move {
                         let result = match tls {
                             None => {
                                 let stream = framing::FramingGuard::new(stream, peer, max_head);

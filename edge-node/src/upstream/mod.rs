@@ -39,6 +39,24 @@ use health::{InFlight, ServerState};
 
 type OriginClient = Client<HttpsConnector<HttpConnector>, Body>;
 
+/// One client (and so one keep-alive pool) per request worker, and one for the control
+/// runtime (health checks): a worker's requests use origin connections that live on its
+/// own thread (`server::workers`).
+#[derive(Clone)]
+struct Clients(Arc<[OriginClient]>);
+
+impl Clients {
+    fn new(workers: usize, build: impl Fn() -> OriginClient) -> Self {
+        Self((0..=workers).map(|_| build()).collect())
+    }
+
+    /// This thread's client.
+    fn get(&self) -> &OriginClient {
+        let i = crate::server::workers::current().map_or(0, |w| w + 1);
+        &self.0[i % self.0.len()]
+    }
+}
+
 /// A named pool of origins in one region.
 pub struct Upstream {
     pub name: String,
@@ -49,7 +67,7 @@ pub struct Upstream {
     balancer: Balancer,
     hash_key: HashKey,
     budget: RetryBudget,
-    client: OriginClient,
+    clients: Clients,
     scheme: &'static str,
     response_timeout: Duration,
     total_timeout: Duration,
@@ -135,7 +153,7 @@ impl Upstream {
         let Ok(req) = req.body(empty()) else {
             return false;
         };
-        match tokio::time::timeout(hc.timeout, self.client.request(req)).await {
+        match tokio::time::timeout(hc.timeout, self.clients.get().request(req)).await {
             Ok(Ok(resp)) => {
                 let ok = resp.status().is_success() || resp.status().is_redirection();
                 if !ok {
@@ -159,9 +177,11 @@ impl Upstream {
 /// origin server.
 #[derive(Clone)]
 pub struct Pool {
-    /// Plain HTTP/1.1: one keep-alive pool for every such upstream, kept across reloads.
-    plain: OriginClient,
+    /// Plain HTTP/1.1: one keep-alive pool (per worker) for every such upstream, kept
+    /// across reloads.
+    plain: Clients,
     connect_timeout: Duration,
+    workers: usize,
     pub registry: health::Registry,
 }
 
@@ -175,7 +195,8 @@ fn http_connector(connect_timeout: Duration) -> HttpConnector {
 }
 
 impl Pool {
-    pub fn new(connect_timeout: Duration) -> Self {
+    /// Clients for `workers` request workers (and the control runtime).
+    pub fn new(connect_timeout: Duration, workers: usize) -> Self {
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -185,8 +206,9 @@ impl Pool {
         .with_no_client_auth();
         let connector = HttpsConnector::from((http_connector(connect_timeout), tls));
         Self {
-            plain: Self::builder().build(connector),
+            plain: Clients::new(workers, || Self::builder().build(connector.clone())),
             connect_timeout,
+            workers,
             registry: health::Registry::default(),
         }
     }
@@ -202,10 +224,10 @@ impl Pool {
 
     /// The pool of one `[[upstream]]` (validated settings).
     pub fn upstream(&self, s: &UpstreamSettings) -> Result<Upstream> {
-        let client = if !s.tls && s.protocol == OriginProtocol::Http1 {
+        let clients = if !s.tls && s.protocol == OriginProtocol::Http1 {
             self.plain.clone()
         } else {
-            self.dedicated_client(s)
+            self.dedicated_clients(s)
                 .with_context(|| format!("upstream {}", s.name))?
         };
         Ok(Upstream {
@@ -221,7 +243,7 @@ impl Pool {
             servers: s.servers.clone(),
             hash_key: s.hash_key()?,
             budget: RetryBudget::new(s.retry_budget_ratio, s.retry_budget_min_per_sec),
-            client,
+            clients,
             scheme: if s.tls { "https" } else { "http" },
             response_timeout: s.response_timeout,
             total_timeout: s.total_timeout,
@@ -231,9 +253,9 @@ impl Pool {
         })
     }
 
-    /// A client of its own: HTTP/2 (prior knowledge or ALPN), or TLS with the pool's
+    /// Clients of its own: HTTP/2 (prior knowledge or ALPN), or TLS with the pool's
     /// trust roots and server name.
-    fn dedicated_client(&self, s: &UpstreamSettings) -> Result<OriginClient> {
+    fn dedicated_clients(&self, s: &UpstreamSettings) -> Result<Clients> {
         let mut roots = rustls::RootCertStore::empty();
         if s.tls {
             match &s.tls_ca_file {
@@ -293,7 +315,7 @@ impl Pool {
         if s.protocol == OriginProtocol::Http2 {
             b.http2_only(true);
         }
-        Ok(b.build(connector))
+        Ok(Clients::new(self.workers, || b.build(connector.clone())))
     }
 
     /// Sends `req` to one of the upstream's servers; on a connection failure, another
@@ -349,7 +371,7 @@ impl Pool {
             if let Some(d) = deadline {
                 wait = wait.min(d.saturating_duration_since(tokio::time::Instant::now()));
             }
-            match tokio::time::timeout(wait, up.client.request(out)).await {
+            match tokio::time::timeout(wait, up.clients.get().request(out)).await {
                 Err(_) => {
                     state.record_failure(up.max_fails, up.fail_timeout);
                     // The origin may be working on it: never sent twice.
