@@ -453,9 +453,14 @@ impl Pipeline {
         // (every origin refused the connection). A request body can only be sent once:
         // failover is for requests without one.
         let mut body = Some(body);
+        let mut parts = Some(parts);
         let mut last = None;
         let mut served = None;
         for up in &pools {
+            // Cloned only while another pool may still need them.
+            let Some(p) = (if pools.len() > 1 { parts.clone() } else { parts.take() }) else {
+                break;
+            };
             let b = match body.take() {
                 Some(b) => b,
                 None if body_is_empty => http_body_util::Empty::new()
@@ -467,7 +472,7 @@ impl Pipeline {
                 .pool
                 .send(
                     up,
-                    Request::from_parts(parts.clone(), b),
+                    Request::from_parts(p, b),
                     body_is_empty,
                     ctx.client_ip,
                 )

@@ -108,6 +108,15 @@ pub fn spawn(
                     let threat = current.threat().clone();
                     drop(current);
                     let _ = stream.set_nodelay(true);
+                    // Off this runtime's poller: the worker registers it with its own, so
+                    // readiness wakes the worker directly.
+                    let stream = match stream.into_std() {
+                        Ok(s) => s,
+                        Err(e) => {
+                            debug!(%peer, error = %e, "cannot hand the connection over");
+                            continue;
+                        }
+                    };
                     let p = pipeline.clone();
                     let scheme = if tls.is_some() { "https" } else { "http" };
                     let service = service_fn(move |req: Request<Incoming>| {
@@ -120,6 +129,13 @@ pub fn spawn(
                     let handshake_timeout = settings.header_read_timeout;
                     let max_head = settings.max_header_bytes;
                     workers.spawn_connection(async move {
+                        let stream = match tokio::net::TcpStream::from_std(stream) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                debug!(%peer, error = %e, "cannot register the connection");
+                                return;
+                            }
+                        };
                         let result = match tls {
                             None => {
                                 let stream = framing::FramingGuard::new(stream, peer, max_head);

@@ -18,7 +18,9 @@ use std::{
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use http::{
-    HeaderValue, Method, Request, Response, Uri, header, request::Parts, uri::PathAndQuery,
+    HeaderValue, Method, Request, Response, Uri, header,
+    request::Parts,
+    uri::{Authority, PathAndQuery, Scheme},
 };
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
@@ -63,6 +65,8 @@ pub struct Upstream {
     pub region: String,
     pub origin: Origin,
     servers: Vec<String>,
+    /// `servers`, parsed once: the origin URI of a request is built from them.
+    authorities: Vec<Authority>,
     states: Vec<Arc<ServerState>>,
     balancer: Balancer,
     hash_key: HashKey,
@@ -103,10 +107,17 @@ impl Upstream {
         }
     }
 
-    fn uri(&self, server: &str, path: &PathAndQuery) -> Result<Uri, EdgeError> {
-        format!("{}://{server}{path}", self.scheme)
-            .parse()
-            .map_err(|e| EdgeError::new(ErrorKind::BadRequest, format!("uri: {e}")))
+    /// The URI of `path` on server `i`.
+    fn uri(&self, i: usize, path: &PathAndQuery) -> Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(if self.scheme == "https" {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        });
+        parts.authority = Some(self.authorities[i].clone());
+        parts.path_and_query = Some(path.clone());
+        Uri::from_parts(parts).expect("a scheme, an authority and a path make a URI")
     }
 
     /// Probes every server of the pool every `interval` until the pool is dropped (a
@@ -122,11 +133,11 @@ impl Upstream {
             loop {
                 tick.tick().await;
                 let Some(up) = pool.upgrade() else { break };
-                let probes = up.servers.iter().zip(&up.states).map(|(server, state)| {
+                let probes = up.states.iter().enumerate().map(|(i, state)| {
                     let up = up.clone();
                     let hc = &hc;
                     async move {
-                        let passed = up.probe(server, hc).await;
+                        let passed = up.probe(i, hc).await;
                         state.record_probe(passed, hc.healthy_threshold, hc.unhealthy_threshold);
                     }
                 });
@@ -135,14 +146,12 @@ impl Upstream {
         });
     }
 
-    async fn probe(&self, server: &str, hc: &HealthCheckSettings) -> bool {
+    async fn probe(&self, i: usize, hc: &HealthCheckSettings) -> bool {
+        let server = self.servers[i].as_str();
         let Ok(path) = PathAndQuery::try_from(hc.path.as_str()) else {
             return false;
         };
-        let Ok(uri) = self.uri(server, &path) else {
-            return false;
-        };
-        let mut req = Request::get(uri);
+        let mut req = Request::get(self.uri(i, &path));
         if self.scheme == "http" || hc.host.is_some() {
             let host = hc.host.as_deref().unwrap_or(server);
             if let Ok(v) = HeaderValue::from_str(host) {
@@ -230,10 +239,19 @@ impl Pool {
             self.dedicated_clients(s)
                 .with_context(|| format!("upstream {}", s.name))?
         };
+        let authorities = s
+            .servers
+            .iter()
+            .map(|srv| {
+                Authority::try_from(srv.as_str())
+                    .with_context(|| format!("upstream {}: server {srv:?}", s.name))
+            })
+            .collect::<Result<_>>()?;
         Ok(Upstream {
             name: s.name.clone(),
             region: s.region.clone(),
             origin: s.origin(),
+            authorities,
             states: s
                 .servers
                 .iter()
@@ -338,10 +356,16 @@ impl Pool {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let key = up.request_key(&parts, client_ip);
-        up.budget.deposit();
+        // Retries go to another server: a pool of one has no use for the budget (and its
+        // lock, shared by every worker).
+        if up.servers.len() > 1 {
+            up.budget.deposit();
+        }
         let all_out = !up.states.iter().any(|s| s.usable());
         let deadline =
             (!up.total_timeout.is_zero()).then(|| tokio::time::Instant::now() + up.total_timeout);
+        let may_retry = replayable && up.servers.len() > 1;
+        let mut parts = Some(parts);
         let mut body = Some(body);
         let mut tried: Vec<usize> = Vec::new();
         let mut last_error = None;
@@ -360,8 +384,15 @@ impl Pool {
             }
             tried.push(i);
             let (server, state) = (&up.servers[i], &up.states[i]);
-            let mut out = Request::from_parts(parts.clone(), empty());
-            *out.uri_mut() = up.uri(server, &path)?;
+            // Parts are cloned only while another attempt may still need them.
+            let p = if may_retry {
+                parts.clone()
+            } else {
+                parts.take()
+            };
+            let Some(p) = p else { break };
+            let mut out = Request::from_parts(p, empty());
+            *out.uri_mut() = up.uri(i, &path);
             *out.version_mut() = http::Version::HTTP_11;
             if let Some(b) = body.take() {
                 *out.body_mut() = b;
