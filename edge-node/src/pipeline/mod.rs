@@ -458,9 +458,12 @@ impl Pipeline {
         let mut served = None;
         for up in &pools {
             // Cloned only while another pool may still need them.
-            let Some(p) = (if pools.len() > 1 { parts.clone() } else { parts.take() }) else {
-                break;
+            let p = if pools.len() > 1 {
+                parts.clone()
+            } else {
+                parts.take()
             };
+            let Some(p) = p else { break };
             let b = match body.take() {
                 Some(b) => b,
                 None if body_is_empty => http_body_util::Empty::new()
@@ -470,12 +473,7 @@ impl Pipeline {
             };
             match self
                 .pool
-                .send(
-                    up,
-                    Request::from_parts(p, b),
-                    body_is_empty,
-                    ctx.client_ip,
-                )
+                .send(up, Request::from_parts(p, b), body_is_empty, ctx.client_ip)
                 .await
             {
                 Ok(r) => {

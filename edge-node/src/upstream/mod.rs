@@ -355,7 +355,13 @@ impl Pool {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let key = up.request_key(&parts, client_ip);
+        // Hashing the key (the client IP formatted, by default) is work only the hash
+        // ring needs.
+        let key = if up.balancer.uses_key() {
+            up.request_key(&parts, client_ip)
+        } else {
+            0
+        };
         // Retries go to another server: a pool of one has no use for the budget (and its
         // lock, shared by every worker).
         if up.servers.len() > 1 {
