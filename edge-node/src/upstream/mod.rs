@@ -1,4 +1,4 @@
-//! Upstream pools: the clients that reach origins (one keep-alive pool shared by every
+//! Upstream pools: the clients that reach origins (one keep-alive pool per request
 //! worker; HTTP/1.1 or HTTP/2; plain or verified TLS), server choice (`balance`), health
 //! (active checks and passive ejection), timeouts, and retries within a budget.
 
