@@ -78,7 +78,8 @@ impl App {
                 None
             }
         };
-        let pool = Pool::new(self.config.http.upstream_connect_timeout);
+        let workers = server::Workers::start(server::workers::default_count())?;
+        let pool = Pool::new(self.config.http.upstream_connect_timeout, workers.len());
         let metrics = Arc::new(Metrics::new(pool.registry.clone()));
         let mut xdp = XdpHandle::start(&self.config.xdp)?;
         let policy = xdp.policy();
@@ -114,6 +115,7 @@ impl App {
                     if b.tls { tls.clone() } else { None },
                     pipeline.clone(),
                     self.config.http.clone(),
+                    workers.clone(),
                     stop_rx.clone(),
                 )
             })
@@ -199,6 +201,8 @@ impl App {
         for s in servers {
             let _ = s.await;
         }
+        // Whatever outlived the drain (tunnels, idle origin connections) ends with them.
+        drop(workers);
         xdp.shutdown()?;
         Ok(())
     }

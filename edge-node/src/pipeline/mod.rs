@@ -537,6 +537,8 @@ impl Pipeline {
         }
         let body_is_empty = req.body().is_end_stream() || req.body().size_hint().exact() == Some(0);
         let (parts, body) = req.into_parts();
+        // The request as forwarded, for matching stored variants (cacheable requests only).
+        let forwarded_headers = cache_fill.as_ref().map(|_| parts.headers.clone());
         let body = if body_is_empty {
             body.map_err(Into::into).boxed()
         } else if self.max_body_bytes != 0 {
@@ -551,9 +553,17 @@ impl Pipeline {
         // (every origin refused the connection). A request body can only be sent once:
         // failover is for requests without one.
         let mut body = Some(body);
+        let mut parts = Some(parts);
         let mut last = None;
         let mut served = None;
         for up in &pools {
+            // Cloned only while another pool may still need them.
+            let p = if pools.len() > 1 {
+                parts.clone()
+            } else {
+                parts.take()
+            };
+            let Some(p) = p else { break };
             let b = match body.take() {
                 Some(b) => b,
                 None if body_is_empty => http_body_util::Empty::new()
@@ -563,12 +573,7 @@ impl Pipeline {
             };
             match self
                 .pool
-                .send(
-                    up,
-                    Request::from_parts(parts.clone(), b),
-                    body_is_empty,
-                    ctx.client_ip,
-                )
+                .send(up, Request::from_parts(p, b), body_is_empty, ctx.client_ip)
                 .await
             {
                 Ok(r) => {
@@ -608,7 +613,7 @@ impl Pipeline {
         resp.headers_mut()
             .append(header::VIA, HeaderValue::from_static(via(version)));
         if let (Some(rc), Some((key, url, guard, label, asked))) = (&route.cache, cache_fill) {
-            let mut request = parts.headers.clone();
+            let mut request = forwarded_headers.unwrap_or_default();
             if let Some(cc) = asked {
                 // A client's no-store holds for what it fetched.
                 request.insert(header::CACHE_CONTROL, cc);

@@ -6,6 +6,7 @@ pub mod framing;
 pub mod h3;
 pub mod settings;
 pub mod tls;
+pub mod workers;
 
 use std::{
     net::SocketAddr,
@@ -22,6 +23,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tracing::{debug, info};
 
 pub use settings::HttpSettings;
+pub use workers::Workers;
 
 use crate::pipeline::Pipeline;
 
@@ -56,12 +58,13 @@ pub async fn bind(settings: &HttpSettings) -> Result<Vec<Bound>> {
 }
 
 /// Serves `listener` until `shutdown` flips, then stops accepting and waits (up to the
-/// drain timeout) for connections in flight.
+/// drain timeout) for connections in flight. Connections are served on `workers`.
 pub fn spawn(
     listener: TcpListener,
     tls: Option<tls::SharedTls>,
     pipeline: SharedPipeline,
     settings: HttpSettings,
+    workers: Workers,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -106,6 +109,15 @@ pub fn spawn(
                     let threat = current.threat().clone();
                     drop(current);
                     let _ = stream.set_nodelay(true);
+                    // Off this runtime's poller: the worker registers it with its own, so
+                    // readiness wakes the worker directly.
+                    let stream = match stream.into_std() {
+                        Ok(s) => s,
+                        Err(e) => {
+                            debug!(%peer, error = %e, "cannot hand the connection over");
+                            continue;
+                        }
+                    };
                     let p = pipeline.clone();
                     let scheme = if tls.is_some() { "https" } else { "http" };
                     let service = service_fn(move |req: Request<Incoming>| {
@@ -117,7 +129,14 @@ pub fn spawn(
                     let tls = tls.as_ref().map(|t| t.read().expect("tls lock").clone());
                     let handshake_timeout = settings.header_read_timeout;
                     let max_head = settings.max_header_bytes;
-                    tokio::spawn(async move {
+                    workers.spawn_connection(async move {
+                        let stream = match tokio::net::TcpStream::from_std(stream) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                debug!(%peer, error = %e, "cannot register the connection");
+                                return;
+                            }
+                        };
                         let result = match tls {
                             None => {
                                 let stream = framing::FramingGuard::new(stream, peer, max_head);

@@ -38,6 +38,11 @@ pub struct Balancer {
 }
 
 impl Balancer {
+    /// Whether `pick` uses the request's key (only the hash ring does).
+    pub fn uses_key(&self) -> bool {
+        self.policy == Balance::ConsistentHash
+    }
+
     pub fn new(policy: Balance, servers: &[String]) -> Self {
         let mut ring = Vec::new();
         if policy == Balance::ConsistentHash {

@@ -84,7 +84,10 @@ impl ServerState {
     }
 
     pub fn record_success(&self) {
-        self.fails.store(0, Ordering::Relaxed);
+        // Read first: an unconditional store would bounce the line between workers.
+        if self.fails.load(Ordering::Relaxed) != 0 {
+            self.fails.store(0, Ordering::Relaxed);
+        }
     }
 
     /// A failure seen by a real request; `max_fails` in a row eject the server.

@@ -1,4 +1,4 @@
-//! Upstream pools: the clients that reach origins (one keep-alive pool shared by every
+//! Upstream pools: the clients that reach origins (one keep-alive pool per request
 //! worker; HTTP/1.1 or HTTP/2; plain or verified TLS), server choice (`balance`), health
 //! (active checks and passive ejection), timeouts, and retries within a budget.
 
@@ -18,7 +18,9 @@ use std::{
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use http::{
-    HeaderValue, Method, Request, Response, Uri, header, request::Parts, uri::PathAndQuery,
+    HeaderValue, Method, Request, Response, Uri, header,
+    request::Parts,
+    uri::{Authority, PathAndQuery, Scheme},
 };
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
@@ -39,17 +41,37 @@ use health::{InFlight, ServerState};
 
 type OriginClient = Client<HttpsConnector<HttpConnector>, Body>;
 
+/// One client (and so one keep-alive pool) per request worker, and one for the control
+/// runtime (health checks): a worker's requests use origin connections that live on its
+/// own thread (`server::workers`).
+#[derive(Clone)]
+struct Clients(Arc<[OriginClient]>);
+
+impl Clients {
+    fn new(workers: usize, build: impl Fn() -> OriginClient) -> Self {
+        Self((0..=workers).map(|_| build()).collect())
+    }
+
+    /// This thread's client.
+    fn get(&self) -> &OriginClient {
+        let i = crate::server::workers::current().map_or(0, |w| w + 1);
+        &self.0[i % self.0.len()]
+    }
+}
+
 /// A named pool of origins in one region.
 pub struct Upstream {
     pub name: String,
     pub region: String,
     pub origin: Origin,
     servers: Vec<String>,
+    /// `servers`, parsed once: the origin URI of a request is built from them.
+    authorities: Vec<Authority>,
     states: Vec<Arc<ServerState>>,
     balancer: Balancer,
     hash_key: HashKey,
     budget: RetryBudget,
-    client: OriginClient,
+    clients: Clients,
     scheme: &'static str,
     response_timeout: Duration,
     total_timeout: Duration,
@@ -85,10 +107,17 @@ impl Upstream {
         }
     }
 
-    fn uri(&self, server: &str, path: &PathAndQuery) -> Result<Uri, EdgeError> {
-        format!("{}://{server}{path}", self.scheme)
-            .parse()
-            .map_err(|e| EdgeError::new(ErrorKind::BadRequest, format!("uri: {e}")))
+    /// The URI of `path` on server `i`.
+    fn uri(&self, i: usize, path: &PathAndQuery) -> Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(if self.scheme == "https" {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        });
+        parts.authority = Some(self.authorities[i].clone());
+        parts.path_and_query = Some(path.clone());
+        Uri::from_parts(parts).expect("a scheme, an authority and a path make a URI")
     }
 
     /// Probes every server of the pool every `interval` until the pool is dropped (a
@@ -104,11 +133,11 @@ impl Upstream {
             loop {
                 tick.tick().await;
                 let Some(up) = pool.upgrade() else { break };
-                let probes = up.servers.iter().zip(&up.states).map(|(server, state)| {
+                let probes = up.states.iter().enumerate().map(|(i, state)| {
                     let up = up.clone();
                     let hc = &hc;
                     async move {
-                        let passed = up.probe(server, hc).await;
+                        let passed = up.probe(i, hc).await;
                         state.record_probe(passed, hc.healthy_threshold, hc.unhealthy_threshold);
                     }
                 });
@@ -117,14 +146,12 @@ impl Upstream {
         });
     }
 
-    async fn probe(&self, server: &str, hc: &HealthCheckSettings) -> bool {
+    async fn probe(&self, i: usize, hc: &HealthCheckSettings) -> bool {
+        let server = self.servers[i].as_str();
         let Ok(path) = PathAndQuery::try_from(hc.path.as_str()) else {
             return false;
         };
-        let Ok(uri) = self.uri(server, &path) else {
-            return false;
-        };
-        let mut req = Request::get(uri);
+        let mut req = Request::get(self.uri(i, &path));
         if self.scheme == "http" || hc.host.is_some() {
             let host = hc.host.as_deref().unwrap_or(server);
             if let Ok(v) = HeaderValue::from_str(host) {
@@ -135,7 +162,7 @@ impl Upstream {
         let Ok(req) = req.body(empty()) else {
             return false;
         };
-        match tokio::time::timeout(hc.timeout, self.client.request(req)).await {
+        match tokio::time::timeout(hc.timeout, self.clients.get().request(req)).await {
             Ok(Ok(resp)) => {
                 let ok = resp.status().is_success() || resp.status().is_redirection();
                 if !ok {
@@ -159,9 +186,11 @@ impl Upstream {
 /// origin server.
 #[derive(Clone)]
 pub struct Pool {
-    /// Plain HTTP/1.1: one keep-alive pool for every such upstream, kept across reloads.
-    plain: OriginClient,
+    /// Plain HTTP/1.1: one keep-alive pool (per worker) for every such upstream, kept
+    /// across reloads.
+    plain: Clients,
     connect_timeout: Duration,
+    workers: usize,
     pub registry: health::Registry,
 }
 
@@ -175,7 +204,8 @@ fn http_connector(connect_timeout: Duration) -> HttpConnector {
 }
 
 impl Pool {
-    pub fn new(connect_timeout: Duration) -> Self {
+    /// Clients for `workers` request workers (and the control runtime).
+    pub fn new(connect_timeout: Duration, workers: usize) -> Self {
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -185,8 +215,9 @@ impl Pool {
         .with_no_client_auth();
         let connector = HttpsConnector::from((http_connector(connect_timeout), tls));
         Self {
-            plain: Self::builder().build(connector),
+            plain: Clients::new(workers, || Self::builder().build(connector.clone())),
             connect_timeout,
+            workers,
             registry: health::Registry::default(),
         }
     }
@@ -202,16 +233,25 @@ impl Pool {
 
     /// The pool of one `[[upstream]]` (validated settings).
     pub fn upstream(&self, s: &UpstreamSettings) -> Result<Upstream> {
-        let client = if !s.tls && s.protocol == OriginProtocol::Http1 {
+        let clients = if !s.tls && s.protocol == OriginProtocol::Http1 {
             self.plain.clone()
         } else {
-            self.dedicated_client(s)
+            self.dedicated_clients(s)
                 .with_context(|| format!("upstream {}", s.name))?
         };
+        let authorities = s
+            .servers
+            .iter()
+            .map(|srv| {
+                Authority::try_from(srv.as_str())
+                    .with_context(|| format!("upstream {}: server {srv:?}", s.name))
+            })
+            .collect::<Result<_>>()?;
         Ok(Upstream {
             name: s.name.clone(),
             region: s.region.clone(),
             origin: s.origin(),
+            authorities,
             states: s
                 .servers
                 .iter()
@@ -221,7 +261,7 @@ impl Pool {
             servers: s.servers.clone(),
             hash_key: s.hash_key()?,
             budget: RetryBudget::new(s.retry_budget_ratio, s.retry_budget_min_per_sec),
-            client,
+            clients,
             scheme: if s.tls { "https" } else { "http" },
             response_timeout: s.response_timeout,
             total_timeout: s.total_timeout,
@@ -231,9 +271,9 @@ impl Pool {
         })
     }
 
-    /// A client of its own: HTTP/2 (prior knowledge or ALPN), or TLS with the pool's
+    /// Clients of its own: HTTP/2 (prior knowledge or ALPN), or TLS with the pool's
     /// trust roots and server name.
-    fn dedicated_client(&self, s: &UpstreamSettings) -> Result<OriginClient> {
+    fn dedicated_clients(&self, s: &UpstreamSettings) -> Result<Clients> {
         let mut roots = rustls::RootCertStore::empty();
         if s.tls {
             match &s.tls_ca_file {
@@ -293,7 +333,7 @@ impl Pool {
         if s.protocol == OriginProtocol::Http2 {
             b.http2_only(true);
         }
-        Ok(b.build(connector))
+        Ok(Clients::new(self.workers, || b.build(connector.clone())))
     }
 
     /// Sends `req` to one of the upstream's servers; on a connection failure, another
@@ -315,11 +355,23 @@ impl Pool {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let key = up.request_key(&parts, client_ip);
-        up.budget.deposit();
+        // Hashing the key (the client IP formatted, by default) is work only the hash
+        // ring needs.
+        let key = if up.balancer.uses_key() {
+            up.request_key(&parts, client_ip)
+        } else {
+            0
+        };
+        // Retries go to another server: a pool of one has no use for the budget (and its
+        // lock, shared by every worker).
+        if up.servers.len() > 1 {
+            up.budget.deposit();
+        }
         let all_out = !up.states.iter().any(|s| s.usable());
         let deadline =
             (!up.total_timeout.is_zero()).then(|| tokio::time::Instant::now() + up.total_timeout);
+        let may_retry = replayable && up.servers.len() > 1;
+        let mut parts = Some(parts);
         let mut body = Some(body);
         let mut tried: Vec<usize> = Vec::new();
         let mut last_error = None;
@@ -338,8 +390,15 @@ impl Pool {
             }
             tried.push(i);
             let (server, state) = (&up.servers[i], &up.states[i]);
-            let mut out = Request::from_parts(parts.clone(), empty());
-            *out.uri_mut() = up.uri(server, &path)?;
+            // Parts are cloned only while another attempt may still need them.
+            let p = if may_retry {
+                parts.clone()
+            } else {
+                parts.take()
+            };
+            let Some(p) = p else { break };
+            let mut out = Request::from_parts(p, empty());
+            *out.uri_mut() = up.uri(i, &path);
             *out.version_mut() = http::Version::HTTP_11;
             if let Some(b) = body.take() {
                 *out.body_mut() = b;
@@ -349,7 +408,7 @@ impl Pool {
             if let Some(d) = deadline {
                 wait = wait.min(d.saturating_duration_since(tokio::time::Instant::now()));
             }
-            match tokio::time::timeout(wait, up.client.request(out)).await {
+            match tokio::time::timeout(wait, up.clients.get().request(out)).await {
                 Err(_) => {
                     state.record_failure(up.max_fails, up.fail_timeout);
                     // The origin may be working on it: never sent twice.
