@@ -230,6 +230,11 @@ impl Pipeline {
                 .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
             v4 => v4,
         };
+        // A trusted proxy in front carries many clients: its connections are not held to
+        // one source's budget (its clients are judged per request, by their own address).
+        if self.trusted_proxies.iter().any(|n| n.contains(&ip)) {
+            return true;
+        }
         if let Some(p) = &self.userspace_policy {
             let reason = p
                 .lock()
