@@ -352,11 +352,20 @@ fn jwks_rotation_unknown_kids_and_last_good_keys() {
     rsa_pair(&dir, "k2");
     let jwks = JwksServer::start(json!({ "keys": [jwk(&dir.join("k1.key"), "k1")] }).to_string());
     let origin = Origin::start("a");
+    // The same keys from a JWKS file on disk, for a second provider.
+    let jwks_file = dir.join("jwks.json");
+    std::fs::write(
+        &jwks_file,
+        json!({ "keys": [jwk(&dir.join("k1.key"), "k1")] }).to_string(),
+    )
+    .unwrap();
     let cfg = format!(
-        "{HEAD}\n[threat]\nenabled = false\n\n[[jwt_provider]]\nname = \"idp\"\nalgorithms = [\"RS256\"]\njwks_url = \"{}\"\njwks_min_refetch = \"1s\"\n{}{}",
+        "{HEAD}\n[threat]\nenabled = false\n\n[[jwt_provider]]\nname = \"idp\"\nalgorithms = [\"RS256\"]\njwks_url = \"{}\"\njwks_min_refetch = \"1s\"\n\n[[jwt_provider]]\nname = \"file\"\nalgorithms = [\"RS256\"]\njwks_file = \"{}\"\n{}{}{}",
         jwks.url,
+        jwks_file.display(),
         origin_pool(&origin),
         route("app.test", "[route.auth]\nprovider = \"idp\""),
+        route("file.test", "[route.auth]\nprovider = \"file\""),
     );
     let p = start_config(&cfg);
     let t1 = rs(&claims("alice", &[]), &dir.join("k1.key"), Some("k1"));
@@ -367,6 +376,10 @@ fn jwks_rotation_unknown_kids_and_last_good_keys() {
         "the JWKS key never verified: {}",
         p.node.log()
     );
+    // The file provider verifies k1 and knows nothing of k2.
+    let file = |t: &str| curl(&p, "file.test", "/", &["-H", &bearer(t)]).status;
+    assert_eq!(file(&t1), 200);
+    assert_eq!(file(&t2), 401);
     // A kid the provider does not (yet) have: refused; a flood of them fetches the
     // document at most once per jwks_min_refetch.
     thread::sleep(Duration::from_millis(1100));
