@@ -93,14 +93,7 @@ impl RouteAuth {
             return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
         }
         let name = self.provider.settings.cookie.as_deref()?;
-        headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|c| c.trim().split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v)
+        super::cookie(headers, name)
     }
 
     /// Checks the request; on success the identity (if any) is in the origin-bound

@@ -96,17 +96,7 @@ impl RouteCache {
 
     /// The URL an entry is stored for (purges match it).
     pub fn url<B>(scheme: &str, req: &Request<B>) -> String {
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_ascii_lowercase())
-            .or_else(|| {
-                req.headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_ascii_lowercase)
-            })
-            .unwrap_or_default();
+        let authority = authority(req);
         let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
         format!("{scheme}://{authority}{pq}")
     }
@@ -114,17 +104,7 @@ impl RouteCache {
     /// The key: scheme, host and port, path, the query with its parameters sorted, and
     /// the key headers and cookies.
     pub fn key<B>(&self, scheme: &str, req: &Request<B>) -> u64 {
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_ascii_lowercase())
-            .or_else(|| {
-                req.headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_ascii_lowercase)
-            })
-            .unwrap_or_default();
+        let authority = authority(req);
         let mut query: Vec<(String, String)> =
             form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -144,7 +124,7 @@ impl RouteCache {
         for c in &self.key_cookies {
             material.push_str(&format!(
                 "\ncookie {c}={}",
-                cookie(req.headers(), c).unwrap_or_default()
+                super::cookie(req.headers(), c).unwrap_or_default()
             ));
         }
         stable_hash(material.as_bytes())
@@ -155,7 +135,7 @@ impl RouteCache {
         let cookies: Vec<String> = self
             .key_cookies
             .iter()
-            .filter_map(|c| cookie(headers, c).map(|v| format!("{c}={v}")))
+            .filter_map(|c| super::cookie(headers, c).map(|v| format!("{c}={v}")))
             .collect();
         let doomed: Vec<HeaderName> = headers
             .keys()
@@ -300,15 +280,18 @@ impl RouteCache {
     }
 }
 
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_string())
+/// Host and port as the client sent them (`:authority` or Host), lower-case.
+fn authority<B>(req: &Request<B>) -> String {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_ascii_lowercase())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_ascii_lowercase)
+        })
+        .unwrap_or_default()
 }
 
 /// Streams a response to the client and keeps a copy; the copy is stored when the body

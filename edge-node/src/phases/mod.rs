@@ -9,3 +9,15 @@ pub mod geo;
 pub mod rate_limit;
 pub mod route;
 pub mod upgrade;
+
+/// The value of cookie `name` in the request's Cookie fields.
+pub fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}

@@ -95,15 +95,8 @@ impl Upstream {
                 .headers
                 .get(name)
                 .map_or_else(ip, |v| stable_hash(v.as_bytes())),
-            HashKey::Cookie(name) => parts
-                .headers
-                .get_all(header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .filter_map(|c| c.trim().split_once('='))
-                .find(|(k, _)| k == name)
-                .map_or_else(ip, |(_, v)| stable_hash(v.as_bytes())),
+            HashKey::Cookie(name) => crate::phases::cookie(&parts.headers, name)
+                .map_or_else(ip, |v| stable_hash(v.as_bytes())),
         }
     }
 
