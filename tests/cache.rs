@@ -196,3 +196,31 @@ fn purge_by_url_prefix_tag_and_everything() {
     assert_eq!(get(paths[3]), "MISS");
     assert_eq!(p.admin("POST", "/cache/purge").0, 400);
 }
+
+#[test]
+fn stale_copies_answer_when_the_origin_fails() {
+    let origin = Origin::start("a");
+    let p = node(&origin, "");
+    let with = "/s?cc=max-age%3D1%2Cstale-if-error%3D60";
+    let without = "/t?cc=max-age%3D1";
+    let stored = curl(&p, "app.test", with, &[]);
+    assert_eq!(header(&stored, "x-cache"), "MISS");
+    assert_eq!(
+        header(&curl(&p, "app.test", without, &[]), "x-cache"),
+        "MISS"
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    // The origin goes away: the copy whose response allowed it answers, stale.
+    origin.kill();
+    let stale = curl(&p, "app.test", with, &[]);
+    assert_eq!(
+        (stale.status, header(&stale, "x-cache").as_str()),
+        (200, "STALE"),
+        "{}",
+        p.node.log()
+    );
+    assert_eq!(stale.body, stored.body);
+    assert!(p.node.log().contains("serving a stale copy"));
+    // Without stale-if-error, the failure is the client's answer.
+    assert_eq!(curl(&p, "app.test", without, &[]).status, 502);
+}

@@ -56,6 +56,9 @@ pub struct Entry {
     pub initial_age: Duration,
     /// Freshness lifetime.
     pub lifetime: Duration,
+    /// How long past its lifetime it may still answer when the origin fails
+    /// (stale-if-error: the response's directive or the route's default).
+    pub stale_if_error: Duration,
     /// The request headers the response varies on, with the values it was stored for.
     pub vary: Vec<(HeaderName, Option<HeaderValue>)>,
     /// `scheme://host/path?query` it was stored for (purge by URL or prefix).
@@ -71,6 +74,11 @@ impl Entry {
 
     pub fn is_fresh(&self, now: Instant) -> bool {
         self.age(now) < self.lifetime
+    }
+
+    /// Whether it may answer in place of a failed origin.
+    pub fn usable_on_error(&self, now: Instant) -> bool {
+        self.age(now) < self.lifetime + self.stale_if_error
     }
 
     fn matches(&self, request: &HeaderMap) -> bool {

@@ -16,6 +16,8 @@ pub struct Directives {
     pub proxy_revalidate: bool,
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
+    /// RFC 5861: how long a stale copy may answer when the origin fails.
+    pub stale_if_error: Option<u64>,
 }
 
 pub fn directives(headers: &HeaderMap) -> Directives {
@@ -38,6 +40,7 @@ pub fn directives(headers: &HeaderMap) -> Directives {
                 "proxy-revalidate" => d.proxy_revalidate = true,
                 "max-age" => d.max_age = secs().or(Some(0)),
                 "s-maxage" => d.s_maxage = secs().or(Some(0)),
+                "stale-if-error" => d.stale_if_error = secs(),
                 _ => {}
             }
         }

@@ -49,6 +49,10 @@ pub struct RouteCacheSettings {
     /// Store responses that set cookies.
     #[serde(default)]
     pub share_set_cookie: bool,
+    /// How long past expiry a stored copy answers when the origin fails (unreachable,
+    /// timed out, 5xx), unless the response's own `stale-if-error` says otherwise.
+    #[serde(default, with = "crate::config::duration")]
+    pub stale_if_error: Duration,
 }
 
 fn default_max_object() -> usize {
@@ -61,6 +65,7 @@ pub struct RouteCache {
     key_cookies: Vec<String>,
     max_object: usize,
     policy: policy::RoutePolicy,
+    stale_if_error: Duration,
 }
 
 /// Headers of a cacheable request that reach the origin whatever the key: the host and
@@ -86,6 +91,7 @@ impl RouteCache {
                 .collect::<Result<_, _>>()?,
             key_cookies: s.key_cookies.clone(),
             max_object: s.max_object_bytes,
+            stale_if_error: s.stale_if_error,
             policy: policy::RoutePolicy {
                 default_ttl: s.default_ttl,
                 share_authorized: s.share_authorized,
@@ -250,6 +256,9 @@ impl RouteCache {
         }
         let status = resp.status();
         let initial_age = policy::initial_age(resp.headers());
+        let stale_if_error = policy::directives(resp.headers())
+            .stale_if_error
+            .map_or(self.stale_if_error, Duration::from_secs);
         let store = store.clone();
         let max = self.max_object;
         resp.map(move |inner| {
@@ -263,6 +272,7 @@ impl RouteCache {
                         stored_at: Instant::now(),
                         initial_age,
                         lifetime,
+                        stale_if_error,
                         vary,
                         url,
                         tags,

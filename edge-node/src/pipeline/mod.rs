@@ -449,6 +449,8 @@ impl Pipeline {
         // make one origin request.
         let method = req.method().clone();
         let mut cache_fill = None;
+        // A stored copy past its freshness, for stale-if-error.
+        let mut stale = None;
         if let Some(rc) = &route.cache
             && (method == http::Method::GET || method == http::Method::HEAD)
         {
@@ -474,7 +476,10 @@ impl Pipeline {
                                 "HIT",
                             ));
                         }
-                        Lookup::Stale(_) => label = "EXPIRED",
+                        Lookup::Stale(e) => {
+                            label = "EXPIRED";
+                            stale = Some(e);
+                        }
                         Lookup::Miss => {}
                     }
                     if waited {
@@ -591,8 +596,28 @@ impl Pipeline {
                     warn!(upstream = %up.name, region = %up.region, error = %e, "pool unreachable; failing over");
                     last = Some(e);
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // Not failed over (a timeout: the origin may be working on it).
+                    last = Some(e);
+                    break;
+                }
             }
+        }
+        // stale-if-error: the origin failed, a stored copy is still within its window.
+        let failed = served.as_ref().is_none_or(|r| r.status().is_server_error());
+        if failed
+            && let Some(entry) = &stale
+            && entry.usable_on_error(Instant::now())
+        {
+            if let Some(e) = &last {
+                warn!(upstream = %ctx.upstream, error = %e, "origin failed; serving a stale copy");
+            }
+            return Ok(crate::phases::cache::RouteCache::respond(
+                entry,
+                &method,
+                Instant::now(),
+                "STALE",
+            ));
         }
         let Some(mut resp) = served else {
             return Err(last.unwrap_or_else(|| {
