@@ -2,11 +2,11 @@
 //! 127.0.0.1: routing by host, header hygiene, forwarding headers, errors as responses,
 //! and reload without a restart. No privileges needed (XDP off).
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use edge_tests::{
     origin::Origin,
-    proxy::{Proxy, curl, eventually, raw, start_config},
+    proxy::{ADMIN_TOKEN, Proxy, Reply, admin_section, curl, eventually, raw, start_config},
 };
 
 fn config(origin: &Origin, extra_route: &str) -> String {
@@ -211,34 +211,10 @@ fn sighup_reload_adds_routes_and_refuses_a_broken_config() {
 fn admin_api_needs_its_token_and_serves_metrics_and_reload() {
     let origin = Origin::start("a");
     let b = Origin::start("b");
-    let token = "test-token-0123456789abcdef";
-    let admin = format!("\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{token}\"\n");
+    let token = ADMIN_TOKEN;
+    let admin = admin_section();
     let p = start_config(&(config(&origin, "") + &admin));
-    let admin_base = format!(
-        "http://{}",
-        p.node
-            .logged_addr("admin listening")
-            .expect("admin address")
-    );
-    let call = |method: &str, path: &str, auth: Option<&str>| -> (u16, String) {
-        let mut cmd = Command::new("curl");
-        cmd.args([
-            "-s",
-            "--max-time",
-            "10",
-            "-X",
-            method,
-            "-w",
-            "\n%{http_code}",
-        ]);
-        if let Some(t) = auth {
-            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
-        }
-        let out = cmd.arg(format!("{admin_base}{path}")).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap();
-        (code.trim().parse().unwrap(), body.to_string())
-    };
+    let call = |method: &str, path: &str, auth: Option<&str>| p.admin_as(method, path, auth);
     // Liveness is open; everything else needs the token.
     assert_eq!(call("GET", "/healthz", None).0, 200);
     assert_eq!(call("GET", "/metrics", None).0, 401);
@@ -478,6 +454,18 @@ upstreams = ["app-us", "app-eu"]
     assert!(p.node.log().contains("failing over"), "{}", p.node.log());
 }
 
+/// Requests `path`, sends SIGTERM once the request is at the origin (in flight), and
+/// returns what the client got.
+fn sigterm_in_flight(p: &Proxy, origin: &Origin, path: &str) -> Reply {
+    let before = origin.hits();
+    std::thread::scope(|s| {
+        let h = s.spawn(|| curl(p, "app.test", path, &[]));
+        assert!(eventually(Duration::from_secs(10), || origin.hits() > before));
+        p.node.signal(libc::SIGTERM);
+        h.join().unwrap()
+    })
+}
+
 #[test]
 fn shutdown_drains_requests_in_flight_and_the_access_log_is_json() {
     let origin = Origin::start("a");
@@ -487,13 +475,7 @@ fn shutdown_drains_requests_in_flight_and_the_access_log_is_json() {
     let cfg = config_with_http(&origin, "drain_timeout = \"10s\"") + "\n[log]\nformat = \"json\"\n";
     let mut p = start_config(&cfg);
     // A request in flight when SIGTERM arrives still gets its answer...
-    let slow = std::thread::scope(|s| {
-        let h = s.spawn(|| curl(&p, "app.test", "/slow", &[]));
-        // SIGTERM once the request is at the origin (in flight).
-        assert!(eventually(Duration::from_secs(10), || origin.hits() == 1));
-        p.node.signal(libc::SIGTERM);
-        h.join().unwrap()
-    });
+    let slow = sigterm_in_flight(&p, &origin, "/slow");
     assert_eq!(slow.status, 200, "{}", p.node.log());
     assert!(slow.body.contains("path=/slow"));
     // ... and then the node exits cleanly.
@@ -526,12 +508,7 @@ fn shutdown_drains_requests_in_flight_and_the_access_log_is_json() {
         .delay_ms
         .store(5000, std::sync::atomic::Ordering::Relaxed);
     let mut p = start_config(&cfg);
-    let cut = std::thread::scope(|s| {
-        let h = s.spawn(|| curl(&p, "app.test", "/too-slow", &[]));
-        assert!(eventually(Duration::from_secs(10), || origin.hits() == 2));
-        p.node.signal(libc::SIGTERM);
-        h.join().unwrap()
-    });
+    let cut = sigterm_in_flight(&p, &origin, "/too-slow");
     assert_ne!(cut.status, 200);
     assert_eq!(
         p.node.wait_exit(Duration::from_secs(15)),

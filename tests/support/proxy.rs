@@ -100,22 +100,29 @@ impl Proxy {
     /// An admin API call with `ADMIN_TOKEN` (the node runs with `admin_section()`):
     /// (status, body).
     pub fn admin(&self, method: &str, path: &str) -> (u16, String) {
+        self.admin_as(method, path, Some(ADMIN_TOKEN))
+    }
+
+    /// An admin API call with `token` as bearer (or none): (status, body).
+    pub fn admin_as(&self, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
         let admin = self
             .node
             .logged_addr("admin listening")
             .expect("admin address in the log");
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "--max-time",
-                "10",
-                "-X",
-                method,
-                "-w",
-                "\n%{http_code}",
-                "-H",
-            ])
-            .arg(format!("Authorization: Bearer {ADMIN_TOKEN}"))
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-s",
+            "--max-time",
+            "10",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+        ]);
+        if let Some(t) = token {
+            cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
+        }
+        let out = cmd
             .arg(format!("http://{admin}{path}"))
             .output()
             .expect("curl");

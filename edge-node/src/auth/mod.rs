@@ -43,12 +43,6 @@ pub struct JwtProvider {
 /// How long a verified token is trusted without verifying it again (never past its exp).
 const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl JwtProvider {
     /// Loads the configured keys (validated settings). A JWKS URL is fetched by
     /// `start` in the background.
@@ -91,7 +85,7 @@ impl JwtProvider {
     /// exp/nbf/iss/aud.
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         if let Some((id, exp)) = self.verified.get(token) {
-            if unix_now() <= exp.saturating_add(self.settings.leeway.as_secs()) {
+            if crate::phases::unix_now() <= exp.saturating_add(self.settings.leeway.as_secs()) {
                 return Ok(id);
             }
             self.verified.invalidate(token);

@@ -206,14 +206,4 @@ impl Store {
             done,
         })
     }
-
-    /// Entries held (for tests and metrics).
-    pub fn len(&self) -> u64 {
-        self.entries.run_pending_tasks();
-        self.entries.entry_count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

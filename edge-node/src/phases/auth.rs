@@ -79,11 +79,6 @@ impl RouteAuth {
         }))
     }
 
-    /// The identity headers this route's provider sets (client copies are removed).
-    pub fn identity_headers(&self) -> [&HeaderName; 2] {
-        [&self.user_header, &self.roles_header]
-    }
-
     fn token<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
         if let Some(v) = headers
             .get(header::AUTHORIZATION)

@@ -374,8 +374,3 @@ impl HttpBody for Tee {
         self.inner.size_hint()
     }
 }
-
-/// The status a stored-but-stale entry or nothing gives the fetch.
-pub fn miss_label(stale: bool) -> &'static str {
-    if stale { "EXPIRED" } else { "MISS" }
-}

@@ -3,7 +3,7 @@
 //! API-key header. Over the limit: 429 with `Retry-After` and the IETF `RateLimit-Policy`
 //! / `RateLimit` fields. With no `[[route.rate_limit]]` the phase does nothing.
 
-use std::{net::IpAddr, time::Instant};
+use std::net::IpAddr;
 
 use anyhow::{Result, bail};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
@@ -70,13 +70,6 @@ impl RateLimitSettings {
         }
         RateLimit::new(self).map(|_| ())
     }
-}
-
-/// Time for the limiters: monotonic ns since the process started.
-fn now_ns() -> u64 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    // Offset by a second so a fresh bucket (TAT 0) is never "ahead".
-    START.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1_000_000_000
 }
 
 impl RateLimit {
@@ -147,7 +140,9 @@ pub fn check(
     user: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Vec<(HeaderName, HeaderValue)>, EdgeError> {
-    let now = now_ns();
+    // CLOCK_MONOTONIC, as the XDP buckets use: never near zero, so a fresh
+    // bucket (TAT 0) is never "ahead".
+    let now = crate::xdp::addr::now_ns();
     let mut tightest: Option<(&RateLimit, Decision)> = None;
     for l in limits {
         let d = l.limiter.check(&l.key_of(client, user, headers), now);

@@ -254,10 +254,6 @@ impl<S> FramingGuard<S> {
             eof: false,
         }
     }
-
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {

@@ -108,12 +108,6 @@ pub struct Challenger {
     rng: ring::rand::SystemRandom,
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Leading zero bits of a digest.
 fn zero_bits(d: &[u8]) -> u32 {
     let mut n = 0;
@@ -205,7 +199,7 @@ impl Challenger {
         let Ok(exp_secs) = exp.parse::<u64>() else {
             return false;
         };
-        exp_secs > unix_now() && self.signed_by_us(&format!("clear|{ip}|{exp}"), sig)
+        exp_secs > super::unix_now() && self.signed_by_us(&format!("clear|{ip}|{exp}"), sig)
     }
 
     /// The challenge: an HTML page doing the work (browsers), or a JSON 429 (APIs).
@@ -216,7 +210,7 @@ impl Challenger {
             err.json = true;
             return err.with_header(header::RETRY_AFTER, "60");
         }
-        let exp = unix_now() + 300;
+        let exp = super::unix_now() + 300;
         let mut nonce = [0u8; 12];
         let _ = self.rng.fill(&mut nonce);
         let rand = B64.encode(nonce);
@@ -243,7 +237,7 @@ impl Challenger {
 
     /// A clearance for `ip`, valid for `clearance_ttl` (the cookie's value).
     pub fn clearance(&self, ip: IpAddr) -> String {
-        let exp = unix_now() + self.ttl.as_secs();
+        let exp = super::unix_now() + self.ttl.as_secs();
         format!("v1.{exp}.{}", self.sign(&format!("clear|{ip}|{exp}")))
     }
 
@@ -282,7 +276,7 @@ impl Challenger {
             else {
                 return false;
             };
-            let fresh = exp.parse::<u64>().is_ok_and(|e| e > unix_now());
+            let fresh = exp.parse::<u64>().is_ok_and(|e| e > super::unix_now());
             let ours = self.signed_by_us(&format!("pow|{ip}|{exp}|{rand}"), sig);
             let work = nonce.len() <= 20
                 && nonce.bytes().all(|b| b.is_ascii_digit())
