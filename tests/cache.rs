@@ -1,19 +1,27 @@
 //! The edge cache against a real origin that counts its hits: freshness from the origin's
 //! Cache-Control, Age, no-store, variants, HEAD from a stored GET, request coalescing,
-//! and a poisoning attempt through an unkeyed header.
+//! a poisoning attempt through an unkeyed header, revalidation (ETag, 304), clients'
+//! conditional and Range requests, stale-while-revalidate, stale-if-error, purges, and
+//! the regional tier in a real redis-server shared by two nodes.
 
 use std::time::Duration;
 
 use edge_tests::{
     origin::Origin,
-    proxy::{Reply, curl, start_config},
+    proxy::{Reply, curl, eventually, start_config},
+    redis::Redis,
 };
 
 fn node(origin: &Origin, route_cache: &str) -> edge_tests::proxy::Proxy {
+    node_with(origin, route_cache, "")
+}
+
+/// A node in front of `origin` with `[route.cache]` settings and more config (`extra`).
+fn node_with(origin: &Origin, route_cache: &str, extra: &str) -> edge_tests::proxy::Proxy {
     start_config(&format!(
         "[xdp]\nmode = \"off\"\n\n[http]\nlisten = [\"127.0.0.1:0\"]\n\n[threat]\nenabled = false\n\n\
          [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\n\
-         [[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n[route.cache]\n{route_cache}\n{}",
+         [[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n[route.cache]\n{route_cache}\n{}\n{extra}\n",
         origin.addr,
         edge_tests::proxy::admin_section(),
     ))
@@ -223,4 +231,205 @@ fn stale_copies_answer_when_the_origin_fails() {
     assert!(p.node.log().contains("serving a stale copy"));
     // Without stale-if-error, the failure is the client's answer.
     assert_eq!(curl(&p, "app.test", without, &[]).status, 502);
+}
+
+/// The x-hit header: which origin hit produced a body.
+fn origin_hit(r: &Reply) -> String {
+    header(r, "x-hit")
+}
+
+#[test]
+fn expired_copies_are_revalidated_and_clients_get_304_and_ranges() {
+    let origin = Origin::start("a");
+    let p = node(&origin, "");
+    let get = |path: &str, args: &[&str]| curl(&p, "app.test", path, args);
+    let path = "/r?cc=max-age%3D1&etag=v1";
+    let first = get(path, &[]);
+    assert_eq!(header(&first, "x-cache"), "MISS");
+    assert_eq!(header(&first, "etag"), "\"V1\"");
+    std::thread::sleep(Duration::from_millis(1200));
+    // Expired: a conditional request to the origin; its 304 refreshes the copy.
+    let revalidated = get(path, &[]);
+    assert_eq!(
+        (revalidated.status, header(&revalidated, "x-cache").as_str()),
+        (200, "EXPIRED"),
+        "{}",
+        revalidated.headers
+    );
+    assert_eq!(
+        header(&revalidated, "cache-status"),
+        "EDGE-NODE; FWD=STALE; FWD-STATUS=304; STORED"
+    );
+    assert_eq!(origin.not_modified(), 1);
+    assert_eq!(
+        revalidated.body, first.body,
+        "the stored body, not a new one"
+    );
+    assert_eq!(header(&get(path, &[]), "x-cache"), "HIT", "fresh again");
+    assert_eq!(origin.hits(), 2);
+
+    // Clients' conditional requests are answered from the copy.
+    let cond = get(path, &["-H", "If-None-Match: \"v1\""]);
+    assert_eq!(
+        (cond.status, header(&cond, "x-cache").as_str()),
+        (304, "HIT")
+    );
+    assert!(cond.body.is_empty());
+    let other = get(path, &["-H", "If-None-Match: \"v0\""]);
+    assert_eq!(
+        (other.status, other.body.as_str()),
+        (200, first.body.as_str())
+    );
+    assert_eq!(origin.hits(), 2, "neither reached the origin");
+
+    // Ranges of the stored body.
+    let len = first.body.len();
+    let part = get(path, &["-H", "Range: bytes=0-9"]);
+    assert_eq!(part.status, 206);
+    assert_eq!(header(&part, "content-range"), format!("BYTES 0-9/{len}"));
+    assert_eq!(part.body, first.body[..10]);
+    let tail = get(path, &["-H", "Range: bytes=-5"]);
+    assert_eq!(
+        (tail.status, tail.body.as_str()),
+        (206, &first.body[len - 5..])
+    );
+    let beyond = get(path, &["-H", &format!("Range: bytes={len}-")]);
+    assert_eq!(beyond.status, 416);
+    assert_eq!(header(&beyond, "content-range"), format!("BYTES */{len}"));
+    let if_range = get(path, &["-H", "Range: bytes=0-9", "-H", "If-Range: \"v0\""]);
+    assert_eq!(
+        (if_range.status, if_range.body.len()),
+        (200, len),
+        "If-Range differs"
+    );
+    assert_eq!(origin.hits(), 2);
+
+    // A Range miss: the client gets its part, the whole body is stored.
+    let part = get("/big?cc=max-age%3D60", &["-H", "Range: bytes=5-14"]);
+    assert_eq!(
+        (part.status, header(&part, "x-cache").as_str()),
+        (206, "MISS"),
+        "{}",
+        part.headers
+    );
+    assert!(eventually(Duration::from_secs(5), || {
+        header(&get("/big?cc=max-age%3D60", &[]), "x-cache") == "HIT"
+    }));
+    let whole = get("/big?cc=max-age%3D60", &[]);
+    assert_eq!(part.body, whole.body[5..15]);
+    assert_eq!(origin.hits(), 3);
+
+    // no-cache with a validator: stored, and revalidated on every use.
+    let nc = "/nc?cc=no-cache&etag=n1";
+    let stored = get(nc, &[]);
+    assert_eq!(header(&stored, "x-cache"), "MISS");
+    for i in 0..2 {
+        let again = get(nc, &[]);
+        assert_eq!(header(&again, "x-cache"), "EXPIRED");
+        assert_eq!(again.body, stored.body);
+        assert_eq!(origin.not_modified(), 2 + i);
+    }
+}
+
+#[test]
+fn stale_while_revalidate_answers_from_the_copy_and_refreshes_it() {
+    let origin = Origin::start("a");
+    let p = node(&origin, "");
+    let path = "/w?cc=max-age%3D1%2Cstale-while-revalidate%3D60";
+    let first = curl(&p, "app.test", path, &[]);
+    assert_eq!(
+        (
+            header(&first, "x-cache").as_str(),
+            origin_hit(&first).as_str()
+        ),
+        ("MISS", "1")
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    // Expired but within stale-while-revalidate: the old copy answers, a background
+    // request refreshes it.
+    let stale = curl(&p, "app.test", path, &[]);
+    assert_eq!(
+        (
+            stale.status,
+            header(&stale, "x-cache").as_str(),
+            origin_hit(&stale).as_str()
+        ),
+        (200, "STALE", "1"),
+        "{}",
+        stale.headers
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || origin.hits() == 2),
+        "the background refresh reached the origin"
+    );
+    assert!(eventually(Duration::from_secs(5), || {
+        let r = curl(&p, "app.test", path, &[]);
+        header(&r, "x-cache") == "HIT" && origin_hit(&r) == "2"
+    }));
+    assert_eq!(origin.hits(), 2, "one refresh");
+    // The route's default applies when the response names none.
+    let q = node(&origin, "stale_while_revalidate = \"60s\"");
+    let plain = "/d?cc=max-age%3D1";
+    assert_eq!(header(&curl(&q, "app.test", plain, &[]), "x-cache"), "MISS");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        header(&curl(&q, "app.test", plain, &[]), "x-cache"),
+        "STALE"
+    );
+}
+
+#[test]
+fn the_regional_tier_is_shared_by_nodes_and_optional() {
+    let Some(mut redis) = Redis::start("the_regional_tier_is_shared_by_nodes_and_optional") else {
+        return;
+    };
+    let origin = Origin::start("a");
+    let regional = format!(
+        "[cache.regional]\nurl = \"{}\"\ntimeout = \"500ms\"\nprefix = \"t\"",
+        redis.url()
+    );
+    let a = node_with(&origin, "", &regional);
+    let b = node_with(&origin, "", &regional);
+    let path = "/g?cc=max-age%3D60&tag=shared";
+    let first = curl(&a, "app.test", path, &[]);
+    assert_eq!(header(&first, "x-cache"), "MISS");
+    assert!(
+        eventually(Duration::from_secs(5), || redis.keys("t:e:*").len() == 1),
+        "stored in Redis: {:?}",
+        redis.keys("t:*")
+    );
+    // Node b has never seen it: Redis answers, not the origin; then b's memory does.
+    let from_redis = curl(&b, "app.test", path, &[]);
+    assert_eq!(
+        (from_redis.status, header(&from_redis, "x-cache").as_str()),
+        (200, "REGIONAL-HIT"),
+        "{}",
+        b.node.log()
+    );
+    assert_eq!(from_redis.body, first.body);
+    assert_eq!(header(&curl(&b, "app.test", path, &[]), "x-cache"), "HIT");
+    assert_eq!(origin.hits(), 1);
+
+    // A purge reaches Redis.
+    let (status, text) = a.admin("POST", "/cache/purge?tag=shared");
+    assert_eq!((status, text.as_str()), (200, "purged 1\nregional 1\n"));
+    assert!(redis.keys("t:e:*").is_empty());
+    let c = node_with(&origin, "", &regional);
+    assert_eq!(header(&curl(&c, "app.test", path, &[]), "x-cache"), "MISS");
+    assert_eq!(origin.hits(), 2);
+
+    // Redis goes away: tier 2 is skipped, clients never see an error.
+    redis.kill();
+    assert_eq!(header(&curl(&a, "app.test", path, &[]), "x-cache"), "MISS");
+    let other = curl(&a, "app.test", "/h?cc=max-age%3D60", &[]);
+    assert_eq!(
+        (other.status, header(&other, "x-cache").as_str()),
+        (200, "MISS")
+    );
+    assert_eq!(
+        header(&curl(&a, "app.test", "/h?cc=max-age%3D60", &[]), "x-cache"),
+        "HIT"
+    );
+    let (status, _) = a.admin("POST", "/cache/purge?all=1");
+    assert_eq!(status, 502, "an incomplete purge says so");
 }

@@ -95,7 +95,7 @@ impl App {
             Enforcement::Userspace { .. } => Some(policy.clone()),
         };
         // The cache outlives reloads too.
-        let cache = crate::cache::Store::new(&self.config.cache);
+        let cache = crate::cache::Store::new(&self.config.cache)?;
         let first = Pipeline::new(
             &self.config,
             pool.clone(),
@@ -280,6 +280,7 @@ fn warn_restart_only(old: &Config, new: &Config) {
             "cache.max_bytes",
             old.cache.max_bytes != new.cache.max_bytes,
         ),
+        ("cache.regional", old.cache.regional != new.cache.regional),
         (
             "threat.max_tracked",
             old.threat.max_tracked != new.threat.max_tracked,

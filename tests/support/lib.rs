@@ -6,6 +6,7 @@ pub mod node;
 pub mod origin;
 pub mod packet;
 pub mod proxy;
+pub mod redis;
 pub mod tls_origin;
 
 use std::{

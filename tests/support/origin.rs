@@ -20,6 +20,8 @@ pub struct Origin {
     pub health_status: Arc<AtomicU16>,
     /// Milliseconds every other request waits before its answer.
     pub delay_ms: Arc<AtomicU64>,
+    /// Conditional requests answered with 304 (they count as hits too).
+    pub not_modified: Arc<AtomicUsize>,
 }
 
 /// What the serving threads share.
@@ -30,6 +32,7 @@ struct Shared {
     stop: Arc<AtomicBool>,
     health_status: Arc<AtomicU16>,
     delay_ms: Arc<AtomicU64>,
+    not_modified: Arc<AtomicUsize>,
 }
 
 impl Origin {
@@ -49,6 +52,7 @@ impl Origin {
             stop: Arc::new(AtomicBool::new(false)),
             health_status: Arc::new(AtomicU16::new(200)),
             delay_ms: Arc::new(AtomicU64::new(0)),
+            not_modified: Arc::new(AtomicUsize::new(0)),
         };
         let origin = Self {
             addr,
@@ -56,6 +60,7 @@ impl Origin {
             stop: shared.stop.clone(),
             health_status: shared.health_status.clone(),
             delay_ms: shared.delay_ms.clone(),
+            not_modified: shared.not_modified.clone(),
         };
         thread::spawn(move || {
             while !shared.stop.load(Ordering::Relaxed) {
@@ -81,6 +86,10 @@ impl Origin {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::Relaxed)
+    }
+
+    pub fn not_modified(&self) -> usize {
+        self.not_modified.load(Ordering::Relaxed)
     }
 }
 
@@ -177,8 +186,10 @@ fn serve(conn: TcpStream, shared: &Shared) {
             body.len(),
             headers.join("\n")
         );
-        // Response headers a test asks for in the query: `cc=` (Cache-Control), `vary=`.
+        // Response headers a test asks for in the query: `cc=` (Cache-Control), `vary=`,
+        // `tag=` (Surrogate-Key), `etag=` (a validator: a matching If-None-Match gets 304).
         let mut extra = String::new();
+        let mut etag = None;
         if let Some((_, q)) = path.split_once('?') {
             for pair in q.split('&') {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -190,9 +201,26 @@ fn serve(conn: TcpStream, shared: &Shared) {
                     "cc" => extra.push_str(&format!("cache-control: {v}\r\n")),
                     "vary" => extra.push_str(&format!("vary: {v}\r\n")),
                     "tag" => extra.push_str(&format!("surrogate-key: {v}\r\n")),
+                    "etag" => {
+                        extra.push_str(&format!("etag: \"{v}\"\r\n"));
+                        etag = Some(format!("\"{v}\""));
+                    }
                     _ => {}
                 }
             }
+        }
+        let inm = headers
+            .iter()
+            .find_map(|h| h.strip_prefix("if-none-match: "));
+        if let (Some(etag), Some(inm)) = (&etag, inm)
+            && inm.split(',').any(|t| t.trim() == etag)
+        {
+            shared.not_modified.fetch_add(1, Ordering::Relaxed);
+            let resp = format!("HTTP/1.1 304 Not Modified\r\nx-origin: {name}\r\n{extra}\r\n");
+            if w.write_all(resp.as_bytes()).is_err() {
+                return;
+            }
+            continue;
         }
         let n = hits.load(Ordering::Relaxed);
         let resp = format!(

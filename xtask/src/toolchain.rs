@@ -211,7 +211,8 @@ fn ensure_packages(wanted: &[(&str, &str)]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-/// What the test suite drives: ip (netns, veth), curl, nghttp (a second HTTP/2 client).
+/// What the test suite drives: ip (netns, veth), curl, nghttp (a second HTTP/2 client),
+/// redis-server (the regional cache tier), chromium.
 pub fn ensure_test_packages() -> Result<()> {
     ensure_packages(&[
         ("ip", "iproute2"),
@@ -223,6 +224,8 @@ pub fn ensure_test_packages() -> Result<()> {
         ("python3", "python3"),
         // The challenge test: a real browser runs the proof-of-work page.
         ("chromium", "chromium"),
+        // The regional cache tier: the tests start their own redis-server.
+        ("redis-server", "redis-server"),
     ])?;
     // The geo test writes its MaxMind database with an independent writer; the HTTP/3
     // tests speak through an independent client (aioquic).

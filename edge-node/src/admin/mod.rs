@@ -196,7 +196,7 @@ async fn handle(st: AdminState, req: Request<Incoming>) -> Response<Body> {
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
             }
         }
-        (Method::POST, "/cache/purge") => cache_purge(&st, req.uri().query().unwrap_or("")),
+        (Method::POST, "/cache/purge") => cache_purge(&st, req.uri().query().unwrap_or("")).await,
         (Method::POST, "/policy/score" | "/policy/block" | "/policy/unblock") => {
             policy_change(&st, &path, req.uri().query().unwrap_or("")).await
         }
@@ -285,30 +285,63 @@ async fn policy_change(st: &AdminState, path: &str, query: &str) -> Response<Bod
 }
 
 /// `POST /cache/purge?url=URL`, `?prefix=URL`, `?tag=KEY` (Surrogate-Key / Cache-Tag),
-/// or `?all=1`: removes stored responses; answers how many keys went.
-fn cache_purge(st: &AdminState, query: &str) -> Response<Body> {
+/// or `?all=1`: removes stored responses from every tier; answers how many keys went
+/// (`purged N`, and `regional N` when the regional tier is configured). A regional tier
+/// that cannot be reached makes it 502: the purge is not complete.
+async fn cache_purge(st: &AdminState, query: &str) -> Response<Body> {
     let args: std::collections::HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
-    let purged = if args.get("all").is_some_and(|v| v == "1") {
-        st.cache.purge_all();
-        "all".to_string()
+    let cache = &st.cache;
+    let (purged, regional) = if args.get("all").is_some_and(|v| v == "1") {
+        cache.purge_all();
+        let r = match &cache.regional {
+            Some(r) => Some(r.purge_all().await),
+            None => None,
+        };
+        ("all".to_string(), r)
     } else if let Some(url) = args.get("url") {
-        st.cache.purge_where(|e| &e.url == url).to_string()
+        let n = cache.purge_where(|e| &e.url == url);
+        let r = match &cache.regional {
+            Some(r) => Some(r.purge_url(url).await),
+            None => None,
+        };
+        (n.to_string(), r)
     } else if let Some(prefix) = args.get("prefix") {
-        st.cache
-            .purge_where(|e| e.url.starts_with(prefix.as_str()))
-            .to_string()
+        let n = cache.purge_where(|e| e.url.starts_with(prefix.as_str()));
+        let r = match &cache.regional {
+            Some(r) => Some(r.purge_prefix(prefix).await),
+            None => None,
+        };
+        (n.to_string(), r)
     } else if let Some(tag) = args.get("tag") {
-        st.cache
-            .purge_where(|e| e.tags.iter().any(|t| t == tag))
-            .to_string()
+        let n = cache.purge_where(|e| e.tags.iter().any(|t| t == tag));
+        let r = match &cache.regional {
+            Some(r) => Some(r.purge_tag(tag).await),
+            None => None,
+        };
+        (n.to_string(), r)
     } else {
         return text(
             StatusCode::BAD_REQUEST,
             "need url=, prefix=, tag= or all=1\n",
         );
     };
-    info!(%purged, query, "cache purged through the admin API");
-    text(StatusCode::OK, format!("purged {purged}\n"))
+    match regional {
+        None => {
+            info!(%purged, query, "cache purged through the admin API");
+            text(StatusCode::OK, format!("purged {purged}\n"))
+        }
+        Some(Ok(n)) => {
+            info!(%purged, regional = n, query, "cache purged through the admin API");
+            text(StatusCode::OK, format!("purged {purged}\nregional {n}\n"))
+        }
+        Some(Err(e)) => {
+            warn!(%purged, error = %e, query, "cache purge: the regional tier failed");
+            text(
+                StatusCode::BAD_GATEWAY,
+                format!("purged {purged}\nregional tier failed: {e}\n"),
+            )
+        }
+    }
 }

@@ -5,6 +5,7 @@
 //! stream to the client.
 
 pub mod policy;
+pub mod regional;
 
 use std::{
     collections::HashMap,
@@ -28,6 +29,9 @@ pub struct CacheSettings {
     /// fetching on their own.
     #[serde(default = "default_lock_timeout", with = "crate::config::duration")]
     pub lock_timeout: Duration,
+    /// `[cache.regional]`: the second tier, in Redis, shared by the nodes of a region.
+    #[serde(default)]
+    pub regional: Option<regional::RegionalSettings>,
 }
 
 fn default_max_bytes() -> u64 {
@@ -42,6 +46,7 @@ impl Default for CacheSettings {
         Self {
             max_bytes: default_max_bytes(),
             lock_timeout: default_lock_timeout(),
+            regional: None,
         }
     }
 }
@@ -59,6 +64,9 @@ pub struct Entry {
     /// How long past its lifetime it may still answer when the origin fails
     /// (stale-if-error: the response's directive or the route's default).
     pub stale_if_error: Duration,
+    /// How long past its lifetime it may answer while a background request refreshes it
+    /// (stale-while-revalidate: the response's directive or the route's default).
+    pub stale_while_revalidate: Duration,
     /// The request headers the response varies on, with the values it was stored for.
     pub vary: Vec<(HeaderName, Option<HeaderValue>)>,
     /// `scheme://host/path?query` it was stored for (purge by URL or prefix).
@@ -81,13 +89,31 @@ impl Entry {
         self.age(now) < self.lifetime + self.stale_if_error
     }
 
+    /// Whether it may answer at once while a background request refreshes it.
+    pub fn usable_while_revalidating(&self, now: Instant) -> bool {
+        self.age(now) < self.lifetime + self.stale_while_revalidate
+    }
+
+    /// How long a copy is worth keeping: its lifetime and stale windows, and a while
+    /// longer when it can be revalidated (a 304 is cheaper than the body).
+    pub fn keep_for(&self) -> Duration {
+        let stale = self.stale_if_error.max(self.stale_while_revalidate);
+        let revalidation = if policy::has_validators(&self.headers) {
+            self.lifetime.max(Duration::from_secs(60))
+        } else {
+            Duration::ZERO
+        };
+        self.lifetime + stale + revalidation
+    }
+
     fn matches(&self, request: &HeaderMap) -> bool {
         self.vary
             .iter()
             .all(|(name, value)| request.get(name) == value.as_ref())
     }
 
-    fn weight(&self) -> u32 {
+    /// Bytes the entry is charged in the in-memory tier.
+    pub fn weight(&self) -> u32 {
         let headers: usize = self
             .headers
             .iter()
@@ -106,6 +132,8 @@ pub struct Store {
     entries: moka::sync::Cache<u64, Variants>,
     inflight: Mutex<HashMap<u64, watch::Receiver<bool>>>,
     pub lock_timeout: Duration,
+    /// The regional tier, when configured.
+    pub regional: Option<regional::Regional>,
 }
 
 /// A lookup's answer.
@@ -143,15 +171,24 @@ pub enum Fill {
 }
 
 impl Store {
-    pub fn new(s: &CacheSettings) -> Arc<Self> {
-        Arc::new(Self {
+    /// The tiers of `s`. The regional tier connects lazily (and reconnects by itself), so
+    /// a Redis that is down at start-up is not an error; this must run inside the Tokio
+    /// runtime that will drive that connection.
+    pub fn new(s: &CacheSettings) -> anyhow::Result<Arc<Self>> {
+        let regional = s
+            .regional
+            .as_ref()
+            .map(regional::Regional::connect)
+            .transpose()?;
+        Ok(Arc::new(Self {
             entries: moka::sync::Cache::builder()
                 .max_capacity(s.max_bytes)
                 .weigher(|_, v: &Variants| v.0.iter().map(|e| e.weight()).sum::<u32>())
                 .build(),
             inflight: Mutex::new(HashMap::new()),
             lock_timeout: s.lock_timeout,
-        })
+            regional,
+        }))
     }
 
     pub fn lookup(&self, key: u64, request: &HeaderMap, now: Instant) -> Lookup {
@@ -165,13 +202,23 @@ impl Store {
         }
     }
 
-    pub fn insert(&self, key: u64, entry: Entry) {
-        let entry = Arc::new(entry);
+    /// Stores in the in-memory tier only (a copy promoted from the regional tier).
+    pub fn insert_local(&self, key: u64, entry: Arc<Entry>) {
         let mut variants = self.entries.get(&key).unwrap_or_default();
         // A new response for the same variant replaces the old one.
         variants.0.retain(|e| e.vary != entry.vary);
         variants.0.push(entry);
         self.entries.insert(key, variants);
+    }
+
+    /// Stores in every tier: in memory now, in the regional tier in the background (a
+    /// slow or absent Redis never holds up a response).
+    pub fn insert(&self, key: u64, entry: Entry) {
+        let entry = Arc::new(entry);
+        self.insert_local(key, entry.clone());
+        if let Some(r) = &self.regional {
+            r.store_in_background(key, entry);
+        }
     }
 
     /// Removes every entry `matches` selects; returns how many keys went.

@@ -18,6 +18,8 @@ pub struct Directives {
     pub s_maxage: Option<u64>,
     /// RFC 5861: how long a stale copy may answer when the origin fails.
     pub stale_if_error: Option<u64>,
+    /// RFC 5861: how long a stale copy may answer while it is refreshed in the background.
+    pub stale_while_revalidate: Option<u64>,
 }
 
 pub fn directives(headers: &HeaderMap) -> Directives {
@@ -41,6 +43,7 @@ pub fn directives(headers: &HeaderMap) -> Directives {
                 "max-age" => d.max_age = secs().or(Some(0)),
                 "s-maxage" => d.s_maxage = secs().or(Some(0)),
                 "stale-if-error" => d.stale_if_error = secs(),
+                "stale-while-revalidate" => d.stale_while_revalidate = secs(),
                 _ => {}
             }
         }
@@ -110,11 +113,14 @@ pub fn storable(
     if response.contains_key(header::SET_COOKIE) && !route.share_set_cookie {
         return None;
     }
-    // A response that must be revalidated every time is not worth storing without
-    // revalidation support for it.
+    // A response that must be revalidated on every use is stored with no freshness when
+    // it can be revalidated (a validator), and not at all otherwise.
+    let validators = has_validators(response);
     if resp.no_cache {
-        return None;
+        return validators.then_some(Duration::ZERO);
     }
+    let explicit =
+        resp.s_maxage.is_some() || resp.max_age.is_some() || response.contains_key(header::EXPIRES);
     let lifetime = if let Some(s) = resp.s_maxage {
         Duration::from_secs(s)
     } else if let Some(m) = resp.max_age {
@@ -125,7 +131,119 @@ pub fn storable(
     } else {
         route.default_ttl
     };
-    (!lifetime.is_zero()).then_some(lifetime)
+    // An origin that says "fresh for 0 s" but gives a validator wants revalidation.
+    (!lifetime.is_zero() || (explicit && validators)).then_some(lifetime)
+}
+
+/// Whether the response can be revalidated (an `ETag` or a `Last-Modified`).
+pub fn has_validators(response: &HeaderMap) -> bool {
+    response.contains_key(header::ETAG) || response.contains_key(header::LAST_MODIFIED)
+}
+
+/// RFC 9110 13.1.1 / 13.1.3: whether a client's conditional GET or HEAD is satisfied by a
+/// stored response with these headers, so the answer is 304. `If-None-Match` uses the
+/// weak comparison; `If-Modified-Since` counts only without `If-None-Match`.
+pub fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
+    let etag = stored.get(header::ETAG).and_then(|v| v.to_str().ok());
+    let inm: Vec<&str> = request
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect();
+    if !inm.is_empty() {
+        let weak = |t: &str| t.trim_start_matches("W/").to_string();
+        return inm
+            .iter()
+            .any(|t| *t == "*" || etag.is_some_and(|e| weak(e) == weak(t)));
+    }
+    match (
+        http_date(request, header::IF_MODIFIED_SINCE),
+        http_date(stored, header::LAST_MODIFIED),
+    ) {
+        (Some(since), Some(modified)) => modified <= since,
+        _ => false,
+    }
+}
+
+/// What a `Range` request asks of a stored body of `len` bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RangeAnswer {
+    /// No usable single byte range (absent, malformed, several ranges, or `If-Range` does
+    /// not match): the whole body with 200, which RFC 9110 14.2 allows.
+    Full,
+    /// 206 with the bytes `start..=end`.
+    Partial { start: u64, end: u64 },
+    /// 416: no requested byte exists.
+    Unsatisfiable,
+}
+
+/// RFC 9110 14: a single `bytes=` range (`a-b`, `a-`, `-n`) against a body of `len` bytes,
+/// honouring `If-Range` (a strong ETag or the exact `Last-Modified`).
+pub fn range(request: &HeaderMap, stored: &HeaderMap, len: u64) -> RangeAnswer {
+    let Some(spec) = request.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return RangeAnswer::Full;
+    };
+    if let Some(cond) = request.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
+        let cond = cond.trim();
+        let matches = if cond.starts_with('"') {
+            stored
+                .get(header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|e| e == cond)
+        } else {
+            stored
+                .get(header::LAST_MODIFIED)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|m| m == cond)
+        };
+        if !matches {
+            return RangeAnswer::Full;
+        }
+    }
+    let Some(set) = spec.trim().strip_prefix("bytes=") else {
+        return RangeAnswer::Full;
+    };
+    if set.contains(',') {
+        return RangeAnswer::Full;
+    }
+    let Some((first, last)) = set.trim().split_once('-') else {
+        return RangeAnswer::Full;
+    };
+    let (first, last) = (first.trim(), last.trim());
+    let parse = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    match (first.is_empty(), parse(first), parse(last)) {
+        // `-n`: the last n bytes.
+        (true, _, Some(n)) => {
+            if n == 0 || len == 0 {
+                RangeAnswer::Unsatisfiable
+            } else {
+                RangeAnswer::Partial {
+                    start: len.saturating_sub(n),
+                    end: len - 1,
+                }
+            }
+        }
+        (false, Some(start), end) if last.is_empty() || end.is_some() => {
+            if end.is_some_and(|e| e < start) {
+                return RangeAnswer::Full;
+            }
+            if start >= len {
+                return RangeAnswer::Unsatisfiable;
+            }
+            RangeAnswer::Partial {
+                start,
+                end: end.map_or(len - 1, |e| e.min(len - 1)),
+            }
+        }
+        _ => RangeAnswer::Full,
+    }
 }
 
 /// Whether a request may be answered from the cache at all (it may still be stored).
@@ -264,5 +382,77 @@ mod tests {
         ));
         assert!(!may_serve_from_cache(&get, &h(&[("pragma", "no-cache")])));
         assert!(may_serve_from_cache(&Method::HEAD, &h(&[])));
+        // Must-revalidate-every-time responses are kept only when they can be revalidated.
+        assert_eq!(
+            s(&[], &[("cache-control", "no-cache"), ("etag", "\"v1\"")]),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            s(&[], &[("cache-control", "max-age=0"), ("etag", "\"v1\"")]),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(s(&[], &[("etag", "\"v1\"")]), None, "no lifetime given");
+    }
+
+    #[test]
+    fn conditional_requests() {
+        let stored = h(&[
+            ("etag", "\"v1\""),
+            ("last-modified", "Sat, 01 Jan 2022 00:00:00 GMT"),
+        ]);
+        assert!(not_modified(&h(&[("if-none-match", "\"v1\"")]), &stored));
+        assert!(not_modified(&h(&[("if-none-match", "W/\"v1\"")]), &stored));
+        assert!(not_modified(
+            &h(&[("if-none-match", "\"x\", \"v1\"")]),
+            &stored
+        ));
+        assert!(not_modified(&h(&[("if-none-match", "*")]), &stored));
+        assert!(!not_modified(&h(&[("if-none-match", "\"v2\"")]), &stored));
+        assert!(not_modified(
+            &h(&[("if-modified-since", "Sun, 02 Jan 2022 00:00:00 GMT")]),
+            &stored
+        ));
+        assert!(!not_modified(
+            &h(&[("if-modified-since", "Fri, 31 Dec 2021 00:00:00 GMT")]),
+            &stored
+        ));
+        // If-None-Match decides when both are present.
+        assert!(!not_modified(
+            &h(&[
+                ("if-none-match", "\"v2\""),
+                ("if-modified-since", "Sun, 02 Jan 2022 00:00:00 GMT")
+            ]),
+            &stored
+        ));
+        assert!(!not_modified(&h(&[]), &stored));
+    }
+
+    #[test]
+    fn byte_ranges() {
+        let stored = h(&[("etag", "\"v1\"")]);
+        let r = |spec: &str| range(&h(&[("range", spec)]), &stored, 100);
+        assert_eq!(r("bytes=0-9"), RangeAnswer::Partial { start: 0, end: 9 });
+        assert_eq!(r("bytes=90-"), RangeAnswer::Partial { start: 90, end: 99 });
+        assert_eq!(r("bytes=-10"), RangeAnswer::Partial { start: 90, end: 99 });
+        assert_eq!(r("bytes=-500"), RangeAnswer::Partial { start: 0, end: 99 });
+        assert_eq!(
+            r("bytes=50-500"),
+            RangeAnswer::Partial { start: 50, end: 99 }
+        );
+        assert_eq!(r("bytes=100-"), RangeAnswer::Unsatisfiable);
+        assert_eq!(r("bytes=-0"), RangeAnswer::Unsatisfiable);
+        assert_eq!(r("bytes=9-0"), RangeAnswer::Full);
+        assert_eq!(r("bytes=0-1,5-6"), RangeAnswer::Full);
+        assert_eq!(r("items=0-1"), RangeAnswer::Full);
+        assert_eq!(r("bytes=a-b"), RangeAnswer::Full);
+        assert_eq!(r("bytes=+1-2"), RangeAnswer::Full);
+        assert_eq!(range(&h(&[]), &stored, 100), RangeAnswer::Full);
+        let if_range =
+            |v: &str| range(&h(&[("range", "bytes=0-0"), ("if-range", v)]), &stored, 100);
+        assert_eq!(
+            if_range("\"v1\""),
+            RangeAnswer::Partial { start: 0, end: 0 }
+        );
+        assert_eq!(if_range("\"v2\""), RangeAnswer::Full);
     }
 }

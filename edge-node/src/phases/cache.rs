@@ -1,25 +1,31 @@
 //! Cache phase (routes with `[route.cache]`): GET and HEAD are answered from the
-//! in-memory tier while fresh; concurrent misses for one key make one origin request
-//! (the others wait for it, up to `cache.lock_timeout`); storable responses are kept as
-//! they stream to the client. Request headers that are not part of the key are not
-//! forwarded on cacheable requests, so nothing outside the key can change a stored
-//! body. Responses say where they came from (`X-Cache`, `Cache-Status`). Routes without
-//! `[route.cache]`: nothing.
+//! in-memory tier while fresh, then from the regional tier (Redis) when configured;
+//! concurrent misses for one key make one origin request (the others wait for it, up to
+//! `cache.lock_timeout`, or take a stale copy while it runs); storable responses are kept
+//! as they stream to the client. Expired copies with a validator are revalidated with a
+//! conditional request (a 304 refreshes them); within stale-while-revalidate they answer
+//! at once and refresh in the background. Clients' own conditional and Range requests are
+//! answered from stored copies (304, 206, 416). Request headers that are not part of the
+//! key are not forwarded on cacheable requests, so nothing outside the key can change a
+//! stored body. Responses say where they came from (`X-Cache`, `Cache-Status`). Routes
+//! without `[route.cache]`: nothing.
 
 use std::{
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Result;
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use serde::Deserialize;
 
 use crate::{
-    cache::{Entry, FillGuard, Store, policy},
+    cache::{Entry, Fill, FillGuard, Lookup, Store, policy},
     error::{Body, BoxError, full},
     upstream::balance::stable_hash,
 };
@@ -53,6 +59,10 @@ pub struct RouteCacheSettings {
     /// timed out, 5xx), unless the response's own `stale-if-error` says otherwise.
     #[serde(default, with = "crate::config::duration")]
     pub stale_if_error: Duration,
+    /// How long past expiry a stored copy answers at once while a background request
+    /// refreshes it, unless the response's own `stale-while-revalidate` says otherwise.
+    #[serde(default, with = "crate::config::duration")]
+    pub stale_while_revalidate: Duration,
 }
 
 fn default_max_object() -> usize {
@@ -66,6 +76,48 @@ pub struct RouteCache {
     max_object: usize,
     policy: policy::RoutePolicy,
     stale_if_error: Duration,
+    stale_while_revalidate: Duration,
+}
+
+/// The client headers the cache answers itself (they never reach the origin).
+const CLIENT_CONDITIONALS: [HeaderName; 4] = [
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::RANGE,
+    header::IF_RANGE,
+];
+
+/// What the cache decided before the origin.
+pub enum CacheStep {
+    /// Answered from a stored copy.
+    Answer(Response<Body>),
+    /// The origin is needed.
+    Forward(CacheFetch),
+}
+
+/// A cacheable request on its way to the origin.
+pub struct CacheFetch {
+    key: u64,
+    url: String,
+    /// The coalescing lock, when this request fetches for others.
+    guard: Option<FillGuard>,
+    label: &'static str,
+    /// The client's Cache-Control (its no-store holds for what it fetched).
+    asked: Option<HeaderValue>,
+    /// The client's conditional and Range headers, answered by the cache.
+    client: HeaderMap,
+    /// An expired copy: revalidated, or served when the origin fails (stale-if-error).
+    pub stale: Option<Arc<Entry>>,
+    /// Answer with `stale` now and refresh it in the background (stale-while-revalidate).
+    pub refresh_in_background: bool,
+}
+
+impl CacheFetch {
+    /// For a refresh nobody waits on: no client headers to answer.
+    pub fn into_background(mut self) -> Self {
+        self.client = HeaderMap::new();
+        self
+    }
 }
 
 /// Headers of a cacheable request that reach the origin whatever the key: the host and
@@ -92,6 +144,7 @@ impl RouteCache {
             key_cookies: s.key_cookies.clone(),
             max_object: s.max_object_bytes,
             stale_if_error: s.stale_if_error,
+            stale_while_revalidate: s.stale_while_revalidate,
             policy: policy::RoutePolicy {
                 default_ttl: s.default_ttl,
                 share_authorized: s.share_authorized,
@@ -158,38 +211,277 @@ impl RouteCache {
         }
     }
 
-    /// The response for a stored entry.
-    pub fn respond(
-        entry: &Entry,
-        method: &Method,
-        now: Instant,
-        label: &'static str,
-    ) -> Response<Body> {
-        let body = if *method == Method::HEAD {
-            full(Bytes::new())
-        } else {
-            full(entry.body.clone())
-        };
-        let mut resp = Response::new(body);
-        *resp.status_mut() = entry.status;
-        *resp.headers_mut() = entry.headers.clone();
-        let h = resp.headers_mut();
-        let age = entry.age(now).as_secs();
-        h.insert(header::AGE, HeaderValue::from(age));
-        h.insert("x-cache", HeaderValue::from_static(label));
-        let ttl = entry.lifetime.as_secs().saturating_sub(age);
-        if let Ok(v) = HeaderValue::from_str(&format!("edge-node; hit; ttl={ttl}")) {
-            h.insert("cache-status", v);
+    /// Looks the request up in the tiers. Strips what is not in the key from the request
+    /// (it is forwarded as it is left).
+    pub async fn lookup<B>(
+        &self,
+        store: &Arc<Store>,
+        scheme: &str,
+        req: &mut Request<B>,
+    ) -> CacheStep {
+        let method = req.method().clone();
+        let key = self.key(scheme, req);
+        // What the client asked of caches, before its unkeyed headers go.
+        let serve = policy::may_serve_from_cache(&method, req.headers());
+        let mut client = HeaderMap::new();
+        for h in CLIENT_CONDITIONALS {
+            for v in req.headers().get_all(&h) {
+                client.append(h.clone(), v.clone());
+            }
         }
-        resp
+        let mut fetch = CacheFetch {
+            key,
+            url: Self::url(scheme, req),
+            guard: None,
+            label: "BYPASS",
+            asked: req.headers().get(header::CACHE_CONTROL).cloned(),
+            client,
+            stale: None,
+            refresh_in_background: false,
+        };
+        self.strip_unkeyed(req.headers_mut());
+        if !serve {
+            return CacheStep::Forward(fetch);
+        }
+        fetch.label = "MISS";
+        let mut waited = false;
+        loop {
+            let now = Instant::now();
+            match store.lookup(key, req.headers(), now) {
+                Lookup::Hit(e) => {
+                    return CacheStep::Answer(respond(&e, &method, now, "HIT", &fetch.client));
+                }
+                Lookup::Stale(e) => {
+                    fetch.label = "EXPIRED";
+                    fetch.stale = Some(e);
+                }
+                Lookup::Miss => {}
+            }
+            if waited {
+                break;
+            }
+            match store.fill(key) {
+                Fill::Leader(guard) => {
+                    fetch.guard = Some(guard);
+                    // The regional tier, before the origin: another node may hold it.
+                    if let Some(regional) = &store.regional
+                        && let Some(e) = regional.lookup(key, req.headers()).await
+                    {
+                        let e = Arc::new(e);
+                        if e.is_fresh(now) {
+                            store.insert_local(key, e.clone());
+                            return CacheStep::Answer(respond(
+                                &e,
+                                &method,
+                                now,
+                                "REGIONAL-HIT",
+                                &fetch.client,
+                            ));
+                        }
+                        if fetch.stale.is_none() {
+                            fetch.label = "EXPIRED";
+                            fetch.stale = Some(e);
+                        }
+                    }
+                    fetch.refresh_in_background = fetch
+                        .stale
+                        .as_ref()
+                        .is_some_and(|e| e.usable_while_revalidating(now));
+                    break;
+                }
+                Fill::Follower(mut rx) => {
+                    // Someone is refreshing it: a copy within stale-while-revalidate
+                    // answers now.
+                    if let Some(e) = &fetch.stale
+                        && e.usable_while_revalidating(now)
+                    {
+                        return CacheStep::Answer(respond(e, &method, now, "STALE", &fetch.client));
+                    }
+                    // Otherwise wait for the request already fetching it (bounded), then
+                    // look again; still missing: fetch too.
+                    let _ =
+                        tokio::time::timeout(store.lock_timeout, rx.wait_for(|done| *done)).await;
+                    waited = true;
+                }
+            }
+        }
+        CacheStep::Forward(fetch)
+    }
+
+    /// Turns the forwarded request into a revalidation of the stale copy, when it has a
+    /// validator.
+    pub fn prepare(fetch: &CacheFetch, headers: &mut HeaderMap) {
+        let Some(e) = &fetch.stale else { return };
+        if let Some(etag) = e.headers.get(header::ETAG) {
+            headers.insert(header::IF_NONE_MATCH, etag.clone());
+        }
+        if let Some(lm) = e.headers.get(header::LAST_MODIFIED) {
+            headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
+        }
+    }
+
+    /// The stale copy's answer while the refresh runs in the background.
+    pub fn stale_answer(fetch: &CacheFetch, method: &Method) -> Option<Response<Body>> {
+        let e = fetch.stale.as_ref()?;
+        Some(respond(e, method, Instant::now(), "STALE", &fetch.client))
+    }
+
+    /// The origin's answer to a cacheable request: a 304 refreshes the stale copy and
+    /// answers from it; anything else streams to the client and is stored when allowed
+    /// (in every tier). `forwarded` is the request as it went to the origin.
+    pub fn complete(
+        &self,
+        store: &Arc<Store>,
+        fetch: CacheFetch,
+        method: &Method,
+        mut forwarded: HeaderMap,
+        authorized: bool,
+        resp: Response<Body>,
+    ) -> Response<Body> {
+        if let Some(cc) = &fetch.asked {
+            forwarded.insert(header::CACHE_CONTROL, cc.clone());
+        }
+        // The validators were the cache's, not the client's.
+        forwarded.remove(header::IF_NONE_MATCH);
+        forwarded.remove(header::IF_MODIFIED_SINCE);
+        if resp.status() == StatusCode::NOT_MODIFIED
+            && let Some(stale) = &fetch.stale
+        {
+            let entry = self.refreshed(stale, resp.headers(), &forwarded, authorized);
+            let now = Instant::now();
+            let mut answer = respond(&entry, method, now, fetch.label, &fetch.client);
+            let stored = entry.lifetime > Duration::ZERO || policy::has_validators(&entry.headers);
+            answer.headers_mut().insert(
+                "cache-status",
+                HeaderValue::from_static(if stored {
+                    "edge-node; fwd=stale; fwd-status=304; stored"
+                } else {
+                    "edge-node; fwd=stale; fwd-status=304"
+                }),
+            );
+            if stored {
+                store.insert(fetch.key, entry);
+            }
+            return answer;
+        }
+        let range = (*method == Method::GET && resp.status() == StatusCode::OK)
+            .then(|| {
+                let len = resp
+                    .headers()
+                    .get(header::CONTENT_LENGTH)?
+                    .to_str()
+                    .ok()?
+                    .parse()
+                    .ok()?;
+                Some((policy::range(&fetch.client, resp.headers(), len), len))
+            })
+            .flatten();
+        let resp = self.store(
+            store,
+            fetch.key,
+            fetch.url,
+            method,
+            &forwarded,
+            authorized,
+            resp,
+            fetch.guard,
+            fetch.label,
+        );
+        match range {
+            Some((policy::RangeAnswer::Full, _)) | None => resp,
+            // The client asked for a part: the whole body is still fetched (and stored)
+            // by a task of its own, the client gets its part of it.
+            Some((answer, len)) => {
+                let (mut parts, body) = resp.into_parts();
+                let (status, start, end) = match answer {
+                    policy::RangeAnswer::Partial { start, end } => {
+                        (StatusCode::PARTIAL_CONTENT, start, end)
+                    }
+                    _ => (StatusCode::RANGE_NOT_SATISFIABLE, 1, 0),
+                };
+                parts.status = status;
+                set_range_headers(&mut parts.headers, status, start, end, len);
+                let body = RangeSlice::spawn(body, start, end);
+                Response::from_parts(parts, body)
+            }
+        }
+    }
+
+    /// The stale copy with the headers of the origin's 304 (RFC 9111 4.3.4).
+    fn refreshed(
+        &self,
+        stale: &Entry,
+        not_modified: &HeaderMap,
+        forwarded: &HeaderMap,
+        authorized: bool,
+    ) -> Entry {
+        let mut headers = stale.headers.clone();
+        for name in not_modified.keys() {
+            if matches!(
+                name.as_str(),
+                "content-length" | "transfer-encoding" | "x-cache" | "cache-status" | "via"
+            ) {
+                continue;
+            }
+            headers.remove(name);
+            for v in not_modified.get_all(name) {
+                headers.append(name.clone(), v.clone());
+            }
+        }
+        let lifetime = self
+            .lifetime(&Method::GET, forwarded, authorized, stale.status, &headers)
+            .unwrap_or(Duration::ZERO);
+        let d = policy::directives(&headers);
+        Entry {
+            status: stale.status,
+            body: stale.body.clone(),
+            stored_at: Instant::now(),
+            initial_age: policy::initial_age(not_modified),
+            lifetime,
+            stale_if_error: d
+                .stale_if_error
+                .map_or(self.stale_if_error, Duration::from_secs),
+            stale_while_revalidate: d
+                .stale_while_revalidate
+                .map_or(self.stale_while_revalidate, Duration::from_secs),
+            vary: stale.vary.clone(),
+            url: stale.url.clone(),
+            tags: stale.tags.clone(),
+            headers,
+        }
+    }
+
+    /// The freshness lifetime of a response to `request`, or `None` when it must not be
+    /// stored.
+    fn lifetime(
+        &self,
+        method: &Method,
+        request: &HeaderMap,
+        authorized: bool,
+        status: StatusCode,
+        response: &HeaderMap,
+    ) -> Option<Duration> {
+        let mut check = request.clone();
+        if authorized {
+            // The token was consumed by the auth phase; the response is still per user.
+            check.insert(header::AUTHORIZATION, HeaderValue::from_static("x"));
+        }
+        policy::storable(
+            method,
+            &check,
+            status,
+            response,
+            self.policy,
+            SystemTime::now(),
+        )
     }
 
     /// Wraps an origin response so it is stored when it ends (if storable and not too
     /// large); `fill` (the coalescing lock) is released when the body ends either way.
     #[allow(clippy::too_many_arguments)]
-    pub fn store(
+    fn store(
         &self,
-        store: &std::sync::Arc<Store>,
+        store: &Arc<Store>,
         key: u64,
         url: String,
         method: &Method,
@@ -199,20 +491,7 @@ impl RouteCache {
         fill: Option<FillGuard>,
         label: &'static str,
     ) -> Response<Body> {
-        let policy = self.policy;
-        let mut check = request.clone();
-        if authorized {
-            // The token was consumed by the auth phase; the response is still per user.
-            check.insert(header::AUTHORIZATION, HeaderValue::from_static("x"));
-        }
-        let lifetime = policy::storable(
-            method,
-            &check,
-            resp.status(),
-            resp.headers(),
-            policy,
-            SystemTime::now(),
-        );
+        let lifetime = self.lifetime(method, request, authorized, resp.status(), resp.headers());
         let stored = lifetime.is_some();
         let h = resp.headers_mut();
         h.insert("x-cache", HeaderValue::from_static(label));
@@ -256,9 +535,13 @@ impl RouteCache {
         }
         let status = resp.status();
         let initial_age = policy::initial_age(resp.headers());
-        let stale_if_error = policy::directives(resp.headers())
+        let d = policy::directives(resp.headers());
+        let stale_if_error = d
             .stale_if_error
             .map_or(self.stale_if_error, Duration::from_secs);
+        let stale_while_revalidate = d
+            .stale_while_revalidate
+            .map_or(self.stale_while_revalidate, Duration::from_secs);
         let store = store.clone();
         let max = self.max_object;
         resp.map(move |inner| {
@@ -273,13 +556,14 @@ impl RouteCache {
                         initial_age,
                         lifetime,
                         stale_if_error,
+                        stale_while_revalidate,
                         vary,
                         url,
                         tags,
                     },
                 );
             });
-            http_body_util::BodyExt::boxed(Tee {
+            BodyExt::boxed(Tee {
                 inner,
                 buf: Some(BytesMut::new()),
                 max,
@@ -287,6 +571,153 @@ impl RouteCache {
                 fill,
             })
         })
+    }
+}
+
+/// The answer from a stored entry: 304 when the client's conditional request matches,
+/// 206 or 416 for a Range request, else the entry (no body for HEAD).
+pub fn respond(
+    entry: &Entry,
+    method: &Method,
+    now: Instant,
+    label: &'static str,
+    client: &HeaderMap,
+) -> Response<Body> {
+    let mut status = entry.status;
+    let mut body = if *method == Method::HEAD {
+        Bytes::new()
+    } else {
+        entry.body.clone()
+    };
+    let mut headers = entry.headers.clone();
+    let full_response = entry.status == StatusCode::OK;
+    if full_response && policy::not_modified(client, &entry.headers) {
+        status = StatusCode::NOT_MODIFIED;
+        body = Bytes::new();
+        headers.remove(header::CONTENT_LENGTH);
+    } else if full_response && *method == Method::GET {
+        let len = entry.body.len() as u64;
+        match policy::range(client, &entry.headers, len) {
+            policy::RangeAnswer::Full => {}
+            policy::RangeAnswer::Partial { start, end } => {
+                status = StatusCode::PARTIAL_CONTENT;
+                body = entry.body.slice(start as usize..=end as usize);
+                set_range_headers(&mut headers, status, start, end, len);
+            }
+            policy::RangeAnswer::Unsatisfiable => {
+                status = StatusCode::RANGE_NOT_SATISFIABLE;
+                body = Bytes::new();
+                set_range_headers(&mut headers, status, 1, 0, len);
+            }
+        }
+    }
+    if full_response {
+        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    }
+    let age = entry.age(now).as_secs();
+    headers.insert(header::AGE, HeaderValue::from(age));
+    headers.insert("x-cache", HeaderValue::from_static(label));
+    let remaining = entry.lifetime.as_secs() as i64 - age as i64;
+    if let Ok(v) = HeaderValue::from_str(&format!("edge-node; hit; ttl={remaining}")) {
+        headers.insert("cache-status", v);
+    }
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    resp
+}
+
+/// Content-Range and Content-Length of a 206 (`start..=end` of `len`) or a 416.
+fn set_range_headers(headers: &mut HeaderMap, status: StatusCode, start: u64, end: u64, len: u64) {
+    let (range, length) = if status == StatusCode::PARTIAL_CONTENT {
+        (format!("bytes {start}-{end}/{len}"), end - start + 1)
+    } else {
+        (format!("bytes */{len}"), 0)
+    };
+    if let Ok(v) = HeaderValue::from_str(&range) {
+        headers.insert(header::CONTENT_RANGE, v);
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+}
+
+/// The client's part (`start..=end`) of a body that a task of its own reads to the end,
+/// so the whole body is still stored when the client has its part (or goes away).
+struct RangeSlice {
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>>,
+    /// Offset of the next byte the task sends.
+    offset: u64,
+    start: u64,
+    end: u64,
+}
+
+impl RangeSlice {
+    /// `start > end`: the client gets nothing (416), the body is still read.
+    fn spawn(mut body: Body, start: u64, end: u64) -> Body {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(async move {
+            let mut client = Some(tx);
+            while let Some(frame) = body.frame().await {
+                let data = match frame {
+                    Ok(f) => match f.into_data() {
+                        Ok(d) => Ok(d),
+                        Err(_) => continue,
+                    },
+                    Err(e) => Err(e),
+                };
+                let failed = data.is_err();
+                if let Some(tx) = &client
+                    && tx.send(data).await.is_err()
+                {
+                    client = None;
+                }
+                if failed {
+                    break;
+                }
+            }
+        });
+        BodyExt::boxed(RangeSlice {
+            rx,
+            offset: 0,
+            start,
+            end,
+        })
+    }
+}
+
+impl HttpBody for RangeSlice {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if self.is_end_stream() {
+                return Poll::Ready(None);
+            }
+            let data = match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(d))) => d,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => {
+                    return Poll::Ready(Some(Err("the origin's body ended early".into())));
+                }
+                Poll::Pending => return Poll::Pending,
+            };
+            let first = self.offset;
+            let last = first + data.len() as u64; // exclusive
+            self.offset = last;
+            let from = self.start.max(first);
+            let to = (self.end + 1).min(last);
+            if from < to {
+                let part = data.slice((from - first) as usize..(to - first) as usize);
+                return Poll::Ready(Some(Ok(Frame::data(part))));
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.start > self.end || self.offset > self.end
     }
 }
 

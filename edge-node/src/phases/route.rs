@@ -109,7 +109,7 @@ pub struct Route {
     pub api: bool,
     pub auth: Option<super::auth::RouteAuth>,
     pub limits: Vec<super::rate_limit::RateLimit>,
-    pub cache: Option<super::cache::RouteCache>,
+    pub cache: Option<std::sync::Arc<super::cache::RouteCache>>,
 }
 
 impl Route {

@@ -5,7 +5,7 @@
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Instant};
 
 use anyhow::{Result, bail};
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderMap, HeaderValue, Request, Response, header};
 use http_body_util::BodyExt;
 use hyper::body::Body as HttpBody;
 use tracing::{info, warn};
@@ -17,6 +17,7 @@ use crate::{
     error::{Body, EdgeError},
     phases::{
         auth::RouteAuth,
+        cache::{CacheFetch, CacheStep, RouteCache},
         challenge::{self, Challenger},
         early, rate_limit,
         route::{Route, RouteTable},
@@ -174,7 +175,7 @@ impl Pipeline {
                 cache: r
                     .cache
                     .as_ref()
-                    .map(crate::phases::cache::RouteCache::new)
+                    .map(|c| RouteCache::new(c).map(Arc::new))
                     .transpose()?,
             });
         }
@@ -245,6 +246,53 @@ impl Pipeline {
             }
         }
         self.threat.standing(ip) != Standing::Drop
+    }
+
+    /// Refreshes a stale cached copy off the request path (stale-while-revalidate): the
+    /// request as it would have been forwarded, as a GET, to the route's pools in order.
+    fn refresh_in_background(
+        &self,
+        rc: Arc<RouteCache>,
+        fetch: CacheFetch,
+        pools: Vec<Arc<Upstream>>,
+        mut parts: http::request::Parts,
+        forwarded: HeaderMap,
+        ctx: &RequestCtx,
+    ) {
+        let pool = self.pool.clone();
+        let store = self.cache.clone();
+        let client_ip = ctx.client_ip;
+        let authorized = ctx.user.is_some();
+        let fetch = fetch.into_background();
+        parts.method = http::Method::GET;
+        tokio::spawn(async move {
+            for up in &pools {
+                let empty = http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed();
+                let req = Request::from_parts(parts.clone(), empty);
+                match pool.send(up, req, true, client_ip).await {
+                    Ok(resp) => {
+                        let mut resp =
+                            rc.complete(&store, fetch, &parts.method, forwarded, authorized, resp);
+                        // Read through: the copy is stored when the body ends.
+                        while let Some(frame) = resp.body_mut().frame().await {
+                            if frame.is_err() {
+                                break;
+                            }
+                        }
+                        return;
+                    }
+                    Err(e) if e.kind == crate::error::ErrorKind::UpstreamFailed => {
+                        warn!(upstream = %up.name, error = %e, "background refresh: pool unreachable");
+                    }
+                    Err(e) => {
+                        warn!(upstream = %up.name, error = %e, "background refresh failed");
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     /// Runs the phases; every error becomes its response here and only here.
@@ -445,65 +493,20 @@ impl Pipeline {
                 req.uri().path(),
             ));
         }
-        // Cache: answered from the store while fresh; concurrent misses for one key
+        // Cache: answered from a stored copy while fresh; concurrent misses for one key
         // make one origin request.
         let method = req.method().clone();
-        let mut cache_fill = None;
-        // A stored copy past its freshness, for stale-if-error.
-        let mut stale = None;
+        let mut cache_fetch = None;
         if let Some(rc) = &route.cache
             && (method == http::Method::GET || method == http::Method::HEAD)
         {
-            use crate::cache::{Fill, Lookup, policy};
-            let key = rc.key(ctx.scheme, &req);
-            let url = crate::phases::cache::RouteCache::url(ctx.scheme, &req);
-            // What the client asked of caches, before its unkeyed headers go.
-            let serve = policy::may_serve_from_cache(&method, req.headers());
-            let asked = req.headers().get(header::CACHE_CONTROL).cloned();
-            rc.strip_unkeyed(req.headers_mut());
-            let mut label = "BYPASS";
-            let mut guard = None;
-            if serve {
-                label = "MISS";
-                let mut waited = false;
-                loop {
-                    match self.cache.lookup(key, req.headers(), Instant::now()) {
-                        Lookup::Hit(e) => {
-                            return Ok(crate::phases::cache::RouteCache::respond(
-                                &e,
-                                &method,
-                                Instant::now(),
-                                "HIT",
-                            ));
-                        }
-                        Lookup::Stale(e) => {
-                            label = "EXPIRED";
-                            stale = Some(e);
-                        }
-                        Lookup::Miss => {}
-                    }
-                    if waited {
-                        break;
-                    }
-                    match self.cache.fill(key) {
-                        Fill::Leader(g) => {
-                            guard = Some(g);
-                            break;
-                        }
-                        Fill::Follower(mut rx) => {
-                            // Wait for the request already fetching it (bounded), then
-                            // look again; still missing: fetch too.
-                            let _ = tokio::time::timeout(
-                                self.cache.lock_timeout,
-                                rx.wait_for(|done| *done),
-                            )
-                            .await;
-                            waited = true;
-                        }
-                    }
+            match rc.lookup(&self.cache, ctx.scheme, &mut req).await {
+                CacheStep::Answer(resp) => return Ok(resp),
+                CacheStep::Forward(fetch) => {
+                    RouteCache::prepare(&fetch, req.headers_mut());
+                    cache_fetch = Some(fetch);
                 }
             }
-            cache_fill = Some((key, url, guard, label, asked));
         }
         let version = req.version();
         let proto = ctx.scheme;
@@ -548,7 +551,23 @@ impl Pipeline {
         let body_is_empty = req.body().is_end_stream() || req.body().size_hint().exact() == Some(0);
         let (parts, body) = req.into_parts();
         // The request as forwarded, for matching stored variants (cacheable requests only).
-        let forwarded_headers = cache_fill.as_ref().map(|_| parts.headers.clone());
+        let forwarded_headers = cache_fetch.as_ref().map(|_| parts.headers.clone());
+        // stale-while-revalidate: the stale copy answers now, the refresh runs on its own.
+        if let (Some(rc), Some(fetch)) = (&route.cache, &cache_fetch)
+            && fetch.refresh_in_background
+            && let Some(answer) = RouteCache::stale_answer(fetch, &method)
+        {
+            let fetch = cache_fetch.take().expect("checked");
+            self.refresh_in_background(
+                rc.clone(),
+                fetch,
+                pools,
+                parts,
+                forwarded_headers.unwrap_or_default(),
+                ctx,
+            );
+            return Ok(answer);
+        }
         let body = if body_is_empty {
             body.map_err(Into::into).boxed()
         } else if self.max_body_bytes != 0 {
@@ -606,17 +625,19 @@ impl Pipeline {
         // stale-if-error: the origin failed, a stored copy is still within its window.
         let failed = served.as_ref().is_none_or(|r| r.status().is_server_error());
         if failed
-            && let Some(entry) = &stale
+            && let Some(fetch) = &cache_fetch
+            && let Some(entry) = &fetch.stale
             && entry.usable_on_error(Instant::now())
         {
             if let Some(e) = &last {
                 warn!(upstream = %ctx.upstream, error = %e, "origin failed; serving a stale copy");
             }
-            return Ok(crate::phases::cache::RouteCache::respond(
+            return Ok(crate::phases::cache::respond(
                 entry,
                 &method,
                 Instant::now(),
                 "STALE",
+                &HeaderMap::new(),
             ));
         }
         let Some(mut resp) = served else {
@@ -642,22 +663,14 @@ impl Pipeline {
         early::strip_hop_by_hop(resp.headers_mut());
         resp.headers_mut()
             .append(header::VIA, HeaderValue::from_static(via(version)));
-        if let (Some(rc), Some((key, url, guard, label, asked))) = (&route.cache, cache_fill) {
-            let mut request = forwarded_headers.unwrap_or_default();
-            if let Some(cc) = asked {
-                // A client's no-store holds for what it fetched.
-                request.insert(header::CACHE_CONTROL, cc);
-            }
-            resp = rc.store(
+        if let (Some(rc), Some(fetch)) = (&route.cache, cache_fetch) {
+            resp = rc.complete(
                 &self.cache,
-                key,
-                url,
+                fetch,
                 &method,
-                &request,
+                forwarded_headers.unwrap_or_default(),
                 ctx.user.is_some(),
                 resp,
-                guard,
-                label,
             );
         }
         for (k, v) in limit_fields {
