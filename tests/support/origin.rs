@@ -190,6 +190,7 @@ fn serve(conn: TcpStream, shared: &Shared) {
         // `tag=` (Surrogate-Key), `etag=` (a validator: a matching If-None-Match gets 304).
         let mut extra = String::new();
         let mut etag = None;
+        let mut html = false;
         if let Some((_, q)) = path.split_once('?') {
             for pair in q.split('&') {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -201,6 +202,7 @@ fn serve(conn: TcpStream, shared: &Shared) {
                     "cc" => extra.push_str(&format!("cache-control: {v}\r\n")),
                     "vary" => extra.push_str(&format!("vary: {v}\r\n")),
                     "tag" => extra.push_str(&format!("surrogate-key: {v}\r\n")),
+                    "html" => html = true,
                     "etag" => {
                         extra.push_str(&format!("etag: \"{v}\"\r\n"));
                         etag = Some(format!("\"{v}\""));
@@ -223,8 +225,20 @@ fn serve(conn: TcpStream, shared: &Shared) {
             continue;
         }
         let n = hits.load(Ordering::Relaxed);
+        // `html=1`: the same text inside a small HTML page (personalization rewrites it).
+        let (content_type, text) = if html {
+            (
+                "text/html; charset=utf-8",
+                format!(
+                    "<html><head><title>t</title></head><body><h1 class=\"hero\">Original</h1>\
+                     <pre>{text}</pre></body></html>"
+                ),
+            )
+        } else {
+            ("text/plain", text)
+        };
         let resp = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-origin: {name}\r\nx-hit: {n}\r\n{extra}\r\n{text}",
+            "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nx-origin: {name}\r\nx-hit: {n}\r\n{extra}\r\n{text}",
             text.len()
         );
         if w.write_all(resp.as_bytes()).is_err() {

@@ -160,9 +160,9 @@ impl RouteCache {
         format!("{scheme}://{authority}{pq}")
     }
 
-    /// The key: scheme, host and port, path, the query with its parameters sorted, and
-    /// the key headers and cookies.
-    pub fn key<B>(&self, scheme: &str, req: &Request<B>) -> u64 {
+    /// The key: scheme, host and port, path, the query with its parameters sorted, the
+    /// key headers and cookies, and the A/B variant.
+    pub fn key<B>(&self, scheme: &str, req: &Request<B>, variant: Option<&str>) -> u64 {
         let authority = authority(req);
         let mut query: Vec<(String, String)> =
             form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
@@ -185,6 +185,9 @@ impl RouteCache {
                 "\ncookie {c}={}",
                 super::cookie(req.headers(), c).unwrap_or_default()
             ));
+        }
+        if let Some(v) = variant {
+            material.push_str(&format!("\nvariant {v}"));
         }
         stable_hash(material.as_bytes())
     }
@@ -218,9 +221,10 @@ impl RouteCache {
         store: &Arc<Store>,
         scheme: &str,
         req: &mut Request<B>,
+        variant: Option<&str>,
     ) -> CacheStep {
         let method = req.method().clone();
-        let key = self.key(scheme, req);
+        let key = self.key(scheme, req, variant);
         // What the client asked of caches, before its unkeyed headers go.
         let serve = policy::may_serve_from_cache(&method, req.headers());
         let mut client = HeaderMap::new();

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod challenge;
 pub mod early;
 pub mod geo;
+pub mod personalize;
 pub mod rate_limit;
 pub mod route;
 pub mod upgrade;

@@ -47,6 +47,9 @@ pub struct RouteSettings {
     /// Caching (`[route.cache]`; none: responses are not cached).
     #[serde(default)]
     pub cache: Option<super::cache::RouteCacheSettings>,
+    /// An A/B experiment (`[route.experiment]`; none: no personalization).
+    #[serde(default)]
+    pub experiment: Option<super::personalize::ExperimentSettings>,
 }
 
 fn default_prefix() -> String {
@@ -110,6 +113,7 @@ pub struct Route {
     pub auth: Option<super::auth::RouteAuth>,
     pub limits: Vec<super::rate_limit::RateLimit>,
     pub cache: Option<std::sync::Arc<super::cache::RouteCache>>,
+    pub experiment: Option<Arc<super::personalize::Experiment>>,
 }
 
 impl Route {

@@ -19,7 +19,9 @@ use crate::{
         auth::RouteAuth,
         cache::{CacheFetch, CacheStep, RouteCache},
         challenge::{self, Challenger},
-        early, rate_limit,
+        early,
+        personalize::{Assignment, Experiment},
+        rate_limit,
         route::{Route, RouteTable},
         upgrade,
     },
@@ -65,6 +67,8 @@ pub struct RequestCtx {
     pub api: bool,
     /// The authenticated user (`sub`), if any.
     pub user: Option<String>,
+    /// The route's A/B experiment and the variant this request was given.
+    pub experiment: Option<(Arc<Experiment>, Assignment)>,
     pub started: Instant,
 }
 
@@ -81,6 +85,7 @@ impl RequestCtx {
             upstream: String::new(),
             api: false,
             user: None,
+            experiment: None,
             started: Instant::now(),
         }
     }
@@ -176,6 +181,11 @@ impl Pipeline {
                     .cache
                     .as_ref()
                     .map(|c| RouteCache::new(c).map(Arc::new))
+                    .transpose()?,
+                experiment: r
+                    .experiment
+                    .as_ref()
+                    .map(|e| Experiment::new(e).map(Arc::new))
                     .transpose()?,
             });
         }
@@ -329,6 +339,9 @@ impl Pipeline {
                 e.into_response()
             }
         };
+        if let Some((experiment, assignment)) = &ctx.experiment {
+            experiment.set_cookie(*assignment, &mut resp, ctx.scheme == "https");
+        }
         let h = resp.headers_mut();
         h.insert("x-node-id", self.node_id_header.clone());
         if let Some(v) = &self.alt_svc
@@ -493,6 +506,13 @@ impl Pipeline {
                 req.uri().path(),
             ));
         }
+        // Personalize: the request's variant (part of the cache key).
+        let assignment = route.experiment.as_ref().map(|e| {
+            let a = e.assign(req.headers(), ctx.user.as_deref());
+            ctx.experiment = Some((e.clone(), a));
+            (e.clone(), a)
+        });
+        let variant = assignment.as_ref().map(|(e, a)| e.variant_name(*a));
         // Cache: answered from a stored copy while fresh; concurrent misses for one key
         // make one origin request.
         let method = req.method().clone();
@@ -500,13 +520,16 @@ impl Pipeline {
         if let Some(rc) = &route.cache
             && (method == http::Method::GET || method == http::Method::HEAD)
         {
-            match rc.lookup(&self.cache, ctx.scheme, &mut req).await {
+            match rc.lookup(&self.cache, ctx.scheme, &mut req, variant).await {
                 CacheStep::Answer(resp) => return Ok(resp),
                 CacheStep::Forward(fetch) => {
                     RouteCache::prepare(&fetch, req.headers_mut());
                     cache_fetch = Some(fetch);
                 }
             }
+        }
+        if let Some((e, a)) = &assignment {
+            e.forward(*a, req.headers_mut());
         }
         let version = req.version();
         let proto = ctx.scheme;
@@ -663,6 +686,10 @@ impl Pipeline {
         early::strip_hop_by_hop(resp.headers_mut());
         resp.headers_mut()
             .append(header::VIA, HeaderValue::from_static(via(version)));
+        // The variant's HTML edits, before the cache keeps the page (per variant).
+        if let Some((e, a)) = &assignment {
+            resp = e.rewrite(*a, resp);
+        }
         if let (Some(rc), Some(fetch)) = (&route.cache, cache_fetch) {
             resp = rc.complete(
                 &self.cache,
