@@ -228,9 +228,11 @@ pub fn ensure_test_packages() -> Result<()> {
         ("redis-server", "redis-server"),
     ])?;
     // The geo test writes its MaxMind database with an independent writer; the HTTP/3
-    // tests speak through an independent client (aioquic).
+    // tests speak through an independent client (aioquic); an intent test writes a
+    // deliberately slow ONNX model (onnx).
     ensure_python_module("mmdb_writer", "mmdb-writer")?;
-    ensure_python_module("aioquic", "aioquic")
+    ensure_python_module("aioquic", "aioquic")?;
+    ensure_python_module("onnx", "onnx")
 }
 
 /// pip-installs `package` when `import module` fails.
@@ -276,4 +278,10 @@ pub fn ensure_proxy_bench_packages() -> Result<()> {
         ("wrk", "wrk"),
         ("h2load", "nghttp2-client"),
     ])
+}
+
+/// What the cache benchmark adds to the proxy benchmark's packages: varnish (varnishd,
+/// varnishstat), the second caching peer next to nginx proxy_cache.
+pub fn ensure_cache_bench_packages() -> Result<()> {
+    ensure_packages(&[("varnishd", "varnish")])
 }

@@ -30,10 +30,19 @@ pub struct UpstreamLabels {
     pub upstream: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<UpstreamLabels, Histogram>,
+    /// Cache answers by `X-Cache`.
+    cache: Family<OutcomeLabels, Counter>,
+    /// Intent predictions by class, and requests that went on without one.
+    intent: Family<OutcomeLabels, Counter>,
     /// Origin servers' health and load, read at scrape.
     servers: health::Registry,
 }
@@ -56,10 +65,24 @@ impl Metrics {
             "Time from request head to response head, by upstream",
             latency.clone(),
         );
+        let cache = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "edge_cache_results",
+            "Responses of cached routes by X-Cache (HIT, REGIONAL-HIT, MISS, EXPIRED, STALE, BYPASS)",
+            cache.clone(),
+        );
+        let intent = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "edge_intent_predictions",
+            "Intent predictions by class, and requests without one (skipped_busy, skipped_timeout, failed)",
+            intent.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
+            cache,
+            intent,
             servers,
         }
     }
@@ -78,6 +101,23 @@ impl Metrics {
                 upstream: upstream.to_string(),
             })
             .observe(seconds);
+    }
+
+    pub fn cache_result(&self, label: &str) {
+        let outcome = match label {
+            "HIT" => "HIT",
+            "REGIONAL-HIT" => "REGIONAL-HIT",
+            "MISS" => "MISS",
+            "EXPIRED" => "EXPIRED",
+            "STALE" => "STALE",
+            "BYPASS" => "BYPASS",
+            _ => return,
+        };
+        self.cache.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    pub fn intent(&self, outcome: &'static str) {
+        self.intent.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
     /// The exposition text, with the XDP counters when the program is loaded.

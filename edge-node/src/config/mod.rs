@@ -56,6 +56,9 @@ pub struct Config {
     /// The in-memory cache tier (routes opt in with `[route.cache]`).
     #[serde(default)]
     pub cache: crate::cache::CacheSettings,
+    /// Intent prediction (an ONNX model; off unless enabled).
+    #[serde(default)]
+    pub intent: crate::intent::IntentSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -181,6 +184,17 @@ impl Config {
         }
         self.geo.open_db()?;
         self.challenge.validate()?;
+        self.intent.validate()?;
+        if self.intent.enabled {
+            // Loads the model: a missing or broken file is a config error.
+            crate::intent::load(self.intent.model.as_deref()).context("in [intent]")?;
+        }
+        for r in &self.route {
+            if let Some(e) = &r.experiment {
+                crate::phases::personalize::Experiment::new(e)
+                    .with_context(|| format!("route {}: [route.experiment]", r.display_name()))?;
+            }
+        }
         let mut providers = std::collections::HashSet::new();
         for p in &self.jwt_provider {
             p.validate()?;

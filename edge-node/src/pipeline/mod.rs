@@ -69,6 +69,8 @@ pub struct RequestCtx {
     pub user: Option<String>,
     /// The route's A/B experiment and the variant this request was given.
     pub experiment: Option<(Arc<Experiment>, Assignment)>,
+    /// The intent model's class for the request, if it gave one.
+    pub intent: Option<&'static str>,
     pub started: Instant,
 }
 
@@ -86,6 +88,7 @@ impl RequestCtx {
             api: false,
             user: None,
             experiment: None,
+            intent: None,
             started: Instant::now(),
         }
     }
@@ -110,6 +113,8 @@ pub struct Pipeline {
     alt_svc: Option<HeaderValue>,
     /// The in-memory cache tier (shared across reloads).
     cache: Arc<crate::cache::Store>,
+    /// Intent prediction (its model is loaded again on reload).
+    intent: Option<crate::intent::Intent>,
     /// The source policy when userspace enforces it (XDP not active); `None` when the
     /// kernel does, or without XDP state at all.
     userspace_policy: Option<SharedPolicy>,
@@ -214,6 +219,11 @@ impl Pipeline {
             }),
             userspace_policy,
             cache,
+            intent: config
+                .intent
+                .enabled
+                .then(|| crate::intent::Intent::start(&config.intent))
+                .transpose()?,
         })
     }
 
@@ -256,6 +266,39 @@ impl Pipeline {
             }
         }
         self.threat.standing(ip) != Standing::Drop
+    }
+
+    /// Classifies the request (bounded wait); a confident attack or scraper is a threat
+    /// signal.
+    async fn infer<B>(
+        &self,
+        intent: &crate::intent::Intent,
+        ctx: &mut RequestCtx,
+        req: &Request<B>,
+        escalatable: bool,
+    ) -> Option<crate::intent::Prediction> {
+        let x = intent.features(req.method(), req.uri(), req.headers(), ctx.client_ip);
+        match intent.predict(x).await {
+            Ok(p) => {
+                self.metrics.intent(p.name());
+                ctx.intent = Some(p.name());
+                if p.confidence >= intent.signal_confidence {
+                    let signal = match p.name() {
+                        "attack" => Some(Signal::AttackIntent),
+                        "scraper" => Some(Signal::ScraperIntent),
+                        _ => None,
+                    };
+                    if let Some(s) = signal {
+                        self.threat.signal(ctx.client_ip, s, escalatable);
+                    }
+                }
+                Some(p)
+            }
+            Err(skipped) => {
+                self.metrics.intent(skipped.label());
+                None
+            }
+        }
     }
 
     /// Refreshes a stale cached copy off the request path (stale-while-revalidate): the
@@ -342,6 +385,9 @@ impl Pipeline {
         if let Some((experiment, assignment)) = &ctx.experiment {
             experiment.set_cookie(*assignment, &mut resp, ctx.scheme == "https");
         }
+        if let Some(label) = resp.headers().get("x-cache").and_then(|v| v.to_str().ok()) {
+            self.metrics.cache_result(label);
+        }
         let h = resp.headers_mut();
         h.insert("x-node-id", self.node_id_header.clone());
         if let Some(v) = &self.alt_svc
@@ -379,6 +425,7 @@ impl Pipeline {
             %path,
             version = ?version,
             status = resp.status().as_u16(),
+            intent = ctx.intent.unwrap_or(""),
             micros = ctx.started.elapsed().as_micros() as u64,
         );
         resp
@@ -513,6 +560,12 @@ impl Pipeline {
             (e.clone(), a)
         });
         let variant = assignment.as_ref().map(|(e, a)| e.variant_name(*a));
+        // Infer: the request's intent, before the cache, so requests answered from it
+        // (a scraper's listing pages) are judged too.
+        let prediction = match &self.intent {
+            Some(intent) => self.infer(intent, ctx, &req, escalatable).await,
+            None => None,
+        };
         // Cache: answered from a stored copy while fresh; concurrent misses for one key
         // make one origin request.
         let method = req.method().clone();
@@ -530,6 +583,9 @@ impl Pipeline {
         }
         if let Some((e, a)) = &assignment {
             e.forward(*a, req.headers_mut());
+        }
+        if let Some(intent) = &self.intent {
+            intent.forward(prediction, req.headers_mut());
         }
         let version = req.version();
         let proto = ctx.scheme;

@@ -12,6 +12,10 @@ pub enum Signal {
     MalformedRequest,
     ChallengeFailed,
     BlockedPath,
+    /// The intent model is confident the request is an attack.
+    AttackIntent,
+    /// The intent model is confident the request is scraping.
+    ScraperIntent,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +58,10 @@ pub struct Weights {
     pub challenge_failed: f64,
     #[serde(default = "w_blocked")]
     pub blocked_path: f64,
+    #[serde(default = "w_attack_intent")]
+    pub attack_intent: f64,
+    #[serde(default = "w_scraper_intent")]
+    pub scraper_intent: f64,
 }
 
 impl Weights {
@@ -64,6 +72,8 @@ impl Weights {
             Signal::MalformedRequest => self.malformed_request,
             Signal::ChallengeFailed => self.challenge_failed,
             Signal::BlockedPath => self.blocked_path,
+            Signal::AttackIntent => self.attack_intent,
+            Signal::ScraperIntent => self.scraper_intent,
         }
     }
 }
@@ -103,6 +113,12 @@ fn w_challenge() -> f64 {
 fn w_blocked() -> f64 {
     25.0
 }
+fn w_attack_intent() -> f64 {
+    15.0
+}
+fn w_scraper_intent() -> f64 {
+    3.0
+}
 
 impl Default for Weights {
     fn default() -> Self {
@@ -112,6 +128,8 @@ impl Default for Weights {
             malformed_request: w_malformed(),
             challenge_failed: w_challenge(),
             blocked_path: w_blocked(),
+            attack_intent: w_attack_intent(),
+            scraper_intent: w_scraper_intent(),
         }
     }
 }
