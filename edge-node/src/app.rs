@@ -66,8 +66,9 @@ impl App {
             } else {
                 Some(Arc::new(RwLock::new(tls::build(&self.config.certificate)?)))
             };
+        let workers = server::Workers::start(server::workers::default_count())?;
         let h3_endpoints = match &tls {
-            Some(t) => server::h3::bind(&self.config.http, t)?,
+            Some(t) => server::h3::bind(&self.config.http, t, workers.len())?,
             None => Vec::new(),
         };
         let admin_token = self.config.admin.token()?;
@@ -78,7 +79,6 @@ impl App {
                 None
             }
         };
-        let workers = server::Workers::start(server::workers::default_count())?;
         let pool = Pool::new(self.config.http.upstream_connect_timeout, workers.len());
         let metrics = Arc::new(Metrics::new(pool.registry.clone()));
         let mut xdp = XdpHandle::start(&self.config.xdp)?;
@@ -127,6 +127,7 @@ impl App {
                     t.clone(),
                     pipeline.clone(),
                     self.config.http.clone(),
+                    &workers,
                     stop_rx.clone(),
                 ));
             }

@@ -8,7 +8,11 @@
 //!   others wait for the handshake to complete (a replayed flight never completes it:
 //!   425 Too Early after the head timeout);
 //! - streams per connection and idle time are bounded;
-//! - shutdown sends GOAWAY and lets requests in flight finish within the drain period.
+//! - shutdown sends GOAWAY and lets requests in flight finish within the drain period;
+//! - every request worker has an endpoint of its own on a SO_REUSEPORT socket of the
+//!   same address, so a connection's packets, its crypto, its streams and its requests
+//!   stay on one thread (the kernel keeps a client's 4-tuple on one socket; a client
+//!   whose address changes mid-connection starts a new one).
 
 use std::{
     net::SocketAddr,
@@ -59,17 +63,41 @@ pub fn quic_config(
     Ok(config)
 }
 
-/// Binds every `http.h3_listen` address (UDP).
-pub fn bind(s: &HttpSettings, tls: &SharedTls) -> Result<Vec<quinn::Endpoint>> {
-    let current = tls.read().expect("tls lock").clone();
+/// One UDP socket of an HTTP/3 address, for one worker.
+pub struct Bound {
+    socket: std::net::UdpSocket,
+    worker: usize,
+}
+
+/// Binds every `http.h3_listen` address (UDP), one SO_REUSEPORT socket per worker.
+pub fn bind(s: &HttpSettings, tls: &SharedTls, workers: usize) -> Result<Vec<Bound>> {
+    // The certificates must serve QUIC before anything is bound.
+    quic_config(&tls.read().expect("tls lock").clone(), s)?;
     let mut out = Vec::new();
     for addr in &s.h3_listen {
-        let ep = quinn::Endpoint::server(quic_config(&current, s)?, *addr)
-            .with_context(|| format!("cannot listen on udp {addr} (HTTP/3)"))?;
-        info!(addr = %ep.local_addr()?, "h3 listening");
-        out.push(ep);
+        let mut at = *addr;
+        for worker in 0..workers.max(1) {
+            let socket =
+                reuseport_udp(at).with_context(|| format!("cannot listen on udp {at} (HTTP/3)"))?;
+            // Port 0: the others join the port the first one got.
+            at = socket.local_addr()?;
+            out.push(Bound { socket, worker });
+        }
+        info!(addr = %at, endpoints = workers.max(1), "h3 listening");
     }
     Ok(out)
+}
+
+fn reuseport_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// A request body arriving on an HTTP/3 stream. (The stream is only used through
@@ -116,16 +144,49 @@ impl HttpBody for H3Body {
     }
 }
 
-/// Serves `endpoint` until `shutdown` flips; then GOAWAY on every connection and up to
-/// `drain_timeout` for requests in flight.
+/// Serves `bound` on its worker until `shutdown` flips; then GOAWAY on every connection
+/// and up to `drain_timeout` for requests in flight.
 pub fn spawn(
+    bound: Bound,
+    tls: SharedTls,
+    pipeline: SharedPipeline,
+    settings: HttpSettings,
+    workers: &super::Workers,
+    shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    workers.spawn_on(bound.worker, async move {
+        // Created on the worker: the endpoint's driver and its connections run there.
+        let config = match quic_config(&tls.read().expect("tls lock").clone(), &settings) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "HTTP/3 endpoint not started");
+                return;
+            }
+        };
+        let endpoint = match quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(config),
+            bound.socket,
+            Arc::new(quinn::TokioRuntime),
+        ) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "HTTP/3 endpoint not started");
+                return;
+            }
+        };
+        serve(endpoint, tls, pipeline, settings, shutdown).await;
+    })
+}
+
+async fn serve(
     endpoint: quinn::Endpoint,
     tls: SharedTls,
     pipeline: SharedPipeline,
     settings: HttpSettings,
     mut shutdown: watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
+) {
+    {
         let handshaking = Arc::new(AtomicUsize::new(0));
         let mut connections = tokio::task::JoinSet::new();
         let mut tls_now = tls.read().expect("tls lock").clone();
@@ -192,7 +253,7 @@ pub fn spawn(
             b"shutdown",
         );
         let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-    })
+    }
 }
 
 async fn connection(

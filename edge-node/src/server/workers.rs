@@ -82,6 +82,15 @@ impl Workers {
         self.0.is_empty()
     }
 
+    /// Runs `task` on worker `i` (a listener of its own, say).
+    pub fn spawn_on<F>(&self, i: usize, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.0[i % self.0.len()].handle.spawn(task)
+    }
+
     /// Runs a connection's future on the worker with the fewest connections.
     pub fn spawn_connection<F>(&self, connection: F)
     where
