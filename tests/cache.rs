@@ -163,6 +163,35 @@ fn concurrent_misses_make_one_origin_request() {
         "{labels:?}"
     );
     assert!(replies.iter().all(|r| r.body == replies[0].body));
+
+    // Waiters stream the response while it arrives: the origin sends half the body,
+    // pauses, then the rest; the nine waiters are answered from that very response.
+    origin
+        .delay_ms
+        .store(300, std::sync::atomic::Ordering::Relaxed);
+    let path = "/slow?cc=max-age%3D60&body_delay=500";
+    let replies: Vec<Reply> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..10)
+            .map(|_| s.spawn(|| curl(&p, "app.test", path, &[])))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(origin.hits(), 2);
+    let statuses: Vec<String> = replies.iter().map(|r| header(r, "cache-status")).collect();
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| *s == "EDGE-NODE; HIT; COLLAPSED")
+            .count(),
+        9,
+        "{statuses:?}"
+    );
+    assert!(
+        replies
+            .iter()
+            .all(|r| r.status == 200 && r.body == replies[0].body)
+    );
+    assert_eq!(header(&curl(&p, "app.test", path, &[]), "x-cache"), "HIT");
 }
 
 #[test]

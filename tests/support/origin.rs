@@ -191,6 +191,7 @@ fn serve(conn: TcpStream, shared: &Shared) {
         let mut extra = String::new();
         let mut etag = None;
         let mut html = false;
+        let mut body_delay = 0u64;
         if let Some((_, q)) = path.split_once('?') {
             for pair in q.split('&') {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -203,6 +204,8 @@ fn serve(conn: TcpStream, shared: &Shared) {
                     "vary" => extra.push_str(&format!("vary: {v}\r\n")),
                     "tag" => extra.push_str(&format!("surrogate-key: {v}\r\n")),
                     "html" => html = true,
+                    // Half the body, a pause of this many ms, the rest.
+                    "body_delay" => body_delay = v.parse().unwrap_or(0),
                     "etag" => {
                         extra.push_str(&format!("etag: \"{v}\"\r\n"));
                         etag = Some(format!("\"{v}\""));
@@ -241,7 +244,14 @@ fn serve(conn: TcpStream, shared: &Shared) {
             "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nx-origin: {name}\r\nx-hit: {n}\r\n{extra}\r\n{text}",
             text.len()
         );
-        if w.write_all(resp.as_bytes()).is_err() {
+        let (first, rest) = resp.as_bytes().split_at(resp.len() - text.len() / 2);
+        if w.write_all(first).and_then(|()| w.flush()).is_err() {
+            return;
+        }
+        if body_delay > 0 {
+            thread::sleep(Duration::from_millis(body_delay));
+        }
+        if w.write_all(rest).is_err() {
             return;
         }
     }

@@ -130,7 +130,7 @@ struct Variants(Vec<Arc<Entry>>);
 /// The in-memory tier, and the misses in progress (for coalescing).
 pub struct Store {
     entries: moka::sync::Cache<u64, Variants>,
-    inflight: Mutex<HashMap<u64, watch::Receiver<bool>>>,
+    inflight: Mutex<HashMap<u64, watch::Receiver<FillState>>>,
     pub lock_timeout: Duration,
     /// The regional tier, when configured.
     pub regional: Option<regional::Regional>,
@@ -144,11 +144,85 @@ pub enum Lookup {
     Miss,
 }
 
+/// Where a fetch for a key stands, for the requests waiting on it.
+#[derive(Clone)]
+pub enum FillState {
+    /// The origin has not answered yet.
+    Pending,
+    /// A storable response is arriving: waiters may stream it as it comes.
+    Streaming(Arc<Partial>),
+    /// Finished (stored or not): look again.
+    Done,
+}
+
+/// A storable response on its way from the origin, shared with the requests that
+/// waited for it.
+pub struct Partial {
+    pub status: StatusCode,
+    /// As stored (no X-Cache / Cache-Status).
+    pub headers: HeaderMap,
+    pub vary: Vec<(HeaderName, Option<HeaderValue>)>,
+    progress: watch::Sender<Progress>,
+}
+
+/// The body so far, and how it ended.
+#[derive(Default)]
+pub struct Progress {
+    pub chunks: Vec<Bytes>,
+    /// `Some(true)`: complete; `Some(false)`: the origin's body failed.
+    pub end: Option<bool>,
+}
+
+impl Partial {
+    pub fn new(
+        status: StatusCode,
+        headers: HeaderMap,
+        vary: Vec<(HeaderName, Option<HeaderValue>)>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            status,
+            headers,
+            vary,
+            progress: watch::channel(Progress::default()).0,
+        })
+    }
+
+    pub fn push(&self, chunk: Bytes) {
+        self.progress.send_modify(|p| p.chunks.push(chunk));
+    }
+
+    pub fn end(&self, complete: bool) {
+        self.progress.send_modify(|p| {
+            if p.end.is_none() {
+                p.end = Some(complete);
+            }
+        });
+    }
+
+    /// Whether it is the variant `request` asks for.
+    pub fn matches(&self, request: &HeaderMap) -> bool {
+        self.vary
+            .iter()
+            .all(|(name, value)| request.get(name) == value.as_ref())
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+}
+
 /// The right to fetch a key for everyone waiting on it; dropping it releases them.
 pub struct FillGuard {
     store: Arc<Store>,
     key: u64,
-    done: watch::Sender<bool>,
+    state: watch::Sender<FillState>,
+}
+
+impl FillGuard {
+    /// Lets the waiters stream the response while it arrives.
+    pub fn publish(&self, partial: Arc<Partial>) {
+        let _ = self.state.send(FillState::Streaming(partial));
+    }
 }
 
 impl Drop for FillGuard {
@@ -158,7 +232,11 @@ impl Drop for FillGuard {
             .lock()
             .expect("inflight lock")
             .remove(&self.key);
-        let _ = self.done.send(true);
+        if let FillState::Streaming(p) = &*self.state.borrow() {
+            // Released before the body ended: the fetch failed or was abandoned.
+            p.end(false);
+        }
+        let _ = self.state.send(FillState::Done);
     }
 }
 
@@ -166,8 +244,9 @@ impl Drop for FillGuard {
 pub enum Fill {
     /// This request fetches; others wait on it.
     Leader(FillGuard),
-    /// Another request is fetching: wait for it, then look again.
-    Follower(watch::Receiver<bool>),
+    /// Another request is fetching: wait for it (or stream its response), then look
+    /// again.
+    Follower(watch::Receiver<FillState>),
 }
 
 impl Store {
@@ -245,12 +324,12 @@ impl Store {
         if let Some(rx) = inflight.get(&key) {
             return Fill::Follower(rx.clone());
         }
-        let (done, rx) = watch::channel(false);
+        let (state, rx) = watch::channel(FillState::Pending);
         inflight.insert(key, rx);
         Fill::Leader(FillGuard {
             store: self.clone(),
             key,
-            done,
+            state,
         })
     }
 }

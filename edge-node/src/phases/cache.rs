@@ -25,7 +25,7 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use serde::Deserialize;
 
 use crate::{
-    cache::{Entry, Fill, FillGuard, Lookup, Store, policy},
+    cache::{Entry, Fill, FillGuard, FillState, Lookup, Partial, Store, policy},
     error::{Body, BoxError, full},
     upstream::balance::stable_hash,
 };
@@ -301,10 +301,30 @@ impl RouteCache {
                     {
                         return CacheStep::Answer(respond(e, &method, now, "STALE", &fetch.client));
                     }
-                    // Otherwise wait for the request already fetching it (bounded), then
-                    // look again; still missing: fetch too.
-                    let _ =
-                        tokio::time::timeout(store.lock_timeout, rx.wait_for(|done| *done)).await;
+                    // Otherwise wait (bounded) for the request already fetching it: its
+                    // response streams to us as it arrives, or it ends and we look
+                    // again (still missing: fetch too).
+                    let deadline = tokio::time::Instant::now() + store.lock_timeout;
+                    let state = tokio::time::timeout_at(
+                        deadline,
+                        rx.wait_for(|s| !matches!(s, FillState::Pending)),
+                    )
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map(|s| s.clone());
+                    if let Some(FillState::Streaming(partial)) = state {
+                        if fetch.client.is_empty() && partial.matches(req.headers()) {
+                            return CacheStep::Answer(respond_streaming(&partial, &method));
+                        }
+                        // Conditional or Range requests are answered from the stored
+                        // copy once it is complete.
+                        let _ = tokio::time::timeout_at(
+                            deadline,
+                            rx.wait_for(|s| matches!(s, FillState::Done)),
+                        )
+                        .await;
+                    }
                     waited = true;
                 }
             }
@@ -548,6 +568,22 @@ impl RouteCache {
             .map_or(self.stale_while_revalidate, Duration::from_secs);
         let store = store.clone();
         let max = self.max_object;
+        // A body of known, storable size that others may be waiting for: it is read to
+        // the end by a task of its own and every waiter (this client included) streams
+        // it from there, so a client going away does not cut the others off.
+        let length = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let partial = match (&fill, length) {
+            (Some(guard), Some(len)) if len <= max => {
+                let p = Partial::new(status, headers.clone(), vary.clone());
+                guard.publish(p.clone());
+                Some(p)
+            }
+            _ => None,
+        };
         resp.map(move |inner| {
             let done: Box<dyn FnOnce(Bytes) + Send + Sync> = Box::new(move |body| {
                 store.insert(
@@ -567,15 +603,86 @@ impl RouteCache {
                     },
                 );
             });
-            BodyExt::boxed(Tee {
+            let tee = Tee {
                 inner,
                 buf: Some(BytesMut::new()),
                 max,
                 done: Some(done),
                 fill,
-            })
+                partial: partial.clone(),
+            };
+            match partial {
+                Some(p) => {
+                    let mut tee = tee;
+                    tokio::spawn(async move {
+                        while let Some(frame) = tee.frame().await {
+                            if frame.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    partial_body(&p)
+                }
+                None => BodyExt::boxed(tee),
+            }
         })
     }
+}
+
+/// A waiter's answer: the response another request is fetching, streamed as it arrives.
+fn respond_streaming(partial: &Arc<Partial>, method: &Method) -> Response<Body> {
+    let body = if *method == Method::HEAD {
+        full(Bytes::new())
+    } else {
+        partial_body(partial)
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = partial.status;
+    *resp.headers_mut() = partial.headers.clone();
+    let h = resp.headers_mut();
+    h.insert(header::AGE, HeaderValue::from(0u32));
+    h.insert("x-cache", HeaderValue::from_static("HIT"));
+    h.insert(
+        "cache-status",
+        HeaderValue::from_static("edge-node; hit; collapsed"),
+    );
+    resp
+}
+
+/// The body of a response being fetched, from its first byte, as it arrives.
+fn partial_body(partial: &Arc<Partial>) -> Body {
+    let rx = partial.subscribe();
+    let stream = futures_util::stream::unfold((rx, 0usize), |(mut rx, next)| async move {
+        if next == usize::MAX {
+            return None;
+        }
+        loop {
+            // What the fetch has now: the next chunk, the end, or nothing yet.
+            let step = {
+                let progress = rx.borrow_and_update();
+                match (progress.chunks.get(next), progress.end) {
+                    (Some(chunk), _) => Some(Ok(chunk.clone())),
+                    (None, Some(true)) => Some(Err(None)),
+                    (None, Some(false)) => Some(Err(Some("the origin's body failed"))),
+                    (None, None) => None,
+                }
+            };
+            match step {
+                Some(Ok(chunk)) => return Some((Ok(Frame::data(chunk)), (rx, next + 1))),
+                Some(Err(None)) => return None,
+                Some(Err(Some(why))) => {
+                    let e: BoxError = why.into();
+                    return Some((Err(e), (rx, usize::MAX)));
+                }
+                None => {}
+            }
+            if rx.changed().await.is_err() {
+                let e: BoxError = "the fetch was abandoned".into();
+                return Some((Err(e), (rx, usize::MAX)));
+            }
+        }
+    });
+    BodyExt::boxed(http_body_util::StreamBody::new(stream))
 }
 
 /// The answer from a stored entry: 304 when the client's conditional request matches,
@@ -747,13 +854,19 @@ struct Tee {
     max: usize,
     done: Option<Box<dyn FnOnce(Bytes) + Send + Sync>>,
     fill: Option<FillGuard>,
+    /// Waiters streaming the body as it arrives.
+    partial: Option<Arc<Partial>>,
 }
 
 impl Tee {
     /// The body is complete: store the copy, then let the waiters look again.
     fn finish(&mut self) {
+        let complete = self.buf.is_some();
         if let (Some(buf), Some(done)) = (self.buf.take(), self.done.take()) {
             done(buf.freeze());
+        }
+        if let Some(p) = self.partial.take() {
+            p.end(complete);
         }
         self.fill = None;
     }
@@ -771,6 +884,9 @@ impl HttpBody for Tee {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
+                    if let Some(p) = &this.partial {
+                        p.push(data.clone());
+                    }
                     let over = this
                         .buf
                         .as_ref()
@@ -794,6 +910,9 @@ impl HttpBody for Tee {
             }
             Poll::Ready(Some(Err(e))) => {
                 this.buf = None;
+                if let Some(p) = this.partial.take() {
+                    p.end(false);
+                }
                 this.fill = None;
                 Poll::Ready(Some(Err(e)))
             }
