@@ -545,14 +545,6 @@ impl Pipeline {
             .clone();
         ctx.region = first.region.clone();
         ctx.upstream = first.name.clone();
-        if first.origin == Origin::Demo {
-            return Ok(demo::respond(
-                ctx,
-                &self.node_id,
-                req.method(),
-                req.uri().path(),
-            ));
-        }
         // Personalize: the request's variant (part of the cache key).
         let assignment = route.experiment.as_ref().map(|e| {
             let a = e.assign(req.headers(), ctx.user.as_deref());
@@ -566,6 +558,14 @@ impl Pipeline {
             Some(intent) => self.infer(intent, ctx, &req, escalatable).await,
             None => None,
         };
+        // The built-in demo origin answers here (personalized like any page).
+        if first.origin == Origin::Demo {
+            let page = demo::respond(ctx, &self.node_id, req.method(), req.uri().path());
+            return Ok(match &assignment {
+                Some((e, a)) => e.rewrite(*a, page),
+                None => page,
+            });
+        }
         // Cache: answered from a stored copy while fresh; concurrent misses for one key
         // make one origin request.
         let method = req.method().clone();
