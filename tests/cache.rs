@@ -439,13 +439,31 @@ fn the_regional_tier_is_shared_by_nodes_and_optional() {
     assert_eq!(header(&curl(&b, "app.test", path, &[]), "x-cache"), "HIT");
     assert_eq!(origin.hits(), 1);
 
-    // A purge reaches Redis.
+    // A purge on a reaches Redis, and b's memory through the purge channel.
     let (status, text) = a.admin("POST", "/cache/purge?tag=shared");
     assert_eq!((status, text.as_str()), (200, "purged 1\nregional 1\n"));
     assert!(redis.keys("t:e:*").is_empty());
-    let c = node_with(&origin, "", &regional);
-    assert_eq!(header(&curl(&c, "app.test", path, &[]), "x-cache"), "MISS");
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            header(&curl(&b, "app.test", path, &[]), "x-cache") == "MISS"
+        }),
+        "b still answers from memory: {}",
+        b.node.log()
+    );
     assert_eq!(origin.hits(), 2);
+    assert!(
+        eventually(Duration::from_secs(5), || redis.keys("t:e:*").len() == 1),
+        "b stored it again"
+    );
+    let c = node_with(&origin, "", &regional);
+    assert_eq!(
+        header(&curl(&c, "app.test", path, &[]), "x-cache"),
+        "REGIONAL-HIT"
+    );
+    assert_eq!(origin.hits(), 2);
+    let (status, _) = c.admin("POST", "/cache/purge?all=1");
+    assert_eq!(status, 200);
+    assert!(redis.keys("t:*").is_empty(), "{:?}", redis.keys("t:*"));
 
     // Redis goes away: tier 2 is skipped, clients never see an error.
     redis.kill();

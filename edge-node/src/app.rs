@@ -96,6 +96,7 @@ impl App {
         };
         // The cache outlives reloads too.
         let cache = crate::cache::Store::new(&self.config.cache)?;
+        cache.listen_for_purges();
         let first = Pipeline::new(
             &self.config,
             pool.clone(),

@@ -286,46 +286,33 @@ async fn policy_change(st: &AdminState, path: &str, query: &str) -> Response<Bod
 
 /// `POST /cache/purge?url=URL`, `?prefix=URL`, `?tag=KEY` (Surrogate-Key / Cache-Tag),
 /// or `?all=1`: removes stored responses from every tier; answers how many keys went
-/// (`purged N`, and `regional N` when the regional tier is configured). A regional tier
-/// that cannot be reached makes it 502: the purge is not complete.
+/// (`purged N`, and `regional N` when the regional tier is configured, which also tells
+/// the other nodes to purge their in-memory tiers). A regional tier that cannot be
+/// reached makes it 502: the purge is not complete.
 async fn cache_purge(st: &AdminState, query: &str) -> Response<Body> {
     let args: std::collections::HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
-    let cache = &st.cache;
-    let (purged, regional) = if args.get("all").is_some_and(|v| v == "1") {
-        cache.purge_all();
-        let r = match &cache.regional {
-            Some(r) => Some(r.purge_all().await),
-            None => None,
-        };
-        ("all".to_string(), r)
+    use crate::cache::regional::Purge;
+    let purge = if args.get("all").is_some_and(|v| v == "1") {
+        Purge::All
     } else if let Some(url) = args.get("url") {
-        let n = cache.purge_where(|e| &e.url == url);
-        let r = match &cache.regional {
-            Some(r) => Some(r.purge_url(url).await),
-            None => None,
-        };
-        (n.to_string(), r)
+        Purge::Url(url.clone())
     } else if let Some(prefix) = args.get("prefix") {
-        let n = cache.purge_where(|e| e.url.starts_with(prefix.as_str()));
-        let r = match &cache.regional {
-            Some(r) => Some(r.purge_prefix(prefix).await),
-            None => None,
-        };
-        (n.to_string(), r)
+        Purge::Prefix(prefix.clone())
     } else if let Some(tag) = args.get("tag") {
-        let n = cache.purge_where(|e| e.tags.iter().any(|t| t == tag));
-        let r = match &cache.regional {
-            Some(r) => Some(r.purge_tag(tag).await),
-            None => None,
-        };
-        (n.to_string(), r)
+        Purge::Tag(tag.clone())
     } else {
         return text(
             StatusCode::BAD_REQUEST,
             "need url=, prefix=, tag= or all=1\n",
         );
+    };
+    let (local, regional) = st.cache.purge(&purge).await;
+    let purged = if purge == Purge::All {
+        "all".to_string()
+    } else {
+        local.to_string()
     };
     match regional {
         None => {

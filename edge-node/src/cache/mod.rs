@@ -134,6 +134,8 @@ pub struct Store {
     pub lock_timeout: Duration,
     /// The regional tier, when configured.
     pub regional: Option<regional::Regional>,
+    /// This process among the nodes sharing the regional tier.
+    instance: u64,
 }
 
 /// A lookup's answer.
@@ -267,6 +269,7 @@ impl Store {
             inflight: Mutex::new(HashMap::new()),
             lock_timeout: s.lock_timeout,
             regional,
+            instance: fastrand::u64(..),
         }))
     }
 
@@ -316,6 +319,41 @@ impl Store {
 
     pub fn purge_all(&self) {
         self.entries.invalidate_all();
+    }
+
+    /// Applies `purge` to the in-memory tier; how many keys went (`usize::MAX`: all).
+    pub fn purge_local(&self, purge: &regional::Purge) -> usize {
+        use regional::Purge;
+        match purge {
+            Purge::Url(u) => self.purge_where(|e| &e.url == u),
+            Purge::Prefix(p) => self.purge_where(|e| e.url.starts_with(p.as_str())),
+            Purge::Tag(t) => self.purge_where(|e| e.tags.iter().any(|x| x == t)),
+            Purge::All => {
+                self.purge_all();
+                usize::MAX
+            }
+        }
+    }
+
+    /// Purges every tier, and every other node's in-memory tier through the regional
+    /// tier's channel: `(keys purged here, keys purged in Redis)`.
+    pub async fn purge(&self, purge: &regional::Purge) -> (usize, Option<anyhow::Result<usize>>) {
+        let local = self.purge_local(purge);
+        let regional = match &self.regional {
+            Some(r) => Some(match r.purge(purge).await {
+                Ok(n) => r.publish(self.instance, purge).await.map(|()| n),
+                Err(e) => Err(e),
+            }),
+            None => None,
+        };
+        (local, regional)
+    }
+
+    /// Starts applying other nodes' purges (with a regional tier).
+    pub fn listen_for_purges(self: &Arc<Self>) {
+        if let Some(r) = &self.regional {
+            r.listen(self.instance, Arc::downgrade(self));
+        }
     }
 
     /// Elects who fetches `key`.

@@ -8,6 +8,8 @@
 //!   it expires when its copies stop being useful (`Entry::keep_for`).
 //! - `{prefix}:url:{url}` and `{prefix}:tag:{tag}`: sets of entry keys, for purges by
 //!   URL, prefix and surrogate key.
+//! - `{prefix}:purge`: a channel every node listens on; a purge on one node is applied
+//!   to every node's in-memory tier too.
 
 use std::{
     sync::{
@@ -51,7 +53,41 @@ fn default_prefix() -> String {
 /// Version of the stored encoding: entries of another version read as misses.
 const FORMAT: u8 = 1;
 
+/// A purge, as applied to a tier and published to the other nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Purge {
+    Url(String),
+    Prefix(String),
+    Tag(String),
+    All,
+}
+
+impl Purge {
+    /// `kind\tvalue`.
+    fn encode(&self) -> String {
+        match self {
+            Purge::Url(v) => format!("url\t{v}"),
+            Purge::Prefix(v) => format!("prefix\t{v}"),
+            Purge::Tag(v) => format!("tag\t{v}"),
+            Purge::All => "all\t".into(),
+        }
+    }
+
+    fn decode(s: &str) -> Option<Self> {
+        let (kind, value) = s.split_once('\t')?;
+        let value = value.to_string();
+        Some(match kind {
+            "url" => Purge::Url(value),
+            "prefix" => Purge::Prefix(value),
+            "tag" => Purge::Tag(value),
+            "all" => Purge::All,
+            _ => return None,
+        })
+    }
+}
+
 pub struct Regional {
+    client: redis::Client,
     conn: ConnectionManager,
     prefix: String,
     timeout: Duration,
@@ -217,6 +253,7 @@ impl Regional {
             .get_connection_manager_lazy(config)
             .context("cache.regional")?;
         Ok(Self {
+            client,
             conn,
             prefix: s.prefix.clone(),
             timeout: s.timeout,
@@ -379,6 +416,73 @@ impl Regional {
             .await
     }
 
+    /// Applies `purge` to Redis; returns how many entry keys went.
+    pub async fn purge(&self, purge: &Purge) -> Result<usize> {
+        match purge {
+            Purge::Url(u) => self.purge_url(u).await,
+            Purge::Prefix(p) => self.purge_prefix(p).await,
+            Purge::Tag(t) => self.purge_tag(t).await,
+            Purge::All => self.purge_all().await,
+        }
+    }
+
+    fn channel(&self) -> String {
+        format!("{}:purge", self.prefix)
+    }
+
+    /// Tells the other nodes (`instance` is this process's, so it skips its own).
+    pub async fn publish(&self, instance: u64, purge: &Purge) -> Result<()> {
+        let message = format!("{instance:016x}\t{}", purge.encode());
+        self.call::<()>(redis::cmd("PUBLISH").arg(self.channel()).arg(message))
+            .await
+    }
+
+    /// Applies the other nodes' purges to `store`'s in-memory tier, for as long as the
+    /// store lives; reconnects when Redis goes away.
+    pub fn listen(&self, instance: u64, store: std::sync::Weak<super::Store>) {
+        let client = self.client.clone();
+        let channel = self.channel();
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            loop {
+                if store.strong_count() == 0 {
+                    return;
+                }
+                let subscribed = async {
+                    let mut pubsub = client.get_async_pubsub().await?;
+                    pubsub.subscribe(&channel).await?;
+                    Ok::<_, redis::RedisError>(pubsub)
+                };
+                let pubsub = match tokio::time::timeout(Duration::from_secs(5), subscribed).await {
+                    Ok(Ok(p)) => p,
+                    _ => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                let mut messages = pubsub.into_on_message();
+                while let Some(m) = messages.next().await {
+                    let Some(store) = store.upgrade() else { return };
+                    let Ok(text) = std::str::from_utf8(m.get_payload_bytes()) else {
+                        continue;
+                    };
+                    let Some((from, purge)) = text.split_once('\t') else {
+                        continue;
+                    };
+                    if from == format!("{instance:016x}") {
+                        continue;
+                    }
+                    if let Some(purge) = Purge::decode(purge) {
+                        let n = store.purge_local(&purge);
+                        tracing::info!(?purge, purged = n, "cache purge from another node");
+                    }
+                }
+                // The connection ended: subscribe again.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
     pub async fn purge_all(&self) -> Result<usize> {
         let entries = self
             .scan(&format!("{}:e:*", glob_escape(&self.prefix)))
@@ -460,5 +564,14 @@ mod tests {
         assert!(decode(&[FORMAT, 255, 255, 255, 255, 1]).is_err());
         assert!(decode(&[FORMAT, 1, 0, 0, 0, 0xff]).is_err());
         assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+        for p in [
+            Purge::Url("http://a/b?c\td".into()),
+            Purge::Prefix("http://a/".into()),
+            Purge::Tag("t".into()),
+            Purge::All,
+        ] {
+            assert_eq!(Purge::decode(&p.encode()), Some(p));
+        }
+        assert_eq!(Purge::decode("nope"), None);
     }
 }
