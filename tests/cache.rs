@@ -164,6 +164,28 @@ fn concurrent_misses_make_one_origin_request() {
     );
     assert!(replies.iter().all(|r| r.body == replies[0].body));
 
+    // A response that cannot be stored: for a while, misses for its key go straight to
+    // the origin instead of queueing behind one another ("hit-for-pass").
+    let nostore = "/nostore?cc=no-store";
+    let first = curl(&p, "app.test", nostore, &[]);
+    assert_eq!(header(&first, "cache-status"), "EDGE-NODE; FWD=MISS");
+    let before = origin.hits();
+    let replies: Vec<Reply> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| s.spawn(|| curl(&p, "app.test", nostore, &[])))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(origin.hits(), before + 6);
+    for r in &replies {
+        assert_eq!(
+            header(r, "cache-status"),
+            "EDGE-NODE; FWD=MISS; DETAIL=UNCACHEABLE",
+            "none waited for another"
+        );
+    }
+    let hits = origin.hits();
+
     // Waiters stream the response while it arrives: the origin sends half the body,
     // pauses, then the rest; the nine waiters are answered from that very response.
     origin
@@ -176,7 +198,7 @@ fn concurrent_misses_make_one_origin_request() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert_eq!(origin.hits(), 2);
+    assert_eq!(origin.hits(), hits + 1);
     let statuses: Vec<String> = replies.iter().map(|r| header(r, "cache-status")).collect();
     assert_eq!(
         statuses

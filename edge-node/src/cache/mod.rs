@@ -51,6 +51,9 @@ impl Default for CacheSettings {
     }
 }
 
+/// How long a response that could not be stored exempts its key from coalescing.
+const UNCACHEABLE_FOR: Duration = Duration::from_secs(10);
+
 /// A stored response.
 pub struct Entry {
     pub status: StatusCode,
@@ -136,6 +139,9 @@ pub struct Store {
     pub regional: Option<regional::Regional>,
     /// This process among the nodes sharing the regional tier.
     instance: u64,
+    /// Keys whose last response could not be stored ("hit-for-pass"): for a while their
+    /// misses go straight to the origin instead of queueing behind one another.
+    uncacheable: moka::sync::Cache<u64, ()>,
 }
 
 /// A lookup's answer.
@@ -211,6 +217,11 @@ impl Partial {
     pub fn subscribe(&self) -> watch::Receiver<Progress> {
         self.progress.subscribe()
     }
+
+    /// Requests streaming it now.
+    pub fn waiters(&self) -> usize {
+        self.progress.receiver_count()
+    }
 }
 
 /// The right to fetch a key for everyone waiting on it; dropping it releases them.
@@ -270,6 +281,10 @@ impl Store {
             lock_timeout: s.lock_timeout,
             regional,
             instance: fastrand::u64(..),
+            uncacheable: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(UNCACHEABLE_FOR)
+                .build(),
         }))
     }
 
@@ -284,8 +299,19 @@ impl Store {
         }
     }
 
+    /// The response for `key` could not be stored: its next misses do not wait for one
+    /// another (nothing would come of the wait).
+    pub fn mark_uncacheable(&self, key: u64) {
+        self.uncacheable.insert(key, ());
+    }
+
+    pub fn is_uncacheable(&self, key: u64) -> bool {
+        self.uncacheable.contains_key(&key)
+    }
+
     /// Stores in the in-memory tier only (a copy promoted from the regional tier).
     pub fn insert_local(&self, key: u64, entry: Arc<Entry>) {
+        self.uncacheable.invalidate(&key);
         let mut variants = self.entries.get(&key).unwrap_or_default();
         // A new response for the same variant replaces the old one.
         variants.0.retain(|e| e.vary != entry.vary);

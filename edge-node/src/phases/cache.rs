@@ -110,6 +110,8 @@ pub struct CacheFetch {
     pub stale: Option<Arc<Entry>>,
     /// Answer with `stale` now and refresh it in the background (stale-while-revalidate).
     pub refresh_in_background: bool,
+    /// Not coalesced: the key's last response could not be stored.
+    passed: bool,
 }
 
 impl CacheFetch {
@@ -242,6 +244,7 @@ impl RouteCache {
             client,
             stale: None,
             refresh_in_background: false,
+            passed: false,
         };
         self.strip_unkeyed(req.headers_mut());
         if !serve {
@@ -262,6 +265,11 @@ impl RouteCache {
                 Lookup::Miss => {}
             }
             if waited {
+                break;
+            }
+            // Its last response could not be stored: no point queueing behind another.
+            if store.is_uncacheable(key) {
+                fetch.passed = true;
                 break;
             }
             match store.fill(key) {
@@ -400,7 +408,7 @@ impl RouteCache {
                 Some((policy::range(&fetch.client, resp.headers(), len), len))
             })
             .flatten();
-        let resp = self.store(
+        let mut resp = self.store(
             store,
             fetch.key,
             fetch.url,
@@ -411,6 +419,15 @@ impl RouteCache {
             fetch.guard,
             fetch.label,
         );
+        if fetch.passed
+            && let Some(v) = resp.headers().get("cache-status")
+            && let Ok(v) = HeaderValue::from_str(&format!(
+                "{}; detail=uncacheable",
+                v.to_str().unwrap_or("edge-node; fwd=miss")
+            ))
+        {
+            resp.headers_mut().insert("cache-status", v);
+        }
         match range {
             Some((policy::RangeAnswer::Full, _)) | None => resp,
             // The client asked for a part: the whole body is still fetched (and stored)
@@ -449,7 +466,9 @@ impl RouteCache {
             }
             headers.remove(name);
             for v in not_modified.get_all(name) {
-                headers.append(name.clone(), v.clone());
+                if let Ok(v) = HeaderValue::from_bytes(v.as_bytes()) {
+                    headers.append(name.clone(), v);
+                }
             }
         }
         let lifetime = self
@@ -526,6 +545,9 @@ impl RouteCache {
         };
         h.insert("cache-status", HeaderValue::from_static(status));
         let Some(lifetime) = lifetime else {
+            if fill.is_some() {
+                store.mark_uncacheable(key);
+            }
             drop(fill);
             return resp;
         };
@@ -537,11 +559,15 @@ impl RouteCache {
             .flat_map(|v| v.split(','))
             .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
             .map(|n| {
-                let v = request.get(&n).cloned();
+                let v = request
+                    .get(&n)
+                    .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
                 (n, v)
             })
             .collect();
-        let mut headers = resp.headers().clone();
+        // Copies, not clones: hyper's header values are slices of its read buffer, and
+        // keeping one would keep the whole buffer alive as long as the entry.
+        let mut headers = owned(resp.headers());
         headers.remove("x-cache");
         headers.remove("cache-status");
         let tags: Vec<String> = ["surrogate-key", "cache-tag"]
@@ -568,9 +594,9 @@ impl RouteCache {
             .map_or(self.stale_while_revalidate, Duration::from_secs);
         let store = store.clone();
         let max = self.max_object;
-        // A body of known, storable size that others may be waiting for: it is read to
-        // the end by a task of its own and every waiter (this client included) streams
-        // it from there, so a client going away does not cut the others off.
+        // A body of known, storable size that others may be waiting for: they stream it
+        // as it arrives (and if this client goes away first, a task reads it to the end
+        // for them).
         let length = resp
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -603,30 +629,31 @@ impl RouteCache {
                     },
                 );
             });
-            let tee = Tee {
+            let (buf, partial) = match partial {
+                Some(p) => (BytesMut::with_capacity(length.unwrap_or(0)), Some(p)),
+                None => (BytesMut::new(), None),
+            };
+            BodyExt::boxed(Tee {
                 inner,
-                buf: Some(BytesMut::new()),
+                buf: Some(buf),
                 max,
                 done: Some(done),
                 fill,
-                partial: partial.clone(),
-            };
-            match partial {
-                Some(p) => {
-                    let mut tee = tee;
-                    tokio::spawn(async move {
-                        while let Some(frame) = tee.frame().await {
-                            if frame.is_err() {
-                                break;
-                            }
-                        }
-                    });
-                    partial_body(&p)
-                }
-                None => BodyExt::boxed(tee),
-            }
+                partial,
+            })
         })
     }
+}
+
+/// A copy of `headers` that shares no buffer with the message they came from.
+fn owned(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (k, v) in headers {
+        if let Ok(v) = HeaderValue::from_bytes(v.as_bytes()) {
+            out.append(k.clone(), v);
+        }
+    }
+    out
 }
 
 /// A waiter's answer: the response another request is fetching, streamed as it arrives.
@@ -856,6 +883,36 @@ struct Tee {
     fill: Option<FillGuard>,
     /// Waiters streaming the body as it arrives.
     partial: Option<Arc<Partial>>,
+}
+
+impl Drop for Tee {
+    /// The client went away before the end: when others are streaming this response, a
+    /// task reads it to the end for them (and stores it).
+    fn drop(&mut self) {
+        let Some(p) = &self.partial else { return };
+        if p.waiters() == 0 {
+            return;
+        }
+        let inner = std::mem::replace(&mut self.inner, crate::error::full(Bytes::new()));
+        let rest = Tee {
+            inner,
+            buf: self.buf.take(),
+            max: self.max,
+            done: self.done.take(),
+            fill: self.fill.take(),
+            partial: self.partial.take(),
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let mut rest = rest;
+                while let Some(frame) = rest.frame().await {
+                    if frame.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }
 }
 
 impl Tee {
