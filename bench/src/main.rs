@@ -2,6 +2,7 @@
 //! run, interleaved, and reports medians and ratios; `--write` puts the report into
 //! bench/RESULTS.md. Machines here are small and noisy: only same-run ratios mean much.
 
+mod cache;
 mod cost;
 mod flood;
 mod h3;
@@ -32,6 +33,10 @@ enum Cmd {
     /// p50 and p99 for edge-node against nginx and haproxy, with wrk and h2load, and the
     /// origin served directly as the ceiling.
     Proxy(proxy::Args),
+    /// Cache hits of 1 KiB and 64 KiB responses: req/s, p50 and p99 for edge-node's
+    /// `[route.cache]` against nginx proxy_cache and varnish, with wrk and h2load; memory
+    /// per cached object; the miss path against a route without a cache.
+    Cache(cache::Args),
     /// HTTP/3 against HTTP/2 and HTTP/1.1 on the same route (quinn + h3 client).
     H3(h3::Args),
     /// The security phases: criterion costs, auth on/off requests/s, escalation latency.
@@ -43,6 +48,7 @@ fn main() -> Result<()> {
         Cmd::XdpCost(args) => cost::run(args),
         Cmd::XdpFlood(args) => flood::run(args),
         Cmd::Proxy(args) => proxy::run(args),
+        Cmd::Cache(args) => cache::run(args),
         Cmd::Security(args) => security::run(args),
         Cmd::H3(args) => h3::run(args),
     }

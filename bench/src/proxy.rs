@@ -50,13 +50,13 @@ pub struct Args {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Client {
+pub(crate) enum Client {
     Wrk,
     H2load,
 }
 
 impl Client {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Client::Wrk => "wrk (HTTP/1.1)",
             Client::H2load => "h2load (HTTP/2 h2c)",
@@ -65,32 +65,37 @@ impl Client {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kind {
+pub(crate) enum Kind {
     Origin,
     EdgeNode,
     Nginx,
     Haproxy,
+    /// The cache benchmark's peers (bench/src/cache.rs).
+    NginxCache,
+    Varnish,
 }
 
 impl Kind {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Kind::Origin => "origin direct (ceiling)",
             Kind::EdgeNode => "edge-node",
             Kind::Nginx => "nginx proxy_pass",
             Kind::Haproxy => "haproxy",
+            Kind::NginxCache => "nginx proxy_cache",
+            Kind::Varnish => "varnish",
         }
     }
 }
 
 /// A server under test: where it takes HTTP/1.1 and where HTTP/2 (the same port for
 /// edge-node, which tells them apart by the h2 preface).
-struct Target {
-    kind: Kind,
-    h1: SocketAddr,
-    h2: SocketAddr,
+pub(crate) struct Target {
+    pub(crate) kind: Kind,
+    pub(crate) h1: SocketAddr,
+    pub(crate) h2: SocketAddr,
     /// The server's main process; its CPU time is counted with its children's.
-    pid: i32,
+    pub(crate) pid: i32,
 }
 
 /// A process we started, in its own directory's log; stopped (TERM, then KILL) on drop,
@@ -184,6 +189,12 @@ pub(crate) fn free_port() -> Result<SocketAddr> {
 
 /// One GET over HTTP/1.1: the status and the body length.
 fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, usize)> {
+    http_get_full(addr, path).map(|(status, _, body)| (status, body.len()))
+}
+
+/// One GET over HTTP/1.1 (`path` without its leading slash): the status, the response
+/// head (status line and headers) and the body.
+pub(crate) fn http_get_full(addr: SocketAddr, path: &str) -> Result<(u16, String, Vec<u8>)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
@@ -196,17 +207,17 @@ fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, usize)> {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .context("no response head")?;
-    let head = String::from_utf8_lossy(&buf[..head_end]);
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .context("no status")?;
-    Ok((status, buf.len() - head_end - 4))
+    Ok((status, head, buf[head_end + 4..].to_vec()))
 }
 
 /// Waits until `addr` serves every size in full (HTTP/1.1), or fails with the log.
-fn wait_serving(p: &mut Proc, addr: SocketAddr) -> Result<()> {
+pub(crate) fn wait_serving(p: &mut Proc, addr: SocketAddr) -> Result<()> {
     let start = Instant::now();
     loop {
         p.check_alive()?;
@@ -244,7 +255,7 @@ fn nginx_paths(dir: &Path, name: &str) -> String {
     )
 }
 
-fn start_nginx(dir: &Path, name: &str, http_block: &str) -> Result<Proc> {
+pub(crate) fn start_nginx(dir: &Path, name: &str, http_block: &str) -> Result<Proc> {
     let conf = dir.join(format!("{name}.conf"));
     // worker_processes auto: one per core, as in Debian's own nginx.conf. A request on a
     // keep-alive connection is never the one that closes it (keepalive_requests is
@@ -269,10 +280,16 @@ fn start_nginx(dir: &Path, name: &str, http_block: &str) -> Result<Proc> {
     Proc::spawn(name, cmd, dir.join(format!("{name}.out")))
 }
 
+/// Where the origin's files are (`/1k`, `/64k`).
+pub(crate) fn origin_root(dir: &Path) -> PathBuf {
+    dir.join("www")
+}
+
 /// The origin: nginx serving static files, HTTP/1.1 on one port and h2c on another (its
 /// 1.22 takes HTTP/2 on a cleartext port only as prior knowledge, so not on the same one).
-fn start_origin(dir: &Path) -> Result<(Proc, Target)> {
-    let www = dir.join("www");
+/// `server_extra` goes into its `server` block (headers, more locations).
+pub(crate) fn start_origin(dir: &Path, server_extra: &str) -> Result<(Proc, Target)> {
+    let www = origin_root(dir);
     std::fs::create_dir_all(&www)?;
     // Bodies that do not compress or repeat, from a fixed-seed generator.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -290,7 +307,7 @@ fn start_origin(dir: &Path) -> Result<(Proc, Target)> {
     let (h1, h2) = (free_port()?, free_port()?);
     let http = format!(
         "sendfile on;\n\
-         server {{\n listen {h1};\n listen {h2} http2;\n root {};\n}}",
+         server {{\n listen {h1};\n listen {h2} http2;\n root {};\n{server_extra}}}",
         www.display()
     );
     let mut p = start_nginx(dir, "origin", &http)?;
@@ -363,6 +380,22 @@ fn start_haproxy(dir: &Path, origin: SocketAddr) -> Result<(Proc, Target)> {
 }
 
 fn start_edge_node(dir: &Path, origin: SocketAddr) -> Result<(Proc, Target)> {
+    start_edge_node_with(
+        dir,
+        origin,
+        "[[route]]\nhosts = [\"*\"]\nupstream = \"origin\"\n",
+        "",
+    )
+}
+
+/// edge-node in front of `origin` (the upstream "origin") with these `[[route]]`s and
+/// `extra` sections, otherwise as the proxy benchmark runs it.
+pub(crate) fn start_edge_node_with(
+    dir: &Path,
+    origin: SocketAddr,
+    routes: &str,
+    extra: &str,
+) -> Result<(Proc, Target)> {
     let listen = free_port()?;
     // Log level warn: the access log (target "access") is info, one line per request to
     // stderr, which neither peer writes here. XDP off: this measures the HTTP path, and
@@ -373,8 +406,8 @@ fn start_edge_node(dir: &Path, origin: SocketAddr) -> Result<(Proc, Target)> {
         "[node]\nid = \"bench\"\n\n[log]\nlevel = \"warn\"\n\n\
          [http]\nlisten = [\"{listen}\"]\n\n\
          [[upstream]]\nname = \"origin\"\nservers = [\"{origin}\"]\n\n\
-         [[route]]\nhosts = [\"*\"]\nupstream = \"origin\"\n\n\
-         [xdp]\nmode = \"off\"\n\n[xdp.rate]\nsyn_per_sec = 0\n"
+         {routes}\n\
+         [xdp]\nmode = \"off\"\n\n[xdp.rate]\nsyn_per_sec = 0\n\n{extra}"
     );
     let conf = dir.join("edge-node.toml");
     std::fs::write(&conf, text)?;
@@ -412,33 +445,44 @@ pub(crate) struct Sample {
     pub(crate) cpu_us_per_req: f64,
 }
 
-/// CPU time (user + system) of `pid` and its direct children (nginx's workers), seconds.
-pub(crate) fn tree_cpu_seconds(pid: i32) -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let mut total = 0u64;
+/// The fields of /proc/PID/stat after the parenthesised command name: state ppid … utime
+/// stime …
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')').map(|(_, r)| r)?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// `pid` and its direct children (nginx's workers, varnish's cache process).
+pub(crate) fn tree_pids(pid: i32) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0.0;
+        return vec![pid];
     };
+    let mut pids = vec![pid];
     for entry in dir.flatten() {
         let Ok(p) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        // Fields after the parenthesised command name: state ppid … utime stime.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ppid: i32 = f.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
-        if p == pid || ppid == pid {
-            let ut: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
-            let st: u64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-            total += ut + st;
+        let ppid = stat_fields(p).and_then(|f| f.get(1).and_then(|v| v.parse::<i32>().ok()));
+        if p != pid && ppid == Some(pid) {
+            pids.push(p);
         }
     }
+    pids
+}
+
+/// CPU time (user + system) of `pid` and its direct children (nginx's workers), seconds.
+pub(crate) fn tree_cpu_seconds(pid: i32) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let total: u64 = tree_pids(pid)
+        .into_iter()
+        .filter_map(stat_fields)
+        .map(|f| {
+            let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            field(11) + field(12)
+        })
+        .sum();
     total as f64 / ticks
 }
 
@@ -562,14 +606,32 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-struct Cell {
-    client: Client,
-    size: &'static str,
-    conns: usize,
+pub(crate) struct Cell {
+    pub(crate) client: Client,
+    /// The origin's file (1k, 64k): the path requested.
+    pub(crate) size: &'static str,
+    pub(crate) conns: usize,
+}
+
+/// Every cell of the HTTP benchmarks: each client × response size × connections.
+pub(crate) fn cells() -> Vec<Cell> {
+    let mut cells = Vec::new();
+    for client in [Client::Wrk, Client::H2load] {
+        for (size, _) in SIZES {
+            for conns in CONNECTIONS {
+                cells.push(Cell {
+                    client,
+                    size,
+                    conns,
+                });
+            }
+        }
+    }
+    cells
 }
 
 impl Cell {
-    fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         format!(
             "{}, {}, {} connections",
             self.client.name(),
@@ -578,7 +640,15 @@ impl Cell {
         )
     }
 
-    fn args(&self, url: &str, seconds: u64, warmup: u64, log: Option<&Path>) -> Vec<String> {
+    /// The client's arguments; `extra` (e.g. wrk's `-s script.lua`) before the URL.
+    fn args(
+        &self,
+        url: &str,
+        seconds: u64,
+        warmup: u64,
+        log: Option<&Path>,
+        extra: &[String],
+    ) -> Vec<String> {
         let mut a: Vec<String> = match self.client {
             Client::Wrk => vec![
                 format!("-t{CLIENT_THREADS}"),
@@ -598,26 +668,53 @@ impl Cell {
         if let Some(l) = log {
             a.push(format!("--log-file={}", l.display()));
         }
+        a.extend(extra.iter().cloned());
         a.push(url.to_string());
         a
     }
 }
 
-fn measure(dir: &Path, cell: Cell, t: &Target, args: &Args) -> Result<Sample> {
+/// How a benchmark runs: rounds, and per run the measured seconds after an unmeasured
+/// warm-up with the same client.
+#[derive(Clone, Copy)]
+pub(crate) struct Timing {
+    pub(crate) rounds: usize,
+    pub(crate) seconds: u64,
+    pub(crate) warmup: u64,
+}
+
+/// One run of `cell` against `t` on the cell's own path.
+pub(crate) fn measure(dir: &Path, cell: Cell, t: &Target, timing: Timing) -> Result<Sample> {
+    measure_path(dir, cell, t, cell.size, &[], timing)
+}
+
+/// One run of `cell`'s client and connections against `t` on `path` (no leading slash),
+/// with `extra` client arguments.
+pub(crate) fn measure_path(
+    dir: &Path,
+    cell: Cell,
+    t: &Target,
+    path: &str,
+    extra: &[String],
+    timing: Timing,
+) -> Result<Sample> {
     let addr = match cell.client {
         Client::Wrk => t.h1,
         Client::H2load => t.h2,
     };
-    let url = format!("http://{addr}/{}", cell.size);
-    let limit = Duration::from_secs(args.warmup + args.seconds + 30);
+    let url = format!("http://{addr}/{path}");
+    let Timing {
+        seconds, warmup, ..
+    } = timing;
+    let limit = Duration::from_secs(warmup + seconds + 30);
     match cell.client {
         Client::Wrk => {
             // wrk has no warm-up phase of its own: a short unmeasured run first.
-            if args.warmup > 0 {
-                run_client(dir, "wrk", &cell.args(&url, args.warmup, 0, None), limit)?;
+            if warmup > 0 {
+                run_client(dir, "wrk", &cell.args(&url, warmup, 0, None, extra), limit)?;
             }
             let (cpu0, t0) = (tree_cpu_seconds(t.pid), Instant::now());
-            let out = run_client(dir, "wrk", &cell.args(&url, args.seconds, 0, None), limit)?;
+            let out = run_client(dir, "wrk", &cell.args(&url, seconds, 0, None, extra), limit)?;
             let cpu = (tree_cpu_seconds(t.pid) - cpu0) / t0.elapsed().as_secs_f64();
             let mut s = parse_wrk(&out)?;
             s.cpu_us_per_req = cpu / s.rps * 1e6;
@@ -633,7 +730,7 @@ fn measure(dir: &Path, cell: Cell, t: &Target, args: &Args) -> Result<Sample> {
             let out = run_client(
                 dir,
                 "h2load",
-                &cell.args(&url, args.seconds, args.warmup, Some(&log)),
+                &cell.args(&url, seconds, warmup, Some(&log), extra),
                 limit,
             )?;
             // Over warm-up and measurement alike: both run the same load.
@@ -661,7 +758,7 @@ pub(crate) fn raise_nofile() {
     }
 }
 
-fn cpu_model() -> String {
+pub(crate) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -673,7 +770,7 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
-fn fmt_ms(ms: f64) -> String {
+pub(crate) fn fmt_ms(ms: f64) -> String {
     if ms < 1.0 {
         format!("{:.0} µs", ms * 1e3)
     } else {
@@ -688,7 +785,7 @@ pub fn run(args: Args) -> Result<()> {
     // nginx workers drop root; they must read the origin's files.
     std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
 
-    let (origin_proc, origin) = start_origin(&dir.0)?;
+    let (origin_proc, origin) = start_origin(&dir.0, "")?;
     let wanted = |k: Kind| {
         k == Kind::Origin
             || args
@@ -713,44 +810,65 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
 
-    let mut cells = Vec::new();
-    for client in [Client::Wrk, Client::H2load] {
-        for (size, _) in SIZES {
-            for conns in CONNECTIONS {
-                cells.push(Cell {
-                    client,
-                    size,
-                    conns,
-                });
-            }
-        }
+    let cells = cells();
+    let timing = Timing {
+        rounds: args.rounds,
+        seconds: args.seconds,
+        warmup: args.warmup,
+    };
+    let labels: Vec<String> = cells.iter().map(Cell::label).collect();
+    let names: Vec<&str> = targets.iter().map(|t| t.kind.name()).collect();
+    let samples = interleaved(&mut procs, timing.rounds, &labels, &names, |c, i| {
+        measure(&dir.0, cells[c], &targets[i], timing).map(Some)
+    })?;
+    // Stop the servers before writing anything.
+    drop(procs);
+    let md = render(&args, &cells, &targets, &samples);
+    println!("{md}");
+    if args.write {
+        report::write_section("proxy", &md)?;
     }
+    Ok(())
+}
+
+/// Measures every cell against every target, `rounds` times over: `measure(cell,
+/// target)` by the indexes of `cells` and `targets` (their labels, for the log), the
+/// targets' order rotating from round to round so none always runs first or last; every
+/// server in `procs` must still run before each measurement. A measurement that returns
+/// `None` is skipped (no sample). Returns the samples by cell, then target.
+pub(crate) fn interleaved(
+    procs: &mut [Proc],
+    rounds: usize,
+    cells: &[String],
+    targets: &[&str],
+    mut measure: impl FnMut(usize, usize) -> Result<Option<Sample>>,
+) -> Result<Vec<Vec<Vec<Sample>>>> {
     let mut samples: Vec<Vec<Vec<Sample>>> = vec![vec![Vec::new(); targets.len()]; cells.len()];
     let started = Instant::now();
-    for round in 0..args.rounds {
+    for round in 0..rounds {
         for (c, cell) in cells.iter().enumerate() {
             for k in 0..targets.len() {
                 let i = (k + round) % targets.len();
-                let t = &targets[i];
                 for p in procs.iter_mut() {
                     p.check_alive()?;
                 }
-                let what = || format!("{} on {}", cell.label(), t.kind.name());
+                let what = || format!("{cell} on {}", targets[i]);
                 // One retry: a load generator that hangs (killed at its time limit)
                 // should not cost the whole run.
-                let s = match measure(&dir.0, *cell, t, &args) {
+                let s = match measure(c, i) {
                     Ok(s) => s,
                     Err(e) => {
                         eprintln!("{}: {e:#}; measuring again", what());
-                        measure(&dir.0, *cell, t, &args).with_context(what)?
+                        measure(c, i).with_context(what)?
                     }
                 };
+                let Some(s) = s else { continue };
                 eprintln!(
                     "round {} [{:>4.0}s] {:<42} {:<24} {:>9.0} req/s  p50 {:>9}  p99 {:>9}  cpu {:>5.1} µs/req{}",
                     round + 1,
                     started.elapsed().as_secs_f64(),
-                    cell.label(),
-                    t.kind.name(),
+                    cell,
+                    targets[i],
                     s.rps,
                     fmt_ms(s.p50_ms),
                     fmt_ms(s.p99_ms),
@@ -765,23 +883,21 @@ pub fn run(args: Args) -> Result<()> {
             }
         }
     }
-    // Stop the servers before writing anything.
-    drop(procs);
-    let md = render(&args, &cells, &targets, &samples);
-    println!("{md}");
-    if args.write {
-        report::write_section("proxy", &md)?;
-    }
-    Ok(())
+    Ok(samples)
 }
 
 #[derive(Clone, Copy)]
-struct Medians {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+pub(crate) struct Medians {
+    pub(crate) rps: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
     pub(crate) cpu_us_per_req: f64,
-    errors: u64,
+    pub(crate) errors: u64,
+}
+
+/// Medians over the rounds; `None` when nothing was measured.
+pub(crate) fn medians_of(v: &[Sample]) -> Option<Medians> {
+    (!v.is_empty()).then(|| medians(v))
 }
 
 fn medians(v: &[Sample]) -> Medians {
@@ -796,6 +912,50 @@ fn medians(v: &[Sample]) -> Medians {
         cpu_us_per_req: med(|s| s.cpu_us_per_req),
         errors: v.iter().map(|s| s.errors).sum(),
     }
+}
+
+/// One cell's table: a row per target (`None`: not measured, shown as n/a), with the
+/// req/s of the row `edge` (edge-node) divided by each other row's.
+pub(crate) fn cell_table(rows: &[(&str, Option<Medians>)], edge: Option<usize>) -> String {
+    let mut md = String::from(
+        "| target | req/s | p50 | p99 | CPU µs/req | errors | edge-node req/s ÷ this |\n",
+    );
+    md.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+    let edge_rps = edge.and_then(|e| rows[e].1).map(|m| m.rps);
+    for (i, (name, m)) in rows.iter().enumerate() {
+        let Some(m) = m else {
+            md.push_str(&format!("| {name} | n/a | n/a | n/a | n/a | n/a | n/a |\n"));
+            continue;
+        };
+        let ratio = edge_rps
+            .filter(|_| edge != Some(i))
+            .map(|e| format!("{:.2}×", e / m.rps))
+            .unwrap_or_default();
+        md.push_str(&format!(
+            "| {name} | {:.0} | {} | {} | {:.1} | {} | {ratio} |\n",
+            m.rps,
+            fmt_ms(m.p50_ms),
+            fmt_ms(m.p99_ms),
+            m.cpu_us_per_req,
+            m.errors,
+        ));
+    }
+    md.push('\n');
+    md
+}
+
+/// edge-node against a peer in one cell: req/s ratio, whether edge-node's p99 is equal
+/// or lower, and both in words ("1.23× req/s, p99 1.00 ms vs 2.00 ms (≤)").
+pub(crate) fn versus(edge: Medians, peer: Medians) -> (f64, bool, String) {
+    let ratio = edge.rps / peer.rps;
+    let p99_ok = edge.p99_ms <= peer.p99_ms;
+    let text = format!(
+        "{ratio:.2}× req/s, p99 {} vs {}{}",
+        fmt_ms(edge.p99_ms),
+        fmt_ms(peer.p99_ms),
+        if p99_ok { " (≤)" } else { "" }
+    );
+    (ratio, p99_ok, text)
 }
 
 fn render(args: &Args, cells: &[Cell], targets: &[Target], samples: &[Vec<Vec<Sample>>]) -> String {
@@ -849,55 +1009,24 @@ fn render(args: &Args, cells: &[Cell], targets: &[Target], samples: &[Vec<Vec<Sa
     for (c, cell) in cells.iter().enumerate() {
         let m: Vec<Medians> = samples[c].iter().map(|v| medians(v)).collect();
         md.push_str(&format!("### {}\n\n", cell.label()));
-        md.push_str(
-            "| target | req/s | p50 | p99 | CPU µs/req | errors | edge-node req/s ÷ this |\n",
-        );
-        md.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
-        for (i, t) in targets.iter().enumerate() {
-            let ratio = edge
-                .filter(|&e| e != i)
-                .map(|e| format!("{:.2}×", m[e].rps / m[i].rps))
-                .unwrap_or_else(|| "".into());
-            md.push_str(&format!(
-                "| {} | {:.0} | {} | {} | {:.1} | {} | {ratio} |\n",
-                t.kind.name(),
-                m[i].rps,
-                fmt_ms(m[i].p50_ms),
-                fmt_ms(m[i].p99_ms),
-                m[i].cpu_us_per_req,
-                m[i].errors,
-            ));
-        }
-        md.push('\n');
+        let rows: Vec<(&str, Option<Medians>)> = targets
+            .iter()
+            .zip(&m)
+            .map(|(t, m)| (t.kind.name(), Some(*m)))
+            .collect();
+        md.push_str(&cell_table(&rows, edge));
         if let Some(e) = edge {
-            let e_m = m[e];
-            let vs = |p: Option<usize>| {
-                p.map(|p| {
-                    (
-                        e_m.rps / m[p].rps,
-                        fmt_ms(e_m.p99_ms),
-                        fmt_ms(m[p].p99_ms),
-                        e_m.p99_ms <= m[p].p99_ms,
-                    )
-                })
-            };
-            let cell_line = |(r, ep, pp, p_ok): (f64, String, String, bool)| {
-                format!(
-                    "{r:.2}× req/s, p99 {ep} vs {pp}{}",
-                    if p_ok { " (≤)" } else { "" }
-                )
-            };
+            let vs = |p: Option<usize>| p.map(|p| versus(m[e], m[p]));
             let mut line = format!("- {}: edge-node", cell.label());
-            if let Some(n) = vs(nginx) {
-                let met = n.0 >= 1.2 && n.3;
+            if let Some((ratio, p99_ok, text)) = vs(nginx) {
+                let met = ratio >= 1.2 && p99_ok;
                 line.push_str(&format!(
-                    " / nginx {}; target **{}**",
-                    cell_line(n),
+                    " / nginx {text}; target **{}**",
                     if met { "met" } else { "NOT met" }
                 ));
             }
-            if let Some(h) = vs(haproxy) {
-                line.push_str(&format!("; / haproxy {}", cell_line(h)));
+            if let Some((_, _, text)) = vs(haproxy) {
+                line.push_str(&format!("; / haproxy {text}"));
             }
             summary.push_str(&line);
             summary.push('\n');

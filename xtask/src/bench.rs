@@ -19,6 +19,10 @@ pub enum BenchCmd {
     /// HTTP pass-through proxying (1 KiB and 64 KiB, wrk and h2load, 32 and 256
     /// connections): edge-node against nginx and haproxy, the origin direct as ceiling.
     Proxy(Common),
+    /// Caching reverse proxies serving cache hits (1 KiB and 64 KiB, wrk and h2load, 32
+    /// and 256 connections): edge-node `[route.cache]` against nginx proxy_cache and
+    /// varnish; memory per cached object; the miss path against pass-through.
+    Cache(Common),
     /// Security phases: their cost per request (criterion), requests/s with auth off and
     /// on, and the time from crossing the drop threshold to XDP drops.
     Security(Common),
@@ -60,6 +64,9 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     // Each benchmark installs only its own peers and load generators.
     if matches!(cmd, BenchCmd::Proxy(_) | BenchCmd::H3(_)) {
         toolchain::ensure_proxy_bench_packages()?;
+    } else if matches!(cmd, BenchCmd::Cache(_)) {
+        toolchain::ensure_proxy_bench_packages()?;
+        toolchain::ensure_cache_bench_packages()?;
     } else if matches!(cmd, BenchCmd::Security(_)) {
         toolchain::ensure_proxy_bench_packages()?;
         toolchain::ensure_bench_packages()?;
@@ -72,6 +79,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Proxy(c) => run_bench("proxy", &c),
         BenchCmd::H3(c) => run_bench("h3", &c),
+        BenchCmd::Cache(c) => run_bench("cache", &c),
         BenchCmd::Security(c) => {
             cargo(&[
                 "bench",

@@ -84,7 +84,8 @@ fn main() -> Result<()> {
         Cmd::Setup => {
             toolchain::ensure_test_packages()?;
             toolchain::ensure_bench_packages()?;
-            toolchain::ensure_proxy_bench_packages()
+            toolchain::ensure_proxy_bench_packages()?;
+            toolchain::ensure_cache_bench_packages()
         }
         Cmd::Bench(cmd) => bench::run(cmd),
     }
