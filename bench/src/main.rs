@@ -6,6 +6,7 @@ mod cache;
 mod cost;
 mod flood;
 mod h3;
+mod intent;
 mod proxy;
 mod report;
 mod security;
@@ -39,6 +40,9 @@ enum Cmd {
     Cache(cache::Args),
     /// HTTP/3 against HTTP/2 and HTTP/1.1 on the same route (quinn + h3 client).
     H3(h3::Args),
+    /// Intent inference latency (p50/p99) and end-to-end req/s with personalization and
+    /// intent prediction on against off.
+    Intent(intent::Args),
     /// The security phases: criterion costs, auth on/off requests/s, escalation latency.
     Security(security::Args),
 }
@@ -51,5 +55,6 @@ fn main() -> Result<()> {
         Cmd::Cache(args) => cache::run(args),
         Cmd::Security(args) => security::run(args),
         Cmd::H3(args) => h3::run(args),
+        Cmd::Intent(args) => intent::run(args),
     }
 }

@@ -88,7 +88,7 @@ fn criterion_dir() -> PathBuf {
 }
 
 /// The median of a criterion benchmark, ns.
-fn criterion_median(name: &str) -> Result<f64> {
+pub(crate) fn criterion_median(name: &str) -> Result<f64> {
     let path = criterion_dir().join(name).join("new/estimates.json");
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(

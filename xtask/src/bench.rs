@@ -28,6 +28,9 @@ pub enum BenchCmd {
     Security(Common),
     /// HTTP/3 against HTTP/2 and HTTP/1.1 on one route: req/s, p50, p99.
     H3(Common),
+    /// Intent inference latency p50/p99 (criterion) and end-to-end req/s with
+    /// personalization and intent prediction on against off.
+    Intent(Common),
 }
 
 #[derive(Args, Clone)]
@@ -41,6 +44,10 @@ pub struct Common {
 }
 
 fn run_bench(name: &str, c: &Common) -> Result<()> {
+    run_bench_with(name, c, &[])
+}
+
+fn run_bench_with(name: &str, c: &Common, extra: &[&str]) -> Result<()> {
     let rounds = c.rounds.map(|r| r.to_string());
     let mut args = vec![
         "run",
@@ -57,12 +64,16 @@ fn run_bench(name: &str, c: &Common) -> Result<()> {
     if !c.no_write {
         args.push("--write");
     }
+    args.extend_from_slice(extra);
     cargo(&args)
 }
 
 pub fn run(cmd: BenchCmd) -> Result<()> {
     // Each benchmark installs only its own peers and load generators.
-    if matches!(cmd, BenchCmd::Proxy(_) | BenchCmd::H3(_)) {
+    if matches!(
+        cmd,
+        BenchCmd::Proxy(_) | BenchCmd::H3(_) | BenchCmd::Intent(_)
+    ) {
         toolchain::ensure_proxy_bench_packages()?;
     } else if matches!(cmd, BenchCmd::Cache(_)) {
         toolchain::ensure_proxy_bench_packages()?;
@@ -80,6 +91,31 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Proxy(c) => run_bench("proxy", &c),
         BenchCmd::H3(c) => run_bench("h3", &c),
         BenchCmd::Cache(c) => run_bench("cache", &c),
+        BenchCmd::Intent(c) => {
+            // Criterion, with its per-call percentiles kept for the report.
+            let log = crate::toolchain::workspace_root().join("target/intent-bench.log");
+            let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let out = std::process::Command::new(cargo_bin)
+                .args([
+                    "bench",
+                    "--quiet",
+                    "--package",
+                    "edge-bench",
+                    "--bench",
+                    "intent",
+                ])
+                .current_dir(crate::toolchain::workspace_root())
+                .stderr(std::process::Stdio::inherit())
+                .output()?;
+            std::fs::write(&log, &out.stdout)?;
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+            anyhow::ensure!(out.status.success(), "cargo bench --bench intent failed");
+            run_bench_with(
+                "intent",
+                &c,
+                &["--criterion-log", log.to_str().unwrap_or("")],
+            )
+        }
         BenchCmd::Security(c) => {
             cargo(&[
                 "bench",
