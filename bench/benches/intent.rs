@@ -1,6 +1,7 @@
 //! Intent inference latency, on the node's own code: feature extraction, one tract run
 //! of the shipped model, and the round trip through the inference pool as a request
-//! makes it (queue, thread, answer). Criterion gives the medians; before it, each case
+//! makes it (queue, thread, answer); and the personalization phase's HTML rewrite of a
+//! small page (lol_html set-up included, as every rewritten response pays it). Criterion gives the medians; before it, each case
 //! is timed call by call to report p50 and p99 (`cargo xtask bench intent` records
 //! them in bench/RESULTS.md).
 
@@ -11,8 +12,13 @@ use std::{
 };
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use edge_node::intent::{self, Intent, IntentSettings, features::FEATURE_COUNT};
+use edge_node::{
+    error::full,
+    intent::{self, Intent, IntentSettings, features::FEATURE_COUNT},
+    phases::personalize::{Assignment, Experiment, ExperimentSettings},
+};
 use http::{HeaderMap, HeaderValue, Method, Uri, header};
+use http_body_util::BodyExt;
 
 /// p50 and p99 of `n` individually timed calls, printed in a line the xtask parses.
 fn percentiles(name: &str, n: usize, mut f: impl FnMut()) {
@@ -34,6 +40,11 @@ fn percentiles(name: &str, n: usize, mut f: impl FnMut()) {
         q(0.99).as_nanos()
     );
 }
+
+/// A page like the built-in demo origin's.
+const PAGE: &str = "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>edge-node</title></head>\n\
+    <body><h1>edge-node is running</h1>\n<p>node <code>bench</code>, region <code>default</code></p>\n\
+    <p>GET <code>/products/shoes</code> for host <code>shop.bench</code></p>\n</body></html>\n";
 
 fn request() -> (Method, Uri, HeaderMap) {
     let mut h = HeaderMap::new();
@@ -88,6 +99,32 @@ fn inference(c: &mut Criterion) {
         black_box(rt.block_on(engine.predict(x)).unwrap());
     });
 
+    let experiment: ExperimentSettings = toml::from_str(
+        "name = \"hero\"\n[[variant]]\nname = \"a\"\nweight = 1\n[[variant]]\nname = \"b\"\nweight = 1\n\
+         [[variant.rewrite]]\nselector = \"h1\"\nset_text = \"Variant B\"\n\
+         [[variant.rewrite]]\nselector = \"head\"\nappend_html = \"<script>window.v='b'</script>\"\n",
+    )
+    .unwrap();
+    let experiment = Experiment::new(&experiment).unwrap();
+    let b = Assignment {
+        variant: 1,
+        set_cookie: true,
+    };
+    let rewrite = || {
+        let mut page = http::Response::new(full(PAGE));
+        page.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        let out = experiment.rewrite(b, page);
+        let body = rt.block_on(out.into_body().collect()).unwrap().to_bytes();
+        assert!(body.len() > PAGE.len());
+        body
+    };
+    percentiles("personalize_html_rewrite", 20_000, || {
+        black_box(rewrite());
+    });
+
     c.bench_function("intent_features", |b| {
         b.iter(|| black_box(engine.features(&method, &uri, &headers, ip)))
     });
@@ -96,6 +133,9 @@ fn inference(c: &mut Criterion) {
     });
     c.bench_function("intent_pool_round_trip", |b| {
         b.iter(|| black_box(rt.block_on(engine.predict(x)).unwrap()))
+    });
+    c.bench_function("personalize_html_rewrite", |b| {
+        b.iter(|| black_box(rewrite()))
     });
 }
 

@@ -41,12 +41,16 @@ pub struct Args {
 }
 
 /// The criterion cases, in report order, with what each measures.
-const CASES: [(&str, &str); 3] = [
+const CASES: [(&str, &str); 4] = [
     ("intent_features", "feature extraction (41 features)"),
     ("intent_model_run", "one tract run of the shipped model"),
     (
         "intent_pool_round_trip",
-        "queue → inference thread → answer (what a request waits)",
+        "queue → inference thread → answer (what a request waits; one request at a time)",
+    ),
+    (
+        "personalize_html_rewrite",
+        "variant B's rewrite of a 300-byte page (lol_html set-up included)",
     ),
 ];
 
@@ -95,11 +99,49 @@ fn probe(addr: SocketAddr) -> Result<u16> {
         .context("no status")
 }
 
-/// A node in front of the demo origin; `on`: an A/B experiment (variant B rewrites the
-/// page) and intent prediction.
-fn start_node(dir: &Path, on: bool) -> Result<(Proc, SocketAddr)> {
+/// What a node runs besides proxying.
+#[derive(Clone, Copy)]
+struct Features {
+    personalize: bool,
+    intent: bool,
+}
+
+const CONFIGS: [(&str, Features); 4] = [
+    (
+        "both off",
+        Features {
+            personalize: false,
+            intent: false,
+        },
+    ),
+    (
+        "personalization on",
+        Features {
+            personalize: true,
+            intent: false,
+        },
+    ),
+    (
+        "intent on",
+        Features {
+            personalize: false,
+            intent: true,
+        },
+    ),
+    (
+        "both on",
+        Features {
+            personalize: true,
+            intent: true,
+        },
+    ),
+];
+
+/// A node in front of the demo origin, with an A/B experiment (variant B rewrites the
+/// page) and intent prediction as `f` says.
+fn start_node(dir: &Path, f: Features) -> Result<(Proc, SocketAddr)> {
     let listen = free_port()?;
-    let extra = if on {
+    let extra = if f.personalize {
         "[route.experiment]\nname = \"hero\"\n\
          [[route.experiment.variant]]\nname = \"a\"\nweight = 50\n\
          [[route.experiment.variant]]\nname = \"b\"\nweight = 50\n\
@@ -108,19 +150,24 @@ fn start_node(dir: &Path, on: bool) -> Result<(Proc, SocketAddr)> {
     } else {
         ""
     };
-    let intent = if on { "[intent]\nenabled = true\n" } else { "" };
+    let intent = if f.intent {
+        "[intent]\nenabled = true\n"
+    } else {
+        ""
+    };
+    let name = format!("{}-{}", f.personalize, f.intent);
     let text = format!(
         "[node]\nid = \"bench\"\n\n[log]\nlevel = \"warn\"\n\n[xdp]\nmode = \"off\"\n\n\
          [http]\nlisten = [\"{listen}\"]\n\n[threat]\nenabled = false\n\n{intent}\n\
          [[upstream]]\nname = \"demo\"\nbuiltin = \"demo\"\n\n\
          [[route]]\nhosts = [\"shop.bench\"]\nupstream = \"demo\"\n{extra}"
     );
-    let conf = dir.join(format!("edge-node-{on}.toml"));
+    let conf = dir.join(format!("edge-node-{name}.toml"));
     std::fs::write(&conf, text)?;
     let bin = edge_tests::edge_node_bin();
     let mut cmd = Command::new(&bin);
     cmd.env_remove("RUST_LOG").arg("-c").arg(&conf).arg("run");
-    let mut p = Proc::spawn("edge-node", cmd, dir.join(format!("edge-node-{on}.log")))?;
+    let mut p = Proc::spawn("edge-node", cmd, dir.join(format!("edge-node-{name}.log")))?;
     let start = Instant::now();
     while probe(listen).ok() != Some(200) {
         p.check_alive()?;
@@ -134,17 +181,18 @@ fn start_node(dir: &Path, on: bool) -> Result<(Proc, SocketAddr)> {
 
 /// wrk against one node: no cookie, so every request is assigned (half of them get the
 /// rewritten page) and classified.
-fn end_to_end(args: &Args) -> Result<[Vec<Sample>; 2]> {
+fn end_to_end(args: &Args) -> Result<Vec<Vec<Sample>>> {
     raise_nofile();
     let dir =
         Workdir(std::env::temp_dir().join(format!("edge-bench-intent-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0)?;
-    let mut samples: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); CONFIGS.len()];
     for round in 0..args.rounds {
-        for k in 0..2 {
-            // Rotate the order each round: neither always runs first.
-            let on = (k + round) % 2 == 1;
-            let (node, addr) = start_node(&dir.0, on)?;
+        for k in 0..CONFIGS.len() {
+            // Rotate the order each round: no configuration always runs first.
+            let i = (k + round) % CONFIGS.len();
+            let (name, f) = CONFIGS[i];
+            let (node, addr) = start_node(&dir.0, f)?;
             let wrk = vec![
                 "-t2".to_string(),
                 "-c32".into(),
@@ -164,12 +212,10 @@ fn end_to_end(args: &Args) -> Result<[Vec<Sample>; 2]> {
             drop(node);
             let s = parse_wrk(&out)?;
             eprintln!(
-                "round {round} {}: {:.0} req/s, p99 {:.2} ms",
-                if on { "on" } else { "off" },
-                s.rps,
-                s.p99_ms
+                "round {round} {name}: {:.0} req/s, p99 {:.2} ms",
+                s.rps, s.p99_ms
             );
-            samples[usize::from(on)].push(s);
+            samples[i].push(s);
         }
     }
     Ok(samples)
@@ -214,7 +260,7 @@ pub fn run(args: Args) -> Result<()> {
     body.push_str(&format!(
         "\n### End to end: the built-in demo origin (an HTML page), wrk -t2 -c32 without \
          cookies (every request assigned, half of them rewritten, all classified), {} \
-         rounds of {} s, the two nodes run one after the other, medians\n\n\
+         rounds of {} s, the nodes run one after the other, medians\n\n\
          | node | req/s | p50 | p99 | vs off |\n| --- | ---: | ---: | ---: | ---: |\n",
         args.rounds, args.seconds
     ));
@@ -223,10 +269,7 @@ pub fn run(args: Args) -> Result<()> {
         sys::median(&mut x)
     };
     let base = med(&e2e[0], |s| s.rps);
-    for (name, samples) in [
-        ("personalization and intent off", &e2e[0]),
-        ("personalization and intent on", &e2e[1]),
-    ] {
+    for ((name, _), samples) in CONFIGS.iter().zip(&e2e) {
         let rps = med(samples, |s| s.rps);
         body.push_str(&format!(
             "| {name} | {rps:.0} | {:.2} ms | {:.2} ms | {:.2}× |\n",

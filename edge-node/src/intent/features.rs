@@ -324,8 +324,20 @@ fn normalize(raw: &[u8], plus_as_space: bool) -> Vec<u8> {
     v
 }
 
+/// Byte-substring test. Checks the first byte before comparing the rest: a request is
+/// scanned for some hundred tokens, and most positions fail on their first byte.
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    if hay.len() < needle.len() {
+        return false;
+    }
+    let last_start = hay.len() - needle.len();
+    hay[..=last_start]
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == first && &hay[i + 1..i + needle.len()] == rest)
 }
 
 fn any_in(hay: &[u8], tokens: &[&str]) -> bool {
