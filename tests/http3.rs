@@ -26,10 +26,18 @@ fn free_udp_port() -> u16 {
 
 /// Runs the aioquic client with `requests`; its JSON answers.
 fn h3(port: u16, ca: &Path, requests: Value) -> Vec<Value> {
-    let job = json!({
+    h3_job(port, ca, requests, json!({}))
+}
+
+/// `h3` with more job options (`report_retry`, say) merged in.
+fn h3_job(port: u16, ca: &Path, requests: Value, options: Value) -> Vec<Value> {
+    let mut job = json!({
         "host": "127.0.0.1", "port": port, "sni": "app.test",
         "ca": ca.display().to_string(), "requests": requests,
     });
+    for (k, v) in options.as_object().expect("options") {
+        job[k] = v.clone();
+    }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/support/h3client.py");
     let out = Command::new("python3")
         .arg(script)
@@ -84,7 +92,7 @@ fn http3_serves_the_same_routes_as_http1_and_http2() {
     let p = start_config(&cfg);
     assert!(p.node.log().contains("h3 listening"), "{}", p.node.log());
     let ca = dir.join("ca.crt");
-    let answers = h3(
+    let answers = h3_job(
         port,
         &ca,
         json!([
@@ -93,7 +101,10 @@ fn http3_serves_the_same_routes_as_http1_and_http2() {
             {"method": "GET", "authority": "auth.test", "path": "/private"},
             {"method": "GET", "authority": "nope.test", "path": "/"},
         ]),
+        json!({"report_retry": true}),
     );
+    // Not under load: no Retry round trip.
+    assert_eq!(answers[4]["retried"], false, "{answers:?}");
     // GET and POST reach the origin over HTTP/3, bodies streaming through.
     assert_eq!(answers[0]["status"], 200, "{answers:?}");
     let body = answers[0]["body"].as_str().unwrap();
@@ -338,10 +349,11 @@ fn address_validation_and_graceful_shutdown_over_quic() {
     // the client got through the Retry round trip first.
     let answers = std::thread::scope(|s| {
         let h = s.spawn(|| {
-            h3(
+            h3_job(
                 port,
                 &ca,
                 json!([{"method": "GET", "authority": "app.test", "path": "/slow"}]),
+                json!({"report_retry": true}),
             )
         });
         // SIGTERM once the request is at the origin (in flight).
@@ -354,6 +366,7 @@ fn address_validation_and_graceful_shutdown_over_quic() {
     });
     assert_eq!(answers[0]["status"], 200, "{answers:?}");
     assert!(answers[0]["body"].as_str().unwrap().contains("path=/slow"));
+    assert_eq!(answers[1]["retried"], true, "the node sent a Retry first");
     assert_eq!(
         p.node.wait_exit(std::time::Duration::from_secs(15)),
         Some(0),

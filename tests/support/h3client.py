@@ -86,6 +86,9 @@ async def main(job):
         out.extend(results)
         if early:
             out.append({"early_data_accepted": bool(client._quic.tls.early_data_accepted)})
+        if job.get("report_retry"):
+            # Whether the server made this client prove its address (a Retry) first.
+            out.append({"retried": client._quic._retry_count > 0})
     print(json.dumps(out))
 
 
