@@ -92,8 +92,9 @@ fn inference(c: &mut Criterion) {
     percentiles("intent_features", 20_000, || {
         black_box(engine.features(&method, &uri, &headers, ip));
     });
+    let mut state = plan.spawn().unwrap();
     percentiles("intent_model_run", 20_000, || {
-        black_box(intent::run(&plan, &x).unwrap());
+        black_box(intent::run_in(&mut state, &x).unwrap());
     });
     percentiles("intent_pool_round_trip", 20_000, || {
         black_box(rt.block_on(engine.predict(x)).unwrap());
@@ -129,7 +130,7 @@ fn inference(c: &mut Criterion) {
         b.iter(|| black_box(engine.features(&method, &uri, &headers, ip)))
     });
     c.bench_function("intent_model_run", |b| {
-        b.iter(|| black_box(intent::run(&plan, &x).unwrap()))
+        b.iter(|| black_box(intent::run_in(&mut state, &x).unwrap()))
     });
     c.bench_function("intent_pool_round_trip", |b| {
         b.iter(|| black_box(rt.block_on(engine.predict(x)).unwrap()))

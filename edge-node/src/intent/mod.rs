@@ -154,8 +154,13 @@ pub fn load(path: Option<&std::path::Path>) -> Result<Plan> {
 
 /// One inference: the class probabilities, in `CLASSES` order.
 pub fn run(plan: &Plan, x: &[f32; FEATURE_COUNT]) -> Result<[f32; 5]> {
+    run_in(&mut plan.spawn()?, x)
+}
+
+/// One inference in a state kept across runs (an inference thread's: no per-run set-up).
+pub fn run_in(state: &mut TypedSimpleState, x: &[f32; FEATURE_COUNT]) -> Result<[f32; 5]> {
     let input = Tensor::from_shape(&[1, FEATURE_COUNT], x)?;
-    let out = plan.run(tvec!(input.into()))?;
+    let out = state.run(tvec!(input.into()))?;
     let first = out.first().context("the model gave no output")?;
     let view = first.try_as_plain_ram()?;
     let probs = view.as_slice::<f32>()?;
@@ -224,13 +229,20 @@ impl Intent {
             std::thread::Builder::new()
                 .name(format!("edge-intent-{i}"))
                 .spawn(move || {
+                    let mut state = match plan.spawn() {
+                        Ok(s) => s,
+                        Err(e) => {
+                            warn!(error = %e, "intent inference thread not started");
+                            return;
+                        }
+                    };
                     loop {
                         let job = match queue.lock().expect("intent queue").recv() {
                             Ok(j) => j,
                             // The engine was dropped (a reload replaced it).
                             Err(_) => return,
                         };
-                        match run(&plan, &job.features) {
+                        match run_in(&mut state, &job.features) {
                             Ok(p) => {
                                 let _ = job.reply.send(p);
                             }
