@@ -256,3 +256,55 @@ fn variant_b_html_is_rewritten_and_cached_pages_stay_apart() {
     );
     assert_eq!(origin.hits(), 2);
 }
+
+#[test]
+fn the_cookie_is_secure_over_tls() {
+    let dir = std::env::temp_dir().join(edge_tests::unique("edge-ab-tls-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    edge_tests::tls_origin::make_ca_and_leaf(&dir, &["app.test"]);
+    let origin = Origin::start("o");
+    let node = edge_tests::node::Node::start(
+        &format!(
+            "[xdp]\nmode = \"off\"\n[http]\nlisten = []\ntls_listen = [\"127.0.0.1:0\"]\n\
+             [[certificate]]\nhosts = [\"app.test\"]\ncert = \"{d}/leaf.crt\"\nkey = \"{d}/leaf.key\"\n\
+             [[upstream]]\nname = \"app\"\nservers = [\"{o}\"]\n\
+             [[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n\
+             [route.experiment]\nname = \"hero\"\n{WEIGHTED}",
+            d = dir.display(),
+            o = origin.addr
+        ),
+        None,
+    );
+    assert!(node.wait_running(Duration::from_secs(20)), "{}", node.log());
+    let port = node
+        .logged_addr("https listening")
+        .expect("https address")
+        .port();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "--max-time",
+            "10",
+            "--cacert",
+        ])
+        .arg(dir.join("ca.crt"))
+        .args(["--resolve", &format!("app.test:{port}:127.0.0.1")])
+        .arg(format!("https://app.test:{port}/page"))
+        .output()
+        .expect("curl");
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .unwrap_or_else(|| panic!("no cookie: {head}"));
+    assert!(
+        cookie.starts_with("edge-ab-hero=")
+            && cookie.trim_end().ends_with("; samesite=lax; secure"),
+        "{cookie}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
