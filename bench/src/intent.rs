@@ -9,7 +9,6 @@
 //!    page) so these phases are what differs; wrk, interleaved rounds, medians.
 
 use std::{
-    io::{Read, Write},
     net::SocketAddr,
     path::Path,
     process::Command,
@@ -21,7 +20,9 @@ use clap::Args as ClapArgs;
 
 use crate::{
     proxy::{Proc, Sample, Workdir, free_port, parse_wrk, raise_nofile, run_client},
-    report, sys,
+    report,
+    security::{fmt_ns, probe},
+    sys,
 };
 
 #[derive(ClapArgs)]
@@ -74,29 +75,6 @@ fn percentiles(log: &str, name: &str) -> Option<(f64, f64)> {
         }
         Some((p50?, p99?))
     })
-}
-
-fn fmt_ns(ns: f64) -> String {
-    if ns >= 1000.0 {
-        format!("{:.1} µs", ns / 1000.0)
-    } else {
-        format!("{ns:.0} ns")
-    }
-}
-
-/// GET / with a browser's headers: the status.
-fn probe(addr: SocketAddr) -> Result<u16> {
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET / HTTP/1.1\r\nHost: shop.bench\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    out.get(9..12)
-        .and_then(|c| c.parse().ok())
-        .context("no status")
 }
 
 /// What a node runs besides proxying.
@@ -169,7 +147,7 @@ fn start_node(dir: &Path, f: Features) -> Result<(Proc, SocketAddr)> {
     cmd.env_remove("RUST_LOG").arg("-c").arg(&conf).arg("run");
     let mut p = Proc::spawn("edge-node", cmd, dir.join(format!("edge-node-{name}.log")))?;
     let start = Instant::now();
-    while probe(listen).ok() != Some(200) {
+    while probe(listen, "shop.bench", None).ok() != Some(200) {
         p.check_alive()?;
         if start.elapsed() > Duration::from_secs(20) {
             bail!("edge-node does not serve:\n{}", p.log_tail());

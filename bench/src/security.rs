@@ -102,7 +102,7 @@ pub(crate) fn criterion_median(name: &str) -> Result<f64> {
         .context("no median in estimates.json")
 }
 
-fn fmt_ns(ns: f64) -> String {
+pub(crate) fn fmt_ns(ns: f64) -> String {
     if ns >= 1000.0 {
         format!("{:.1} µs", ns / 1000.0)
     } else {
@@ -124,7 +124,7 @@ fn token(alg: Algorithm) -> Result<String> {
 }
 
 /// GET / with `host` and an optional bearer token: the status.
-fn probe(addr: SocketAddr, host: &str, token: Option<&str>) -> Result<u16> {
+pub(crate) fn probe(addr: SocketAddr, host: &str, token: Option<&str>) -> Result<u16> {
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));

@@ -54,6 +54,12 @@ impl Default for CacheSettings {
 /// How long a response that could not be stored exempts its key from coalescing.
 const UNCACHEABLE_FOR: Duration = Duration::from_secs(10);
 
+/// Whether `request` is the variant stored for the `Vary` headers and values `vary`.
+fn vary_matches(vary: &[(HeaderName, Option<HeaderValue>)], request: &HeaderMap) -> bool {
+    vary.iter()
+        .all(|(name, value)| request.get(name) == value.as_ref())
+}
+
 /// A stored response.
 pub struct Entry {
     pub status: StatusCode,
@@ -110,9 +116,7 @@ impl Entry {
     }
 
     fn matches(&self, request: &HeaderMap) -> bool {
-        self.vary
-            .iter()
-            .all(|(name, value)| request.get(name) == value.as_ref())
+        vary_matches(&self.vary, request)
     }
 
     /// Bytes the entry is charged in the in-memory tier.
@@ -209,9 +213,7 @@ impl Partial {
 
     /// Whether it is the variant `request` asks for.
     pub fn matches(&self, request: &HeaderMap) -> bool {
-        self.vary
-            .iter()
-            .all(|(name, value)| request.get(name) == value.as_ref())
+        vary_matches(&self.vary, request)
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Progress> {

@@ -307,46 +307,44 @@ impl Regional {
 
     /// Writes `entry` in a background task.
     pub fn store_in_background(&self, key: u64, entry: Arc<Entry>) {
-        let raw = match encode(&entry) {
-            Ok(r) => r,
-            Err(e) => {
-                self.failed("encoding an entry", &e);
-                return;
-            }
-        };
-        let ttl = i64::try_from(ms(entry.keep_for()).max(1000)).unwrap_or(i64::MAX);
         let entry_key = self.entry_key(key);
-        let mut pipe = redis::pipe();
-        pipe.cmd("HSET")
-            .arg(&entry_key)
-            .arg(variant_field(&entry))
-            .arg(raw)
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(&entry_key)
-            .arg(ttl)
-            .ignore();
-        let indexes = std::iter::once(format!("{}:url:{}", self.prefix, entry.url)).chain(
-            entry
-                .tags
-                .iter()
-                .map(|t| format!("{}:tag:{t}", self.prefix)),
-        );
-        for index in indexes {
-            pipe.cmd("SADD")
-                .arg(&index)
-                .arg(&entry_key)
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(&index)
-                .arg(ttl)
-                .ignore();
-        }
+        let prefix = self.prefix.clone();
         let mut conn = self.conn.clone();
         let timeout = self.timeout;
         let (errors, last_warning, since) =
             (self.errors.clone(), self.last_warning.clone(), self.since);
+        // Encoding copies the body: off the request's task too.
         tokio::spawn(async move {
+            let raw = match encode(&entry) {
+                Ok(r) => r,
+                Err(e) => {
+                    failed(&errors, &last_warning, since, "encoding an entry", &e);
+                    return;
+                }
+            };
+            let ttl = i64::try_from(ms(entry.keep_for()).max(1000)).unwrap_or(i64::MAX);
+            let mut pipe = redis::pipe();
+            pipe.cmd("HSET")
+                .arg(&entry_key)
+                .arg(variant_field(&entry))
+                .arg(raw)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&entry_key)
+                .arg(ttl)
+                .ignore();
+            let indexes = std::iter::once(format!("{prefix}:url:{}", entry.url))
+                .chain(entry.tags.iter().map(|t| format!("{prefix}:tag:{t}")));
+            for index in indexes {
+                pipe.cmd("SADD")
+                    .arg(&index)
+                    .arg(&entry_key)
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(&index)
+                    .arg(ttl)
+                    .ignore();
+            }
             // A store may carry a large body: more time than a lookup.
             let r = tokio::time::timeout(timeout * 4, pipe.query_async::<()>(&mut conn)).await;
             let err = match r {
