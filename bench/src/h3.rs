@@ -38,6 +38,9 @@ pub struct Args {
     streams: usize,
     #[arg(long)]
     write: bool,
+    /// Run one protocol only (h1, h2 or h3), to profile it; nothing is written.
+    #[arg(long, value_parser = ["h1", "h2", "h3"])]
+    only: Option<String>,
 }
 
 fn start_node(dir: &Path) -> Result<(Proc, SocketAddr, SocketAddr)> {
@@ -94,9 +97,7 @@ fn h3_load(
         .with_root_certificates(roots)
         .with_no_client_auth();
         tls.alpn_protocols = vec![b"h3".to_vec()];
-        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+        let quic = Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?);
         let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
         let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let warmup = Duration::from_secs(1);
@@ -104,8 +105,15 @@ fn h3_load(
         let measure_from = started + warmup;
         let end = measure_from + Duration::from_secs(seconds);
         let mut tasks = tokio::task::JoinSet::new();
+        // One UDP socket per connection, as every real client has its own: the node's
+        // SO_REUSEPORT sockets spread connections by 4-tuple, so connections sharing one
+        // client socket would all land on a single worker (and a single client driver).
+        let mut endpoints = Vec::with_capacity(connections);
         for _ in 0..connections {
+            let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+            endpoint.set_default_client_config(quinn::ClientConfig::new(quic.clone()));
             let conn = endpoint.connect(addr, "bench.test")?.await?;
+            endpoints.push(endpoint);
             let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn)).await?;
             tasks.spawn(async move {
                 let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
@@ -147,7 +155,9 @@ fn h3_load(
         }
         // Bounded: every stream loop ends at `end`; the drivers end when the endpoint closes.
         tokio::time::sleep_until((end + Duration::from_millis(500)).into()).await;
-        endpoint.close(0u32.into(), b"done");
+        for endpoint in &endpoints {
+            endpoint.close(0u32.into(), b"done");
+        }
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             while tasks.join_next().await.is_some() {}
         })
@@ -186,6 +196,13 @@ pub fn run(args: Args) -> Result<()> {
     for round in 0..args.rounds {
         for k in 0..3 {
             let i = (k + round) % 3;
+            if args
+                .only
+                .as_deref()
+                .is_some_and(|p| p != ["h1", "h2", "h3"][i])
+            {
+                continue;
+            }
             let cpu0 = tree_cpu_seconds(node_pid);
             let mut s = match i {
                 0 => {
@@ -249,6 +266,9 @@ pub fn run(args: Args) -> Result<()> {
         let mut x: Vec<f64> = v.iter().map(f).collect();
         sys::median(&mut x)
     };
+    if args.only.is_some() {
+        return Ok(());
+    }
     let h2 = med(&samples[1], |s| s.rps);
     let h3 = med(&samples[2], |s| s.rps);
     let mut body = format!(

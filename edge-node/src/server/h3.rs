@@ -319,12 +319,16 @@ async fn connection(
                 Ok(Some(resolver)) => {
                     let (pipeline, confirmed) = (pipeline.clone(), confirmed.clone());
                     let wait = settings.header_read_timeout;
-                    requests.spawn(async move {
+                    let fut = async move {
                         match resolver.resolve_request().await {
                             Ok((req, stream)) => request(req, stream, peer, pipeline, confirmed, wait).await,
                             Err(e) => debug!(%peer, error = %e, "HTTP/3 request head refused"),
                         }
-                    });
+                    };
+                    // Boxed: a request's future is kilobytes, and a task's future is moved
+                    // whole when it is spawned and when its output is taken (measured: 13 %
+                    // of the node's HTTP/3 CPU went to memcpy before).
+                    requests.spawn(Box::pin(fut));
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -371,7 +375,7 @@ async fn request(
             recv: sync_wrapper::SyncWrapper::new(recv),
             done: false,
         });
-        current.handle(req, peer, "https").await
+        Box::pin(current.handle(req, peer, "https")).await
     };
     if let Err(e) = respond(&mut send, resp).await {
         debug!(%peer, error = %e, "HTTP/3 response not completed");

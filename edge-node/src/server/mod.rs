@@ -122,7 +122,10 @@ pub fn spawn(
                     let scheme = if tls.is_some() { "https" } else { "http" };
                     let service = service_fn(move |req: Request<Incoming>| {
                         let current = p.read().expect("pipeline lock").clone();
-                        async move { Ok::<_, std::convert::Infallible>(current.handle(req, peer, scheme).await) }
+                        // Boxed: the pipeline's future is kilobytes, and hyper moves a
+                        // request's future into its slot (HTTP/1.1) or its own task (HTTP/2).
+                        let handled = Box::pin(async move { current.handle(req, peer, scheme).await });
+                        async move { Ok::<_, std::convert::Infallible>(handled.await) }
                     });
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
