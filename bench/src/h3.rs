@@ -6,10 +6,12 @@
 //! connection. Interleaved rounds, medians of req/s, p50, p99.
 
 use std::{
+    cell::{Cell, RefCell},
     net::SocketAddr,
     path::Path,
     process::Command,
-    sync::{Arc, Mutex},
+    rc::Rc,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -71,7 +73,9 @@ fn start_node(dir: &Path) -> Result<(Proc, SocketAddr, SocketAddr)> {
 }
 
 /// The HTTP/3 load: `connections` QUIC connections, `streams` requests in flight on
-/// each, for `seconds`; every request's latency recorded.
+/// each, for `seconds`; every request's latency recorded. Like wrk and h2load, the
+/// client runs one event loop per thread (two), each with its share of the
+/// connections, so no request's wake-up crosses threads.
 fn h3_load(
     addr: SocketAddr,
     ca: &Path,
@@ -79,103 +83,138 @@ fn h3_load(
     streams: usize,
     seconds: u64,
 ) -> Result<Sample> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let ca = ca.to_path_buf();
-    rt.block_on(async move {
-        use rustls::pki_types::{CertificateDer, pem::PemObject};
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(&ca)? {
-            roots.add(c?)?;
-        }
-        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        tls.alpn_protocols = vec![b"h3".to_vec()];
-        let quic = Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?);
-        let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
-        let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let warmup = Duration::from_secs(1);
-        let started = Instant::now();
-        let measure_from = started + warmup;
-        let end = measure_from + Duration::from_secs(seconds);
-        let mut tasks = tokio::task::JoinSet::new();
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca)? {
+        roots.add(c?)?;
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let quic = Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?);
+    let warmup = Duration::from_secs(1);
+    let measure_from = Instant::now() + warmup;
+    let end = measure_from + Duration::from_secs(seconds);
+    const THREADS: usize = 2;
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let mine = connections / THREADS + usize::from(t < connections % THREADS);
+            let quic = quic.clone();
+            std::thread::spawn(move || -> Result<(Vec<f64>, u64)> {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(h3_thread(addr, quic, mine, streams, measure_from, end))
+            })
+        })
+        .collect();
+    let (mut l, mut errors) = (Vec::new(), 0);
+    for t in threads {
+        let (lat, errs) = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("an HTTP/3 client thread panicked"))??;
+        l.extend(lat);
+        errors += errs;
+    }
+    if l.is_empty() {
+        bail!("no HTTP/3 request succeeded");
+    }
+    l.sort_by(f64::total_cmp);
+    let pick = |q: f64| l[((q * l.len() as f64).ceil() as usize).clamp(1, l.len()) - 1];
+    Ok(Sample {
+        rps: l.len() as f64 / seconds as f64,
+        p50_ms: pick(0.5),
+        p99_ms: pick(0.99),
+        errors,
+        ..Default::default()
+    })
+}
+
+/// One client thread's connections: latencies of the requests started after
+/// `measure_from`, and how many of those failed.
+async fn h3_thread(
+    addr: SocketAddr,
+    quic: Arc<quinn::crypto::rustls::QuicClientConfig>,
+    connections: usize,
+    streams: usize,
+    measure_from: Instant,
+    end: Instant,
+) -> Result<(Vec<f64>, u64)> {
+    let latencies = Rc::new(RefCell::new(Vec::<f64>::new()));
+    let errors = Rc::new(Cell::new(0u64));
+    let local = tokio::task::LocalSet::new();
+    let mut endpoints = Vec::with_capacity(connections);
+    let mut drivers = Vec::new();
+    let mut loops = Vec::new();
+    for _ in 0..connections {
         // One UDP socket per connection, as every real client has its own: the node's
-        // SO_REUSEPORT sockets spread connections by 4-tuple, so connections sharing one
-        // client socket would all land on a single worker (and a single client driver).
-        let mut endpoints = Vec::with_capacity(connections);
-        for _ in 0..connections {
-            let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-            endpoint.set_default_client_config(quinn::ClientConfig::new(quic.clone()));
-            let conn = endpoint.connect(addr, "bench.test")?.await?;
-            endpoints.push(endpoint);
-            let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn)).await?;
-            tasks.spawn(async move {
-                let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
-            });
-            for _ in 0..streams {
-                let mut send = send.clone();
-                let (lat, errs) = (latencies.clone(), errors.clone());
-                tasks.spawn(async move {
-                    let mut mine = Vec::new();
-                    while Instant::now() < end {
-                        let t = Instant::now();
-                        let req = http::Request::get("https://bench.test/")
-                            .body(())
-                            .expect("request");
-                        let ok = async {
-                            let mut s = send.send_request(req).await?;
-                            s.finish().await?;
-                            let resp = s.recv_response().await?;
-                            while let Some(mut chunk) = s.recv_data().await? {
-                                chunk.advance(chunk.remaining());
-                            }
-                            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                                resp.status().is_success(),
-                            )
+        // SO_REUSEPORT sockets spread connections by 4-tuple, so connections sharing
+        // one client socket would all land on a single worker.
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+        endpoint.set_default_client_config(quinn::ClientConfig::new(quic.clone()));
+        let conn = endpoint.connect(addr, "bench.test")?.await?;
+        endpoints.push(endpoint);
+        let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn)).await?;
+        drivers.push(local.spawn_local(async move {
+            let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+        }));
+        for _ in 0..streams {
+            let mut send = send.clone();
+            let (lat, errs) = (latencies.clone(), errors.clone());
+            loops.push(local.spawn_local(async move {
+                while Instant::now() < end {
+                    let t = Instant::now();
+                    let req = http::Request::get("https://bench.test/")
+                        .body(())
+                        .expect("request");
+                    let ok = async {
+                        let mut s = send.send_request(req).await?;
+                        s.finish().await?;
+                        let resp = s.recv_response().await?;
+                        while let Some(mut chunk) = s.recv_data().await? {
+                            chunk.advance(chunk.remaining());
                         }
-                        .await;
-                        if t >= measure_from {
-                            match ok {
-                                Ok(true) => mine.push(t.elapsed().as_secs_f64() * 1e3),
-                                _ => {
-                                    errs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                }
-                            }
+                        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                            resp.status().is_success(),
+                        )
+                    }
+                    .await;
+                    if t >= measure_from {
+                        match ok {
+                            Ok(true) => lat.borrow_mut().push(t.elapsed().as_secs_f64() * 1e3),
+                            _ => errs.set(errs.get() + 1),
                         }
                     }
-                    lat.lock().expect("latencies").extend(mine);
-                });
+                }
+            }));
+        }
+    }
+    // Bounded: every stream loop ends at `end`; the drivers end when the endpoints close.
+    local
+        .run_until(async {
+            let _ = tokio::time::timeout_at((end + Duration::from_secs(5)).into(), async {
+                for l in loops {
+                    let _ = l.await;
+                }
+            })
+            .await;
+            for endpoint in &endpoints {
+                endpoint.close(0u32.into(), b"done");
             }
-        }
-        // Bounded: every stream loop ends at `end`; the drivers end when the endpoint closes.
-        tokio::time::sleep_until((end + Duration::from_millis(500)).into()).await;
-        for endpoint in &endpoints {
-            endpoint.close(0u32.into(), b"done");
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            while tasks.join_next().await.is_some() {}
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                for d in drivers {
+                    let _ = d.await;
+                }
+            })
+            .await;
         })
         .await;
-        let mut l = latencies.lock().expect("latencies").clone();
-        if l.is_empty() {
-            bail!("no HTTP/3 request succeeded");
-        }
-        l.sort_by(f64::total_cmp);
-        let pick = |q: f64| l[((q * l.len() as f64).ceil() as usize).clamp(1, l.len()) - 1];
-        Ok(Sample {
-            rps: l.len() as f64 / seconds as f64,
-            p50_ms: pick(0.5),
-            p99_ms: pick(0.99),
-            errors: errors.load(std::sync::atomic::Ordering::Relaxed),
-            ..Default::default()
-        })
-    })
+    let l = latencies.borrow().clone();
+    Ok((l, errors.get()))
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -276,7 +315,11 @@ pub fn run(args: Args) -> Result<()> {
          Machine: {} CPUs, kernel {}. Command: `cargo xtask bench h3` ({} interleaved rounds of {} s, \
          {} connections, {} streams per connection for HTTP/2 and HTTP/3; wrk has one request \
          in flight per connection). Medians. \"node CPU\" is the node's own CPU time per request (all three load generators run \
-         on the same two cores and weigh differently: the HTTP/3 one is this crate's quinn client).\n\n\
+         on the same two cores and weigh differently). The HTTP/3 client is this crate's (quinn + h3, \
+         ring): like `wrk -t2` and `h2load -t2`, two threads with one event loop each and their share \
+         of the connections, and one UDP socket per connection as every real client has (connections \
+         sharing one socket would share one 4-tuple, so the node's SO_REUSEPORT sockets would put them \
+         all on one worker).\n\n\
          | protocol | req/s | p50 | p99 | errors | node CPU µs/req |\n| --- | ---: | ---: | ---: | ---: | ---: |\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         sys::kernel_release(),
