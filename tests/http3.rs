@@ -325,6 +325,67 @@ fn zero_rtt_early_data_is_accepted_and_unsafe_methods_wait_for_the_handshake() {
 }
 
 #[test]
+fn a_replayed_early_data_flight_never_gets_an_unsafe_request_served() {
+    let dir = std::env::temp_dir().join(unique("edge-h3r-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    make_ca_and_leaf(&dir, &["app.test"]);
+    let origin = Origin::start("a");
+    let port = free_udp_port();
+    let cfg = format!(
+        "[xdp]\nmode = \"off\"\n\n[http]\nlisten = [\"127.0.0.1:0\"]\nh3_listen = [\"127.0.0.1:{port}\"]\nh3_0rtt = true\nheader_read_timeout = \"1s\"\n\n\
+         [[certificate]]\nhosts = [\"app.test\"]\ncert = \"{}\"\nkey = \"{}\"\n\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\n[[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n",
+        dir.join("leaf.crt").display(),
+        dir.join("leaf.key").display(),
+        origin.addr,
+    );
+    let p = start_config(&cfg);
+    let ca = dir.join("ca.crt");
+    let job = |path: &str, mut options: Value| {
+        options["zero_rtt"] = json!(true);
+        let post =
+            json!([{"method": "POST", "authority": "app.test", "path": path, "body": "pay"}]);
+        h3_job(port, &ca, post, options)
+    };
+
+    // An on-path attacker holds back a resuming client's first flight (its early data
+    // included) and sends it as its own. The node takes the early data, but the POST
+    // waits for a handshake nobody can complete: 425 after the head timeout, and the
+    // origin never sees it.
+    let answers = job("/held-back", json!({"intercept_first_flight": 3}));
+    assert!(
+        answers[0]["replayed_datagrams"].as_u64().unwrap() >= 1,
+        "{answers:?}"
+    );
+    assert!(
+        edge_tests::proxy::eventually(std::time::Duration::from_secs(5), || p
+            .node
+            .log()
+            .contains("HTTP/3 request from early data refused")),
+        "{}",
+        p.node.log()
+    );
+    assert!(
+        p.node.log().contains("path=/held-back status=425"),
+        "{}",
+        p.node.log()
+    );
+    assert_eq!(origin.served("POST /held-back"), 0, "{:?}", origin.seen);
+
+    // A flight captured from a client that completed: its session ticket was used up,
+    // so the replay's early data is refused outright; the POST was served once.
+    let answers = job("/transfer", json!({"replay_first_flight": 3}));
+    assert_eq!(answers[0]["status"], 200, "{answers:?}");
+    assert_eq!(answers[1]["early_data_accepted"], true, "{answers:?}");
+    assert!(
+        answers[2]["replayed_datagrams"].as_u64().unwrap() >= 1,
+        "{answers:?}"
+    );
+    assert_eq!(origin.served("POST /transfer"), 1, "{:?}", origin.seen);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn address_validation_and_graceful_shutdown_over_quic() {
     let dir = std::env::temp_dir().join(unique("edge-h3s-"));
     std::fs::create_dir_all(&dir).unwrap();

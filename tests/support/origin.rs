@@ -5,7 +5,7 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering},
     },
     thread,
@@ -22,6 +22,8 @@ pub struct Origin {
     pub delay_ms: Arc<AtomicU64>,
     /// Conditional requests answered with 304 (they count as hits too).
     pub not_modified: Arc<AtomicUsize>,
+    /// Every request served, as "METHOD path", in arrival order.
+    pub seen: Arc<Mutex<Vec<String>>>,
 }
 
 /// What the serving threads share.
@@ -33,6 +35,7 @@ struct Shared {
     health_status: Arc<AtomicU16>,
     delay_ms: Arc<AtomicU64>,
     not_modified: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<String>>>,
 }
 
 impl Origin {
@@ -53,6 +56,7 @@ impl Origin {
             health_status: Arc::new(AtomicU16::new(200)),
             delay_ms: Arc::new(AtomicU64::new(0)),
             not_modified: Arc::new(AtomicUsize::new(0)),
+            seen: Arc::new(Mutex::new(Vec::new())),
         };
         let origin = Self {
             addr,
@@ -61,6 +65,7 @@ impl Origin {
             health_status: shared.health_status.clone(),
             delay_ms: shared.delay_ms.clone(),
             not_modified: shared.not_modified.clone(),
+            seen: shared.seen.clone(),
         };
         thread::spawn(move || {
             while !shared.stop.load(Ordering::Relaxed) {
@@ -82,6 +87,12 @@ impl Origin {
         // Let the accept loop notice and drop the listener.
         thread::sleep(Duration::from_millis(50));
         self.addr
+    }
+
+    /// How many requests for exactly "METHOD path" were served.
+    pub fn served(&self, request: &str) -> usize {
+        let seen = self.seen.lock().expect("seen");
+        seen.iter().filter(|r| *r == request).count()
     }
 
     pub fn hits(&self) -> usize {
@@ -177,6 +188,11 @@ fn serve(conn: TcpStream, shared: &Shared) {
             continue;
         }
         hits.fetch_add(1, Ordering::Relaxed);
+        shared
+            .seen
+            .lock()
+            .expect("seen")
+            .push(format!("{method} {path}"));
         let delay = shared.delay_ms.load(Ordering::Relaxed);
         if delay > 0 {
             thread::sleep(Duration::from_millis(delay));

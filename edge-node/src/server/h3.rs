@@ -366,6 +366,9 @@ async fn request(
             Ok(Ok(_))
         );
     let resp = if too_early {
+        // Early data whose handshake never completed: a replayed flight, most likely.
+        info!(%peer, method = %req.method(), path = %req.uri().path(), status = 425,
+            "HTTP/3 request from early data refused: the handshake did not complete");
         let mut r = Response::new(crate::error::full("425 Too Early\n"));
         *r.status_mut() = StatusCode::TOO_EARLY;
         r
