@@ -522,3 +522,60 @@ fn shutdown_drains_requests_in_flight_and_the_access_log_is_json() {
         p.node.log()
     );
 }
+
+#[test]
+fn origin_connections_are_kept_alive_and_never_reused_mid_body() {
+    let origin = Origin::start("a");
+    let p = start(&origin);
+    // Each request comes on a new client connection; the node keeps its origin
+    // connections open between them (at most one per request worker here).
+    for i in 0..20 {
+        let r = curl(&p, "app.test", &format!("/seq/{i}"), &[]);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.body.contains(&format!("path=/seq/{i}\n")), "{}", r.body);
+    }
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        origin.connections() <= workers,
+        "{} origin connections for 20 requests",
+        origin.connections()
+    );
+
+    // The origin closes a kept-alive connection after a response without saying so (its
+    // keep-alive timeout): the requests after it are answered on a new connection.
+    let before = origin.connections();
+    let r = curl(&p, "app.test", "/closing?close=1", &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 0..10 {
+        let r = curl(&p, "app.test", &format!("/after/{i}"), &[]);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.body.contains(&format!("path=/after/{i}\n")), "{}", r.body);
+    }
+    assert!(origin.connections() > before);
+
+    // A client that leaves halfway through a body: the origin connection still carrying
+    // the rest of it must not serve anybody else (they would read the old body).
+    let full = curl(&p, "app.test", "/slow?body_delay=1500", &[]);
+    assert_eq!(full.status, 200, "{}", full.body);
+    for _ in 0..2 {
+        let cut = curl(
+            &p,
+            "app.test",
+            "/slow?body_delay=1500",
+            &["--max-time", "0.5"],
+        );
+        assert!(
+            cut.body.len() < full.body.len(),
+            "the client gave up: {}",
+            cut.body
+        );
+    }
+    for i in 0..10 {
+        let r = curl(&p, "app.test", &format!("/fresh/{i}"), &[]);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.body.contains(&format!("path=/fresh/{i}\n")), "{}", r.body);
+        assert!(!r.body.contains("/slow"), "{}", r.body);
+    }
+    assert_eq!(origin.served("GET /slow?body_delay=1500"), 3);
+}

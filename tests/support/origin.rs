@@ -24,6 +24,8 @@ pub struct Origin {
     pub not_modified: Arc<AtomicUsize>,
     /// Every request served, as "METHOD path", in arrival order.
     pub seen: Arc<Mutex<Vec<String>>>,
+    /// TCP connections accepted (keep-alive reuse keeps this low).
+    pub connections: Arc<AtomicUsize>,
 }
 
 /// What the serving threads share.
@@ -58,6 +60,7 @@ impl Origin {
             not_modified: Arc::new(AtomicUsize::new(0)),
             seen: Arc::new(Mutex::new(Vec::new())),
         };
+        let connections = Arc::new(AtomicUsize::new(0));
         let origin = Self {
             addr,
             hits: shared.hits.clone(),
@@ -66,11 +69,13 @@ impl Origin {
             delay_ms: shared.delay_ms.clone(),
             not_modified: shared.not_modified.clone(),
             seen: shared.seen.clone(),
+            connections: connections.clone(),
         };
         thread::spawn(move || {
             while !shared.stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((conn, _)) => {
+                        connections.fetch_add(1, Ordering::Relaxed);
                         let shared = shared.clone();
                         thread::spawn(move || serve(conn, &shared));
                     }
@@ -93,6 +98,11 @@ impl Origin {
     pub fn served(&self, request: &str) -> usize {
         let seen = self.seen.lock().expect("seen");
         seen.iter().filter(|r| *r == request).count()
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
     }
 
     pub fn hits(&self) -> usize {
@@ -208,6 +218,7 @@ fn serve(conn: TcpStream, shared: &Shared) {
         let mut etag = None;
         let mut html = false;
         let mut body_delay = 0u64;
+        let mut close = false;
         if let Some((_, q)) = path.split_once('?') {
             for pair in q.split('&') {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -222,6 +233,9 @@ fn serve(conn: TcpStream, shared: &Shared) {
                     "html" => html = true,
                     // Half the body, a pause of this many ms, the rest.
                     "body_delay" => body_delay = v.parse().unwrap_or(0),
+                    // Close the connection after this response without saying so (as an
+                    // origin's keep-alive timeout does).
+                    "close" => close = true,
                     "etag" => {
                         extra.push_str(&format!("etag: \"{v}\"\r\n"));
                         etag = Some(format!("\"{v}\""));
@@ -267,7 +281,7 @@ fn serve(conn: TcpStream, shared: &Shared) {
         if body_delay > 0 {
             thread::sleep(Duration::from_millis(body_delay));
         }
-        if w.write_all(rest).is_err() {
+        if w.write_all(rest).is_err() || close {
             return;
         }
     }

@@ -4,6 +4,7 @@
 
 pub mod balance;
 pub mod demo;
+pub mod h1pool;
 pub mod health;
 pub mod settings;
 
@@ -22,7 +23,7 @@ use http::{
     request::Parts,
     uri::{Authority, PathAndQuery, Scheme},
 };
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Either, Empty};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::{
@@ -37,25 +38,45 @@ pub use settings::{Origin, UpstreamSettings};
 
 use crate::error::{Body, BoxError, EdgeError, ErrorKind};
 use balance::{Balancer, RetryBudget, stable_hash};
+use h1pool::{ExchangeError, H1Pool, PooledBody};
 use health::{InFlight, ServerState};
 
 type OriginClient = Client<HttpsConnector<HttpConnector>, Body>;
 
-/// One client (and so one keep-alive pool) per request worker, and one for the control
-/// runtime (health checks): a worker's requests use origin connections that live on its
-/// own thread (`server::workers`).
+/// How a pool reaches its origins. Either way a worker's requests use origin
+/// connections that live on its own thread (`server::workers`).
 #[derive(Clone)]
-struct Clients(Arc<[OriginClient]>);
+enum Clients {
+    /// Plain HTTP/1.1: this crate's keep-alive pool (the proxy's hot path).
+    Plain(Arc<H1Pool>),
+    /// TLS or HTTP/2 origins: one general client (and keep-alive pool) per request
+    /// worker, and one for the control runtime (health checks).
+    General(Arc<[OriginClient]>),
+}
+
+type OriginResponse = Response<Either<PooledBody, Incoming>>;
 
 impl Clients {
-    fn new(workers: usize, build: impl Fn() -> OriginClient) -> Self {
-        Self((0..=workers).map(|_| build()).collect())
+    fn general(workers: usize, build: impl Fn() -> OriginClient) -> Self {
+        Self::General((0..=workers).map(|_| build()).collect())
     }
 
-    /// This thread's client.
-    fn get(&self) -> &OriginClient {
-        let i = crate::server::workers::current().map_or(0, |w| w + 1);
-        &self.0[i % self.0.len()]
+    /// One exchange with the server `req`'s URI names.
+    async fn request(&self, req: Request<Body>) -> Result<OriginResponse, ExchangeError> {
+        match self {
+            Self::Plain(pool) => Ok(pool.request(req).await?.map(Either::Left)),
+            Self::General(clients) => {
+                let i = crate::server::workers::current().map_or(0, |w| w + 1);
+                let client = &clients[i % clients.len()];
+                match client.request(req).await {
+                    Ok(r) => Ok(r.map(Either::Right)),
+                    Err(e) => Err(ExchangeError {
+                        connect: e.is_connect(),
+                        source: Box::new(e),
+                    }),
+                }
+            }
+        }
     }
 }
 
@@ -155,7 +176,7 @@ impl Upstream {
         let Ok(req) = req.body(empty()) else {
             return false;
         };
-        match tokio::time::timeout(hc.timeout, self.clients.get().request(req)).await {
+        match tokio::time::timeout(hc.timeout, self.clients.request(req)).await {
             Ok(Ok(resp)) => {
                 let ok = resp.status().is_success() || resp.status().is_redirection();
                 if !ok {
@@ -199,16 +220,8 @@ fn http_connector(connect_timeout: Duration) -> HttpConnector {
 impl Pool {
     /// Clients for `workers` request workers (and the control runtime).
     pub fn new(connect_timeout: Duration, workers: usize) -> Self {
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default versions")
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-        let connector = HttpsConnector::from((http_connector(connect_timeout), tls));
         Self {
-            plain: Clients::new(workers, || Self::builder().build(connector.clone())),
+            plain: Clients::Plain(H1Pool::new(workers, connect_timeout)),
             connect_timeout,
             workers,
             registry: health::Registry::default(),
@@ -326,7 +339,9 @@ impl Pool {
         if s.protocol == OriginProtocol::Http2 {
             b.http2_only(true);
         }
-        Ok(Clients::new(self.workers, || b.build(connector.clone())))
+        Ok(Clients::general(self.workers, || {
+            b.build(connector.clone())
+        }))
     }
 
     /// Sends `req` to one of the upstream's servers; on a connection failure, another
@@ -401,7 +416,7 @@ impl Pool {
             if let Some(d) = deadline {
                 wait = wait.min(d.saturating_duration_since(tokio::time::Instant::now()));
             }
-            match tokio::time::timeout(wait, up.clients.get().request(out)).await {
+            match tokio::time::timeout(wait, up.clients.request(out)).await {
                 Err(_) => {
                     state.record_failure(up.max_fails, up.fail_timeout);
                     // The origin may be working on it: never sent twice.
@@ -426,8 +441,8 @@ impl Pool {
                         return Err(client_fault);
                     }
                     state.record_failure(up.max_fails, up.fail_timeout);
-                    last_error = Some(format!("{} ({server}): {e:?}", up.name));
-                    let nothing_sent = e.is_connect();
+                    last_error = Some(format!("{} ({server}): {}", up.name, chain(&e)));
+                    let nothing_sent = e.connect;
                     if !replayable || !(nothing_sent || idempotent) {
                         break;
                     }
@@ -444,7 +459,7 @@ impl Pool {
 /// A response body from an origin: counts as in flight until done, and ends with an
 /// error at the pool's total timeout.
 struct OriginBody {
-    inner: Incoming,
+    inner: Either<PooledBody, Incoming>,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     _in_flight: InFlight,
 }
@@ -463,9 +478,7 @@ impl HttpBody for OriginBody {
         {
             return Poll::Ready(Some(Err("origin response exceeded total_timeout".into())));
         }
-        Pin::new(&mut this.inner)
-            .poll_frame(cx)
-            .map_err(|e| Box::new(e) as BoxError)
+        Pin::new(&mut this.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -502,6 +515,21 @@ fn request_body_fault(e: &(dyn std::error::Error + 'static)) -> Option<EdgeError
         cur = err.source();
     }
     None
+}
+
+/// An error and its causes, one line.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let more = c.to_string();
+        if !out.contains(&more) {
+            out.push_str(": ");
+            out.push_str(&more);
+        }
+        cur = c.source();
+    }
+    out
 }
 
 fn empty() -> Body {

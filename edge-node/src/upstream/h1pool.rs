@@ -1,0 +1,300 @@
+//! Keep-alive HTTP/1.1 connections to plain origins: one idle list per origin server
+//! and request worker, so a request reuses a connection that lives on its own thread and
+//! no lock is shared between workers.
+//!
+//! Why not a general-purpose client: on the proxy's hot path every request paid for a
+//! pool shared behind one map and lock, a connector cloned per request, and a task
+//! spawned per response to watch the connection become reusable. Here a connection goes
+//! back to its worker's idle list when its response body has been read to the end; a
+//! body dropped early, an upgrade (101) or `Connection: close` retire it instead.
+
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header, uri::Authority};
+use hyper::{
+    body::{Body as HttpBody, Frame, Incoming, SizeHint},
+    client::conn::http1,
+};
+use hyper_util::rt::TokioIo;
+use tracing::debug;
+
+use crate::error::{Body, BoxError};
+
+/// Idle connections older than this are closed rather than reused (origins commonly
+/// close theirs after 60–120 s; a stale one costs a failed write and a retry).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per origin server and worker.
+const MAX_IDLE_PER_SERVER: usize = 256;
+
+/// Why an exchange failed, and whether anything reached the origin.
+#[derive(Debug)]
+pub struct ExchangeError {
+    /// Nothing was sent: the connection could not be made.
+    pub connect: bool,
+    pub source: BoxError,
+}
+
+impl std::fmt::Display for ExchangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.connect {
+            write!(f, "connect: {}", self.source)
+        } else {
+            write!(f, "{}", self.source)
+        }
+    }
+}
+
+impl std::error::Error for ExchangeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+struct IdleConn {
+    sender: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+type IdleLists = HashMap<Authority, Vec<IdleConn>>;
+
+/// The plain HTTP/1.1 pool: `slots[0]` for the control runtime (health checks),
+/// `slots[w + 1]` for request worker `w`.
+pub struct H1Pool {
+    slots: Box<[Mutex<IdleLists>]>,
+    connect_timeout: Duration,
+}
+
+impl H1Pool {
+    pub fn new(workers: usize, connect_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            slots: (0..=workers).map(|_| Mutex::default()).collect(),
+            connect_timeout,
+        })
+    }
+
+    fn slot(&self) -> usize {
+        crate::server::workers::current().map_or(0, |w| w + 1) % self.slots.len()
+    }
+
+    /// An open idle connection to `server` on this thread, if one is left. (Its last
+    /// response was read to the end; the connection may take one more turn of its task
+    /// to be ready for the next request.)
+    fn checkout(&self, slot: usize, server: &Authority) -> Option<http1::SendRequest<Body>> {
+        let mut lists = self.slots[slot].lock().expect("pool lock");
+        let list = lists.get_mut(server)?;
+        // Most recently used first: the likeliest to be alive and warm.
+        while let Some(conn) = list.pop() {
+            if !conn.sender.is_closed() && conn.since.elapsed() < IDLE_TIMEOUT {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, slot: usize, server: Authority, sender: http1::SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut lists = self.slots[slot].lock().expect("pool lock");
+        let list = lists.entry(server).or_default();
+        if list.len() >= MAX_IDLE_PER_SERVER {
+            // The oldest goes: it has waited longest for a reuse that may not come.
+            list.remove(0);
+        }
+        list.push(IdleConn {
+            sender,
+            since: Instant::now(),
+        });
+    }
+
+    async fn connect(&self, server: &Authority) -> Result<http1::SendRequest<Body>, BoxError> {
+        let port = server.port_u16().unwrap_or(80);
+        let connected = tokio::time::timeout(self.connect_timeout, async {
+            let mut last: Option<std::io::Error> = None;
+            for addr in tokio::net::lookup_host((server.host(), port)).await? {
+                match tokio::net::TcpStream::connect(addr).await {
+                    Ok(s) => return Ok(s),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no address for the server")
+            }))
+        })
+        .await;
+        let stream = match connected {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(format!("{server}: {e}").into()),
+            Err(_) => {
+                return Err(
+                    format!("{server}: no connection within {:?}", self.connect_timeout).into(),
+                );
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake::<_, Body>(TokioIo::new(stream))
+            .await?;
+        // The connection runs on this thread's runtime, next to the requests using it.
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(error = %e, "origin connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends `req` (absolute URI, as built for the server) on a pooled connection, or on
+    /// a new one: a pooled connection the origin closed before our request was written
+    /// is retried once on a fresh connection.
+    pub async fn request(
+        self: &Arc<Self>,
+        mut req: Request<Body>,
+    ) -> Result<Response<PooledBody>, ExchangeError> {
+        let server = req
+            .uri()
+            .authority()
+            .cloned()
+            .ok_or_else(|| ExchangeError {
+                connect: true,
+                source: "origin URI without an authority".into(),
+            })?;
+        // HTTP/1.1 wants origin-form and a Host.
+        if !req.headers().contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(server.as_str())
+        {
+            req.headers_mut().insert(header::HOST, v);
+        }
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *req.uri_mut() = path.into();
+        let slot = self.slot();
+        let mut pooled = self.checkout(slot, &server);
+        let mut req = Some(req);
+        loop {
+            let mut reused = false;
+            if let Some(mut s) = pooled.take()
+                && s.ready().await.is_ok()
+            {
+                reused = true;
+                pooled = Some(s);
+            }
+            let mut sender = match pooled.take() {
+                Some(s) => s,
+                None => self
+                    .connect(&server)
+                    .await
+                    .map_err(|source| ExchangeError {
+                        connect: true,
+                        source,
+                    })?,
+            };
+            let r = req.take().expect("the request is still ours");
+            match sender.try_send_request(r).await {
+                Ok(resp) => {
+                    // A connection that is upgraded or closes after this response
+                    // cannot serve another request.
+                    let reusable =
+                        resp.status() != StatusCode::SWITCHING_PROTOCOLS && !closes(resp.headers());
+                    let back = reusable.then(|| Checkin {
+                        pool: self.clone(),
+                        slot,
+                        server: server.clone(),
+                        sender,
+                    });
+                    return Ok(resp.map(|inner| PooledBody::new(inner, back)));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never written: the pooled connection had died meanwhile.
+                    Some(r) if reused => {
+                        debug!(%server, error = %e.error(), "pooled origin connection was closed; reconnecting");
+                        req = Some(r);
+                    }
+                    _ => {
+                        return Err(ExchangeError {
+                            connect: false,
+                            source: Box::new(e.into_error()),
+                        });
+                    }
+                },
+            }
+        }
+    }
+}
+
+fn closes(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+}
+
+/// A connection waiting for its response body to end before it is reused.
+struct Checkin {
+    pool: Arc<H1Pool>,
+    slot: usize,
+    server: Authority,
+    sender: http1::SendRequest<Body>,
+}
+
+/// An origin response body whose connection returns to the pool once it is read to
+/// the end (dropped early, the connection closes with it).
+pub struct PooledBody {
+    inner: Incoming,
+    checkin: Option<Checkin>,
+}
+
+impl PooledBody {
+    fn new(inner: Incoming, checkin: Option<Checkin>) -> Self {
+        let mut body = Self { inner, checkin };
+        if body.inner.is_end_stream() {
+            body.release();
+        }
+        body
+    }
+
+    fn release(&mut self) {
+        if let Some(c) = self.checkin.take() {
+            c.pool.checkin(c.slot, c.server, c.sender);
+        }
+    }
+}
+
+impl HttpBody for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
+            Poll::Ready(Some(Err(_))) => self.checkin = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
