@@ -19,7 +19,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -367,8 +367,15 @@ async fn request(
         );
     let resp = if too_early {
         // Early data whose handshake never completed: a replayed flight, most likely.
-        info!(%peer, method = %req.method(), path = %req.uri().path(), status = 425,
-            "HTTP/3 request from early data refused: the handshake did not complete");
+        // At most one line a second: the rate is the attacker's to choose.
+        static LOGGED_AT: AtomicU64 = AtomicU64::new(u64::MAX);
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if LOGGED_AT.swap(second, Ordering::Relaxed) != second {
+            info!(%peer, method = %req.method(), path = %req.uri().path(), status = 425,
+                "HTTP/3 request from early data refused: the handshake did not complete");
+        }
         let mut r = Response::new(crate::error::full("425 Too Early\n"));
         *r.status_mut() = StatusCode::TOO_EARLY;
         r

@@ -9,7 +9,7 @@
 //! body dropped early, an upgrade (101) or `Connection: close` retire it instead.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
@@ -62,13 +62,37 @@ struct IdleConn {
     since: Instant,
 }
 
-type IdleLists = HashMap<Authority, Vec<IdleConn>>;
+impl IdleConn {
+    fn stale(&self) -> bool {
+        self.sender.is_closed() || self.since.elapsed() >= IDLE_TIMEOUT
+    }
+}
+
+/// One worker's idle connections, oldest first per server.
+#[derive(Default)]
+struct Slot {
+    lists: HashMap<Authority, VecDeque<IdleConn>>,
+    /// Check-ins since the last sweep of every list (servers no longer asked for too).
+    since_sweep: u32,
+}
+
+/// Check-ins between two sweeps of a worker's idle lists.
+const SWEEP_EVERY: u32 = 4096;
 
 /// The plain HTTP/1.1 pool: `slots[0]` for the control runtime (health checks),
 /// `slots[w + 1]` for request worker `w`.
 pub struct H1Pool {
-    slots: Box<[Mutex<IdleLists>]>,
+    slots: Box<[Mutex<Slot>]>,
     connect_timeout: Duration,
+}
+
+/// What the idle list of a server holds for a new request.
+enum Checkout {
+    Ready(http1::SendRequest<Body>),
+    /// Open connections whose previous exchange is still finishing (the request body
+    /// still being written after an early response, or the connection's task yet to run).
+    Busy,
+    Empty,
 }
 
 impl H1Pool {
@@ -83,32 +107,55 @@ impl H1Pool {
         crate::server::workers::current().map_or(0, |w| w + 1) % self.slots.len()
     }
 
-    /// An open idle connection to `server` on this thread, if one is left. (Its last
-    /// response was read to the end; the connection may take one more turn of its task
-    /// to be ready for the next request.)
-    fn checkout(&self, slot: usize, server: &Authority) -> Option<http1::SendRequest<Body>> {
-        let mut lists = self.slots[slot].lock().expect("pool lock");
-        let list = lists.get_mut(server)?;
-        // Most recently used first: the likeliest to be alive and warm.
-        while let Some(conn) = list.pop() {
-            if !conn.sender.is_closed() && conn.since.elapsed() < IDLE_TIMEOUT {
-                return Some(conn.sender);
+    /// The most recently used idle connection to `server` that is ready for a request
+    /// (the likeliest to be alive and warm). One that is open but not ready yet stays;
+    /// nothing ever waits on it.
+    fn checkout(&self, slot: usize, server: &Authority) -> Checkout {
+        let mut slot = self.slots[slot].lock().expect("pool lock");
+        let Some(list) = slot.lists.get_mut(server) else {
+            return Checkout::Empty;
+        };
+        let mut busy = false;
+        for i in (0..list.len()).rev() {
+            if list[i].sender.is_ready() {
+                if let Some(conn) = list.remove(i) {
+                    return Checkout::Ready(conn.sender);
+                }
+            } else if list[i].sender.is_closed() {
+                list.remove(i);
+            } else {
+                busy = true;
             }
         }
-        None
+        if busy {
+            Checkout::Busy
+        } else {
+            Checkout::Empty
+        }
     }
 
     fn checkin(&self, slot: usize, server: Authority, sender: http1::SendRequest<Body>) {
         if sender.is_closed() {
             return;
         }
-        let mut lists = self.slots[slot].lock().expect("pool lock");
-        let list = lists.entry(server).or_default();
-        if list.len() >= MAX_IDLE_PER_SERVER {
-            // The oldest goes: it has waited longest for a reuse that may not come.
-            list.remove(0);
+        let mut slot = self.slots[slot].lock().expect("pool lock");
+        slot.since_sweep += 1;
+        if slot.since_sweep >= SWEEP_EVERY {
+            slot.since_sweep = 0;
+            for list in slot.lists.values_mut() {
+                list.retain(|c| !c.stale());
+            }
+            slot.lists.retain(|_, list| !list.is_empty());
         }
-        list.push(IdleConn {
+        let list = slot.lists.entry(server).or_default();
+        // The oldest first: past the idle timeout, or over the cap, they are closed.
+        while list
+            .front()
+            .is_some_and(|c| list.len() >= MAX_IDLE_PER_SERVER || c.stale())
+        {
+            list.pop_front();
+        }
+        list.push_back(IdleConn {
             sender,
             since: Instant::now(),
         });
@@ -116,27 +163,36 @@ impl H1Pool {
 
     async fn connect(&self, server: &Authority) -> Result<http1::SendRequest<Body>, BoxError> {
         let port = server.port_u16().unwrap_or(80);
-        let connected = tokio::time::timeout(self.connect_timeout, async {
-            let mut last: Option<std::io::Error> = None;
-            for addr in tokio::net::lookup_host((server.host(), port)).await? {
-                match tokio::net::TcpStream::connect(addr).await {
-                    Ok(s) => return Ok(s),
-                    Err(e) => last = Some(e),
-                }
-            }
-            Err(last.unwrap_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no address for the server")
-            }))
-        })
-        .await;
-        let stream = match connected {
-            Ok(Ok(s)) => s,
+        // An IPv6 literal comes bracketed in an authority.
+        let host = server.host().trim_start_matches('[').trim_end_matches(']');
+        let lookup =
+            tokio::time::timeout(self.connect_timeout, tokio::net::lookup_host((host, port)));
+        let addrs: Vec<_> = match lookup.await {
+            Ok(Ok(a)) => a.collect(),
             Ok(Err(e)) => return Err(format!("{server}: {e}").into()),
             Err(_) => {
                 return Err(
-                    format!("{server}: no connection within {:?}", self.connect_timeout).into(),
+                    format!("{server}: no address within {:?}", self.connect_timeout).into(),
                 );
             }
+        };
+        // Each address gets its share of the timeout, so one that drops packets does
+        // not keep the others from being tried.
+        let each = self.connect_timeout / addrs.len().max(1) as u32;
+        let mut last = format!("{server}: no address for the server");
+        let mut connected = None;
+        for addr in addrs {
+            match tokio::time::timeout(each, tokio::net::TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => {
+                    connected = Some(s);
+                    break;
+                }
+                Ok(Err(e)) => last = format!("{server} ({addr}): {e}"),
+                Err(_) => last = format!("{server} ({addr}): no connection within {each:?}"),
+            }
+        }
+        let Some(stream) = connected else {
+            return Err(last.into());
         };
         let _ = stream.set_nodelay(true);
         let (sender, conn) = http1::Builder::new()
@@ -179,16 +235,22 @@ impl H1Pool {
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         *req.uri_mut() = path.into();
         let slot = self.slot();
-        let mut pooled = self.checkout(slot, &server);
+        let mut pooled = match self.checkout(slot, &server) {
+            Checkout::Ready(s) => Some(s),
+            Checkout::Busy => {
+                // A connection that just finished an exchange may need its task to run
+                // once more; give it that turn, not more.
+                tokio::task::yield_now().await;
+                match self.checkout(slot, &server) {
+                    Checkout::Ready(s) => Some(s),
+                    _ => None,
+                }
+            }
+            Checkout::Empty => None,
+        };
         let mut req = Some(req);
         loop {
-            let mut reused = false;
-            if let Some(mut s) = pooled.take()
-                && s.ready().await.is_ok()
-            {
-                reused = true;
-                pooled = Some(s);
-            }
+            let reused = pooled.is_some();
             let mut sender = match pooled.take() {
                 Some(s) => s,
                 None => self
@@ -220,9 +282,11 @@ impl H1Pool {
                         debug!(%server, error = %e.error(), "pooled origin connection was closed; reconnecting");
                         req = Some(r);
                     }
-                    _ => {
+                    // Never written on a new connection either: nothing reached the
+                    // origin, as with a refused connection.
+                    unsent => {
                         return Err(ExchangeError {
-                            connect: false,
+                            connect: unsent.is_some(),
                             source: Box::new(e.into_error()),
                         });
                     }
