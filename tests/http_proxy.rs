@@ -579,3 +579,56 @@ fn origin_connections_are_kept_alive_and_never_reused_mid_body() {
     }
     assert_eq!(origin.served("GET /slow?body_delay=1500"), 3);
 }
+
+#[test]
+fn an_early_answer_to_an_upload_does_not_stall_other_requests() {
+    use std::io::{Read, Write};
+    let origin = Origin::start("a");
+    let p = start(&origin);
+    let addr = p.base.trim_start_matches("http://").to_string();
+    // An upload the origin answers at once, before reading it; the client then goes
+    // quiet with most of its body still to send. The origin connection carrying it is
+    // busy until the body is through, even though its response is complete. One such
+    // upload per request worker (the node gives each new client connection to the
+    // worker with the fewest), so every worker has that busy connection in its pool.
+    let total = 200_000;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut uploads = Vec::new();
+    for u in 0..workers {
+        let mut upload = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            upload,
+            "POST /upload?early=1&u={u} HTTP/1.1\r\nHost: app.test\r\nContent-Length: {total}\r\n\r\n"
+        )
+        .unwrap();
+        upload.write_all(&vec![b'x'; 1000]).unwrap();
+        upload
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut head = [0u8; 512];
+        let n = upload.read(&mut head).unwrap();
+        let answer = String::from_utf8_lossy(&head[..n]).to_string();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        uploads.push(upload);
+    }
+    // Meanwhile every other request is answered (none waits for that connection).
+    for i in 0..10 {
+        let r = curl(&p, "app.test", &format!("/other/{i}"), &["--max-time", "5"]);
+        assert_eq!(
+            r.status, 200,
+            "request {i} while the upload is open: {}",
+            r.body
+        );
+        assert!(r.body.contains(&format!("path=/other/{i}\n")), "{}", r.body);
+    }
+    // The rest of each upload arrives whole at the origin.
+    for (u, upload) in uploads.iter_mut().enumerate() {
+        upload.write_all(&vec![b'x'; total - 1000]).unwrap();
+        let seen = format!("POST /upload?early=1&u={u} body={total}");
+        assert!(
+            eventually(Duration::from_secs(10), || origin.served(&seen) == 1),
+            "{:?}",
+            origin.seen
+        );
+    }
+}

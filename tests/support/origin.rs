@@ -175,6 +175,23 @@ fn serve(conn: TcpStream, shared: &Shared) {
                 headers.push(format!("{}: {}", k.to_ascii_lowercase(), v.trim()));
             }
         }
+        // `early=1` in the query: answer before reading the request body (as an origin
+        // refusing an upload does), then read it and stay on the connection.
+        if request_line.contains("early=1") && !chunked {
+            hits.fetch_add(1, Ordering::Relaxed);
+            let resp = "HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nearly\n";
+            let mut body = vec![0u8; length];
+            if w.write_all(resp.as_bytes()).is_err() || reader.read_exact(&mut body).is_err() {
+                return;
+            }
+            let path = request_line.split_whitespace().nth(1).unwrap_or("");
+            shared
+                .seen
+                .lock()
+                .expect("seen")
+                .push(format!("POST {path} body={}", body.len()));
+            continue;
+        }
         let body = if chunked {
             match read_chunked(&mut reader) {
                 Some(b) => b,
