@@ -3,11 +3,14 @@
 //! HTTP/1.1 and HTTP/2 sees `Alt-Svc`; a route answers alike over all three protocols,
 //! auth failures included.
 
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use edge_tests::{
     origin::Origin,
-    proxy::{admin_section, curl, start_config},
+    proxy::{Proxy, admin_section, curl, start_config},
     tls_origin::make_ca_and_leaf,
     unique,
 };
@@ -279,42 +282,39 @@ fn chromium_loads_a_page_over_quic() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn zero_rtt_early_data_is_accepted_and_unsafe_methods_wait_for_the_handshake() {
-    let dir = std::env::temp_dir().join(unique("edge-h3z-"));
+/// A node with 0-RTT on (plus `http_extra` in its `[http]`), a certificate for app.test
+/// and one origin: its directory (with ca.crt), origin, h3 port and proxy.
+fn early_data_node(prefix: &str, http_extra: &str) -> (PathBuf, Origin, u16, Proxy) {
+    let dir = std::env::temp_dir().join(unique(prefix));
     std::fs::create_dir_all(&dir).unwrap();
     make_ca_and_leaf(&dir, &["app.test"]);
     let origin = Origin::start("a");
     let port = free_udp_port();
     let cfg = format!(
-        "[xdp]\nmode = \"off\"\n\n[http]\nlisten = [\"127.0.0.1:0\"]\nh3_listen = [\"127.0.0.1:{port}\"]\nh3_0rtt = true\n\n\
+        "[xdp]\nmode = \"off\"\n\n[http]\nlisten = [\"127.0.0.1:0\"]\nh3_listen = [\"127.0.0.1:{port}\"]\nh3_0rtt = true\n{http_extra}\n\
          [[certificate]]\nhosts = [\"app.test\"]\ncert = \"{}\"\nkey = \"{}\"\n\n\
          [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\n[[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n",
         dir.join("leaf.crt").display(),
         dir.join("leaf.key").display(),
         origin.addr,
     );
-    let _p = start_config(&cfg);
-    let job = json!({
-        "host": "127.0.0.1", "port": port, "sni": "app.test",
-        "ca": dir.join("ca.crt").display().to_string(), "zero_rtt": true,
-        "requests": [
-            {"method": "GET", "authority": "app.test", "path": "/early-get"},
-            {"method": "POST", "authority": "app.test", "path": "/early-post", "body": "pay"},
-        ],
-    });
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/support/h3client.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(job.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let p = start_config(&cfg);
+    (dir, origin, port, p)
+}
+
+#[test]
+fn zero_rtt_early_data_is_accepted_and_unsafe_methods_wait_for_the_handshake() {
+    let (dir, _origin, port, _p) = early_data_node("edge-h3z-", "");
+    let requests = json!([
+        {"method": "GET", "authority": "app.test", "path": "/early-get"},
+        {"method": "POST", "authority": "app.test", "path": "/early-post", "body": "pay"},
+    ]);
+    let answers = h3_job(
+        port,
+        &dir.join("ca.crt"),
+        requests,
+        json!({"zero_rtt": true}),
     );
-    let answers: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     // Both were sent as early data; the GET is served from it, the POST only once the
     // handshake completed (a replayed flight never completes it; then 425).
     assert_eq!(answers[2]["early_data_accepted"], true, "{answers:?}");
@@ -326,20 +326,7 @@ fn zero_rtt_early_data_is_accepted_and_unsafe_methods_wait_for_the_handshake() {
 
 #[test]
 fn a_replayed_early_data_flight_never_gets_an_unsafe_request_served() {
-    let dir = std::env::temp_dir().join(unique("edge-h3r-"));
-    std::fs::create_dir_all(&dir).unwrap();
-    make_ca_and_leaf(&dir, &["app.test"]);
-    let origin = Origin::start("a");
-    let port = free_udp_port();
-    let cfg = format!(
-        "[xdp]\nmode = \"off\"\n\n[http]\nlisten = [\"127.0.0.1:0\"]\nh3_listen = [\"127.0.0.1:{port}\"]\nh3_0rtt = true\nheader_read_timeout = \"1s\"\n\n\
-         [[certificate]]\nhosts = [\"app.test\"]\ncert = \"{}\"\nkey = \"{}\"\n\n\
-         [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\n[[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n",
-        dir.join("leaf.crt").display(),
-        dir.join("leaf.key").display(),
-        origin.addr,
-    );
-    let p = start_config(&cfg);
+    let (dir, origin, port, p) = early_data_node("edge-h3r-", "header_read_timeout = \"1s\"\n");
     let ca = dir.join("ca.crt");
     let job = |path: &str, mut options: Value| {
         options["zero_rtt"] = json!(true);
