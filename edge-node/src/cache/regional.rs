@@ -440,6 +440,7 @@ impl Regional {
     pub fn listen(&self, instance: u64, store: std::sync::Weak<super::Store>) {
         let client = self.client.clone();
         let channel = self.channel();
+        let me = format!("{instance:016x}");
         tokio::spawn(async move {
             use futures_util::StreamExt;
             loop {
@@ -467,7 +468,7 @@ impl Regional {
                     let Some((from, purge)) = text.split_once('\t') else {
                         continue;
                     };
-                    if from == format!("{instance:016x}") {
+                    if from == me {
                         continue;
                     }
                     if let Some(purge) = Purge::decode(purge) {

@@ -124,8 +124,9 @@ pub fn spawn(
                         let current = p.read().expect("pipeline lock").clone();
                         // Boxed: the pipeline's future is kilobytes, and hyper moves a
                         // request's future into its slot (HTTP/1.1) or its own task (HTTP/2).
-                        let handled = Box::pin(async move { current.handle(req, peer, scheme).await });
-                        async move { Ok::<_, std::convert::Infallible>(handled.await) }
+                        Box::pin(async move {
+                            Ok::<_, std::convert::Infallible>(current.handle(req, peer, scheme).await)
+                        })
                     });
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
