@@ -1,0 +1,15 @@
+//! edge-node's integration suites, one module each, in one test binary.
+//! Run a single suite with `cargo test -p edge-tests --test integration <suite>::`.
+
+mod cache;
+mod http3;
+mod http_protocol;
+mod http_proxy;
+mod intent;
+mod personalize;
+mod security;
+mod service;
+mod tls;
+mod upstreams;
+mod xdp_prog;
+mod xdp_veth;
