@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use edge_tests::{
     origin::Origin,
-    proxy::{ADMIN_TOKEN, Proxy, Reply, admin_section, curl, eventually, raw, start_config},
+    proxy::{
+        ADMIN_TOKEN, HeldConnection, Proxy, Reply, admin_section, curl, eventually, raw,
+        start_config,
+    },
 };
 
 fn config(origin: &Origin, extra_route: &str) -> String {
@@ -578,6 +581,36 @@ fn origin_connections_are_kept_alive_and_never_reused_mid_body() {
         assert!(!r.body.contains("/slow"), "{}", r.body);
     }
     assert_eq!(origin.served("GET /slow?body_delay=1500"), 3);
+}
+
+#[test]
+fn one_origin_connection_serves_every_worker() {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if workers < 2 {
+        eprintln!(
+            "one_origin_connection_serves_every_worker: one core, one worker: nothing to share"
+        );
+    }
+    let origin = Origin::start("a");
+    let p = start(&origin);
+    // One client connection per worker, all held open, so each lands on its own worker;
+    // they ask one after the other, with the origin connection idle in between.
+    let mut clients: Vec<HeldConnection> = Vec::new();
+    for w in 0..workers {
+        clients.push(HeldConnection::open(&p));
+        std::thread::sleep(Duration::from_millis(300));
+        let (status, body) = clients[w].get("app.test", &format!("/worker/{w}"));
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(&format!("path=/worker/{w}\n")), "{body}");
+    }
+    // The connection the first worker opened served them all: the pool is shared.
+    assert_eq!(origin.connections(), 1, "{:?}", origin.seen);
+    // Each worker still answers on its own client connection after that.
+    for (w, c) in clients.iter_mut().enumerate() {
+        let (status, body) = c.get("app.test", &format!("/again/{w}"));
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(origin.served("GET /again/0"), 1);
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::{collections::HashMap, time::Duration};
 
 use edge_tests::{
     origin::Origin,
-    proxy::{admin_section, curl, eventually, start_config},
+    proxy::{HeldConnection, admin_section, curl, eventually, start_config},
     tls_origin::{HyperOrigin, make_ca_and_leaf},
     unique,
 };
@@ -275,6 +275,26 @@ fn http2_and_verified_tls_toward_origins() {
     let r = curl(&p, "h2c.test", "/y", &[]);
     assert_eq!(r.status, 200);
     assert!(r.body.contains("version=HTTP/2.0"), "{}", r.body);
+
+    // One pool for all workers: requests served by different workers (one client
+    // connection held open per worker) share the origin connection.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let before = h2c_origin
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let mut clients: Vec<HeldConnection> = (0..workers).map(|_| HeldConnection::open(&p)).collect();
+    for (w, c) in clients.iter_mut().enumerate() {
+        let (status, body) = c.get("h2c.test", &format!("/w{w}"));
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("version=HTTP/2.0"), "{body}");
+    }
+    assert_eq!(
+        h2c_origin
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        before,
+        "the HTTP/2 origin connection opened first serves every worker"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -157,3 +157,60 @@ pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// A keep-alive HTTP/1.1 client connection held open. The node gives each new connection
+/// to the worker with the fewest, so connections open at the same time are served by
+/// different workers (as many as there are).
+pub struct HeldConnection(std::net::TcpStream);
+
+impl HeldConnection {
+    pub fn open(p: &Proxy) -> Self {
+        let s = std::net::TcpStream::connect(p.addr()).expect("connect to the node");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Self(s)
+    }
+
+    /// GET `path` on this connection: the status and the body (the answer must carry a
+    /// Content-Length).
+    pub fn get(&mut self, host: &str, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        write!(self.0, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").expect("send");
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = self.0.read(&mut chunk).expect("read the answer");
+            assert!(
+                n > 0,
+                "the node closed the connection: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status line: {head}"));
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("no Content-Length: {head}"));
+        while buf.len() < head_end + length {
+            let n = self.0.read(&mut chunk).expect("read the body");
+            assert!(n > 0, "the node closed the connection mid-body");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        (
+            status,
+            String::from_utf8_lossy(&buf[head_end..head_end + length]).to_string(),
+        )
+    }
+}

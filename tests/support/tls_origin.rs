@@ -2,7 +2,16 @@
 //! or ALPN over TLS), answering with the protocol version and TLS server name it saw:
 //! for the node's HTTP/2 and TLS toward origins. And the openssl-made certificates.
 
-use std::{net::SocketAddr, path::Path, process::Command, sync::Arc, thread};
+use std::{
+    net::SocketAddr,
+    path::Path,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    thread,
+};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -15,6 +24,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 pub struct HyperOrigin {
     pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -43,6 +54,8 @@ impl HyperOrigin {
         let addr = std_listener.local_addr().unwrap();
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let name = name.to_string();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
         thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -55,6 +68,7 @@ impl HyperOrigin {
                         a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
                         _ = &mut rx => break,
                     };
+                    accepted.fetch_add(1, Ordering::Relaxed);
                     let (name, acceptor) = (name.clone(), acceptor.clone());
                     tokio::spawn(async move {
                         match acceptor {
@@ -73,6 +87,7 @@ impl HyperOrigin {
         });
         Self {
             addr,
+            connections,
             stop: Some(tx),
         }
     }

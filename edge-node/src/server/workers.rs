@@ -1,9 +1,9 @@
 //! Request workers: one single-threaded tokio runtime per core. The listeners accept on
 //! the control runtime and hand each connection to the worker with the fewest; the
-//! connection, its HTTP/2 streams and the origin connections its requests use (each
-//! worker has its own origin pools) then stay on that thread. A request never crosses
-//! threads: no work stealing, no cross-thread wakeups, no contended pool locks, which
-//! cost more than the requests themselves under load.
+//! connection and its HTTP/2 streams then stay on that thread, and its requests use
+//! origin connections living on that thread whenever the worker has one idle
+//! (`upstream::h1pool`). No work stealing, no cross-thread wakeups, no contended pool
+//! locks on the hot path: they cost more than the requests themselves under load.
 
 use std::{
     cell::Cell,

@@ -1,6 +1,10 @@
-//! Keep-alive HTTP/1.1 connections to plain origins: one idle list per origin server
-//! and request worker, so a request reuses a connection that lives on its own thread and
-//! no lock is shared between workers.
+//! Keep-alive HTTP/1.1 connections to plain origins, one pool shared by all workers:
+//! each worker keeps its own idle list per origin server, so a request first reuses a
+//! connection that lives on its own thread (no cross-thread wakeups, no lock another
+//! worker holds). Before opening a new connection a worker borrows one that another
+//! worker (or the control runtime) has left idle for a while: the origin sees as few
+//! connections as the node's concurrency needs, not one set per core. A borrowed
+//! connection goes back to its own worker's list.
 //!
 //! Why not a general-purpose client: on the proxy's hot path every request paid for a
 //! pool shared behind one map and lock, a connector cloned per request, and a task
@@ -32,6 +36,10 @@ use crate::error::{Body, BoxError};
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle connections kept per origin server and worker.
 const MAX_IDLE_PER_SERVER: usize = 256;
+/// A connection its worker has not needed for this long is surplus there: another
+/// worker may borrow it rather than open one (sooner, and a worker under load would
+/// keep borrowing its neighbour's connections, each use a cross-thread round trip).
+const LEND_AFTER: Duration = Duration::from_millis(100);
 
 /// Why an exchange failed, and whether anything reached the origin.
 #[derive(Debug)]
@@ -132,6 +140,29 @@ impl H1Pool {
         } else {
             Checkout::Empty
         }
+    }
+
+    /// An idle connection to `server` that another slot has not used for `LEND_AFTER`,
+    /// and the slot it belongs to. Its oldest connection: the one its worker, which
+    /// takes the newest first, needs least.
+    fn borrow(&self, own: usize, server: &Authority) -> Option<(usize, http1::SendRequest<Body>)> {
+        let n = self.slots.len();
+        for home in (1..n).map(|k| (own + k) % n) {
+            let mut slot = self.slots[home].lock().expect("pool lock");
+            let Some(list) = slot.lists.get_mut(server) else {
+                continue;
+            };
+            while list.front().is_some_and(IdleConn::stale) {
+                list.pop_front();
+            }
+            if list
+                .front()
+                .is_some_and(|c| c.sender.is_ready() && c.since.elapsed() >= LEND_AFTER)
+            {
+                return list.pop_front().map(|c| (home, c.sender));
+            }
+        }
+        None
     }
 
     fn checkin(&self, slot: usize, server: Authority, sender: http1::SendRequest<Body>) {
@@ -235,6 +266,7 @@ impl H1Pool {
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         *req.uri_mut() = path.into();
         let slot = self.slot();
+        let mut home = slot;
         let mut pooled = match self.checkout(slot, &server) {
             Checkout::Ready(s) => Some(s),
             Checkout::Busy => {
@@ -248,18 +280,27 @@ impl H1Pool {
             }
             Checkout::Empty => None,
         };
+        if pooled.is_none()
+            && let Some((lender, s)) = self.borrow(slot, &server)
+        {
+            home = lender;
+            pooled = Some(s);
+        }
         let mut req = Some(req);
         loop {
             let reused = pooled.is_some();
             let mut sender = match pooled.take() {
                 Some(s) => s,
-                None => self
-                    .connect(&server)
-                    .await
-                    .map_err(|source| ExchangeError {
-                        connect: true,
-                        source,
-                    })?,
+                None => {
+                    // A new connection lives on this thread and joins its list.
+                    home = slot;
+                    self.connect(&server)
+                        .await
+                        .map_err(|source| ExchangeError {
+                            connect: true,
+                            source,
+                        })?
+                }
             };
             let r = req.take().expect("the request is still ours");
             match sender.try_send_request(r).await {
@@ -270,7 +311,7 @@ impl H1Pool {
                         resp.status() != StatusCode::SWITCHING_PROTOCOLS && !closes(resp.headers());
                     let back = reusable.then(|| Checkin {
                         pool: self.clone(),
-                        slot,
+                        slot: home,
                         server: server.clone(),
                         sender,
                     });
@@ -308,6 +349,7 @@ fn closes(headers: &http::HeaderMap) -> bool {
 /// A connection waiting for its response body to end before it is reused.
 struct Checkin {
     pool: Arc<H1Pool>,
+    /// The worker the connection lives on (not the borrower's).
     slot: usize,
     server: Authority,
     sender: http1::SendRequest<Body>,

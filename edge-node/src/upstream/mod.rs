@@ -43,39 +43,31 @@ use health::{InFlight, ServerState};
 
 type OriginClient = Client<HttpsConnector<HttpConnector>, Body>;
 
-/// How a pool reaches its origins. Either way a worker's requests use origin
-/// connections that live on its own thread (`server::workers`).
+/// How a pool reaches its origins. Either way one connection pool serves all workers.
 #[derive(Clone)]
 enum Clients {
-    /// Plain HTTP/1.1: this crate's keep-alive pool (the proxy's hot path).
+    /// Plain HTTP/1.1: this crate's keep-alive pool (the proxy's hot path), which
+    /// prefers connections on the requesting worker's own thread.
     Plain(Arc<H1Pool>),
-    /// TLS or HTTP/2 origins: one general client (and keep-alive pool) per request
-    /// worker, and one for the control runtime (health checks).
-    General(Arc<[OriginClient]>),
+    /// TLS or HTTP/2 origins: one general client and keep-alive pool for every worker
+    /// (an HTTP/2 origin sees one multiplexed connection, not one per core).
+    General(Box<OriginClient>),
 }
 
 type OriginResponse = Response<Either<PooledBody, Incoming>>;
 
 impl Clients {
-    fn general(workers: usize, build: impl Fn() -> OriginClient) -> Self {
-        Self::General((0..=workers).map(|_| build()).collect())
-    }
-
     /// One exchange with the server `req`'s URI names.
     async fn request(&self, req: Request<Body>) -> Result<OriginResponse, ExchangeError> {
         match self {
             Self::Plain(pool) => Ok(pool.request(req).await?.map(Either::Left)),
-            Self::General(clients) => {
-                let i = crate::server::workers::current().map_or(0, |w| w + 1);
-                let client = &clients[i % clients.len()];
-                match client.request(req).await {
-                    Ok(r) => Ok(r.map(Either::Right)),
-                    Err(e) => Err(ExchangeError {
-                        connect: e.is_connect(),
-                        source: Box::new(e),
-                    }),
-                }
-            }
+            Self::General(client) => match client.request(req).await {
+                Ok(r) => Ok(r.map(Either::Right)),
+                Err(e) => Err(ExchangeError {
+                    connect: e.is_connect(),
+                    source: Box::new(e),
+                }),
+            },
         }
     }
 }
@@ -200,11 +192,9 @@ impl Upstream {
 /// origin server.
 #[derive(Clone)]
 pub struct Pool {
-    /// Plain HTTP/1.1: one keep-alive pool (per worker) for every such upstream, kept
-    /// across reloads.
+    /// Plain HTTP/1.1: one keep-alive pool for every such upstream, kept across reloads.
     plain: Clients,
     connect_timeout: Duration,
-    workers: usize,
     pub registry: health::Registry,
 }
 
@@ -223,7 +213,6 @@ impl Pool {
         Self {
             plain: Clients::Plain(H1Pool::new(workers, connect_timeout)),
             connect_timeout,
-            workers,
             registry: health::Registry::default(),
         }
     }
@@ -339,9 +328,7 @@ impl Pool {
         if s.protocol == OriginProtocol::Http2 {
             b.http2_only(true);
         }
-        Ok(Clients::general(self.workers, || {
-            b.build(connector.clone())
-        }))
+        Ok(Clients::General(Box::new(b.build(connector))))
     }
 
     /// Sends `req` to one of the upstream's servers; on a connection failure, another
