@@ -78,6 +78,10 @@ fn fresh_responses_are_served_from_the_cache_and_the_rest_is_not() {
     // A client asking for a fresh answer bypasses the stored one.
     let fresh = get("/page?cc=max-age%3D60", &["-H", "Cache-Control: no-cache"]);
     assert_eq!(header(&fresh, "x-cache"), "BYPASS");
+    assert_eq!(
+        header(&fresh, "cache-status"),
+        "EDGE-NODE; FWD=REQUEST; STORED"
+    );
     // no-store, private, no lifetime: never stored.
     for cc in ["no-store", "private%2Cmax-age%3D60", "no-cache"] {
         let before = origin.hits();
@@ -100,6 +104,10 @@ fn fresh_responses_are_served_from_the_cache_and_the_rest_is_not() {
     std::thread::sleep(Duration::from_millis(2100));
     let again = get("/short?cc=max-age%3D1", &[]);
     assert_eq!(header(&again, "x-cache"), "EXPIRED");
+    assert_eq!(
+        header(&again, "cache-status"),
+        "EDGE-NODE; FWD=STALE; STORED"
+    );
 }
 
 #[test]
@@ -282,6 +290,50 @@ fn stale_copies_answer_when_the_origin_fails() {
     assert!(p.node.log().contains("serving a stale copy"));
     // Without stale-if-error, the failure is the client's answer.
     assert_eq!(curl(&p, "app.test", without, &[]).status, 502);
+}
+
+#[test]
+fn route_stale_defaults_never_override_an_origin_that_forbids_stale_copies() {
+    let origin = Origin::start("a");
+    let p = node(
+        &origin,
+        "stale_if_error = \"60s\"\nstale_while_revalidate = \"60s\"",
+    );
+    // (path, what a stale request gets once the copy expired and the origin is gone)
+    let cases = [
+        // The route's default window applies.
+        ("/plain?cc=max-age%3D1", "STALE"),
+        // RFC 9111 4.2.4: must-revalidate, proxy-revalidate and s-maxage forbid it.
+        ("/must?cc=max-age%3D1%2Cmust-revalidate", "502"),
+        ("/proxy?cc=max-age%3D1%2Cproxy-revalidate", "502"),
+        ("/shared?cc=s-maxage%3D1", "502"),
+        // Unless the origin itself allows stale copies on error.
+        (
+            "/explicit?cc=max-age%3D1%2Cmust-revalidate%2Cstale-if-error%3D60",
+            "STALE",
+        ),
+    ];
+    for (path, _) in cases {
+        let r = curl(&p, "app.test", path, &[]);
+        assert_eq!(
+            (r.status, header(&r, "x-cache").as_str()),
+            (200, "MISS"),
+            "{path}"
+        );
+        let r = curl(&p, "app.test", path, &[]);
+        assert_eq!(header(&r, "x-cache"), "HIT", "{path}");
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    origin.kill();
+    for (path, expected) in cases {
+        let r = curl(&p, "app.test", path, &[]);
+        let got = if r.status == 200 {
+            header(&r, "x-cache")
+        } else {
+            r.status.to_string()
+        };
+        assert_eq!(got, expected, "{path}: {}", r.body);
+    }
 }
 
 /// The x-hit header: which origin hit produced a body.

@@ -135,6 +135,27 @@ pub fn storable(
     (!lifetime.is_zero() || (explicit && validators)).then_some(lifetime)
 }
 
+/// How long past its lifetime a stored response may answer when the origin fails, and
+/// while it is refreshed in the background: the response's own stale-if-error and
+/// stale-while-revalidate (RFC 5861), else the route's defaults. RFC 9111 4.2.4: a cache
+/// must not serve stale what the origin forbade (no-cache, must-revalidate,
+/// proxy-revalidate, or s-maxage, which implies proxy-revalidate), so those responses
+/// get no default window; only an explicit stale-* directive of the origin's own.
+pub fn stale_windows(
+    d: &Directives,
+    route_if_error: Duration,
+    route_revalidate: Duration,
+) -> (Duration, Duration) {
+    let forbidden = d.no_cache || d.must_revalidate || d.proxy_revalidate || d.s_maxage.is_some();
+    let default = |route: Duration| if forbidden { Duration::ZERO } else { route };
+    (
+        d.stale_if_error
+            .map_or_else(|| default(route_if_error), Duration::from_secs),
+        d.stale_while_revalidate
+            .map_or_else(|| default(route_revalidate), Duration::from_secs),
+    )
+}
+
 /// Whether the response can be revalidated (an `ETag` or a `Last-Modified`).
 pub fn has_validators(response: &HeaderMap) -> bool {
     response.contains_key(header::ETAG) || response.contains_key(header::LAST_MODIFIED)

@@ -56,11 +56,14 @@ pub struct RouteCacheSettings {
     #[serde(default)]
     pub share_set_cookie: bool,
     /// How long past expiry a stored copy answers when the origin fails (unreachable,
-    /// timed out, 5xx), unless the response's own `stale-if-error` says otherwise.
+    /// timed out, 5xx), unless the response's own `stale-if-error` says otherwise. Not
+    /// for responses that forbid stale use (no-cache, must-revalidate, proxy-revalidate,
+    /// s-maxage).
     #[serde(default, with = "crate::config::duration")]
     pub stale_if_error: Duration,
     /// How long past expiry a stored copy answers at once while a background request
-    /// refreshes it, unless the response's own `stale-while-revalidate` says otherwise.
+    /// refreshes it, unless the response's own `stale-while-revalidate` says otherwise
+    /// (not for responses that forbid stale use, as above).
     #[serde(default, with = "crate::config::duration")]
     pub stale_while_revalidate: Duration,
 }
@@ -474,19 +477,19 @@ impl RouteCache {
         let lifetime = self
             .lifetime(&Method::GET, forwarded, authorized, stale.status, &headers)
             .unwrap_or(Duration::ZERO);
-        let d = policy::directives(&headers);
+        let (stale_if_error, stale_while_revalidate) = policy::stale_windows(
+            &policy::directives(&headers),
+            self.stale_if_error,
+            self.stale_while_revalidate,
+        );
         Entry {
             status: stale.status,
             body: stale.body.clone(),
             stored_at: Instant::now(),
             initial_age: policy::initial_age(not_modified),
             lifetime,
-            stale_if_error: d
-                .stale_if_error
-                .map_or(self.stale_if_error, Duration::from_secs),
-            stale_while_revalidate: d
-                .stale_while_revalidate
-                .map_or(self.stale_while_revalidate, Duration::from_secs),
+            stale_if_error,
+            stale_while_revalidate,
             vary: stale.vary.clone(),
             url: stale.url.clone(),
             tags: stale.tags.clone(),
@@ -538,12 +541,10 @@ impl RouteCache {
         let stored = lifetime.is_some();
         let h = resp.headers_mut();
         h.insert("x-cache", HeaderValue::from_static(label));
-        let status = if stored {
-            "edge-node; fwd=miss; stored"
-        } else {
-            "edge-node; fwd=miss"
-        };
-        h.insert("cache-status", HeaderValue::from_static(status));
+        h.insert(
+            "cache-status",
+            HeaderValue::from_static(forwarded_status(label, stored)),
+        );
         let Some(lifetime) = lifetime else {
             if fill.is_some() {
                 store.mark_uncacheable(key);
@@ -585,13 +586,11 @@ impl RouteCache {
         }
         let status = resp.status();
         let initial_age = policy::initial_age(resp.headers());
-        let d = policy::directives(resp.headers());
-        let stale_if_error = d
-            .stale_if_error
-            .map_or(self.stale_if_error, Duration::from_secs);
-        let stale_while_revalidate = d
-            .stale_while_revalidate
-            .map_or(self.stale_while_revalidate, Duration::from_secs);
+        let (stale_if_error, stale_while_revalidate) = policy::stale_windows(
+            &policy::directives(resp.headers()),
+            self.stale_if_error,
+            self.stale_while_revalidate,
+        );
         let store = store.clone();
         let max = self.max_object;
         // A body of known, storable size that others may be waiting for: they stream it
@@ -646,6 +645,20 @@ impl RouteCache {
 }
 
 /// A copy of `headers` that shares no buffer with the message they came from.
+/// `Cache-Status` (RFC 9211) of an answer that went to the origin: why it was
+/// forwarded (`fwd`), and whether it was stored.
+fn forwarded_status(label: &str, stored: bool) -> &'static str {
+    match (label, stored) {
+        // The request's own Cache-Control (no-cache, no-store) sent it on.
+        ("BYPASS", false) => "edge-node; fwd=request",
+        ("BYPASS", true) => "edge-node; fwd=request; stored",
+        ("EXPIRED", false) => "edge-node; fwd=stale",
+        ("EXPIRED", true) => "edge-node; fwd=stale; stored",
+        (_, false) => "edge-node; fwd=miss",
+        (_, true) => "edge-node; fwd=miss; stored",
+    }
+}
+
 fn owned(headers: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(headers.len());
     for (k, v) in headers {
