@@ -584,6 +584,124 @@ fn origin_connections_are_kept_alive_and_never_reused_mid_body() {
 }
 
 #[test]
+fn routes_match_path_prefix_method_and_headers_in_order() {
+    let a = Origin::start("a");
+    let b = Origin::start("b");
+    let c = Origin::start("c");
+    let d = Origin::start("d");
+    let cfg = format!(
+        r#"[xdp]
+mode = "off"
+
+[http]
+listen = ["127.0.0.1:0"]
+
+[[upstream]]
+name = "a"
+servers = ["{}"]
+
+[[upstream]]
+name = "b"
+servers = ["{}"]
+
+[[upstream]]
+name = "c"
+servers = ["{}"]
+
+[[upstream]]
+name = "d"
+servers = ["{}"]
+
+[[route]]
+hosts = ["m.test"]
+path_prefix = "/api"
+methods = ["POST"]
+headers = {{ "x-canary" = "1" }}
+upstream = "d"
+
+[[route]]
+hosts = ["m.test"]
+path_prefix = "/api"
+headers = {{ "x-beta" = "*" }}
+upstream = "c"
+
+[[route]]
+hosts = ["m.test"]
+path_prefix = "/api"
+methods = ["GET", "HEAD"]
+upstream = "b"
+
+[[route]]
+hosts = ["m.test"]
+path_prefix = "/static/"
+upstream = "a"
+"#,
+        a.addr, b.addr, c.addr, d.addr
+    );
+    let p = start_config(&cfg);
+    let served = |path: &str, args: &[&str]| {
+        let r = curl(&p, "m.test", path, args);
+        if r.status != 200 {
+            return r.status.to_string();
+        }
+        r.body
+            .lines()
+            .find_map(|l| l.strip_prefix("origin="))
+            .unwrap_or("?")
+            .to_string()
+    };
+    let post = ["-X", "POST", "-d", "x=1"];
+    // The path prefix matches on segment boundaries.
+    assert_eq!(served("/api", &[]), "b");
+    assert_eq!(served("/api/users?id=1", &[]), "b");
+    assert_eq!(served("/apiary", &[]), "404");
+    assert_eq!(served("/static/app.js", &[]), "a");
+    assert_eq!(served("/static", &[]), "a");
+    // Methods: POST is not in the GET route, so without a header nothing serves it.
+    assert_eq!(served("/api/x", &post), "404");
+    // Headers: an exact value, or any value ("*"); first match in order wins.
+    assert_eq!(
+        served("/api/x", &["-X", "POST", "-d", "x=1", "-H", "X-Canary: 1"]),
+        "d"
+    );
+    assert_eq!(
+        served("/api/x", &["-X", "POST", "-d", "x=1", "-H", "X-Canary: 2"]),
+        "404"
+    );
+    assert_eq!(served("/api/x", &["-H", "X-Canary: 1"]), "b");
+    assert_eq!(served("/api/x", &["-H", "X-Beta: yes"]), "c");
+    assert_eq!(
+        served("/api/x", &["-X", "POST", "-d", "x=1", "-H", "X-Beta:"]),
+        "404"
+    );
+    // A host nobody serves is refused outright.
+    assert_eq!(curl(&p, "other.test", "/api", &[]).status, 421);
+    assert_eq!(a.hits() + b.hits() + c.hits() + d.hits(), 7);
+}
+
+#[test]
+fn a_route_header_that_is_not_one_is_a_config_error() {
+    let origin = Origin::start("a");
+    let bad = config(
+        &origin,
+        "[[route]]\nhosts = [\"h.test\"]\nupstream = \"app\"\nheaders = { \"bad name\" = \"1\" }\n",
+    );
+    let dir = std::env::temp_dir().join(edge_tests::unique("edge-route-cfg-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("edge.toml");
+    std::fs::write(&file, bad).unwrap();
+    let out = std::process::Command::new(edge_tests::edge_node_bin())
+        .args(["check", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("headers") && err.contains("bad name"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn one_origin_connection_serves_every_worker() {
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     if workers < 2 {

@@ -1,10 +1,10 @@
 //! Route phase: which route (and so which upstream pool) serves the request. Only
 //! configured hosts are served: an unknown host is refused, never proxied.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use anyhow::{Result, bail};
-use http::Method;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde::Deserialize;
 
 use crate::{
@@ -28,6 +28,10 @@ pub struct RouteSettings {
     /// Methods served (empty: all).
     #[serde(default)]
     pub methods: Vec<String>,
+    /// Request headers that must match, all of them: name → exact value, or `"*"` for
+    /// present with any value (`headers = { "x-canary" = "1" }`). Empty: any request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
     /// The upstream pool (its `name`).
     #[serde(default)]
     pub upstream: String,
@@ -76,6 +80,31 @@ impl RouteSettings {
         }
     }
 
+    /// `headers`, parsed: the name and the value it must have (`None`: any value).
+    pub fn header_matches(&self) -> Result<Vec<(HeaderName, Option<HeaderValue>)>> {
+        self.headers
+            .iter()
+            .map(|(name, value)| {
+                let Ok(n) = HeaderName::from_bytes(name.as_bytes()) else {
+                    bail!(
+                        "route {}: headers: {name:?} is not a header name",
+                        self.display_name()
+                    );
+                };
+                if value == "*" {
+                    return Ok((n, None));
+                }
+                let Ok(v) = HeaderValue::from_str(value) else {
+                    bail!(
+                        "route {}: headers.{name}: {value:?} is not a header value",
+                        self.display_name()
+                    );
+                };
+                Ok((n, Some(v)))
+            })
+            .collect()
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.upstream.is_empty() == self.upstreams.is_empty() {
             bail!(
@@ -94,6 +123,7 @@ impl RouteSettings {
                 bail!("route to {:?}: {m:?} is not a method", self.pools());
             }
         }
+        self.header_matches()?;
         for l in &self.rate_limit {
             l.validate()
                 .map_err(|e| anyhow::anyhow!("route {}: {e}", self.display_name()))?;
@@ -107,6 +137,8 @@ pub struct Route {
     pub hosts: Vec<String>,
     pub path_prefix: String,
     pub methods: Vec<Method>,
+    /// Request headers that must match (`None`: present with any value).
+    pub headers: Vec<(HeaderName, Option<HeaderValue>)>,
     /// Pools in configuration order (see `RouteSettings::upstreams`).
     pub upstreams: Vec<Arc<Upstream>>,
     pub api: bool,
@@ -144,6 +176,13 @@ impl Route {
         })
     }
 
+    fn headers_match(&self, request: &HeaderMap) -> bool {
+        self.headers.iter().all(|(name, want)| match want {
+            None => request.contains_key(name),
+            Some(v) => request.get_all(name).iter().any(|got| got == v),
+        })
+    }
+
     fn path_matches(&self, path: &str) -> bool {
         let p = self.path_prefix.trim_end_matches('/');
         p.is_empty()
@@ -164,14 +203,23 @@ impl RouteTable {
         }
     }
 
-    pub fn select(&self, host: &str, method: &Method, path: &str) -> Result<Arc<Route>, EdgeError> {
+    pub fn select(
+        &self,
+        host: &str,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<Arc<Route>, EdgeError> {
         let mut host_known = false;
         for r in &self.routes {
             if !r.host_matches(host) {
                 continue;
             }
             host_known = true;
-            if r.path_matches(path) && (r.methods.is_empty() || r.methods.contains(method)) {
+            if r.path_matches(path)
+                && (r.methods.is_empty() || r.methods.contains(method))
+                && r.headers_match(headers)
+            {
                 return Ok(r.clone());
             }
         }

@@ -171,6 +171,7 @@ impl Pipeline {
                     .iter()
                     .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
                     .collect(),
+                headers: r.header_matches()?,
                 upstreams: pools,
                 api: r.api,
                 auth: match &r.auth {
@@ -481,7 +482,7 @@ impl Pipeline {
         }
         let route = self
             .routes
-            .select(&ctx.host, req.method(), req.uri().path())?;
+            .select(&ctx.host, req.method(), req.uri().path(), req.headers())?;
         ctx.route = route.name.clone();
         ctx.api = route.api;
         match self.threat.standing(ctx.client_ip) {
