@@ -154,7 +154,14 @@ impl Config {
             Err(e) => bail!("{source}: {e}"),
         };
         config.complete();
-        config.validate().with_context(|| format!("{source}"))?;
+        if let Err(e) = config.validate() {
+            // Point at the table the value is in.
+            let line = e
+                .downcast_ref::<Table>()
+                .and_then(|t| t.line_in(text))
+                .map_or_else(String::new, |l| format!(" line {l}:"));
+            bail!("{source}:{line} {e:#}");
+        }
         Ok(config)
     }
 
@@ -170,66 +177,148 @@ impl Config {
 
     pub fn validate(&self) -> Result<()> {
         if self.node.id.trim().is_empty() {
-            bail!("node.id must not be empty");
+            return Err(anyhow::anyhow!("node.id must not be empty").context(Table::one("node")));
         }
-        self.xdp.validate().context("in [xdp]")?;
-        self.admin.token().context("in [admin]")?;
+        self.xdp
+            .validate()
+            .context("in [xdp]")
+            .context(Table::one("xdp"))?;
+        self.admin
+            .token()
+            .context("in [admin]")
+            .context(Table::one("admin"))?;
         if !self.http.h3_listen.is_empty() && self.certificate.is_empty() {
             bail!("http.h3_listen needs at least one [[certificate]]");
         }
         if !self.http.tls_listen.is_empty() || !self.certificate.is_empty() {
             // Loads the files: a missing or mismatched key is a config error, not a
             // failed handshake later.
-            crate::server::tls::build(&self.certificate).context("in [[certificate]]")?;
+            crate::server::tls::build(&self.certificate)
+                .context("in [[certificate]]")
+                .context(Table::one("certificate"))?;
         }
-        self.geo.open_db()?;
-        self.challenge.validate()?;
-        self.intent.validate()?;
+        self.geo.open_db().context(Table::one("geo"))?;
+        self.challenge.validate().context(Table::one("challenge"))?;
+        self.intent.validate().context(Table::one("intent"))?;
         if self.intent.enabled {
             // Loads the model: a missing or broken file is a config error.
-            crate::intent::load(self.intent.model.as_deref()).context("in [intent]")?;
+            crate::intent::load(self.intent.model.as_deref())
+                .context("in [intent]")
+                .context(Table::one("intent"))?;
         }
-        for r in &self.route {
+        for (i, r) in self.route.iter().enumerate() {
             if let Some(e) = &r.experiment {
                 crate::phases::personalize::Experiment::new(e)
-                    .with_context(|| format!("route {}: [route.experiment]", r.display_name()))?;
+                    .with_context(|| format!("route {}: [route.experiment]", r.display_name()))
+                    .context(Table::nth("route", i))?;
             }
         }
         let mut providers = std::collections::HashSet::new();
-        for p in &self.jwt_provider {
-            p.validate()?;
+        for (i, p) in self.jwt_provider.iter().enumerate() {
+            let at = || Table::nth("jwt_provider", i);
+            p.validate().context(at())?;
             if !providers.insert(p.name.as_str()) {
-                bail!("jwt_provider {} is defined twice", p.name);
+                return Err(
+                    anyhow::anyhow!("jwt_provider {} is defined twice", p.name).context(at())
+                );
             }
         }
-        for r in &self.route {
+        for (i, r) in self.route.iter().enumerate() {
             if let Some(a) = &r.auth
                 && a.mode != crate::phases::auth::AuthMode::Off
                 && !providers.contains(a.provider.as_str())
             {
-                bail!(
+                return Err(anyhow::anyhow!(
                     "route {}: auth names jwt_provider {:?}, which is not defined",
                     r.display_name(),
                     a.provider
-                );
+                )
+                .context(Table::nth("route", i)));
             }
         }
         let mut names = std::collections::HashSet::new();
-        for u in &self.upstream {
-            u.validate()?;
+        for (i, u) in self.upstream.iter().enumerate() {
+            let at = || Table::nth("upstream", i);
+            u.validate().context(at())?;
             if !names.insert(u.name.as_str()) {
-                bail!("upstream {} is defined twice", u.name);
+                return Err(anyhow::anyhow!("upstream {} is defined twice", u.name).context(at()));
             }
         }
-        for r in &self.route {
-            r.validate()?;
+        for (i, r) in self.route.iter().enumerate() {
+            let at = || Table::nth("route", i);
+            r.validate().context(at())?;
             for u in r.pools() {
                 if !names.contains(u) {
-                    bail!("a route names upstream {u:?}, which is not defined");
+                    return Err(anyhow::anyhow!(
+                        "route {} names upstream {u:?}, which is not defined",
+                        r.display_name()
+                    )
+                    .context(at()));
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// The table a validation error is about: the `index`-th `[[name]]`, or `[name]`.
+#[derive(Debug)]
+struct Table {
+    name: &'static str,
+    index: Option<usize>,
+}
+
+impl Table {
+    fn one(name: &'static str) -> Self {
+        Self { name, index: None }
+    }
+
+    fn nth(name: &'static str, index: usize) -> Self {
+        Self {
+            name,
+            index: Some(index),
+        }
+    }
+
+    /// The line (1-based) of the table's header in `text`: `[[name]]` counted in order,
+    /// or the first `[name]` / `[name.…]`. None when it is not written as a header
+    /// (inline, or all defaults).
+    fn line_in(&self, text: &str) -> Option<usize> {
+        let headers = text.lines().enumerate().filter_map(|(n, line)| {
+            let line = line.trim_start();
+            let inner = match self.index {
+                Some(_) => line.strip_prefix("[[")?.split("]]").next()?,
+                None => line
+                    .strip_prefix('[')
+                    .filter(|l| !l.starts_with('['))?
+                    .split(']')
+                    .next()?,
+            };
+            let inner = inner.trim();
+            let ours = match self.index {
+                Some(_) => inner == self.name,
+                None => {
+                    inner == self.name
+                        || inner
+                            .strip_prefix(self.name)
+                            .is_some_and(|r| r.starts_with('.'))
+                }
+            };
+            ours.then_some(n + 1)
+        });
+        match self.index {
+            Some(i) => headers.into_iter().nth(i),
+            None => headers.into_iter().next(),
+        }
+    }
+}
+
+impl std::fmt::Display for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.index {
+            Some(i) => write!(f, "[[{}]] number {}", self.name, i + 1),
+            None => write!(f, "[{}]", self.name),
+        }
     }
 }
 
@@ -286,6 +375,25 @@ mod tests {
             let msg = format!("{err:#}");
             assert!(msg.contains(needle), "{text}: {msg}");
         }
+    }
+
+    #[test]
+    fn invalid_values_found_after_parsing_name_their_table_and_line() {
+        let text = "[node]\nid = \"a\"\n\n[[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:80\"]\n\n\
+                    [[route]]\nhosts = [\"a.test\"]\nupstream = \"app\"\n\n\
+                    [[route]]\nhosts = [\"b.test\"]\npath_prefix = \"api\"\nupstream = \"app\"\n";
+        let msg = format!("{:#}", Config::parse(text, &Source::Embedded).unwrap_err());
+        assert!(msg.contains("line 12:"), "{msg}");
+        assert!(
+            msg.contains("[[route]] number 2") && msg.contains("path_prefix"),
+            "{msg}"
+        );
+        let text = "[admin]\nlisten = \"127.0.0.1:0\"\n\n[xdp]\nmode = \"auto\"\n\n[xdp.rate]\nquic_ports = [1,2,3,4,5,6,7,8,9]\n";
+        let msg = format!("{:#}", Config::parse(text, &Source::Embedded).unwrap_err());
+        assert!(
+            msg.contains("line 4:") && msg.contains("quic_ports"),
+            "{msg}"
+        );
     }
 }
 
