@@ -258,6 +258,20 @@ fn purge_by_url_prefix_tag_and_everything() {
     );
     assert_eq!(get(paths[1]), "MISS");
     assert_eq!(get(paths[3]), "HIT");
+    // By URL, spelled as clients may: host case, the default port, the query's order.
+    let e = "/doc/e?tag=x&cc=max-age%3D600";
+    assert_eq!(get(e), "MISS");
+    assert_eq!(get(e), "HIT");
+    assert_eq!(
+        p.admin(
+            "POST",
+            "/cache/purge?url=http%3A%2F%2FAPP.test%3A80%2Fdoc%2Fe%3Fcc%3Dmax-age%253D600%26tag%3Dx"
+        ),
+        (200, "purged 1\n".into())
+    );
+    assert_eq!(get(e), "MISS");
+    assert_eq!(get(paths[3]), "HIT");
+    assert_eq!(p.admin("POST", "/cache/purge?url=/doc/e").0, 400);
     // Everything.
     assert_eq!(p.admin("POST", "/cache/purge?all=1").0, 200);
     assert_eq!(get(paths[3]), "MISS");

@@ -297,9 +297,26 @@ async fn cache_purge(st: &AdminState, query: &str) -> Response<Body> {
     let purge = if args.get("all").is_some_and(|v| v == "1") {
         Purge::All
     } else if let Some(url) = args.get("url") {
-        Purge::Url(url.clone())
+        // Spelled as stored: a reordered query or an explicit default port still match.
+        match crate::cache::canonical_url(url) {
+            Some(u) => Purge::Url(u),
+            None => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "url= must be absolute: scheme://host/path?query\n",
+                );
+            }
+        }
     } else if let Some(prefix) = args.get("prefix") {
-        Purge::Prefix(prefix.clone())
+        // Host and scheme as stored (lower case, no default port); the rest as given.
+        let prefix = match crate::cache::canonical_url(prefix) {
+            Some(p) if !prefix.contains('?') && !prefix.ends_with('/') => {
+                p.trim_end_matches('/').to_string()
+            }
+            Some(p) if !prefix.contains('?') => p,
+            _ => prefix.clone(),
+        };
+        Purge::Prefix(prefix)
     } else if let Some(tag) = args.get("tag") {
         Purge::Tag(tag.clone())
     } else {

@@ -60,6 +60,50 @@ fn vary_matches(vary: &[(HeaderName, Option<HeaderValue>)], request: &HeaderMap)
         .all(|(name, value)| request.get(name) == value.as_ref())
 }
 
+/// The URL an entry is stored under and purges name, in one spelling: scheme and host
+/// lower-cased, the scheme's default port dropped, the query's parameters sorted (and
+/// their encoding normalized), as the cache key sees them. `None` for a URL that is not
+/// absolute.
+pub fn canonical_url(url: &str) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let authority = uri.authority()?;
+    Some(canonical_parts(
+        &scheme,
+        authority.as_str(),
+        uri.path(),
+        uri.query(),
+    ))
+}
+
+/// `canonical_url` from its parts (the authority as a request gave it).
+pub fn canonical_parts(scheme: &str, authority: &str, path: &str, query: Option<&str>) -> String {
+    let mut authority = authority.to_ascii_lowercase();
+    let default_port = match scheme {
+        "http" => ":80",
+        "https" => ":443",
+        _ => "",
+    };
+    if !default_port.is_empty() && authority.ends_with(default_port) {
+        authority.truncate(authority.len() - default_port.len());
+    }
+    let path = if path.is_empty() { "/" } else { path };
+    let mut url = format!("{scheme}://{authority}{path}");
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        let mut pairs: Vec<(String, String)> = form_urlencoded::parse(q.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        pairs.sort();
+        url.push('?');
+        url.push_str(
+            &form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(pairs)
+                .finish(),
+        );
+    }
+    url
+}
+
 /// A stored response.
 pub struct Entry {
     pub status: StatusCode,

@@ -158,11 +158,10 @@ impl RouteCache {
         })
     }
 
-    /// The URL an entry is stored for (purges match it).
+    /// The URL an entry is stored for, in the spelling purges are matched in
+    /// (`cache::canonical_url`).
     pub fn url<B>(scheme: &str, req: &Request<B>) -> String {
-        let authority = authority(req);
-        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        format!("{scheme}://{authority}{pq}")
+        crate::cache::canonical_parts(scheme, &authority(req), req.uri().path(), req.uri().query())
     }
 
     /// The key: scheme, host and port, path, the query with its parameters sorted, the
