@@ -475,10 +475,26 @@ fn shutdown_drains_requests_in_flight_and_the_access_log_is_json() {
     origin
         .delay_ms
         .store(700, std::sync::atomic::Ordering::Relaxed);
-    let cfg = config_with_http(&origin, "drain_timeout = \"10s\"") + "\n[log]\nformat = \"json\"\n";
+    let cfg = config_with_http(&origin, "drain_timeout = \"10s\"")
+        + "\n[log]\nformat = \"json\"\n"
+        + &admin_section();
     let mut p = start_config(&cfg);
-    // A request in flight when SIGTERM arrives still gets its answer...
-    let slow = sigterm_in_flight(&p, &origin, "/slow");
+    assert_eq!(p.admin("GET", "/readyz"), (200, "ready\n".into()));
+    // A request in flight when SIGTERM arrives still gets its answer; meanwhile the
+    // node tells load balancers it is not ready.
+    let before = origin.hits();
+    let slow = std::thread::scope(|s| {
+        let h = s.spawn(|| curl(&p, "app.test", "/slow", &[]));
+        assert!(eventually(Duration::from_secs(10), || origin.hits() > before));
+        p.node.signal(libc::SIGTERM);
+        assert!(
+            eventually(Duration::from_secs(5), || p.admin("GET", "/readyz").0
+                == 503),
+            "{}",
+            p.node.log()
+        );
+        h.join().unwrap()
+    });
     assert_eq!(slow.status, 200, "{}", p.node.log());
     assert!(slow.body.contains("path=/slow"));
     // ... and then the node exits cleanly.

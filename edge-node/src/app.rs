@@ -135,6 +135,7 @@ impl App {
         }
         let mut cert_stamp = tls::stamp(&self.config.certificate);
         let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<admin::ReloadRequest>(4);
+        let mut admin_task = None;
         if let (Some(l), Some(token)) = (admin_listener, admin_token) {
             let state = admin::AdminState {
                 token: token.into(),
@@ -143,8 +144,9 @@ impl App {
                 threat: threat.clone(),
                 cache: cache.clone(),
                 reload: reload_tx,
+                draining: stop_rx.clone(),
             };
-            servers.push(admin::spawn(l, state, stop_rx.clone()));
+            admin_task = Some(admin::spawn(l, state));
         }
         let shared = Shared {
             pool: pool.clone(),
@@ -202,6 +204,9 @@ impl App {
         let _ = stop_tx.send(true);
         for s in servers {
             let _ = s.await;
+        }
+        if let Some(a) = admin_task {
+            a.abort();
         }
         // Whatever outlived the drain (tunnels, idle origin connections) ends with them.
         drop(workers);

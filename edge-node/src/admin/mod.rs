@@ -88,6 +88,8 @@ pub struct AdminState {
     pub threat: Arc<crate::policy::ThreatEngine>,
     pub cache: Arc<crate::cache::Store>,
     pub reload: mpsc::Sender<ReloadRequest>,
+    /// True once the node is shutting down: `/readyz` answers 503 while requests drain.
+    pub draining: watch::Receiver<bool>,
 }
 
 pub async fn bind(settings: &AdminSettings) -> Result<TcpListener> {
@@ -98,29 +100,24 @@ pub async fn bind(settings: &AdminSettings) -> Result<TcpListener> {
     Ok(l)
 }
 
-pub fn spawn(
-    listener: TcpListener,
-    state: AdminState,
-    mut shutdown: watch::Receiver<bool>,
-) -> JoinHandle<()> {
+/// Serves the admin API until the task is aborted: through the drain too, so load
+/// balancers read `/readyz` as 503 rather than a refused connection.
+pub fn spawn(listener: TcpListener, state: AdminState) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
-                    let st = state.clone();
-                    let service = service_fn(move |req| {
-                        let st = st.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(st, req).await) }
-                    });
-                    tokio::spawn(async move {
-                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-                _ = shutdown.changed() => break,
-            }
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let st = state.clone();
+            let service = service_fn(move |req| {
+                let st = st.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(st, req).await) }
+            });
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
         }
     })
 }
@@ -160,7 +157,13 @@ async fn handle(st: AdminState, req: Request<Incoming>) -> Response<Body> {
         return r;
     }
     match (req.method().clone(), path.as_str()) {
-        (Method::GET, "/readyz") => text(StatusCode::OK, "ready\n"),
+        (Method::GET, "/readyz") => {
+            if *st.draining.borrow() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
         (Method::GET, "/metrics") => {
             let counters = st.policy.lock().expect("policy lock").counters();
             let mut r = text(StatusCode::OK, st.metrics.render(counters.as_ref()));
