@@ -384,6 +384,19 @@ fn cli_edits_a_running_node_and_pinned_state_survives_restarts() {
     let out = node.cli(&["xdp", "block", "10.231.0.300/24"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("10.231.0.300/24"));
+
+    // An allowed address inside a blocked prefix passes (the longest prefix decides);
+    // once unallowed, the block applies to it again.
+    node.cli_ok(&["xdp", "block", "10.231.0.8/29"]);
+    assert_eq!(plain(&rig), 0);
+    let out = node.cli_ok(&["xdp", "allow", PLAIN]);
+    assert!(out.contains(PLAIN), "{out}");
+    assert_eq!(plain(&rig), 40, "allowed inside the block");
+    assert!(node.cli_ok(&["xdp", "list"]).contains(PLAIN));
+    node.cli_ok(&["xdp", "unallow", PLAIN]);
+    assert_eq!(plain(&rig), 0, "blocked again once unallowed");
+    node.cli_ok(&["xdp", "unblock", "10.231.0.8/29"]);
+    assert_eq!(plain(&rig), 40);
 }
 
 #[test]
