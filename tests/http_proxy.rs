@@ -393,6 +393,33 @@ fn trusted_proxies_extend_the_chain_and_large_bodies_are_refused() {
         "{b}"
     );
     assert!(b.contains("x-forwarded-proto: https"), "{b}");
+    // A proxy that speaks Forwarded (RFC 7239) instead: its elements are kept and this
+    // hop's appended; the client, its scheme and the host it asked come from them.
+    let r = curl(
+        &p,
+        "app.test",
+        "/",
+        &[
+            "-H",
+            "Forwarded: for=7.7.7.7;proto=https;host=shop.example, for=\"127.0.0.2:4711\"",
+            "-H",
+            "X-Forwarded-Host: shop.example",
+        ],
+    );
+    let b = r.body.to_ascii_lowercase();
+    assert!(
+        b.contains(
+            "forwarded: for=7.7.7.7;proto=https;host=shop.example, for=\"127.0.0.2:4711\", \
+             for=127.0.0.1;proto=http;host=app.test\n"
+        ),
+        "{b}"
+    );
+    assert!(
+        b.contains("x-forwarded-for: 7.7.7.7, 127.0.0.2, 127.0.0.1\n"),
+        "{b}"
+    );
+    assert!(b.contains("x-forwarded-proto: https\n"), "{b}");
+    assert!(b.contains("x-forwarded-host: shop.example\n"), "{b}");
     // A declared body over the limit never reaches the origin.
     let before = origin.hits();
     let big = "x".repeat(1000);

@@ -37,45 +37,154 @@ const NODE_OWNED: [&str; 6] = [
 ];
 
 /// Who the client is: the socket peer, or, when the peer is a trusted proxy, the
-/// rightmost address of X-Forwarded-For that is not itself a trusted proxy (entries
-/// further left could have been written by anyone).
+/// rightmost address of its forwarding chain that is not itself a trusted proxy (entries
+/// further left could have been written by anyone). The chain is X-Forwarded-For, or
+/// else the `for=` of `Forwarded` (RFC 7239); the scheme is X-Forwarded-Proto, or the
+/// `proto=` of the element that named the client.
 fn client_behind_proxies<B>(ctx: &mut RequestCtx, req: &Request<B>, trusted: &[IpNet]) {
     let peer = ctx.client.ip();
     if !trusted.iter().any(|n| n.contains(&peer)) {
         return;
     }
-    let chain: Vec<String> = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+    let headers = req.headers();
+    let values = |name: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let xff = values("x-forwarded-for");
+    let chain: Vec<String> = xff
+        .split(',')
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
-    if chain.is_empty() {
-        return;
+    let forwarded = values("forwarded");
+    let elements = forwarded_elements(&forwarded);
+    if !elements.is_empty() {
+        ctx.forwarded_elements = Some((
+            elements
+                .iter()
+                .map(|e| e.raw.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            ctx.scheme,
+        ));
     }
-    for entry in chain.iter().rev() {
-        match entry.parse::<IpAddr>() {
-            Ok(ip) if trusted.iter().any(|n| n.contains(&ip)) => continue,
-            Ok(ip) => {
-                ctx.client_ip = ip;
-                break;
-            }
-            // Garbage in the chain: stop believing it there.
-            Err(_) => break,
+    let mut proto = None;
+    if !chain.is_empty() {
+        let ips: Vec<Option<IpAddr>> = chain.iter().map(|e| e.parse().ok()).collect();
+        if let Some(ip) = rightmost_untrusted(&ips, trusted).and_then(|i| ips[i]) {
+            ctx.client_ip = ip;
         }
+        ctx.forwarded_chain = Some(chain.join(", "));
+    } else if !elements.is_empty() {
+        let ips: Vec<Option<IpAddr>> = elements.iter().map(|e| e.for_ip).collect();
+        if let Some(i) = rightmost_untrusted(&ips, trusted)
+            && let Some(ip) = ips[i]
+        {
+            ctx.client_ip = ip;
+            proto = elements[i].proto.clone();
+        }
+        // X-Forwarded-For toward the origin carries the same chain.
+        ctx.forwarded_chain = Some(
+            ips.iter()
+                .map(|ip| ip.map_or_else(|| "unknown".to_string(), |ip| ip.to_string()))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
     }
-    ctx.forwarded_chain = Some(chain.join(", "));
-    if let Some(proto) = req
-        .headers()
+    if let Some(p) = headers
         .get("x-forwarded-proto")
         .and_then(|v| v.to_str().ok())
-        && (proto == "https" || proto == "http")
+        .map(str::to_string)
+        .or(proto)
     {
-        ctx.scheme = if proto == "https" { "https" } else { "http" };
+        match p.to_ascii_lowercase().as_str() {
+            "https" => ctx.scheme = "https",
+            "http" => ctx.scheme = "http",
+            _ => {}
+        }
     }
+    ctx.forwarded_host = headers
+        .get("x-forwarded-host")
+        .and_then(|v| v.to_str().ok())
+        .and_then(normalize_host);
+}
+
+/// Which entry of a forwarding chain is the client: the rightmost address that is not
+/// a trusted proxy. `None` when an entry on the way is not an address (stop believing
+/// the chain there) or every one is trusted.
+fn rightmost_untrusted(chain: &[Option<IpAddr>], trusted: &[IpNet]) -> Option<usize> {
+    for (i, entry) in chain.iter().enumerate().rev() {
+        match entry {
+            Some(ip) if trusted.iter().any(|n| n.contains(ip)) => continue,
+            Some(_) => return Some(i),
+            None => return None,
+        }
+    }
+    None
+}
+
+/// One element of a `Forwarded` header: as written, its `for=` address and `proto=`.
+struct ForwardedElement {
+    raw: String,
+    for_ip: Option<IpAddr>,
+    proto: Option<String>,
+}
+
+/// The elements of `Forwarded` values (commas inside quoted strings do not split).
+fn forwarded_elements(value: &str) -> Vec<ForwardedElement> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, c) in value.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                parts.push(&value[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&value[start..]);
+    parts
+        .into_iter()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|raw| {
+            let mut element = ForwardedElement {
+                raw: raw.to_string(),
+                for_ip: None,
+                proto: None,
+            };
+            for pair in raw.split(';') {
+                let Some((k, v)) = pair.split_once('=') else {
+                    continue;
+                };
+                let v = v.trim().trim_matches('"');
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "for" => element.for_ip = forwarded_node_ip(v),
+                    "proto" => element.proto = Some(v.to_string()),
+                    _ => {}
+                }
+            }
+            element
+        })
+        .collect()
+}
+
+/// The address of a `for=` node (`192.0.2.1`, `192.0.2.1:80`, `[2001:db8::1]:80`);
+/// `None` for `unknown`, obfuscated identifiers and garbage.
+fn forwarded_node_ip(node: &str) -> Option<IpAddr> {
+    if let Some(rest) = node.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    node.parse()
+        .ok()
+        .or_else(|| node.rsplit_once(':').and_then(|(ip, _)| ip.parse().ok()))
 }
 
 pub fn on_request<B>(

@@ -54,6 +54,11 @@ pub struct RequestCtx {
     pub client_ip: std::net::IpAddr,
     /// X-Forwarded-For as received from a trusted proxy.
     pub forwarded_chain: Option<String>,
+    /// `Forwarded` (RFC 7239) as received from a trusted proxy, and how that proxy
+    /// reached the node ("http" / "https"): the node appends its own element to it.
+    pub forwarded_elements: Option<(String, &'static str)>,
+    /// X-Forwarded-Host as received from a trusted proxy (the host the client asked).
+    pub forwarded_host: Option<String>,
     /// Lower-case host without port.
     pub host: String,
     pub region: String,
@@ -80,6 +85,8 @@ impl RequestCtx {
             client,
             client_ip: client.ip(),
             forwarded_chain: None,
+            forwarded_elements: None,
+            forwarded_host: None,
             host: String::new(),
             region: String::new(),
             scheme: "http",
@@ -603,18 +610,31 @@ impl Pipeline {
             headers.insert("x-forwarded-for", v);
         }
         headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
-        if let Ok(v) = HeaderValue::from_str(&ctx.host) {
+        if let Ok(v) = HeaderValue::from_str(ctx.forwarded_host.as_deref().unwrap_or(&ctx.host)) {
             headers.insert("x-forwarded-host", v);
         }
-        let ip = ctx.client_ip.to_string();
-        let fwd_for = if ctx.client_ip.is_ipv6() {
-            format!("\"[{ip}]\"")
-        } else {
-            ip
+        let node_for = |ip: std::net::IpAddr| {
+            if ip.is_ipv6() {
+                format!("\"[{ip}]\"")
+            } else {
+                ip.to_string()
+            }
         };
-        if let Ok(v) =
-            HeaderValue::from_str(&format!("for={fwd_for};proto={proto};host={}", ctx.host))
-        {
+        // A trusted proxy's elements stay, and this hop's is appended (RFC 7239 5.1);
+        // otherwise one element names the client.
+        let forwarded = match &ctx.forwarded_elements {
+            Some((elements, hop_proto)) => format!(
+                "{elements}, for={};proto={hop_proto};host={}",
+                node_for(ctx.client.ip()),
+                ctx.host
+            ),
+            None => format!(
+                "for={};proto={proto};host={}",
+                node_for(ctx.client_ip),
+                ctx.host
+            ),
+        };
+        if let Ok(v) = HeaderValue::from_str(&forwarded) {
             headers.insert(header::FORWARDED, v);
         }
         headers.append(header::VIA, HeaderValue::from_static(via(version)));

@@ -50,7 +50,7 @@ pub struct HttpSettings {
     /// above it the request is refused with 413 before any origin is contacted.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: u64,
-    /// Peers whose X-Forwarded-For / X-Forwarded-Proto / Forwarded are believed (load
+    /// Peers whose X-Forwarded-For / -Proto / -Host and Forwarded are believed (load
     /// balancers in front of the node). Everyone else's copies are removed.
     #[serde(default)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
