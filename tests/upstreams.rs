@@ -207,6 +207,24 @@ fn region_pools_fail_over_when_origins_die_and_health_checks_bring_them_back() {
     assert!(eventually(Duration::from_secs(10), || p.metric(&up) == Some(0.0)));
     let r = curl(&p, "app.test", "/", &[]);
     assert_eq!((r.status, region(&r).as_str()), (200, "us"));
+
+    // Every pool out of rotation: the node still tries (a health verdict can be stale),
+    // and the EU origin, which answers requests though its health check fails, serves.
+    let us_addr = us.kill();
+    let us_up = format!("edge_upstream_server_up{{upstream=\"app-us\",server=\"{us_addr}\"}}");
+    assert!(eventually(Duration::from_secs(10), || p.metric(&us_up) == Some(0.0)));
+    let r = curl(&p, "app.test", "/", &[]);
+    assert_eq!((r.status, region(&r).as_str()), (200, "eu"), "{}", r.body);
+    // When nothing answers either, the service is unavailable: 503, detail in the log.
+    eu.kill();
+    let r = curl(&p, "app.test", "/", &[]);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.body.trim(), "503 Service Unavailable");
+    assert!(
+        p.node.log().contains("in rotation; tried anyway"),
+        "{}",
+        p.node.log()
+    );
 }
 
 #[test]

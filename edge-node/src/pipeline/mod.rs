@@ -344,7 +344,13 @@ impl Pipeline {
                         }
                         return;
                     }
-                    Err(e) if e.kind == crate::error::ErrorKind::UpstreamFailed => {
+                    Err(e)
+                        if matches!(
+                            e.kind,
+                            crate::error::ErrorKind::UpstreamFailed
+                                | crate::error::ErrorKind::NoUpstreamAvailable
+                        ) =>
+                    {
                         warn!(upstream = %up.name, error = %e, "background refresh: pool unreachable");
                     }
                     Err(e) => {
@@ -711,7 +717,13 @@ impl Pipeline {
                     served = Some(r);
                     break;
                 }
-                Err(e) if e.kind == crate::error::ErrorKind::UpstreamFailed => {
+                Err(e)
+                    if matches!(
+                        e.kind,
+                        crate::error::ErrorKind::UpstreamFailed
+                            | crate::error::ErrorKind::NoUpstreamAvailable
+                    ) =>
+                {
                     warn!(upstream = %up.name, region = %up.region, error = %e, "pool unreachable; failing over");
                     last = Some(e);
                 }

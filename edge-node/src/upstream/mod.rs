@@ -436,10 +436,19 @@ impl Pool {
                 }
             }
         }
-        Err(EdgeError::new(
-            ErrorKind::UpstreamFailed,
-            last_error.unwrap_or_else(|| format!("{}: no server to try", up.name)),
-        ))
+        let detail = last_error.unwrap_or_else(|| format!("{}: no server to try", up.name));
+        // Every server was already out of rotation (tried anyway, in case the verdict
+        // was stale): the pool is known to be down, a 503 rather than a 502.
+        if all_out {
+            return Err(EdgeError::new(
+                ErrorKind::NoUpstreamAvailable,
+                format!(
+                    "no server of {} in rotation; tried anyway: {detail}",
+                    up.name
+                ),
+            ));
+        }
+        Err(EdgeError::new(ErrorKind::UpstreamFailed, detail))
     }
 }
 
