@@ -4,7 +4,7 @@
 
 use std::{os::unix::net::UnixDatagram, process::Command, time::Duration};
 
-use edge_tests::{edge_node_bin, node::Node, unique};
+use edge_tests::{edge_node_bin, netns::Netns, node::Node, privileged, unique};
 
 #[test]
 fn systemd_unit_verifies() {
@@ -83,4 +83,43 @@ fn notifies_ready_reloading_and_stopping() {
     node.stop();
     assert!(next(&node).contains("STOPPING=1"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The README's quick start: `edge-node` with no configuration at all serves
+/// http://localhost:8080/ from the built-in demo origin, and refuses other hosts. Run in
+/// a namespace of its own, so the fixed port and the bpffs are the test's.
+#[test]
+fn the_embedded_default_serves_the_demo_page_with_zero_setup() {
+    if !privileged("the_embedded_default_serves_the_demo_page_with_zero_setup") {
+        return;
+    }
+    let ns = Netns::new("edge-emb");
+    let mut node = Node::start_embedded(&ns);
+    assert!(node.wait_running(Duration::from_secs(20)), "{}", node.log());
+    let curl = |args: &[&str]| {
+        let out = ns
+            .command("curl")
+            .args(["-s", "-i", "--max-time", "5"])
+            .args(args)
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let page = curl(&["http://localhost:8080/"]);
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}\n{}", node.log());
+    assert!(
+        page.to_ascii_lowercase().contains("x-node-id: edge-1"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<html") || page.contains("<!doctype"),
+        "{page}"
+    );
+    let h2 = curl(&["--http2-prior-knowledge", "http://127.0.0.1:8080/"]);
+    assert!(h2.starts_with("HTTP/2 200"), "{h2}");
+    let other = curl(&["-H", "Host: elsewhere.test", "http://127.0.0.1:8080/"]);
+    assert!(other.starts_with("HTTP/1.1 421"), "{other}");
+    // No admin token in the default: no admin API.
+    assert!(node.log().contains("admin API off"), "{}", node.log());
+    node.stop();
 }

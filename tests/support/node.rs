@@ -17,6 +17,8 @@ pub struct Node {
     starts: usize,
     dir: PathBuf,
     netns: Option<String>,
+    /// Run without `-c`: the embedded default configuration.
+    embedded: bool,
 }
 
 impl Node {
@@ -39,6 +41,24 @@ impl Node {
             starts: 0,
             dir,
             netns: netns.map(|n| n.name.clone()),
+            embedded: false,
+        };
+        node.spawn();
+        node
+    }
+
+    /// Starts edge-node without a configuration file (its embedded default) in `netns`,
+    /// where the default's fixed port and the bpffs mount are the namespace's own.
+    pub fn start_embedded(netns: &Netns) -> Self {
+        let dir = std::env::temp_dir().join(unique("edge-node-test-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut node = Self {
+            child: None,
+            env: Vec::new(),
+            starts: 0,
+            dir,
+            netns: Some(netns.name.clone()),
+            embedded: true,
         };
         node.spawn();
         node
@@ -61,11 +81,13 @@ impl Node {
             .append(true)
             .open(self.dir.join("node.log"))
             .unwrap();
-        let child = self
-            .command()
-            .arg("-c")
-            .arg(self.config_path())
+        let mut cmd = self.command();
+        if !self.embedded {
+            cmd.arg("-c").arg(self.config_path());
+        }
+        let child = cmd
             .env("RUST_LOG", "info")
+            .env_remove("EDGE_NODE_CONFIG")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
