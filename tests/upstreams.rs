@@ -402,3 +402,51 @@ fn clients_get_their_region_from_a_maxmind_database() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn slow_origins_time_out_with_504_and_a_timed_out_request_is_never_sent_twice() {
+    let a = Origin::start("slow-a");
+    let b = Origin::start("slow-b");
+    for o in [&a, &b] {
+        o.delay_ms.store(1500, std::sync::atomic::Ordering::Relaxed);
+    }
+    let body_origin = Origin::start("stalling");
+    let cfg = format!(
+        "{HEAD}{}{}{}{}",
+        pool(
+            "slow",
+            &[a.addr.to_string(), b.addr.to_string()],
+            "response_timeout = \"300ms\""
+        ),
+        pool(
+            "stalling",
+            &[body_origin.addr.to_string()],
+            "total_timeout = \"700ms\""
+        ),
+        route("slow.test", "slow"),
+        route("stalling.test", "stalling"),
+    );
+    let p = start_config(&cfg);
+    // No response head within response_timeout: 504, and the other server is not asked
+    // (the first may still be acting on the request).
+    let r = curl(&p, "slow.test", "/order", &[]);
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert_eq!(r.body.trim(), "504 Gateway Timeout");
+    assert_eq!(a.hits() + b.hits(), 1, "sent once");
+    // total_timeout covers the body too: a body that stalls past it is cut off, so the
+    // client gets fewer bytes than announced rather than waiting for ever.
+    let cut = curl(&p, "stalling.test", "/doc?body_delay=3000", &[]);
+    assert_eq!(cut.status, 200, "the head had been sent");
+    let announced: usize = cut
+        .headers
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{}", cut.headers));
+    assert!(
+        cut.body.len() < announced,
+        "{} of {announced} bytes",
+        cut.body.len()
+    );
+    assert!(p.node.log().contains("stalling"), "{}", p.node.log());
+}
