@@ -611,9 +611,11 @@ fn origin_connections_are_kept_alive_and_never_reused_mid_body() {
             "/slow?body_delay=1500",
             &["--max-time", "0.5"],
         );
+        // The first half reached the client while the origin paused: the body streams
+        // through, it is not buffered whole.
         assert!(
-            cut.body.len() < full.body.len(),
-            "the client gave up: {}",
+            cut.body.starts_with("origin=a\n") && cut.body.len() < full.body.len(),
+            "the client got the first half, then gave up: {:?}",
             cut.body
         );
     }
