@@ -225,6 +225,75 @@ fn concurrent_misses_make_one_origin_request() {
 }
 
 #[test]
+fn waiters_give_up_after_the_lock_timeout_and_a_failed_fetch_releases_them() {
+    // A waiter that has waited lock_timeout fetches on its own.
+    let origin = Origin::start("a");
+    origin
+        .delay_ms
+        .store(2500, std::sync::atomic::Ordering::Relaxed);
+    let p = node_with(&origin, "", "[cache]\nlock_timeout = \"200ms\"\n");
+    let replies: Vec<Reply> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| curl(&p, "app.test", "/slow?cc=max-age%3D60", &[])))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(replies.iter().all(|r| r.status == 200));
+    assert_eq!(origin.hits(), 4, "each waiter fetched after 200 ms");
+
+    // The fetch everyone waits for fails (the origin closes without answering): the
+    // waiters are released at once, long before a lock_timeout of a minute, and each
+    // tries on its own.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut n = 0;
+        listener.set_nonblocking(true).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        // At most 8 connections, at most 20 s.
+        while n < 8 && std::time::Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut c, _)) => {
+                    n += 1;
+                    c.set_nonblocking(false).unwrap();
+                    let mut buf = [0u8; 1024];
+                    let _ = c.read(&mut buf);
+                    std::thread::sleep(Duration::from_millis(400));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+            if n >= 4 {
+                break;
+            }
+        }
+        n
+    });
+    let q = start_config(&format!(
+        "[xdp]\nmode = \"off\"\n\n[http]\nlisten = [\"127.0.0.1:0\"]\n\n[threat]\nenabled = false\n\n\
+         [cache]\nlock_timeout = \"60s\"\n\n\
+         [[upstream]]\nname = \"broken\"\nservers = [\"{addr}\"]\n\n\
+         [[route]]\nhosts = [\"app.test\"]\nupstream = \"broken\"\n[route.cache]\n"
+    ));
+    let replies: Vec<Reply> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| curl(&q, "app.test", "/doc?cc=max-age%3D60", &[])))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+    assert!(
+        statuses.iter().all(|s| *s == 502 || *s == 503),
+        "every client answered (a waiter left waiting would time out: 0): {statuses:?}"
+    );
+    assert_eq!(
+        accepted.join().unwrap(),
+        4,
+        "the waiters fetched on their own"
+    );
+}
+
+#[test]
 fn purge_by_url_prefix_tag_and_everything() {
     let origin = Origin::start("a");
     let p = node(&origin, "");
