@@ -319,6 +319,15 @@ fn purge_by_url_prefix_tag_and_everything() {
     assert_eq!(get(paths[0]), "MISS");
     assert_eq!(get(paths[2]), "MISS");
     assert_eq!(get(paths[1]), "HIT");
+    // Cache-Tag works as Surrogate-Key does (comma- or space-separated keys).
+    let tagged = "/img/t?cc=max-age%3D600&ctag=promo,summer";
+    assert_eq!(get(tagged), "MISS");
+    assert_eq!(get(tagged), "HIT");
+    assert_eq!(
+        p.admin("POST", "/cache/purge?tag=summer"),
+        (200, "purged 1\n".into())
+    );
+    assert_eq!(get(tagged), "MISS");
     // By prefix.
     assert_eq!(
         p.admin("POST", "/cache/purge?prefix=http://app.test/img/")
@@ -345,6 +354,29 @@ fn purge_by_url_prefix_tag_and_everything() {
     assert_eq!(p.admin("POST", "/cache/purge?all=1").0, 200);
     assert_eq!(get(paths[3]), "MISS");
     assert_eq!(p.admin("POST", "/cache/purge").0, 400);
+}
+
+#[test]
+fn the_memory_tier_stays_within_max_bytes() {
+    let origin = Origin::start("a");
+    // Room for about ten of these small responses (body, headers and bookkeeping).
+    let p = node_with(&origin, "", "[cache]\nmax_bytes = 16384\n");
+    let path = |i: usize| format!("/obj/{i}?cc=max-age%3D600&pad={}", "x".repeat(600));
+    for i in 0..60 {
+        assert_eq!(
+            header(&curl(&p, "app.test", &path(i), &[]), "x-cache"),
+            "MISS"
+        );
+    }
+    let before = origin.hits();
+    let hits = (0..60)
+        .filter(|&i| header(&curl(&p, "app.test", &path(i), &[]), "x-cache") == "HIT")
+        .count();
+    assert!(
+        hits <= 16,
+        "{hits} of 60 objects of ~1.5 KB still held in 16 KiB"
+    );
+    assert_eq!(origin.hits(), before + 60 - hits);
 }
 
 #[test]
