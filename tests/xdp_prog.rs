@@ -267,6 +267,22 @@ fn budgets_per_source_and_class() {
         passed >= 50 && passed <= 50 + refill,
         "passed {passed}, refill bound {refill}"
     );
+    // The same budget for an IPv6 source, which has a bucket of its own.
+    let src6 = v6_src(9);
+    let mut passed = 0u64;
+    let started = std::time::Instant::now();
+    for _ in 0..200 {
+        match h.reason(&v6_udp(src6, 53)) {
+            Reason::Pass => passed += 1,
+            Reason::DropRate => {}
+            r => panic!("unexpected {r:?}"),
+        }
+    }
+    let refill = (started.elapsed().as_millis() / 100) as u64 + 2;
+    assert!(
+        passed >= 50 && passed <= 50 + refill,
+        "IPv6: passed {passed}, refill bound {refill}"
+    );
 
     // With rate limiting switched off nothing is charged.
     let mut s = settings();
