@@ -239,7 +239,8 @@ impl RouteCache {
         }
         let mut fetch = CacheFetch {
             key,
-            url: Self::url(scheme, req),
+            // Only a forwarded request needs it (to store the answer): a hit skips it.
+            url: String::new(),
             guard: None,
             label: "BYPASS",
             asked: req.headers().get(header::CACHE_CONTROL).cloned(),
@@ -250,6 +251,7 @@ impl RouteCache {
         };
         self.strip_unkeyed(req.headers_mut());
         if !serve {
+            fetch.url = Self::url(scheme, req);
             return CacheStep::Forward(fetch);
         }
         fetch.label = "MISS";
@@ -339,6 +341,7 @@ impl RouteCache {
                 }
             }
         }
+        fetch.url = Self::url(scheme, req);
         CacheStep::Forward(fetch)
     }
 
