@@ -62,6 +62,15 @@ pub struct EdgeError {
 }
 
 impl EdgeError {
+    /// The pool could not take the request at all (its servers unreachable or out of
+    /// rotation): another region's pool may.
+    pub fn pool_unreachable(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::UpstreamFailed | ErrorKind::NoUpstreamAvailable
+        )
+    }
+
     pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
         let (side, retryable) = match kind {
             ErrorKind::BadRequest

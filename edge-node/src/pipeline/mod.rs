@@ -344,13 +344,7 @@ impl Pipeline {
                         }
                         return;
                     }
-                    Err(e)
-                        if matches!(
-                            e.kind,
-                            crate::error::ErrorKind::UpstreamFailed
-                                | crate::error::ErrorKind::NoUpstreamAvailable
-                        ) =>
-                    {
+                    Err(e) if e.pool_unreachable() => {
                         warn!(upstream = %up.name, error = %e, "background refresh: pool unreachable");
                     }
                     Err(e) => {
@@ -717,13 +711,7 @@ impl Pipeline {
                     served = Some(r);
                     break;
                 }
-                Err(e)
-                    if matches!(
-                        e.kind,
-                        crate::error::ErrorKind::UpstreamFailed
-                            | crate::error::ErrorKind::NoUpstreamAvailable
-                    ) =>
-                {
+                Err(e) if e.pool_unreachable() => {
                     warn!(upstream = %up.name, region = %up.region, error = %e, "pool unreachable; failing over");
                     last = Some(e);
                 }
