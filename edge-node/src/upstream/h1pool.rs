@@ -40,6 +40,11 @@ const MAX_IDLE_PER_SERVER: usize = 256;
 /// worker may borrow it rather than open one (sooner, and a worker under load would
 /// keep borrowing its neighbour's connections, each use a cross-thread round trip).
 const LEND_AFTER: Duration = Duration::from_millis(100);
+/// After a borrow attempt found nothing, a worker waits this long before looking into
+/// the other workers' lists again: under a load that opens connections all the time
+/// (more concurrency than idle connections kept), every miss would otherwise lock a
+/// list another worker is busy with.
+const BORROW_RETRY_AFTER: Duration = Duration::from_millis(10);
 
 /// Why an exchange failed, and whether anything reached the origin.
 #[derive(Debug)]
@@ -91,8 +96,17 @@ const SWEEP_EVERY: u32 = 4096;
 /// `slots[w + 1]` for request worker `w`.
 pub struct H1Pool {
     slots: Box<[Mutex<Slot>]>,
+    /// Per slot: when it may next try to borrow (ns since `epoch`), written by its own
+    /// worker only.
+    borrow_gates: Box<[BorrowGate]>,
+    epoch: Instant,
     connect_timeout: Duration,
 }
+
+/// A cache line of its own, so one worker's gate never slows another's.
+#[repr(align(64))]
+#[derive(Default)]
+struct BorrowGate(std::sync::atomic::AtomicU64);
 
 /// What the idle list of a server holds for a new request.
 enum Checkout {
@@ -107,6 +121,8 @@ impl H1Pool {
     pub fn new(workers: usize, connect_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             slots: (0..=workers).map(|_| Mutex::default()).collect(),
+            borrow_gates: (0..=workers).map(|_| BorrowGate::default()).collect(),
+            epoch: Instant::now(),
             connect_timeout,
         })
     }
@@ -146,6 +162,24 @@ impl H1Pool {
     /// and the slot it belongs to. Its oldest connection: the one its worker, which
     /// takes the newest first, needs least.
     fn borrow(&self, own: usize, server: &Authority) -> Option<(usize, http1::SendRequest<Body>)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        let gate = &self.borrow_gates[own].0;
+        if now < gate.load(Relaxed) {
+            return None;
+        }
+        let found = self.borrow_now(own, server);
+        if found.is_none() {
+            gate.store(now + BORROW_RETRY_AFTER.as_nanos() as u64, Relaxed);
+        }
+        found
+    }
+
+    fn borrow_now(
+        &self,
+        own: usize,
+        server: &Authority,
+    ) -> Option<(usize, http1::SendRequest<Body>)> {
         let n = self.slots.len();
         for home in (1..n).map(|k| (own + k) % n) {
             let mut slot = self.slots[home].lock().expect("pool lock");
