@@ -4,7 +4,7 @@
 
 use std::{path::Path, process::Command, time::Duration};
 
-use edge_tests::{node::Node, origin::Origin, unique};
+use edge_tests::{node::Node, origin::Origin, tls_origin::make_ca_and_leaf, unique};
 
 /// A self-signed certificate for `names` (the first is the CN), as cert.pem + key.pem.
 fn make_cert(dir: &Path, stem: &str, names: &[&str]) {
@@ -172,5 +172,122 @@ fn a_key_that_does_not_match_its_certificate_is_a_config_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("b.key") && err.contains("a.crt"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One request on an open TLS connection; the status and the body (Content-Length framed).
+async fn exchange<S>(tls: &mut S, path: &str) -> (u16, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes())
+        .await
+        .expect("send on the open connection");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{head}"));
+            if buf.len() >= end + 4 + len {
+                let status = head
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                return (
+                    status,
+                    String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into(),
+                );
+            }
+        }
+        let n = tls
+            .read(&mut chunk)
+            .await
+            .expect("read on the open connection");
+        assert!(n > 0, "the node closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[test]
+fn a_reload_with_new_certificates_keeps_open_connections() {
+    // A CA and a leaf it signed (a client verifying with webpki wants a real chain);
+    // the renewal comes from another CA.
+    let dir = std::env::temp_dir().join(unique("edge-tls-reload-"));
+    let (first, second) = (dir.join("first"), dir.join("second"));
+    for d in [&first, &second] {
+        std::fs::create_dir_all(d).unwrap();
+        make_ca_and_leaf(d, &["app.test"]);
+    }
+    std::fs::copy(first.join("leaf.crt"), dir.join("app.crt")).unwrap();
+    std::fs::copy(first.join("leaf.key"), dir.join("app.key")).unwrap();
+    let origin = Origin::start("a");
+    let config = format!(
+        "[xdp]\nmode = \"off\"\n[http]\nlisten = []\ntls_listen = [\"127.0.0.1:0\"]\n\
+         [[certificate]]\nhosts = [\"app.test\"]\ncert = \"{d}/app.crt\"\nkey = \"{d}/app.key\"\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{o}\"]\n\
+         [[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n",
+        d = dir.display(),
+        o = origin.addr
+    );
+    let node = Node::start(&config, None);
+    assert!(node.wait_running(Duration::from_secs(20)), "{}", node.log());
+    let port = node
+        .logged_addr("https listening")
+        .expect("https address")
+        .port();
+    let (old_ca, new_ca) = (first.join("ca.crt"), second.join("ca.crt"));
+
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(&old_ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client))
+            .connect("app.test".try_into().unwrap(), tcp)
+            .await
+            .expect("handshake with the first certificate");
+        let (status, body) = exchange(&mut tls, "/before").await;
+        assert_eq!(status, 200, "{body}");
+
+        // New certificate files and SIGHUP (what `systemctl reload` sends).
+        std::thread::sleep(Duration::from_millis(1100)); // a distinct modification time
+        std::fs::copy(second.join("leaf.crt"), dir.join("app.crt")).unwrap();
+        std::fs::copy(second.join("leaf.key"), dir.join("app.key")).unwrap();
+        node.signal(libc::SIGHUP);
+        assert!(
+            node.wait_for_log("reloaded", Duration::from_secs(15)),
+            "{}",
+            node.log()
+        );
+        // The connection opened under the old certificate carries on.
+        let (status, body) = exchange(&mut tls, "/after").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("path=/after"), "{body}");
+    });
+    // New connections get the new certificate.
+    assert_eq!(get(port, "app.test", &new_ca, &[]).0, 200);
+    assert_eq!(get(port, "app.test", &old_ca, &[]).0, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
