@@ -420,6 +420,42 @@ fn trusted_proxies_extend_the_chain_and_large_bodies_are_refused() {
     );
     assert!(b.contains("x-forwarded-proto: https\n"), "{b}");
     assert!(b.contains("x-forwarded-host: shop.example\n"), "{b}");
+    // With X-Forwarded-For, a Forwarded the client sent through the proxy is not the
+    // proxy's: it is replaced by the node's own element.
+    let r = curl(
+        &p,
+        "app.test",
+        "/",
+        &[
+            "-H",
+            "X-Forwarded-For: 6.6.6.6",
+            "-H",
+            "Forwarded: for=9.9.9.9",
+        ],
+    );
+    let b = r.body.to_ascii_lowercase();
+    assert!(
+        b.contains("forwarded: for=6.6.6.6;proto=http;host=app.test\n"),
+        "{b}"
+    );
+    // Quoted values are one value: a `;for=` inside one is no second address, and an
+    // element naming `for` twice is not believed (the client is then the proxy).
+    let r = curl(
+        &p,
+        "app.test",
+        "/",
+        &["-H", "Forwarded: for=1.2.3.4;host=\"x;for=6.6.6.6\""],
+    );
+    let b = r.body.to_ascii_lowercase();
+    assert!(b.contains("x-forwarded-for: 1.2.3.4, 127.0.0.1\n"), "{b}");
+    let r = curl(
+        &p,
+        "app.test",
+        "/",
+        &["-H", "Forwarded: for=1.2.3.4;for=6.6.6.6"],
+    );
+    let b = r.body.to_ascii_lowercase();
+    assert!(b.contains("x-forwarded-for: unknown, 127.0.0.1\n"), "{b}");
     // A declared body over the limit never reaches the origin.
     let before = origin.hits();
     let big = "x".repeat(1000);

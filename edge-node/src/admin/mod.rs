@@ -176,6 +176,10 @@ async fn handle(st: AdminState, req: Request<Incoming>) -> Response<Body> {
             r
         }
         (Method::POST, "/reload") => {
+            // Nobody takes reloads once the drain started.
+            if *st.draining.borrow() {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+            }
             let (tx, rx) = oneshot::channel();
             if st.reload.send(tx).await.is_err() {
                 return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");

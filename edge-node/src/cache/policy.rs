@@ -137,22 +137,22 @@ pub fn storable(
 
 /// How long past its lifetime a stored response may answer when the origin fails, and
 /// while it is refreshed in the background: the response's own stale-if-error and
-/// stale-while-revalidate (RFC 5861), else the route's defaults. RFC 9111 4.2.4: a cache
-/// must not serve stale what the origin forbade (no-cache, must-revalidate,
-/// proxy-revalidate, or s-maxage, which implies proxy-revalidate), so those responses
-/// get no default window; only an explicit stale-* directive of the origin's own.
+/// stale-while-revalidate (RFC 5861), else the route's defaults. Never for a response
+/// that forbids stale use (RFC 9111 4.2.4: no-cache, must-revalidate, proxy-revalidate,
+/// or s-maxage, which implies proxy-revalidate): a cache must not ignore those "in all
+/// circumstances", whatever else the response says.
 pub fn stale_windows(
     d: &Directives,
     route_if_error: Duration,
     route_revalidate: Duration,
 ) -> (Duration, Duration) {
-    let forbidden = d.no_cache || d.must_revalidate || d.proxy_revalidate || d.s_maxage.is_some();
-    let default = |route: Duration| if forbidden { Duration::ZERO } else { route };
+    if d.no_cache || d.must_revalidate || d.proxy_revalidate || d.s_maxage.is_some() {
+        return (Duration::ZERO, Duration::ZERO);
+    }
     (
-        d.stale_if_error
-            .map_or_else(|| default(route_if_error), Duration::from_secs),
+        d.stale_if_error.map_or(route_if_error, Duration::from_secs),
         d.stale_while_revalidate
-            .map_or_else(|| default(route_revalidate), Duration::from_secs),
+            .map_or(route_revalidate, Duration::from_secs),
     )
 }
 

@@ -193,9 +193,7 @@ impl Config {
         if !self.http.tls_listen.is_empty() || !self.certificate.is_empty() {
             // Loads the files: a missing or mismatched key is a config error, not a
             // failed handshake later.
-            crate::server::tls::build(&self.certificate)
-                .context("in [[certificate]]")
-                .context(Table::one("certificate"))?;
+            crate::server::tls::build(&self.certificate).context("in [[certificate]]")?;
         }
         self.geo.open_db().context(Table::one("geo"))?;
         self.challenge.validate().context(Table::one("challenge"))?;

@@ -80,6 +80,10 @@ pub struct RouteCache {
     policy: policy::RoutePolicy,
     stale_if_error: Duration,
     stale_while_revalidate: Duration,
+    /// The route's own header conditions (`headers` of `[[route]]`), in the key: two
+    /// routes for one host and path that differ only by a header (a canary pool) keep
+    /// their answers apart.
+    route_match: String,
 }
 
 /// The client headers the cache answers itself (they never reach the origin).
@@ -155,7 +159,21 @@ impl RouteCache {
                 share_authorized: s.share_authorized,
                 share_set_cookie: s.share_set_cookie,
             },
+            route_match: String::new(),
         })
+    }
+
+    /// The cache of a route that matches on these request headers (name → value or `*`).
+    pub fn for_route_headers(
+        mut self,
+        headers: &std::collections::BTreeMap<String, String>,
+    ) -> Self {
+        self.route_match = headers
+            .iter()
+            .map(|(k, v)| format!("{}={v}", k.to_ascii_lowercase()))
+            .collect::<Vec<_>>()
+            .join("\n");
+        self
     }
 
     /// The URL an entry is stored for, in the spelling purges are matched in
@@ -166,7 +184,13 @@ impl RouteCache {
 
     /// The key: scheme, host and port, path, the query with its parameters sorted, the
     /// key headers and cookies, and the A/B variant.
-    pub fn key<B>(&self, scheme: &str, req: &Request<B>, variant: Option<&str>) -> u64 {
+    pub fn key<B>(
+        &self,
+        scheme: &str,
+        req: &Request<B>,
+        variant: Option<&str>,
+        forwarded_host: Option<&str>,
+    ) -> u64 {
         let authority = authority(req);
         let mut query: Vec<(String, String)> =
             form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
@@ -192,6 +216,15 @@ impl RouteCache {
         }
         if let Some(v) = variant {
             material.push_str(&format!("\nvariant {v}"));
+        }
+        // The host a trusted proxy says the client asked reaches the origin
+        // (X-Forwarded-Host): it may shape the answer.
+        if let Some(h) = forwarded_host {
+            material.push_str(&format!("\nforwarded-host {h}"));
+        }
+        if !self.route_match.is_empty() {
+            material.push_str("\nroute ");
+            material.push_str(&self.route_match);
         }
         stable_hash(material.as_bytes())
     }
@@ -226,9 +259,10 @@ impl RouteCache {
         scheme: &str,
         req: &mut Request<B>,
         variant: Option<&str>,
+        forwarded_host: Option<&str>,
     ) -> CacheStep {
         let method = req.method().clone();
-        let key = self.key(scheme, req, variant);
+        let key = self.key(scheme, req, variant, forwarded_host);
         // What the client asked of caches, before its unkeyed headers go.
         let serve = policy::may_serve_from_cache(&method, req.headers());
         let mut client = HeaderMap::new();

@@ -61,47 +61,60 @@ fn client_behind_proxies<B>(ctx: &mut RequestCtx, req: &Request<B>, trusted: &[I
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
-    let forwarded = values("forwarded");
-    let elements = forwarded_elements(&forwarded);
-    if !elements.is_empty() {
-        ctx.forwarded_elements = Some((
-            elements
-                .iter()
-                .map(|e| e.raw.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            ctx.scheme,
-        ));
-    }
-    let mut proto = None;
-    if !chain.is_empty() {
+    let hop_scheme = ctx.scheme;
+    let x_proto = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let proto = if !chain.is_empty() {
+        // X-Forwarded-For: a client's own Forwarded is not the proxy's; it is replaced.
         let ips: Vec<Option<IpAddr>> = chain.iter().map(|e| e.parse().ok()).collect();
         if let Some(ip) = rightmost_untrusted(&ips, trusted).and_then(|i| ips[i]) {
             ctx.client_ip = ip;
         }
         ctx.forwarded_chain = Some(chain.join(", "));
-    } else if !elements.is_empty() {
+        x_proto
+    } else {
+        let elements = forwarded_elements(&values("forwarded"));
+        if elements.is_empty() {
+            // Neither chain: the peer is the client; the proxy may still say how it
+            // was reached.
+            return finish(ctx, headers, x_proto);
+        }
         let ips: Vec<Option<IpAddr>> = elements.iter().map(|e| e.for_ip).collect();
+        let mut proto = None;
         if let Some(i) = rightmost_untrusted(&ips, trusted)
             && let Some(ip) = ips[i]
         {
             ctx.client_ip = ip;
             proto = elements[i].proto.clone();
         }
+        // The proxy's elements go on, with this hop's appended (pipeline); and
         // X-Forwarded-For toward the origin carries the same chain.
+        ctx.forwarded_elements = Some((
+            elements
+                .iter()
+                .map(|e| e.raw.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            hop_scheme,
+        ));
         ctx.forwarded_chain = Some(
             ips.iter()
                 .map(|ip| ip.map_or_else(|| "unknown".to_string(), |ip| ip.to_string()))
                 .collect::<Vec<_>>()
                 .join(", "),
         );
-    }
-    if let Some(p) = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or(proto)
-    {
+        // The proto= of the element that named the client, not a header the client may
+        // have sent through a proxy that only speaks Forwarded.
+        proto
+    };
+    finish(ctx, headers, proto);
+}
+
+/// The scheme and host a trusted proxy reported for the client.
+fn finish(ctx: &mut RequestCtx, headers: &HeaderMap, proto: Option<String>) {
+    if let Some(p) = proto {
         match p.to_ascii_lowercase().as_str() {
             "https" => ctx.scheme = "https",
             "http" => ctx.scheme = "http",
@@ -135,22 +148,34 @@ struct ForwardedElement {
     proto: Option<String>,
 }
 
-/// The elements of `Forwarded` values (commas inside quoted strings do not split).
-fn forwarded_elements(value: &str) -> Vec<ForwardedElement> {
+/// `value` split at `sep` outside quoted strings (a backslash escapes the next
+/// character inside quotes, RFC 9110 5.6.4).
+fn split_unquoted(value: &str, sep: char) -> Vec<&str> {
     let mut parts = Vec::new();
-    let (mut start, mut quoted) = (0, false);
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
     for (i, c) in value.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
         match c {
+            '\\' if quoted => escaped = true,
             '"' => quoted = !quoted,
-            ',' if !quoted => {
+            c if c == sep && !quoted => {
                 parts.push(&value[start..i]);
-                start = i + 1;
+                start = i + c.len_utf8();
             }
             _ => {}
         }
     }
     parts.push(&value[start..]);
     parts
+}
+
+/// The elements of `Forwarded` values. An element that names a parameter twice is not
+/// believed (its `for` is no address).
+fn forwarded_elements(value: &str) -> Vec<ForwardedElement> {
+    split_unquoted(value, ',')
         .into_iter()
         .map(str::trim)
         .filter(|p| !p.is_empty())
@@ -160,16 +185,29 @@ fn forwarded_elements(value: &str) -> Vec<ForwardedElement> {
                 for_ip: None,
                 proto: None,
             };
-            for pair in raw.split(';') {
+            let mut seen = Vec::new();
+            let mut repeated = false;
+            for pair in split_unquoted(raw, ';') {
                 let Some((k, v)) = pair.split_once('=') else {
                     continue;
                 };
-                let v = v.trim().trim_matches('"');
-                match k.trim().to_ascii_lowercase().as_str() {
+                let k = k.trim().to_ascii_lowercase();
+                let v = v.trim();
+                let v = v
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(v);
+                repeated |= seen.contains(&k);
+                match k.as_str() {
                     "for" => element.for_ip = forwarded_node_ip(v),
                     "proto" => element.proto = Some(v.to_string()),
                     _ => {}
                 }
+                seen.push(k);
+            }
+            if repeated {
+                element.for_ip = None;
+                element.proto = None;
             }
             element
         })

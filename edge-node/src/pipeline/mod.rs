@@ -193,7 +193,9 @@ impl Pipeline {
                 cache: r
                     .cache
                     .as_ref()
-                    .map(|c| RouteCache::new(c).map(Arc::new))
+                    .map(|c| {
+                        RouteCache::new(c).map(|rc| Arc::new(rc.for_route_headers(&r.headers)))
+                    })
                     .transpose()?,
                 experiment: r
                     .experiment
@@ -456,7 +458,11 @@ impl Pipeline {
             ));
         }
         // Shield: probes of blocked paths, the challenge, then the route's auth and limits.
-        let escalatable = ctx.client_ip == ctx.client.ip();
+        // Only a client's own address may be escalated to the kernel: never a trusted
+        // proxy's (when it reported no usable client, the client is the proxy).
+        let peer = ctx.client.ip();
+        let escalatable =
+            ctx.client_ip == peer && !self.trusted_proxies.iter().any(|n| n.contains(&peer));
         if self.threat.is_blocked_path(req.uri().path()) {
             self.threat
                 .signal(ctx.client_ip, Signal::BlockedPath, escalatable);
@@ -581,7 +587,11 @@ impl Pipeline {
         if let Some(rc) = &route.cache
             && (method == http::Method::GET || method == http::Method::HEAD)
         {
-            match rc.lookup(&self.cache, ctx.scheme, &mut req, variant).await {
+            let forwarded_host = ctx.forwarded_host.as_deref().filter(|h| *h != ctx.host);
+            match rc
+                .lookup(&self.cache, ctx.scheme, &mut req, variant, forwarded_host)
+                .await
+            {
                 CacheStep::Answer(resp) => return Ok(resp),
                 CacheStep::Forward(fetch) => {
                     RouteCache::prepare(&fetch, req.headers_mut());
