@@ -779,6 +779,26 @@ fn a_route_header_that_is_not_one_is_a_config_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("headers") && err.contains("bad name"), "{err}");
+    // A header the node removes before routing could never match.
+    std::fs::write(
+        &file,
+        config(
+            &origin,
+            "[[route]]\nhosts = [\"h.test\"]\nupstream = \"app\"\nheaders = { \"x-user-id\" = \"1\" }\n",
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(edge_tests::edge_node_bin())
+        .args(["check", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("x-user-id") && err.contains("never match"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -290,6 +290,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
 }
 
+/// Whether the early phase removes this client header before anything looks at it
+/// (hop-by-hop, or only the node may set it): a route cannot match on it.
+pub fn removed_before_routing(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    HOP_BY_HOP.contains(name)
+        || NODE_OWNED.contains(&n)
+        || NODE_OWNED_PREFIXES.iter().any(|p| n.starts_with(p))
+}
+
 fn strip_node_owned(headers: &mut HeaderMap) {
     let doomed: Vec<HeaderName> = headers
         .keys()

@@ -91,6 +91,13 @@ impl RouteSettings {
                         self.display_name()
                     );
                 };
+                if super::early::removed_before_routing(&n) {
+                    bail!(
+                        "route {}: headers: {name:?} is removed from client requests before \
+                         routing (hop-by-hop, or set only by the node): it can never match",
+                        self.display_name()
+                    );
+                }
                 if value == "*" {
                     return Ok((n, None));
                 }
