@@ -393,20 +393,17 @@ fn trusted_proxies_extend_the_chain_and_large_bodies_are_refused() {
         "{b}"
     );
     assert!(b.contains("x-forwarded-proto: https"), "{b}");
+    // What the origin saw of a request carrying these headers (lower case).
+    let origin_saw = |headers: &[&str]| {
+        let args: Vec<&str> = headers.iter().flat_map(|h| ["-H", h]).collect();
+        curl(&p, "app.test", "/", &args).body.to_ascii_lowercase()
+    };
     // A proxy that speaks Forwarded (RFC 7239) instead: its elements are kept and this
     // hop's appended; the client, its scheme and the host it asked come from them.
-    let r = curl(
-        &p,
-        "app.test",
-        "/",
-        &[
-            "-H",
-            "Forwarded: for=7.7.7.7;proto=https;host=shop.example, for=\"127.0.0.2:4711\"",
-            "-H",
-            "X-Forwarded-Host: shop.example",
-        ],
-    );
-    let b = r.body.to_ascii_lowercase();
+    let b = origin_saw(&[
+        "Forwarded: for=7.7.7.7;proto=https;host=shop.example, for=\"127.0.0.2:4711\"",
+        "X-Forwarded-Host: shop.example",
+    ]);
     assert!(
         b.contains(
             "forwarded: for=7.7.7.7;proto=https;host=shop.example, for=\"127.0.0.2:4711\", \
@@ -422,39 +419,16 @@ fn trusted_proxies_extend_the_chain_and_large_bodies_are_refused() {
     assert!(b.contains("x-forwarded-host: shop.example\n"), "{b}");
     // With X-Forwarded-For, a Forwarded the client sent through the proxy is not the
     // proxy's: it is replaced by the node's own element.
-    let r = curl(
-        &p,
-        "app.test",
-        "/",
-        &[
-            "-H",
-            "X-Forwarded-For: 6.6.6.6",
-            "-H",
-            "Forwarded: for=9.9.9.9",
-        ],
-    );
-    let b = r.body.to_ascii_lowercase();
+    let b = origin_saw(&["X-Forwarded-For: 6.6.6.6", "Forwarded: for=9.9.9.9"]);
     assert!(
         b.contains("forwarded: for=6.6.6.6;proto=http;host=app.test\n"),
         "{b}"
     );
     // Quoted values are one value: a `;for=` inside one is no second address, and an
     // element naming `for` twice is not believed (the client is then the proxy).
-    let r = curl(
-        &p,
-        "app.test",
-        "/",
-        &["-H", "Forwarded: for=1.2.3.4;host=\"x;for=6.6.6.6\""],
-    );
-    let b = r.body.to_ascii_lowercase();
+    let b = origin_saw(&["Forwarded: for=1.2.3.4;host=\"x;for=6.6.6.6\""]);
     assert!(b.contains("x-forwarded-for: 1.2.3.4, 127.0.0.1\n"), "{b}");
-    let r = curl(
-        &p,
-        "app.test",
-        "/",
-        &["-H", "Forwarded: for=1.2.3.4;for=6.6.6.6"],
-    );
-    let b = r.body.to_ascii_lowercase();
+    let b = origin_saw(&["Forwarded: for=1.2.3.4;for=6.6.6.6"]);
     assert!(b.contains("x-forwarded-for: unknown, 127.0.0.1\n"), "{b}");
     // A declared body over the limit never reaches the origin.
     let before = origin.hits();
@@ -670,6 +644,15 @@ fn routes_match_path_prefix_method_and_headers_in_order() {
     let b = Origin::start("b");
     let c = Origin::start("c");
     let d = Origin::start("d");
+    let pools: String = [("a", &a), ("b", &b), ("c", &c), ("d", &d)]
+        .iter()
+        .map(|(name, o)| {
+            format!(
+                "[[upstream]]\nname = \"{name}\"\nservers = [\"{}\"]\n\n",
+                o.addr
+            )
+        })
+        .collect();
     let cfg = format!(
         r#"[xdp]
 mode = "off"
@@ -677,23 +660,7 @@ mode = "off"
 [http]
 listen = ["127.0.0.1:0"]
 
-[[upstream]]
-name = "a"
-servers = ["{}"]
-
-[[upstream]]
-name = "b"
-servers = ["{}"]
-
-[[upstream]]
-name = "c"
-servers = ["{}"]
-
-[[upstream]]
-name = "d"
-servers = ["{}"]
-
-[[route]]
+{pools}[[route]]
 hosts = ["m.test"]
 path_prefix = "/api"
 methods = ["POST"]
@@ -716,8 +683,7 @@ upstream = "b"
 hosts = ["m.test"]
 path_prefix = "/static/"
 upstream = "a"
-"#,
-        a.addr, b.addr, c.addr, d.addr
+"#
     );
     let p = start_config(&cfg);
     let served = |path: &str, args: &[&str]| {
@@ -763,38 +729,26 @@ upstream = "a"
 #[test]
 fn a_route_header_that_is_not_one_is_a_config_error() {
     let origin = Origin::start("a");
-    let bad = config(
-        &origin,
-        "[[route]]\nhosts = [\"h.test\"]\nupstream = \"app\"\nheaders = { \"bad name\" = \"1\" }\n",
-    );
     let dir = std::env::temp_dir().join(edge_tests::unique("edge-route-cfg-"));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("edge.toml");
-    std::fs::write(&file, bad).unwrap();
-    let out = std::process::Command::new(edge_tests::edge_node_bin())
-        .args(["check", "-c"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    // `edge-node check` on the config plus a route with these header conditions.
+    let check = |headers: &str| {
+        let route =
+            format!("[[route]]\nhosts = [\"h.test\"]\nupstream = \"app\"\nheaders = {headers}\n");
+        std::fs::write(&file, config(&origin, &route)).unwrap();
+        let out = std::process::Command::new(edge_tests::edge_node_bin())
+            .args(["check", "-c"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{headers} was accepted");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = check("{ \"bad name\" = \"1\" }");
     assert!(err.contains("headers") && err.contains("bad name"), "{err}");
     // A header the node removes before routing could never match.
-    std::fs::write(
-        &file,
-        config(
-            &origin,
-            "[[route]]\nhosts = [\"h.test\"]\nupstream = \"app\"\nheaders = { \"x-user-id\" = \"1\" }\n",
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new(edge_tests::edge_node_bin())
-        .args(["check", "-c"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = check("{ \"x-user-id\" = \"1\" }");
     assert!(
         err.contains("x-user-id") && err.contains("never match"),
         "{err}"

@@ -71,6 +71,17 @@ fn get(port: u16, host: &str, ca: &Path, extra: &[&str]) -> (u16, String, String
     )
 }
 
+/// A node with `config` (TLS listener on an ephemeral port), running; and that port.
+fn start_tls_node(config: &str) -> (Node, u16) {
+    let node = Node::start(config, None);
+    assert!(node.wait_running(Duration::from_secs(20)), "{}", node.log());
+    let port = node
+        .logged_addr("https listening")
+        .expect("https address")
+        .port();
+    (node, port)
+}
+
 #[test]
 fn sni_alpn_and_certificate_renewal() {
     let dir = std::env::temp_dir().join(unique("edge-tls-"));
@@ -102,12 +113,7 @@ upstream = "app"
         d = dir.display(),
         o = origin.addr
     );
-    let node = Node::start(&config, None);
-    assert!(node.wait_running(Duration::from_secs(20)), "{}", node.log());
-    let port = node
-        .logged_addr("https listening")
-        .expect("https address")
-        .port();
+    let (node, port) = start_tls_node(&config);
     let (app_ca, wild_ca) = (dir.join("app.crt"), dir.join("wild.crt"));
 
     // ALPN: h2 by default, HTTP/1.1 when asked; the origin learns the scheme.
@@ -236,12 +242,7 @@ fn a_reload_with_new_certificates_keeps_open_connections() {
         d = dir.display(),
         o = origin.addr
     );
-    let node = Node::start(&config, None);
-    assert!(node.wait_running(Duration::from_secs(20)), "{}", node.log());
-    let port = node
-        .logged_addr("https listening")
-        .expect("https address")
-        .port();
+    let (node, port) = start_tls_node(&config);
     let (old_ca, new_ca) = (first.join("ca.crt"), second.join("ca.crt"));
 
     let mut roots = rustls::RootCertStore::empty();
