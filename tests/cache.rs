@@ -441,6 +441,31 @@ fn stale_copies_answer_when_the_origin_fails() {
 }
 
 #[test]
+fn an_origin_answering_5xx_gets_the_stale_copy_served_in_its_place() {
+    let origin = Origin::start("a");
+    // The route's default window: the response itself says nothing about stale use.
+    let p = node(&origin, "stale_if_error = \"60s\"");
+    let path = "/page?cc=max-age%3D1";
+    let stored = curl(&p, "app.test", path, &[]);
+    assert_eq!(header(&stored, "x-cache"), "MISS");
+    std::thread::sleep(Duration::from_millis(1200));
+    origin
+        .fail_status
+        .store(503, std::sync::atomic::Ordering::Relaxed);
+    let stale = curl(&p, "app.test", path, &[]);
+    assert_eq!(
+        (stale.status, header(&stale, "x-cache").as_str()),
+        (200, "STALE"),
+        "{}",
+        stale.body
+    );
+    assert_eq!(stale.body, stored.body);
+    // A URL without a stored copy gets the origin's failure as it is.
+    let fresh = curl(&p, "app.test", "/other?cc=max-age%3D1", &[]);
+    assert_eq!((fresh.status, fresh.body.as_str()), (503, "failed\n"));
+}
+
+#[test]
 fn route_stale_defaults_never_override_an_origin_that_forbids_stale_copies() {
     let origin = Origin::start("a");
     let p = node(

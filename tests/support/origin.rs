@@ -20,6 +20,8 @@ pub struct Origin {
     pub health_status: Arc<AtomicU16>,
     /// Milliseconds every other request waits before its answer.
     pub delay_ms: Arc<AtomicU64>,
+    /// When not 0, every other request is answered with this status (an origin failing).
+    pub fail_status: Arc<AtomicU16>,
     /// Conditional requests answered with 304 (they count as hits too).
     pub not_modified: Arc<AtomicUsize>,
     /// Every request served, as "METHOD path", in arrival order.
@@ -36,6 +38,7 @@ struct Shared {
     stop: Arc<AtomicBool>,
     health_status: Arc<AtomicU16>,
     delay_ms: Arc<AtomicU64>,
+    fail_status: Arc<AtomicU16>,
     not_modified: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<String>>>,
 }
@@ -57,6 +60,7 @@ impl Origin {
             stop: Arc::new(AtomicBool::new(false)),
             health_status: Arc::new(AtomicU16::new(200)),
             delay_ms: Arc::new(AtomicU64::new(0)),
+            fail_status: Arc::new(AtomicU16::new(0)),
             not_modified: Arc::new(AtomicUsize::new(0)),
             seen: Arc::new(Mutex::new(Vec::new())),
         };
@@ -67,6 +71,7 @@ impl Origin {
             stop: shared.stop.clone(),
             health_status: shared.health_status.clone(),
             delay_ms: shared.delay_ms.clone(),
+            fail_status: shared.fail_status.clone(),
             not_modified: shared.not_modified.clone(),
             seen: shared.seen.clone(),
             connections: connections.clone(),
@@ -223,6 +228,16 @@ fn serve(conn: TcpStream, shared: &Shared) {
         let delay = shared.delay_ms.load(Ordering::Relaxed);
         if delay > 0 {
             thread::sleep(Duration::from_millis(delay));
+        }
+        let fail = shared.fail_status.load(Ordering::Relaxed);
+        if fail != 0 {
+            let resp = format!(
+                "HTTP/1.1 {fail} Failing\r\ncontent-length: 7\r\nx-origin: {name}\r\n\r\nfailed\n"
+            );
+            if w.write_all(resp.as_bytes()).is_err() {
+                return;
+            }
+            continue;
         }
         let text = format!(
             "origin={name}\nmethod={method}\npath={path}\nbody={}\n{}\n",
