@@ -8,16 +8,16 @@ use std::time::Duration;
 
 use edge_tests::{
     origin::Origin,
-    proxy::{Reply, curl, eventually, start_config},
+    proxy::{Proxy, Reply, curl, eventually, start_config},
     redis::Redis,
 };
 
-fn node(origin: &Origin, route_cache: &str) -> edge_tests::proxy::Proxy {
+fn node(origin: &Origin, route_cache: &str) -> Proxy {
     node_with(origin, route_cache, "")
 }
 
 /// A node in front of `origin` with `[route.cache]` settings and more config (`extra`).
-fn node_with(origin: &Origin, route_cache: &str, extra: &str) -> edge_tests::proxy::Proxy {
+fn node_with(origin: &Origin, route_cache: &str, extra: &str) -> Proxy {
     start_config(&format!(
         "[xdp]\nmode = \"off\"\n\n[http]\nlisten = [\"127.0.0.1:0\"]\n\n[threat]\nenabled = false\n\n\
          [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\n\
@@ -25,6 +25,16 @@ fn node_with(origin: &Origin, route_cache: &str, extra: &str) -> edge_tests::pro
         origin.addr,
         edge_tests::proxy::admin_section(),
     ))
+}
+
+/// `n` clients asking for `path` at the same time; their replies.
+fn at_once(p: &Proxy, n: usize, path: &str) -> Vec<Reply> {
+    std::thread::scope(|s| {
+        let clients: Vec<_> = (0..n)
+            .map(|_| s.spawn(|| curl(p, "app.test", path, &[])))
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap()).collect()
+    })
 }
 
 fn header(r: &Reply, name: &str) -> String {
@@ -156,12 +166,7 @@ fn concurrent_misses_make_one_origin_request() {
         .delay_ms
         .store(500, std::sync::atomic::Ordering::Relaxed);
     let p = node(&origin, "");
-    let replies: Vec<Reply> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..10)
-            .map(|_| s.spawn(|| curl(&p, "app.test", "/hot?cc=max-age%3D60", &[])))
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let replies = at_once(&p, 10, "/hot?cc=max-age%3D60");
     assert!(replies.iter().all(|r| r.status == 200));
     assert_eq!(origin.hits(), 1, "10 concurrent misses, one origin request");
     let labels: Vec<String> = replies.iter().map(|r| header(r, "x-cache")).collect();
@@ -178,12 +183,7 @@ fn concurrent_misses_make_one_origin_request() {
     let first = curl(&p, "app.test", nostore, &[]);
     assert_eq!(header(&first, "cache-status"), "EDGE-NODE; FWD=MISS");
     let before = origin.hits();
-    let replies: Vec<Reply> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..6)
-            .map(|_| s.spawn(|| curl(&p, "app.test", nostore, &[])))
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let replies = at_once(&p, 6, nostore);
     assert_eq!(origin.hits(), before + 6);
     for r in &replies {
         assert_eq!(
@@ -200,12 +200,7 @@ fn concurrent_misses_make_one_origin_request() {
         .delay_ms
         .store(300, std::sync::atomic::Ordering::Relaxed);
     let path = "/slow?cc=max-age%3D60&body_delay=500";
-    let replies: Vec<Reply> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..10)
-            .map(|_| s.spawn(|| curl(&p, "app.test", path, &[])))
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let replies = at_once(&p, 10, path);
     assert_eq!(origin.hits(), hits + 1);
     let statuses: Vec<String> = replies.iter().map(|r| header(r, "cache-status")).collect();
     assert_eq!(
@@ -232,12 +227,7 @@ fn waiters_give_up_after_the_lock_timeout_and_a_failed_fetch_releases_them() {
         .delay_ms
         .store(2500, std::sync::atomic::Ordering::Relaxed);
     let p = node_with(&origin, "", "[cache]\nlock_timeout = \"200ms\"\n");
-    let replies: Vec<Reply> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..4)
-            .map(|_| s.spawn(|| curl(&p, "app.test", "/slow?cc=max-age%3D60", &[])))
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let replies = at_once(&p, 4, "/slow?cc=max-age%3D60");
     assert!(replies.iter().all(|r| r.status == 200));
     assert_eq!(origin.hits(), 4, "each waiter fetched after 200 ms");
 
@@ -275,12 +265,7 @@ fn waiters_give_up_after_the_lock_timeout_and_a_failed_fetch_releases_them() {
          [[upstream]]\nname = \"broken\"\nservers = [\"{addr}\"]\n\n\
          [[route]]\nhosts = [\"app.test\"]\nupstream = \"broken\"\n[route.cache]\n"
     ));
-    let replies: Vec<Reply> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..4)
-            .map(|_| s.spawn(|| curl(&q, "app.test", "/doc?cc=max-age%3D60", &[])))
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let replies = at_once(&q, 4, "/doc?cc=max-age%3D60");
     let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
     assert!(
         statuses.iter().all(|s| *s == 502 || *s == 503),

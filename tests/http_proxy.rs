@@ -494,14 +494,15 @@ upstreams = ["app-us", "app-eu"]
     assert!(p.node.log().contains("failing over"), "{}", p.node.log());
 }
 
-/// Requests `path`, sends SIGTERM once the request is at the origin (in flight), and
-/// returns what the client got.
-fn sigterm_in_flight(p: &Proxy, origin: &Origin, path: &str) -> Reply {
+/// Requests `path`, sends SIGTERM once the request is at the origin (in flight), runs
+/// `meanwhile` while the request is still out, and returns what the client got.
+fn sigterm_in_flight(p: &Proxy, origin: &Origin, path: &str, meanwhile: impl FnOnce()) -> Reply {
     let before = origin.hits();
     std::thread::scope(|s| {
         let h = s.spawn(|| curl(p, "app.test", path, &[]));
         assert!(eventually(Duration::from_secs(10), || origin.hits() > before));
         p.node.signal(libc::SIGTERM);
+        meanwhile();
         h.join().unwrap()
     })
 }
@@ -519,18 +520,13 @@ fn shutdown_drains_requests_in_flight_and_the_access_log_is_json() {
     assert_eq!(p.admin("GET", "/readyz"), (200, "ready\n".into()));
     // A request in flight when SIGTERM arrives still gets its answer; meanwhile the
     // node tells load balancers it is not ready.
-    let before = origin.hits();
-    let slow = std::thread::scope(|s| {
-        let h = s.spawn(|| curl(&p, "app.test", "/slow", &[]));
-        assert!(eventually(Duration::from_secs(10), || origin.hits() > before));
-        p.node.signal(libc::SIGTERM);
+    let slow = sigterm_in_flight(&p, &origin, "/slow", || {
         assert!(
             eventually(Duration::from_secs(5), || p.admin("GET", "/readyz").0
                 == 503),
             "{}",
             p.node.log()
         );
-        h.join().unwrap()
     });
     assert_eq!(slow.status, 200, "{}", p.node.log());
     assert!(slow.body.contains("path=/slow"));
@@ -564,7 +560,7 @@ fn shutdown_drains_requests_in_flight_and_the_access_log_is_json() {
         .delay_ms
         .store(5000, std::sync::atomic::Ordering::Relaxed);
     let mut p = start_config(&cfg);
-    let cut = sigterm_in_flight(&p, &origin, "/too-slow");
+    let cut = sigterm_in_flight(&p, &origin, "/too-slow", || {});
     assert_ne!(cut.status, 200);
     assert_eq!(
         p.node.wait_exit(Duration::from_secs(15)),

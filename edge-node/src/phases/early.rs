@@ -46,6 +46,7 @@ fn client_behind_proxies<B>(ctx: &mut RequestCtx, req: &Request<B>, trusted: &[I
     if !trusted.iter().any(|n| n.contains(&peer)) {
         return;
     }
+    ctx.peer_trusted = true;
     let headers = req.headers();
     let values = |name: &str| {
         headers

@@ -52,6 +52,8 @@ pub struct RequestCtx {
     pub client: SocketAddr,
     /// The client: the peer, or the address a trusted proxy in front reported.
     pub client_ip: std::net::IpAddr,
+    /// The peer is one of `http.trusted_proxies` (set by the early phase).
+    pub peer_trusted: bool,
     /// X-Forwarded-For as received from a trusted proxy.
     pub forwarded_chain: Option<String>,
     /// `Forwarded` (RFC 7239) as received from a trusted proxy, and how that proxy
@@ -84,6 +86,7 @@ impl RequestCtx {
         Self {
             client,
             client_ip: client.ip(),
+            peer_trusted: false,
             forwarded_chain: None,
             forwarded_elements: None,
             forwarded_host: None,
@@ -460,9 +463,7 @@ impl Pipeline {
         // Shield: probes of blocked paths, the challenge, then the route's auth and limits.
         // Only a client's own address may be escalated to the kernel: never a trusted
         // proxy's (when it reported no usable client, the client is the proxy).
-        let peer = ctx.client.ip();
-        let escalatable =
-            ctx.client_ip == peer && !self.trusted_proxies.iter().any(|n| n.contains(&peer));
+        let escalatable = ctx.client_ip == ctx.client.ip() && !ctx.peer_trusted;
         if self.threat.is_blocked_path(req.uri().path()) {
             self.threat
                 .signal(ctx.client_ip, Signal::BlockedPath, escalatable);

@@ -87,6 +87,8 @@ struct Slot {
     lists: HashMap<Authority, VecDeque<IdleConn>>,
     /// Check-ins since the last sweep of every list (servers no longer asked for too).
     since_sweep: u32,
+    /// After a borrow attempt of this worker found nothing: when it may look again.
+    borrow_again_at: Option<Instant>,
 }
 
 /// Check-ins between two sweeps of a worker's idle lists.
@@ -96,17 +98,8 @@ const SWEEP_EVERY: u32 = 4096;
 /// `slots[w + 1]` for request worker `w`.
 pub struct H1Pool {
     slots: Box<[Mutex<Slot>]>,
-    /// Per slot: when it may next try to borrow (ns since `epoch`), written by its own
-    /// worker only.
-    borrow_gates: Box<[BorrowGate]>,
-    epoch: Instant,
     connect_timeout: Duration,
 }
-
-/// A cache line of its own, so one worker's gate never slows another's.
-#[repr(align(64))]
-#[derive(Default)]
-struct BorrowGate(std::sync::atomic::AtomicU64);
 
 /// What the idle list of a server holds for a new request.
 enum Checkout {
@@ -121,8 +114,6 @@ impl H1Pool {
     pub fn new(workers: usize, connect_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             slots: (0..=workers).map(|_| Mutex::default()).collect(),
-            borrow_gates: (0..=workers).map(|_| BorrowGate::default()).collect(),
-            epoch: Instant::now(),
             connect_timeout,
         })
     }
@@ -162,15 +153,15 @@ impl H1Pool {
     /// and the slot it belongs to. Its oldest connection: the one its worker, which
     /// takes the newest first, needs least.
     fn borrow(&self, own: usize, server: &Authority) -> Option<(usize, http1::SendRequest<Body>)> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let now = self.epoch.elapsed().as_nanos() as u64;
-        let gate = &self.borrow_gates[own].0;
-        if now < gate.load(Relaxed) {
+        let now = Instant::now();
+        let again_at = self.slots[own].lock().expect("pool lock").borrow_again_at;
+        if again_at.is_some_and(|at| now < at) {
             return None;
         }
         let found = self.borrow_now(own, server);
         if found.is_none() {
-            gate.store(now + BORROW_RETRY_AFTER.as_nanos() as u64, Relaxed);
+            self.slots[own].lock().expect("pool lock").borrow_again_at =
+                Some(now + BORROW_RETRY_AFTER);
         }
         found
     }
