@@ -29,10 +29,10 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     proxy::{
-        Cell, Client, Kind, Medians, Proc, Sample, Target, Timing, Workdir, cell_table, cells,
-        cpu_model, fmt_ms, free_port, http_get_full, interleaved, measure, measure_path,
-        medians_of, origin_root, raise_nofile, run_client, start_edge_node_with, start_nginx,
-        start_origin, tree_pids, versus, wait_serving,
+        Cell, Client, Kind, Medians, Proc, Sample, Target, Timing, Workdir, budget_row,
+        budget_section, cell_table, cells, cpu_model, fmt_ms, free_port, http_get_full,
+        interleaved, measure, measure_path, medians_of, origin_root, raise_nofile, run_client,
+        start_edge_node_with, start_nginx, start_origin, tree_pids, versus, wait_serving,
     },
     report, sys,
 };
@@ -804,6 +804,7 @@ fn render(r: &Report) -> String {
         idx(Kind::Varnish),
     );
     let mut summary = String::new();
+    let mut budget = String::new();
     let (mut met_cells, mut judged) = (0, 0);
     for (c, cell) in r.cells.iter().enumerate() {
         let m: Vec<Option<Medians>> = r.samples[c].iter().map(|v| medians_of(v)).collect();
@@ -823,6 +824,9 @@ fn render(r: &Report) -> String {
         let Some(e) = edge.and_then(|e| m[e]) else {
             continue;
         };
+        if let Some(Some(n)) = nginx.map(|n| m[n]) {
+            budget.push_str(&budget_row(&cell.label(), e, n, TARGET_VS_NGINX));
+        }
         let mut line = format!("- {}:", cell.label());
         let mut all = true;
         let mut any = false;
@@ -862,6 +866,13 @@ fn render(r: &Report) -> String {
         "### Target (edge-node ≥ {TARGET_VS_NGINX}× nginx proxy_cache and ≥ varnish req/s at \
          equal or lower p99)\n\n{summary}\nMet in {met_cells} of {judged} cells.\n\n"
     ));
+    if !budget.is_empty() {
+        md.push_str(&budget_section(
+            TARGET_VS_NGINX,
+            "nginx proxy_cache",
+            &budget,
+        ));
+    }
 
     // Memory per object.
     md.push_str(&format!(

@@ -443,6 +443,11 @@ pub(crate) struct Sample {
     pub(crate) errors: u64,
     /// CPU time the target (all its processes) spent per request, µs.
     pub(crate) cpu_us_per_req: f64,
+    /// The part of it in the kernel (system time), µs.
+    pub(crate) system_us_per_req: f64,
+    /// CPU time the rest of the machine spent per request meanwhile (the load
+    /// generator, the origin, whatever else ran), µs.
+    pub(crate) others_us_per_req: f64,
 }
 
 /// The fields of /proc/PID/stat after the parenthesised command name: state ppid … utime
@@ -471,19 +476,79 @@ pub(crate) fn tree_pids(pid: i32) -> Vec<i32> {
     pids
 }
 
-/// CPU time (user + system) of `pid` and its direct children (nginx's workers), seconds.
-pub(crate) fn tree_cpu_seconds(pid: i32) -> f64 {
+fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let total: u64 = tree_pids(pid)
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
+/// CPU time of `pid` and its direct children (nginx's workers) in user and system mode,
+/// seconds.
+pub(crate) fn tree_cpu_split(pid: i32) -> (f64, f64) {
+    let (user, system) = tree_pids(pid)
         .into_iter()
         .filter_map(stat_fields)
         .map(|f| {
             let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            field(11) + field(12)
+            (field(11), field(12))
         })
+        .fold((0, 0), |(u, s), (du, ds)| (u + du, s + ds));
+    (user as f64 / clock_ticks(), system as f64 / clock_ticks())
+}
+
+/// CPU time (user + system) of `pid` and its direct children, seconds.
+pub(crate) fn tree_cpu_seconds(pid: i32) -> f64 {
+    let (user, system) = tree_cpu_split(pid);
+    user + system
+}
+
+/// CPU time every core of the machine spent busy (anything but idle and I/O wait), seconds.
+fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    // cpu user nice system idle iowait irq softirq steal …
+    let busy: u64 = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
         .sum();
-    total as f64 / ticks
+    busy as f64 / clock_ticks()
+}
+
+/// Where the machine's CPU time went during one run.
+struct CpuSnapshot {
+    target_user: f64,
+    target_system: f64,
+    machine_busy: f64,
+    at: Instant,
+}
+
+impl CpuSnapshot {
+    fn take(pid: i32) -> Self {
+        let (target_user, target_system) = tree_cpu_split(pid);
+        Self {
+            target_user,
+            target_system,
+            machine_busy: machine_busy_seconds(),
+            at: Instant::now(),
+        }
+    }
+
+    /// Fills `s`'s CPU fields from the time since `self`, at `s.rps` requests per second.
+    fn charge(&self, pid: i32, s: &mut Sample) {
+        let now = Self::take(pid);
+        let per_req = |d: f64| d / now.at.duration_since(self.at).as_secs_f64() / s.rps * 1e6;
+        let user = per_req(now.target_user - self.target_user);
+        let system = per_req(now.target_system - self.target_system);
+        s.cpu_us_per_req = user + system;
+        s.system_us_per_req = system;
+        s.others_us_per_req =
+            (per_req(now.machine_busy - self.machine_busy) - s.cpu_us_per_req).max(0.0);
+    }
 }
 
 /// Runs a load generator to its end (bounded), returning its stdout.
@@ -713,11 +778,10 @@ pub(crate) fn measure_path(
             if warmup > 0 {
                 run_client(dir, "wrk", &cell.args(&url, warmup, 0, None, extra), limit)?;
             }
-            let (cpu0, t0) = (tree_cpu_seconds(t.pid), Instant::now());
+            let cpu = CpuSnapshot::take(t.pid);
             let out = run_client(dir, "wrk", &cell.args(&url, seconds, 0, None, extra), limit)?;
-            let cpu = (tree_cpu_seconds(t.pid) - cpu0) / t0.elapsed().as_secs_f64();
             let mut s = parse_wrk(&out)?;
-            s.cpu_us_per_req = cpu / s.rps * 1e6;
+            cpu.charge(t.pid, &mut s);
             Ok(s)
         }
         Client::H2load => {
@@ -726,19 +790,18 @@ pub(crate) fn measure_path(
             // not do: with every client still starting when a 1 s run ends, h2load
             // sometimes never exits.
             let log = dir.join("h2load.log");
-            let (cpu0, t0) = (tree_cpu_seconds(t.pid), Instant::now());
+            let cpu = CpuSnapshot::take(t.pid);
             let out = run_client(
                 dir,
                 "h2load",
                 &cell.args(&url, seconds, warmup, Some(&log), extra),
                 limit,
             )?;
-            // Over warm-up and measurement alike: both run the same load.
-            let cpu = (tree_cpu_seconds(t.pid) - cpu0) / t0.elapsed().as_secs_f64();
             let text = std::fs::read_to_string(&log)?;
             let _ = std::fs::remove_file(&log);
             let mut s = parse_h2load(&out, &text)?;
-            s.cpu_us_per_req = cpu / s.rps * 1e6;
+            // Over warm-up and measurement alike: both run the same load.
+            cpu.charge(t.pid, &mut s);
             Ok(s)
         }
     }
@@ -892,6 +955,8 @@ pub(crate) struct Medians {
     pub(crate) p50_ms: f64,
     pub(crate) p99_ms: f64,
     pub(crate) cpu_us_per_req: f64,
+    pub(crate) system_us_per_req: f64,
+    pub(crate) others_us_per_req: f64,
     pub(crate) errors: u64,
 }
 
@@ -910,6 +975,8 @@ fn medians(v: &[Sample]) -> Medians {
         p50_ms: med(|s| s.p50_ms),
         p99_ms: med(|s| s.p99_ms),
         cpu_us_per_req: med(|s| s.cpu_us_per_req),
+        system_us_per_req: med(|s| s.system_us_per_req),
+        others_us_per_req: med(|s| s.others_us_per_req),
         errors: v.iter().map(|s| s.errors).sum(),
     }
 }
@@ -1006,8 +1073,12 @@ fn render(args: &Args, cells: &[Cell], targets: &[Target], samples: &[Vec<Vec<Sa
     let idx = |k: Kind| targets.iter().position(|t| t.kind == k);
     let (edge, nginx, haproxy) = (idx(Kind::EdgeNode), idx(Kind::Nginx), idx(Kind::Haproxy));
     let mut summary = String::new();
+    let mut budget = String::new();
     for (c, cell) in cells.iter().enumerate() {
         let m: Vec<Medians> = samples[c].iter().map(|v| medians(v)).collect();
+        if let (Some(e), Some(n)) = (edge, nginx) {
+            budget.push_str(&budget_row(&cell.label(), m[e], m[n], 1.2));
+        }
         md.push_str(&format!("### {}\n\n", cell.label()));
         let rows: Vec<(&str, Option<Medians>)> = targets
             .iter()
@@ -1036,7 +1107,51 @@ fn render(args: &Args, cells: &[Cell], targets: &[Target], samples: &[Vec<Vec<Sa
         md.push_str("### Target (edge-node ≥ 1.2× nginx req/s at equal or lower p99)\n\n");
         md.push_str(&summary);
     }
+    if !budget.is_empty() {
+        md.push_str(&budget_section(1.2, "nginx", &budget));
+    }
     md
+}
+
+/// The CPU-budget table's heading and explanation, for a target of `factor`× `peer`.
+pub(crate) fn budget_section(factor: f64, peer: &str, rows: &str) -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!(
+        "### What {factor}× {peer} leaves a server on this machine\n\n\
+         The load generator, the origin and the server under test share {cores} cores. At \
+         {factor}× {peer}'s req/s the machine has {cores} × 10⁶ ÷ that rate µs of CPU per \
+         request; the load generator and the origin (everything but the server, measured \
+         from /proc/stat during {peer}'s runs) take their share of it, and what is left is \
+         all a server may spend per request to reach the target. Beside it, what each \
+         server spent (medians): in the kernel (its socket calls and the loopback TCP work \
+         they carry) and in its own code. The client's and origin's costs per request \
+         tend to fall a little at higher rates (more work per wakeup), so \"left\" is an \
+         estimate, not a bound.\n\n\
+         | cell | {factor}× {peer} req/s | CPU µs per request at that rate | client + origin \
+         µs/req | left for the server | {peer} kernel + user µs/req | edge-node kernel + \
+         user µs/req |\n|---|---:|---:|---:|---:|---:|---:|\n{rows}\n"
+    )
+}
+
+/// One cell's row of the CPU-budget table (see [`budget_section`]).
+pub(crate) fn budget_row(label: &str, edge: Medians, peer: Medians, factor: f64) -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let goal = factor * peer.rps;
+    let per_req = cores * 1e6 / goal;
+    let left = per_req - peer.others_us_per_req;
+    let split = |m: Medians| {
+        format!(
+            "{:.1} + {:.1}",
+            m.system_us_per_req,
+            m.cpu_us_per_req - m.system_us_per_req
+        )
+    };
+    format!(
+        "| {label} | {goal:.0} | {per_req:.1} | {:.1} | **{left:.1}** | {} | {} |\n",
+        peer.others_us_per_req,
+        split(peer),
+        split(edge),
+    )
 }
 
 #[cfg(test)]

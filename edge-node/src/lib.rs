@@ -7,6 +7,7 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod headers;
 pub mod intent;
 pub mod limits;
 pub mod phases;

@@ -1,6 +1,12 @@
 //! Prometheus metrics: requests by upstream, status and protocol, latency histograms,
 //! and the XDP program's per-reason counters (read from the pinned maps at scrape).
 
+use std::{
+    cell::RefCell,
+    hash::{Hash, Hasher},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{
@@ -35,7 +41,83 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// The counter and histogram of one label set, as a worker thread looked them up: the
+/// shared families take a lock and hash four owned label strings per lookup, which every
+/// request paid for before.
+type Handles = (Counter, Histogram);
+
+const MAX_CACHED_HANDLES: usize = 4096;
+
+thread_local! {
+    static HANDLES: RefCell<hashbrown::HashMap<HandleKey, Handles>> =
+        RefCell::new(hashbrown::HashMap::new());
+}
+
+struct HandleKey {
+    metrics: u64,
+    route: Box<str>,
+    upstream: Box<str>,
+    status: u16,
+    protocol: &'static str,
+}
+
+/// A lookup key borrowing the request's labels; hashes like [`HandleKey`].
+struct HandleRef<'a> {
+    metrics: u64,
+    route: &'a str,
+    upstream: &'a str,
+    status: u16,
+    protocol: &'static str,
+}
+
+impl Hash for HandleKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        HandleRef {
+            metrics: self.metrics,
+            route: &self.route,
+            upstream: &self.upstream,
+            status: self.status,
+            protocol: self.protocol,
+        }
+        .hash(h);
+    }
+}
+
+impl PartialEq for HandleKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.metrics == other.metrics
+            && self.route == other.route
+            && self.upstream == other.upstream
+            && self.status == other.status
+            && self.protocol == other.protocol
+    }
+}
+
+impl Eq for HandleKey {}
+
+impl Hash for HandleRef<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.metrics.hash(h);
+        self.route.hash(h);
+        self.upstream.hash(h);
+        self.status.hash(h);
+        self.protocol.hash(h);
+    }
+}
+
+impl hashbrown::Equivalent<HandleKey> for HandleRef<'_> {
+    fn equivalent(&self, k: &HandleKey) -> bool {
+        self.metrics == k.metrics
+            && self.route == &*k.route
+            && self.upstream == &*k.upstream
+            && self.status == k.status
+            && self.protocol == k.protocol
+    }
+}
+
 pub struct Metrics {
+    /// Tells this instance's handles apart in the threads' handle caches.
+    id: u64,
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<UpstreamLabels, Histogram>,
@@ -77,7 +159,9 @@ impl Metrics {
             "Intent predictions by class, and requests without one (skipped_busy, skipped_timeout, failed)",
             intent.clone(),
         );
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             registry,
             requests,
             latency,
@@ -87,20 +171,60 @@ impl Metrics {
         }
     }
 
-    pub fn record(&self, route: &str, upstream: &str, status: u16, protocol: &str, seconds: f64) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.to_string(),
-                upstream: upstream.to_string(),
-                status,
-                protocol: protocol.to_string(),
-            })
-            .inc();
-        self.latency
-            .get_or_create(&UpstreamLabels {
-                upstream: upstream.to_string(),
-            })
-            .observe(seconds);
+    pub fn record(
+        &self,
+        route: &str,
+        upstream: &str,
+        status: u16,
+        protocol: &'static str,
+        seconds: f64,
+    ) {
+        let key = HandleRef {
+            metrics: self.id,
+            route,
+            upstream,
+            status,
+            protocol,
+        };
+        HANDLES.with_borrow_mut(|handles| {
+            if let Some((count, latency)) = handles.get(&key) {
+                count.inc();
+                latency.observe(seconds);
+                return;
+            }
+            let count = self
+                .requests
+                .get_or_create(&RequestLabels {
+                    route: route.to_string(),
+                    upstream: upstream.to_string(),
+                    status,
+                    protocol: protocol.to_string(),
+                })
+                .clone();
+            let latency = self
+                .latency
+                .get_or_create(&UpstreamLabels {
+                    upstream: upstream.to_string(),
+                })
+                .clone();
+            count.inc();
+            latency.observe(seconds);
+            // Label sets are bounded by the config (routes × statuses × protocols); a
+            // reload that renames routes leaves old keys behind, so cap what is kept.
+            if handles.len() >= MAX_CACHED_HANDLES {
+                handles.clear();
+            }
+            handles.insert(
+                HandleKey {
+                    metrics: self.id,
+                    route: route.into(),
+                    upstream: upstream.into(),
+                    status,
+                    protocol,
+                },
+                (count, latency),
+            );
+        });
     }
 
     pub fn cache_result(&self, label: &str) {

@@ -10,6 +10,7 @@
 //! stored body. Responses say where they came from (`X-Cache`, `Cache-Status`). Routes
 //! without `[route.cache]`: nothing.
 
+use crate::headers;
 use std::{
     pin::Pin,
     sync::Arc,
@@ -459,13 +460,13 @@ impl RouteCache {
             fetch.label,
         );
         if fetch.passed
-            && let Some(v) = resp.headers().get("cache-status")
+            && let Some(v) = resp.headers().get(headers::CACHE_STATUS)
             && let Ok(v) = HeaderValue::from_str(&format!(
                 "{}; detail=uncacheable",
                 v.to_str().unwrap_or("edge-node; fwd=miss")
             ))
         {
-            resp.headers_mut().insert("cache-status", v);
+            resp.headers_mut().insert(headers::CACHE_STATUS, v);
         }
         match range {
             Some((policy::RangeAnswer::Full, _)) | None => resp,
@@ -576,7 +577,7 @@ impl RouteCache {
         let lifetime = self.lifetime(method, request, authorized, resp.status(), resp.headers());
         let stored = lifetime.is_some();
         let h = resp.headers_mut();
-        h.insert("x-cache", HeaderValue::from_static(label));
+        h.insert(headers::X_CACHE, HeaderValue::from_static(label));
         h.insert(
             "cache-status",
             HeaderValue::from_static(forwarded_status(label, stored)),
@@ -605,8 +606,8 @@ impl RouteCache {
         // Copies, not clones: hyper's header values are slices of its read buffer, and
         // keeping one would keep the whole buffer alive as long as the entry.
         let mut headers = owned(resp.headers());
-        headers.remove("x-cache");
-        headers.remove("cache-status");
+        headers.remove(headers::X_CACHE);
+        headers.remove(headers::CACHE_STATUS);
         let tags: Vec<String> = ["surrogate-key", "cache-tag"]
             .iter()
             .flat_map(|h| headers.get_all(*h).iter())
@@ -717,7 +718,7 @@ fn respond_streaming(partial: &Arc<Partial>, method: &Method) -> Response<Body> 
     *resp.headers_mut() = partial.headers.clone();
     let h = resp.headers_mut();
     h.insert(header::AGE, HeaderValue::from(0u32));
-    h.insert("x-cache", HeaderValue::from_static("HIT"));
+    h.insert(headers::X_CACHE, HeaderValue::from_static("HIT"));
     h.insert(
         "cache-status",
         HeaderValue::from_static("edge-node; hit; collapsed"),
@@ -803,10 +804,10 @@ pub fn respond(
     }
     let age = entry.age(now).as_secs();
     headers.insert(header::AGE, HeaderValue::from(age));
-    headers.insert("x-cache", HeaderValue::from_static(label));
+    headers.insert(headers::X_CACHE, HeaderValue::from_static(label));
     let remaining = entry.lifetime.as_secs() as i64 - age as i64;
     if let Ok(v) = HeaderValue::from_str(&format!("edge-node; hit; ttl={remaining}")) {
-        headers.insert("cache-status", v);
+        headers.insert(headers::CACHE_STATUS, v);
     }
     let mut resp = Response::new(full(body));
     *resp.status_mut() = status;

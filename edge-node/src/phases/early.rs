@@ -1,6 +1,7 @@
 //! Early phase: the request's host, and header hygiene before anything trusts a header.
 //! With nothing to do (a clean request) it only records the host.
 
+use crate::headers;
 use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, Request, header};
@@ -64,7 +65,7 @@ fn client_behind_proxies<B>(ctx: &mut RequestCtx, req: &Request<B>, trusted: &[I
         .collect();
     let hop_scheme = ctx.scheme;
     let x_proto = headers
-        .get("x-forwarded-proto")
+        .get(headers::X_FORWARDED_PROTO)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let proto = if !chain.is_empty() {
@@ -123,7 +124,7 @@ fn finish(ctx: &mut RequestCtx, headers: &HeaderMap, proto: Option<String>) {
         }
     }
     ctx.forwarded_host = headers
-        .get("x-forwarded-host")
+        .get(headers::X_FORWARDED_HOST)
         .and_then(|v| v.to_str().ok())
         .and_then(normalize_host);
 }
@@ -236,15 +237,14 @@ pub fn on_request<B>(
     let raw = req
         .uri()
         .authority()
-        .map(|a| a.as_str().to_string())
+        .map(|a| a.as_str())
         .or_else(|| {
             req.headers()
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
         })
         .ok_or_else(|| EdgeError::new(ErrorKind::BadRequest, "no Host"))?;
-    ctx.host = normalize_host(&raw)
+    ctx.host = normalize_host(raw)
         .ok_or_else(|| EdgeError::new(ErrorKind::BadRequest, format!("bad Host {raw:?}")))?;
 
     strip_hop_by_hop(req.headers_mut());
@@ -275,20 +275,31 @@ pub fn normalize_host(raw: &str) -> Option<String> {
 
 /// Removes hop-by-hop headers, including those a `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
+    // Most messages carry none of these: one pass over the names present is cheaper than
+    // looking up every hop-by-hop name in the map.
+    let (mut connection, mut any) = (false, false);
+    for k in headers.keys() {
+        connection |= k == header::CONNECTION;
+        any |= k == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(k);
     }
-    for n in &HOP_BY_HOP {
-        headers.remove(n);
+    if connection {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
     }
-    headers.remove(header::TRANSFER_ENCODING);
+    if any {
+        for n in &HOP_BY_HOP {
+            headers.remove(n);
+        }
+        headers.remove(header::TRANSFER_ENCODING);
+    }
 }
 
 /// Whether the early phase removes this client header before anything looks at it

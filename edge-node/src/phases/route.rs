@@ -157,14 +157,11 @@ pub struct Route {
 
 impl Route {
     /// The pools to try for a client of `region`: that region's first, then the rest.
-    pub fn pools_for(&self, region: &str) -> Vec<Arc<Upstream>> {
-        let (mut mine, rest): (Vec<_>, Vec<_>) = self
-            .upstreams
-            .iter()
-            .cloned()
-            .partition(|u| u.region == region);
-        mine.extend(rest);
-        mine
+    pub fn pools_for(&self, region: &str) -> Vec<&Arc<Upstream>> {
+        let mut pools = Vec::with_capacity(self.upstreams.len());
+        pools.extend(self.upstreams.iter().filter(|u| u.region == region));
+        pools.extend(self.upstreams.iter().filter(|u| u.region != region));
+        pools
     }
 }
 

@@ -2,6 +2,7 @@
 //! (early → route → challenge → auth → rate limit → upstream → response), and errors
 //! turned into responses in one place.
 
+use crate::headers;
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Instant};
 
 use anyhow::{Result, bail};
@@ -374,7 +375,9 @@ impl Pipeline {
         let mut ctx = RequestCtx::new(client);
         ctx.scheme = scheme;
         let method = req.method().clone();
-        let path = req.uri().path().to_string();
+        // A clone shares the request's buffer; the path is only read by the logs.
+        let uri = req.uri().clone();
+        let path = uri.path();
         let version = req.version();
         let span = tracing::info_span!("request", %client, %method, %path);
         let mut resp = match tracing::Instrument::instrument(self.run(&mut ctx, req), span).await {
@@ -398,11 +401,15 @@ impl Pipeline {
         if let Some((experiment, assignment)) = &ctx.experiment {
             experiment.set_cookie(*assignment, &mut resp, ctx.scheme == "https");
         }
-        if let Some(label) = resp.headers().get("x-cache").and_then(|v| v.to_str().ok()) {
+        if let Some(label) = resp
+            .headers()
+            .get(headers::X_CACHE)
+            .and_then(|v| v.to_str().ok())
+        {
             self.metrics.cache_result(label);
         }
         let h = resp.headers_mut();
-        h.insert("x-node-id", self.node_id_header.clone());
+        h.insert(headers::X_NODE_ID, self.node_id_header.clone());
         if let Some(v) = &self.alt_svc
             && version != http::Version::HTTP_3
         {
@@ -411,7 +418,7 @@ impl Pipeline {
         if let Ok(v) = HeaderValue::from_str(&ctx.region)
             && !ctx.region.is_empty()
         {
-            h.insert("x-region", v);
+            h.insert(headers::X_REGION, v);
         }
         let protocol = match version {
             http::Version::HTTP_3 => "h3",
@@ -554,10 +561,7 @@ impl Pipeline {
         if pools.iter().any(|p| p.has_usable_server()) {
             pools.retain(|p| p.has_usable_server());
         }
-        let first = pools
-            .first()
-            .expect("validated: a route has a pool")
-            .clone();
+        let first = *pools.first().expect("validated: a route has a pool");
         ctx.region = first.region.clone();
         ctx.upstream = first.name.clone();
         // Personalize: the request's variant (part of the cache key).
@@ -618,11 +622,11 @@ impl Pipeline {
             None => peer,
         };
         if let Ok(v) = HeaderValue::from_str(&xff) {
-            headers.insert("x-forwarded-for", v);
+            headers.insert(headers::X_FORWARDED_FOR, v);
         }
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+        headers.insert(headers::X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         if let Ok(v) = HeaderValue::from_str(ctx.forwarded_host.as_deref().unwrap_or(&ctx.host)) {
-            headers.insert("x-forwarded-host", v);
+            headers.insert(headers::X_FORWARDED_HOST, v);
         }
         let node_for = |ip: std::net::IpAddr| {
             if ip.is_ipv6() {
@@ -672,7 +676,7 @@ impl Pipeline {
             self.refresh_in_background(
                 rc.clone(),
                 fetch,
-                pools,
+                pools.into_iter().cloned().collect(),
                 parts,
                 forwarded_headers.unwrap_or_default(),
                 ctx,
@@ -717,8 +721,10 @@ impl Pipeline {
                 .await
             {
                 Ok(r) => {
-                    ctx.region = up.region.clone();
-                    ctx.upstream = up.name.clone();
+                    if !Arc::ptr_eq(up, first) {
+                        ctx.region = up.region.clone();
+                        ctx.upstream = up.name.clone();
+                    }
                     served = Some(r);
                     break;
                 }

@@ -1,0 +1,12 @@
+//! Names of the non-standard headers the node reads or writes on every request, built
+//! once: a string name is parsed and validated again at each use.
+
+use http::HeaderName;
+
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+pub const X_NODE_ID: HeaderName = HeaderName::from_static("x-node-id");
+pub const X_REGION: HeaderName = HeaderName::from_static("x-region");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
