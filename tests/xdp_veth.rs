@@ -502,12 +502,17 @@ fn auto_mode_degrades_loudly_and_strict_mode_refuses() {
 /// One HTTP request from `src` on a fresh connection: `Err` when the connection could
 /// not even be made (SYN dropped), else the status (0 when the server closed unread).
 fn http_from(src: &str, to: SocketAddr, auth: &str) -> std::io::Result<u16> {
+    http_from_with(src, to, auth, "")
+}
+
+/// [`http_from`] with `extra` header lines (each ending in CRLF).
+fn http_from_with(src: &str, to: SocketAddr, auth: &str, extra: &str) -> std::io::Result<u16> {
     use std::io::{Read, Write};
     let mut s = edge_tests::connect_from(src, to, Duration::from_millis(700))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     let _ = write!(
         s,
-        "GET / HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {auth}\r\nConnection: close\r\n\r\n"
+        "GET / HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {auth}\r\n{extra}Connection: close\r\n\r\n"
     );
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
@@ -577,4 +582,60 @@ fn failing_auth_escalates_the_client_into_xdp_drops_until_the_ttl() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+#[test]
+fn a_trusted_proxy_is_never_dropped_at_the_nic_for_its_clients_or_itself() {
+    if !privileged("a_trusted_proxy_is_never_dropped_at_the_nic_for_its_clients_or_itself") {
+        return;
+    }
+    let rig = Rig::new();
+    // PLAIN is a load balancer in front of the node: every client's packets come from it.
+    let node = rig.start(
+        "auto",
+        &format!(
+            "drop_threshold = 50\n\n[http]\nlisten = [\"{SERVER}:8080\"]\n\
+             trusted_proxies = [\"{PLAIN}/32\"]\n\n\
+             [threat]\nhalf_life = \"60s\"\nchallenge_threshold = 0\nblock_ttl = \"30s\"\n\n\
+             [[jwt_provider]]\nname = \"idp\"\nalgorithms = [\"HS256\"]\nsecret = \"an-hmac-secret-of-at-least-32-bytes!\"\n\n\
+             [[upstream]]\nname = \"demo\"\nbuiltin = \"demo\"\n\n\
+             [[route]]\nhosts = [\"*\"]\nupstream = \"demo\"\n[route.auth]\nprovider = \"idp\"\n"
+        ),
+    );
+    let to: SocketAddr = format!("{SERVER}:8080").parse().unwrap();
+    let maps = rig.maps();
+    let before = maps.counters().unwrap();
+    let via_proxy = |xff: &str| {
+        let extra = if xff.is_empty() {
+            String::new()
+        } else {
+            format!("X-Forwarded-For: {xff}\r\n")
+        };
+        rig.client
+            .enter(|| http_from_with(PLAIN, to, "not-a-valid-token", &extra))
+            .unwrap_or_else(|e| panic!("the proxy's connection failed: {e}\n{}", node.log()))
+    };
+    // A client behind the proxy fails auth again and again (10 points each, threshold
+    // 50): the node refuses that client itself, in userspace, since its packets are the
+    // proxy's.
+    let statuses: Vec<u16> = (0..10).map(|_| via_proxy("198.51.100.7")).collect();
+    assert_eq!(statuses[0], 401, "{statuses:?}");
+    assert_eq!(statuses[9], 403, "the abusive client was never refused: {statuses:?}");
+    // Another client behind the same proxy is still answered as usual.
+    assert_eq!(via_proxy("198.51.100.8"), 401);
+    // The proxy's own requests (no forwarding header: the client is the proxy) fail
+    // the same way, past the threshold: still no drop at the NIC, only answers.
+    for i in 0..10 {
+        let status = via_proxy("");
+        assert!(matches!(status, 401 | 403), "request {i}: {status}");
+    }
+    assert_eq!(via_proxy("198.51.100.8"), 401);
+    assert_eq!(
+        delta(&maps, &before, Reason::DropThreat),
+        0,
+        "XDP dropped the proxy's packets"
+    );
+    let listed = node.cli_ok(&["xdp", "list"]);
+    assert!(!listed.contains(PLAIN), "{listed}");
+    assert!(!node.log().contains("escalated to XDP"), "{}", node.log());
 }

@@ -1117,7 +1117,7 @@ fn render(args: &Args, cells: &[Cell], targets: &[Target], samples: &[Vec<Vec<Sa
 pub(crate) fn budget_section(factor: f64, peer: &str, rows: &str) -> String {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     format!(
-        "### What {factor}× {peer} leaves a server on this machine\n\n\
+        "\n### What {factor}× {peer} leaves a server on this machine\n\n\
          The load generator, the origin and the server under test share {cores} cores. At \
          {factor}× {peer}'s req/s the machine has {cores} × 10⁶ ÷ that rate µs of CPU per \
          request; the load generator and the origin (everything but the server, measured \
