@@ -620,7 +620,10 @@ fn a_trusted_proxy_is_never_dropped_at_the_nic_for_its_clients_or_itself() {
     // proxy's.
     let statuses: Vec<u16> = (0..10).map(|_| via_proxy("198.51.100.7")).collect();
     assert_eq!(statuses[0], 401, "{statuses:?}");
-    assert_eq!(statuses[9], 403, "the abusive client was never refused: {statuses:?}");
+    assert_eq!(
+        statuses[9], 403,
+        "the abusive client was never refused: {statuses:?}"
+    );
     // Another client behind the same proxy is still answered as usual.
     assert_eq!(via_proxy("198.51.100.8"), 401);
     // The proxy's own requests (no forwarding header: the client is the proxy) fail
