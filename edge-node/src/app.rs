@@ -106,7 +106,7 @@ impl App {
             cache.clone(),
         )?;
         first.start_background();
-        let pipeline: server::SharedPipeline = Arc::new(RwLock::new(Arc::new(first)));
+        let pipeline: server::SharedPipeline = Arc::new(arc_swap::ArcSwap::from_pointee(first));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut servers: Vec<_> = listeners
             .into_iter()
@@ -250,7 +250,7 @@ impl App {
             // New requests take the new routes; requests in flight finish on the
             // pipeline they started with.
             p.start_background();
-            *pipeline.write().expect("pipeline lock") = Arc::new(p);
+            pipeline.store(Arc::new(p));
             if let (Some(t), Some(c)) = (tls, certs) {
                 *t.write().expect("tls lock") = c;
             }

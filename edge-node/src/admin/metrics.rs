@@ -48,6 +48,9 @@ type Handles = (Counter, Histogram);
 
 const MAX_CACHED_HANDLES: usize = 4096;
 
+/// The values of `X-Cache`, the label of `edge_cache_results`.
+const CACHE_OUTCOMES: [&str; 6] = ["HIT", "REGIONAL-HIT", "MISS", "EXPIRED", "STALE", "BYPASS"];
+
 thread_local! {
     static HANDLES: RefCell<hashbrown::HashMap<HandleKey, Handles>> =
         RefCell::new(hashbrown::HashMap::new());
@@ -121,8 +124,9 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<UpstreamLabels, Histogram>,
-    /// Cache answers by `X-Cache`.
-    cache: Family<OutcomeLabels, Counter>,
+    /// Cache answers by `X-Cache` (`edge_cache_results`), by [`CACHE_OUTCOMES`]: looked
+    /// up once, since every cached request counts.
+    cache_by_outcome: Vec<Counter>,
     /// Intent predictions by class, and requests that went on without one.
     intent: Family<OutcomeLabels, Counter>,
     /// Origin servers' health and load, read at scrape.
@@ -160,12 +164,16 @@ impl Metrics {
             intent.clone(),
         );
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        let cache_by_outcome = CACHE_OUTCOMES
+            .iter()
+            .map(|outcome| cache.get_or_create(&OutcomeLabels { outcome }).clone())
+            .collect();
         Self {
+            cache_by_outcome,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             registry,
             requests,
             latency,
-            cache,
             intent,
             servers,
         }
@@ -228,16 +236,9 @@ impl Metrics {
     }
 
     pub fn cache_result(&self, label: &str) {
-        let outcome = match label {
-            "HIT" => "HIT",
-            "REGIONAL-HIT" => "REGIONAL-HIT",
-            "MISS" => "MISS",
-            "EXPIRED" => "EXPIRED",
-            "STALE" => "STALE",
-            "BYPASS" => "BYPASS",
-            _ => return,
-        };
-        self.cache.get_or_create(&OutcomeLabels { outcome }).inc();
+        if let Some(i) = CACHE_OUTCOMES.iter().position(|o| *o == label) {
+            self.cache_by_outcome[i].inc();
+        }
     }
 
     pub fn intent(&self, outcome: &'static str) {

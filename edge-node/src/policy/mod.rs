@@ -8,10 +8,11 @@ pub mod settings;
 
 use std::{
     net::IpAddr,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
+use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 use tracing::{error, warn};
 
@@ -42,7 +43,9 @@ type Escalation = (IpAddr, u32, Duration);
 /// One engine for the life of the process: scores survive reloads, which swap the
 /// settings.
 pub struct ThreatEngine {
-    config: RwLock<Arc<(ThreatSettings, u32)>>,
+    /// Read on every request by every worker: a lock (and the Arc's count) would bounce
+    /// between cores.
+    config: ArcSwap<(ThreatSettings, u32)>,
     scores: moka::sync::Cache<IpAddr, Arc<Mutex<Score>>>,
     escalate: Option<mpsc::Sender<Escalation>>,
 }
@@ -57,7 +60,7 @@ impl ThreatEngine {
     ) -> Self {
         let escalate = policy.map(spawn_writer);
         Self {
-            config: RwLock::new(Arc::new((settings.clone(), drop_threshold))),
+            config: ArcSwap::from_pointee((settings.clone(), drop_threshold)),
             scores: moka::sync::Cache::builder()
                 .max_capacity(settings.max_tracked)
                 // A score idle for ten half-lives is under a thousandth of itself.
@@ -74,11 +77,12 @@ impl ThreatEngine {
 
     /// New weights and thresholds (a reload); the scores stay.
     pub fn update(&self, settings: &ThreatSettings, drop_threshold: u32) {
-        *self.config.write().expect("threat lock") = Arc::new((settings.clone(), drop_threshold));
+        self.config
+            .store(Arc::new((settings.clone(), drop_threshold)));
     }
 
-    fn config(&self) -> Arc<(ThreatSettings, u32)> {
-        self.config.read().expect("threat lock").clone()
+    fn config(&self) -> arc_swap::Guard<Arc<(ThreatSettings, u32)>> {
+        self.config.load()
     }
 
     fn decayed(&self, s: &Score, now: Instant) -> f64 {

@@ -196,7 +196,7 @@ async fn serve(
                 incoming = endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
                     let peer = incoming.remote_address();
-                    let current = pipeline.read().expect("pipeline lock").clone();
+                    let current = pipeline.load_full();
                     if !current.admit_connection(peer.ip()) {
                         debug!(%peer, "QUIC connection refused by the source policy");
                         incoming.refuse();
@@ -380,7 +380,7 @@ async fn request(
         *r.status_mut() = StatusCode::TOO_EARLY;
         r
     } else {
-        let current = pipeline.read().expect("pipeline lock").clone();
+        let current = pipeline.load_full();
         let req = req.map(|()| H3Body {
             recv: sync_wrapper::SyncWrapper::new(recv),
             done: false,

@@ -8,10 +8,7 @@ pub mod settings;
 pub mod tls;
 pub mod workers;
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, RwLock},
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::{Context as _, Result};
 use hyper::{Request, body::Incoming, service::service_fn};
@@ -28,7 +25,9 @@ pub use workers::Workers;
 use crate::pipeline::Pipeline;
 
 /// The pipeline in force; a reload swaps it while requests in flight keep theirs.
-pub type SharedPipeline = Arc<RwLock<Arc<Pipeline>>>;
+/// The pipeline, replaced whole on reload; read for every request (no lock to bounce
+/// between the workers).
+pub type SharedPipeline = Arc<arc_swap::ArcSwap<Pipeline>>;
 
 /// A bound listener and whether it speaks TLS.
 pub struct Bound {
@@ -101,7 +100,7 @@ pub fn spawn(
                     };
                     // The source policy, where the kernel is not enforcing it, and the
                     // threat score: a refused source's connection is closed unread.
-                    let current = pipeline.read().expect("pipeline lock").clone();
+                    let current = pipeline.load_full();
                     if !current.admit_connection(peer.ip()) {
                         debug!(%peer, "connection refused by the source policy");
                         continue;
@@ -121,7 +120,7 @@ pub fn spawn(
                     let p = pipeline.clone();
                     let scheme = if tls.is_some() { "https" } else { "http" };
                     let service = service_fn(move |req: Request<Incoming>| {
-                        let current = p.read().expect("pipeline lock").clone();
+                        let current = p.load_full();
                         // Boxed: the pipeline's future is kilobytes, and hyper moves a
                         // request's future into its slot (HTTP/1.1) or its own task (HTTP/2).
                         Box::pin(async move {
