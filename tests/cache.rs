@@ -121,6 +121,50 @@ fn fresh_responses_are_served_from_the_cache_and_the_rest_is_not() {
 }
 
 #[test]
+fn a_cookie_the_origin_withholds_reaches_only_the_client_that_fetched() {
+    let origin = Origin::start("a");
+    let p = node(&origin, "");
+    let get = |path: &str| curl(&p, "app.test", path, &[]);
+    let cookie = |r: &Reply| {
+        r.headers
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+            .count()
+    };
+    // private="Set-Cookie" (RFC 9111 5.2.2.7) and no-cache="Set-Cookie" (5.2.2.4): the
+    // response may be shared without the cookie.
+    for (n, cc) in [
+        "max-age%3D60%2C%20private%3D%22Set-Cookie%22",
+        "no-cache%3D%22set-cookie%22%2C%20max-age%3D60",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let path = format!("/withheld-{n}?cc={cc}&cookie=session%3Dalice");
+        let first = get(&path);
+        assert_eq!(header(&first, "x-cache"), "MISS", "{}", first.headers);
+        assert_eq!(cookie(&first), 1, "the fetching client gets its cookie");
+        let second = get(&path);
+        assert_eq!(header(&second, "x-cache"), "HIT", "{}", second.headers);
+        assert_eq!(
+            cookie(&second),
+            0,
+            "another client got the cookie:\n{}",
+            second.headers
+        );
+        assert_eq!(second.body, first.body);
+    }
+    assert_eq!(origin.hits(), 2);
+    // Unqualified, with a cookie: not stored at all.
+    for _ in 0..2 {
+        let r = get("/cookie?cc=max-age%3D60&cookie=session%3Dbob");
+        assert_eq!(header(&r, "x-cache"), "MISS");
+        assert_eq!(cookie(&r), 1);
+    }
+    assert_eq!(origin.hits(), 4);
+}
+
+#[test]
 fn variants_keys_and_poisoning() {
     let origin = Origin::start("a");
     let p = node(&origin, "key_headers = [\"x-lang\"]");

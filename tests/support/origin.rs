@@ -245,7 +245,7 @@ fn serve(conn: TcpStream, shared: &Shared) {
             headers.join("\n")
         );
         // Response headers a test asks for in the query: `cc=` (Cache-Control), `vary=`,
-        // `tag=` (Surrogate-Key), `ctag=` (Cache-Tag), `etag=` (a validator: a matching If-None-Match gets 304).
+        // `tag=` (Surrogate-Key), `ctag=` (Cache-Tag), `cookie=` (Set-Cookie), `etag=` (a validator: a matching If-None-Match gets 304).
         let mut extra = String::new();
         let mut etag = None;
         let mut html = false;
@@ -257,12 +257,14 @@ fn serve(conn: TcpStream, shared: &Shared) {
                 let v = v
                     .replace("%3D", "=")
                     .replace("%2C", ",")
-                    .replace("%20", " ");
+                    .replace("%20", " ")
+                    .replace("%22", "\"");
                 match k {
                     "cc" => extra.push_str(&format!("cache-control: {v}\r\n")),
                     "vary" => extra.push_str(&format!("vary: {v}\r\n")),
                     "tag" => extra.push_str(&format!("surrogate-key: {v}\r\n")),
                     "ctag" => extra.push_str(&format!("cache-tag: {v}\r\n")),
+                    "cookie" => extra.push_str(&format!("set-cookie: {v}\r\n")),
                     "html" => html = true,
                     // Half the body, a pause of this many ms, the rest.
                     "body_delay" => body_delay = v.parse().unwrap_or(0),

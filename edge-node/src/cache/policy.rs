@@ -20,23 +20,73 @@ pub struct Directives {
     pub stale_if_error: Option<u64>,
     /// RFC 5861: how long a stale copy may answer while it is refreshed in the background.
     pub stale_while_revalidate: Option<u64>,
+    /// Fields named by the qualified forms `private="…"` and `no-cache="…"` (RFC 9111
+    /// 5.2.2.7, 5.2.2.4), lower-case: the rest of the response may be stored and served
+    /// to others, those fields never.
+    pub withheld: Vec<String>,
+}
+
+impl Directives {
+    /// Whether a qualified `private` / `no-cache` names this (lower-case) field.
+    pub fn withholds(&self, field: &str) -> bool {
+        self.withheld.iter().any(|f| f == field)
+    }
+}
+
+/// The members of a Cache-Control value: split on commas outside quoted strings, so a
+/// qualified `private="set-cookie, x-session"` stays one member.
+fn members(value: &str) -> Vec<&str> {
+    let (mut out, mut start, mut quoted, mut escaped) = (Vec::new(), 0, false, false);
+    for (i, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(value[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(value[start..].trim());
+    out.retain(|m| !m.is_empty());
+    out
 }
 
 pub fn directives(headers: &HeaderMap) -> Directives {
     let mut d = Directives::default();
     for v in headers.get_all(header::CACHE_CONTROL) {
         let Ok(v) = v.to_str() else { continue };
-        for part in v.split(',') {
-            let part = part.trim();
+        for part in members(v) {
             let (name, arg) = part.split_once('=').map_or((part, None), |(n, a)| {
                 (n.trim(), Some(a.trim().trim_matches('"')))
             });
             let secs = || arg.and_then(|a| a.parse::<u64>().ok());
+            // The field names of a qualified private / no-cache (none: unqualified).
+            let fields = || -> Vec<String> {
+                arg.map(|a| {
+                    a.split(',')
+                        .map(|f| f.trim().to_ascii_lowercase())
+                        .filter(|f| !f.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default()
+            };
             match name.to_ascii_lowercase().as_str() {
                 "no-store" => d.no_store = true,
-                // no-cache with field names still means revalidate for those: be strict.
-                "no-cache" => d.no_cache = true,
-                "private" => d.private = true,
+                "no-cache" | "private" => {
+                    let fields = fields();
+                    if fields.is_empty() {
+                        if name.eq_ignore_ascii_case("private") {
+                            d.private = true;
+                        } else {
+                            d.no_cache = true;
+                        }
+                    } else {
+                        d.withheld.extend(fields);
+                    }
+                }
                 "public" => d.public = true,
                 "must-revalidate" => d.must_revalidate = true,
                 "proxy-revalidate" => d.proxy_revalidate = true,
@@ -110,7 +160,12 @@ pub fn storable(
     {
         return None;
     }
-    if response.contains_key(header::SET_COOKIE) && !route.share_set_cookie {
+    // One user's cookie must not reach the others: unless the route shares it, the
+    // response is stored only when the origin withholds Set-Cookie from the stored copy.
+    if response.contains_key(header::SET_COOKIE)
+        && !route.share_set_cookie
+        && !resp.withholds("set-cookie")
+    {
         return None;
     }
     // A response that must be revalidated on every use is stored with no freshness when
@@ -346,6 +401,30 @@ mod tests {
             ),
             None
         );
+        // ... unless the origin withholds the cookie from the stored copy (qualified
+        // private / no-cache, RFC 9111 5.2.2.7 and 5.2.2.4).
+        for cc in [
+            "max-age=60, private=\"Set-Cookie\"",
+            "private=\"x-session, set-cookie\", max-age=60",
+            "no-cache=\"set-cookie\", max-age=60",
+        ] {
+            assert_eq!(
+                s(&[], &[("cache-control", cc), ("set-cookie", "a=1")]),
+                Some(Duration::from_secs(60)),
+                "{cc}"
+            );
+        }
+        assert_eq!(
+            s(
+                &[],
+                &[
+                    ("cache-control", "max-age=60, private=\"x-session\""),
+                    ("set-cookie", "a=1")
+                ]
+            ),
+            None,
+            "another field withheld, not the cookie"
+        );
         // Authorization: only when the response allows sharing.
         let auth = [("authorization", "Bearer x")];
         assert_eq!(s(&auth, &[("cache-control", "max-age=60")]), None);
@@ -413,6 +492,25 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(s(&[], &[("etag", "\"v1\"")]), None, "no lifetime given");
+    }
+
+    #[test]
+    fn qualified_private_and_no_cache_name_fields() {
+        let d = directives(&h(&[(
+            "cache-control",
+            "private=\"Set-Cookie, X-Session\", max-age=60, no-cache=\"x-debug\"",
+        )]));
+        assert!(!d.private && !d.no_cache);
+        assert_eq!(d.max_age, Some(60));
+        assert_eq!(d.withheld, ["set-cookie", "x-session", "x-debug"]);
+        // Unqualified: the whole response.
+        let d = directives(&h(&[("cache-control", "private, no-cache")]));
+        assert!(d.private && d.no_cache && d.withheld.is_empty());
+        // A comma inside quotes does not start a directive.
+        assert_eq!(
+            members(r#"a="x, y", b, c="q\"r,s""#),
+            [r#"a="x, y""#, "b", r#"c="q\"r,s""#]
+        );
     }
 
     #[test]

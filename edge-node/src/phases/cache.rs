@@ -519,6 +519,7 @@ impl RouteCache {
             self.stale_if_error,
             self.stale_while_revalidate,
         );
+        withhold(&mut headers);
         Entry {
             status: stale.status,
             body: stale.body.clone(),
@@ -608,6 +609,7 @@ impl RouteCache {
         let mut headers = owned(resp.headers());
         headers.remove(headers::X_CACHE);
         headers.remove(headers::CACHE_STATUS);
+        withhold(&mut headers);
         let tags: Vec<String> = ["surrogate-key", "cache-tag"]
             .iter()
             .flat_map(|h| headers.get_all(*h).iter())
@@ -681,7 +683,15 @@ impl RouteCache {
     }
 }
 
-/// A copy of `headers` that shares no buffer with the message they came from.
+/// Removes from a copy to be stored the fields that a qualified `private="…"` or
+/// `no-cache="…"` keeps for the one client that got the origin's answer (a Set-Cookie,
+/// say): the stored copy serves everyone else without them.
+fn withhold(headers: &mut HeaderMap) {
+    for field in policy::directives(headers).withheld {
+        headers.remove(field.as_str());
+    }
+}
+
 /// `Cache-Status` (RFC 9211) of an answer that went to the origin: why it was
 /// forwarded (`fwd`), and whether it was stored.
 fn forwarded_status(label: &str, stored: bool) -> &'static str {
@@ -696,6 +706,7 @@ fn forwarded_status(label: &str, stored: bool) -> &'static str {
     }
 }
 
+/// A copy of `headers` that shares no buffer with the message they came from.
 fn owned(headers: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(headers.len());
     for (k, v) in headers {
