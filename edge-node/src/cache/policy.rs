@@ -180,9 +180,15 @@ pub fn storable(
         Duration::from_secs(s)
     } else if let Some(m) = resp.max_age {
         Duration::from_secs(m)
-    } else if let Some(expires) = http_date(response, header::EXPIRES) {
-        let date = http_date(response, header::DATE).unwrap_or(now);
-        expires.duration_since(date).unwrap_or(Duration::ZERO)
+    } else if response.contains_key(header::EXPIRES) {
+        // RFC 9111 5.3: an invalid Expires (such as "0") means already expired.
+        match http_date(response, header::EXPIRES) {
+            Some(expires) => {
+                let date = http_date(response, header::DATE).unwrap_or(now);
+                expires.duration_since(date).unwrap_or(Duration::ZERO)
+            }
+            None => Duration::ZERO,
+        }
     } else {
         route.default_ttl
     };
@@ -451,6 +457,33 @@ mod tests {
         assert_eq!(
             storable(&get, &h(&[]), ok, &h(&[]), with_default, now),
             Some(Duration::from_secs(30))
+        );
+        // ... but an invalid Expires is a lifetime given: already expired (RFC 9111 5.3).
+        for bad in ["0", "-1", "tomorrow"] {
+            assert_eq!(
+                storable(
+                    &get,
+                    &h(&[]),
+                    ok,
+                    &h(&[("expires", bad)]),
+                    with_default,
+                    now
+                ),
+                None,
+                "Expires: {bad}"
+            );
+        }
+        assert_eq!(
+            storable(
+                &get,
+                &h(&[]),
+                ok,
+                &h(&[("expires", "0"), ("etag", "\"v1\"")]),
+                with_default,
+                now
+            ),
+            Some(Duration::ZERO),
+            "kept to be revalidated on every use"
         );
         // POST and 500 are not stored.
         assert_eq!(
