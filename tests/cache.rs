@@ -165,6 +165,45 @@ fn a_cookie_the_origin_withholds_reaches_only_the_client_that_fetched() {
 }
 
 #[test]
+fn a_clients_own_limits_on_age_and_only_if_cached_are_honoured() {
+    let origin = Origin::start("a");
+    let p = node(&origin, "");
+    let get = |path: &str, cc: &str| {
+        let h = format!("Cache-Control: {cc}");
+        let args: &[&str] = if cc.is_empty() { &[] } else { &["-H", &h] };
+        curl(&p, "app.test", path, args)
+    };
+    let path = "/limits?cc=max-age%3D60";
+    assert_eq!(header(&get(path, ""), "x-cache"), "MISS");
+    std::thread::sleep(Duration::from_millis(1100));
+    // Fresh for the cache (60 s), too old for a client that accepts 1 s: fetched again
+    // for it (RFC 9111 5.2.1.1), and the new copy is stored.
+    let strict = get(path, "max-age=1");
+    assert_eq!(header(&strict, "x-cache"), "BYPASS", "{}", strict.headers);
+    assert_eq!(origin.hits(), 2);
+    let hit = get(path, "max-age=30");
+    assert_eq!(header(&hit, "x-cache"), "HIT", "{}", hit.headers);
+    // min-fresh (5.2.1.3): a copy with less than that left goes to the origin.
+    assert_eq!(header(&get(path, "min-fresh=30"), "x-cache"), "HIT");
+    assert_eq!(header(&get(path, "min-fresh=120"), "x-cache"), "BYPASS");
+    assert_eq!(origin.hits(), 3);
+    // only-if-cached (5.2.1.7): the stored copy, or 504 without asking the origin.
+    let cached = get(path, "only-if-cached");
+    assert_eq!(
+        (cached.status, header(&cached, "x-cache").as_str()),
+        (200, "HIT")
+    );
+    let absent = get("/not-stored-yet?cc=max-age%3D60", "only-if-cached");
+    assert_eq!(absent.status, 504, "{}", absent.headers);
+    let refused = get(path, "no-cache, only-if-cached");
+    assert_eq!(
+        refused.status, 504,
+        "no-cache cannot be met from the cache alone"
+    );
+    assert_eq!(origin.hits(), 3, "only-if-cached reached the origin");
+}
+
+#[test]
 fn variants_keys_and_poisoning() {
     let origin = Origin::start("a");
     let p = node(&origin, "key_headers = [\"x-lang\"]");

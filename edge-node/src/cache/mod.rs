@@ -137,6 +137,16 @@ impl Entry {
         self.age(now) < self.lifetime
     }
 
+    /// Whether it is fresh enough for the request's own limits: `max-age` (no older than
+    /// that) and `min-fresh` (fresh for at least that much longer), RFC 9111 5.2.1.
+    pub fn satisfies(&self, asked: &policy::Directives, now: Instant) -> bool {
+        let age = self.age(now);
+        asked.max_age.is_none_or(|m| age <= Duration::from_secs(m))
+            && asked
+                .min_fresh
+                .is_none_or(|m| age + Duration::from_secs(m) <= self.lifetime)
+    }
+
     /// Whether it may answer in place of a failed origin.
     pub fn usable_on_error(&self, now: Instant) -> bool {
         self.age(now) < self.lifetime + self.stale_if_error

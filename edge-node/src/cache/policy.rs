@@ -16,6 +16,10 @@ pub struct Directives {
     pub proxy_revalidate: bool,
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
+    /// Request only: the answer must stay fresh this much longer (RFC 9111 5.2.1.3).
+    pub min_fresh: Option<u64>,
+    /// Request only: answer from the cache or with 504, never from the origin (5.2.1.7).
+    pub only_if_cached: bool,
     /// RFC 5861: how long a stale copy may answer when the origin fails.
     pub stale_if_error: Option<u64>,
     /// RFC 5861: how long a stale copy may answer while it is refreshed in the background.
@@ -92,6 +96,8 @@ pub fn directives(headers: &HeaderMap) -> Directives {
                 "proxy-revalidate" => d.proxy_revalidate = true,
                 "max-age" => d.max_age = secs().or(Some(0)),
                 "s-maxage" => d.s_maxage = secs().or(Some(0)),
+                "min-fresh" => d.min_fresh = secs(),
+                "only-if-cached" => d.only_if_cached = true,
                 "stale-if-error" => d.stale_if_error = secs(),
                 "stale-while-revalidate" => d.stale_while_revalidate = secs(),
                 _ => {}
@@ -515,6 +521,14 @@ mod tests {
         ));
         assert!(!may_serve_from_cache(&get, &h(&[("pragma", "no-cache")])));
         assert!(may_serve_from_cache(&Method::HEAD, &h(&[])));
+        let asked = directives(&h(&[(
+            "cache-control",
+            "max-age=5, min-fresh=10, only-if-cached",
+        )]));
+        assert_eq!(
+            (asked.max_age, asked.min_fresh, asked.only_if_cached),
+            (Some(5), Some(10), true)
+        );
         // Must-revalidate-every-time responses are kept only when they can be revalidated.
         assert_eq!(
             s(&[], &[("cache-control", "no-cache"), ("etag", "\"v1\"")]),

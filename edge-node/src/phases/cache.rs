@@ -266,6 +266,10 @@ impl RouteCache {
         let key = self.key(scheme, req, variant, forwarded_host);
         // What the client asked of caches, before its unkeyed headers go.
         let serve = policy::may_serve_from_cache(&method, req.headers());
+        let asked = policy::directives(req.headers());
+        // The client set limits on a stored answer's age: a copy past them is fetched
+        // again, never answered stale meanwhile.
+        let limited = asked.max_age.is_some() || asked.min_fresh.is_some();
         let mut client = HeaderMap::new();
         for h in CLIENT_CONDITIONALS {
             for v in req.headers().get_all(&h) {
@@ -286,6 +290,9 @@ impl RouteCache {
         };
         self.strip_unkeyed(req.headers_mut());
         if !serve {
+            if asked.only_if_cached {
+                return CacheStep::Answer(not_cached());
+            }
             fetch.url = Self::url(scheme, req);
             return CacheStep::Forward(fetch);
         }
@@ -294,14 +301,22 @@ impl RouteCache {
         loop {
             let now = Instant::now();
             match store.lookup(key, req.headers(), now) {
-                Lookup::Hit(e) => {
+                Lookup::Hit(e) if e.satisfies(&asked, now) => {
                     return CacheStep::Answer(respond(&e, &method, now, "HIT", &fetch.client));
+                }
+                // Fresh, but older than this client accepts: revalidated for it.
+                Lookup::Hit(e) => {
+                    fetch.label = "BYPASS";
+                    fetch.stale = Some(e);
                 }
                 Lookup::Stale(e) => {
                     fetch.label = "EXPIRED";
                     fetch.stale = Some(e);
                 }
                 Lookup::Miss => {}
+            }
+            if asked.only_if_cached {
+                return CacheStep::Answer(not_cached());
             }
             if waited {
                 break;
@@ -319,7 +334,7 @@ impl RouteCache {
                         && let Some(e) = regional.lookup(key, req.headers()).await
                     {
                         let e = Arc::new(e);
-                        if e.is_fresh(now) {
+                        if e.is_fresh(now) && e.satisfies(&asked, now) {
                             store.insert_local(key, e.clone());
                             return CacheStep::Answer(respond(
                                 &e,
@@ -334,16 +349,18 @@ impl RouteCache {
                             fetch.stale = Some(e);
                         }
                     }
-                    fetch.refresh_in_background = fetch
-                        .stale
-                        .as_ref()
-                        .is_some_and(|e| e.usable_while_revalidating(now));
+                    fetch.refresh_in_background = !limited
+                        && fetch
+                            .stale
+                            .as_ref()
+                            .is_some_and(|e| e.usable_while_revalidating(now));
                     break;
                 }
                 Fill::Follower(mut rx) => {
                     // Someone is refreshing it: a copy within stale-while-revalidate
                     // answers now.
-                    if let Some(e) = &fetch.stale
+                    if !limited
+                        && let Some(e) = &fetch.stale
                         && e.usable_while_revalidating(now)
                     {
                         return CacheStep::Answer(respond(e, &method, now, "STALE", &fetch.client));
@@ -681,6 +698,24 @@ impl RouteCache {
             })
         })
     }
+}
+
+/// The answer to `Cache-Control: only-if-cached` when nothing stored fits: 504, and
+/// nothing sent to the origin (RFC 9111 5.2.1.7).
+fn not_cached() -> Response<Body> {
+    let mut resp = Response::new(full(Bytes::from_static(b"not in the cache\n")));
+    *resp.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(headers::X_CACHE, HeaderValue::from_static("MISS"));
+    h.insert(
+        headers::CACHE_STATUS,
+        HeaderValue::from_static("edge-node; detail=only-if-cached"),
+    );
+    resp
 }
 
 /// Removes from a copy to be stored the fields that a qualified `private="…"` or
