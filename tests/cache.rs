@@ -165,6 +165,38 @@ fn a_cookie_the_origin_withholds_reaches_only_the_client_that_fetched() {
 }
 
 #[test]
+fn a_cookie_on_a_revalidations_304_is_not_kept_for_others() {
+    let origin = Origin::start("a");
+    // Within stale-while-revalidate the stored copy answers others at once.
+    let p = node(&origin, "stale_while_revalidate = \"60s\"");
+    let get = |path: &str| curl(&p, "app.test", path, &[]);
+    let cookie = |r: &Reply| r.headers.to_ascii_lowercase().contains("set-cookie:");
+    let path = "/reval?cc=max-age%3D1&etag=v1&cookie304=session%3Ddave";
+    let first = get(path);
+    assert_eq!(header(&first, "x-cache"), "MISS");
+    assert!(!cookie(&first));
+    std::thread::sleep(Duration::from_millis(1100));
+    // Expired: answered stale while a background request revalidates; the origin's 304
+    // sets a cookie for that request.
+    let stale = get(path);
+    assert_eq!(header(&stale, "x-cache"), "STALE", "{}", stale.headers);
+    assert!(eventually(Duration::from_secs(10), || origin
+        .not_modified()
+        >= 1));
+    std::thread::sleep(Duration::from_millis(200));
+    // The refreshed copy (kept to be revalidated: a cookie makes it unshareable) still
+    // answers others within the window, without that cookie.
+    let later = get(path);
+    assert_eq!(header(&later, "x-cache"), "STALE", "{}", later.headers);
+    assert!(
+        !cookie(&later),
+        "another client got the 304's cookie:\n{}",
+        later.headers
+    );
+    assert_eq!(later.body, first.body);
+}
+
+#[test]
 fn a_clients_own_limits_on_age_and_only_if_cached_are_honoured() {
     let origin = Origin::start("a");
     let p = node(&origin, "");

@@ -501,17 +501,19 @@ pub(crate) fn tree_cpu_seconds(pid: i32) -> f64 {
     user + system
 }
 
-/// CPU time every core of the machine spent busy (anything but idle and I/O wait), seconds.
+/// CPU time every core of the machine spent busy (anything but idle, I/O wait and
+/// steal), seconds.
 fn machine_busy_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
         return 0.0;
     };
-    // cpu user nice system idle iowait irq softirq steal …
+    // cpu user nice system idle iowait irq softirq steal …: steal is time the
+    // hypervisor kept from this machine, not work anyone here did.
     let busy: u64 = line
         .split_whitespace()
         .skip(1)
-        .take(8)
+        .take(7)
         .enumerate()
         .filter(|(i, _)| *i != 3 && *i != 4)
         .filter_map(|(_, v)| v.parse::<u64>().ok())
@@ -1120,8 +1122,9 @@ pub(crate) fn budget_section(factor: f64, peer: &str, rows: &str) -> String {
         "\n### What {factor}× {peer} leaves a server on this machine\n\n\
          The load generator, the origin and the server under test share {cores} cores. At \
          {factor}× {peer}'s req/s the machine has {cores} × 10⁶ ÷ that rate µs of CPU per \
-         request; the load generator and the origin (everything but the server, measured \
-         from /proc/stat during {peer}'s runs) take their share of it, and what is left is \
+         request; the load generator and the origin (everything but the server: the \
+         machine's busy time in /proc/stat, steal excluded, minus the server's own, during \
+         {peer}'s runs) take their share of it, and what is left is \
          all a server may spend per request to reach the target. Beside it, what each \
          server spent (medians): in the kernel (its socket calls and the loopback TCP work \
          they carry) and in its own code. The client's and origin's costs per request \

@@ -245,8 +245,9 @@ fn serve(conn: TcpStream, shared: &Shared) {
             headers.join("\n")
         );
         // Response headers a test asks for in the query: `cc=` (Cache-Control), `vary=`,
-        // `tag=` (Surrogate-Key), `ctag=` (Cache-Tag), `cookie=` (Set-Cookie), `etag=` (a validator: a matching If-None-Match gets 304).
+        // `tag=` (Surrogate-Key), `ctag=` (Cache-Tag), `cookie=` (Set-Cookie), `cookie304=` (Set-Cookie on a 304 only), `etag=` (a validator: a matching If-None-Match gets 304).
         let mut extra = String::new();
+        let mut extra_304 = String::new();
         let mut etag = None;
         let mut html = false;
         let mut body_delay = 0u64;
@@ -265,6 +266,8 @@ fn serve(conn: TcpStream, shared: &Shared) {
                     "tag" => extra.push_str(&format!("surrogate-key: {v}\r\n")),
                     "ctag" => extra.push_str(&format!("cache-tag: {v}\r\n")),
                     "cookie" => extra.push_str(&format!("set-cookie: {v}\r\n")),
+                    // A cookie set only on the 304 of a revalidation.
+                    "cookie304" => extra_304.push_str(&format!("set-cookie: {v}\r\n")),
                     "html" => html = true,
                     // Half the body, a pause of this many ms, the rest.
                     "body_delay" => body_delay = v.parse().unwrap_or(0),
@@ -286,7 +289,8 @@ fn serve(conn: TcpStream, shared: &Shared) {
             && inm.split(',').any(|t| t.trim() == etag)
         {
             shared.not_modified.fetch_add(1, Ordering::Relaxed);
-            let resp = format!("HTTP/1.1 304 Not Modified\r\nx-origin: {name}\r\n{extra}\r\n");
+            let resp =
+                format!("HTTP/1.1 304 Not Modified\r\nx-origin: {name}\r\n{extra}{extra_304}\r\n");
             if w.write_all(resp.as_bytes()).is_err() {
                 return;
             }

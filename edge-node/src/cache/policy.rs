@@ -37,9 +37,20 @@ impl Directives {
     }
 }
 
+/// Fields a qualified `private` / `no-cache` cannot withhold from a stored copy: without
+/// them the body would be misread (a gzip body served as plain text).
+const NOT_WITHHOLDABLE: [&str; 5] = [
+    "content-encoding",
+    "content-type",
+    "content-range",
+    "content-length",
+    "transfer-encoding",
+];
+
 /// The members of a Cache-Control value: split on commas outside quoted strings, so a
-/// qualified `private="set-cookie, x-session"` stays one member.
-fn members(value: &str) -> Vec<&str> {
+/// qualified `private="set-cookie, x-session"` stays one member. `None` when a quoted
+/// string never ends (the value cannot be read reliably).
+fn members(value: &str) -> Option<Vec<&str>> {
     let (mut out, mut start, mut quoted, mut escaped) = (Vec::new(), 0, false, false);
     for (i, c) in value.char_indices() {
         match c {
@@ -53,16 +64,25 @@ fn members(value: &str) -> Vec<&str> {
             _ => {}
         }
     }
+    if quoted {
+        return None;
+    }
     out.push(value[start..].trim());
     out.retain(|m| !m.is_empty());
-    out
+    Some(out)
 }
 
 pub fn directives(headers: &HeaderMap) -> Directives {
     let mut d = Directives::default();
     for v in headers.get_all(header::CACHE_CONTROL) {
         let Ok(v) = v.to_str() else { continue };
-        for part in members(v) {
+        let Some(parts) = members(v) else {
+            // Unreadable: as cautious as the directive could have been.
+            d.private = true;
+            d.no_cache = true;
+            continue;
+        };
+        for part in parts {
             let (name, arg) = part.split_once('=').map_or((part, None), |(n, a)| {
                 (n.trim(), Some(a.trim().trim_matches('"')))
             });
@@ -81,7 +101,13 @@ pub fn directives(headers: &HeaderMap) -> Directives {
                 "no-store" => d.no_store = true,
                 "no-cache" | "private" => {
                     let fields = fields();
-                    if fields.is_empty() {
+                    // Unqualified, or naming a field the body cannot be served without:
+                    // the whole response.
+                    if fields.is_empty()
+                        || fields
+                            .iter()
+                            .any(|f| NOT_WITHHOLDABLE.contains(&f.as_str()))
+                    {
                         if name.eq_ignore_ascii_case("private") {
                             d.private = true;
                         } else {
@@ -555,9 +581,18 @@ mod tests {
         assert!(d.private && d.no_cache && d.withheld.is_empty());
         // A comma inside quotes does not start a directive.
         assert_eq!(
-            members(r#"a="x, y", b, c="q\"r,s""#),
+            members(r#"a="x, y", b, c="q\"r,s""#).unwrap(),
             [r#"a="x, y""#, "b", r#"c="q\"r,s""#]
         );
+        // A quote that never ends: nothing in the value is believed but caution.
+        let d = directives(&h(&[("cache-control", "private=\"set-cookie, max-age=60")]));
+        assert!(d.private && d.no_cache && d.max_age.is_none() && d.withheld.is_empty());
+        // The body's own framing cannot be withheld: the whole response is private.
+        let d = directives(&h(&[(
+            "cache-control",
+            "private=\"Content-Encoding\", max-age=60",
+        )]));
+        assert!(d.private && d.withheld.is_empty());
     }
 
     #[test]

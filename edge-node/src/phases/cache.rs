@@ -436,9 +436,15 @@ impl RouteCache {
         if resp.status() == StatusCode::NOT_MODIFIED
             && let Some(stale) = &fetch.stale
         {
-            let entry = self.refreshed(stale, resp.headers(), &forwarded, authorized);
+            let mut entry = self.refreshed(stale, resp.headers(), &forwarded, authorized);
             let now = Instant::now();
+            // This client gets what the origin's 304 sent it (its cookie, say); the
+            // copy kept for everyone else does not.
             let mut answer = respond(&entry, method, now, fetch.label, &fetch.client);
+            withhold(&mut entry.headers);
+            if !self.policy.share_set_cookie {
+                entry.headers.remove(header::SET_COOKIE);
+            }
             let stored = entry.lifetime > Duration::ZERO || policy::has_validators(&entry.headers);
             answer.headers_mut().insert(
                 "cache-status",
@@ -536,7 +542,6 @@ impl RouteCache {
             self.stale_if_error,
             self.stale_while_revalidate,
         );
-        withhold(&mut headers);
         Entry {
             status: stale.status,
             body: stale.body.clone(),
