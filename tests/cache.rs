@@ -233,6 +233,11 @@ fn a_clients_own_limits_on_age_and_only_if_cached_are_honoured() {
         "no-cache cannot be met from the cache alone"
     );
     assert_eq!(origin.hits(), 3, "only-if-cached reached the origin");
+    // Every answer is counted by its X-Cache, whichever worker gave it.
+    for (outcome, n) in [("HIT", 3.0), ("BYPASS", 2.0), ("MISS", 3.0), ("STALE", 0.0)] {
+        let sample = format!("edge_cache_results_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(p.metric(&sample), Some(n), "{sample}");
+    }
 }
 
 #[test]

@@ -243,6 +243,25 @@ fn admin_api_needs_its_token_and_serves_metrics_and_reload() {
         "{m}"
     );
     assert!(m.contains("edge_request_duration_seconds_bucket"), "{m}");
+    // Each request counts once, whichever worker served it (connections are spread over
+    // the workers), and each protocol in its own series.
+    for _ in 0..6 {
+        assert_eq!(curl(&p, "app.test", "/", &[]).status, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            curl(&p, "app.test", "/", &["--http2-prior-knowledge"]).status,
+            200
+        );
+    }
+    let (_, m) = call("GET", "/metrics", Some(token));
+    for line in [
+        "edge_requests_total{route=\"app.test/\",upstream=\"app\",status=\"200\",protocol=\"http/1.1\"} 7",
+        "edge_requests_total{route=\"app.test/\",upstream=\"app\",status=\"200\",protocol=\"h2\"} 2",
+        "edge_request_duration_seconds_count{upstream=\"app\"} 9",
+    ] {
+        assert!(m.lines().any(|l| l == line), "no {line:?} in\n{m}");
+    }
     // Reload through the API: a new route, then a broken file refused.
     let added = format!(
         "\n[[upstream]]\nname = \"b\"\nservers = [\"{}\"]\n\n[[route]]\nhosts = [\"new.test\"]\nupstream = \"b\"\n",
