@@ -282,9 +282,7 @@ fn variants_keys_and_poisoning() {
 #[test]
 fn concurrent_misses_make_one_origin_request() {
     let origin = Origin::start("a");
-    origin
-        .delay_ms
-        .store(500, std::sync::atomic::Ordering::Relaxed);
+    origin.set_delay_ms(500);
     let p = node(&origin, "");
     let replies = at_once(&p, 10, "/hot?cc=max-age%3D60");
     assert!(replies.iter().all(|r| r.status == 200));
@@ -316,9 +314,7 @@ fn concurrent_misses_make_one_origin_request() {
 
     // Waiters stream the response while it arrives: the origin sends half the body,
     // pauses, then the rest; the nine waiters are answered from that very response.
-    origin
-        .delay_ms
-        .store(300, std::sync::atomic::Ordering::Relaxed);
+    origin.set_delay_ms(300);
     let path = "/slow?cc=max-age%3D60&body_delay=500";
     let replies = at_once(&p, 10, path);
     assert_eq!(origin.hits(), hits + 1);
@@ -343,9 +339,7 @@ fn concurrent_misses_make_one_origin_request() {
 fn waiters_give_up_after_the_lock_timeout_and_a_failed_fetch_releases_them() {
     // A waiter that has waited lock_timeout fetches on its own.
     let origin = Origin::start("a");
-    origin
-        .delay_ms
-        .store(2500, std::sync::atomic::Ordering::Relaxed);
+    origin.set_delay_ms(2500);
     let p = node_with(&origin, "", "[cache]\nlock_timeout = \"200ms\"\n");
     let replies = at_once(&p, 4, "/slow?cc=max-age%3D60");
     assert!(replies.iter().all(|r| r.status == 200));

@@ -378,9 +378,7 @@ fn address_validation_and_graceful_shutdown_over_quic() {
     std::fs::create_dir_all(&dir).unwrap();
     make_ca_and_leaf(&dir, &["app.test"]);
     let origin = Origin::start("a");
-    origin
-        .delay_ms
-        .store(800, std::sync::atomic::Ordering::Relaxed);
+    origin.set_delay_ms(800);
     let port = free_udp_port();
     // h3_retry_above = 0: every new client must first validate its address (Retry).
     let cfg = format!(

@@ -529,9 +529,7 @@ fn sigterm_in_flight(p: &Proxy, origin: &Origin, path: &str, meanwhile: impl FnO
 #[test]
 fn shutdown_drains_requests_in_flight_and_the_access_log_is_json() {
     let origin = Origin::start("a");
-    origin
-        .delay_ms
-        .store(700, std::sync::atomic::Ordering::Relaxed);
+    origin.set_delay_ms(700);
     let cfg = config_with_http(&origin, "drain_timeout = \"10s\"")
         + "\n[log]\nformat = \"json\"\n"
         + &admin_section();
@@ -575,9 +573,7 @@ fn shutdown_drains_requests_in_flight_and_the_access_log_is_json() {
     // With a short drain period, a request that outlives it is cut off and the node
     // still exits.
     let cfg = config_with_http(&origin, "drain_timeout = \"300ms\"");
-    origin
-        .delay_ms
-        .store(5000, std::sync::atomic::Ordering::Relaxed);
+    origin.set_delay_ms(5000);
     let mut p = start_config(&cfg);
     let cut = sigterm_in_flight(&p, &origin, "/too-slow", || {});
     assert_ne!(cut.status, 200);

@@ -82,7 +82,7 @@ fn round_robin_least_outstanding_and_consistent_hash_spread_requests() {
     assert!(distinct.len() >= 2, "20 users on one origin: {home:?}");
 
     // Least outstanding: a slow origin holds its requests, so it gets few of them.
-    a.delay_ms.store(400, std::sync::atomic::Ordering::Relaxed);
+    a.set_delay_ms(400);
     let (a0, b0) = (a.hits(), b.hits());
     std::thread::scope(|s| {
         for _ in 0..8 {
@@ -408,7 +408,7 @@ fn slow_origins_time_out_with_504_and_a_timed_out_request_is_never_sent_twice() 
     let a = Origin::start("slow-a");
     let b = Origin::start("slow-b");
     for o in [&a, &b] {
-        o.delay_ms.store(1500, std::sync::atomic::Ordering::Relaxed);
+        o.set_delay_ms(1500);
     }
     let body_origin = Origin::start("stalling");
     let cfg = format!(

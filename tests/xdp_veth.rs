@@ -523,6 +523,18 @@ fn http_from_with(src: &str, to: SocketAddr, auth: &str, extra: &str) -> std::io
         .unwrap_or(0))
 }
 
+/// A node on SERVER:8080 (drop threshold 50, no challenge) whose one route needs an
+/// HS256 token; `http` goes into `[http]`, `threat` into `[threat]`.
+fn auth_config(http: &str, threat: &str) -> String {
+    format!(
+        "drop_threshold = 50\n\n[http]\nlisten = [\"{SERVER}:8080\"]\n{http}\n\n\
+         [threat]\nchallenge_threshold = 0\n{threat}\n\n\
+         [[jwt_provider]]\nname = \"idp\"\nalgorithms = [\"HS256\"]\nsecret = \"an-hmac-secret-of-at-least-32-bytes!\"\n\n\
+         [[upstream]]\nname = \"demo\"\nbuiltin = \"demo\"\n\n\
+         [[route]]\nhosts = [\"*\"]\nupstream = \"demo\"\n[route.auth]\nprovider = \"idp\"\n"
+    )
+}
+
 #[test]
 fn failing_auth_escalates_the_client_into_xdp_drops_until_the_ttl() {
     if !privileged("failing_auth_escalates_the_client_into_xdp_drops_until_the_ttl") {
@@ -531,13 +543,7 @@ fn failing_auth_escalates_the_client_into_xdp_drops_until_the_ttl() {
     let rig = Rig::new();
     let node = rig.start(
         "auto",
-        &format!(
-            "drop_threshold = 50\n\n[http]\nlisten = [\"{SERVER}:8080\"]\n\n\
-             [threat]\nhalf_life = \"1s\"\nchallenge_threshold = 0\nblock_ttl = \"3s\"\n\n\
-             [[jwt_provider]]\nname = \"idp\"\nalgorithms = [\"HS256\"]\nsecret = \"an-hmac-secret-of-at-least-32-bytes!\"\n\n\
-             [[upstream]]\nname = \"demo\"\nbuiltin = \"demo\"\n\n\
-             [[route]]\nhosts = [\"*\"]\nupstream = \"demo\"\n[route.auth]\nprovider = \"idp\"\n"
-        ),
+        &auth_config("", "half_life = \"1s\"\nblock_ttl = \"3s\""),
     );
     let to: SocketAddr = format!("{SERVER}:8080").parse().unwrap();
     let (abuser, neighbour) = (PLAIN, ALLOWED);
@@ -593,13 +599,9 @@ fn a_trusted_proxy_is_never_dropped_at_the_nic_for_its_clients_or_itself() {
     // PLAIN is a load balancer in front of the node: every client's packets come from it.
     let node = rig.start(
         "auto",
-        &format!(
-            "drop_threshold = 50\n\n[http]\nlisten = [\"{SERVER}:8080\"]\n\
-             trusted_proxies = [\"{PLAIN}/32\"]\n\n\
-             [threat]\nhalf_life = \"60s\"\nchallenge_threshold = 0\nblock_ttl = \"30s\"\n\n\
-             [[jwt_provider]]\nname = \"idp\"\nalgorithms = [\"HS256\"]\nsecret = \"an-hmac-secret-of-at-least-32-bytes!\"\n\n\
-             [[upstream]]\nname = \"demo\"\nbuiltin = \"demo\"\n\n\
-             [[route]]\nhosts = [\"*\"]\nupstream = \"demo\"\n[route.auth]\nprovider = \"idp\"\n"
+        &auth_config(
+            &format!("trusted_proxies = [\"{PLAIN}/32\"]"),
+            "half_life = \"60s\"\nblock_ttl = \"30s\"",
         ),
     );
     let to: SocketAddr = format!("{SERVER}:8080").parse().unwrap();

@@ -21,6 +21,9 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{report, sys};
 
+/// The issue's goal: edge-node's req/s over nginx's, at equal or lower p99.
+const TARGET_VS_NGINX: f64 = 1.2;
+
 /// Response bodies the origin serves, by path.
 const SIZES: [(&str, usize); 2] = [("1k", 1024), ("64k", 64 * 1024)];
 const CONNECTIONS: [usize; 2] = [32, 256];
@@ -1069,7 +1072,7 @@ fn render(args: &Args, cells: &[Cell], targets: &[Target], samples: &[Vec<Vec<Sa
          socket errors over all rounds. \"CPU µs/req\" is the CPU time (user + system) \
          of the target's own processes during a run divided by the requests it served \
          (for a proxy, without the origin's share; kernel TCP work done on its behalf \
-         included): what each request costs, whoever shares the cores. Target: edge-node ≥ 1.2× nginx's req/s at equal \
+         included): what each request costs, whoever shares the cores. Target: edge-node ≥ {TARGET_VS_NGINX}× nginx's req/s at equal \
          or lower p99.\n\n"
     ));
     let idx = |k: Kind| targets.iter().position(|t| t.kind == k);
@@ -1079,7 +1082,7 @@ fn render(args: &Args, cells: &[Cell], targets: &[Target], samples: &[Vec<Vec<Sa
     for (c, cell) in cells.iter().enumerate() {
         let m: Vec<Medians> = samples[c].iter().map(|v| medians(v)).collect();
         if let (Some(e), Some(n)) = (edge, nginx) {
-            budget.push_str(&budget_row(&cell.label(), m[e], m[n], 1.2));
+            budget.push_str(&budget_row(&cell.label(), m[e], m[n], TARGET_VS_NGINX));
         }
         md.push_str(&format!("### {}\n\n", cell.label()));
         let rows: Vec<(&str, Option<Medians>)> = targets
@@ -1092,7 +1095,7 @@ fn render(args: &Args, cells: &[Cell], targets: &[Target], samples: &[Vec<Vec<Sa
             let vs = |p: Option<usize>| p.map(|p| versus(m[e], m[p]));
             let mut line = format!("- {}: edge-node", cell.label());
             if let Some((ratio, p99_ok, text)) = vs(nginx) {
-                let met = ratio >= 1.2 && p99_ok;
+                let met = ratio >= TARGET_VS_NGINX && p99_ok;
                 line.push_str(&format!(
                     " / nginx {text}; target **{}**",
                     if met { "met" } else { "NOT met" }
@@ -1106,11 +1109,13 @@ fn render(args: &Args, cells: &[Cell], targets: &[Target], samples: &[Vec<Vec<Sa
         }
     }
     if !summary.is_empty() {
-        md.push_str("### Target (edge-node ≥ 1.2× nginx req/s at equal or lower p99)\n\n");
+        md.push_str(&format!(
+            "### Target (edge-node ≥ {TARGET_VS_NGINX}× nginx req/s at equal or lower p99)\n\n"
+        ));
         md.push_str(&summary);
     }
     if !budget.is_empty() {
-        md.push_str(&budget_section(1.2, "nginx", &budget));
+        md.push_str(&budget_section(TARGET_VS_NGINX, "nginx", &budget));
     }
     md
 }

@@ -19,7 +19,7 @@ pub struct Origin {
     /// Status of `GET /healthz` (health checks).
     pub health_status: Arc<AtomicU16>,
     /// Milliseconds every other request waits before its answer.
-    pub delay_ms: Arc<AtomicU64>,
+    delay_ms: Arc<AtomicU64>,
     /// When not 0, every other request is answered with this status (an origin failing).
     pub fail_status: Arc<AtomicU16>,
     /// Conditional requests answered with 304 (they count as hits too).
@@ -116,6 +116,11 @@ impl Origin {
 
     pub fn not_modified(&self) -> usize {
         self.not_modified.load(Ordering::Relaxed)
+    }
+
+    /// Holds every response back this long from now on.
+    pub fn set_delay_ms(&self, ms: u64) {
+        self.delay_ms.store(ms, Ordering::Relaxed);
     }
 }
 

@@ -73,8 +73,8 @@ struct HandleRef<'a> {
     protocol: &'static str,
 }
 
-impl Hash for HandleKey {
-    fn hash<H: Hasher>(&self, h: &mut H) {
+impl HandleKey {
+    fn borrowed(&self) -> HandleRef<'_> {
         HandleRef {
             metrics: self.metrics,
             route: &self.route,
@@ -82,17 +82,18 @@ impl Hash for HandleKey {
             status: self.status,
             protocol: self.protocol,
         }
-        .hash(h);
+    }
+}
+
+impl Hash for HandleKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.borrowed().hash(h);
     }
 }
 
 impl PartialEq for HandleKey {
     fn eq(&self, other: &Self) -> bool {
-        self.metrics == other.metrics
-            && self.route == other.route
-            && self.upstream == other.upstream
-            && self.status == other.status
-            && self.protocol == other.protocol
+        hashbrown::Equivalent::equivalent(&self.borrowed(), other)
     }
 }
 

@@ -87,36 +87,31 @@ pub fn directives(headers: &HeaderMap) -> Directives {
                 (n.trim(), Some(a.trim().trim_matches('"')))
             });
             let secs = || arg.and_then(|a| a.parse::<u64>().ok());
-            // The field names of a qualified private / no-cache (none: unqualified).
-            let fields = || -> Vec<String> {
-                arg.map(|a| {
-                    a.split(',')
-                        .map(|f| f.trim().to_ascii_lowercase())
-                        .filter(|f| !f.is_empty())
-                        .collect()
-                })
-                .unwrap_or_default()
+            // The fields a qualified private / no-cache withholds; `None` when it covers
+            // the whole response: unqualified, or naming a field the body cannot be
+            // served without.
+            let withheld = || -> Option<Vec<String>> {
+                let fields: Vec<String> = arg?
+                    .split(',')
+                    .map(|f| f.trim().to_ascii_lowercase())
+                    .filter(|f| !f.is_empty())
+                    .collect();
+                let partial = !fields.is_empty()
+                    && !fields
+                        .iter()
+                        .any(|f| NOT_WITHHOLDABLE.contains(&f.as_str()));
+                partial.then_some(fields)
             };
             match name.to_ascii_lowercase().as_str() {
                 "no-store" => d.no_store = true,
-                "no-cache" | "private" => {
-                    let fields = fields();
-                    // Unqualified, or naming a field the body cannot be served without:
-                    // the whole response.
-                    if fields.is_empty()
-                        || fields
-                            .iter()
-                            .any(|f| NOT_WITHHOLDABLE.contains(&f.as_str()))
-                    {
-                        if name.eq_ignore_ascii_case("private") {
-                            d.private = true;
-                        } else {
-                            d.no_cache = true;
-                        }
-                    } else {
-                        d.withheld.extend(fields);
-                    }
-                }
+                "private" => match withheld() {
+                    Some(fields) => d.withheld.extend(fields),
+                    None => d.private = true,
+                },
+                "no-cache" => match withheld() {
+                    Some(fields) => d.withheld.extend(fields),
+                    None => d.no_cache = true,
+                },
                 "public" => d.public = true,
                 "must-revalidate" => d.must_revalidate = true,
                 "proxy-revalidate" => d.proxy_revalidate = true,
@@ -360,12 +355,12 @@ pub fn range(request: &HeaderMap, stored: &HeaderMap, len: u64) -> RangeAnswer {
     }
 }
 
-/// Whether a request may be answered from the cache at all (it may still be stored).
-pub fn may_serve_from_cache(method: &Method, request: &HeaderMap) -> bool {
+/// Whether a request may be answered from the cache at all (it may still be stored);
+/// `d` is the request's [`directives`].
+pub fn may_serve_from_cache(method: &Method, request: &HeaderMap, d: &Directives) -> bool {
     if !(*method == Method::GET || *method == Method::HEAD) {
         return false;
     }
-    let d = directives(request);
     let pragma_no_cache = request
         .get(header::PRAGMA)
         .and_then(|v| v.to_str().ok())
@@ -541,12 +536,12 @@ mod tests {
             None
         );
         // Requests that want a fresh answer.
-        assert!(!may_serve_from_cache(
-            &get,
-            &h(&[("cache-control", "no-cache")])
-        ));
-        assert!(!may_serve_from_cache(&get, &h(&[("pragma", "no-cache")])));
-        assert!(may_serve_from_cache(&Method::HEAD, &h(&[])));
+        let may_serve = |method: &Method, request: &HeaderMap| {
+            may_serve_from_cache(method, request, &directives(request))
+        };
+        assert!(!may_serve(&get, &h(&[("cache-control", "no-cache")])));
+        assert!(!may_serve(&get, &h(&[("pragma", "no-cache")])));
+        assert!(may_serve(&Method::HEAD, &h(&[])));
         let asked = directives(&h(&[(
             "cache-control",
             "max-age=5, min-fresh=10, only-if-cached",

@@ -10,7 +10,6 @@
 //! stored body. Responses say where they came from (`X-Cache`, `Cache-Status`). Routes
 //! without `[route.cache]`: nothing.
 
-use crate::headers;
 use std::{
     pin::Pin,
     sync::Arc,
@@ -28,6 +27,7 @@ use serde::Deserialize;
 use crate::{
     cache::{Entry, Fill, FillGuard, FillState, Lookup, Partial, Store, policy},
     error::{Body, BoxError, full},
+    headers,
     upstream::balance::stable_hash,
 };
 
@@ -265,8 +265,8 @@ impl RouteCache {
         let method = req.method().clone();
         let key = self.key(scheme, req, variant, forwarded_host);
         // What the client asked of caches, before its unkeyed headers go.
-        let serve = policy::may_serve_from_cache(&method, req.headers());
         let asked = policy::directives(req.headers());
+        let serve = policy::may_serve_from_cache(&method, req.headers(), &asked);
         // The client set limits on a stored answer's age: a copy past them is fetched
         // again, never answered stale meanwhile.
         let limited = asked.max_age.is_some() || asked.min_fresh.is_some();
@@ -441,7 +441,8 @@ impl RouteCache {
             // This client gets what the origin's 304 sent it (its cookie, say); the
             // copy kept for everyone else does not.
             let mut answer = respond(&entry, method, now, fetch.label, &fetch.client);
-            withhold(&mut entry.headers);
+            let directives = policy::directives(&entry.headers);
+            withhold(&mut entry.headers, &directives);
             if !self.policy.share_set_cookie {
                 entry.headers.remove(header::SET_COOKIE);
             }
@@ -628,10 +629,11 @@ impl RouteCache {
             .collect();
         // Copies, not clones: hyper's header values are slices of its read buffer, and
         // keeping one would keep the whole buffer alive as long as the entry.
+        let directives = policy::directives(resp.headers());
         let mut headers = owned(resp.headers());
         headers.remove(headers::X_CACHE);
         headers.remove(headers::CACHE_STATUS);
-        withhold(&mut headers);
+        withhold(&mut headers, &directives);
         let tags: Vec<String> = ["surrogate-key", "cache-tag"]
             .iter()
             .flat_map(|h| headers.get_all(*h).iter())
@@ -648,7 +650,7 @@ impl RouteCache {
         let status = resp.status();
         let initial_age = policy::initial_age(resp.headers());
         let (stale_if_error, stale_while_revalidate) = policy::stale_windows(
-            &policy::directives(resp.headers()),
+            &directives,
             self.stale_if_error,
             self.stale_while_revalidate,
         );
@@ -725,9 +727,10 @@ fn not_cached() -> Response<Body> {
 
 /// Removes from a copy to be stored the fields that a qualified `private="…"` or
 /// `no-cache="…"` keeps for the one client that got the origin's answer (a Set-Cookie,
-/// say): the stored copy serves everyone else without them.
-fn withhold(headers: &mut HeaderMap) {
-    for field in policy::directives(headers).withheld {
+/// say): the stored copy serves everyone else without them. `directives` are the
+/// response's.
+fn withhold(headers: &mut HeaderMap, directives: &policy::Directives) {
+    for field in &directives.withheld {
         headers.remove(field.as_str());
     }
 }

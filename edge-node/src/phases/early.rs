@@ -1,7 +1,6 @@
 //! Early phase: the request's host, and header hygiene before anything trusts a header.
 //! With nothing to do (a clean request) it only records the host.
 
-use crate::headers;
 use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, Request, header};
@@ -9,6 +8,7 @@ use ipnet::IpNet;
 
 use crate::{
     error::{EdgeError, ErrorKind},
+    headers,
     pipeline::RequestCtx,
 };
 

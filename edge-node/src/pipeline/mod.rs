@@ -2,7 +2,6 @@
 //! (early → route → challenge → auth → rate limit → upstream → response), and errors
 //! turned into responses in one place.
 
-use crate::headers;
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Instant};
 
 use anyhow::{Result, bail};
@@ -16,6 +15,7 @@ use crate::{
     auth::JwtProvider,
     config::Config,
     error::{Body, EdgeError},
+    headers,
     phases::{
         auth::RouteAuth,
         cache::{CacheFetch, CacheStep, RouteCache},
