@@ -373,6 +373,46 @@ fn a_replayed_early_data_flight_never_gets_an_unsafe_request_served() {
 }
 
 #[test]
+fn early_data_from_an_unproven_address_never_earns_it_a_score() {
+    let (dir, _origin, port, p) = early_data_node("edge-h3p-", "");
+    // A flight with four probes of a blocked path in its early data (25 points each,
+    // drop threshold 100), sent by someone who cannot complete the handshake: with a
+    // forged source, they would get the address's owner dropped.
+    let probes = json!([
+        {"method": "GET", "authority": "app.test", "path": "/.env"},
+        {"method": "GET", "authority": "app.test", "path": "/.env?1"},
+        {"method": "GET", "authority": "app.test", "path": "/.env?2"},
+        {"method": "GET", "authority": "app.test", "path": "/.env?3"},
+    ]);
+    let answers = h3_job(
+        port,
+        &dir.join("ca.crt"),
+        probes,
+        json!({"zero_rtt": true, "intercept_first_flight": 1}),
+    );
+    assert!(
+        answers[0]["replayed_datagrams"].as_u64().unwrap() >= 1,
+        "{answers:?}"
+    );
+    // The node served them from early data (refused as probes)...
+    assert!(
+        edge_tests::proxy::eventually(std::time::Duration::from_secs(5), || p
+            .node
+            .log()
+            .matches("probe of a blocked path")
+            .count()
+            >= 4),
+        "{}",
+        p.node.log()
+    );
+    // ... and the address they claimed is neither escalated nor refused.
+    assert!(!p.node.log().contains("escalated"), "{}", p.node.log());
+    let r = curl(&p, "app.test", "/", &[]);
+    assert_eq!(r.status, 200, "{}", p.node.log());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn address_validation_and_graceful_shutdown_over_quic() {
     let dir = std::env::temp_dir().join(unique("edge-h3s-"));
     std::fs::create_dir_all(&dir).unwrap();

@@ -640,7 +640,15 @@ fn a_trusted_proxy_is_never_dropped_at_the_nic_for_its_clients_or_itself() {
         0,
         "XDP dropped the proxy's packets"
     );
+    // The proxy is on the allow list at the NIC (so no per-source budget holds its
+    // many clients' packets), and never on the block list or among the scores.
     let listed = node.cli_ok(&["xdp", "list"]);
-    assert!(!listed.contains(PLAIN), "{listed}");
+    let (allowed, rest) = listed.split_once("block:").expect("xdp list sections");
+    assert!(allowed.contains(&format!("{PLAIN}/32")), "{listed}");
+    assert!(!rest.contains(PLAIN), "{listed}");
+    assert!(
+        delta(&maps, &before, Reason::PassAllowed) > 0,
+        "the proxy's packets were not passed as allowed"
+    );
     assert!(!node.log().contains("escalated to XDP"), "{}", node.log());
 }

@@ -81,7 +81,7 @@ impl App {
         };
         let pool = Pool::new(self.config.http.upstream_connect_timeout, workers.len());
         let metrics = Arc::new(Metrics::new(pool.registry.clone()));
-        let mut xdp = XdpHandle::start(&self.config.xdp)?;
+        let mut xdp = XdpHandle::start(&self.config.xdp, &self.config.http.trusted_proxies)?;
         let policy = xdp.policy();
         // Scores outlive reloads; escalations are written into the source policy (the
         // kernel's maps, or the userspace tables when XDP is not active).
@@ -245,7 +245,10 @@ impl App {
                 shared.userspace_policy.clone(),
                 shared.cache.clone(),
             )
-            .and_then(|p| xdp.apply(&new.xdp).map(|()| p))
+            .and_then(|p| {
+                xdp.apply(&new.xdp, &new.http.trusted_proxies)
+                    .map(|()| p)
+            })
                 .inspect_err(|e| error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"))?;
             // New requests take the new routes; requests in flight finish on the
             // pipeline they started with.

@@ -61,23 +61,52 @@ fn vary_matches(vary: &[(HeaderName, Option<HeaderValue>)], request: &HeaderMap)
 }
 
 /// The URL an entry is stored under and purges name, in one spelling: scheme and host
-/// lower-cased, the scheme's default port dropped, the query's parameters sorted (and
-/// their encoding normalized), as the cache key sees them. `None` for a URL that is not
-/// absolute.
+/// lower-cased, the scheme's default port dropped, the path canonical
+/// (`crate::target`, default policy), the query's parameters in a stable order of their
+/// names (values of one name keep their order) and otherwise as sent. `None` for a URL
+/// that is not absolute or whose path cannot be made canonical.
 pub fn canonical_url(url: &str) -> Option<String> {
     let uri: http::Uri = url.parse().ok()?;
     let scheme = uri.scheme_str()?.to_ascii_lowercase();
     let authority = uri.authority()?;
+    let path = if uri.path().is_empty() {
+        "/"
+    } else {
+        uri.path()
+    };
+    let path = crate::target::canonical_path(path, crate::target::PathSettings::default()).ok()?;
     Some(canonical_parts(
         &scheme,
         authority.as_str(),
-        uri.path(),
+        &path,
         uri.query(),
     ))
 }
 
-/// `canonical_url` from its parts (the authority as a request gave it).
+/// The query's parameters as sent (still escaped, so `a=1%26b%3D2` stays one parameter),
+/// in a stable order of their names: clients that order parameters differently share
+/// copies; the values of a repeated name keep their order, which origins may read.
+pub fn sorted_query(query: &str) -> Vec<&str> {
+    let mut pairs: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+    pairs.sort_by_key(|p| p.split('=').next().unwrap_or(p));
+    pairs
+}
+
+/// `canonical_url` from its parts (the authority as a request gave it, the path
+/// already canonical).
 pub fn canonical_parts(scheme: &str, authority: &str, path: &str, query: Option<&str>) -> String {
+    let authority = canonical_authority(scheme, authority);
+    let path = if path.is_empty() { "/" } else { path };
+    let mut url = format!("{scheme}://{authority}{path}");
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        url.push('?');
+        url.push_str(&sorted_query(q).join("&"));
+    }
+    url
+}
+
+/// An authority lower-cased, without the scheme's default port.
+pub fn canonical_authority(scheme: &str, authority: &str) -> String {
     let mut authority = authority.to_ascii_lowercase();
     let default_port = match scheme {
         "http" => ":80",
@@ -87,21 +116,53 @@ pub fn canonical_parts(scheme: &str, authority: &str, path: &str, query: Option<
     if !default_port.is_empty() && authority.ends_with(default_port) {
         authority.truncate(authority.len() - default_port.len());
     }
-    let path = if path.is_empty() { "/" } else { path };
-    let mut url = format!("{scheme}://{authority}{path}");
-    if let Some(q) = query.filter(|q| !q.is_empty()) {
-        let mut pairs: Vec<(String, String)> = form_urlencoded::parse(q.as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        pairs.sort();
-        url.push('?');
-        url.push_str(
-            &form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(pairs)
-                .finish(),
-        );
+    authority
+}
+
+/// The 128-bit digest a key is found by (SHA-256, truncated): collision-resistant, so
+/// nobody can build a request whose key lands on another's.
+pub type KeyDigest = [u8; 16];
+
+/// A cache key: the digest it is found by, and the material it was made of, which every
+/// stored copy keeps and every hit compares (a digest alone is never trusted).
+#[derive(Clone, Debug)]
+pub struct CacheKey {
+    pub digest: KeyDigest,
+    pub material: Arc<[u8]>,
+}
+
+impl CacheKey {
+    /// Hex of the digest (the regional tier's key names).
+    pub fn hex(&self) -> String {
+        self.digest.iter().map(|b| format!("{b:02x}")).collect()
     }
-    url
+}
+
+/// Key material: fields, each a tag, its length and its bytes, so no two different sets
+/// of fields (a `&` inside a value, a newline inside a header) spell the same material.
+#[derive(Default)]
+pub struct KeyMaterial(Vec<u8>);
+
+impl KeyMaterial {
+    pub fn field(&mut self, tag: u8, value: &[u8]) -> &mut Self {
+        self.0.push(tag);
+        // Lengths past u32 cannot occur (request heads are bounded); saturating keeps
+        // the encoding total anyway.
+        let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
+        self.0.extend_from_slice(&len.to_le_bytes());
+        self.0.extend_from_slice(value);
+        self
+    }
+
+    pub fn finish(self) -> CacheKey {
+        let d = ring::digest::digest(&ring::digest::SHA256, &self.0);
+        let mut digest = [0u8; 16];
+        digest.copy_from_slice(&d.as_ref()[..16]);
+        CacheKey {
+            digest,
+            material: self.0.into(),
+        }
+    }
 }
 
 /// A stored response.
@@ -124,6 +185,8 @@ pub struct Entry {
     pub vary: Vec<(HeaderName, Option<HeaderValue>)>,
     /// `scheme://host/path?query` it was stored for (purge by URL or prefix).
     pub url: String,
+    /// The material of the key it was stored under: a hit must match it exactly.
+    pub key: Arc<[u8]>,
     /// Surrogate keys (`Surrogate-Key` / `Cache-Tag` of the response; purge by tag).
     pub tags: Vec<String>,
 }
@@ -190,8 +253,8 @@ struct Variants(Vec<Arc<Entry>>);
 
 /// The in-memory tier, and the misses in progress (for coalescing).
 pub struct Store {
-    entries: moka::sync::Cache<u64, Variants>,
-    inflight: Mutex<HashMap<u64, watch::Receiver<FillState>>>,
+    entries: moka::sync::Cache<KeyDigest, Variants>,
+    inflight: Mutex<HashMap<KeyDigest, watch::Receiver<FillState>>>,
     pub lock_timeout: Duration,
     /// The regional tier, when configured.
     pub regional: Option<regional::Regional>,
@@ -199,7 +262,7 @@ pub struct Store {
     instance: u64,
     /// Keys whose last response could not be stored ("hit-for-pass"): for a while their
     /// misses go straight to the origin instead of queueing behind one another.
-    uncacheable: moka::sync::Cache<u64, ()>,
+    uncacheable: moka::sync::Cache<KeyDigest, ()>,
 }
 
 /// A lookup's answer.
@@ -283,7 +346,7 @@ impl Partial {
 /// The right to fetch a key for everyone waiting on it; dropping it releases them.
 pub struct FillGuard {
     store: Arc<Store>,
-    key: u64,
+    key: KeyDigest,
     state: watch::Sender<FillState>,
 }
 
@@ -344,40 +407,48 @@ impl Store {
         }))
     }
 
-    pub fn lookup(&self, key: u64, request: &HeaderMap, now: Instant) -> Lookup {
-        let Some(variants) = self.entries.get(&key) else {
+    pub fn lookup(&self, key: &CacheKey, request: &HeaderMap, now: Instant) -> Lookup {
+        let Some(variants) = self.entries.get(&key.digest) else {
             return Lookup::Miss;
         };
-        match variants.0.iter().find(|e| e.matches(request)) {
+        match variants
+            .0
+            .iter()
+            .find(|e| e.key == key.material && e.matches(request))
+        {
             Some(e) if e.is_fresh(now) => Lookup::Hit(e.clone()),
             Some(e) => Lookup::Stale(e.clone()),
             None => Lookup::Miss,
         }
     }
 
-    /// The response for `key` could not be stored: its next misses do not wait for one
-    /// another (nothing would come of the wait).
-    pub fn mark_uncacheable(&self, key: u64) {
-        self.uncacheable.insert(key, ());
+    /// The response for `key` could not be stored for anyone: its next misses do not
+    /// wait for one another (nothing would come of the wait).
+    pub fn mark_uncacheable(&self, key: &CacheKey) {
+        self.uncacheable.insert(key.digest, ());
     }
 
-    pub fn is_uncacheable(&self, key: u64) -> bool {
-        self.uncacheable.contains_key(&key)
+    pub fn is_uncacheable(&self, key: &CacheKey) -> bool {
+        self.uncacheable.contains_key(&key.digest)
     }
 
     /// Stores in the in-memory tier only (a copy promoted from the regional tier).
-    pub fn insert_local(&self, key: u64, entry: Arc<Entry>) {
-        self.uncacheable.invalidate(&key);
-        let mut variants = self.entries.get(&key).unwrap_or_default();
-        // A new response for the same variant replaces the old one.
-        variants.0.retain(|e| e.vary != entry.vary);
+    pub fn insert_local(&self, key: &CacheKey, entry: Arc<Entry>) {
+        debug_assert!(entry.key == key.material);
+        self.uncacheable.invalidate(&key.digest);
+        let mut variants = self.entries.get(&key.digest).unwrap_or_default();
+        // A new response for the same variant replaces the old one; copies of other
+        // material under this digest (a collision) go too.
+        variants
+            .0
+            .retain(|e| e.vary != entry.vary && e.key == entry.key);
         variants.0.push(entry);
-        self.entries.insert(key, variants);
+        self.entries.insert(key.digest, variants);
     }
 
     /// Stores in every tier: in memory now, in the regional tier in the background (a
     /// slow or absent Redis never holds up a response).
-    pub fn insert(&self, key: u64, entry: Entry) {
+    pub fn insert(&self, key: &CacheKey, entry: Entry) {
         let entry = Arc::new(entry);
         self.insert_local(key, entry.clone());
         if let Some(r) = &self.regional {
@@ -387,7 +458,7 @@ impl Store {
 
     /// Removes every entry `matches` selects; returns how many keys went.
     pub fn purge_where(&self, matches: impl Fn(&Entry) -> bool) -> usize {
-        let doomed: Vec<u64> = self
+        let doomed: Vec<KeyDigest> = self
             .entries
             .iter()
             .filter(|(_, v)| v.0.iter().any(|e| matches(e)))
@@ -439,16 +510,16 @@ impl Store {
     }
 
     /// Elects who fetches `key`.
-    pub fn fill(self: &Arc<Self>, key: u64) -> Fill {
+    pub fn fill(self: &Arc<Self>, key: &CacheKey) -> Fill {
         let mut inflight = self.inflight.lock().expect("inflight lock");
-        if let Some(rx) = inflight.get(&key) {
+        if let Some(rx) = inflight.get(&key.digest) {
             return Fill::Follower(rx.clone());
         }
         let (state, rx) = watch::channel(FillState::Pending);
-        inflight.insert(key, rx);
+        inflight.insert(key.digest, rx);
         Fill::Leader(FillGuard {
             store: self.clone(),
-            key,
+            key: key.digest,
             state,
         })
     }

@@ -26,8 +26,7 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use super::Entry;
-use crate::upstream::balance::stable_hash;
+use super::{CacheKey, Entry};
 
 /// `[cache.regional]`
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -51,7 +50,7 @@ fn default_prefix() -> String {
 }
 
 /// Version of the stored encoding: entries of another version read as misses.
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
 
 /// A purge, as applied to a tier and published to the other nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +110,8 @@ struct Meta {
     vary: Vec<(String, Option<Vec<u8>>)>,
     url: String,
     tags: Vec<String>,
+    /// The key material (a hit compares it, not just the digest in the Redis key).
+    key: Vec<u8>,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -144,6 +145,7 @@ fn encode(e: &Entry) -> Result<Vec<u8>> {
             .collect(),
         url: e.url.clone(),
         tags: e.tags.clone(),
+        key: e.key.to_vec(),
     };
     let meta = postcard::to_allocvec(&meta)?;
     let mut out = Vec::with_capacity(5 + meta.len() + e.body.len());
@@ -210,6 +212,7 @@ fn decode(raw: &[u8]) -> Result<Entry> {
         vary,
         url: m.url,
         tags: m.tags,
+        key: m.key.into(),
     })
 }
 
@@ -224,7 +227,9 @@ fn variant_field(e: &Entry) -> String {
         }
         material.push(b'\n');
     }
-    format!("{:016x}", stable_hash(&material))
+    let mut key = super::KeyMaterial::default();
+    key.field(b'v', &material);
+    key.finish().hex()
 }
 
 /// Escapes Redis glob characters, so a purge prefix matches literally.
@@ -263,8 +268,8 @@ impl Regional {
         })
     }
 
-    fn entry_key(&self, key: u64) -> String {
-        format!("{}:e:{key:016x}", self.prefix)
+    fn entry_key(&self, key: &CacheKey) -> String {
+        format!("{}:e:{}", self.prefix, key.hex())
     }
 
     fn failed(&self, what: &str, e: &dyn std::fmt::Display) {
@@ -282,7 +287,7 @@ impl Regional {
 
     /// The stored variant matching `request`, fresh or not; `None` on a miss or when
     /// Redis cannot answer in time.
-    pub async fn lookup(&self, key: u64, request: &HeaderMap) -> Option<Entry> {
+    pub async fn lookup(&self, key: &CacheKey, request: &HeaderMap) -> Option<Entry> {
         let fields: Vec<(Vec<u8>, Vec<u8>)> = match self
             .call(redis::cmd("HGETALL").arg(self.entry_key(key)))
             .await
@@ -302,11 +307,11 @@ impl Regional {
                     None
                 }
             })
-            .find(|e| e.matches(request))
+            .find(|e| e.key == key.material && e.matches(request))
     }
 
     /// Writes `entry` in a background task.
-    pub fn store_in_background(&self, key: u64, entry: Arc<Entry>) {
+    pub fn store_in_background(&self, key: &CacheKey, entry: Arc<Entry>) {
         let entry_key = self.entry_key(key);
         let prefix = self.prefix.clone();
         let mut conn = self.conn.clone();
@@ -546,6 +551,7 @@ mod tests {
             ],
             url: "http://a.test/x?y".into(),
             tags: vec!["t1".into(), "t2".into()],
+            key: Arc::from(&b"\x01\x00material"[..]),
         };
         let d = decode(&encode(&e).unwrap()).unwrap();
         assert_eq!(d.status, e.status);
@@ -553,6 +559,7 @@ mod tests {
         assert_eq!(d.body, e.body);
         assert_eq!(d.vary, e.vary);
         assert_eq!((d.url.as_str(), &d.tags), (e.url.as_str(), &e.tags));
+        assert_eq!(d.key, e.key);
         assert_eq!(d.lifetime, e.lifetime);
         assert_eq!(d.stale_while_revalidate, e.stale_while_revalidate);
         let age = d.age(Instant::now()).as_secs_f64();

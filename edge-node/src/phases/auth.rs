@@ -122,7 +122,10 @@ impl RouteAuth {
                 return Err((err, failed));
             }
         };
-        if let Some(rule) = self.roles.iter().find(|r| path_under(path, &r.path_prefix))
+        if let Some(rule) = self
+            .roles
+            .iter()
+            .find(|r| crate::target::path_under(path, &r.path_prefix))
             && !has_any_role(&identity.roles, &rule.any_of)
         {
             return Err((
@@ -141,11 +144,4 @@ impl RouteAuth {
         }
         Ok(Some(identity))
     }
-}
-
-fn path_under(path: &str, prefix: &str) -> bool {
-    let p = prefix.trim_end_matches('/');
-    p.is_empty()
-        || path == p
-        || (path.starts_with(p) && path.as_bytes().get(p.len()) == Some(&b'/'))
 }

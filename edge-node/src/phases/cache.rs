@@ -25,10 +25,11 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use serde::Deserialize;
 
 use crate::{
-    cache::{Entry, Fill, FillGuard, FillState, Lookup, Partial, Store, policy},
+    cache::{
+        CacheKey, Entry, Fill, FillGuard, FillState, KeyMaterial, Lookup, Partial, Store, policy,
+    },
     error::{Body, BoxError, full},
     headers,
-    upstream::balance::stable_hash,
 };
 
 /// `[route.cache]`
@@ -105,7 +106,7 @@ pub enum CacheStep {
 
 /// A cacheable request on its way to the origin.
 pub struct CacheFetch {
-    key: u64,
+    key: CacheKey,
     url: String,
     /// The coalescing lock, when this request fetches for others.
     guard: Option<FillGuard>,
@@ -183,51 +184,51 @@ impl RouteCache {
         crate::cache::canonical_parts(scheme, &authority(req), req.uri().path(), req.uri().query())
     }
 
-    /// The key: scheme, host and port, path, the query with its parameters sorted, the
-    /// key headers and cookies, and the A/B variant.
+    /// The key: scheme, host and port, the (canonical) path, the query's parameters as
+    /// sent in a stable order of their names, the key headers and cookies, the A/B
+    /// variant, the host a trusted proxy reported and the route's header conditions;
+    /// each a length-prefixed field (`cache::KeyMaterial`).
     pub fn key<B>(
         &self,
         scheme: &str,
         req: &Request<B>,
         variant: Option<&str>,
         forwarded_host: Option<&str>,
-    ) -> u64 {
-        let authority = authority(req);
-        let mut query: Vec<(String, String)> =
-            form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
-        query.sort();
-        let mut material = format!("{scheme}\n{authority}\n{}\n", req.uri().path());
-        for (k, v) in &query {
-            material.push_str(&format!("{k}={v}&"));
+    ) -> CacheKey {
+        let mut m = KeyMaterial::default();
+        m.field(b's', scheme.as_bytes())
+            .field(
+                b'a',
+                crate::cache::canonical_authority(scheme, &authority(req)).as_bytes(),
+            )
+            .field(b'p', req.uri().path().as_bytes());
+        for pair in crate::cache::sorted_query(req.uri().query().unwrap_or("")) {
+            m.field(b'q', pair.as_bytes());
         }
         for h in &self.key_headers {
-            material.push('\n');
+            m.field(b'h', h.as_str().as_bytes());
             for v in req.headers().get_all(h) {
-                material.push_str(&String::from_utf8_lossy(v.as_bytes()));
-                material.push(',');
+                m.field(b'v', v.as_bytes());
             }
         }
         for c in &self.key_cookies {
-            material.push_str(&format!(
-                "\ncookie {c}={}",
-                super::cookie(req.headers(), c).unwrap_or_default()
-            ));
+            match super::cookie(req.headers(), c) {
+                Some(v) => m.field(b'c', c.as_bytes()).field(b'=', v.as_bytes()),
+                None => m.field(b'n', c.as_bytes()),
+            };
         }
         if let Some(v) = variant {
-            material.push_str(&format!("\nvariant {v}"));
+            m.field(b'x', v.as_bytes());
         }
         // The host a trusted proxy says the client asked reaches the origin
         // (X-Forwarded-Host): it may shape the answer.
         if let Some(h) = forwarded_host {
-            material.push_str(&format!("\nforwarded-host {h}"));
+            m.field(b'f', h.as_bytes());
         }
         if !self.route_match.is_empty() {
-            material.push_str("\nroute ");
-            material.push_str(&self.route_match);
+            m.field(b'r', self.route_match.as_bytes());
         }
-        stable_hash(material.as_bytes())
+        m.finish()
     }
 
     /// Removes what is not in the key from a cacheable request before it is forwarded.
@@ -300,7 +301,7 @@ impl RouteCache {
         let mut waited = false;
         loop {
             let now = Instant::now();
-            match store.lookup(key, req.headers(), now) {
+            match store.lookup(&fetch.key, req.headers(), now) {
                 Lookup::Hit(e) if e.satisfies(&asked, now) => {
                     return CacheStep::Answer(respond(&e, &method, now, "HIT", &fetch.client));
                 }
@@ -322,20 +323,20 @@ impl RouteCache {
                 break;
             }
             // Its last response could not be stored: no point queueing behind another.
-            if store.is_uncacheable(key) {
+            if store.is_uncacheable(&fetch.key) {
                 fetch.passed = true;
                 break;
             }
-            match store.fill(key) {
+            match store.fill(&fetch.key) {
                 Fill::Leader(guard) => {
                     fetch.guard = Some(guard);
                     // The regional tier, before the origin: another node may hold it.
                     if let Some(regional) = &store.regional
-                        && let Some(e) = regional.lookup(key, req.headers()).await
+                        && let Some(e) = regional.lookup(&fetch.key, req.headers()).await
                     {
                         let e = Arc::new(e);
                         if e.is_fresh(now) && e.satisfies(&asked, now) {
-                            store.insert_local(key, e.clone());
+                            store.insert_local(&fetch.key, e.clone());
                             return CacheStep::Answer(respond(
                                 &e,
                                 &method,
@@ -456,7 +457,7 @@ impl RouteCache {
                 }),
             );
             if stored {
-                store.insert(fetch.key, entry);
+                store.insert(&fetch.key, entry);
             }
             return answer;
         }
@@ -554,6 +555,7 @@ impl RouteCache {
             vary: stale.vary.clone(),
             url: stale.url.clone(),
             tags: stale.tags.clone(),
+            key: stale.key.clone(),
             headers,
         }
     }
@@ -589,7 +591,7 @@ impl RouteCache {
     fn store(
         &self,
         store: &Arc<Store>,
-        key: u64,
+        key: CacheKey,
         url: String,
         method: &Method,
         request: &HeaderMap,
@@ -608,7 +610,7 @@ impl RouteCache {
         );
         let Some(lifetime) = lifetime else {
             if fill.is_some() {
-                store.mark_uncacheable(key);
+                store.mark_uncacheable(&key);
             }
             drop(fill);
             return resp;
@@ -675,7 +677,7 @@ impl RouteCache {
         resp.map(move |inner| {
             let done: Box<dyn FnOnce(Bytes) + Send + Sync> = Box::new(move |body| {
                 store.insert(
-                    key,
+                    &key,
                     Entry {
                         status,
                         headers,
@@ -688,6 +690,7 @@ impl RouteCache {
                         vary,
                         url,
                         tags,
+                        key: key.material.clone(),
                     },
                 );
             });

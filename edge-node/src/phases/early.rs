@@ -3,13 +3,14 @@
 
 use std::net::IpAddr;
 
-use http::{HeaderMap, HeaderName, Request, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, header};
 use ipnet::IpNet;
 
 use crate::{
     error::{EdgeError, ErrorKind},
     headers,
     pipeline::RequestCtx,
+    target::PathSettings,
 };
 
 /// Headers that describe one hop's connection and must not be forwarded (RFC 9110 7.6.1).
@@ -231,24 +232,90 @@ pub fn on_request<B>(
     ctx: &mut RequestCtx,
     req: &mut Request<B>,
     trusted: &[IpNet],
+    path_policy: PathSettings,
 ) -> Result<(), EdgeError> {
     client_behind_proxies(ctx, req, trusted);
-    // HTTP/2 carries the host in the URI (:authority), HTTP/1.1 in Host.
-    let raw = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
-        .ok_or_else(|| EdgeError::new(ErrorKind::BadRequest, "no Host"))?;
-    ctx.host = normalize_host(raw)
-        .ok_or_else(|| EdgeError::new(ErrorKind::BadRequest, format!("bad Host {raw:?}")))?;
-
+    ctx.validated = req
+        .extensions()
+        .get::<crate::pipeline::EarlyData>()
+        .is_none();
+    let authority = request_authority(req)?;
+    ctx.host = normalize_host(&authority)
+        .ok_or_else(|| EdgeError::new(ErrorKind::BadRequest, format!("bad Host {authority:?}")))?;
+    canonicalize_target(req, path_policy)?;
     strip_hop_by_hop(req.headers_mut());
     strip_node_owned(req.headers_mut());
+    Ok(())
+}
+
+/// The one authority of a request (RFC 9112 3.2, RFC 9113 8.3.1): the request target's
+/// when it has one (absolute form in HTTP/1.1, `:authority` in HTTP/2 and HTTP/3),
+/// else `Host`. More than one `Host` is refused; so is a `Host` that names another
+/// authority than an HTTP/2 or HTTP/3 request's `:authority`, and userinfo. In HTTP/1.1
+/// the target's authority replaces `Host`, so routing, the cache key and the origin see
+/// the same one.
+fn request_authority<B>(req: &mut Request<B>) -> Result<String, EdgeError> {
+    let bad = |why: String| EdgeError::new(ErrorKind::BadRequest, why);
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next().cloned();
+    if hosts.next().is_some() {
+        return Err(bad("more than one Host".into()));
+    }
+    let Some(target) = req.uri().authority().cloned() else {
+        let host = host.ok_or_else(|| bad("no Host".into()))?;
+        let host = host.to_str().map_err(|_| bad("Host is not ASCII".into()))?;
+        if host.contains('@') {
+            return Err(bad("userinfo in Host".into()));
+        }
+        return Ok(host.to_string());
+    };
+    if target.as_str().contains('@') {
+        return Err(bad("userinfo in the request target".into()));
+    }
+    let origin_form_protocol = matches!(
+        req.version(),
+        http::Version::HTTP_09 | http::Version::HTTP_10 | http::Version::HTTP_11
+    );
+    if origin_form_protocol {
+        let value = HeaderValue::from_str(target.as_str())
+            .map_err(|_| bad("request target authority is not a header value".into()))?;
+        req.headers_mut().insert(header::HOST, value);
+    } else if let Some(h) = host {
+        let same = h
+            .to_str()
+            .ok()
+            .and_then(normalize_host)
+            .is_some_and(|h| Some(h) == normalize_host(target.as_str()));
+        if !same {
+            return Err(bad("Host differs from :authority".into()));
+        }
+    }
+    Ok(target.as_str().to_string())
+}
+
+/// Replaces the request's path with its canonical form (`crate::target`); what cannot
+/// be made canonical is the client's 400.
+fn canonicalize_target<B>(req: &mut Request<B>, policy: PathSettings) -> Result<(), EdgeError> {
+    if req.method() == http::Method::OPTIONS && req.uri().path() == "*" {
+        return Ok(());
+    }
+    let canonical = match crate::target::canonical_path(req.uri().path(), policy) {
+        Ok(std::borrow::Cow::Borrowed(_)) => return Ok(()),
+        Ok(std::borrow::Cow::Owned(p)) => p,
+        Err(e) => return Err(EdgeError::new(ErrorKind::BadRequest, e.to_string())),
+    };
+    let path_and_query = match req.uri().query() {
+        Some(q) => format!("{canonical}?{q}"),
+        None => canonical,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(
+        path_and_query
+            .parse()
+            .map_err(|_| EdgeError::new(ErrorKind::BadRequest, "unparsable request target"))?,
+    );
+    *req.uri_mut() = http::Uri::from_parts(parts)
+        .map_err(|_| EdgeError::new(ErrorKind::BadRequest, "unparsable request target"))?;
     Ok(())
 }
 
@@ -357,7 +424,7 @@ mod tests {
             .body(())
             .unwrap();
         let mut ctx = RequestCtx::new("127.0.0.1:1".parse().unwrap());
-        on_request(&mut ctx, &mut req, &[]).unwrap();
+        on_request(&mut ctx, &mut req, &[], PathSettings::default()).unwrap();
         let h = req.headers();
         assert!(h.get("x-secret").is_none() && h.get("connection").is_none());
         assert!(h.get("x-user-id").is_none() && h.get("x-forwarded-for").is_none());
@@ -379,7 +446,7 @@ mod trusted_tests {
             .unwrap();
         let mut ctx = RequestCtx::new(peer.parse().unwrap());
         let nets: Vec<IpNet> = trusted.iter().map(|n| n.parse().unwrap()).collect();
-        on_request(&mut ctx, &mut req, &nets).unwrap();
+        on_request(&mut ctx, &mut req, &nets, PathSettings::default()).unwrap();
         ctx
     }
 

@@ -125,6 +125,15 @@ impl RouteSettings {
         if !self.path_prefix.starts_with('/') {
             bail!("route to {:?}: path_prefix must start with /", self.pools());
         }
+        crate::target::check_prefix(&self.path_prefix)
+            .map_err(|e| anyhow::anyhow!("route {}: path_prefix: {e}", self.display_name()))?;
+        if let Some(auth) = &self.auth {
+            for r in &auth.roles {
+                crate::target::check_prefix(&r.path_prefix).map_err(|e| {
+                    anyhow::anyhow!("route {}: auth.roles: {e}", self.display_name())
+                })?;
+            }
+        }
         for m in &self.methods {
             if Method::from_bytes(m.as_bytes()).is_err() {
                 bail!("route to {:?}: {m:?} is not a method", self.pools());
@@ -188,10 +197,7 @@ impl Route {
     }
 
     fn path_matches(&self, path: &str) -> bool {
-        let p = self.path_prefix.trim_end_matches('/');
-        p.is_empty()
-            || path == p
-            || (path.starts_with(p) && path.as_bytes().get(p.len()) == Some(&b'/'))
+        crate::target::path_under(path, &self.path_prefix)
     }
 }
 

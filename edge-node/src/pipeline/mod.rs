@@ -26,7 +26,7 @@ use crate::{
         route::{Route, RouteTable},
         upgrade,
     },
-    policy::{Signal, Standing, ThreatEngine},
+    policy::{Signal, Source, Standing, ThreatEngine},
     upstream::{Origin, Pool, Upstream, demo},
     xdp::SharedPolicy,
 };
@@ -55,6 +55,8 @@ pub struct RequestCtx {
     pub client_ip: std::net::IpAddr,
     /// The peer is one of `http.trusted_proxies` (set by the early phase).
     pub peer_trusted: bool,
+    /// The peer's address is proven (false for HTTP/3 requests from 0-RTT early data).
+    pub validated: bool,
     /// X-Forwarded-For as received from a trusted proxy.
     pub forwarded_chain: Option<String>,
     /// `Forwarded` (RFC 7239) as received from a trusted proxy, and how that proxy
@@ -82,12 +84,28 @@ pub struct RequestCtx {
     pub started: Instant,
 }
 
+/// A request extension the HTTP/3 listener sets on requests that arrived in 0-RTT early
+/// data, before the client's address was validated.
+#[derive(Debug, Clone, Copy)]
+pub struct EarlyData;
+
 impl RequestCtx {
+    /// Who threat signals from this request are about (`policy::Source`).
+    pub fn source(&self) -> Source {
+        Source {
+            client: self.client_ip,
+            peer: self.client.ip(),
+            peer_trusted: self.peer_trusted,
+            validated: self.validated,
+        }
+    }
+
     pub fn new(client: SocketAddr) -> Self {
         Self {
             client,
             client_ip: client.ip(),
             peer_trusted: false,
+            validated: true,
             forwarded_chain: None,
             forwarded_elements: None,
             forwarded_host: None,
@@ -112,6 +130,7 @@ pub struct Pipeline {
     pool: Pool,
     metrics: Arc<Metrics>,
     trusted_proxies: Vec<ipnet::IpNet>,
+    path_policy: crate::target::PathSettings,
     max_body_bytes: u64,
     geo: crate::phases::geo::Geo,
     upstreams: Vec<Arc<Upstream>>,
@@ -209,6 +228,7 @@ impl Pipeline {
             });
         }
         threat.update(&config.threat, config.xdp.drop_threshold);
+        threat.set_allowed(&config.xdp.allow);
         Ok(Self {
             node_id_header: HeaderValue::from_str(&config.node.id)?,
             node_id: config.node.id.clone(),
@@ -216,6 +236,7 @@ impl Pipeline {
             pool,
             metrics,
             trusted_proxies: config.http.trusted_proxies.clone(),
+            path_policy: config.http.path,
             max_body_bytes: config.http.max_body_bytes,
             geo: crate::phases::geo::Geo::new(&config.geo)?,
             upstreams: upstreams.into_values().collect(),
@@ -256,6 +277,11 @@ impl Pipeline {
         &self.threat
     }
 
+    /// A connection's peer as a threat source (a request it could not even frame).
+    pub fn connection_source(&self, peer: std::net::IpAddr) -> Source {
+        Source::peer(peer, &self.trusted_proxies)
+    }
+
     /// Whether a new connection from `ip` may proceed: the source policy when userspace
     /// enforces it (XDP not active), and the threat score's drop standing.
     pub fn admit_connection(&self, ip: std::net::IpAddr) -> bool {
@@ -289,7 +315,6 @@ impl Pipeline {
         intent: &crate::intent::Intent,
         ctx: &mut RequestCtx,
         req: &Request<B>,
-        escalatable: bool,
     ) -> Option<crate::intent::Prediction> {
         let x = intent.features(req.method(), req.uri(), req.headers(), ctx.client_ip);
         match intent.predict(x).await {
@@ -303,7 +328,7 @@ impl Pipeline {
                         _ => None,
                     };
                     if let Some(s) = signal {
-                        self.threat.signal(ctx.client_ip, s, escalatable);
+                        self.threat.signal(ctx.source(), s);
                     }
                 }
                 Some(p)
@@ -385,9 +410,7 @@ impl Pipeline {
             Err(mut e) => {
                 e.json |= ctx.api;
                 if e.kind == crate::error::ErrorKind::BadRequest {
-                    let peer_is_client = ctx.client_ip == ctx.client.ip();
-                    self.threat
-                        .signal(ctx.client_ip, Signal::MalformedRequest, peer_is_client);
+                    self.threat.signal(ctx.source(), Signal::MalformedRequest);
                 }
                 // Client mistakes are routine at an edge; the node's and origins' are not.
                 if e.side == crate::error::Side::Client {
@@ -457,7 +480,7 @@ impl Pipeline {
         mut req: Request<B>,
     ) -> Result<Response<Body>, EdgeError> {
         let upgrade = upgrade::requested(&mut req);
-        early::on_request(ctx, &mut req, &self.trusted_proxies)?;
+        early::on_request(ctx, &mut req, &self.trusted_proxies, self.path_policy)?;
         if self.max_body_bytes != 0
             && let Some(len) = req.body().size_hint().exact()
             && len > self.max_body_bytes
@@ -468,12 +491,9 @@ impl Pipeline {
             ));
         }
         // Shield: probes of blocked paths, the challenge, then the route's auth and limits.
-        // Only a client's own address may be escalated to the kernel: never a trusted
-        // proxy's (when it reported no usable client, the client is the proxy).
-        let escalatable = ctx.client_ip == ctx.client.ip() && !ctx.peer_trusted;
+        // What their signals may do is the policy's decision (`policy::Source`).
         if self.threat.is_blocked_path(req.uri().path()) {
-            self.threat
-                .signal(ctx.client_ip, Signal::BlockedPath, escalatable);
+            self.threat.signal(ctx.source(), Signal::BlockedPath);
             return Err(EdgeError::new(
                 crate::error::ErrorKind::NoRoute,
                 "probe of a blocked path",
@@ -494,8 +514,7 @@ impl Pipeline {
                 .challenger
                 .answer(ctx.client_ip, &form, ctx.scheme == "https")
                 .inspect_err(|_| {
-                    self.threat
-                        .signal(ctx.client_ip, Signal::ChallengeFailed, escalatable);
+                    self.threat.signal(ctx.source(), Signal::ChallengeFailed);
                 });
         }
         for h in &self.identity_headers {
@@ -534,8 +553,7 @@ impl Pipeline {
                 Ok(identity) => ctx.user = identity.map(|i| i.sub),
                 Err((e, failed)) => {
                     if failed {
-                        self.threat
-                            .signal(ctx.client_ip, Signal::AuthFailure, escalatable);
+                        self.threat.signal(ctx.source(), Signal::AuthFailure);
                     }
                     return Err(e);
                 }
@@ -551,8 +569,7 @@ impl Pipeline {
                 req.headers(),
             )
             .inspect_err(|_| {
-                self.threat
-                    .signal(ctx.client_ip, Signal::RateLimited, escalatable);
+                self.threat.signal(ctx.source(), Signal::RateLimited);
             })?
         };
         let mut pools = route.pools_for(self.geo.region_of(ctx.client_ip));
@@ -574,7 +591,7 @@ impl Pipeline {
         // Infer: the request's intent, before the cache, so requests answered from it
         // (a scraper's listing pages) are judged too.
         let prediction = match &self.intent {
-            Some(intent) => self.infer(intent, ctx, &req, escalatable).await,
+            Some(intent) => self.infer(intent, ctx, &req).await,
             None => None,
         };
         // The built-in demo origin answers here (personalized like any page).

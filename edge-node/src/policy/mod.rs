@@ -20,6 +20,46 @@ pub use settings::{Signal, ThreatSettings};
 
 use crate::xdp::SharedPolicy;
 
+/// Who a signal is about, as the connection and the early phase established it.
+#[derive(Debug, Clone, Copy)]
+pub struct Source {
+    /// The client the request is judged as: the socket peer, or the address a trusted
+    /// proxy in front reported.
+    pub client: IpAddr,
+    /// The socket peer.
+    pub peer: IpAddr,
+    /// The peer is one of `http.trusted_proxies`.
+    pub peer_trusted: bool,
+    /// The peer's address is proven: a completed TCP or QUIC handshake. Requests from
+    /// QUIC 0-RTT early data are not (their source can be forged).
+    pub validated: bool,
+}
+
+impl Source {
+    /// A connection's own peer (a request it could not even frame).
+    pub fn peer(peer: IpAddr, trusted_proxies: &[ipnet::IpNet]) -> Self {
+        Self {
+            client: peer,
+            peer,
+            peer_trusted: trusted_proxies.iter().any(|n| n.contains(&peer)),
+            validated: true,
+        }
+    }
+
+    /// Whether a signal counts at all: never against an unproven address (anyone could
+    /// have earned it a score in its owner's name), never against a trusted proxy itself
+    /// (what it sends is its clients' doing; with a client it could not name, nobody's).
+    pub fn counts(&self) -> bool {
+        self.validated && !(self.peer_trusted && self.client == self.peer)
+    }
+
+    /// Whether the score may reach the kernel's maps: only for the address the packets
+    /// come from, so a drop at the NIC hits this client and never a proxy carrying many.
+    pub fn escalatable(&self) -> bool {
+        self.counts() && !self.peer_trusted && self.client == self.peer
+    }
+}
+
 /// A score and when it was last brought up to date.
 #[derive(Clone, Copy)]
 struct Score {
@@ -47,6 +87,8 @@ pub struct ThreatEngine {
     /// between cores.
     config: ArcSwap<(ThreatSettings, u32)>,
     scores: moka::sync::Cache<IpAddr, Arc<Mutex<Score>>>,
+    /// `xdp.allow`: never dropped, whatever else says, so never refused for a score.
+    allowed: ArcSwap<Vec<ipnet::IpNet>>,
     escalate: Option<mpsc::Sender<Escalation>>,
 }
 
@@ -71,8 +113,14 @@ impl ThreatEngine {
                         .max(Duration::from_secs(1)),
                 )
                 .build(),
+            allowed: ArcSwap::from_pointee(Vec::new()),
             escalate,
         }
+    }
+
+    /// The prefixes that are never refused (`xdp.allow`; a reload swaps them).
+    pub fn set_allowed(&self, nets: &[ipnet::IpNet]) {
+        self.allowed.store(Arc::new(nets.to_vec()));
     }
 
     /// New weights and thresholds (a reload); the scores stay.
@@ -104,7 +152,7 @@ impl ThreatEngine {
     pub fn standing(&self, ip: IpAddr) -> Standing {
         let c = self.config();
         let (settings, drop_threshold) = (&c.0, c.1);
-        if !settings.enabled {
+        if !settings.enabled || self.allowed.load().iter().any(|n| n.contains(&ip)) {
             return Standing::Clear;
         }
         let s = self.score(ip);
@@ -117,14 +165,16 @@ impl ThreatEngine {
         }
     }
 
-    /// Records `signal` from `ip` (`escalatable`: the address is the socket peer, so a
-    /// packet drop hits the client and not a proxy in front of it). Returns the new score.
-    pub fn signal(&self, ip: IpAddr, signal: Signal, escalatable: bool) -> f64 {
+    /// Records `signal` against `source`; returns the client's new score. Whether it
+    /// counts, and whether it may reach the kernel, is decided here and only here
+    /// (`Source::counts`, `Source::escalatable`).
+    pub fn signal(&self, source: Source, signal: Signal) -> f64 {
         let c = self.config();
         let (settings, drop_threshold) = (&c.0, c.1);
-        if !settings.enabled {
+        if !settings.enabled || !source.counts() {
             return 0.0;
         }
+        let (ip, escalatable) = (source.client, source.escalatable());
         let weight = settings.weights.of(signal);
         if weight <= 0.0 {
             return self.score(ip);
@@ -163,12 +213,17 @@ impl ThreatEngine {
         self.scores.invalidate(&ip);
     }
 
+    /// Whether the (canonical) path is a probe: equal to a blocked path, or under one
+    /// that ends in `/`. Without case: a deny list errs toward matching, and origins on
+    /// case-folding file systems serve `/.ENV` as `/.env`.
     pub fn is_blocked_path(&self, path: &str) -> bool {
-        self.config()
-            .0
-            .blocked_paths
-            .iter()
-            .any(|p| path == p || (path.starts_with(p.as_str()) && p.ends_with('/')))
+        self.config().0.blocked_paths.iter().any(|p| {
+            path.eq_ignore_ascii_case(p)
+                || (p.ends_with('/')
+                    && path
+                        .get(..p.len())
+                        .is_some_and(|head| head.eq_ignore_ascii_case(p)))
+        })
     }
 }
 
@@ -200,6 +255,39 @@ fn spawn_writer(policy: SharedPolicy) -> mpsc::Sender<Escalation> {
 mod tests {
     use super::*;
 
+    fn direct(ip: IpAddr) -> Source {
+        Source::peer(ip, &[])
+    }
+
+    #[test]
+    fn one_gate_decides_what_counts_and_what_reaches_the_kernel() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let client: IpAddr = "198.51.100.9".parse().unwrap();
+        let proxy: IpAddr = "10.0.0.2".parse().unwrap();
+        let direct = Source::peer(client, &trusted);
+        assert!(direct.counts() && direct.escalatable());
+        // A trusted proxy's own connection (a parse error, a client it did not name).
+        let own = Source::peer(proxy, &trusted);
+        assert!(!own.counts() && !own.escalatable());
+        // A client a trusted proxy named: scored, but its packets are the proxy's.
+        let behind = Source { client, ..own };
+        assert!(behind.counts() && !behind.escalatable());
+        // 0-RTT early data: the address is not proven.
+        let early = Source {
+            validated: false,
+            ..direct
+        };
+        assert!(!early.counts() && !early.escalatable());
+
+        let t = ThreatEngine::new(&ThreatSettings::default(), 100, None);
+        for _ in 0..20 {
+            t.signal(own, Signal::MalformedRequest);
+            t.signal(early, Signal::BlockedPath);
+        }
+        assert_eq!(t.score(proxy), 0.0);
+        assert_eq!(t.score(client), 0.0);
+    }
+
     #[test]
     fn scores_add_up_decay_and_set_the_standing() {
         let mut s = ThreatSettings {
@@ -211,11 +299,11 @@ mod tests {
         let t = ThreatEngine::new(&s, 100, None);
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
         assert_eq!(t.standing(ip), Standing::Clear);
-        t.signal(ip, Signal::AuthFailure, true);
-        t.signal(ip, Signal::AuthFailure, true);
+        t.signal(direct(ip), Signal::AuthFailure);
+        t.signal(direct(ip), Signal::AuthFailure);
         assert_eq!(t.standing(ip), Standing::Challenge);
         for _ in 0..10 {
-            t.signal(ip, Signal::AuthFailure, true);
+            t.signal(direct(ip), Signal::AuthFailure);
         }
         assert_eq!(t.standing(ip), Standing::Drop);
         // Another address is untouched.
@@ -224,7 +312,7 @@ mod tests {
         // Decay: with a tiny half-life the score is gone almost at once.
         s.half_life = Duration::from_millis(10);
         let t = ThreatEngine::new(&s, 100, None);
-        t.signal(ip, Signal::BlockedPath, true);
+        t.signal(direct(ip), Signal::BlockedPath);
         std::thread::sleep(Duration::from_millis(100));
         assert!(t.score(ip) < 1.0, "{}", t.score(ip));
     }

@@ -381,10 +381,15 @@ async fn request(
         r
     } else {
         let current = pipeline.load_full();
-        let req = req.map(|()| H3Body {
+        // Served from early data: the client's address is not proven yet.
+        let early = !*confirmed.borrow();
+        let mut req = req.map(|()| H3Body {
             recv: sync_wrapper::SyncWrapper::new(recv),
             done: false,
         });
+        if early {
+            req.extensions_mut().insert(crate::pipeline::EarlyData);
+        }
         // Boxed as well (measured: 7.2 against 7.9 µs/req of node CPU with the request task's
         // box alone): the task's own future stays small, and so does what it moves.
         Box::pin(current.handle(req, peer, "https")).await

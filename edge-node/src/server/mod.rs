@@ -106,6 +106,7 @@ pub fn spawn(
                         continue;
                     }
                     let threat = current.threat().clone();
+                    let source = current.connection_source(peer.ip());
                     drop(current);
                     let _ = stream.set_nodelay(true);
                     // Off this runtime's poller: the worker registers it with its own, so
@@ -169,7 +170,7 @@ pub fn spawn(
                             debug!(%peer, error = %e, "connection ended with an error");
                             // Requests hyper could not even parse count against the source.
                             if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse) {
-                                threat.signal(peer.ip(), crate::policy::Signal::MalformedRequest, true);
+                                threat.signal(source, crate::policy::Signal::MalformedRequest);
                             }
                         }
                     });

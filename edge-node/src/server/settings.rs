@@ -60,6 +60,9 @@ pub struct HttpSettings {
     /// How long shutdown waits for requests in flight.
     #[serde(default = "default_drain_timeout", with = "crate::config::duration")]
     pub drain_timeout: Duration,
+    /// `[http.path]`: how request paths are made canonical (`crate::target`).
+    #[serde(default)]
+    pub path: crate::target::PathSettings,
 }
 
 fn default_listen() -> Vec<SocketAddr> {
@@ -114,6 +117,7 @@ impl Default for HttpSettings {
             trusted_proxies: Vec::new(),
             upstream_connect_timeout: default_connect_timeout(),
             drain_timeout: default_drain_timeout(),
+            path: crate::target::PathSettings::default(),
         }
     }
 }

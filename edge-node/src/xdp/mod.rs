@@ -74,7 +74,7 @@ struct Loaded {
 impl XdpHandle {
     /// Loads and attaches per `settings`. In auto mode every failure degrades to
     /// userspace enforcement with an error-level log; in strict mode it is an error.
-    pub fn start(settings: &XdpSettings) -> Result<Self> {
+    pub fn start(settings: &XdpSettings, trusted_proxies: &[IpNet]) -> Result<Self> {
         let mut bucket_seed = random_seed();
         let (loaded, policy, enforcement) = match Self::start_kernel(settings, &mut bucket_seed) {
             Ok((loaded, maps)) => {
@@ -141,7 +141,7 @@ impl XdpHandle {
             handle.config_allow = allow.into_iter().collect();
             handle.config_block = block.into_iter().collect();
         }
-        handle.apply(settings)?;
+        handle.apply(settings, trusted_proxies)?;
         Ok(handle)
     }
 
@@ -185,10 +185,17 @@ impl XdpHandle {
     }
 
     /// Applies (re)loaded settings: the kernel config and the config-owned allow/block
-    /// entries. Entries added at run time (CLI, policy engine) are left alone.
-    pub fn apply(&mut self, settings: &XdpSettings) -> Result<()> {
+    /// entries. Entries added at run time (CLI, policy engine) are left alone. Trusted
+    /// proxies (`http.trusted_proxies`) are allowed too: one carries many clients, and
+    /// a per-source budget at the NIC would drop them all for its traffic.
+    pub fn apply(&mut self, settings: &XdpSettings, trusted_proxies: &[IpNet]) -> Result<()> {
         let mut policy = self.policy.lock().expect("policy lock");
-        let allow: BTreeSet<IpNet> = settings.allow.iter().map(IpNet::trunc).collect();
+        let allow: BTreeSet<IpNet> = settings
+            .allow
+            .iter()
+            .chain(trusted_proxies)
+            .map(IpNet::trunc)
+            .collect();
         let block: BTreeSet<IpNet> = settings.block.iter().map(IpNet::trunc).collect();
         for gone in self.config_allow.difference(&allow) {
             policy.unallow(*gone)?;

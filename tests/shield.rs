@@ -1,0 +1,76 @@
+//! The shield never turned against the people it protects, against a real node and
+//! origin on 127.0.0.1 (userspace enforcement, XDP off): what a trusted proxy's
+//! connection does wrong is nobody's score, and `xdp.allow` is never refused.
+
+use edge_tests::{
+    origin::Origin,
+    proxy::{curl, raw, start_config},
+};
+
+fn status_of(response: &str) -> u16 {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_trusted_proxys_bad_requests_never_score_it() {
+    let origin = Origin::start("app");
+    let cfg = format!(
+        "[xdp]\nmode = \"off\"\n[http]\nlisten = [\"127.0.0.1:0\"]\nmax_headers = 20\n\
+         trusted_proxies = [\"127.0.0.1/32\"]\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\
+         [[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n",
+        origin.addr
+    );
+    let p = start_config(&cfg);
+    // A CDN in front forwards what its clients send: hosts that are no host (the
+    // pipeline's 400) and heads with too many fields (hyper's 431, a
+    // connection-level parse error). 10 points each, challenge at 50, drop at 100.
+    let many_headers: String = (0..40).map(|i| format!("X-F{i}: v\r\n")).collect();
+    for _ in 0..15 {
+        let r = raw(
+            &p.addr(),
+            b"GET / HTTP/1.1\r\nHost: app$test\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status_of(&r), 400, "{r}");
+        let r = raw(
+            &p.addr(),
+            format!("GET / HTTP/1.1\r\nHost: app.test\r\n{many_headers}Connection: close\r\n\r\n")
+                .as_bytes(),
+        );
+        assert_eq!(status_of(&r), 431, "{r}");
+    }
+    // Its other clients (and the proxy itself) are still served, never challenged,
+    // refused or dropped.
+    let r = curl(&p, "app.test", "/", &[]);
+    assert_eq!(r.status, 200, "{}", p.node.log());
+    let r = curl(
+        &p,
+        "app.test",
+        "/",
+        &["-H", "X-Forwarded-For: 198.51.100.7"],
+    );
+    assert_eq!(r.status, 200, "{}", p.node.log());
+    assert!(!p.node.log().contains("escalated"), "{}", p.node.log());
+}
+
+#[test]
+fn an_allowed_source_is_never_refused_for_its_score() {
+    let origin = Origin::start("app");
+    let cfg = format!(
+        "[xdp]\nmode = \"off\"\nallow = [\"127.0.0.0/8\"]\n[http]\nlisten = [\"127.0.0.1:0\"]\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\
+         [[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n",
+        origin.addr
+    );
+    let p = start_config(&cfg);
+    // Probes of blocked paths, 25 points each: far past the drop threshold.
+    for _ in 0..8 {
+        assert_eq!(curl(&p, "app.test", "/.env", &[]).status, 404);
+    }
+    let r = curl(&p, "app.test", "/", &[]);
+    assert_eq!(r.status, 200, "{}", p.node.log());
+}
