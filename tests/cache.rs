@@ -252,8 +252,23 @@ fn variants_keys_and_poisoning() {
     let en2 = get(&["-H", "X-Lang: en"]);
     assert_eq!(header(&en2, "x-cache"), "HIT");
     assert!(en2.body.contains("x-lang: en") && !en2.body.contains("x-lang: de"));
-    // Poisoning: a header outside the key never reaches the origin on a cacheable
-    // request, so it cannot shape what everyone else gets.
+    // A client's X-Forwarded-Host is the node's to set: it never reaches the origin.
+    let spoofed = curl(
+        &p,
+        "app.test",
+        "/f?cc=max-age%3D60",
+        &["-H", "X-Forwarded-Host: evil.example"],
+    );
+    assert!(!spoofed.body.contains("evil"), "{}", spoofed.body);
+    assert!(
+        spoofed.body.contains("x-forwarded-host: app.test"),
+        "{}",
+        spoofed.body
+    );
+    // Poisoning through headers an origin reflects without declaring Vary: a route with
+    // `strip_unkeyed` forwards nothing outside the key on cacheable requests, so they
+    // cannot shape what everyone else gets.
+    let p = node(&origin, "key_headers = [\"x-lang\"]\nstrip_unkeyed = true");
     let evil = curl(
         &p,
         "app.test",

@@ -2,6 +2,7 @@
 //! Run a single suite with `cargo test -p edge-tests --test integration <suite>::`.
 
 mod cache;
+mod cache_http;
 mod http3;
 mod http_protocol;
 mod http_proxy;

@@ -249,7 +249,8 @@ fn serve(conn: TcpStream, shared: &Shared) {
             body.len(),
             headers.join("\n")
         );
-        // Response headers a test asks for in the query: `cc=` (Cache-Control), `vary=`,
+        // Response headers a test asks for in the query: `cc=` (Cache-Control), `cdncc=`
+        // (CDN-Cache-Control), `location=`, `vary=`,
         // `tag=` (Surrogate-Key), `ctag=` (Cache-Tag), `cookie=` (Set-Cookie), `cookie304=` (Set-Cookie on a 304 only), `etag=` (a validator: a matching If-None-Match gets 304).
         let mut extra = String::new();
         let mut extra_304 = String::new();
@@ -267,6 +268,8 @@ fn serve(conn: TcpStream, shared: &Shared) {
                     .replace("%22", "\"");
                 match k {
                     "cc" => extra.push_str(&format!("cache-control: {v}\r\n")),
+                    "cdncc" => extra.push_str(&format!("cdn-cache-control: {v}\r\n")),
+                    "location" => extra.push_str(&format!("location: {v}\r\n")),
                     "vary" => extra.push_str(&format!("vary: {v}\r\n")),
                     "tag" => extra.push_str(&format!("surrogate-key: {v}\r\n")),
                     "ctag" => extra.push_str(&format!("cache-tag: {v}\r\n")),

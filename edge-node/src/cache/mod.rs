@@ -263,6 +263,10 @@ pub struct Store {
     /// Keys whose last response could not be stored ("hit-for-pass"): for a while their
     /// misses go straight to the origin instead of queueing behind one another.
     uncacheable: moka::sync::Cache<KeyDigest, ()>,
+    /// The keys stored for each URL (one per key-header and variant combination): a
+    /// purge or an invalidation by URL finds them without scanning the cache. May list
+    /// keys gone since; never misses one stored.
+    by_url: moka::sync::Cache<String, Arc<Mutex<Vec<KeyDigest>>>>,
 }
 
 /// A lookup's answer.
@@ -404,6 +408,9 @@ impl Store {
                 .max_capacity(100_000)
                 .time_to_live(UNCACHEABLE_FOR)
                 .build(),
+            // A URL's keys are dropped with it only when the index itself runs over:
+            // then a purge by URL falls back to a scan (`purge_url`).
+            by_url: moka::sync::Cache::builder().max_capacity(1_000_000).build(),
         }))
     }
 
@@ -442,8 +449,37 @@ impl Store {
         variants
             .0
             .retain(|e| e.vary != entry.vary && e.key == entry.key);
+        let url = entry.url.clone();
         variants.0.push(entry);
         self.entries.insert(key.digest, variants);
+        let keys = self.by_url.get_with(url, Default::default);
+        let mut keys = keys.lock().unwrap_or_else(|e| e.into_inner());
+        if !keys.contains(&key.digest) {
+            keys.push(key.digest);
+        }
+    }
+
+    /// Removes every copy stored for `url` (`canonical_url` spelling); how many keys
+    /// went.
+    pub fn purge_url(&self, url: &str) -> usize {
+        let Some(keys) = self.by_url.remove(url) else {
+            // Not indexed: never stored, or the index ran over (then look everywhere).
+            if self.by_url.entry_count() < 1_000_000 {
+                return 0;
+            }
+            return self.purge_where(|e| e.url == url);
+        };
+        let keys = keys.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut purged = 0;
+        for k in keys {
+            if let Some(v) = self.entries.get(&k)
+                && v.0.iter().any(|e| e.url == url)
+            {
+                self.entries.invalidate(&k);
+                purged += 1;
+            }
+        }
+        purged
     }
 
     /// Stores in every tier: in memory now, in the regional tier in the background (a
@@ -478,7 +514,7 @@ impl Store {
     pub fn purge_local(&self, purge: &regional::Purge) -> usize {
         use regional::Purge;
         match purge {
-            Purge::Url(u) => self.purge_where(|e| &e.url == u),
+            Purge::Url(u) => self.purge_url(u),
             Purge::Prefix(p) => self.purge_where(|e| e.url.starts_with(p.as_str())),
             Purge::Tag(t) => self.purge_where(|e| e.tags.iter().any(|x| x == t)),
             Purge::All => {
@@ -500,6 +536,23 @@ impl Store {
             None => None,
         };
         (local, regional)
+    }
+
+    /// Invalidates what is stored for `url` (RFC 9111 4.4): here at once, in the
+    /// regional tier and on the other nodes in the background.
+    pub fn invalidate(self: &Arc<Self>, url: String) {
+        let purge = regional::Purge::Url(url);
+        self.purge_local(&purge);
+        if self.regional.is_some() {
+            let store = self.clone();
+            tokio::spawn(async move {
+                if let Some(r) = &store.regional
+                    && r.purge(&purge).await.is_ok()
+                {
+                    let _ = r.publish(store.instance, &purge).await;
+                }
+            });
+        }
     }
 
     /// Starts applying other nodes' purges (with a regional tier).

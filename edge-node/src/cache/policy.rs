@@ -47,6 +47,22 @@ const NOT_WITHHOLDABLE: [&str; 5] = [
     "transfer-encoding",
 ];
 
+/// The largest delta-seconds a cache must represent (RFC 9111 1.2.2): a larger value, or
+/// one too large to parse, counts as this (about 68 years), so no later sum overflows.
+pub const MAX_DELTA_SECONDS: u64 = 1 << 31;
+
+/// A delta-seconds value (RFC 9111 1.2.2): digits only, capped at `MAX_DELTA_SECONDS`;
+/// `None` for anything else (a sign, a fraction, nothing).
+pub fn delta_seconds(v: &str) -> Option<u64> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(
+        v.parse::<u64>()
+            .map_or(MAX_DELTA_SECONDS, |n| n.min(MAX_DELTA_SECONDS)),
+    )
+}
+
 /// The members of a Cache-Control value: split on commas outside quoted strings, so a
 /// qualified `private="set-cookie, x-session"` stays one member. `None` when a quoted
 /// string never ends (the value cannot be read reliably).
@@ -73,8 +89,41 @@ fn members(value: &str) -> Option<Vec<&str>> {
 }
 
 pub fn directives(headers: &HeaderMap) -> Directives {
+    directives_of(headers, &header::CACHE_CONTROL)
+}
+
+/// The directives a shared cache at the edge follows for a response: `CDN-Cache-Control`
+/// (RFC 9213) when the origin sent one it could read, which then replaces Cache-Control
+/// (and Expires) for this cache; otherwise Cache-Control. Browsers keep reading
+/// Cache-Control, so an origin can tell the edge and clients different things.
+pub fn response_directives(headers: &HeaderMap) -> Directives {
+    if cdn_cache_control(headers) {
+        directives_of(headers, &CDN_CACHE_CONTROL)
+    } else {
+        directives(headers)
+    }
+}
+
+/// `CDN-Cache-Control` (RFC 9213).
+pub const CDN_CACHE_CONTROL: header::HeaderName =
+    header::HeaderName::from_static("cdn-cache-control");
+
+/// Whether the response carries a `CDN-Cache-Control` this cache follows: present and
+/// parseable (RFC 9213 2.1: an invalid one is ignored, and Cache-Control applies).
+pub fn cdn_cache_control(headers: &HeaderMap) -> bool {
+    let mut any = false;
+    for v in headers.get_all(&CDN_CACHE_CONTROL) {
+        match v.to_str().ok().and_then(members) {
+            Some(_) => any = true,
+            None => return false,
+        }
+    }
+    any
+}
+
+fn directives_of(headers: &HeaderMap, field: &header::HeaderName) -> Directives {
     let mut d = Directives::default();
-    for v in headers.get_all(header::CACHE_CONTROL) {
+    for v in headers.get_all(field) {
         let Ok(v) = v.to_str() else { continue };
         let Some(parts) = members(v) else {
             // Unreadable: as cautious as the directive could have been.
@@ -86,7 +135,8 @@ pub fn directives(headers: &HeaderMap) -> Directives {
             let (name, arg) = part.split_once('=').map_or((part, None), |(n, a)| {
                 (n.trim(), Some(a.trim().trim_matches('"')))
             });
-            let secs = || arg.and_then(|a| a.parse::<u64>().ok());
+            // Invalid numbers count as 0 where that is the cautious reading.
+            let secs = || arg.and_then(delta_seconds);
             // The fields a qualified private / no-cache withholds; `None` when it covers
             // the whole response: unqualified, or naming a field the body cannot be
             // served without.
@@ -115,12 +165,15 @@ pub fn directives(headers: &HeaderMap) -> Directives {
                 "public" => d.public = true,
                 "must-revalidate" => d.must_revalidate = true,
                 "proxy-revalidate" => d.proxy_revalidate = true,
-                "max-age" => d.max_age = secs().or(Some(0)),
-                "s-maxage" => d.s_maxage = secs().or(Some(0)),
-                "min-fresh" => d.min_fresh = secs(),
+                // RFC 9111 4.2.1: of a directive given twice, the first counts.
+                "max-age" => _ = d.max_age.get_or_insert(secs().unwrap_or(0)),
+                "s-maxage" => _ = d.s_maxage.get_or_insert(secs().unwrap_or(0)),
+                "min-fresh" => d.min_fresh = d.min_fresh.or(secs()),
                 "only-if-cached" => d.only_if_cached = true,
-                "stale-if-error" => d.stale_if_error = secs(),
-                "stale-while-revalidate" => d.stale_while_revalidate = secs(),
+                "stale-if-error" => d.stale_if_error = d.stale_if_error.or(secs()),
+                "stale-while-revalidate" => {
+                    d.stale_while_revalidate = d.stale_while_revalidate.or(secs())
+                }
                 _ => {}
             }
         }
@@ -168,7 +221,9 @@ pub fn storable(
         return None;
     }
     let req = directives(request);
-    let resp = directives(response);
+    let resp = response_directives(response);
+    // With CDN-Cache-Control, Expires speaks to browsers only.
+    let expires = !cdn_cache_control(response) && response.contains_key(header::EXPIRES);
     if req.no_store || resp.no_store || resp.private {
         return None;
     }
@@ -201,13 +256,12 @@ pub fn storable(
     if resp.no_cache {
         return validators.then_some(Duration::ZERO);
     }
-    let explicit =
-        resp.s_maxage.is_some() || resp.max_age.is_some() || response.contains_key(header::EXPIRES);
+    let explicit = resp.s_maxage.is_some() || resp.max_age.is_some() || expires;
     let lifetime = if let Some(s) = resp.s_maxage {
         Duration::from_secs(s)
     } else if let Some(m) = resp.max_age {
         Duration::from_secs(m)
-    } else if response.contains_key(header::EXPIRES) {
+    } else if expires {
         // RFC 9111 5.3: an invalid Expires (such as "0") means already expired.
         match http_date(response, header::EXPIRES) {
             Some(expires) => {
@@ -368,13 +422,14 @@ pub fn may_serve_from_cache(method: &Method, request: &HeaderMap, d: &Directives
     !(d.no_cache || d.no_store || d.max_age == Some(0) || pragma_no_cache)
 }
 
-/// The age the response already had (`Age`).
+/// The age the response already had (`Age`, RFC 9111 5.1): of a list, the first member;
+/// an invalid value is ignored (0); a huge one is capped like any delta-seconds.
 pub fn initial_age(response: &HeaderMap) -> Duration {
     Duration::from_secs(
         response
             .get(header::AGE)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok())
+            .and_then(|v| delta_seconds(v.split(',').next().unwrap_or("").trim()))
             .unwrap_or(0),
     )
 }
@@ -393,6 +448,98 @@ mod tests {
             );
         }
         m
+    }
+
+    #[test]
+    fn numbers_and_repeats_read_as_rfc_9111_says() {
+        let now = SystemTime::now();
+        let life = |resp: &[(&str, &str)]| {
+            storable(
+                &Method::GET,
+                &h(&[]),
+                StatusCode::OK,
+                &h(resp),
+                RoutePolicy::default(),
+                now,
+            )
+        };
+        // Too large to represent: 2^31 s, and nothing later overflows.
+        let d = directives(&h(&[("cache-control", "max-age=99999999999999999999999")]));
+        assert_eq!(d.max_age, Some(MAX_DELTA_SECONDS));
+        let huge = life(&[(
+            "cache-control",
+            "s-maxage=18446744073709551615, stale-if-error=18446744073709551615",
+        )]);
+        assert_eq!(huge, Some(Duration::from_secs(MAX_DELTA_SECONDS)));
+        // Not a number: stale at once.
+        assert_eq!(life(&[("cache-control", "max-age=-1")]), None);
+        assert_eq!(life(&[("cache-control", "max-age=1.5")]), None);
+        // Given twice: the first counts.
+        let d = directives(&h(&[("cache-control", "max-age=5, max-age=500")]));
+        assert_eq!(d.max_age, Some(5));
+        let d = directives(&h(&[
+            ("cache-control", "max-age=5"),
+            ("cache-control", "max-age=500"),
+        ]));
+        assert_eq!(d.max_age, Some(5));
+        // Age: the first member of a list; invalid ignored; huge capped.
+        assert_eq!(
+            initial_age(&h(&[("age", "10, 20")])),
+            Duration::from_secs(10)
+        );
+        assert_eq!(initial_age(&h(&[("age", "-5")])), Duration::ZERO);
+        assert_eq!(initial_age(&h(&[("age", "ten")])), Duration::ZERO);
+        assert_eq!(
+            initial_age(&h(&[("age", "99999999999999999999")])),
+            Duration::from_secs(MAX_DELTA_SECONDS)
+        );
+    }
+
+    #[test]
+    fn cdn_cache_control_speaks_to_the_edge_alone() {
+        let now = SystemTime::now();
+        let life = |resp: &[(&str, &str)]| {
+            storable(
+                &Method::GET,
+                &h(&[]),
+                StatusCode::OK,
+                &h(resp),
+                RoutePolicy::default(),
+                now,
+            )
+        };
+        // The edge keeps it an hour; browsers are told not to store it.
+        assert_eq!(
+            life(&[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "max-age=3600")
+            ]),
+            Some(Duration::from_secs(3600))
+        );
+        // And the other way round: browsers may, the edge may not.
+        assert_eq!(
+            life(&[
+                ("cache-control", "max-age=3600"),
+                ("cdn-cache-control", "no-store")
+            ]),
+            None
+        );
+        // Expires is for browsers when CDN-Cache-Control is there.
+        assert_eq!(
+            life(&[
+                ("cdn-cache-control", "private"),
+                ("expires", "Thu, 01 Jan 2099 00:00:00 GMT")
+            ]),
+            None
+        );
+        // An unreadable CDN-Cache-Control is ignored: Cache-Control applies.
+        assert_eq!(
+            life(&[
+                ("cache-control", "max-age=60"),
+                ("cdn-cache-control", "max-age=\"5")
+            ]),
+            Some(Duration::from_secs(60))
+        );
     }
 
     #[test]

@@ -5,10 +5,12 @@
 //! as they stream to the client. Expired copies with a validator are revalidated with a
 //! conditional request (a 304 refreshes them); within stale-while-revalidate they answer
 //! at once and refresh in the background. Clients' own conditional and Range requests are
-//! answered from stored copies (304, 206, 416). Request headers that are not part of the
-//! key are not forwarded on cacheable requests, so nothing outside the key can change a
-//! stored body. Responses say where they came from (`X-Cache`, `Cache-Status`). Routes
-//! without `[route.cache]`: nothing.
+//! answered from stored copies (304, 206, 416). End-to-end request headers reach the
+//! origin, which declares what its answers vary on (`Vary`, matched against the request
+//! as the origin got it); `strip_unkeyed` routes forward only the key. Successful unsafe
+//! requests invalidate what they change (RFC 9111 4.4); `CDN-Cache-Control` (RFC 9213)
+//! speaks to this cache alone. Responses say where they came from (`X-Cache`,
+//! `Cache-Status`). Routes without `[route.cache]`: nothing.
 
 use std::{
     pin::Pin,
@@ -43,13 +45,20 @@ pub struct RouteCacheSettings {
     /// Larger responses stream through without being stored.
     #[serde(default = "default_max_object")]
     pub max_object_bytes: usize,
-    /// Request headers that are part of the key (and so the only client headers,
-    /// besides the node's own, that reach the origin on cacheable requests).
+    /// Request headers that are part of the key, besides those the origin names in
+    /// `Vary` (which every stored copy is matched on anyway).
     #[serde(default)]
     pub key_headers: Vec<String>,
-    /// Cookies that are part of the key (the only ones forwarded on cacheable requests).
+    /// Cookies that are part of the key.
     #[serde(default)]
     pub key_cookies: Vec<String>,
+    /// Forward only the key headers and cookies (and the node's own headers) to the
+    /// origin on cacheable requests, so nothing outside the key can shape a stored
+    /// answer, for origins that vary on headers without saying so. Off (the default):
+    /// every end-to-end header reaches the origin, as at every CDN, and what an answer
+    /// varies on the origin declares with `Vary`.
+    #[serde(default)]
+    pub strip_unkeyed: bool,
     /// Store responses to authenticated requests even without `public` / `s-maxage`
     /// (only for routes whose responses do not depend on the user).
     #[serde(default)]
@@ -77,6 +86,7 @@ fn default_max_object() -> usize {
 /// The cache policy of one route.
 pub struct RouteCache {
     key_headers: Vec<HeaderName>,
+    strip_unkeyed: bool,
     key_cookies: Vec<String>,
     max_object: usize,
     policy: policy::RoutePolicy,
@@ -153,6 +163,7 @@ impl RouteCache {
                 .map(|h| HeaderName::from_bytes(h.as_bytes()))
                 .collect::<Result<_, _>>()?,
             key_cookies: s.key_cookies.clone(),
+            strip_unkeyed: s.strip_unkeyed,
             max_object: s.max_object_bytes,
             stale_if_error: s.stale_if_error,
             stale_while_revalidate: s.stale_while_revalidate,
@@ -231,8 +242,21 @@ impl RouteCache {
         m.finish()
     }
 
-    /// Removes what is not in the key from a cacheable request before it is forwarded.
-    pub fn strip_unkeyed(&self, headers: &mut HeaderMap) {
+    /// What of a cacheable request is not forwarded: the client's conditional and Range
+    /// headers (the cache answers them from a complete copy), and with `strip_unkeyed`
+    /// everything outside the key but the node's own headers and `keep` (identity
+    /// headers the auth phase set).
+    pub fn strip(&self, headers: &mut HeaderMap, keep: &[HeaderName]) {
+        if self.strip_unkeyed {
+            self.strip_unkeyed(headers, keep);
+        } else {
+            for h in &CLIENT_CONDITIONALS {
+                headers.remove(h);
+            }
+        }
+    }
+
+    fn strip_unkeyed(&self, headers: &mut HeaderMap, keep: &[HeaderName]) {
         let cookies: Vec<String> = self
             .key_cookies
             .iter()
@@ -240,7 +264,11 @@ impl RouteCache {
             .collect();
         let doomed: Vec<HeaderName> = headers
             .keys()
-            .filter(|k| !ALWAYS_FORWARDED.contains(&k.as_str()) && !self.key_headers.contains(k))
+            .filter(|k| {
+                !ALWAYS_FORWARDED.contains(&k.as_str())
+                    && !self.key_headers.contains(k)
+                    && !keep.contains(k)
+            })
             .cloned()
             .collect();
         for k in doomed {
@@ -253,8 +281,9 @@ impl RouteCache {
         }
     }
 
-    /// Looks the request up in the tiers. Strips what is not in the key from the request
-    /// (it is forwarded as it is left).
+    /// Looks the request (with the node's own headers already set, as the origin would
+    /// get it, so stored `Vary` variants match) up in the tiers, and strips what is not
+    /// forwarded (`strip`; it is forwarded as it is left).
     pub async fn lookup<B>(
         &self,
         store: &Arc<Store>,
@@ -262,6 +291,7 @@ impl RouteCache {
         req: &mut Request<B>,
         variant: Option<&str>,
         forwarded_host: Option<&str>,
+        keep: &[HeaderName],
     ) -> CacheStep {
         let method = req.method().clone();
         let key = self.key(scheme, req, variant, forwarded_host);
@@ -289,7 +319,7 @@ impl RouteCache {
             refresh_in_background: false,
             passed: false,
         };
-        self.strip_unkeyed(req.headers_mut());
+        self.strip(req.headers_mut(), keep);
         if !serve {
             if asked.only_if_cached {
                 return CacheStep::Answer(not_cached());
@@ -442,7 +472,7 @@ impl RouteCache {
             // This client gets what the origin's 304 sent it (its cookie, say); the
             // copy kept for everyone else does not.
             let mut answer = respond(&entry, method, now, fetch.label, &fetch.client);
-            let directives = policy::directives(&entry.headers);
+            let directives = policy::response_directives(&entry.headers);
             withhold(&mut entry.headers, &directives);
             if !self.policy.share_set_cookie {
                 entry.headers.remove(header::SET_COOKIE);
@@ -540,7 +570,7 @@ impl RouteCache {
             .lifetime(&Method::GET, forwarded, authorized, stale.status, &headers)
             .unwrap_or(Duration::ZERO);
         let (stale_if_error, stale_while_revalidate) = policy::stale_windows(
-            &policy::directives(&headers),
+            &policy::response_directives(&headers),
             self.stale_if_error,
             self.stale_while_revalidate,
         );
@@ -631,7 +661,7 @@ impl RouteCache {
             .collect();
         // Copies, not clones: hyper's header values are slices of its read buffer, and
         // keeping one would keep the whole buffer alive as long as the entry.
-        let directives = policy::directives(resp.headers());
+        let directives = policy::response_directives(resp.headers());
         let mut headers = owned(resp.headers());
         headers.remove(headers::X_CACHE);
         headers.remove(headers::CACHE_STATUS);
@@ -978,6 +1008,48 @@ fn authority<B>(req: &Request<B>) -> String {
                 .map(str::to_ascii_lowercase)
         })
         .unwrap_or_default()
+}
+
+/// RFC 9111 4.4: a successful response to an unsafe request (POST, PUT, DELETE, …)
+/// invalidates what is stored for its URL, and for the URLs of the same origin its
+/// `Location` and `Content-Location` name.
+pub fn invalidate_after_unsafe(
+    store: &Arc<Store>,
+    scheme: &str,
+    request_url: String,
+    status: StatusCode,
+    response: &HeaderMap,
+) {
+    if !(status.is_success() || status.is_redirection()) {
+        return;
+    }
+    let origin = crate::cache::canonical_url(&request_url).and_then(|u| {
+        let uri: http::Uri = u.parse().ok()?;
+        Some(uri.authority()?.as_str().to_string())
+    });
+    let mut urls = vec![request_url];
+    if let Some(authority) = origin {
+        for h in [header::LOCATION, header::CONTENT_LOCATION] {
+            let Some(v) = response.get(h).and_then(|v| v.to_str().ok()) else {
+                continue;
+            };
+            let absolute = if v.starts_with('/') && !v.starts_with("//") {
+                format!("{scheme}://{authority}{v}")
+            } else {
+                v.to_string()
+            };
+            // Another origin's URLs are not this response's to invalidate.
+            if let Some(u) = crate::cache::canonical_url(&absolute)
+                && u.strip_prefix(&format!("{scheme}://{authority}"))
+                    .is_some_and(|rest| rest.starts_with('/'))
+            {
+                urls.push(u);
+            }
+        }
+    }
+    for u in urls {
+        store.invalidate(u);
+    }
 }
 
 /// Streams a response to the client and keeps a copy; the copy is stored when the body

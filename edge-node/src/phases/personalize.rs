@@ -319,6 +319,11 @@ impl Experiment {
         &self.variants[a.variant].name
     }
 
+    /// The request headers `forward` sets.
+    pub fn forwarded_headers(&self) -> [HeaderName; 2] {
+        [self.header.clone(), header::ACCEPT_ENCODING]
+    }
+
     /// Tells the origin the variant; asks for an uncompressed body when the variant's
     /// pages are rewritten (lol_html reads plain HTML).
     pub fn forward(&self, a: Assignment, headers: &mut HeaderMap) {

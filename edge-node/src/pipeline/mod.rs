@@ -137,6 +137,9 @@ pub struct Pipeline {
     providers: Vec<Arc<JwtProvider>>,
     /// Identity headers of every provider: removed from every request, whatever its route.
     identity_headers: Vec<http::HeaderName>,
+    /// Request headers the phases set before the cache (identity, experiment, intent):
+    /// forwarded even by routes that strip unkeyed headers.
+    node_headers: Vec<http::HeaderName>,
     threat: Arc<ThreatEngine>,
     challenger: Challenger,
     /// `Alt-Svc` for HTTP/1.1 and HTTP/2 responses when HTTP/3 is served.
@@ -180,6 +183,7 @@ impl Pipeline {
                 bail!("upstream {} is defined twice", u.name);
             }
         }
+        let mut node_headers = identity_headers.clone();
         let mut routes = Vec::new();
         for r in &config.route {
             let mut pools = Vec::new();
@@ -226,6 +230,17 @@ impl Pipeline {
                     .map(|e| Experiment::new(e).map(Arc::new))
                     .transpose()?,
             });
+            if let Some(e) = &routes.last().expect("pushed").experiment {
+                node_headers.extend(e.forwarded_headers());
+            }
+        }
+        let intent = config
+            .intent
+            .enabled
+            .then(|| crate::intent::Intent::start(&config.intent))
+            .transpose()?;
+        if let Some(i) = &intent {
+            node_headers.extend([i.header.clone(), i.confidence_header.clone()]);
         }
         threat.update(&config.threat, config.xdp.drop_threshold);
         threat.set_allowed(&config.xdp.allow);
@@ -254,11 +269,8 @@ impl Pipeline {
             }),
             userspace_policy,
             cache,
-            intent: config
-                .intent
-                .enabled
-                .then(|| crate::intent::Intent::start(&config.intent))
-                .transpose()?,
+            intent,
+            node_headers,
         })
     }
 
@@ -602,6 +614,15 @@ impl Pipeline {
                 None => page,
             });
         }
+        // The node's own headers, before the cache looks up: stored variants are matched
+        // on the request as the origin gets it.
+        set_forwarding_headers(ctx, &mut req);
+        if let Some((e, a)) = &assignment {
+            e.forward(*a, req.headers_mut());
+        }
+        if let Some(intent) = &self.intent {
+            intent.forward(prediction, req.headers_mut());
+        }
         // Cache: answered from a stored copy while fresh; concurrent misses for one key
         // make one origin request.
         let method = req.method().clone();
@@ -611,7 +632,14 @@ impl Pipeline {
         {
             let forwarded_host = ctx.forwarded_host.as_deref().filter(|h| *h != ctx.host);
             match rc
-                .lookup(&self.cache, ctx.scheme, &mut req, variant, forwarded_host)
+                .lookup(
+                    &self.cache,
+                    ctx.scheme,
+                    &mut req,
+                    variant,
+                    forwarded_host,
+                    &self.node_headers,
+                )
                 .await
             {
                 CacheStep::Answer(resp) => return Ok(resp),
@@ -621,65 +649,16 @@ impl Pipeline {
                 }
             }
         }
-        if let Some((e, a)) = &assignment {
-            e.forward(*a, req.headers_mut());
-        }
-        if let Some(intent) = &self.intent {
-            intent.forward(prediction, req.headers_mut());
-        }
         let version = req.version();
-        let proto = ctx.scheme;
-        let authority = req.uri().authority().cloned();
-        let headers = req.headers_mut();
-        // The forwarding chain: what a trusted proxy reported, plus the peer; from anyone
-        // else only the peer (the early phase removed their copies).
-        let peer = ctx.client.ip().to_string();
-        let xff = match &ctx.forwarded_chain {
-            Some(chain) => format!("{chain}, {peer}"),
-            None => peer,
-        };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            headers.insert(headers::X_FORWARDED_FOR, v);
-        }
-        headers.insert(headers::X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-        if let Ok(v) = HeaderValue::from_str(ctx.forwarded_host.as_deref().unwrap_or(&ctx.host)) {
-            headers.insert(headers::X_FORWARDED_HOST, v);
-        }
-        let node_for = |ip: std::net::IpAddr| {
-            if ip.is_ipv6() {
-                format!("\"[{ip}]\"")
-            } else {
-                ip.to_string()
-            }
-        };
-        // A trusted proxy's elements stay, and this hop's is appended (RFC 7239 5.1);
-        // otherwise one element names the client.
-        let forwarded = match &ctx.forwarded_elements {
-            Some((elements, hop_proto)) => format!(
-                "{elements}, for={};proto={hop_proto};host={}",
-                node_for(ctx.client.ip()),
-                ctx.host
-            ),
-            None => format!(
-                "for={};proto={proto};host={}",
-                node_for(ctx.client_ip),
-                ctx.host
-            ),
-        };
-        if let Ok(v) = HeaderValue::from_str(&forwarded) {
-            headers.insert(header::FORWARDED, v);
-        }
-        headers.append(header::VIA, HeaderValue::from_static(via(version)));
         if let Some(u) = &upgrade {
-            u.forward(headers);
+            u.forward(req.headers_mut());
         }
-        // HTTP/2 requests carry the host as :authority; origins get a Host header.
-        if !headers.contains_key(header::HOST)
-            && let Some(a) = authority
-            && let Ok(v) = HeaderValue::from_str(a.as_str())
-        {
-            headers.insert(header::HOST, v);
-        }
+        // An unsafe request invalidates its URL's stored copies once it succeeds.
+        let invalidates = route
+            .cache
+            .as_ref()
+            .filter(|_| !method.is_safe())
+            .map(|_| RouteCache::url(ctx.scheme, &req));
         let body_is_empty = req.body().is_end_stream() || req.body().size_hint().exact() == Some(0);
         let (parts, body) = req.into_parts();
         // The request as forwarded, for matching stored variants (cacheable requests only).
@@ -782,6 +761,15 @@ impl Pipeline {
                 )
             }));
         };
+        if let Some(url) = invalidates {
+            crate::phases::cache::invalidate_after_unsafe(
+                &self.cache,
+                ctx.scheme,
+                url,
+                resp.status(),
+                resp.headers(),
+            );
+        }
         // The client's protocol version, whatever the origin spoke.
         *resp.version_mut() = version;
         match upgrade {
@@ -815,6 +803,63 @@ impl Pipeline {
             resp.headers_mut().insert(k, v);
         }
         Ok(resp)
+    }
+}
+
+/// The headers the node sets toward the origin: the forwarding chain (X-Forwarded-*,
+/// Forwarded), Via, and Host for HTTP/2 and HTTP/3 requests (which carry it as
+/// :authority). Set before the cache looks up, so stored `Vary` variants are matched on
+/// the request as the origin gets it.
+fn set_forwarding_headers<B>(ctx: &RequestCtx, req: &mut Request<B>) {
+    let proto = ctx.scheme;
+    let req_version = req.version();
+    let authority = req.uri().authority().cloned();
+    let headers = req.headers_mut();
+    // The forwarding chain: what a trusted proxy reported, plus the peer; from anyone
+    // else only the peer (the early phase removed their copies).
+    let peer = ctx.client.ip().to_string();
+    let xff = match &ctx.forwarded_chain {
+        Some(chain) => format!("{chain}, {peer}"),
+        None => peer,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(headers::X_FORWARDED_FOR, v);
+    }
+    headers.insert(headers::X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    if let Ok(v) = HeaderValue::from_str(ctx.forwarded_host.as_deref().unwrap_or(&ctx.host)) {
+        headers.insert(headers::X_FORWARDED_HOST, v);
+    }
+    let node_for = |ip: std::net::IpAddr| {
+        if ip.is_ipv6() {
+            format!("\"[{ip}]\"")
+        } else {
+            ip.to_string()
+        }
+    };
+    // A trusted proxy's elements stay, and this hop's is appended (RFC 7239 5.1);
+    // otherwise one element names the client.
+    let forwarded = match &ctx.forwarded_elements {
+        Some((elements, hop_proto)) => format!(
+            "{elements}, for={};proto={hop_proto};host={}",
+            node_for(ctx.client.ip()),
+            ctx.host
+        ),
+        None => format!(
+            "for={};proto={proto};host={}",
+            node_for(ctx.client_ip),
+            ctx.host
+        ),
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        headers.insert(header::FORWARDED, v);
+    }
+    headers.append(header::VIA, HeaderValue::from_static(via(req_version)));
+    // HTTP/2 requests carry the host as :authority; origins get a Host header.
+    if !headers.contains_key(header::HOST)
+        && let Some(a) = authority
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        headers.insert(header::HOST, v);
     }
 }
 
