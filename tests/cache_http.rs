@@ -170,3 +170,91 @@ fn cdn_cache_control_and_numbers_as_rfc_9111_reads_them() {
     assert_eq!(get(huge), "hit");
     assert_eq!(curl(&p, "app.test", "/", &[]).status, 200);
 }
+
+/// `n` clients asking for `path` at the same time; their X-Cache labels.
+fn at_once(p: &Proxy, n: usize, path: &str) -> Vec<String> {
+    std::thread::scope(|s| {
+        let clients: Vec<_> = (0..n)
+            .map(|_| s.spawn(|| x_cache(&curl(p, "app.test", path, &[]))))
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn nobody_can_turn_off_coalescing_for_everyone() {
+    let origin = Origin::start("app");
+    origin.set_delay_ms(300);
+    let p = node(&origin, "");
+    // A HEAD miss and an authorized miss: neither answer is stored, but a plain GET's
+    // would be, so the key stays coalesced.
+    for (path, args) in [
+        ("/h?cc=max-age%3D60", vec!["-I"]),
+        ("/a?cc=max-age%3D60", vec!["-H", "Authorization: Bearer x"]),
+    ] {
+        let before = origin.hits();
+        assert_eq!(curl(&p, "app.test", path, &args).status, 200);
+        let labels = at_once(&p, 8, path);
+        assert_eq!(
+            origin.hits() - before,
+            2,
+            "{path}: 8 concurrent misses after one that was not stored: {labels:?}"
+        );
+    }
+}
+
+#[test]
+fn a_route_can_ignore_clients_reloads() {
+    let origin = Origin::start("app");
+    let p = node(&origin, "ignore_client_no_cache = true");
+    let path = "/r?cc=max-age%3D60";
+    assert_eq!(x_cache(&curl(&p, "app.test", path, &[])), "miss");
+    for h in [
+        "Cache-Control: no-cache",
+        "Cache-Control: max-age=0",
+        "Pragma: no-cache",
+    ] {
+        assert_eq!(
+            x_cache(&curl(&p, "app.test", path, &["-H", h])),
+            "hit",
+            "{h}"
+        );
+    }
+    assert_eq!(origin.hits(), 1);
+    // The default honours them.
+    let q = node(&origin, "");
+    assert_eq!(x_cache(&curl(&q, "app.test", path, &[])), "miss");
+    assert_ne!(
+        x_cache(&curl(
+            &q,
+            "app.test",
+            path,
+            &["-H", "Cache-Control: no-cache"]
+        )),
+        "hit"
+    );
+}
+
+#[test]
+fn a_range_of_an_object_too_large_to_store_stops_reading_when_the_client_is_done() {
+    let origin = Origin::start("app");
+    let p = node(&origin, "max_object_bytes = 1000");
+    // 200 kB, its second half a second late: the client wants 10 bytes of the first.
+    let r = curl(
+        &p,
+        "app.test",
+        "/big?cc=max-age%3D60&size=200000&body_delay=1000",
+        &["-H", "Range: bytes=0-9"],
+    );
+    assert_eq!((r.status, r.body.len()), (206, 10), "{}", r.headers);
+    // Nobody will store it and nobody wants the rest: the node let the origin's
+    // connection go instead of reading 100 kB more into the void. (Read to the end,
+    // the connection would have gone back to the pool and served this request.)
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(curl(&p, "app.test", "/next", &[]).status, 200);
+    assert_eq!(
+        origin.connections(),
+        2,
+        "the origin connection was read to the end"
+    );
+}

@@ -250,12 +250,13 @@ fn serve(conn: TcpStream, shared: &Shared) {
             headers.join("\n")
         );
         // Response headers a test asks for in the query: `cc=` (Cache-Control), `cdncc=`
-        // (CDN-Cache-Control), `location=`, `vary=`,
+        // (CDN-Cache-Control), `location=`, `size=` (body bytes), `vary=`,
         // `tag=` (Surrogate-Key), `ctag=` (Cache-Tag), `cookie=` (Set-Cookie), `cookie304=` (Set-Cookie on a 304 only), `etag=` (a validator: a matching If-None-Match gets 304).
         let mut extra = String::new();
         let mut extra_304 = String::new();
         let mut etag = None;
         let mut html = false;
+        let mut size = 0usize;
         let mut body_delay = 0u64;
         let mut close = false;
         if let Some((_, q)) = path.split_once('?') {
@@ -277,6 +278,8 @@ fn serve(conn: TcpStream, shared: &Shared) {
                     // A cookie set only on the 304 of a revalidation.
                     "cookie304" => extra_304.push_str(&format!("set-cookie: {v}\r\n")),
                     "html" => html = true,
+                    // A body padded to at least this many bytes.
+                    "size" => size = v.parse().unwrap_or(0),
                     // Half the body, a pause of this many ms, the rest.
                     "body_delay" => body_delay = v.parse().unwrap_or(0),
                     // Close the connection after this response without saying so (as an
@@ -305,6 +308,12 @@ fn serve(conn: TcpStream, shared: &Shared) {
             continue;
         }
         let n = hits.load(Ordering::Relaxed);
+        let text = if text.len() < size {
+            let pad = size - text.len();
+            format!("{text}{}", ".".repeat(pad))
+        } else {
+            text
+        };
         // `html=1`: the same text inside a small HTML page (personalization rewrites it).
         let (content_type, text) = if html {
             (

@@ -59,6 +59,10 @@ pub struct RouteCacheSettings {
     /// varies on the origin declares with `Vary`.
     #[serde(default)]
     pub strip_unkeyed: bool,
+    /// Answer from the cache even when a client asks for a fresh copy (`no-cache`,
+    /// `max-age=0`, `Pragma: no-cache`), so reloads cannot be aimed at the origin.
+    #[serde(default)]
+    pub ignore_client_no_cache: bool,
     /// Store responses to authenticated requests even without `public` / `s-maxage`
     /// (only for routes whose responses do not depend on the user).
     #[serde(default)]
@@ -87,6 +91,7 @@ fn default_max_object() -> usize {
 pub struct RouteCache {
     key_headers: Vec<HeaderName>,
     strip_unkeyed: bool,
+    ignore_client_no_cache: bool,
     key_cookies: Vec<String>,
     max_object: usize,
     policy: policy::RoutePolicy,
@@ -164,6 +169,7 @@ impl RouteCache {
                 .collect::<Result<_, _>>()?,
             key_cookies: s.key_cookies.clone(),
             strip_unkeyed: s.strip_unkeyed,
+            ignore_client_no_cache: s.ignore_client_no_cache,
             max_object: s.max_object_bytes,
             stale_if_error: s.stale_if_error,
             stale_while_revalidate: s.stale_while_revalidate,
@@ -296,8 +302,19 @@ impl RouteCache {
         let method = req.method().clone();
         let key = self.key(scheme, req, variant, forwarded_host);
         // What the client asked of caches, before its unkeyed headers go.
-        let asked = policy::directives(req.headers());
-        let serve = policy::may_serve_from_cache(&method, req.headers(), &asked);
+        let mut asked = policy::directives(req.headers());
+        if self.ignore_client_no_cache {
+            // The origin is protected from clients' reloads: their no-cache, max-age=0
+            // and Pragma do not force a fetch (nginx's, varnish's and Cloudflare's
+            // default). Their no-store and stricter limits still hold.
+            asked.no_cache = false;
+            if asked.max_age == Some(0) {
+                asked.max_age = None;
+            }
+        }
+        let serve = policy::may_serve_from_cache(&method, req.headers(), &asked)
+            || (self.ignore_client_no_cache
+                && policy::may_serve_from_cache(&method, &HeaderMap::new(), &asked));
         // The client set limits on a stored answer's age: a copy past them is fetched
         // again, never answered stale meanwhile.
         let limited = asked.max_age.is_some() || asked.min_fresh.is_some();
@@ -355,6 +372,10 @@ impl RouteCache {
             // Its last response could not be stored: no point queueing behind another.
             if store.is_uncacheable(&fetch.key) {
                 fetch.passed = true;
+                break;
+            }
+            // A HEAD's answer is never stored: it neither fetches for nor waits on others.
+            if method == Method::HEAD {
                 break;
             }
             match store.fill(&fetch.key) {
@@ -503,6 +524,19 @@ impl RouteCache {
                 Some((policy::range(&fetch.client, resp.headers(), len), len))
             })
             .flatten();
+        // Read to the end for the client's part only when the whole body is stored.
+        let whole_stored = range.as_ref().is_some_and(|&(_, len)| {
+            len <= self.max_object as u64
+                && self
+                    .lifetime(
+                        method,
+                        &forwarded,
+                        authorized,
+                        resp.status(),
+                        resp.headers(),
+                    )
+                    .is_some()
+        });
         let mut resp = self.store(
             store,
             fetch.key,
@@ -537,7 +571,7 @@ impl RouteCache {
                 };
                 parts.status = status;
                 set_range_headers(&mut parts.headers, status, start, end, len);
-                let body = RangeSlice::spawn(body, start, end);
+                let body = RangeSlice::spawn(body, start, end, whole_stored);
                 Response::from_parts(parts, body)
             }
         }
@@ -615,6 +649,13 @@ impl RouteCache {
         )
     }
 
+    /// Whether a response could not be stored whoever had asked: a plain GET without
+    /// credentials or cache directives of its own would not have it stored either.
+    fn never_storable(&self, status: StatusCode, response: &HeaderMap) -> bool {
+        self.lifetime(&Method::GET, &HeaderMap::new(), false, status, response)
+            .is_none()
+    }
+
     /// Wraps an origin response so it is stored when it ends (if storable and not too
     /// large); `fill` (the coalescing lock) is released when the body ends either way.
     #[allow(clippy::too_many_arguments)]
@@ -639,7 +680,9 @@ impl RouteCache {
             HeaderValue::from_static(forwarded_status(label, stored)),
         );
         let Some(lifetime) = lifetime else {
-            if fill.is_some() {
+            // Hit-for-pass only when no request could have had it stored: a HEAD, an
+            // authorized request or a client's no-store says nothing about the others.
+            if fill.is_some() && self.never_storable(resp.status(), resp.headers()) {
                 store.mark_uncacheable(&key);
             }
             drop(fill);
@@ -915,8 +958,9 @@ fn set_range_headers(headers: &mut HeaderMap, status: StatusCode, start: u64, en
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
 }
 
-/// The client's part (`start..=end`) of a body that a task of its own reads to the end,
-/// so the whole body is still stored when the client has its part (or goes away).
+/// The client's part (`start..=end`) of a body that a task of its own reads: to the end
+/// when the whole body is being stored (so it still is when the client has its part or
+/// goes away), otherwise only while the client still wants bytes.
 struct RangeSlice {
     rx: tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>>,
     /// Offset of the next byte the task sends.
@@ -927,7 +971,7 @@ struct RangeSlice {
 
 impl RangeSlice {
     /// `start > end`: the client gets nothing (416), the body is still read.
-    fn spawn(mut body: Body, start: u64, end: u64) -> Body {
+    fn spawn(mut body: Body, start: u64, end: u64, read_to_end: bool) -> Body {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         tokio::spawn(async move {
             let mut client = Some(tx);
@@ -945,7 +989,8 @@ impl RangeSlice {
                 {
                     client = None;
                 }
-                if failed {
+                // Nobody left to read for: the origin's connection goes, not its bytes.
+                if failed || (client.is_none() && !read_to_end) {
                     break;
                 }
             }
