@@ -74,3 +74,26 @@ fn an_allowed_source_is_never_refused_for_its_score() {
     let r = curl(&p, "app.test", "/", &[]);
     assert_eq!(r.status, 200, "{}", p.node.log());
 }
+
+#[test]
+fn the_clearance_cookie_never_reaches_the_origin() {
+    let origin = Origin::start("app");
+    let cfg = format!(
+        "[xdp]\nmode = \"off\"\n[http]\nlisten = [\"127.0.0.1:0\"]\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\
+         [[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n",
+        origin.addr
+    );
+    let p = start_config(&cfg);
+    // A client in good standing (a clearance earned earlier, its score since decayed)
+    // still sends the cookie: it is the node's, the origin never sees it.
+    let r = curl(
+        &p,
+        "app.test",
+        "/",
+        &["-H", "Cookie: theme=dark; edge_clearance=v1.99999999999.c2ln; lang=de"],
+    );
+    assert_eq!(r.status, 200);
+    assert!(!r.body.contains("edge_clearance"), "{}", r.body);
+    assert!(r.body.contains("cookie: theme=dark; lang=de\n"), "{}", r.body);
+}

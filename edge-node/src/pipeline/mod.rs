@@ -538,7 +538,10 @@ impl Pipeline {
         ctx.route = route.name.clone();
         ctx.api = route.api;
         match self.threat.standing(ctx.client_ip) {
-            Standing::Clear => {}
+            // The clearance cookie is the node's: never forwarded, challenged or not.
+            Standing::Clear => {
+                self.challenger.remove_clearance(req.headers_mut());
+            }
             Standing::Drop => {
                 return Err(EdgeError::new(
                     crate::error::ErrorKind::Forbidden,

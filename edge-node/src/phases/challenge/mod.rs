@@ -167,6 +167,23 @@ impl Challenger {
     /// Whether the request carries a valid clearance for `ip`. The cookie is removed
     /// either way: it is the node's, not the origin's.
     pub fn take_clearance(&self, headers: &mut HeaderMap, ip: IpAddr) -> bool {
+        let Some(value) = self.remove_clearance(headers) else {
+            return false;
+        };
+        self.clearance_valid(&value, ip)
+    }
+
+    /// Takes the clearance cookie off a request, whatever the client's standing: it is
+    /// the node's, never the origin's. Its value, if there was one.
+    pub fn remove_clearance(&self, headers: &mut HeaderMap) -> Option<String> {
+        // Most requests carry no such cookie: one scan before any parsing.
+        let present = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .any(|v| memchr_str(v.as_bytes(), self.cookie.as_bytes()));
+        if !present {
+            return None;
+        }
         let mut found = None;
         let mut kept = Vec::new();
         for v in headers
@@ -189,7 +206,10 @@ impl Challenger {
                 headers.insert(header::COOKIE, v);
             }
         }
-        let Some(value) = found else { return false };
+        found
+    }
+
+    fn clearance_valid(&self, value: &str, ip: IpAddr) -> bool {
         let mut parts = value.split('.');
         let (Some("v1"), Some(exp), Some(sig), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -386,4 +406,9 @@ mod tests {
         let resp = c.answer(ip, evil.as_bytes(), false).unwrap();
         assert_eq!(resp.headers()[header::LOCATION], "/");
     }
+}
+
+/// Whether `needle` occurs in `haystack`.
+fn memchr_str(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
