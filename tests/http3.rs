@@ -413,6 +413,45 @@ fn early_data_from_an_unproven_address_never_earns_it_a_score() {
 }
 
 #[test]
+fn http3_requests_fail_over_like_every_other_protocol() {
+    let dir = std::env::temp_dir().join(unique("edge-h3f-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    make_ca_and_leaf(&dir, &["app.test"]);
+    let us = Origin::start("us");
+    // The client's region's pool (eu) is a port nobody listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let port = free_udp_port();
+    let cfg = format!(
+        "[xdp]\nmode = \"off\"\n[http]\nlisten = [\"127.0.0.1:0\"]\nh3_listen = [\"127.0.0.1:{port}\"]\n\
+         upstream_connect_timeout = \"1s\"\n\
+         [geo]\ndefault_region = \"us\"\n[[geo.region]]\nname = \"eu\"\ncidrs = [\"127.0.0.0/8\"]\n\
+         [[certificate]]\nhosts = [\"app.test\"]\ncert = \"{}\"\nkey = \"{}\"\n\
+         [[upstream]]\nname = \"app-us\"\nregion = \"us\"\nservers = [\"{}\"]\n\
+         [[upstream]]\nname = \"app-eu\"\nregion = \"eu\"\nservers = [\"{dead}\"]\n\
+         [[route]]\nhosts = [\"app.test\"]\nupstreams = [\"app-us\", \"app-eu\"]\n",
+        dir.join("leaf.crt").display(),
+        dir.join("leaf.key").display(),
+        us.addr,
+    );
+    let _p = start_config(&cfg);
+    let answers = h3_job(
+        port,
+        &dir.join("ca.crt"),
+        json!([{"method": "GET", "authority": "app.test", "path": "/over"}]),
+        json!({}),
+    );
+    assert_eq!(answers[0]["status"], 200, "{answers:?}");
+    assert!(
+        answers[0]["body"].as_str().unwrap().contains("origin=us"),
+        "{answers:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn address_validation_and_graceful_shutdown_over_quic() {
     let dir = std::env::temp_dir().join(unique("edge-h3s-"));
     std::fs::create_dir_all(&dir).unwrap();

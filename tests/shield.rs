@@ -91,9 +91,16 @@ fn the_clearance_cookie_never_reaches_the_origin() {
         &p,
         "app.test",
         "/",
-        &["-H", "Cookie: theme=dark; edge_clearance=v1.99999999999.c2ln; lang=de"],
+        &[
+            "-H",
+            "Cookie: theme=dark; edge_clearance=v1.99999999999.c2ln; lang=de",
+        ],
     );
     assert_eq!(r.status, 200);
     assert!(!r.body.contains("edge_clearance"), "{}", r.body);
-    assert!(r.body.contains("cookie: theme=dark; lang=de\n"), "{}", r.body);
+    assert!(
+        r.body.contains("cookie: theme=dark; lang=de\n"),
+        "{}",
+        r.body
+    );
 }

@@ -692,6 +692,9 @@ impl Pipeline {
         } else {
             first_frame_checked(body).await?
         };
+        // A body that turned out empty once read (HTTP/3 says so only when polled) can
+        // be sent again: the request may be retried and failed over like any other.
+        let body_is_empty = body_is_empty || body.is_end_stream();
         // The client's region's pool first; the next region's when it cannot be reached
         // (every origin refused the connection). A request body can only be sent once:
         // failover is for requests without one.
