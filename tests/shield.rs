@@ -104,3 +104,50 @@ fn the_clearance_cookie_never_reaches_the_origin() {
         r.body
     );
 }
+
+#[test]
+fn a_client_that_never_reads_cannot_hold_origin_connections() {
+    use std::time::Duration;
+    let origin = Origin::start("app");
+    let cfg = format!(
+        "[xdp]\nmode = \"off\"\n[http]\nlisten = [\"127.0.0.1:0\"]\nsend_timeout = \"1s\"\n\
+         [threat]\nenabled = false\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\
+         [[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n",
+        origin.addr
+    );
+    let p = start_config(&cfg);
+    // HTTP/2 with a stream window of zero: the node may send nothing, four 4 MB
+    // answers pile up behind it (nghttp's own timeout bounds the test).
+    let mut client = std::process::Command::new("nghttp")
+        .args([
+            "-n",
+            "-w",
+            "0",
+            "-m",
+            "4",
+            "-t",
+            "20",
+            "-H",
+            ":authority: app.test",
+        ])
+        .arg(format!("{}/big?size=4000000", p.base))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nghttp (nghttp2-client)");
+    assert!(
+        edge_tests::proxy::eventually(Duration::from_secs(10), || origin.hits() >= 4),
+        "{}",
+        p.node.log()
+    );
+    // Past the send timeout the node lets the origin go, although the client is
+    // still there.
+    let released = edge_tests::proxy::eventually(Duration::from_secs(10), || origin.open() == 0);
+    let still_there = client.try_wait().unwrap().is_none();
+    let _ = client.kill();
+    let _ = client.wait();
+    assert!(still_there, "the client left by itself");
+    assert!(released, "{} origin connections still held", origin.open());
+    assert_eq!(curl(&p, "app.test", "/", &[]).status, 200);
+}

@@ -28,6 +28,8 @@ pub struct Origin {
     pub seen: Arc<Mutex<Vec<String>>>,
     /// TCP connections accepted (keep-alive reuse keeps this low).
     pub connections: Arc<AtomicUsize>,
+    /// TCP connections open now.
+    pub open: Arc<AtomicUsize>,
 }
 
 /// What the serving threads share.
@@ -65,6 +67,7 @@ impl Origin {
             seen: Arc::new(Mutex::new(Vec::new())),
         };
         let connections = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
         let origin = Self {
             addr,
             hits: shared.hits.clone(),
@@ -75,14 +78,19 @@ impl Origin {
             not_modified: shared.not_modified.clone(),
             seen: shared.seen.clone(),
             connections: connections.clone(),
+            open: open.clone(),
         };
         thread::spawn(move || {
             while !shared.stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((conn, _)) => {
                         connections.fetch_add(1, Ordering::Relaxed);
-                        let shared = shared.clone();
-                        thread::spawn(move || serve(conn, &shared));
+                        open.fetch_add(1, Ordering::Relaxed);
+                        let (shared, open) = (shared.clone(), open.clone());
+                        thread::spawn(move || {
+                            serve(conn, &shared);
+                            open.fetch_sub(1, Ordering::Relaxed);
+                        });
                     }
                     Err(_) => thread::sleep(Duration::from_millis(5)),
                 }
@@ -108,6 +116,11 @@ impl Origin {
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// TCP connections open now (the node has not closed them).
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
     }
 
     pub fn hits(&self) -> usize {

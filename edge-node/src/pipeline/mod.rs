@@ -436,6 +436,7 @@ impl Pipeline {
         if let Some((experiment, assignment)) = &ctx.experiment {
             experiment.set_cookie(*assignment, &mut resp, ctx.scheme == "https");
         }
+
         if let Some(label) = resp
             .headers()
             .get(headers::X_CACHE)

@@ -318,10 +318,12 @@ async fn connection(
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
                     let (pipeline, confirmed) = (pipeline.clone(), confirmed.clone());
-                    let wait = settings.header_read_timeout;
+                    let (wait, send_timeout) = (settings.header_read_timeout, settings.send_timeout);
                     let fut = async move {
                         match resolver.resolve_request().await {
-                            Ok((req, stream)) => request(req, stream, peer, pipeline, confirmed, wait).await,
+                            Ok((req, stream)) => {
+                                request(req, stream, peer, pipeline, confirmed, wait, send_timeout).await
+                            }
                             Err(e) => debug!(%peer, error = %e, "HTTP/3 request head refused"),
                         }
                     };
@@ -354,6 +356,7 @@ async fn request(
     pipeline: SharedPipeline,
     mut confirmed: watch::Receiver<bool>,
     wait: Duration,
+    send_timeout: Duration,
 ) {
     let (mut send, recv) = stream.split();
     let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
@@ -392,7 +395,9 @@ async fn request(
         }
         // Boxed as well (measured: 7.2 against 7.9 µs/req of node CPU with the request task's
         // box alone): the task's own future stays small, and so does what it moves.
-        Box::pin(current.handle(req, peer, "https")).await
+        Box::pin(current.handle(req, peer, "https"))
+            .await
+            .map(|b| super::send_deadline::guard(b, send_timeout))
     };
     if let Err(e) = respond(&mut send, resp).await {
         debug!(%peer, error = %e, "HTTP/3 response not completed");

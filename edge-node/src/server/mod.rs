@@ -4,6 +4,7 @@
 
 pub mod framing;
 pub mod h3;
+pub mod send_deadline;
 pub mod settings;
 pub mod tls;
 pub mod workers;
@@ -120,12 +121,16 @@ pub fn spawn(
                     };
                     let p = pipeline.clone();
                     let scheme = if tls.is_some() { "https" } else { "http" };
+                    let send_timeout = settings.send_timeout;
                     let service = service_fn(move |req: Request<Incoming>| {
                         let current = p.load_full();
                         // Boxed: the pipeline's future is kilobytes, and hyper moves a
                         // request's future into its slot (HTTP/1.1) or its own task (HTTP/2).
                         Box::pin(async move {
-                            Ok::<_, std::convert::Infallible>(current.handle(req, peer, scheme).await)
+                            let resp = current.handle(req, peer, scheme).await;
+                            Ok::<_, std::convert::Infallible>(
+                                resp.map(|b| send_deadline::guard(b, send_timeout)),
+                            )
                         })
                     });
                     let builder = builder.clone();

@@ -60,6 +60,10 @@ pub struct HttpSettings {
     /// How long shutdown waits for requests in flight.
     #[serde(default = "default_drain_timeout", with = "crate::config::duration")]
     pub drain_timeout: Duration,
+    /// A response the client takes no bytes of for this long is abandoned, and the
+    /// origin connection behind it released (`0s`: never).
+    #[serde(default = "default_send_timeout", with = "crate::config::duration")]
+    pub send_timeout: Duration,
     /// `[http.path]`: how request paths are made canonical (`crate::target`).
     #[serde(default)]
     pub path: crate::target::PathSettings,
@@ -95,6 +99,9 @@ fn default_max_body_bytes() -> u64 {
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(2)
 }
+fn default_send_timeout() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -117,6 +124,7 @@ impl Default for HttpSettings {
             trusted_proxies: Vec::new(),
             upstream_connect_timeout: default_connect_timeout(),
             drain_timeout: default_drain_timeout(),
+            send_timeout: default_send_timeout(),
             path: crate::target::PathSettings::default(),
         }
     }
