@@ -208,3 +208,50 @@ fn a_model_that_is_not_one_is_a_configuration_error() {
     assert!(err.contains("intent") && err.contains("bad.onnx"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn features_are_taken_from_the_request_as_the_client_sent_it() {
+    // The model learnt from requests with every header the client sent: the header
+    // count, Authorization and the rest are read before the node removes or consumes
+    // any. Two first requests from two sources, the second with four more headers that
+    // the node removes before forwarding (hop-by-hop, and a forwarding header only the
+    // node may set): the model sees a different request.
+    let origin = Origin::start("a");
+    let p = node(&origin, "");
+    let plain = curl(
+        &p,
+        "app.test",
+        "/products?page=2",
+        &["--interface", "127.0.0.21", "-A", CHROME],
+    );
+    let more = curl(
+        &p,
+        "app.test",
+        "/products?page=2",
+        &[
+            "--interface",
+            "127.0.0.22",
+            "-A",
+            CHROME,
+            "-H",
+            "Connection: keep-alive, x-hop",
+            "-H",
+            "X-Hop: 1",
+            "-H",
+            "X-Forwarded-For: 203.0.113.9",
+            "-H",
+            "Forwarded: for=203.0.113.9",
+        ],
+    );
+    let (a, b) = (
+        told(&plain, "x-intent-confidence").expect("a prediction"),
+        told(&more, "x-intent-confidence").expect("a prediction"),
+    );
+    assert_ne!(a, b, "the model saw both requests alike");
+    // And the origin still gets none of them.
+    assert!(
+        !more.body.contains("x-hop") && !more.body.contains("203.0.113.9"),
+        "{}",
+        more.body
+    );
+}

@@ -1,5 +1,6 @@
-//! Early phase: the request's host, and header hygiene before anything trusts a header.
-//! With nothing to do (a clean request) it only records the host.
+//! Early phase: the client behind trusted proxies, the request's one authority and its
+//! canonical target, then header hygiene before anything trusts a header. With nothing
+//! to do (a clean request) it only records the host.
 
 use std::net::IpAddr;
 
@@ -243,9 +244,15 @@ pub fn on_request<B>(
     ctx.host = normalize_host(&authority)
         .ok_or_else(|| EdgeError::new(ErrorKind::BadRequest, format!("bad Host {authority:?}")))?;
     canonicalize_target(req, path_policy)?;
-    strip_hop_by_hop(req.headers_mut());
-    strip_node_owned(req.headers_mut());
     Ok(())
+}
+
+/// Header hygiene, once the request's facts are taken (`on_request`, and the intent
+/// features, which the model learnt from requests as clients sent them): hop-by-hop
+/// headers go, and so do the client's copies of headers only the node may set.
+pub fn strip_client_headers(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    strip_node_owned(headers);
 }
 
 /// The one authority of a request (RFC 9112 3.2, RFC 9113 8.3.1): the request target's
@@ -425,6 +432,7 @@ mod tests {
             .unwrap();
         let mut ctx = RequestCtx::new("127.0.0.1:1".parse().unwrap());
         on_request(&mut ctx, &mut req, &[], PathSettings::default()).unwrap();
+        strip_client_headers(req.headers_mut());
         let h = req.headers();
         assert!(h.get("x-secret").is_none() && h.get("connection").is_none());
         assert!(h.get("x-user-id").is_none() && h.get("x-forwarded-for").is_none());

@@ -322,13 +322,12 @@ impl Pipeline {
 
     /// Classifies the request (bounded wait); a confident attack or scraper is a threat
     /// signal.
-    async fn infer<B>(
+    async fn infer(
         &self,
         intent: &crate::intent::Intent,
         ctx: &mut RequestCtx,
-        req: &Request<B>,
+        x: [f32; crate::intent::features::FEATURE_COUNT],
     ) -> Option<crate::intent::Prediction> {
-        let x = intent.features(req.method(), req.uri(), req.headers(), ctx.client_ip);
         match intent.predict(x).await {
             Ok(p) => {
                 self.metrics.intent(p.name());
@@ -494,6 +493,13 @@ impl Pipeline {
     ) -> Result<Response<Body>, EdgeError> {
         let upgrade = upgrade::requested(&mut req);
         early::on_request(ctx, &mut req, &self.trusted_proxies, self.path_policy)?;
+        // The intent model learnt from requests as clients send them: their features
+        // are taken before any header is removed (on the canonical target).
+        let features = self
+            .intent
+            .as_ref()
+            .map(|i| i.features(req.method(), req.uri(), req.headers(), ctx.client_ip));
+        early::strip_client_headers(req.headers_mut());
         if self.max_body_bytes != 0
             && let Some(len) = req.body().size_hint().exact()
             && len > self.max_body_bytes
@@ -606,9 +612,9 @@ impl Pipeline {
         let variant = assignment.as_ref().map(|(e, a)| e.variant_name(*a));
         // Infer: the request's intent, before the cache, so requests answered from it
         // (a scraper's listing pages) are judged too.
-        let prediction = match &self.intent {
-            Some(intent) => self.infer(intent, ctx, &req).await,
-            None => None,
+        let prediction = match (&self.intent, features) {
+            (Some(intent), Some(x)) => self.infer(intent, ctx, x).await,
+            _ => None,
         };
         // The built-in demo origin answers here (personalized like any page).
         if first.origin == Origin::Demo {
