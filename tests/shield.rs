@@ -151,3 +151,64 @@ fn a_client_that_never_reads_cannot_hold_origin_connections() {
     assert!(released, "{} origin connections still held", origin.open());
     assert_eq!(curl(&p, "app.test", "/", &[]).status, 200);
 }
+
+#[test]
+fn a_stuck_log_reader_costs_log_lines_not_requests() {
+    use std::{io::Read, process::Stdio, time::Duration};
+    let origin = Origin::start("app");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = std::env::temp_dir().join(edge_tests::unique("edge-log-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("edge-node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[xdp]\nmode = \"off\"\n[http]\nlisten = [\"127.0.0.1:{port}\"]\n\
+             [log]\nlevel = \"info\"\n\
+             [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\
+             [[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n",
+            origin.addr
+        ),
+    )
+    .unwrap();
+    // stderr is a pipe nobody reads: once its 64 KiB are full, every write blocks.
+    let mut node = std::process::Command::new(edge_tests::edge_node_bin())
+        .arg("-c")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    assert!(
+        edge_tests::proxy::eventually(Duration::from_secs(20), || std::net::TcpStream::connect(
+            &addr
+        )
+        .is_ok()),
+        "the node did not start"
+    );
+    // Each request logs an access line with its 4 KiB path: 200 of them are far more
+    // than the pipe holds.
+    let request = format!(
+        "GET /{} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+        "p".repeat(4096)
+    );
+    let mut served = 0;
+    for _ in 0..200 {
+        let r = raw(&addr, request.as_bytes());
+        if status_of(&r) != 200 {
+            break;
+        }
+        served += 1;
+    }
+    let _ = node.kill();
+    let mut stderr = node.stderr.take().unwrap();
+    let mut some = vec![0u8; 1024];
+    let _ = stderr.read(&mut some);
+    let _ = node.wait();
+    assert_eq!(served, 200, "requests stopped behind a stuck log reader");
+}

@@ -21,20 +21,33 @@ use crate::{
     xdp::{Enforcement, XdpHandle},
 };
 
+/// Lines the log writer holds while stderr is slow; past them lines are dropped (and
+/// counted in the writer), never waited for.
+const LOG_BUFFER_LINES: usize = 64 * 1024;
+
 /// Sets up logging once: text or JSON, `RUST_LOG` over the configured level. Records
 /// from the `log` crate (aya, aya-log's forwarded XDP logs) arrive through tracing-log.
-pub fn init_logging(config: &Config) {
+/// Lines are written by a thread of their own: a slow or stuck reader of stderr (a
+/// journal under pressure, a pipe nobody drains) costs log lines, never requests. Keep
+/// the guard: dropping it flushes what is left.
+pub fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::{EnvFilter, fmt};
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(config.log.level.clone()));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .thread_name("edge-log")
+        .finish(std::io::stderr());
     let builder = fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match config.log.format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    guard
 }
 
 pub struct App {

@@ -46,7 +46,7 @@ fn main() -> Result<()> {
         }
         Command::Xdp(args) => cli::run(args, config.xdp.pin_root.clone()),
         Command::Run => {
-            init_logging(&config);
+            let _log = init_logging(&config);
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(App::new(config, cli.config).run())
         }
