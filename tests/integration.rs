@@ -10,6 +10,7 @@ mod personalize;
 mod security;
 mod service;
 mod tls;
+mod transport;
 mod upstreams;
 mod xdp_prog;
 mod xdp_veth;

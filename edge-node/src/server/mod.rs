@@ -2,6 +2,7 @@
 //! port, every request handed to the pipeline. Transport concerns live here, each with
 //! the reason it sits at the edge of the server.
 
+pub mod conn;
 pub mod framing;
 pub mod h3;
 pub mod settings;
@@ -14,7 +15,7 @@ use anyhow::{Context as _, Result};
 use hyper::{Request, body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::conn::auto,
 };
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tracing::{debug, info};
@@ -86,8 +87,13 @@ pub fn spawn(
             // they are served end the connection with ENHANCE_YOUR_CALM past this many.
             .max_pending_accept_reset_streams(20)
             // Streams the client makes the server reset (protocol errors) are bounded too.
-            .max_local_error_reset_streams(256);
-        let graceful = GracefulShutdown::new();
+            .max_local_error_reset_streams(256)
+            // A peer that vanished with streams open (no FIN) stops answering PINGs: the
+            // idle timer does not cover it, since its requests are still in progress.
+            .keep_alive_interval(Some(settings.idle_timeout))
+            .keep_alive_timeout(settings.header_read_timeout);
+        // Every connection task holds a clone; the drain waits until none is left.
+        let (live, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
@@ -98,6 +104,8 @@ pub fn spawn(
                             continue;
                         }
                     };
+                    // Every deadline of the connection counts from here.
+                    let opened = tokio::time::Instant::now();
                     // The source policy, where the kernel is not enforcing it, and the
                     // threat score: a refused source's connection is closed unread.
                     let current = pipeline.load_full();
@@ -119,20 +127,28 @@ pub fn spawn(
                     };
                     let p = pipeline.clone();
                     let scheme = if tls.is_some() { "https" } else { "http" };
+                    let activity = conn::Activity::new(opened);
+                    let requests = activity.clone();
                     let service = service_fn(move |req: Request<Incoming>| {
                         let current = p.load_full();
+                        // Until its response is sent the connection is not idle.
+                        let in_flight = requests.begin();
                         // Boxed: the pipeline's future is kilobytes, and hyper moves a
                         // request's future into its slot (HTTP/1.1) or its own task (HTTP/2).
                         Box::pin(async move {
-                            Ok::<_, std::convert::Infallible>(current.handle(req, peer, scheme).await)
+                            let resp = current.handle(req, peer, scheme).await;
+                            Ok::<_, std::convert::Infallible>(conn::Tracked::wrap(resp, in_flight))
                         })
                     });
                     let builder = builder.clone();
-                    let watcher = graceful.watcher();
-                    let tls = tls.as_ref().map(|t| t.read().expect("tls lock").clone());
-                    let handshake_timeout = settings.header_read_timeout;
+                    let tls = tls.as_ref().map(|t| t.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone());
+                    let first_request = opened + settings.header_read_timeout;
+                    let idle_timeout = settings.idle_timeout;
                     let max_head = settings.max_header_bytes;
+                    let drain = shutdown.clone();
+                    let live = live.clone();
                     workers.spawn_connection(async move {
+                        let _live = live;
                         let stream = match tokio::net::TcpStream::from_std(stream) {
                             Ok(s) => s,
                             Err(e) => {
@@ -144,12 +160,12 @@ pub fn spawn(
                             None => {
                                 let stream = framing::FramingGuard::new(stream, peer, max_head);
                                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                                watcher.watch(conn).await
+                                conn::drive(conn, &activity, first_request, idle_timeout, drain).await
                             }
                             Some(config) => {
-                                // The handshake counts against the same head timeout.
+                                // The handshake counts against the first request's deadline.
                                 let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                                let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                                let stream = match tokio::time::timeout_at(first_request, acceptor.accept(stream)).await {
                                     Ok(Ok(s)) => s,
                                     Ok(Err(e)) => {
                                         debug!(%peer, error = %e, "TLS handshake failed");
@@ -162,14 +178,23 @@ pub fn spawn(
                                 };
                                 let stream = framing::FramingGuard::new(stream, peer, max_head);
                                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                                watcher.watch(conn).await
+                                conn::drive(conn, &activity, first_request, idle_timeout, drain).await
                             }
                         };
-                        if let Err(e) = result {
-                            debug!(%peer, error = %e, "connection ended with an error");
-                            // Requests hyper could not even parse count against the source.
-                            if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse) {
-                                threat.signal(peer.ip(), crate::policy::Signal::MalformedRequest, true);
+                        match result {
+                            Ok(None) => {}
+                            Ok(Some(conn::Expired::FirstRequest)) => {
+                                debug!(%peer, "connection closed: no request head within header_read_timeout");
+                            }
+                            Ok(Some(conn::Expired::Idle)) => {
+                                debug!(%peer, "connection closed: idle for idle_timeout");
+                            }
+                            Err(e) => {
+                                debug!(%peer, error = %e, "connection ended with an error");
+                                // Requests hyper could not even parse count against the source.
+                                if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse) {
+                                    threat.signal(peer.ip(), crate::policy::Signal::MalformedRequest, true);
+                                }
                             }
                         }
                     });
@@ -178,7 +203,8 @@ pub fn spawn(
             }
         }
         drop(listener);
-        if tokio::time::timeout(settings.drain_timeout, graceful.shutdown())
+        drop(live);
+        if tokio::time::timeout(settings.drain_timeout, all_closed.recv())
             .await
             .is_err()
         {
