@@ -235,6 +235,92 @@ fn tls_connections_that_never_complete_a_request_head_are_closed() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn tls_connections_speak_the_protocol_alpn_negotiated() {
+    let (node, port, dir, _origin) = start_tls_node();
+    let ca = dir.join("ca.crt");
+    let rt = runtime();
+    /// Everything the node sends after `bytes` until it closes (or 10 s).
+    async fn answer(
+        mut tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        bytes: &[u8],
+    ) -> Vec<u8> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tls.write_all(bytes).await.unwrap();
+        let mut data = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
+            data.extend_from_slice(&buf[..n]);
+        }
+        data
+    }
+    // h2 negotiated, an HTTP/1.1 request sent: a connection error in HTTP/2 terms.
+    let data = rt.block_on(async {
+        let tls = tls_connect(port, &ca, b"h2").await;
+        answer(tls, b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n").await
+    });
+    assert!(
+        !data.starts_with(b"HTTP/"),
+        "h2 was negotiated, and the node answered in HTTP/1: {}",
+        String::from_utf8_lossy(&data)
+    );
+    let kinds = h2_frame_kinds(&data);
+    assert!(
+        kinds.iter().any(|&(kind, _)| kind == 7),
+        "no GOAWAY in the answer: {kinds:?} ({} bytes)",
+        data.len()
+    );
+
+    // http/1.1 negotiated, the HTTP/2 preface sent: never served as HTTP/2.
+    let data = rt.block_on(async {
+        let tls = tls_connect(port, &ca, b"http/1.1").await;
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend(h2_frame(4, 0, 0, &[]));
+        hello.extend(h2_frame(1, 0x4 | 0x1, 1, &get_block()));
+        answer(tls, &hello).await
+    });
+    assert!(
+        data.is_empty() || data.starts_with(b"HTTP/1.1 "),
+        "http/1.1 was negotiated, and the node answered otherwise: {:?}",
+        h2_frame_kinds(&data)
+    );
+
+    // Each still works for what it negotiated.
+    let data = rt.block_on(async {
+        let tls = tls_connect(port, &ca, b"http/1.1").await;
+        answer(
+            tls,
+            b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+        )
+        .await
+    });
+    assert!(
+        data.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&data)
+    );
+    let data = rt.block_on(async {
+        let tls = tls_connect(port, &ca, b"h2").await;
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend(h2_frame(4, 0, 0, &[]));
+        hello.extend(h2_frame(1, 0x4 | 0x1, 1, &get_block()));
+        // GOAWAY from the client ends the connection once the stream is answered.
+        hello.extend(h2_frame(7, 0, 0, &[0, 0, 0, 1, 0, 0, 0, 0]));
+        answer(tls, &hello).await
+    });
+    let kinds = h2_frame_kinds(&data);
+    assert!(
+        kinds.iter().any(|&(kind, stream)| kind == 1 && stream == 1),
+        "no HTTP/2 response on stream 1: {kinds:?}"
+    );
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // --- helpers: HTTP/2 frames by hand, a TLS node and a rustls client ---
 
 fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {

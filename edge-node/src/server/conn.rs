@@ -14,6 +14,7 @@
 
 use std::{
     future::Future,
+    io,
     pin::Pin,
     sync::{
         Arc,
@@ -24,7 +25,11 @@ use std::{
 };
 
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use tokio::{sync::watch, time::Instant};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    sync::watch,
+    time::Instant,
+};
 
 use crate::error::{Body, BoxError};
 
@@ -114,19 +119,26 @@ impl HttpBody for Tracked {
 }
 
 /// A served connection the deadlines and the drain can ask to finish.
-pub trait Served: Future<Output = Result<(), BoxError>> {
+pub trait Served: Future<Output = Result<(), hyper::Error>> {
     fn graceful_shutdown(self: Pin<&mut Self>);
 }
 
-impl<I, S, B> Served
-    for hyper_util::server::conn::auto::UpgradeableConnection<
-        'static,
-        I,
-        S,
-        hyper_util::rt::TokioExecutor,
-    >
+impl<I, S, B> Served for hyper::server::conn::http1::UpgradeableConnection<I, S>
 where
-    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: HttpBody + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+impl<I, S, B> Served for hyper::server::conn::http2::Connection<I, S, hyper_util::rt::TokioExecutor>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -135,7 +147,7 @@ where
     B::Error: Into<BoxError>,
 {
     fn graceful_shutdown(self: Pin<&mut Self>) {
-        hyper_util::server::conn::auto::UpgradeableConnection::graceful_shutdown(self);
+        hyper::server::conn::http2::Connection::graceful_shutdown(self);
     }
 }
 
@@ -161,7 +173,7 @@ pub async fn drive<C: Served>(
     first_request: Instant,
     idle_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<Option<Expired>, BoxError> {
+) -> Result<Option<Expired>, hyper::Error> {
     let mut conn = std::pin::pin!(conn);
     let timer = tokio::time::sleep_until(first_request);
     let mut timer = std::pin::pin!(timer);
@@ -205,5 +217,108 @@ pub async fn drive<C: Served>(
                 }
             }
         }
+    }
+}
+/// The HTTP/2 connection preface (RFC 9113 3.4).
+pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads the start of a connection until it is the whole HTTP/2 preface or cannot be
+/// (at most 24 bytes); what was read is put back by [`Replayed`].
+pub async fn sniff<S: AsyncRead + Unpin>(mut io: S) -> io::Result<(bool, Replayed<S>)> {
+    use tokio::io::AsyncReadExt;
+    let mut got = [0u8; 24];
+    let mut len = 0;
+    while len < got.len() {
+        let n = io.read(&mut got[len..]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let matches = got[len..len + n] == H2_PREFACE[len..len + n];
+        len += n;
+        if !matches {
+            break;
+        }
+    }
+    Ok((
+        got[..len] == H2_PREFACE[..],
+        Replayed {
+            got,
+            len,
+            at: 0,
+            inner: io,
+        },
+    ))
+}
+
+/// A client that negotiated h2 and did not send the preface gets SETTINGS and
+/// GOAWAY(PROTOCOL_ERROR) (h2 itself would close without a GOAWAY).
+pub async fn refuse_h2<S: AsyncWrite + Unpin>(io: &mut S) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    // SETTINGS (empty), then GOAWAY: last stream 0, PROTOCOL_ERROR (0x1).
+    let mut out = vec![0, 0, 0, 4, 0, 0, 0, 0, 0];
+    out.extend_from_slice(&[0, 0, 8, 7, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1]);
+    io.write_all(&out).await?;
+    io.shutdown().await
+}
+
+/// `inner` with the bytes [`sniff`] read put back in front.
+pub struct Replayed<S> {
+    got: [u8; 24],
+    len: usize,
+    at: usize,
+    inner: S,
+}
+
+impl<S> Replayed<S> {
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replayed<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.len {
+            let n = (this.len - this.at).min(buf.remaining());
+            buf.put_slice(&this.got[this.at..this.at + n]);
+            this.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replayed<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }

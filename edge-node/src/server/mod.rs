@@ -12,11 +12,13 @@ pub mod workers;
 use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::{Context as _, Result};
-use hyper::{Request, body::Incoming, service::service_fn};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto,
+use hyper::{
+    Request,
+    body::Incoming,
+    server::conn::{http1, http2},
+    service::service_fn,
 };
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tracing::{debug, info};
 
@@ -68,18 +70,15 @@ pub fn spawn(
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut h1 = http1::Builder::new();
         // Slowloris: a client must finish its request head in time, or the connection
         // is closed before it ties up anything else.
-        builder
-            .http1()
-            .timer(TokioTimer::new())
+        h1.timer(TokioTimer::new())
             .header_read_timeout(settings.header_read_timeout)
             .max_buf_size(settings.max_header_bytes.max(8192))
             .max_headers(settings.max_headers);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
             .max_concurrent_streams(settings.max_concurrent_streams)
             // CONTINUATION floods: a header block is bounded like an HTTP/1 head.
             .max_header_list_size(settings.max_header_bytes as u32)
@@ -92,6 +91,7 @@ pub fn spawn(
             // idle timer does not cover it, since its requests are still in progress.
             .keep_alive_interval(Some(settings.idle_timeout))
             .keep_alive_timeout(settings.header_read_timeout);
+        let builders = Arc::new((h1, h2));
         // Every connection task holds a clone; the drain waits until none is left.
         let (live, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
         loop {
@@ -140,7 +140,7 @@ pub fn spawn(
                             Ok::<_, std::convert::Infallible>(conn::Tracked::wrap(resp, in_flight))
                         })
                     });
-                    let builder = builder.clone();
+                    let builders = builders.clone();
                     let tls = tls.as_ref().map(|t| t.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone());
                     let first_request = opened + settings.header_read_timeout;
                     let idle_timeout = settings.idle_timeout;
@@ -156,11 +156,30 @@ pub fn spawn(
                                 return;
                             }
                         };
+                        let (h1, h2) = &*builders;
+                        // The protocol: on TLS what ALPN chose (a client that negotiated h2
+                        // and sends HTTP/1 gets a GOAWAY, one that negotiated http/1.1 is
+                        // never served HTTP/2); in the clear, HTTP/2 with prior knowledge
+                        // when the connection starts with its preface.
                         let result = match tls {
                             None => {
-                                let stream = framing::FramingGuard::new(stream, peer, max_head);
-                                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                                conn::drive(conn, &activity, first_request, idle_timeout, drain).await
+                                let sniffed = tokio::time::timeout_at(first_request, conn::sniff(stream)).await;
+                                match sniffed {
+                                    Ok(Ok((true, stream))) => {
+                                        let conn = h2.serve_connection(TokioIo::new(stream), service);
+                                        conn::drive(conn, &activity, first_request, idle_timeout, drain).await
+                                    }
+                                    Ok(Ok((false, stream))) => {
+                                        let stream = framing::FramingGuard::new(stream, peer, max_head);
+                                        let conn = h1.serve_connection(TokioIo::new(stream), service).with_upgrades();
+                                        conn::drive(conn, &activity, first_request, idle_timeout, drain).await
+                                    }
+                                    Ok(Err(_)) => return,
+                                    Err(_) => {
+                                        debug!(%peer, "connection closed: no request head within header_read_timeout");
+                                        return;
+                                    }
+                                }
                             }
                             Some(config) => {
                                 // The handshake counts against the first request's deadline.
@@ -176,9 +195,28 @@ pub fn spawn(
                                         return;
                                     }
                                 };
-                                let stream = framing::FramingGuard::new(stream, peer, max_head);
-                                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                                conn::drive(conn, &activity, first_request, idle_timeout, drain).await
+                                if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                    let stream = match tokio::time::timeout_at(first_request, conn::sniff(stream)).await {
+                                        Ok(Ok((true, stream))) => stream,
+                                        Ok(Ok((false, mut stream))) => {
+                                            debug!(%peer, "h2 negotiated, no HTTP/2 preface: GOAWAY");
+                                            threat.signal(peer.ip(), crate::policy::Signal::MalformedRequest, true);
+                                            let _ = tokio::time::timeout_at(first_request, conn::refuse_h2(stream.get_mut())).await;
+                                            return;
+                                        }
+                                        Ok(Err(_)) => return,
+                                        Err(_) => {
+                                            debug!(%peer, "connection closed: no request head within header_read_timeout");
+                                            return;
+                                        }
+                                    };
+                                    let conn = h2.serve_connection(TokioIo::new(stream), service);
+                                    conn::drive(conn, &activity, first_request, idle_timeout, drain).await
+                                } else {
+                                    let stream = framing::FramingGuard::new(stream, peer, max_head);
+                                    let conn = h1.serve_connection(TokioIo::new(stream), service).with_upgrades();
+                                    conn::drive(conn, &activity, first_request, idle_timeout, drain).await
+                                }
                             }
                         };
                         match result {
@@ -192,7 +230,7 @@ pub fn spawn(
                             Err(e) => {
                                 debug!(%peer, error = %e, "connection ended with an error");
                                 // Requests hyper could not even parse count against the source.
-                                if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse) {
+                                if e.is_parse() {
                                     threat.signal(peer.ip(), crate::policy::Signal::MalformedRequest, true);
                                 }
                             }
