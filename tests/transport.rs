@@ -321,6 +321,39 @@ fn tls_connections_speak_the_protocol_alpn_negotiated() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn a_stalled_request_body_times_out() {
+    let origin = Origin::start("a");
+    let p = start_config(&config(
+        &origin.addr.to_string(),
+        r#"listen = ["127.0.0.1:0"]"#,
+        "body_read_timeout = \"1s\"",
+    ));
+    let limit = Duration::from_secs(1) + MARGIN;
+    let hits = origin.hits();
+    // Nothing of the body: 408, and no origin ever sees the request.
+    let mut s = connect(&p.addr());
+    s.set_read_timeout(Some(limit)).unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1000\r\n\r\n")
+        .unwrap();
+    let head = read_head(&mut BufReader::new(s.try_clone().unwrap()));
+    assert!(head.starts_with("http/1.1 408"), "{head:?}");
+    assert_eq!(origin.hits(), hits);
+
+    // 10 of 1000 bytes, then nothing: the exchange ends within the timeout (408 while the
+    // origin has not answered), instead of holding the connection and the origin's.
+    let mut s = connect(&p.addr());
+    s.set_read_timeout(Some(limit)).unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1000\r\n\r\n0123456789")
+        .unwrap();
+    let head = read_head(&mut BufReader::new(s.try_clone().unwrap()));
+    assert!(head.starts_with("http/1.1 408"), "{head:?}");
+
+    // Bodies that keep coming are not cut.
+    let r = curl(&p, "app.test", "/up", &["--data-binary", "hello"]);
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
 // --- helpers: HTTP/2 frames by hand, a TLS node and a rustls client ---
 
 fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {

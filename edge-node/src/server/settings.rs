@@ -44,6 +44,13 @@ pub struct HttpSettings {
     /// in progress, and one that does not answer within `header_read_timeout` is gone.
     #[serde(default = "default_idle_timeout", with = "crate::config::duration")]
     pub idle_timeout: Duration,
+    /// Longest wait for the next piece of a request body: a stalled upload gets 408 (or
+    /// its exchange is aborted once the origin is answering).
+    #[serde(
+        default = "default_body_read_timeout",
+        with = "crate::config::duration"
+    )]
+    pub body_read_timeout: Duration,
     /// Largest request head accepted (bytes).
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
@@ -87,6 +94,9 @@ fn default_header_read_timeout() -> Duration {
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(60)
 }
+fn default_body_read_timeout() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_max_header_bytes() -> usize {
     64 * 1024
 }
@@ -118,6 +128,7 @@ impl Default for HttpSettings {
             alt_svc_max_age: default_alt_svc_max_age(),
             header_read_timeout: default_header_read_timeout(),
             idle_timeout: default_idle_timeout(),
+            body_read_timeout: default_body_read_timeout(),
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
             max_concurrent_streams: default_max_concurrent_streams(),
@@ -148,6 +159,11 @@ impl HttpSettings {
             Duration::from_secs(300),
         )?;
         bounded("idle_timeout", self.idle_timeout, Duration::from_secs(3600))?;
+        bounded(
+            "body_read_timeout",
+            self.body_read_timeout,
+            Duration::from_secs(3600),
+        )?;
         Ok(())
     }
 }
