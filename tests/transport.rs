@@ -25,6 +25,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 const MARGIN: Duration = Duration::from_secs(5);
 
 fn config(origin: &str, listen: &str, extra_http: &str) -> String {
+    config_with_head_timeout(origin, listen, "1s", extra_http)
+}
+
+fn config_with_head_timeout(origin: &str, listen: &str, head: &str, extra_http: &str) -> String {
     format!(
         r#"[xdp]
 mode = "off"
@@ -32,7 +36,7 @@ mode = "off"
 [http]
 {listen}
 upstream_connect_timeout = "1s"
-header_read_timeout = "1s"
+header_read_timeout = "{head}"
 {extra_http}
 
 [[upstream]]
@@ -352,6 +356,69 @@ fn a_stalled_request_body_times_out() {
     // Bodies that keep coming are not cut.
     let r = curl(&p, "app.test", "/up", &["--data-binary", "hello"]);
     assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[test]
+fn connections_past_max_connections_are_shed_until_one_closes() {
+    let origin = Origin::start("a");
+    // Held keep-alive connections must outlive the test's waits.
+    let cfg = config_with_head_timeout(
+        &origin.addr.to_string(),
+        r#"listen = ["127.0.0.1:0"]"#,
+        "30s",
+        "max_connections = 2",
+    ) + &edge_tests::proxy::admin_section();
+    let p = start_config(&cfg);
+    let open = |p: &edge_tests::proxy::Proxy| {
+        let mut s = connect(&p.addr());
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            .unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let head = read_head(&mut r);
+        (s, r, head)
+    };
+    let (a, _ra, head) = open(&p);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let (_b, _rb, head) = open(&p);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    // Two are open: the third is closed at once, unanswered.
+    let mut c = connect(&p.addr());
+    let _ = c.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n");
+    let mut got = Vec::new();
+    let closed = {
+        let start = Instant::now();
+        let mut buf = [0u8; 1024];
+        loop {
+            if start.elapsed() > MARGIN {
+                break false;
+            }
+            match c.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break true,
+            }
+        }
+    };
+    assert!(
+        closed && got.is_empty(),
+        "a third connection was served past max_connections = 2: {}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(p.metric("edge_connections_shed_total"), Some(1.0));
+    // One closes: new connections are served again.
+    a.shutdown(std::net::Shutdown::Both).unwrap();
+    assert!(
+        edge_tests::proxy::eventually(Duration::from_secs(5), || {
+            curl(&p, "app.test", "/", &[]).status == 200
+        }),
+        "no connection served after one of the two closed"
+    );
 }
 
 // --- helpers: HTTP/2 frames by hand, a TLS node and a rustls client ---

@@ -258,6 +258,10 @@ impl Pipeline {
         &self.threat
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Whether a new connection from `ip` may proceed: the source policy when userspace
     /// enforces it (XDP not active), and the threat score's drop standing.
     pub fn admit_connection(&self, ip: std::net::IpAddr) -> bool {

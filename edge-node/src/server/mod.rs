@@ -20,7 +20,7 @@ use hyper::{
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 pub use settings::HttpSettings;
 pub use workers::Workers;
@@ -94,16 +94,29 @@ pub fn spawn(
         let builders = Arc::new((h1, h2));
         // Every connection task holds a clone; the drain waits until none is left.
         let (live, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
+        let mut accept_errors = AcceptBackoff::default();
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
                     let (stream, peer) = match accepted {
-                        Ok(a) => a,
+                        Ok(a) => {
+                            accept_errors.reset();
+                            a
+                        }
                         Err(e) => {
-                            debug!(error = %e, "accept failed");
+                            accept_errors.failed(&e).await;
                             continue;
                         }
                     };
+                    // Load shedding at the door: past the cap a connection is closed at
+                    // once, so its client learns now (and can go elsewhere) instead of
+                    // waiting in the kernel's backlog for a slot that may never come.
+                    if workers.connections() >= settings.max_connections {
+                        pipeline.load().metrics().connection_shed();
+                        debug!(%peer, "connection shed: http.max_connections open");
+                        drop(stream);
+                        continue;
+                    }
                     // Every deadline of the connection counts from here.
                     let opened = tokio::time::Instant::now();
                     // The source policy, where the kernel is not enforcing it, and the
@@ -249,6 +262,56 @@ pub fn spawn(
             info!("drain timeout reached; closing the remaining connections");
         }
     })
+}
+
+/// Backoff for accept errors. Most (EMFILE, ENFILE, ENOBUFS) last until something
+/// closes, and retrying at once would spin a core; a client that gave up before its
+/// connection was taken (ECONNABORTED) is not one of them.
+struct AcceptBackoff {
+    delay: std::time::Duration,
+    failed: u64,
+    last_log: Option<tokio::time::Instant>,
+}
+
+impl Default for AcceptBackoff {
+    fn default() -> Self {
+        Self {
+            delay: Self::FIRST,
+            failed: 0,
+            last_log: None,
+        }
+    }
+}
+
+impl AcceptBackoff {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(10);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(1);
+    /// One warning per this long while accepts keep failing.
+    const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    fn reset(&mut self) {
+        self.delay = Self::FIRST;
+    }
+
+    async fn failed(&mut self, e: &std::io::Error) {
+        use std::io::ErrorKind::*;
+        if matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted) {
+            debug!(error = %e, "accept failed");
+            return;
+        }
+        self.failed += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .last_log
+            .is_none_or(|t| now.duration_since(t) >= Self::LOG_EVERY)
+        {
+            warn!(error = %e, failed = self.failed, backoff_ms = self.delay.as_millis() as u64, "accept failing; backing off");
+            self.last_log = Some(now);
+            self.failed = 0;
+        }
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Self::MAX);
+    }
 }
 
 /// The first bound address (tests and logs).

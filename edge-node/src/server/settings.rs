@@ -51,6 +51,10 @@ pub struct HttpSettings {
         with = "crate::config::duration"
     )]
     pub body_read_timeout: Duration,
+    /// Connections served at once (all TCP listeners); past it a new connection is
+    /// closed as soon as it is accepted (`edge_connections_shed_total`).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// Largest request head accepted (bytes).
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
@@ -97,6 +101,9 @@ fn default_idle_timeout() -> Duration {
 fn default_body_read_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_max_connections() -> usize {
+    10_000
+}
 fn default_max_header_bytes() -> usize {
     64 * 1024
 }
@@ -129,6 +136,7 @@ impl Default for HttpSettings {
             header_read_timeout: default_header_read_timeout(),
             idle_timeout: default_idle_timeout(),
             body_read_timeout: default_body_read_timeout(),
+            max_connections: default_max_connections(),
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
             max_concurrent_streams: default_max_concurrent_streams(),
@@ -164,6 +172,9 @@ impl HttpSettings {
             self.body_read_timeout,
             Duration::from_secs(3600),
         )?;
+        if self.max_connections == 0 {
+            anyhow::bail!("http.max_connections must be at least 1");
+        }
         Ok(())
     }
 }
