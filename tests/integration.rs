@@ -13,6 +13,7 @@ mod security;
 mod service;
 mod shield;
 mod tls;
+mod transport;
 mod upstreams;
 mod xdp_prog;
 mod xdp_veth;

@@ -29,6 +29,8 @@ pub enum ErrorKind {
     NoRoute,
     /// The request body is larger than `http.max_body_bytes`.
     PayloadTooLarge,
+    /// The client stopped sending its request body (`http.body_read_timeout`).
+    RequestTimeout,
     /// No valid token where the route requires one.
     Unauthorized,
     /// A valid identity without the required role, or a source the policy blocks.
@@ -77,6 +79,7 @@ impl EdgeError {
             | ErrorKind::UnknownHost
             | ErrorKind::NoRoute
             | ErrorKind::PayloadTooLarge
+            | ErrorKind::RequestTimeout
             | ErrorKind::Unauthorized
             | ErrorKind::Forbidden
             | ErrorKind::TooManyRequests
@@ -110,6 +113,7 @@ impl EdgeError {
             ErrorKind::UnknownHost => StatusCode::MISDIRECTED_REQUEST,
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
@@ -128,6 +132,7 @@ impl EdgeError {
             ErrorKind::UnknownHost => "unknown_host",
             ErrorKind::NoRoute => "not_found",
             ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::Forbidden => "forbidden",
             ErrorKind::TooManyRequests => "rate_limited",
@@ -175,7 +180,7 @@ impl EdgeError {
         // After a malformed request nothing else on the connection can be trusted.
         if matches!(
             self.kind,
-            ErrorKind::BadRequest | ErrorKind::PayloadTooLarge
+            ErrorKind::BadRequest | ErrorKind::PayloadTooLarge | ErrorKind::RequestTimeout
         ) {
             resp.headers_mut().insert(
                 header::CONNECTION,

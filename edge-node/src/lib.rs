@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod body;
 pub mod cache;
 pub mod config;
 pub mod error;

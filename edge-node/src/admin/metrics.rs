@@ -132,6 +132,8 @@ pub struct Metrics {
     intent: Family<OutcomeLabels, Counter>,
     /// Origin servers' health and load, read at scrape.
     servers: health::Registry,
+    /// Connections closed at accept because `http.max_connections` were open.
+    connections_shed: Counter,
 }
 
 impl Metrics {
@@ -164,6 +166,12 @@ impl Metrics {
             "Intent predictions by class, and requests without one (skipped_busy, skipped_timeout, failed)",
             intent.clone(),
         );
+        let connections_shed = Counter::default();
+        registry.register(
+            "edge_connections_shed",
+            "Connections closed at accept because http.max_connections were open",
+            connections_shed.clone(),
+        );
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let cache_by_outcome = CACHE_OUTCOMES
             .iter()
@@ -177,6 +185,7 @@ impl Metrics {
             latency,
             intent,
             servers,
+            connections_shed,
         }
     }
 
@@ -240,6 +249,10 @@ impl Metrics {
         if let Some(i) = CACHE_OUTCOMES.iter().position(|o| *o == label) {
             self.cache_by_outcome[i].inc();
         }
+    }
+
+    pub fn connection_shed(&self) {
+        self.connections_shed.inc();
     }
 
     pub fn intent(&self, outcome: &'static str) {

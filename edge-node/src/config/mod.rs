@@ -187,6 +187,7 @@ impl Config {
             .token()
             .context("in [admin]")
             .context(Table::one("admin"))?;
+        self.http.validate().context(Table::one("http"))?;
         if !self.http.h3_listen.is_empty() && self.certificate.is_empty() {
             bail!("http.h3_listen needs at least one [[certificate]]");
         }

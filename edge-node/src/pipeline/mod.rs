@@ -132,6 +132,7 @@ pub struct Pipeline {
     trusted_proxies: Vec<ipnet::IpNet>,
     path_policy: crate::target::PathSettings,
     max_body_bytes: u64,
+    body_read_timeout: std::time::Duration,
     geo: crate::phases::geo::Geo,
     upstreams: Vec<Arc<Upstream>>,
     providers: Vec<Arc<JwtProvider>>,
@@ -253,6 +254,7 @@ impl Pipeline {
             trusted_proxies: config.http.trusted_proxies.clone(),
             path_policy: config.http.path,
             max_body_bytes: config.http.max_body_bytes,
+            body_read_timeout: config.http.body_read_timeout,
             geo: crate::phases::geo::Geo::new(&config.geo)?,
             upstreams: upstreams.into_values().collect(),
             providers: providers.into_values().collect(),
@@ -292,6 +294,10 @@ impl Pipeline {
     /// A connection's peer as a threat source (a request it could not even frame).
     pub fn connection_source(&self, peer: std::net::IpAddr) -> Source {
         Source::peer(peer, &self.trusted_proxies)
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Whether a new connection from `ip` may proceed: the source policy when userspace
@@ -694,10 +700,10 @@ impl Pipeline {
         } else if self.max_body_bytes != 0 {
             // Bodies without a declared length (chunked) are held to the same limit
             // while they stream: past it the exchange is aborted and the client gets 413.
-            let checked = first_frame_checked(body).await?;
+            let checked = first_frame_checked(body, self.body_read_timeout).await?;
             http_body_util::Limited::new(checked, self.max_body_bytes as usize).boxed()
         } else {
-            first_frame_checked(body).await?
+            first_frame_checked(body, self.body_read_timeout).await?
         };
         // A body that turned out empty once read (HTTP/3 says so only when polled) can
         // be sent again: the request may be retried and failed over like any other.
@@ -887,24 +893,36 @@ fn via(version: http::Version) -> &'static str {
 
 /// Reads the first frame of a request body before any origin is contacted, so a body that
 /// is malformed from the start (an invalid chunk size, say) is the client's 400 and never
-/// reaches an origin; the rest still streams.
-async fn first_frame_checked<B: RequestBody>(mut body: B) -> Result<Body, EdgeError> {
+/// reaches an origin; the rest still streams. A client that stops sending its body for
+/// `timeout` gets 408 if nothing was forwarded yet; past that the exchange is aborted.
+async fn first_frame_checked<B: RequestBody>(
+    body: B,
+    timeout: std::time::Duration,
+) -> Result<Body, EdgeError> {
     use http_body_util::StreamBody;
+    // A stalled upload would hold its worker slot and origin connection forever.
+    let mut body = crate::body::TimedBody::new(body, timeout);
     let first = match body.frame().await {
         None => {
             return Ok(http_body_util::Empty::new()
                 .map_err(|never| match never {})
                 .boxed());
         }
+        Some(Err(e)) if e.is::<crate::body::BodyReadTimeout>() => {
+            return Err(EdgeError::new(
+                crate::error::ErrorKind::RequestTimeout,
+                "no request body within http.body_read_timeout",
+            ));
+        }
         Some(Err(e)) => {
             return Err(EdgeError::new(
                 crate::error::ErrorKind::BadRequest,
-                format!("request body: {}", e.into()),
+                format!("request body: {e}"),
             ));
         }
         Some(Ok(frame)) => frame,
     };
-    let rest = http_body_util::BodyStream::new(body.map_err(Into::into));
+    let rest = http_body_util::BodyStream::new(body);
     let stream = futures_util::stream::StreamExt::chain(
         futures_util::stream::once(async move { Ok(first) }),
         rest,

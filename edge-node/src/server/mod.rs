@@ -2,6 +2,7 @@
 //! port, every request handed to the pipeline. Transport concerns live here, each with
 //! the reason it sits at the edge of the server.
 
+pub mod conn;
 pub mod framing;
 pub mod h3;
 pub mod send_deadline;
@@ -12,13 +13,15 @@ pub mod workers;
 use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::{Context as _, Result};
-use hyper::{Request, body::Incoming, service::service_fn};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+use hyper::{
+    Request,
+    body::Incoming,
+    server::conn::{http1, http2},
+    service::service_fn,
 };
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 pub use settings::HttpSettings;
 pub use workers::Workers;
@@ -68,18 +71,15 @@ pub fn spawn(
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut h1 = http1::Builder::new();
         // Slowloris: a client must finish its request head in time, or the connection
         // is closed before it ties up anything else.
-        builder
-            .http1()
-            .timer(TokioTimer::new())
+        h1.timer(TokioTimer::new())
             .header_read_timeout(settings.header_read_timeout)
             .max_buf_size(settings.max_header_bytes.max(8192))
             .max_headers(settings.max_headers);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
             .max_concurrent_streams(settings.max_concurrent_streams)
             // CONTINUATION floods: a header block is bounded like an HTTP/1 head.
             .max_header_list_size(settings.max_header_bytes as u32)
@@ -87,18 +87,39 @@ pub fn spawn(
             // they are served end the connection with ENHANCE_YOUR_CALM past this many.
             .max_pending_accept_reset_streams(20)
             // Streams the client makes the server reset (protocol errors) are bounded too.
-            .max_local_error_reset_streams(256);
-        let graceful = GracefulShutdown::new();
+            .max_local_error_reset_streams(256)
+            // A peer that vanished with streams open (no FIN) stops answering PINGs: the
+            // idle timer does not cover it, since its requests are still in progress.
+            .keep_alive_interval(Some(settings.idle_timeout))
+            .keep_alive_timeout(settings.header_read_timeout);
+        let builders = Arc::new((h1, h2));
+        // Every connection task holds a clone; the drain waits until none is left.
+        let (live, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
+        let mut accept_errors = AcceptBackoff::default();
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
                     let (stream, peer) = match accepted {
-                        Ok(a) => a,
+                        Ok(a) => {
+                            accept_errors.reset();
+                            a
+                        }
                         Err(e) => {
-                            debug!(error = %e, "accept failed");
+                            accept_errors.failed(&e).await;
                             continue;
                         }
                     };
+                    // Load shedding at the door: past the cap a connection is closed at
+                    // once, so its client learns now (and can go elsewhere) instead of
+                    // waiting in the kernel's backlog for a slot that may never come.
+                    if workers.connections() >= settings.max_connections {
+                        pipeline.load().metrics().connection_shed();
+                        debug!(%peer, "connection shed: http.max_connections open");
+                        drop(stream);
+                        continue;
+                    }
+                    // Every deadline of the connection counts from here.
+                    let opened = tokio::time::Instant::now();
                     // The source policy, where the kernel is not enforcing it, and the
                     // threat score: a refused source's connection is closed unread.
                     let current = pipeline.load_full();
@@ -122,23 +143,29 @@ pub fn spawn(
                     let p = pipeline.clone();
                     let scheme = if tls.is_some() { "https" } else { "http" };
                     let send_timeout = settings.send_timeout;
+                    let activity = conn::Activity::new(opened);
+                    let requests = activity.clone();
                     let service = service_fn(move |req: Request<Incoming>| {
                         let current = p.load_full();
+                        // Until its response is sent the connection is not idle.
+                        let in_flight = requests.begin();
                         // Boxed: the pipeline's future is kilobytes, and hyper moves a
                         // request's future into its slot (HTTP/1.1) or its own task (HTTP/2).
                         Box::pin(async move {
                             let resp = current.handle(req, peer, scheme).await;
-                            Ok::<_, std::convert::Infallible>(
-                                resp.map(|b| send_deadline::guard(b, send_timeout)),
-                            )
+                            let resp = resp.map(|b| send_deadline::guard(b, send_timeout));
+                            Ok::<_, std::convert::Infallible>(conn::Tracked::wrap(resp, in_flight))
                         })
                     });
-                    let builder = builder.clone();
-                    let watcher = graceful.watcher();
-                    let tls = tls.as_ref().map(|t| t.read().expect("tls lock").clone());
-                    let handshake_timeout = settings.header_read_timeout;
+                    let builders = builders.clone();
+                    let tls = tls.as_ref().map(|t| t.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone());
+                    let first_request = opened + settings.header_read_timeout;
+                    let idle_timeout = settings.idle_timeout;
                     let max_head = settings.max_header_bytes;
+                    let drain = shutdown.clone();
+                    let live = live.clone();
                     workers.spawn_connection(async move {
+                        let _live = live;
                         let stream = match tokio::net::TcpStream::from_std(stream) {
                             Ok(s) => s,
                             Err(e) => {
@@ -146,16 +173,35 @@ pub fn spawn(
                                 return;
                             }
                         };
+                        let (h1, h2) = &*builders;
+                        // The protocol: on TLS what ALPN chose (a client that negotiated h2
+                        // and sends HTTP/1 gets a GOAWAY, one that negotiated http/1.1 is
+                        // never served HTTP/2); in the clear, HTTP/2 with prior knowledge
+                        // when the connection starts with its preface.
                         let result = match tls {
                             None => {
-                                let stream = framing::FramingGuard::new(stream, peer, max_head);
-                                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                                watcher.watch(conn).await
+                                let sniffed = tokio::time::timeout_at(first_request, conn::sniff(stream)).await;
+                                match sniffed {
+                                    Ok(Ok((true, stream))) => {
+                                        let conn = h2.serve_connection(TokioIo::new(stream), service);
+                                        conn::drive(conn, &activity, first_request, idle_timeout, drain).await
+                                    }
+                                    Ok(Ok((false, stream))) => {
+                                        let stream = framing::FramingGuard::new(stream, peer, max_head);
+                                        let conn = h1.serve_connection(TokioIo::new(stream), service).with_upgrades();
+                                        conn::drive(conn, &activity, first_request, idle_timeout, drain).await
+                                    }
+                                    Ok(Err(_)) => return,
+                                    Err(_) => {
+                                        debug!(%peer, "connection closed: no request head within header_read_timeout");
+                                        return;
+                                    }
+                                }
                             }
                             Some(config) => {
-                                // The handshake counts against the same head timeout.
+                                // The handshake counts against the first request's deadline.
                                 let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                                let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                                let stream = match tokio::time::timeout_at(first_request, acceptor.accept(stream)).await {
                                     Ok(Ok(s)) => s,
                                     Ok(Err(e)) => {
                                         debug!(%peer, error = %e, "TLS handshake failed");
@@ -166,16 +212,44 @@ pub fn spawn(
                                         return;
                                     }
                                 };
-                                let stream = framing::FramingGuard::new(stream, peer, max_head);
-                                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                                watcher.watch(conn).await
+                                if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                    let stream = match tokio::time::timeout_at(first_request, conn::sniff(stream)).await {
+                                        Ok(Ok((true, stream))) => stream,
+                                        Ok(Ok((false, mut stream))) => {
+                                            debug!(%peer, "h2 negotiated, no HTTP/2 preface: GOAWAY");
+                                            threat.signal(source, crate::policy::Signal::MalformedRequest);
+                                            let _ = tokio::time::timeout_at(first_request, conn::refuse_h2(stream.get_mut())).await;
+                                            return;
+                                        }
+                                        Ok(Err(_)) => return,
+                                        Err(_) => {
+                                            debug!(%peer, "connection closed: no request head within header_read_timeout");
+                                            return;
+                                        }
+                                    };
+                                    let conn = h2.serve_connection(TokioIo::new(stream), service);
+                                    conn::drive(conn, &activity, first_request, idle_timeout, drain).await
+                                } else {
+                                    let stream = framing::FramingGuard::new(stream, peer, max_head);
+                                    let conn = h1.serve_connection(TokioIo::new(stream), service).with_upgrades();
+                                    conn::drive(conn, &activity, first_request, idle_timeout, drain).await
+                                }
                             }
                         };
-                        if let Err(e) = result {
-                            debug!(%peer, error = %e, "connection ended with an error");
-                            // Requests hyper could not even parse count against the source.
-                            if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse) {
-                                threat.signal(source, crate::policy::Signal::MalformedRequest);
+                        match result {
+                            Ok(None) => {}
+                            Ok(Some(conn::Expired::FirstRequest)) => {
+                                debug!(%peer, "connection closed: no request head within header_read_timeout");
+                            }
+                            Ok(Some(conn::Expired::Idle)) => {
+                                debug!(%peer, "connection closed: idle for idle_timeout");
+                            }
+                            Err(e) => {
+                                debug!(%peer, error = %e, "connection ended with an error");
+                                // Requests hyper could not even parse count against the source.
+                                if e.is_parse() {
+                                    threat.signal(source, crate::policy::Signal::MalformedRequest);
+                                }
                             }
                         }
                     });
@@ -184,13 +258,64 @@ pub fn spawn(
             }
         }
         drop(listener);
-        if tokio::time::timeout(settings.drain_timeout, graceful.shutdown())
+        drop(live);
+        if tokio::time::timeout(settings.drain_timeout, all_closed.recv())
             .await
             .is_err()
         {
             info!("drain timeout reached; closing the remaining connections");
         }
     })
+}
+
+/// Backoff for accept errors. Most (EMFILE, ENFILE, ENOBUFS) last until something
+/// closes, and retrying at once would spin a core; a client that gave up before its
+/// connection was taken (ECONNABORTED) is not one of them.
+struct AcceptBackoff {
+    delay: std::time::Duration,
+    failed: u64,
+    last_log: Option<tokio::time::Instant>,
+}
+
+impl Default for AcceptBackoff {
+    fn default() -> Self {
+        Self {
+            delay: Self::FIRST,
+            failed: 0,
+            last_log: None,
+        }
+    }
+}
+
+impl AcceptBackoff {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(10);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(1);
+    /// One warning per this long while accepts keep failing.
+    const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    fn reset(&mut self) {
+        self.delay = Self::FIRST;
+    }
+
+    async fn failed(&mut self, e: &std::io::Error) {
+        use std::io::ErrorKind::*;
+        if matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted) {
+            debug!(error = %e, "accept failed");
+            return;
+        }
+        self.failed += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .last_log
+            .is_none_or(|t| now.duration_since(t) >= Self::LOG_EVERY)
+        {
+            warn!(error = %e, failed = self.failed, backoff_ms = self.delay.as_millis() as u64, "accept failing; backing off");
+            self.last_log = Some(now);
+            self.failed = 0;
+        }
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Self::MAX);
+    }
 }
 
 /// The first bound address (tests and logs).

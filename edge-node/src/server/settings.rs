@@ -31,12 +31,30 @@ pub struct HttpSettings {
     /// How long clients may cache the `Alt-Svc` advertisement.
     #[serde(default = "default_alt_svc_max_age", with = "crate::config::duration")]
     pub alt_svc_max_age: Duration,
-    /// Time a client has to send its request head (slowloris protection).
+    /// Time a client has, from the accept, to complete its first request head: TLS
+    /// handshake, HTTP/2 preface and head included; and on HTTP/1.1 to send each next
+    /// head once it started (slowloris protection).
     #[serde(
         default = "default_header_read_timeout",
         with = "crate::config::duration"
     )]
     pub header_read_timeout: Duration,
+    /// A connection (HTTP/1.1 keep-alive, HTTP/2) with no request in progress for this
+    /// long is closed; HTTP/2 peers are also sent a PING this often while requests are
+    /// in progress, and one that does not answer within `header_read_timeout` is gone.
+    #[serde(default = "default_idle_timeout", with = "crate::config::duration")]
+    pub idle_timeout: Duration,
+    /// Longest wait for the next piece of a request body: a stalled upload gets 408 (or
+    /// its exchange is aborted once the origin is answering).
+    #[serde(
+        default = "default_body_read_timeout",
+        with = "crate::config::duration"
+    )]
+    pub body_read_timeout: Duration,
+    /// Connections served at once (all TCP listeners); past it a new connection is
+    /// closed as soon as it is accepted (`edge_connections_shed_total`).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// Largest request head accepted (bytes).
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
@@ -84,6 +102,15 @@ fn default_alt_svc_max_age() -> Duration {
 fn default_header_read_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_body_read_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_connections() -> usize {
+    10_000
+}
 fn default_max_header_bytes() -> usize {
     64 * 1024
 }
@@ -117,6 +144,9 @@ impl Default for HttpSettings {
             h3_retry_above: default_h3_retry_above(),
             alt_svc_max_age: default_alt_svc_max_age(),
             header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            body_read_timeout: default_body_read_timeout(),
+            max_connections: default_max_connections(),
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
             max_concurrent_streams: default_max_concurrent_streams(),
@@ -127,5 +157,36 @@ impl Default for HttpSettings {
             send_timeout: default_send_timeout(),
             path: crate::target::PathSettings::default(),
         }
+    }
+}
+
+impl HttpSettings {
+    /// Timeouts within sane bounds (0 would close every connection at once, or never
+    /// time out in hyper's view), caps above 0.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let bounded = |key: &str, d: Duration, max: Duration| {
+            if d < Duration::from_millis(100) || d > max {
+                anyhow::bail!(
+                    "http.{key} must be between 100ms and {}",
+                    humantime::format_duration(max)
+                );
+            }
+            Ok(())
+        };
+        bounded(
+            "header_read_timeout",
+            self.header_read_timeout,
+            Duration::from_secs(300),
+        )?;
+        bounded("idle_timeout", self.idle_timeout, Duration::from_secs(3600))?;
+        bounded(
+            "body_read_timeout",
+            self.body_read_timeout,
+            Duration::from_secs(3600),
+        )?;
+        if self.max_connections == 0 {
+            anyhow::bail!("http.max_connections must be at least 1");
+        }
+        Ok(())
     }
 }

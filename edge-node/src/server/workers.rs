@@ -82,6 +82,11 @@ impl Workers {
         self.0.is_empty()
     }
 
+    /// Connections being served, on all workers.
+    pub fn connections(&self) -> usize {
+        self.0.iter().map(|w| w.connections.load(Relaxed)).sum()
+    }
+
     /// Runs `task` on worker `i` (a listener of its own, say).
     pub fn spawn_on<F>(&self, i: usize, task: F) -> tokio::task::JoinHandle<F::Output>
     where

@@ -492,6 +492,12 @@ fn request_body_fault(e: &(dyn std::error::Error + 'static)) -> Option<EdgeError
     let mut cur = Some(e);
     let mut in_user_body = false;
     while let Some(err) = cur {
+        if err.is::<crate::body::BodyReadTimeout>() {
+            return Some(EdgeError::new(
+                ErrorKind::RequestTimeout,
+                "request body stalled past http.body_read_timeout",
+            ));
+        }
         if err.is::<http_body_util::LengthLimitError>() {
             return Some(EdgeError::new(
                 ErrorKind::PayloadTooLarge,

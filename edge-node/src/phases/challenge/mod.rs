@@ -330,6 +330,11 @@ impl Challenger {
     }
 }
 
+/// Whether `needle` occurs in `haystack`.
+fn memchr_str(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,9 +411,4 @@ mod tests {
         let resp = c.answer(ip, evil.as_bytes(), false).unwrap();
         assert_eq!(resp.headers()[header::LOCATION], "/");
     }
-}
-
-/// Whether `needle` occurs in `haystack`.
-fn memchr_str(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
