@@ -300,6 +300,63 @@ fn jwt_token_matrix_roles_and_identity_headers() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn configured_iss_and_aud_are_required_and_crit_headers_are_refused() {
+    let origin = Origin::start("a");
+    let cfg = format!(
+        "{HEAD}\n[threat]\nenabled = false\n\
+         \n[[jwt_provider]]\nname = \"strict\"\nalgorithms = [\"HS256\"]\nsecret = \"{SECRET}\"\nissuer = [\"{ISS}\"]\naudience = [\"{AUD}\"]\n\
+         \n[[jwt_provider]]\nname = \"lax\"\nalgorithms = [\"HS256\"]\nsecret = \"{SECRET}\"\n\
+         {}{}{}",
+        origin_pool(&origin),
+        route("strict.test", "[route.auth]\nprovider = \"strict\""),
+        route("lax.test", "[route.auth]\nprovider = \"lax\""),
+    );
+    let p = start_config(&cfg);
+    let status = |host: &str, token: &str| curl(&p, host, "/", &["-H", &bearer(token)]).status;
+    let without = |claim: &str| {
+        let mut c = claims("alice", &[]);
+        c.as_object_mut().unwrap().remove(claim);
+        hs(&c, SECRET)
+    };
+    // Controls: a complete token passes; a provider that configures neither does not
+    // ask for them.
+    assert_eq!(
+        status("strict.test", &hs(&claims("alice", &[]), SECRET)),
+        200
+    );
+    assert_eq!(status("lax.test", &without("iss")), 200);
+    assert_eq!(status("lax.test", &without("aud")), 200);
+    // A configured claim left out is as bad as a wrong one.
+    assert_eq!(status("strict.test", &without("iss")), 401, "no iss");
+    assert_eq!(status("strict.test", &without("aud")), 401, "no aud");
+    // iss of the wrong type is not "absent, so fine" either.
+    let mut odd = claims("alice", &[]);
+    odd["iss"] = json!(42);
+    assert_eq!(status("strict.test", &hs(&odd, SECRET)), 401, "iss: 42");
+
+    // RFC 7515 4.1.11: an extension marked critical that the node does not understand
+    // (it understands none) makes the token invalid, on every provider.
+    let mut h = Header::new(Algorithm::HS256);
+    h.crit = Some(vec!["urn:example:must-understand".into()]);
+    let crit = encode(
+        &h,
+        &claims("alice", &[]),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    for host in ["strict.test", "lax.test"] {
+        let r = curl(&p, host, "/", &["-H", &bearer(&crit)]);
+        assert_eq!(r.status, 401, "{host}: crit");
+        assert!(
+            r.headers.contains("error=\"invalid_token\""),
+            "{}",
+            r.headers
+        );
+    }
+    assert_eq!(origin.hits(), 3, "no refused token reached the origin");
+}
+
 /// A JWKS document served over HTTP, replaceable, counting its fetches.
 struct JwksServer {
     url: String,

@@ -1,6 +1,7 @@
 //! JWT verification: providers with their keys (secret, PEM, JWKS file, JWKS URL kept
 //! fresh in the background), each key pinned to the algorithms of its kind, and the
-//! claims a route needs (exp/nbf with leeway, iss, aud, roles).
+//! claims a route needs (exp/nbf with leeway, iss and aud required when configured,
+//! roles); a header naming `crit` extensions is refused.
 
 pub mod keys;
 pub mod settings;
@@ -92,6 +93,13 @@ impl JwtProvider {
         }
         let header =
             decode_header(token).map_err(|e| AuthError::Invalid(format!("header: {e}")))?;
+        // RFC 7515 4.1.11: extensions named in `crit` must be understood, and the node
+        // understands none.
+        if let Some(crit) = &header.crit {
+            return Err(AuthError::Invalid(format!(
+                "critical header extensions {crit:?} not understood"
+            )));
+        }
         if !self.algorithms.contains(&header.alg) {
             return Err(AuthError::Invalid(format!(
                 "algorithm {:?} not accepted",
@@ -115,17 +123,22 @@ impl JwtProvider {
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.settings.leeway.as_secs();
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        // A configured iss or aud is required, not only checked when present: a token
+        // minted for another audience that simply leaves `aud` out must not pass.
+        let mut required = vec!["exp"];
         if self.settings.issuer.is_empty() {
             validation.iss = None;
         } else {
             validation.set_issuer(&self.settings.issuer);
+            required.push("iss");
         }
         if self.settings.audience.is_empty() {
             validation.validate_aud = false;
         } else {
             validation.set_audience(&self.settings.audience);
+            required.push("aud");
         }
+        validation.set_required_spec_claims(&required);
         let mut last = String::new();
         for k in &keys {
             match decode::<serde_json::Map<String, Value>>(token, &k.key, &validation) {

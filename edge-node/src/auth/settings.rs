@@ -13,10 +13,10 @@ pub struct JwtProviderSettings {
     /// EdDSA). Every key is pinned to the algorithms of its own kind: an RSA public key
     /// is never used as an HMAC secret, and `none` is never accepted.
     pub algorithms: Vec<String>,
-    /// Accepted `iss` values (empty: not checked).
+    /// Accepted `iss` values (empty: not checked); when set, a token without `iss` fails.
     #[serde(default)]
     pub issuer: Vec<String>,
-    /// Accepted `aud` values (empty: not checked).
+    /// Accepted `aud` values (empty: not checked); when set, a token without `aud` fails.
     #[serde(default)]
     pub audience: Vec<String>,
     /// Clock skew allowed for `exp` and `nbf`.
