@@ -14,5 +14,6 @@ pub mod phases;
 pub mod pipeline;
 pub mod policy;
 pub mod server;
+pub mod sync;
 pub mod upstream;
 pub mod xdp;

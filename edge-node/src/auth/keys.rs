@@ -207,7 +207,10 @@ impl RemoteKeys {
         info!(provider = %self.provider, keys = keys.len(), "JWKS fetched");
         *self.keys.write().expect("jwks lock") = Arc::new(keys);
         // Refresh before the document expires.
-        Ok(max_age.map_or(self.refresh, |m| (m * 4 / 5).max(Duration::from_secs(5))))
+        // (The document's max-age is the provider's number: saturate, never overflow.)
+        Ok(max_age.map_or(self.refresh, |m| {
+            (m.saturating_mul(4) / 5).clamp(Duration::from_secs(5), crate::config::duration::MAX)
+        }))
     }
 
     /// A token named a `kid` we do not have: fetch again, at most once per

@@ -259,6 +259,17 @@ impl Pipeline {
     /// Whether a new connection from `ip` may proceed: the source policy when userspace
     /// enforces it (XDP not active), and the threat score's drop standing.
     pub fn admit_connection(&self, ip: std::net::IpAddr) -> bool {
+        // Runs inline in the accept loops: a panic here costs one connection, never the
+        // listener.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.admit(ip))).unwrap_or_else(
+            |_| {
+                warn!(%ip, "admission check panicked; connection refused");
+                false
+            },
+        )
+    }
+
+    fn admit(&self, ip: std::net::IpAddr) -> bool {
         let ip = match ip {
             std::net::IpAddr::V6(v6) => v6
                 .to_ipv4_mapped()
@@ -271,10 +282,7 @@ impl Pipeline {
             return true;
         }
         if let Some(p) = &self.userspace_policy {
-            let reason = p
-                .lock()
-                .expect("policy lock")
-                .check(ip, edge_common::BucketClass::TcpSyn);
+            let reason = crate::sync::lock(p).check(ip, edge_common::BucketClass::TcpSyn);
             if reason.is_drop() {
                 return false;
             }

@@ -129,7 +129,7 @@ pub fn spawn(
                     });
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
-                    let tls = tls.as_ref().map(|t| t.read().expect("tls lock").clone());
+                    let tls = tls.as_ref().map(|t| crate::sync::read(t).clone());
                     let handshake_timeout = settings.header_read_timeout;
                     let max_head = settings.max_header_bytes;
                     workers.spawn_connection(async move {
