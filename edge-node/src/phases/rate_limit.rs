@@ -68,6 +68,17 @@ impl RateLimitSettings {
         if !(self.per_second > 0.0 && self.per_second.is_finite()) || self.burst == 0 {
             bail!("rate_limit: per_second must be above 0 and burst at least 1");
         }
+        // The bucket counts nanoseconds: a refill time past the longest duration would
+        // overflow the arithmetic (and a year-long window is not a rate limit).
+        let window = self.burst as f64 / self.per_second;
+        if window > crate::config::duration::MAX.as_secs_f64() {
+            bail!(
+                "rate_limit: burst / per_second = {window:.0} s, more than a year (365d) to refill"
+            );
+        }
+        if self.max_keys == 0 {
+            bail!("rate_limit: max_keys must be at least 1");
+        }
         RateLimit::new(self).map(|_| ())
     }
 }
