@@ -34,11 +34,38 @@ pub struct JwtProvider {
     algorithms: Vec<Algorithm>,
     static_keys: Vec<PinnedKey>,
     remote: Option<Arc<keys::RemoteKeys>>,
-    /// Tokens already verified, with their `exp`: a client sends the same token with
-    /// every request, and an RSA or ECDSA verification costs 100+ µs. Bounded in size
-    /// and held at most `VERIFIED_TTL` (so a key removed from a JWKS stops
-    /// verifying its tokens within that time).
-    verified: moka::sync::Cache<Arc<str>, (Identity, u64)>,
+    /// Tokens already verified (see `VerifiedTokens`).
+    verified: Arc<VerifiedTokens>,
+}
+
+/// Tokens already verified, with their `exp`: a client sends the same token with every
+/// request, and an RSA or ECDSA verification costs 100+ µs. Bounded in size and held at
+/// most `VERIFIED_TTL` (so a key removed from a JWKS stops verifying its tokens within
+/// that time).
+pub type VerifiedTokens = moka::sync::Cache<Arc<str>, (Identity, u64)>;
+
+/// What a provider keeps across reloads: the last good JWKS (per name and URL) and the
+/// tokens it verified (per settings and key material, which decide what verifies).
+#[derive(Clone)]
+pub struct ProviderState {
+    pub last_good: Arc<keys::LastGoodJwks>,
+    pub verified: Arc<VerifiedTokens>,
+}
+
+impl Default for ProviderState {
+    fn default() -> Self {
+        Self {
+            last_good: Arc::default(),
+            verified: Arc::new(verified_tokens()),
+        }
+    }
+}
+
+pub fn verified_tokens() -> VerifiedTokens {
+    moka::sync::Cache::builder()
+        .max_capacity(50_000)
+        .time_to_live(VERIFIED_TTL)
+        .build()
 }
 
 /// How long a verified token is trusted without verifying it again (never past its exp).
@@ -48,13 +75,23 @@ impl JwtProvider {
     /// Loads the configured keys (validated settings). A JWKS URL is fetched by
     /// `start` in the background.
     pub fn new(s: &JwtProviderSettings) -> Result<Self> {
+        Self::keeping(s, |_| ProviderState::default())
+    }
+
+    /// Like `new`, with the state `kept` returns for the digest of the static key
+    /// material (a reload passes what an earlier configuration left).
+    pub fn keeping(
+        s: &JwtProviderSettings,
+        kept: impl FnOnce(&[u8; 32]) -> ProviderState,
+    ) -> Result<Self> {
         let algorithms: Vec<Algorithm> =
             s.algorithms.iter().filter_map(|a| a.parse().ok()).collect();
-        let static_keys = keys::load_static(s, &algorithms)?;
+        let (static_keys, material) = keys::load_static(s, &algorithms)?;
+        let state = kept(&material);
         let remote = s
             .jwks_url
             .as_ref()
-            .map(|url| keys::RemoteKeys::new(url, s, &algorithms))
+            .map(|url| keys::RemoteKeys::new(url, s, &algorithms, state.last_good.clone()))
             .transpose()?
             .map(Arc::new);
         if static_keys.is_empty() && remote.is_none() {
@@ -68,10 +105,7 @@ impl JwtProvider {
             algorithms,
             static_keys,
             remote,
-            verified: moka::sync::Cache::builder()
-                .max_capacity(50_000)
-                .time_to_live(VERIFIED_TTL)
-                .build(),
+            verified: state.verified,
         })
     }
 

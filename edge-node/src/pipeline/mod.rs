@@ -2,6 +2,8 @@
 //! (early → route → challenge → auth → rate limit → upstream → response), and errors
 //! turned into responses in one place.
 
+pub mod retained;
+
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Instant};
 
 use anyhow::{Result, bail};
@@ -132,8 +134,9 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Builds the pipeline of a (validated) configuration. `threat` lives across
-    /// reloads; `userspace_policy` is the source policy when XDP is not enforcing it.
+    /// Builds the pipeline of a (validated) configuration. `threat` and `retained`
+    /// (JWKS keys, verified tokens, rate-limit buckets) live across reloads;
+    /// `userspace_policy` is the source policy when XDP is not enforcing it.
     pub fn new(
         config: &Config,
         pool: Pool,
@@ -141,10 +144,12 @@ impl Pipeline {
         threat: Arc<ThreatEngine>,
         userspace_policy: Option<SharedPolicy>,
         cache: Arc<crate::cache::Store>,
+        retained: &retained::Retained,
     ) -> Result<Self> {
         let mut providers = HashMap::new();
         for p in &config.jwt_provider {
-            providers.insert(p.name.clone(), Arc::new(JwtProvider::new(p)?));
+            let provider = JwtProvider::keeping(p, |material| retained.provider(p, material))?;
+            providers.insert(p.name.clone(), Arc::new(provider));
         }
         let mut identity_headers = Vec::new();
         for p in providers.values() {
@@ -162,7 +167,14 @@ impl Pipeline {
             }
         }
         let mut routes = Vec::new();
+        // Routes of one name so far (names need not be unique): which one a route is.
+        let mut named: HashMap<String, usize> = HashMap::new();
         for r in &config.route {
+            let name = r.display_name();
+            let route_nth = *named
+                .entry(name.clone())
+                .and_modify(|n| *n += 1)
+                .or_default();
             let mut pools = Vec::new();
             for name in r.pools() {
                 let Some(up) = upstreams.get(name) else {
@@ -173,8 +185,17 @@ impl Pipeline {
                 };
                 pools.push(up.clone());
             }
+            let mut limits = Vec::new();
+            for (i, l) in r.rate_limit.iter().enumerate() {
+                let nth = r.rate_limit[..i]
+                    .iter()
+                    .filter(|o| o.identity() == l.identity())
+                    .count();
+                let buckets = retained.buckets(&name, route_nth, l, nth);
+                limits.push(rate_limit::RateLimit::sharing(l, buckets)?);
+            }
             routes.push(Route {
-                name: r.display_name(),
+                name,
                 hosts: r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
                 path_prefix: r.path_prefix.clone(),
                 methods: r
@@ -189,11 +210,7 @@ impl Pipeline {
                     Some(a) => RouteAuth::new(a, &providers)?,
                     None => None,
                 },
-                limits: r
-                    .rate_limit
-                    .iter()
-                    .map(rate_limit::RateLimit::new)
-                    .collect::<Result<_>>()?,
+                limits,
                 cache: r
                     .cache
                     .as_ref()
