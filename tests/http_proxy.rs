@@ -767,6 +767,178 @@ fn a_route_header_that_is_not_one_is_a_config_error() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `edge-node check` on `text`: (exit status success, stderr).
+fn check_config(text: &str) -> (bool, String) {
+    let dir = std::env::temp_dir().join(edge_tests::unique("edge-check-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("edge.toml");
+    std::fs::write(&file, text).unwrap();
+    let out = std::process::Command::new(edge_tests::edge_node_bin())
+        .args(["check", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_refuses_values_that_would_fail_or_panic_at_run_time() {
+    let base = r#"[xdp]
+mode = "off"
+
+[node]
+id = "edge-1"
+
+[http]
+listen = ["127.0.0.1:18480"]
+max_headers = 100
+max_header_bytes = 65536
+header_read_timeout = "10s"
+h3_idle_timeout = "30s"
+
+[admin]
+listen = "127.0.0.1:19901"
+token = "test-token-0123456789abcdef"
+
+[threat]
+block_ttl = "10m"
+half_life = "2m"
+
+[[jwt_provider]]
+name = "hs"
+algorithms = ["HS256"]
+secret = "an-hmac-secret-of-at-least-32-bytes!"
+user_header = "x-user-id"
+
+[[upstream]]
+name = "app"
+servers = ["127.0.0.1:9"]
+total_timeout = "0s"
+
+[[upstream]]
+name = "b"
+servers = ["127.0.0.1:9"]
+
+[[route]]
+hosts = ["app.test"]
+upstreams = ["app", "b"]
+
+[[route.rate_limit]]
+per_second = 1.0
+burst = 5
+"#;
+    let (ok, err) = check_config(base);
+    assert!(ok, "the base config is fine: {err}");
+    // (what the base says, what it says instead, what the error must name)
+    let cases = [
+        // Durations that overflow an Instant (or a quinn VarInt) once added to "now".
+        (
+            "block_ttl = \"10m\"",
+            "block_ttl = \"100000000y\"",
+            "block_ttl",
+        ),
+        (
+            "half_life = \"2m\"",
+            "half_life = \"100000000y\"",
+            "half_life",
+        ),
+        (
+            "header_read_timeout = \"10s\"",
+            "header_read_timeout = \"100000000y\"",
+            "header_read_timeout",
+        ),
+        (
+            "total_timeout = \"0s\"",
+            "total_timeout = \"100000000y\"",
+            "total_timeout",
+        ),
+        (
+            "h3_idle_timeout = \"30s\"",
+            "h3_idle_timeout = \"100000000y\"",
+            "h3_idle_timeout",
+        ),
+        // A timeout of zero ends every connection at once.
+        (
+            "header_read_timeout = \"10s\"",
+            "header_read_timeout = \"0s\"",
+            "header_read_timeout",
+        ),
+        // node.id goes into a response header on every response.
+        ("id = \"edge-1\"", "id = \"edge\\u0000one\"", "node.id"),
+        ("id = \"edge-1\"", "id = \"edge\\r\\nx-evil: 1\"", "node.id"),
+        ("id = \"edge-1\"", "id = \"edge one\"", "node.id"),
+        (
+            "id = \"edge-1\"",
+            &format!("id = \"{}\"", "e".repeat(65)),
+            "node.id",
+        ),
+        // The admin API on a port a proxy listener has (or would have, on every address).
+        (
+            "listen = \"127.0.0.1:19901\"",
+            "listen = \"127.0.0.1:18480\"",
+            "admin.listen",
+        ),
+        (
+            "listen = \"127.0.0.1:19901\"",
+            "listen = \"0.0.0.0:18480\"",
+            "admin.listen",
+        ),
+        // Hosts that no request's host can ever be.
+        ("hosts = [\"app.test\"]", "hosts = [\"\"]", "hosts"),
+        (
+            "hosts = [\"app.test\"]",
+            "hosts = [\"app.test:8080\"]",
+            "hosts",
+        ),
+        ("hosts = [\"app.test\"]", "hosts = [\"a b.test\"]", "hosts"),
+        (
+            "hosts = [\"app.test\"]",
+            "hosts = [\"app.*.test\"]",
+            "hosts",
+        ),
+        // Limits that refuse every request.
+        ("max_headers = 100", "max_headers = 0", "max_headers"),
+        (
+            "max_header_bytes = 65536",
+            "max_header_bytes = 0",
+            "max_header_bytes",
+        ),
+        // One pool twice in one route.
+        (
+            "upstreams = [\"app\", \"b\"]",
+            "upstreams = [\"app\", \"b\", \"app\"]",
+            "upstreams",
+        ),
+        // A bucket that takes centuries to refill overflows its nanosecond clock.
+        ("per_second = 1.0", "per_second = 1e-12", "rate_limit"),
+        // NaN poisons every score.
+        (
+            "half_life = \"2m\"",
+            "half_life = \"2m\"\nweights = { auth_failure = nan }",
+            "auth_failure",
+        ),
+        // The identity header is removed from every request: never the Host.
+        (
+            "user_header = \"x-user-id\"",
+            "user_header = \"host\"",
+            "user_header",
+        ),
+    ];
+    for (from, to, key) in cases {
+        assert!(base.contains(from), "{from}");
+        let (ok, err) = check_config(&base.replacen(from, to, 1));
+        assert!(!ok, "`{to}` was accepted");
+        assert!(
+            err.contains(key),
+            "`{to}`: the error does not name {key}: {err}"
+        );
+    }
+}
+
 #[test]
 fn one_origin_connection_serves_every_worker() {
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -11,7 +11,7 @@ use std::{
     process::Command,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -300,11 +300,70 @@ fn jwt_token_matrix_roles_and_identity_headers() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A JWKS document served over HTTP, replaceable, counting its fetches.
+#[test]
+fn configured_iss_and_aud_are_required_and_crit_headers_are_refused() {
+    let origin = Origin::start("a");
+    let cfg = format!(
+        "{HEAD}\n[threat]\nenabled = false\n\
+         \n[[jwt_provider]]\nname = \"strict\"\nalgorithms = [\"HS256\"]\nsecret = \"{SECRET}\"\nissuer = [\"{ISS}\"]\naudience = [\"{AUD}\"]\n\
+         \n[[jwt_provider]]\nname = \"lax\"\nalgorithms = [\"HS256\"]\nsecret = \"{SECRET}\"\n\
+         {}{}{}",
+        origin_pool(&origin),
+        route("strict.test", "[route.auth]\nprovider = \"strict\""),
+        route("lax.test", "[route.auth]\nprovider = \"lax\""),
+    );
+    let p = start_config(&cfg);
+    let status = |host: &str, token: &str| curl(&p, host, "/", &["-H", &bearer(token)]).status;
+    let without = |claim: &str| {
+        let mut c = claims("alice", &[]);
+        c.as_object_mut().unwrap().remove(claim);
+        hs(&c, SECRET)
+    };
+    // Controls: a complete token passes; a provider that configures neither does not
+    // ask for them.
+    assert_eq!(
+        status("strict.test", &hs(&claims("alice", &[]), SECRET)),
+        200
+    );
+    assert_eq!(status("lax.test", &without("iss")), 200);
+    assert_eq!(status("lax.test", &without("aud")), 200);
+    // A configured claim left out is as bad as a wrong one.
+    assert_eq!(status("strict.test", &without("iss")), 401, "no iss");
+    assert_eq!(status("strict.test", &without("aud")), 401, "no aud");
+    // iss of the wrong type is not "absent, so fine" either.
+    let mut odd = claims("alice", &[]);
+    odd["iss"] = json!(42);
+    assert_eq!(status("strict.test", &hs(&odd, SECRET)), 401, "iss: 42");
+
+    // RFC 7515 4.1.11: an extension marked critical that the node does not understand
+    // (it understands none) makes the token invalid, on every provider.
+    let mut h = Header::new(Algorithm::HS256);
+    h.crit = Some(vec!["urn:example:must-understand".into()]);
+    let crit = encode(
+        &h,
+        &claims("alice", &[]),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    for host in ["strict.test", "lax.test"] {
+        let r = curl(&p, host, "/", &["-H", &bearer(&crit)]);
+        assert_eq!(r.status, 401, "{host}: crit");
+        assert!(
+            r.headers.contains("error=\"invalid_token\""),
+            "{}",
+            r.headers
+        );
+    }
+    assert_eq!(origin.hits(), 3, "no refused token reached the origin");
+}
+
+/// A JWKS document served over HTTP, replaceable, counting its fetches; while `down`,
+/// connections are closed unanswered.
 struct JwksServer {
     url: String,
     doc: Arc<Mutex<String>>,
     fetches: Arc<AtomicUsize>,
+    down: Arc<AtomicBool>,
 }
 
 impl JwksServer {
@@ -313,10 +372,14 @@ impl JwksServer {
         let url = format!("http://{}/jwks.json", l.local_addr().unwrap());
         let doc = Arc::new(Mutex::new(doc));
         let fetches = Arc::new(AtomicUsize::new(0));
-        let (d, f) = (doc.clone(), fetches.clone());
+        let down = Arc::new(AtomicBool::new(false));
+        let (d, f, off) = (doc.clone(), fetches.clone(), down.clone());
         thread::spawn(move || {
             for conn in l.incoming().take(200) {
                 let Ok(mut conn) = conn else { continue };
+                if off.load(Ordering::Relaxed) {
+                    continue;
+                }
                 let mut r = BufReader::new(conn.try_clone().unwrap());
                 loop {
                     let mut line = String::new();
@@ -333,7 +396,12 @@ impl JwksServer {
                 );
             }
         });
-        Self { url, doc, fetches }
+        Self {
+            url,
+            doc,
+            fetches,
+            down,
+        }
     }
 }
 
@@ -410,6 +478,52 @@ fn jwks_rotation_unknown_kids_and_last_good_keys() {
         "{}",
         p.node.log()
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_reload_keeps_jwks_keys_and_spent_rate_limits() {
+    let dir = std::env::temp_dir().join(unique("edge-keep-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    rsa_pair(&dir, "k1");
+    let jwks = JwksServer::start(json!({ "keys": [jwk(&dir.join("k1.key"), "k1")] }).to_string());
+    let origin = Origin::start("a");
+    let cfg = format!(
+        "{HEAD}\n[threat]\nenabled = false\n\n[[jwt_provider]]\nname = \"idp\"\nalgorithms = [\"RS256\"]\njwks_url = \"{}\"\n{}{}{}",
+        jwks.url,
+        origin_pool(&origin),
+        route("app.test", "[route.auth]\nprovider = \"idp\""),
+        // One request per 100 s after a burst of two.
+        route(
+            "rl.test",
+            "[[route.rate_limit]]\nkey = \"client_ip\"\nper_second = 0.01\nburst = 2"
+        ),
+    );
+    let p = start_config(&cfg);
+    let token = |sub: &str| rs(&claims(sub, &[]), &dir.join("k1.key"), Some("k1"));
+    let get = |t: &str| curl(&p, "app.test", "/", &["-H", &bearer(t)]).status;
+    assert!(
+        edge_tests::proxy::eventually(Duration::from_secs(10), || get(&token("alice")) == 200),
+        "the JWKS key never verified: {}",
+        p.node.log()
+    );
+    let limited = || curl(&p, "rl.test", "/", &[]).status;
+    assert_eq!((limited(), limited(), limited()), (200, 200, 429));
+
+    // The identity provider goes down, then the node reloads its (unchanged) file.
+    jwks.down.store(true, Ordering::Relaxed);
+    p.node.signal(libc::SIGHUP);
+    assert!(
+        p.node
+            .wait_for_log("configuration reloaded", Duration::from_secs(10)),
+        "{}",
+        p.node.log()
+    );
+    // A token never seen before (no verification to remember) still verifies with the
+    // last good keys...
+    assert_eq!(get(&token("bob")), 200, "{}", p.node.log());
+    // ... and the burst spent before the reload is still spent.
+    assert_eq!(limited(), 429, "a reload granted a fresh burst");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -14,7 +14,7 @@ use edge_node::{
         challenge::{ChallengeSettings, Challenger},
         rate_limit::{self, RateLimit, RateLimitSettings},
     },
-    policy::{Signal, ThreatEngine, ThreatSettings},
+    policy::{Signal, Source, ThreatEngine, ThreatSettings},
 };
 use http::{HeaderMap, HeaderValue, header};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
@@ -147,7 +147,7 @@ fn threat_and_challenge(c: &mut Criterion) {
     let t = ThreatEngine::new(&ThreatSettings::default(), u32::MAX, None);
     let ip: IpAddr = "198.51.100.9".parse().unwrap();
     c.bench_function("threat_signal", |b| {
-        b.iter(|| black_box(t.signal(ip, Signal::RateLimited, false)))
+        b.iter(|| black_box(t.signal(Source::peer(ip, &[]), Signal::RateLimited)))
     });
     c.bench_function("threat_standing", |b| b.iter(|| black_box(t.standing(ip))));
     let s = ChallengeSettings {

@@ -14,7 +14,7 @@ use sd_notify::NotifyState;
 use crate::{
     admin::{self, Metrics},
     config::{Config, LogFormat},
-    pipeline::Pipeline,
+    pipeline::{Pipeline, retained::Retained},
     policy::ThreatEngine,
     server::{self, tls},
     upstream::Pool,
@@ -110,6 +110,8 @@ impl App {
         // The cache outlives reloads too.
         let cache = crate::cache::Store::new(&self.config.cache)?;
         cache.listen_for_purges();
+        // JWKS keys, verified tokens and rate-limit buckets outlive reloads as well.
+        let retained = Arc::new(Retained::default());
         let first = Pipeline::new(
             &self.config,
             pool.clone(),
@@ -117,6 +119,7 @@ impl App {
             threat.clone(),
             userspace_policy.clone(),
             cache.clone(),
+            &retained,
         )?;
         first.start_background();
         let pipeline: server::SharedPipeline = Arc::new(arc_swap::ArcSwap::from_pointee(first));
@@ -167,6 +170,7 @@ impl App {
             threat: threat.clone(),
             userspace_policy,
             cache: cache.clone(),
+            retained,
         };
         info!(node = %self.config.node.id, enforcement = ?xdp.enforcement(), "edge-node running");
         notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
@@ -257,6 +261,7 @@ impl App {
                 shared.threat.clone(),
                 shared.userspace_policy.clone(),
                 shared.cache.clone(),
+                &shared.retained,
             )
             .and_then(|p| {
                 xdp.apply(&new.xdp, &new.http.trusted_proxies)
@@ -287,6 +292,7 @@ struct Shared {
     threat: Arc<ThreatEngine>,
     userspace_policy: Option<crate::xdp::SharedPolicy>,
     cache: Arc<crate::cache::Store>,
+    retained: Arc<Retained>,
 }
 
 /// Keys that only take effect at start: say so instead of pretending they were applied.

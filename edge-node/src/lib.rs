@@ -15,6 +15,7 @@ pub mod phases;
 pub mod pipeline;
 pub mod policy;
 pub mod server;
+pub mod sync;
 pub mod target;
 pub mod upstream;
 pub mod xdp;

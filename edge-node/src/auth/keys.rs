@@ -26,9 +26,20 @@ pub struct PinnedKey {
     pub key: DecodingKey,
 }
 
-/// Keys from `secret`, `secret_file`, `public_key_file` and `jwks_file`.
-pub fn load_static(s: &JwtProviderSettings, algs: &[Algorithm]) -> Result<Vec<PinnedKey>> {
+/// Keys from `secret`, `secret_file`, `public_key_file` and `jwks_file`, and a digest of
+/// what they were loaded from (the same digest: the same keys).
+pub fn load_static(
+    s: &JwtProviderSettings,
+    algs: &[Algorithm],
+) -> Result<(Vec<PinnedKey>, [u8; 32])> {
     let mut out = Vec::new();
+    let mut material = ring::digest::Context::new(&ring::digest::SHA256);
+    // Length-prefixed, so no two sets of sources spell the same material.
+    let mut digest = |kind: u8, bytes: &[u8]| {
+        material.update(&[kind]);
+        material.update(&(bytes.len() as u64).to_be_bytes());
+        material.update(bytes);
+    };
     let of_family = |f: jsonwebtoken::AlgorithmFamily| -> Vec<Algorithm> {
         algs.iter().copied().filter(|a| a.family() == f).collect()
     };
@@ -43,6 +54,7 @@ pub fn load_static(s: &JwtProviderSettings, algs: &[Algorithm]) -> Result<Vec<Pi
         _ => None,
     };
     if let Some(secret) = secret {
+        digest(1, secret.as_bytes());
         if secret.len() < 32 {
             anyhow::bail!(
                 "jwt_provider {}: an HMAC secret needs at least 32 bytes",
@@ -58,6 +70,7 @@ pub fn load_static(s: &JwtProviderSettings, algs: &[Algorithm]) -> Result<Vec<Pi
     if let Some(p) = &s.public_key_file {
         let pem = std::fs::read(p)
             .with_context(|| format!("jwt_provider {}: cannot read {}", s.name, p.display()))?;
+        digest(2, &pem);
         let (key, family) = if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
             (k, jsonwebtoken::AlgorithmFamily::Rsa)
         } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
@@ -80,14 +93,22 @@ pub fn load_static(s: &JwtProviderSettings, algs: &[Algorithm]) -> Result<Vec<Pi
     if let Some(p) = &s.jwks_file {
         let text = std::fs::read(p)
             .with_context(|| format!("jwt_provider {}: cannot read {}", s.name, p.display()))?;
+        digest(3, &text);
         let set: JwkSet = serde_json::from_slice(&text)
             .with_context(|| format!("jwt_provider {}: {} is not a JWKS", s.name, p.display()))?;
         out.extend(from_jwks(&set, algs, &s.name));
     }
     // Keys that fit none of the configured algorithms would never verify anything.
     out.retain(|k| !k.algorithms.is_empty());
-    Ok(out)
+    let mut fingerprint = [0u8; 32];
+    fingerprint.copy_from_slice(material.finish().as_ref());
+    Ok((out, fingerprint))
 }
+
+/// The last JWKS document a provider fetched. It outlives the configuration (kept per
+/// provider name and URL), so a reload while the provider is down keeps its keys.
+#[derive(Default)]
+pub struct LastGoodJwks(RwLock<Option<Arc<JwkSet>>>);
 
 /// The usable keys of a JWKS.
 pub fn from_jwks(set: &JwkSet, algs: &[Algorithm], provider: &str) -> Vec<PinnedKey> {
@@ -135,13 +156,20 @@ pub struct RemoteKeys {
     min_refetch: Duration,
     client: FetchClient,
     keys: RwLock<Arc<Vec<PinnedKey>>>,
+    last_good: Arc<LastGoodJwks>,
     last_fetch: Mutex<Option<Instant>>,
     /// One fetch at a time.
     fetching: tokio::sync::Mutex<()>,
 }
 
 impl RemoteKeys {
-    pub fn new(url: &str, s: &JwtProviderSettings, algorithms: &[Algorithm]) -> Result<Self> {
+    /// Starts from the keys of `last_good` (what an earlier configuration fetched).
+    pub fn new(
+        url: &str,
+        s: &JwtProviderSettings,
+        algorithms: &[Algorithm],
+        last_good: Arc<LastGoodJwks>,
+    ) -> Result<Self> {
         let url: Uri = url.parse().context("jwks_url")?;
         let mut roots = rustls::RootCertStore::empty();
         roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
@@ -155,6 +183,13 @@ impl RemoteKeys {
         http.enforce_http(false);
         http.set_connect_timeout(Some(Duration::from_secs(5)));
         let connector = hyper_rustls::HttpsConnector::from((http, tls));
+        let kept = last_good
+            .0
+            .read()
+            .expect("jwks lock")
+            .as_ref()
+            .map(|set| from_jwks(set, algorithms, &s.name))
+            .unwrap_or_default();
         Ok(Self {
             url,
             provider: s.name.clone(),
@@ -162,7 +197,8 @@ impl RemoteKeys {
             refresh: s.jwks_refresh,
             min_refetch: s.jwks_min_refetch,
             client: Client::builder(TokioExecutor::new()).build(connector),
-            keys: RwLock::new(Arc::new(Vec::new())),
+            keys: RwLock::new(Arc::new(kept)),
+            last_good,
             last_fetch: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
         })
@@ -206,8 +242,12 @@ impl RemoteKeys {
         let keys = from_jwks(&set, &self.algorithms, &self.provider);
         info!(provider = %self.provider, keys = keys.len(), "JWKS fetched");
         *self.keys.write().expect("jwks lock") = Arc::new(keys);
+        *self.last_good.0.write().expect("jwks lock") = Some(Arc::new(set));
         // Refresh before the document expires.
-        Ok(max_age.map_or(self.refresh, |m| (m * 4 / 5).max(Duration::from_secs(5))))
+        // (The document's max-age is the provider's number: saturate, never overflow.)
+        Ok(max_age.map_or(self.refresh, |m| {
+            (m.saturating_mul(4) / 5).clamp(Duration::from_secs(5), crate::config::duration::MAX)
+        }))
     }
 
     /// A token named a `kid` we do not have: fetch again, at most once per

@@ -1,6 +1,7 @@
 //! JWT verification: providers with their keys (secret, PEM, JWKS file, JWKS URL kept
 //! fresh in the background), each key pinned to the algorithms of its kind, and the
-//! claims a route needs (exp/nbf with leeway, iss, aud, roles).
+//! claims a route needs (exp/nbf with leeway, iss and aud required when configured,
+//! roles); a header naming `crit` extensions is refused.
 
 pub mod keys;
 pub mod settings;
@@ -33,11 +34,38 @@ pub struct JwtProvider {
     algorithms: Vec<Algorithm>,
     static_keys: Vec<PinnedKey>,
     remote: Option<Arc<keys::RemoteKeys>>,
-    /// Tokens already verified, with their `exp`: a client sends the same token with
-    /// every request, and an RSA or ECDSA verification costs 100+ µs. Bounded in size
-    /// and held at most `VERIFIED_TTL` (so a key removed from a JWKS stops
-    /// verifying its tokens within that time).
-    verified: moka::sync::Cache<Arc<str>, (Identity, u64)>,
+    /// Tokens already verified (see `VerifiedTokens`).
+    verified: Arc<VerifiedTokens>,
+}
+
+/// Tokens already verified, with their `exp`: a client sends the same token with every
+/// request, and an RSA or ECDSA verification costs 100+ µs. Bounded in size and held at
+/// most `VERIFIED_TTL` (so a key removed from a JWKS stops verifying its tokens within
+/// that time).
+pub type VerifiedTokens = moka::sync::Cache<Arc<str>, (Identity, u64)>;
+
+/// What a provider keeps across reloads: the last good JWKS (per name and URL) and the
+/// tokens it verified (per settings and key material, which decide what verifies).
+#[derive(Clone)]
+pub struct ProviderState {
+    pub last_good: Arc<keys::LastGoodJwks>,
+    pub verified: Arc<VerifiedTokens>,
+}
+
+impl Default for ProviderState {
+    fn default() -> Self {
+        Self {
+            last_good: Arc::default(),
+            verified: Arc::new(verified_tokens()),
+        }
+    }
+}
+
+pub fn verified_tokens() -> VerifiedTokens {
+    moka::sync::Cache::builder()
+        .max_capacity(50_000)
+        .time_to_live(VERIFIED_TTL)
+        .build()
 }
 
 /// How long a verified token is trusted without verifying it again (never past its exp).
@@ -47,13 +75,23 @@ impl JwtProvider {
     /// Loads the configured keys (validated settings). A JWKS URL is fetched by
     /// `start` in the background.
     pub fn new(s: &JwtProviderSettings) -> Result<Self> {
+        Self::keeping(s, |_| ProviderState::default())
+    }
+
+    /// Like `new`, with the state `kept` returns for the digest of the static key
+    /// material (a reload passes what an earlier configuration left).
+    pub fn keeping(
+        s: &JwtProviderSettings,
+        kept: impl FnOnce(&[u8; 32]) -> ProviderState,
+    ) -> Result<Self> {
         let algorithms: Vec<Algorithm> =
             s.algorithms.iter().filter_map(|a| a.parse().ok()).collect();
-        let static_keys = keys::load_static(s, &algorithms)?;
+        let (static_keys, material) = keys::load_static(s, &algorithms)?;
+        let state = kept(&material);
         let remote = s
             .jwks_url
             .as_ref()
-            .map(|url| keys::RemoteKeys::new(url, s, &algorithms))
+            .map(|url| keys::RemoteKeys::new(url, s, &algorithms, state.last_good.clone()))
             .transpose()?
             .map(Arc::new);
         if static_keys.is_empty() && remote.is_none() {
@@ -67,10 +105,7 @@ impl JwtProvider {
             algorithms,
             static_keys,
             remote,
-            verified: moka::sync::Cache::builder()
-                .max_capacity(50_000)
-                .time_to_live(VERIFIED_TTL)
-                .build(),
+            verified: state.verified,
         })
     }
 
@@ -92,6 +127,13 @@ impl JwtProvider {
         }
         let header =
             decode_header(token).map_err(|e| AuthError::Invalid(format!("header: {e}")))?;
+        // RFC 7515 4.1.11: extensions named in `crit` must be understood, and the node
+        // understands none.
+        if let Some(crit) = &header.crit {
+            return Err(AuthError::Invalid(format!(
+                "critical header extensions {crit:?} not understood"
+            )));
+        }
         if !self.algorithms.contains(&header.alg) {
             return Err(AuthError::Invalid(format!(
                 "algorithm {:?} not accepted",
@@ -115,17 +157,22 @@ impl JwtProvider {
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.settings.leeway.as_secs();
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        // A configured iss or aud is required, not only checked when present: a token
+        // minted for another audience that simply leaves `aud` out must not pass.
+        let mut required = vec!["exp"];
         if self.settings.issuer.is_empty() {
             validation.iss = None;
         } else {
             validation.set_issuer(&self.settings.issuer);
+            required.push("iss");
         }
         if self.settings.audience.is_empty() {
             validation.validate_aud = false;
         } else {
             validation.set_audience(&self.settings.audience);
+            required.push("aud");
         }
+        validation.set_required_spec_claims(&required);
         let mut last = String::new();
         for k in &keys {
             match decode::<serde_json::Map<String, Value>>(token, &k.key, &validation) {

@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Result, bail};
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtProviderSettings {
     pub name: String,
@@ -13,10 +13,10 @@ pub struct JwtProviderSettings {
     /// EdDSA). Every key is pinned to the algorithms of its own kind: an RSA public key
     /// is never used as an HMAC secret, and `none` is never accepted.
     pub algorithms: Vec<String>,
-    /// Accepted `iss` values (empty: not checked).
+    /// Accepted `iss` values (empty: not checked); when set, a token without `iss` fails.
     #[serde(default)]
     pub issuer: Vec<String>,
-    /// Accepted `aud` values (empty: not checked).
+    /// Accepted `aud` values (empty: not checked); when set, a token without `aud` fails.
     #[serde(default)]
     pub audience: Vec<String>,
     /// Clock skew allowed for `exp` and `nbf`.
@@ -55,6 +55,33 @@ pub struct JwtProviderSettings {
     #[serde(default = "default_jwks_min_refetch", with = "crate::config::duration")]
     pub jwks_min_refetch: Duration,
 }
+
+/// Most clock skew `leeway` may allow.
+const MAX_LEEWAY: Duration = Duration::from_secs(3600);
+
+/// Request headers the node or the origin reads to frame, route, authenticate or
+/// answer a request.
+const NEEDED_REQUEST_HEADERS: &[&str] = &[
+    "host",
+    "connection",
+    "upgrade",
+    "transfer-encoding",
+    "te",
+    "content-length",
+    "content-type",
+    "authorization",
+    "cookie",
+    "expect",
+    "accept",
+    "accept-encoding",
+    "range",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+    "if-range",
+    "cache-control",
+];
 
 fn default_leeway() -> Duration {
     Duration::from_secs(30)
@@ -105,9 +132,36 @@ impl JwtProviderSettings {
             bail!("jwt_provider {}: jwks_url must be http(s)://", self.name);
         }
         for h in [&self.user_header, &self.roles_header] {
-            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            let Ok(name) = http::HeaderName::from_bytes(h.as_bytes()) else {
                 bail!("jwt_provider {}: {h:?} is not a header name", self.name);
+            };
+            // The identity headers are removed from every request on every route: never
+            // one that framing, routing or authentication reads.
+            if NEEDED_REQUEST_HEADERS.contains(&name.as_str()) {
+                bail!(
+                    "jwt_provider {}: user_header / roles_header {h:?} is a header requests need",
+                    self.name
+                );
             }
+        }
+        if self.user_header.eq_ignore_ascii_case(&self.roles_header) {
+            bail!(
+                "jwt_provider {}: user_header and roles_header are the same header",
+                self.name
+            );
+        }
+        if self.leeway > MAX_LEEWAY {
+            bail!(
+                "jwt_provider {}: leeway is longer than {}s (clock skew, not a grace period)",
+                self.name,
+                MAX_LEEWAY.as_secs()
+            );
+        }
+        if self.jwks_refresh < Duration::from_secs(1) {
+            bail!(
+                "jwt_provider {}: jwks_refresh must be at least 1s",
+                self.name
+            );
         }
         Ok(())
     }

@@ -81,6 +81,23 @@ fn default_node_id() -> String {
     "edge-1".to_string()
 }
 
+impl NodeSettings {
+    /// The id is sent as `X-Node-Id` on every response: a header token, kept short.
+    pub fn validate(&self) -> Result<()> {
+        let id = &self.id;
+        if id.is_empty() || id.len() > 64 {
+            bail!("node.id must be 1 to 64 bytes long (is {})", id.len());
+        }
+        let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if !id.bytes().all(tchar) {
+            bail!(
+                "node.id {id:?} may only hold letters, digits and !#$%&'*+-.^_`|~ (an HTTP token)"
+            );
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -176,18 +193,33 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.node.id.trim().is_empty() {
-            return Err(anyhow::anyhow!("node.id must not be empty").context(Table::one("node")));
-        }
+        self.node.validate().context(Table::one("node"))?;
         self.xdp
             .validate()
             .context("in [xdp]")
             .context(Table::one("xdp"))?;
-        self.admin
+        let admin_on = self
+            .admin
             .token()
             .context("in [admin]")
-            .context(Table::one("admin"))?;
+            .context(Table::one("admin"))?
+            .is_some();
         self.http.validate().context(Table::one("http"))?;
+        if admin_on
+            && let Some(taken) = self
+                .http
+                .listen
+                .iter()
+                .chain(&self.http.tls_listen)
+                .find(|a| crate::server::settings::addresses_overlap(**a, self.admin.listen))
+        {
+            return Err(anyhow::anyhow!(
+                "admin.listen {} is also an http.listen / http.tls_listen address ({taken})",
+                self.admin.listen
+            )
+            .context(Table::one("admin")));
+        }
+        self.threat.validate().context(Table::one("threat"))?;
         if !self.http.h3_listen.is_empty() && self.certificate.is_empty() {
             bail!("http.h3_listen needs at least one [[certificate]]");
         }

@@ -337,7 +337,7 @@ impl RateMeter {
             window: window.as_secs_f64(),
             clients: moka::sync::Cache::builder()
                 .max_capacity(max_clients)
-                .time_to_idle(window * 6)
+                .time_to_idle(window.saturating_mul(6).min(crate::config::duration::MAX))
                 .build(),
         }
     }

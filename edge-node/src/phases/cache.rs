@@ -420,7 +420,11 @@ impl RouteCache {
                     // Otherwise wait (bounded) for the request already fetching it: its
                     // response streams to us as it arrives, or it ends and we look
                     // again (still missing: fetch too).
-                    let deadline = tokio::time::Instant::now() + store.lock_timeout;
+                    let deadline =
+                        tokio::time::Instant::from_std(crate::config::duration::instant_after(
+                            std::time::Instant::now(),
+                            store.lock_timeout,
+                        ));
                     let state = tokio::time::timeout_at(
                         deadline,
                         rx.wait_for(|s| !matches!(s, FillState::Pending)),

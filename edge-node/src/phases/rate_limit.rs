@@ -3,7 +3,7 @@
 //! API-key header. Over the limit: 429 with `Retry-After` and the IETF `RateLimit-Policy`
 //! / `RateLimit` fields. With no `[[route.rate_limit]]` the phase does nothing.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use anyhow::{Result, bail};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
@@ -60,7 +60,7 @@ impl LimitKey {
 
 pub struct RateLimit {
     key: LimitKey,
-    limiter: KeyedLimiter<u64>,
+    limiter: Arc<KeyedLimiter<u64>>,
 }
 
 impl RateLimitSettings {
@@ -68,13 +68,39 @@ impl RateLimitSettings {
         if !(self.per_second > 0.0 && self.per_second.is_finite()) || self.burst == 0 {
             bail!("rate_limit: per_second must be above 0 and burst at least 1");
         }
-        RateLimit::new(self).map(|_| ())
+        // The bucket counts nanoseconds: a refill time past the longest duration would
+        // overflow the arithmetic (and a year-long window is not a rate limit).
+        let window = self.burst as f64 / self.per_second;
+        if window > crate::config::duration::MAX.as_secs_f64() {
+            bail!(
+                "rate_limit: burst / per_second = {window:.0} s, more than a year (365d) to refill"
+            );
+        }
+        if self.max_keys == 0 {
+            bail!("rate_limit: max_keys must be at least 1");
+        }
+        self.limit_key().map(|_| ())
     }
-}
 
-impl RateLimit {
-    pub fn new(s: &RateLimitSettings) -> Result<Self> {
-        let key = match s.key.split_once(':') {
+    /// Fresh buckets for these settings.
+    pub fn limiter(&self) -> KeyedLimiter<u64> {
+        KeyedLimiter::new(self.per_second, self.burst, self.max_keys)
+    }
+
+    /// What the settings say the buckets are keyed by, with the same rate and burst:
+    /// buckets built for one are good for the other (a reload keeps them).
+    pub fn identity(&self) -> (String, u64, u64, u64) {
+        (
+            self.key.clone(),
+            self.per_second.to_bits(),
+            self.burst,
+            self.max_keys,
+        )
+    }
+
+    fn limit_key(&self) -> Result<LimitKey> {
+        let s = self;
+        Ok(match s.key.split_once(':') {
             None if s.key == "client_ip" => LimitKey::ClientIp,
             None if s.key == "user" => LimitKey::User,
             None if s.key == "route" => LimitKey::Route,
@@ -83,10 +109,21 @@ impl RateLimit {
                 "rate_limit key {:?} is not client_ip, user, route or header:NAME",
                 s.key
             ),
-        };
+        })
+    }
+}
+
+impl RateLimit {
+    /// The limit with fresh buckets.
+    pub fn new(s: &RateLimitSettings) -> Result<Self> {
+        Self::sharing(s, Arc::new(s.limiter()))
+    }
+
+    /// The limit counting in `limiter` (buckets an earlier configuration filled).
+    pub fn sharing(s: &RateLimitSettings, limiter: Arc<KeyedLimiter<u64>>) -> Result<Self> {
         Ok(Self {
-            key,
-            limiter: KeyedLimiter::new(s.per_second, s.burst, s.max_keys),
+            key: s.limit_key()?,
+            limiter,
         })
     }
 

@@ -122,6 +122,28 @@ impl RouteSettings {
         if self.hosts.is_empty() {
             bail!("route to {:?}: hosts is empty", self.pools());
         }
+        for h in &self.hosts {
+            if !is_host_pattern(h) {
+                bail!(
+                    "route to {:?}: hosts: {h:?} is not a host pattern (a host name or address \
+                     without port, *.domain, or *)",
+                    self.pools()
+                );
+            }
+        }
+        let pools = self.pools();
+        if let Some((i, dup)) = pools
+            .iter()
+            .enumerate()
+            .find(|(i, p)| pools[..*i].contains(p))
+            .map(|(i, p)| (i, *p))
+        {
+            bail!(
+                "route {}: upstreams lists {dup:?} twice (again at position {})",
+                self.display_name(),
+                i + 1
+            );
+        }
         if !self.path_prefix.starts_with('/') {
             bail!("route to {:?}: path_prefix must start with /", self.pools());
         }
@@ -171,6 +193,18 @@ impl Route {
         pools.extend(self.upstreams.iter().filter(|u| u.region == region));
         pools.extend(self.upstreams.iter().filter(|u| u.region != region));
         pools
+    }
+}
+
+/// A configured host as `host_matches` reads it: `*`, `*.suffix`, or a host spelled the
+/// way a request's host is normalized (so it can match one).
+fn is_host_pattern(h: &str) -> bool {
+    let exact =
+        |h: &str| super::early::normalize_host(h).is_some_and(|n| n == h.to_ascii_lowercase());
+    match h.strip_prefix("*.") {
+        _ if h == "*" => true,
+        Some(suffix) => !suffix.starts_with('[') && !suffix.contains('*') && exact(suffix),
+        None => !h.contains('*') && exact(h),
     }
 }
 

@@ -2,6 +2,8 @@
 //! (early → route → challenge → auth → rate limit → upstream → response), and errors
 //! turned into responses in one place.
 
+pub mod retained;
+
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Instant};
 
 use anyhow::{Result, bail};
@@ -155,8 +157,9 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Builds the pipeline of a (validated) configuration. `threat` lives across
-    /// reloads; `userspace_policy` is the source policy when XDP is not enforcing it.
+    /// Builds the pipeline of a (validated) configuration. `threat` and `retained`
+    /// (JWKS keys, verified tokens, rate-limit buckets) live across reloads;
+    /// `userspace_policy` is the source policy when XDP is not enforcing it.
     pub fn new(
         config: &Config,
         pool: Pool,
@@ -164,10 +167,12 @@ impl Pipeline {
         threat: Arc<ThreatEngine>,
         userspace_policy: Option<SharedPolicy>,
         cache: Arc<crate::cache::Store>,
+        retained: &retained::Retained,
     ) -> Result<Self> {
         let mut providers = HashMap::new();
         for p in &config.jwt_provider {
-            providers.insert(p.name.clone(), Arc::new(JwtProvider::new(p)?));
+            let provider = JwtProvider::keeping(p, |material| retained.provider(p, material))?;
+            providers.insert(p.name.clone(), Arc::new(provider));
         }
         let mut identity_headers = Vec::new();
         for p in providers.values() {
@@ -186,7 +191,14 @@ impl Pipeline {
         }
         let mut node_headers = identity_headers.clone();
         let mut routes = Vec::new();
+        // Routes of one name so far (names need not be unique): which one a route is.
+        let mut named: HashMap<String, usize> = HashMap::new();
         for r in &config.route {
+            let name = r.display_name();
+            let route_nth = *named
+                .entry(name.clone())
+                .and_modify(|n| *n += 1)
+                .or_default();
             let mut pools = Vec::new();
             for name in r.pools() {
                 let Some(up) = upstreams.get(name) else {
@@ -197,8 +209,17 @@ impl Pipeline {
                 };
                 pools.push(up.clone());
             }
+            let mut limits = Vec::new();
+            for (i, l) in r.rate_limit.iter().enumerate() {
+                let nth = r.rate_limit[..i]
+                    .iter()
+                    .filter(|o| o.identity() == l.identity())
+                    .count();
+                let buckets = retained.buckets(&name, route_nth, l, nth);
+                limits.push(rate_limit::RateLimit::sharing(l, buckets)?);
+            }
             routes.push(Route {
-                name: r.display_name(),
+                name,
                 hosts: r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
                 path_prefix: r.path_prefix.clone(),
                 methods: r
@@ -213,11 +234,7 @@ impl Pipeline {
                     Some(a) => RouteAuth::new(a, &providers)?,
                     None => None,
                 },
-                limits: r
-                    .rate_limit
-                    .iter()
-                    .map(rate_limit::RateLimit::new)
-                    .collect::<Result<_>>()?,
+                limits,
                 cache: r
                     .cache
                     .as_ref()
@@ -303,6 +320,17 @@ impl Pipeline {
     /// Whether a new connection from `ip` may proceed: the source policy when userspace
     /// enforces it (XDP not active), and the threat score's drop standing.
     pub fn admit_connection(&self, ip: std::net::IpAddr) -> bool {
+        // Runs inline in the accept loops: a panic here costs one connection, never the
+        // listener.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.admit(ip))).unwrap_or_else(
+            |_| {
+                warn!(%ip, "admission check panicked; connection refused");
+                false
+            },
+        )
+    }
+
+    fn admit(&self, ip: std::net::IpAddr) -> bool {
         let ip = match ip {
             std::net::IpAddr::V6(v6) => v6
                 .to_ipv4_mapped()
@@ -315,10 +343,7 @@ impl Pipeline {
             return true;
         }
         if let Some(p) = &self.userspace_policy {
-            let reason = p
-                .lock()
-                .expect("policy lock")
-                .check(ip, edge_common::BucketClass::TcpSyn);
+            let reason = crate::sync::lock(p).check(ip, edge_common::BucketClass::TcpSyn);
             if reason.is_drop() {
                 return false;
             }

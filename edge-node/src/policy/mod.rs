@@ -106,12 +106,11 @@ impl ThreatEngine {
             scores: moka::sync::Cache::builder()
                 .max_capacity(settings.max_tracked)
                 // A score idle for ten half-lives is under a thousandth of itself.
-                .time_to_idle(
-                    settings
-                        .half_life
-                        .saturating_mul(10)
-                        .max(Duration::from_secs(1)),
-                )
+                // (moka refuses idle times over 1000 years.)
+                .time_to_idle(settings.half_life.saturating_mul(10).clamp(
+                    Duration::from_secs(1),
+                    Duration::from_secs(100 * 365 * 86400),
+                ))
                 .build(),
             allowed: ArcSwap::from_pointee(Vec::new()),
             escalate,
@@ -145,7 +144,7 @@ impl ThreatEngine {
     /// The client's score now.
     pub fn score(&self, ip: IpAddr) -> f64 {
         self.scores.get(&ip).map_or(0.0, |s| {
-            self.decayed(&s.lock().expect("score lock"), Instant::now())
+            self.decayed(&crate::sync::lock(&s), Instant::now())
         })
     }
 
@@ -187,7 +186,7 @@ impl ThreatEngine {
                 escalated_until: None,
             }))
         });
-        let mut s = entry.lock().expect("score lock");
+        let mut s = crate::sync::lock(&entry);
         s.value = self.decayed(&s, now) + weight;
         s.at = now;
         let value = s.value;
@@ -195,7 +194,7 @@ impl ThreatEngine {
         let fresh = s.escalated_until.is_none_or(|u| now >= u);
         if crossed && fresh && escalatable {
             let ttl = settings.block_ttl;
-            s.escalated_until = Some(now + ttl);
+            s.escalated_until = Some(crate::config::duration::instant_after(now, ttl));
             drop(s);
             if let Some(tx) = &self.escalate {
                 let kernel_score = (value as u32).max(drop_threshold);
@@ -315,5 +314,35 @@ mod tests {
         t.signal(direct(ip), Signal::BlockedPath);
         std::thread::sleep(Duration::from_millis(100));
         assert!(t.score(ip) < 1.0, "{}", t.score(ip));
+    }
+
+    #[test]
+    fn an_unrepresentable_block_ttl_escalates_without_panicking() {
+        let s = ThreatSettings {
+            block_ttl: Duration::MAX,
+            ..Default::default()
+        };
+        let t = ThreatEngine::new(&s, 5, None);
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        // Crosses the drop threshold: the escalation's expiry is now + block_ttl.
+        assert!(t.signal(direct(ip), Signal::AuthFailure) >= 5.0);
+        assert_eq!(t.standing(ip), Standing::Drop);
+        // The score lock was not poisoned on the way.
+        assert!(t.signal(direct(ip), Signal::AuthFailure) >= 15.0);
+    }
+
+    #[test]
+    fn a_poisoned_score_lock_is_still_read() {
+        let t = ThreatEngine::new(&ThreatSettings::default(), 5, None);
+        let ip: IpAddr = "192.0.2.10".parse().unwrap();
+        t.signal(direct(ip), Signal::AuthFailure);
+        let entry = t.scores.get(&ip).unwrap();
+        let _ = std::thread::spawn(move || {
+            let _held = entry.lock().unwrap();
+            panic!("a panic while holding the score lock");
+        })
+        .join();
+        assert_eq!(t.standing(ip), Standing::Drop);
+        assert!(t.signal(direct(ip), Signal::AuthFailure) >= 5.0);
     }
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use anyhow::{Result, bail};
 use serde::Deserialize;
 
 /// What a client did.
@@ -145,5 +146,33 @@ impl Default for ThreatSettings {
             blocked_paths: default_blocked_paths(),
             weights: Weights::default(),
         }
+    }
+}
+
+impl ThreatSettings {
+    pub fn validate(&self) -> Result<()> {
+        let w = &self.weights;
+        for (key, v) in [
+            ("threat.challenge_threshold", self.challenge_threshold),
+            ("threat.weights.auth_failure", w.auth_failure),
+            ("threat.weights.rate_limited", w.rate_limited),
+            ("threat.weights.malformed_request", w.malformed_request),
+            ("threat.weights.challenge_failed", w.challenge_failed),
+            ("threat.weights.blocked_path", w.blocked_path),
+            ("threat.weights.attack_intent", w.attack_intent),
+            ("threat.weights.scraper_intent", w.scraper_intent),
+        ] {
+            // NaN or infinity would poison every score it touches.
+            if !(v.is_finite() && v >= 0.0) {
+                bail!("{key} = {v} must be a finite number, 0 or more");
+            }
+        }
+        if self.max_tracked == 0 {
+            bail!("threat.max_tracked must be at least 1");
+        }
+        if self.block_ttl.is_zero() {
+            bail!("threat.block_ttl must be above 0");
+        }
+        Ok(())
     }
 }

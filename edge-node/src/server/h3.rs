@@ -72,7 +72,7 @@ pub struct Bound {
 /// Binds every `http.h3_listen` address (UDP), one SO_REUSEPORT socket per worker.
 pub fn bind(s: &HttpSettings, tls: &SharedTls, workers: usize) -> Result<Vec<Bound>> {
     // The certificates must serve QUIC before anything is bound.
-    quic_config(&tls.read().expect("tls lock").clone(), s)?;
+    quic_config(&crate::sync::read(tls).clone(), s)?;
     let mut out = Vec::new();
     for addr in &s.h3_listen {
         let mut at = *addr;
@@ -156,7 +156,7 @@ pub fn spawn(
 ) -> JoinHandle<()> {
     workers.spawn_on(bound.worker, async move {
         // Created on the worker: the endpoint's driver and its connections run there.
-        let config = match quic_config(&tls.read().expect("tls lock").clone(), &settings) {
+        let config = match quic_config(&crate::sync::read(&tls).clone(), &settings) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "HTTP/3 endpoint not started");
@@ -189,7 +189,7 @@ async fn serve(
     {
         let handshaking = Arc::new(AtomicUsize::new(0));
         let mut connections = tokio::task::JoinSet::new();
-        let mut tls_now = tls.read().expect("tls lock").clone();
+        let mut tls_now = crate::sync::read(&tls).clone();
         let mut refresh = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -220,7 +220,7 @@ async fn serve(
                 }
                 _ = refresh.tick() => {
                     // Reloaded or renewed certificates: new connections get them.
-                    let now = tls.read().expect("tls lock").clone();
+                    let now = crate::sync::read(&tls).clone();
                     if !Arc::ptr_eq(&now, &tls_now) {
                         match quic_config(&now, &settings) {
                             Ok(c) => {

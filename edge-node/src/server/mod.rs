@@ -158,7 +158,7 @@ pub fn spawn(
                         })
                     });
                     let builders = builders.clone();
-                    let tls = tls.as_ref().map(|t| t.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone());
+                    let tls = tls.as_ref().map(|t| crate::sync::read(t).clone());
                     let first_request = opened + settings.header_read_timeout;
                     let idle_timeout = settings.idle_timeout;
                     let max_head = settings.max_header_bytes;

@@ -2,6 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use anyhow::{Result, bail};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -160,13 +161,37 @@ impl Default for HttpSettings {
     }
 }
 
+/// Bounds of `max_header_bytes`: below 1 KiB no browser's request fits; above 16 MiB a
+/// head is a memory attack (and HTTP/2's header list size is a u32).
+const HEADER_BYTES: std::ops::RangeInclusive<usize> = 1024..=16 << 20;
+const MAX_HEADERS: std::ops::RangeInclusive<usize> = 1..=10_000;
+
 impl HttpSettings {
-    /// Timeouts within sane bounds (0 would close every connection at once, or never
-    /// time out in hyper's view), caps above 0.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<()> {
+        if !HEADER_BYTES.contains(&self.max_header_bytes) {
+            bail!(
+                "http.max_header_bytes = {} is outside {}..={}",
+                self.max_header_bytes,
+                HEADER_BYTES.start(),
+                HEADER_BYTES.end()
+            );
+        }
+        if !MAX_HEADERS.contains(&self.max_headers) {
+            bail!(
+                "http.max_headers = {} is outside {}..={}",
+                self.max_headers,
+                MAX_HEADERS.start(),
+                MAX_HEADERS.end()
+            );
+        }
+        if self.max_concurrent_streams == 0 {
+            bail!("http.max_concurrent_streams must be at least 1");
+        }
+        // Deadlines within what they can mean: under 100 ms no real client makes it,
+        // and a timer of years is no timer.
         let bounded = |key: &str, d: Duration, max: Duration| {
             if d < Duration::from_millis(100) || d > max {
-                anyhow::bail!(
+                bail!(
                     "http.{key} must be between 100ms and {}",
                     humantime::format_duration(max)
                 );
@@ -184,9 +209,61 @@ impl HttpSettings {
             self.body_read_timeout,
             Duration::from_secs(3600),
         )?;
+        // 0 turns the send deadline off.
+        if !self.send_timeout.is_zero() {
+            bounded(
+                "send_timeout",
+                self.send_timeout,
+                Duration::from_secs(86400),
+            )?;
+        }
         if self.max_connections == 0 {
-            anyhow::bail!("http.max_connections must be at least 1");
+            bail!("http.max_connections must be at least 1");
+        }
+        // A zero timeout would end every connection (or origin connect) at once.
+        for (key, d) in [
+            ("http.header_read_timeout", self.header_read_timeout),
+            ("http.h3_idle_timeout", self.h3_idle_timeout),
+            (
+                "http.upstream_connect_timeout",
+                self.upstream_connect_timeout,
+            ),
+        ] {
+            if d.is_zero() {
+                bail!("{key} must be above 0");
+            }
+        }
+        // TCP listeners must not share an address (a port once unspecified, once not,
+        // counts too); the bind would fail at start, not here. HTTP/3 is UDP.
+        let tcp: Vec<(&str, std::net::SocketAddr)> = self
+            .listen
+            .iter()
+            .map(|a| ("http.listen", *a))
+            .chain(self.tls_listen.iter().map(|a| ("http.tls_listen", *a)))
+            .collect();
+        for (i, (k1, a1)) in tcp.iter().enumerate() {
+            for (k2, a2) in &tcp[i + 1..] {
+                if addresses_overlap(*a1, *a2) {
+                    bail!("{k1} {a1} and {k2} {a2} are the same listening address");
+                }
+            }
+        }
+        for (i, a1) in self.h3_listen.iter().enumerate() {
+            if self.h3_listen[i + 1..]
+                .iter()
+                .any(|a2| addresses_overlap(*a1, *a2))
+            {
+                bail!("http.h3_listen lists {a1} twice");
+            }
         }
         Ok(())
     }
+}
+
+/// Whether binding both would collide: the same port (not 0, which the kernel picks)
+/// on the same address, or on any address where one is unspecified (0.0.0.0, ::).
+pub fn addresses_overlap(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }

@@ -96,7 +96,8 @@ impl ServerState {
         let n = self.fails.fetch_add(1, Ordering::Relaxed) + 1;
         if max_fails != 0 && n >= max_fails {
             self.fails.store(0, Ordering::Relaxed);
-            let until = self.now_ms() + fail_timeout.as_millis() as u64;
+            let ms = u64::try_from(fail_timeout.as_millis()).unwrap_or(u64::MAX);
+            let until = self.now_ms().saturating_add(ms);
             self.ejected_until_ms.store(until.max(1), Ordering::Relaxed);
             self.ejections.fetch_add(1, Ordering::Relaxed);
             warn!(upstream = %self.upstream, server = %self.server, failures = n, ?fail_timeout, "origin ejected after failures in a row");

@@ -363,8 +363,12 @@ impl Pool {
             up.budget.deposit();
         }
         let all_out = !up.states.iter().any(|s| s.usable());
-        let deadline =
-            (!up.total_timeout.is_zero()).then(|| tokio::time::Instant::now() + up.total_timeout);
+        let deadline = (!up.total_timeout.is_zero()).then(|| {
+            tokio::time::Instant::from_std(crate::config::duration::instant_after(
+                std::time::Instant::now(),
+                up.total_timeout,
+            ))
+        });
         let may_retry = replayable && up.servers.len() > 1;
         let mut parts = Some(parts);
         let mut body = Some(body);

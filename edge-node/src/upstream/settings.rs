@@ -224,6 +224,12 @@ impl UpstreamSettings {
                 self.name
             );
         }
+        if self.response_timeout.is_zero() {
+            bail!(
+                "upstream {}: response_timeout must be above 0 (every request would time out)",
+                self.name
+            );
+        }
         if let Some(h) = &self.health_check {
             if !h.path.starts_with('/') {
                 bail!(

@@ -257,7 +257,7 @@ impl Challenger {
 
     /// A clearance for `ip`, valid for `clearance_ttl` (the cookie's value).
     pub fn clearance(&self, ip: IpAddr) -> String {
-        let exp = super::unix_now() + self.ttl.as_secs();
+        let exp = super::unix_now().saturating_add(self.ttl.as_secs());
         format!("v1.{exp}.{}", self.sign(&format!("clear|{ip}|{exp}")))
     }
 

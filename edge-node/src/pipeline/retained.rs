@@ -1,0 +1,135 @@
+//! State that must outlive a configuration: a reload builds a new pipeline, but the
+//! JWKS keys it fetched, the tokens it verified and the rate-limit buckets clients
+//! drained still apply when the settings that made them did not change. Each is kept
+//! under what decides it; an entry lives as long as a pipeline uses it (a removed
+//! provider or limit goes with the last pipeline that had it).
+
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    sync::{Arc, Mutex, Weak},
+};
+
+use crate::{
+    auth::{JwtProviderSettings, ProviderState, VerifiedTokens, keys::LastGoodJwks},
+    limits::KeyedLimiter,
+    phases::rate_limit::RateLimitSettings,
+};
+
+/// A route's limit: the route (name, and which of the routes so named), the limit's
+/// settings, and which of the route's limits with those settings.
+type BucketKey = (String, usize, (String, u64, u64, u64), usize);
+
+/// A provider's settings and the digest of its static key material.
+type VerifierKey = (JwtProviderSettings, [u8; 32]);
+
+/// One per process, passed to every `Pipeline::new`.
+#[derive(Default)]
+pub struct Retained {
+    /// Per provider name and JWKS URL.
+    jwks: Mutex<HashMap<(String, String), Weak<LastGoodJwks>>>,
+    /// Per provider settings and digest of its static key material: the same of both
+    /// verify the same tokens.
+    verified: Mutex<HashMap<VerifierKey, Weak<VerifiedTokens>>>,
+    buckets: Mutex<HashMap<BucketKey, Weak<KeyedLimiter<u64>>>>,
+}
+
+impl Retained {
+    /// What the provider `s` (whose static keys digest to `material`) keeps.
+    pub fn provider(&self, s: &JwtProviderSettings, material: &[u8; 32]) -> ProviderState {
+        let last_good = match &s.jwks_url {
+            Some(url) => kept(&self.jwks, (s.name.clone(), url.clone()), Default::default),
+            None => Arc::default(),
+        };
+        let verified = kept(
+            &self.verified,
+            (s.clone(), *material),
+            crate::auth::verified_tokens,
+        );
+        ProviderState {
+            last_good,
+            verified,
+        }
+    }
+
+    /// The buckets of the `nth` limit with settings `s` of route `route` (the
+    /// `route_nth` route of that name).
+    pub fn buckets(
+        &self,
+        route: &str,
+        route_nth: usize,
+        s: &RateLimitSettings,
+        nth: usize,
+    ) -> Arc<KeyedLimiter<u64>> {
+        kept(
+            &self.buckets,
+            (route.to_string(), route_nth, s.identity(), nth),
+            || s.limiter(),
+        )
+    }
+}
+
+/// The live value under `key`, or a new one from `make`; entries no pipeline uses any
+/// more are dropped on the way.
+fn kept<K: Eq + Hash, V>(
+    map: &Mutex<HashMap<K, Weak<V>>>,
+    key: K,
+    make: impl FnOnce() -> V,
+) -> Arc<V> {
+    let mut map = crate::sync::lock(map);
+    map.retain(|_, v| v.strong_count() > 0);
+    if let Some(v) = map.get(&key).and_then(Weak::upgrade) {
+        return v;
+    }
+    let v = Arc::new(make());
+    map.insert(key, Arc::downgrade(&v));
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(per_second: f64) -> RateLimitSettings {
+        toml::from_str(&format!("per_second = {per_second:?}\nburst = 3")).unwrap()
+    }
+
+    fn provider(secret: &str) -> JwtProviderSettings {
+        toml::from_str(&format!(
+            "name = \"p\"\nalgorithms = [\"HS256\"]\nsecret = \"{secret}\"\njwks_url = \"http://idp.test/jwks\""
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn same_settings_same_state_changed_settings_fresh_state() {
+        let r = Retained::default();
+        let a = r.buckets("r", 0, &limit(1.0), 0);
+        assert!(Arc::ptr_eq(&a, &r.buckets("r", 0, &limit(1.0), 0)));
+        assert!(!Arc::ptr_eq(&a, &r.buckets("r", 0, &limit(2.0), 0)));
+        assert!(!Arc::ptr_eq(&a, &r.buckets("r", 1, &limit(1.0), 0)));
+        assert!(!Arc::ptr_eq(&a, &r.buckets("other", 0, &limit(1.0), 0)));
+
+        let s = provider("a-secret-of-at-least-32-bytes-long!");
+        let one = r.provider(&s, &[1; 32]);
+        let again = r.provider(&s, &[1; 32]);
+        assert!(Arc::ptr_eq(&one.verified, &again.verified));
+        assert!(Arc::ptr_eq(&one.last_good, &again.last_good));
+        // Other key material: tokens verified before must be verified again; the JWKS
+        // (per name and URL) is still the provider's.
+        let rekeyed = r.provider(&s, &[2; 32]);
+        assert!(!Arc::ptr_eq(&one.verified, &rekeyed.verified));
+        assert!(Arc::ptr_eq(&one.last_good, &rekeyed.last_good));
+        let other = provider("another-secret-of-at-least-32-bytes!");
+        assert!(!Arc::ptr_eq(
+            &one.verified,
+            &r.provider(&other, &[1; 32]).verified
+        ));
+
+        // Nothing uses them any more: gone.
+        drop((a, one, again, rekeyed));
+        let fresh = r.buckets("r", 0, &limit(1.0), 0);
+        assert_eq!(Arc::strong_count(&fresh), 1);
+        assert_eq!(crate::sync::lock(&r.buckets).len(), 1);
+    }
+}
