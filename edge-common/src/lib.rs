@@ -27,7 +27,7 @@
 
 /// Bumped whenever a map layout changes; part of the pin directory
 /// (`<pin root>/v<ABI_VERSION>`) so an old node's pinned maps are never misread.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Names of the maps in the object (also their file names under the pin directory).
 pub mod map_names {
@@ -344,10 +344,17 @@ pub enum Reason {
     DropSynRate = 8,
     /// Over the per-source QUIC (UDP) budget.
     DropQuicRate = 9,
+    /// A first fragment without its whole transport header (IPv6: header chain), so the
+    /// budget it belongs to cannot be known; no stack sends one (RFC 1858, RFC 7112).
+    /// Dropped while budgets are on, else the malformed verdict.
+    DropFragmentHeader = 10,
+    /// An IPv6 extension-header chain longer than the program follows, so the budget it
+    /// belongs to cannot be known. Dropped while budgets are on, else the malformed verdict.
+    DropExtChain = 11,
 }
 
 /// Number of [`Reason`]s (length of the stats array).
-pub const REASON_COUNT: u32 = 10;
+pub const REASON_COUNT: u32 = 12;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -361,6 +368,8 @@ impl Reason {
         Reason::DropRate,
         Reason::DropSynRate,
         Reason::DropQuicRate,
+        Reason::DropFragmentHeader,
+        Reason::DropExtChain,
     ];
 
     pub const fn is_drop(self) -> bool {
@@ -372,6 +381,8 @@ impl Reason {
                 | Reason::DropRate
                 | Reason::DropSynRate
                 | Reason::DropQuicRate
+                | Reason::DropFragmentHeader
+                | Reason::DropExtChain
         )
     }
 
@@ -388,6 +399,8 @@ impl Reason {
             Reason::DropRate => "drop_rate",
             Reason::DropSynRate => "drop_syn_rate",
             Reason::DropQuicRate => "drop_quic_rate",
+            Reason::DropFragmentHeader => "drop_fragment_header",
+            Reason::DropExtChain => "drop_ext_chain",
         }
     }
 }

@@ -138,34 +138,60 @@ fn decide_source(ctx: &XdpContext, cfg: &XdpConfig, src: &Addr16, l4: L4) -> Rea
         return reason;
     }
     let transport = transport(ctx, l4);
+    let budgets = cfg.flags & flags::RATE_LIMIT != 0;
+    // Budgets apply to what the kernel would reassemble. A first fragment that hides
+    // its transport header (or an IPv6 chain we do not follow to the end) could be a
+    // SYN or a QUIC datagram: no budget can be chosen for it, so it is dropped, which
+    // costs no legitimate sender anything (RFC 1858 and RFC 7112 say the same; the
+    // datagram cannot be reassembled without it). Later fragments are charged to the
+    // packet budget below; their datagram's class was charged with its first fragment.
+    match transport {
+        Transport::SplitHeader if budgets => return Reason::DropFragmentHeader,
+        Transport::LongChain if budgets => return Reason::DropExtChain,
+        Transport::SplitHeader | Transport::LongChain => return malformed(cfg),
+        _ => {}
+    }
+    if budgets && let Some(drop) = over_budget(cfg, src, hash, transport, &mut now) {
+        return drop;
+    }
+    // A truncated transport header was charged like any packet of its source above: a
+    // flood of them must not pass for free.
     if transport == Transport::Malformed {
         return malformed(cfg);
     }
-    if cfg.flags & flags::RATE_LIMIT != 0 {
-        if now == 0 {
-            now = clock();
-        }
-        let Some(slot) = bucket_slot(src, hash, now) else {
-            return Reason::Pass;
-        };
-        // The class budget first, so a SYN or QUIC flood is counted as such.
-        match transport {
-            Transport::TcpSyn if !admit(slot, BucketClass::TcpSyn, &cfg.tcp_syn, now) => {
-                return Reason::DropSynRate;
-            }
-            Transport::Udp { dst_port }
-                if is_quic_port(cfg, dst_port)
-                    && !admit(slot, BucketClass::Quic, &cfg.quic, now) =>
-            {
-                return Reason::DropQuicRate;
-            }
-            _ => {}
-        }
-        if !admit(slot, BucketClass::Packets, &cfg.packets, now) {
-            return Reason::DropRate;
-        }
-    }
     Reason::Pass
+}
+
+/// Charges the packet to its source's budgets: the drop reason when one is exhausted.
+#[inline(always)]
+fn over_budget(
+    cfg: &XdpConfig,
+    src: &Addr16,
+    hash: u64,
+    transport: Transport,
+    now: &mut u64,
+) -> Option<Reason> {
+    if *now == 0 {
+        *now = clock();
+    }
+    let now = *now;
+    let slot = bucket_slot(src, hash, now)?;
+    // The class budget first, so a SYN or QUIC flood is counted as such.
+    match transport {
+        Transport::TcpSyn if !admit(slot, BucketClass::TcpSyn, &cfg.tcp_syn, now) => {
+            return Some(Reason::DropSynRate);
+        }
+        Transport::Udp { dst_port }
+            if is_quic_port(cfg, dst_port) && !admit(slot, BucketClass::Quic, &cfg.quic, now) =>
+        {
+            return Some(Reason::DropQuicRate);
+        }
+        _ => {}
+    }
+    if !admit(slot, BucketClass::Packets, &cfg.packets, now) {
+        return Some(Reason::DropRate);
+    }
+    None
 }
 
 #[inline(always)]

@@ -215,10 +215,10 @@ fn config_text(c: &XdpConfig) -> String {
 }
 
 fn counters_text(c: &Counters) -> String {
-    let mut s = format!("{:<16} {:>14} {:>16}\n", "verdict", "packets", "bytes");
+    let mut s = format!("{:<20} {:>14} {:>16}\n", "verdict", "packets", "bytes");
     for r in Reason::ALL {
         let Counter { packets, bytes } = c[r as usize];
-        s.push_str(&format!("{:<16} {packets:>14} {bytes:>16}\n", r.name()));
+        s.push_str(&format!("{:<20} {packets:>14} {bytes:>16}\n", r.name()));
     }
     s
 }
