@@ -336,7 +336,7 @@ fn vlan_tags_options_and_extension_headers_are_followed() {
     for (i, chain) in chains.iter().enumerate() {
         let mut src = v6_src(0);
         src[1] = 0x02; // outside the blocked /48
-        src[15] = i as u8;
+        src[7] = i as u8; // a /64 (a source) of its own
         let syn = packet::v6(
             &[TPID_8021AD, TPID_8021Q],
             src,
@@ -664,7 +664,7 @@ fn truncated_transport_headers_and_later_fragments_are_charged() {
         ),
         (
             "IPv6, 8 bytes of TCP",
-            packet::v6(&[], v6_src(70), &[], &tcp8),
+            packet::v6(&[], v6_in(70, 1), &[], &tcp8),
             Reason::PassMalformed,
         ),
         (
@@ -674,7 +674,12 @@ fn truncated_transport_headers_and_later_fragments_are_charged() {
         ),
         (
             "IPv6 later fragment",
-            packet::v6(&[], v6_src(71), &[Ext::Fragment(1)], &packet::tcp(TCP_SYN)),
+            packet::v6(
+                &[],
+                v6_in(71, 1),
+                &[Ext::Fragment(1)],
+                &packet::tcp(TCP_SYN),
+            ),
             Reason::Pass,
         ),
     ];
@@ -716,4 +721,61 @@ fn ipv6_extension_chains_longer_than_followed_are_dropped() {
     // Source rules still come first.
     h.maps.allow(net("2001:db8:aa::51/128")).unwrap();
     assert_eq!(h.reason(&syn), Reason::PassAllowed);
+}
+
+/// 2001:db8:aa:`net`::12:0:0:`host`, inside 2001:db8:aa:`net`::/64.
+fn v6_in(net: u8, host: u8) -> [u8; 16] {
+    let mut a = v6_src(host);
+    a[7] = net;
+    a[8] = 0x12;
+    a
+}
+
+/// An IPv6 source is its prefix (`xdp.ipv6_source_prefix`, /64 by default): addresses
+/// rotated inside it share one budget and one score; another prefix has its own.
+#[test]
+fn ipv6_sources_share_budgets_and_scores_per_prefix() {
+    let Some(mut h) = Harness::new("ipv6_source_prefix") else {
+        return;
+    };
+    let mut s = settings();
+    s.rate.syn_burst = 1;
+    h.configure(&s);
+    let syn = |a| packet::v6(&[], a, &[], &packet::tcp(TCP_SYN));
+    assert_eq!(h.reason(&syn(v6_in(1, 1))), Reason::Pass);
+    assert_eq!(h.reason(&syn(v6_in(1, 2))), Reason::DropSynRate);
+    assert_eq!(h.reason(&syn(v6_in(1, 3))), Reason::DropSynRate);
+    assert_eq!(h.reason(&syn(v6_in(2, 1))), Reason::Pass);
+    // IPv4 sources stay one per address.
+    let syn4 = |a| packet::v4(&[], &V4::from(a), &packet::tcp(TCP_SYN));
+    assert_eq!(h.reason(&syn4([192, 0, 2, 91])), Reason::Pass);
+    assert_eq!(h.reason(&syn4([192, 0, 2, 92])), Reason::Pass);
+
+    // A score set for one address is its /64's.
+    let ip = |a: [u8; 16]| std::net::IpAddr::from(a);
+    h.maps.set_score(ip(v6_in(3, 1)), 100, None).unwrap();
+    assert_eq!(h.reason(&v6_udp(v6_in(3, 2), 53)), Reason::DropThreat);
+    assert_eq!(h.reason(&v6_udp(v6_in(4, 1), 53)), Reason::Pass);
+    let l = h.maps.list().unwrap();
+    assert_eq!(
+        l.scores.iter().map(|s| (s.0, s.1)).collect::<Vec<_>>(),
+        [(net("2001:db8:aa:3::/64"), 100)]
+    );
+    // A host's own rule still wins inside it; clearing through any address clears it.
+    h.maps.allow(net("2001:db8:aa:3:1200::9/128")).unwrap();
+    assert_eq!(h.reason(&v6_udp(v6_in(3, 9), 53)), Reason::PassAllowed);
+    h.maps.set_score(ip(v6_in(3, 7)), 0, None).unwrap();
+    assert_eq!(h.reason(&v6_udp(v6_in(3, 2), 53)), Reason::Pass);
+
+    // The prefix is configuration, read per packet: a /48 puts 2001:db8:aa:5:: and
+    // 2001:db8:aa:6:: together; /128 sets every address apart.
+    s.ipv6_source_prefix = 48;
+    h.configure(&s);
+    assert_eq!(h.reason(&syn(v6_in(5, 1))), Reason::Pass);
+    assert_eq!(h.reason(&syn(v6_in(6, 1))), Reason::DropSynRate);
+    s.ipv6_source_prefix = 128;
+    h.configure(&s);
+    assert_eq!(h.reason(&syn(v6_in(7, 1))), Reason::Pass);
+    assert_eq!(h.reason(&syn(v6_in(7, 2))), Reason::Pass);
+    assert_eq!(h.reason(&syn(v6_in(7, 2))), Reason::DropSynRate);
 }

@@ -118,7 +118,8 @@ pub mod rule_flags {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceRule {
     pub flags: u32,
-    /// Threat score of this host (scores are set on /128 entries; not inherited).
+    /// Threat score of this source (set on a host's entry, or an IPv6 source prefix's:
+    /// see [`XdpConfig::ipv6_source_prefix`]; not inherited).
     pub score: u32,
     /// The prefix length of the entry's key, so a lookup tells an exact hit from a
     /// covering entry.
@@ -222,6 +223,38 @@ pub const fn bucket_slots_of(h: u64) -> (u32, u32) {
     (first, second)
 }
 
+/// True for the IPv4-mapped form `::ffff:a.b.c.d`.
+#[inline(always)]
+pub const fn is_v4_mapped(a: &Addr16) -> bool {
+    a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] | a[8] | a[9] == 0
+        && a[10] == 0xff
+        && a[11] == 0xff
+}
+
+/// The source an address belongs to for budgets and scores: an IPv4 address itself, an
+/// IPv6 address cut to its first `ipv6_prefix` bits (0 or ≥ 128: the address itself).
+/// Two u64 halves, not u128: the BPF target has no 128-bit shifts.
+#[inline(always)]
+pub const fn source_key(a: &Addr16, ipv6_prefix: u32) -> Addr16 {
+    if ipv6_prefix == 0 || ipv6_prefix >= 128 || is_v4_mapped(a) {
+        return *a;
+    }
+    let hi = u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
+    let lo = u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
+    let (hi, lo) = if ipv6_prefix > 64 {
+        (hi, lo & (u64::MAX << (128 - ipv6_prefix)))
+    } else if ipv6_prefix == 64 {
+        (hi, 0)
+    } else {
+        (hi & (u64::MAX << (64 - ipv6_prefix)), 0)
+    };
+    let (h, l) = (hi.to_be_bytes(), lo.to_be_bytes());
+    [
+        h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], l[0], l[1], l[2], l[3], l[4], l[5], l[6],
+        l[7],
+    ]
+}
+
 /// A seeded 64-bit hash of a source address (bucket slots, verdict-cache slots).
 #[inline(always)]
 pub const fn source_hash(addr: &Addr16, seed: u64) -> u64 {
@@ -310,7 +343,10 @@ pub struct XdpConfig {
     pub drop_threshold: u32,
     /// Number of valid entries in `quic_ports`.
     pub quic_port_count: u32,
-    pub _pad: u32,
+    /// Leading bits of an IPv6 source that name the source for budgets and scores
+    /// ([`source_key`]): one host gets a whole /64 of addresses to rotate through.
+    /// 0 (or 128) = every address on its own. IPv4 sources are always per address.
+    pub ipv6_source_prefix: u32,
     /// UDP destination ports (host byte order) whose traffic is charged to the QUIC bucket.
     pub quic_ports: [u16; MAX_QUIC_PORTS],
     pub packets: BucketParams,
@@ -591,6 +627,24 @@ mod tests {
                 seen.len()
             );
         }
+    }
+
+    #[test]
+    fn ipv6_sources_are_cut_to_the_prefix_ipv4_never() {
+        let a: Addr16 = [
+            0x20, 0x01, 0x0d, 0xb8, 0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 1, 2, 3, 4,
+        ];
+        let cut = |p| u128::from_be_bytes(source_key(&a, p));
+        let x = u128::from_be_bytes(a);
+        for p in 1..128u32 {
+            assert_eq!(cut(p), x & (u128::MAX << (128 - p)), "/{p}");
+        }
+        assert_eq!(cut(0), x);
+        assert_eq!(cut(128), x);
+        assert_eq!(cut(200), x);
+        let v4 = map_v4([10, 1, 2, 3]);
+        assert!(is_v4_mapped(&v4) && !is_v4_mapped(&a));
+        assert_eq!(source_key(&v4, 64), v4);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use aya_log_ebpf::info;
 use edge_common::{
     Addr16, BucketClass, BucketParams, BucketSlot, MAX_QUIC_PORTS, Reason, VERDICT_SLOTS,
     XdpConfig, addr_halves, bucket_slots_of, flags, gcra_admit, is_live, rule_flags, source_hash,
-    threat_drops,
+    source_key, threat_drops,
 };
 
 use crate::{
@@ -151,8 +151,20 @@ fn decide_source(ctx: &XdpContext, cfg: &XdpConfig, src: &Addr16, l4: L4) -> Rea
         Transport::SplitHeader | Transport::LongChain => return malformed(cfg),
         _ => {}
     }
-    if budgets && let Some(drop) = over_budget(cfg, src, hash, transport, &mut now) {
-        return drop;
+    if budgets {
+        // Budgets belong to the source: an IPv6 address is charged to its prefix, so
+        // rotating through a /64 buys nothing. (Rules and scores need no cut here: the
+        // trie's longest match already finds a score userspace set on the prefix, and
+        // a host's own rule, and the verdict cache, stay per address.)
+        let key = source_key(src, cfg.ipv6_source_prefix);
+        let key_hash = if addr_halves(&key) == addr_halves(src) {
+            hash
+        } else {
+            source_hash(&key, cfg.bucket_seed)
+        };
+        if let Some(drop) = over_budget(cfg, &key, key_hash, transport, &mut now) {
+            return drop;
+        }
     }
     // A truncated transport header was charged like any packet of its source above: a
     // flood of them must not pass for free.

@@ -233,12 +233,14 @@ pub(crate) fn listing(l: &Listing) -> String {
         s.push_str(&format!("  {:<40} {}\n", n.to_string(), expiry_text(*e)));
     }
     s.push_str("scores:                                  score  expires in\n");
-    for (ip, score, e) in &l.scores {
-        s.push_str(&format!(
-            "  {:<40} {score:>5}  {}\n",
-            ip.to_string(),
-            expiry_text(*e)
-        ));
+    for (net, score, e) in &l.scores {
+        // A host as its address; an IPv6 source prefix (xdp.ipv6_source_prefix) as such.
+        let source = if net.prefix_len() == net.max_prefix_len() {
+            net.addr().to_string()
+        } else {
+            net.to_string()
+        };
+        s.push_str(&format!("  {source:<40} {score:>5}  {}\n", expiry_text(*e)));
     }
     s
 }
