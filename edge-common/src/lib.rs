@@ -223,42 +223,48 @@ pub const fn bucket_slots_of(h: u64) -> (u32, u32) {
     (first, second)
 }
 
-/// True for the IPv4-mapped form `::ffff:a.b.c.d`.
-#[inline(always)]
-pub const fn is_v4_mapped(a: &Addr16) -> bool {
-    a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] | a[8] | a[9] == 0
-        && a[10] == 0xff
-        && a[11] == 0xff
-}
-
 /// The source an address belongs to for budgets and scores: an IPv4 address itself, an
 /// IPv6 address cut to its first `ipv6_prefix` bits (0 or ≥ 128: the address itself).
-/// Two u64 halves, not u128: the BPF target has no 128-bit shifts.
 #[inline(always)]
 pub const fn source_key(a: &Addr16, ipv6_prefix: u32) -> Addr16 {
-    if ipv6_prefix == 0 || ipv6_prefix >= 128 || is_v4_mapped(a) {
-        return *a;
-    }
-    let hi = u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
-    let lo = u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
-    let (hi, lo) = if ipv6_prefix > 64 {
-        (hi, lo & (u64::MAX << (128 - ipv6_prefix)))
-    } else if ipv6_prefix == 64 {
-        (hi, 0)
+    let (lo, hi) = addr_halves(a);
+    let (lo, hi) = source_key_halves(lo, hi, ipv6_prefix);
+    addr_from_halves(lo, hi)
+}
+
+/// [`source_key`] on the halves of [`addr_halves`]: the kernel's form, a few ALU
+/// instructions (no byte shuffling, no 128-bit shifts, which the BPF target lacks).
+#[inline(always)]
+pub const fn source_key_halves(lo: u64, hi: u64, ipv6_prefix: u32) -> (u64, u64) {
+    // `::ffff:a.b.c.d`: bytes 0..10 zero, 10..12 0xff.
+    const MAPPED_MASK: u64 = u64::from_ne_bytes([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+    const MAPPED: u64 = u64::from_ne_bytes([0, 0, 0xff, 0xff, 0, 0, 0, 0]);
+    if ipv6_prefix == 0 || ipv6_prefix >= 128 || (lo == 0 && hi & MAPPED_MASK == MAPPED) {
+        (lo, hi)
+    } else if ipv6_prefix > 64 {
+        (lo, hi & leading_bits_mask(ipv6_prefix - 64))
     } else {
-        (hi & (u64::MAX << (64 - ipv6_prefix)), 0)
-    };
-    let (h, l) = (hi.to_be_bytes(), lo.to_be_bytes());
-    [
-        h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], l[0], l[1], l[2], l[3], l[4], l[5], l[6],
-        l[7],
-    ]
+        (lo & leading_bits_mask(ipv6_prefix), 0)
+    }
+}
+
+/// Mask of the first `bits` (1..=64) bits of 8 network-order bytes read as a
+/// native-endian u64.
+#[inline(always)]
+const fn leading_bits_mask(bits: u32) -> u64 {
+    (u64::MAX << (64 - bits)).to_be()
 }
 
 /// A seeded 64-bit hash of a source address (bucket slots, verdict-cache slots).
 #[inline(always)]
 pub const fn source_hash(addr: &Addr16, seed: u64) -> u64 {
     let (lo, hi) = addr_halves(addr);
+    source_hash_halves(lo, hi, seed)
+}
+
+/// [`source_hash`] of an address given as its [`addr_halves`].
+#[inline(always)]
+pub const fn source_hash_halves(lo: u64, hi: u64, seed: u64) -> u64 {
     fmix64(fmix64(lo ^ seed) ^ hi)
 }
 
@@ -280,6 +286,16 @@ pub const fn addr_halves(a: &Addr16) -> (u64, u64) {
         u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
         u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
     )
+}
+
+/// The address back from its [`addr_halves`].
+#[inline(always)]
+pub const fn addr_from_halves(lo: u64, hi: u64) -> Addr16 {
+    let (l, h) = (lo.to_ne_bytes(), hi.to_ne_bytes());
+    [
+        l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7], h[0], h[1], h[2], h[3], h[4], h[5], h[6],
+        h[7],
+    ]
 }
 
 /// Rate of one bucket class, as GCRA parameters computed by userspace.
@@ -643,8 +659,10 @@ mod tests {
         assert_eq!(cut(128), x);
         assert_eq!(cut(200), x);
         let v4 = map_v4([10, 1, 2, 3]);
-        assert!(is_v4_mapped(&v4) && !is_v4_mapped(&a));
         assert_eq!(source_key(&v4, 64), v4);
+        let mut almost = v4;
+        almost[9] = 1; // not the mapped form: an IPv6 address
+        assert_eq!(source_key(&almost, 64)[8..], [0; 8]);
     }
 
     #[test]

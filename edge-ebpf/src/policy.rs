@@ -7,8 +7,8 @@ use aya_ebpf::{
 use aya_log_ebpf::info;
 use edge_common::{
     Addr16, BucketClass, BucketParams, BucketSlot, MAX_QUIC_PORTS, Reason, VERDICT_SLOTS,
-    XdpConfig, addr_halves, bucket_slots_of, flags, gcra_admit, is_live, rule_flags, source_hash,
-    source_key, threat_drops,
+    XdpConfig, addr_from_halves, addr_halves, bucket_slots_of, flags, gcra_admit, is_live,
+    rule_flags, source_hash_halves, source_key_halves, threat_drops,
 };
 
 use crate::{
@@ -132,7 +132,14 @@ fn reason_from(v: u32) -> Reason {
 #[inline(always)]
 fn decide_source(ctx: &XdpContext, cfg: &XdpConfig, src: &Addr16, l4: L4) -> Reason {
     let mut now = 0;
-    let hash = source_hash(src, cfg.bucket_seed);
+    // Budgets belong to the source: an IPv6 address is charged to its prefix, so
+    // rotating through a /64 buys nothing. Rules and scores need no cut: the trie's
+    // longest match finds a score userspace set on the prefix, and a host's own rule.
+    // One hash, of the source, picks the bucket slots and the verdict-cache slot (which
+    // still holds and compares the full address).
+    let (lo, hi) = addr_halves(src);
+    let key = source_key_halves(lo, hi, cfg.ipv6_source_prefix);
+    let hash = source_hash_halves(key.0, key.1, cfg.bucket_seed);
     let reason = cached_source_rule(cfg, src, hash, &mut now);
     if reason != Reason::Pass {
         return reason;
@@ -151,20 +158,8 @@ fn decide_source(ctx: &XdpContext, cfg: &XdpConfig, src: &Addr16, l4: L4) -> Rea
         Transport::SplitHeader | Transport::LongChain => return malformed(cfg),
         _ => {}
     }
-    if budgets {
-        // Budgets belong to the source: an IPv6 address is charged to its prefix, so
-        // rotating through a /64 buys nothing. (Rules and scores need no cut here: the
-        // trie's longest match already finds a score userspace set on the prefix, and
-        // a host's own rule, and the verdict cache, stay per address.)
-        let key = source_key(src, cfg.ipv6_source_prefix);
-        let key_hash = if addr_halves(&key) == addr_halves(src) {
-            hash
-        } else {
-            source_hash(&key, cfg.bucket_seed)
-        };
-        if let Some(drop) = over_budget(cfg, &key, key_hash, transport, &mut now) {
-            return drop;
-        }
+    if budgets && let Some(drop) = over_budget(cfg, key, hash, transport, &mut now) {
+        return drop;
     }
     // A truncated transport header was charged like any packet of its source above: a
     // flood of them must not pass for free.
@@ -178,7 +173,7 @@ fn decide_source(ctx: &XdpContext, cfg: &XdpConfig, src: &Addr16, l4: L4) -> Rea
 #[inline(always)]
 fn over_budget(
     cfg: &XdpConfig,
-    src: &Addr16,
+    key: (u64, u64),
     hash: u64,
     transport: Transport,
     now: &mut u64,
@@ -187,7 +182,7 @@ fn over_budget(
         *now = clock();
     }
     let now = *now;
-    let slot = bucket_slot(src, hash, now)?;
+    let slot = bucket_slot(key, hash, now)?;
     // The class budget first, so a SYN or QUIC flood is counted as such.
     match transport {
         Transport::TcpSyn if !admit(slot, BucketClass::TcpSyn, &cfg.tcp_syn, now) => {
@@ -217,16 +212,15 @@ fn is_quic_port(cfg: &XdpConfig, port: u16) -> bool {
     false
 }
 
-/// The bucket slot of `src`: the one of its two candidates it already owns, else an idle
+/// The bucket slot of the source `me` (its key's halves): the one of its two candidates it already owns, else an idle
 /// one it takes over (a slot is idle once all its buckets have refilled), else the first
 /// candidate, shared with its busy owner. Slots are shared by all CPUs and updated without
 /// atomics, so under contention a few extra packets may pass (never fewer).
 #[inline(always)]
-fn bucket_slot(src: &Addr16, hash: u64, now: u64) -> Option<*mut BucketSlot> {
+fn bucket_slot(me: (u64, u64), hash: u64, now: u64) -> Option<*mut BucketSlot> {
     let (a, b) = bucket_slots_of(hash);
     let first = EDGE_BUCKETS.get_ptr_mut(a)?;
     let second = EDGE_BUCKETS.get_ptr_mut(b)?;
-    let me = addr_halves(src);
     // SAFETY: pointers into the array's values, valid for this program run.
     unsafe {
         if addr_halves(&(*first).addr) == me {
@@ -238,7 +232,7 @@ fn bucket_slot(src: &Addr16, hash: u64, now: u64) -> Option<*mut BucketSlot> {
         for slot in [first, second] {
             let t = (*slot).tat_ns;
             if t[0] <= now && t[1] <= now && t[2] <= now {
-                (*slot).addr = *src;
+                (*slot).addr = addr_from_halves(me.0, me.1);
                 (*slot).tat_ns = [0; 3];
                 return Some(slot);
             }
