@@ -336,7 +336,7 @@ fn vlan_tags_options_and_extension_headers_are_followed() {
     for (i, chain) in chains.iter().enumerate() {
         let mut src = v6_src(0);
         src[1] = 0x02; // outside the blocked /48
-        src[15] = i as u8;
+        src[7] = i as u8; // a /64 (a source) of its own
         let syn = packet::v6(
             &[TPID_8021AD, TPID_8021Q],
             src,
@@ -584,4 +584,198 @@ fn rules_inside_prefixes_inherit_allow_and_block() {
         l.block.is_empty() && l.allow.is_empty() && l.scores.is_empty(),
         "{l:?}"
     );
+}
+
+/// A transport header cut short: its first `len` bytes.
+fn truncated(l4: &packet::L4, len: usize) -> packet::L4 {
+    packet::L4 {
+        proto: l4.proto,
+        bytes: l4.bytes[..len].to_vec(),
+    }
+}
+
+/// Budgets apply to what the kernel would reassemble. A first fragment must carry its
+/// whole transport header (RFC 1858, RFC 7112): one that does not is dropped, whatever
+/// bytes follow the datagram in the frame; a datagram whose transport header is cut
+/// short, and every later fragment, is charged to the packet budget.
+#[test]
+fn first_fragments_without_a_transport_header_are_dropped() {
+    let Some(mut h) = Harness::new("first_fragments_without_l4") else {
+        return;
+    };
+    let mut s = settings();
+    s.rate.syn_burst = 1;
+    h.configure(&s);
+    // An IPv4 first fragment with 8 bytes of TCP: the flags byte is in the next fragment.
+    let tcp8 = truncated(&packet::tcp(TCP_SYN), 8);
+    let mut ip = V4::from([192, 0, 2, 61]);
+    ip.more_fragments = true;
+    let first4 = packet::v4(&[], &ip, &tcp8);
+    for _ in 0..3 {
+        assert_eq!(h.reason(&first4), Reason::DropFragmentHeader);
+    }
+    // The same behind Ethernet padding dressed up as the rest of an ACK: bytes past the
+    // IP datagram are not part of it (the kernel trims them).
+    let mut padded = first4.clone();
+    padded.resize(60, 0);
+    padded[14 + 20 + 12] = 5 << 4;
+    padded[14 + 20 + 13] = TCP_ACK;
+    assert_eq!(h.reason(&padded), Reason::DropFragmentHeader);
+    // IPv6: 8 bytes of TCP after a first-fragment header, and a header chain that goes
+    // on into the next fragment.
+    let first6 = packet::v6(&[], v6_src(61), &[Ext::Fragment(0)], &tcp8);
+    assert_eq!(h.reason(&first6), Reason::DropFragmentHeader);
+    let chain_cut = packet::L4 {
+        proto: 60, // destination options, 4 of its 8 bytes
+        bytes: vec![6, 0, 1, 0],
+    };
+    let first6 = packet::v6(&[], v6_src(62), &[Ext::Fragment(0)], &chain_cut);
+    assert_eq!(h.reason(&first6), Reason::DropFragmentHeader);
+    // A first fragment with its whole header is judged by it: the SYN budget applies.
+    let whole = packet::v4(&[], &ip, &packet::tcp(TCP_SYN));
+    assert_eq!(h.reason(&whole), Reason::Pass);
+    assert_eq!(h.reason(&whole), Reason::DropSynRate);
+    // Without budgets there is nothing to escape: the malformed verdict.
+    let mut off = settings();
+    off.rate.packets_per_sec = 0;
+    off.rate.syn_per_sec = 0;
+    off.rate.quic_per_sec = 0;
+    h.configure(&off);
+    assert_eq!(h.reason(&first4), Reason::PassMalformed);
+}
+
+#[test]
+fn truncated_transport_headers_and_later_fragments_are_charged() {
+    let Some(mut h) = Harness::new("truncated_l4_charged") else {
+        return;
+    };
+    let mut s = settings();
+    s.rate.packets_per_sec = 1;
+    s.rate.packets_burst = 4;
+    h.configure(&s);
+    let tcp8 = truncated(&packet::tcp(TCP_SYN), 8);
+    let mut later4 = V4::from([192, 0, 2, 71]);
+    later4.frag_offset = 1;
+    let cases = [
+        (
+            "IPv4, 8 bytes of TCP",
+            packet::v4(&[], &V4::from([192, 0, 2, 70]), &tcp8),
+            Reason::PassMalformed,
+        ),
+        (
+            "IPv6, 8 bytes of TCP",
+            packet::v6(&[], v6_in(70, 1), &[], &tcp8),
+            Reason::PassMalformed,
+        ),
+        (
+            "IPv4 later fragment",
+            packet::v4(&[], &later4, &packet::tcp(TCP_SYN)),
+            Reason::Pass,
+        ),
+        (
+            "IPv6 later fragment",
+            packet::v6(
+                &[],
+                v6_in(71, 1),
+                &[Ext::Fragment(1)],
+                &packet::tcp(TCP_SYN),
+            ),
+            Reason::Pass,
+        ),
+    ];
+    for (what, pkt, within) in &cases {
+        for i in 0..4 {
+            assert_eq!(h.reason(pkt), *within, "{what}: packet {i}");
+        }
+        assert_eq!(h.reason(pkt), Reason::DropRate, "{what}: over the budget");
+    }
+}
+
+#[test]
+fn ipv6_extension_chains_longer_than_followed_are_dropped() {
+    let Some(mut h) = Harness::new("ipv6_long_chains") else {
+        return;
+    };
+    let mut s = settings();
+    s.rate.syn_burst = 1;
+    h.configure(&s);
+    let six = [
+        Ext::HopByHop,
+        Ext::DestOpts,
+        Ext::Routing,
+        Ext::Fragment(0),
+        Ext::Ah,
+        Ext::DestOpts,
+    ];
+    // Six extension headers are followed to the TCP header: the SYN budget applies.
+    let syn = packet::v6(&[], v6_src(80), &six, &packet::tcp(TCP_SYN));
+    assert_eq!(h.reason(&syn), Reason::Pass);
+    assert_eq!(h.reason(&syn), Reason::DropSynRate);
+    // A seventh is beyond the bound: dropped, counted apart, never a free pass.
+    let mut seven = six.to_vec();
+    seven.push(Ext::DestOpts);
+    let syn = packet::v6(&[], v6_src(81), &seven, &packet::tcp(TCP_SYN));
+    assert_eq!(h.reason(&syn), Reason::DropExtChain);
+    let udp = packet::v6(&[], v6_src(82), &seven, &packet::udp(53));
+    assert_eq!(h.reason(&udp), Reason::DropExtChain);
+    // Source rules still come first.
+    h.maps.allow(net("2001:db8:aa::51/128")).unwrap();
+    assert_eq!(h.reason(&syn), Reason::PassAllowed);
+}
+
+/// 2001:db8:aa:`net`::12:0:0:`host`, inside 2001:db8:aa:`net`::/64.
+fn v6_in(net: u8, host: u8) -> [u8; 16] {
+    let mut a = v6_src(host);
+    a[7] = net;
+    a[8] = 0x12;
+    a
+}
+
+/// An IPv6 source is its prefix (`xdp.ipv6_source_prefix`, /64 by default): addresses
+/// rotated inside it share one budget and one score; another prefix has its own.
+#[test]
+fn ipv6_sources_share_budgets_and_scores_per_prefix() {
+    let Some(mut h) = Harness::new("ipv6_source_prefix") else {
+        return;
+    };
+    let mut s = settings();
+    s.rate.syn_burst = 1;
+    h.configure(&s);
+    let syn = |a| packet::v6(&[], a, &[], &packet::tcp(TCP_SYN));
+    assert_eq!(h.reason(&syn(v6_in(1, 1))), Reason::Pass);
+    assert_eq!(h.reason(&syn(v6_in(1, 2))), Reason::DropSynRate);
+    assert_eq!(h.reason(&syn(v6_in(1, 3))), Reason::DropSynRate);
+    assert_eq!(h.reason(&syn(v6_in(2, 1))), Reason::Pass);
+    // IPv4 sources stay one per address.
+    let syn4 = |a| packet::v4(&[], &V4::from(a), &packet::tcp(TCP_SYN));
+    assert_eq!(h.reason(&syn4([192, 0, 2, 91])), Reason::Pass);
+    assert_eq!(h.reason(&syn4([192, 0, 2, 92])), Reason::Pass);
+
+    // A score set for one address is its /64's.
+    let ip = |a: [u8; 16]| std::net::IpAddr::from(a);
+    h.maps.set_score(ip(v6_in(3, 1)), 100, None).unwrap();
+    assert_eq!(h.reason(&v6_udp(v6_in(3, 2), 53)), Reason::DropThreat);
+    assert_eq!(h.reason(&v6_udp(v6_in(4, 1), 53)), Reason::Pass);
+    let l = h.maps.list().unwrap();
+    assert_eq!(
+        l.scores.iter().map(|s| (s.0, s.1)).collect::<Vec<_>>(),
+        [(net("2001:db8:aa:3::/64"), 100)]
+    );
+    // A host's own rule still wins inside it; clearing through any address clears it.
+    h.maps.allow(net("2001:db8:aa:3:1200::9/128")).unwrap();
+    assert_eq!(h.reason(&v6_udp(v6_in(3, 9), 53)), Reason::PassAllowed);
+    h.maps.set_score(ip(v6_in(3, 7)), 0, None).unwrap();
+    assert_eq!(h.reason(&v6_udp(v6_in(3, 2), 53)), Reason::Pass);
+
+    // The prefix is configuration, read per packet: a /48 puts 2001:db8:aa:5:: and
+    // 2001:db8:aa:6:: together; /128 sets every address apart.
+    s.ipv6_source_prefix = 48;
+    h.configure(&s);
+    assert_eq!(h.reason(&syn(v6_in(5, 1))), Reason::Pass);
+    assert_eq!(h.reason(&syn(v6_in(6, 1))), Reason::DropSynRate);
+    s.ipv6_source_prefix = 128;
+    h.configure(&s);
+    assert_eq!(h.reason(&syn(v6_in(7, 1))), Reason::Pass);
+    assert_eq!(h.reason(&syn(v6_in(7, 2))), Reason::Pass);
+    assert_eq!(h.reason(&syn(v6_in(7, 2))), Reason::DropSynRate);
 }

@@ -27,7 +27,7 @@
 
 /// Bumped whenever a map layout changes; part of the pin directory
 /// (`<pin root>/v<ABI_VERSION>`) so an old node's pinned maps are never misread.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Names of the maps in the object (also their file names under the pin directory).
 pub mod map_names {
@@ -118,7 +118,8 @@ pub mod rule_flags {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceRule {
     pub flags: u32,
-    /// Threat score of this host (scores are set on /128 entries; not inherited).
+    /// Threat score of this source (set on a host's entry, or an IPv6 source prefix's:
+    /// see [`XdpConfig::ipv6_source_prefix`]; not inherited).
     pub score: u32,
     /// The prefix length of the entry's key, so a lookup tells an exact hit from a
     /// covering entry.
@@ -222,10 +223,48 @@ pub const fn bucket_slots_of(h: u64) -> (u32, u32) {
     (first, second)
 }
 
+/// The source an address belongs to for budgets and scores: an IPv4 address itself, an
+/// IPv6 address cut to its first `ipv6_prefix` bits (0 or ≥ 128: the address itself).
+#[inline(always)]
+pub const fn source_key(a: &Addr16, ipv6_prefix: u32) -> Addr16 {
+    let (lo, hi) = addr_halves(a);
+    let (lo, hi) = source_key_halves(lo, hi, ipv6_prefix);
+    addr_from_halves(lo, hi)
+}
+
+/// [`source_key`] on the halves of [`addr_halves`]: the kernel's form, a few ALU
+/// instructions (no byte shuffling, no 128-bit shifts, which the BPF target lacks).
+#[inline(always)]
+pub const fn source_key_halves(lo: u64, hi: u64, ipv6_prefix: u32) -> (u64, u64) {
+    // `::ffff:a.b.c.d`: bytes 0..10 zero, 10..12 0xff.
+    const MAPPED_MASK: u64 = u64::from_ne_bytes([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+    const MAPPED: u64 = u64::from_ne_bytes([0, 0, 0xff, 0xff, 0, 0, 0, 0]);
+    if ipv6_prefix == 0 || ipv6_prefix >= 128 || (lo == 0 && hi & MAPPED_MASK == MAPPED) {
+        (lo, hi)
+    } else if ipv6_prefix > 64 {
+        (lo, hi & leading_bits_mask(ipv6_prefix - 64))
+    } else {
+        (lo & leading_bits_mask(ipv6_prefix), 0)
+    }
+}
+
+/// Mask of the first `bits` (1..=64) bits of 8 network-order bytes read as a
+/// native-endian u64.
+#[inline(always)]
+const fn leading_bits_mask(bits: u32) -> u64 {
+    (u64::MAX << (64 - bits)).to_be()
+}
+
 /// A seeded 64-bit hash of a source address (bucket slots, verdict-cache slots).
 #[inline(always)]
 pub const fn source_hash(addr: &Addr16, seed: u64) -> u64 {
     let (lo, hi) = addr_halves(addr);
+    source_hash_halves(lo, hi, seed)
+}
+
+/// [`source_hash`] of an address given as its [`addr_halves`].
+#[inline(always)]
+pub const fn source_hash_halves(lo: u64, hi: u64, seed: u64) -> u64 {
     fmix64(fmix64(lo ^ seed) ^ hi)
 }
 
@@ -247,6 +286,16 @@ pub const fn addr_halves(a: &Addr16) -> (u64, u64) {
         u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
         u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
     )
+}
+
+/// The address back from its [`addr_halves`].
+#[inline(always)]
+pub const fn addr_from_halves(lo: u64, hi: u64) -> Addr16 {
+    let (l, h) = (lo.to_ne_bytes(), hi.to_ne_bytes());
+    [
+        l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7], h[0], h[1], h[2], h[3], h[4], h[5], h[6],
+        h[7],
+    ]
 }
 
 /// Rate of one bucket class, as GCRA parameters computed by userspace.
@@ -310,7 +359,10 @@ pub struct XdpConfig {
     pub drop_threshold: u32,
     /// Number of valid entries in `quic_ports`.
     pub quic_port_count: u32,
-    pub _pad: u32,
+    /// Leading bits of an IPv6 source that name the source for budgets and scores
+    /// ([`source_key`]): one host gets a whole /64 of addresses to rotate through.
+    /// 0 (or 128) = every address on its own. IPv4 sources are always per address.
+    pub ipv6_source_prefix: u32,
     /// UDP destination ports (host byte order) whose traffic is charged to the QUIC bucket.
     pub quic_ports: [u16; MAX_QUIC_PORTS],
     pub packets: BucketParams,
@@ -344,10 +396,17 @@ pub enum Reason {
     DropSynRate = 8,
     /// Over the per-source QUIC (UDP) budget.
     DropQuicRate = 9,
+    /// A first fragment without its whole transport header (IPv6: header chain), so the
+    /// budget it belongs to cannot be known; no stack sends one (RFC 1858, RFC 7112).
+    /// Dropped while budgets are on, else the malformed verdict.
+    DropFragmentHeader = 10,
+    /// An IPv6 extension-header chain longer than the program follows, so the budget it
+    /// belongs to cannot be known. Dropped while budgets are on, else the malformed verdict.
+    DropExtChain = 11,
 }
 
 /// Number of [`Reason`]s (length of the stats array).
-pub const REASON_COUNT: u32 = 10;
+pub const REASON_COUNT: u32 = 12;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -361,6 +420,8 @@ impl Reason {
         Reason::DropRate,
         Reason::DropSynRate,
         Reason::DropQuicRate,
+        Reason::DropFragmentHeader,
+        Reason::DropExtChain,
     ];
 
     pub const fn is_drop(self) -> bool {
@@ -372,6 +433,8 @@ impl Reason {
                 | Reason::DropRate
                 | Reason::DropSynRate
                 | Reason::DropQuicRate
+                | Reason::DropFragmentHeader
+                | Reason::DropExtChain
         )
     }
 
@@ -388,6 +451,8 @@ impl Reason {
             Reason::DropRate => "drop_rate",
             Reason::DropSynRate => "drop_syn_rate",
             Reason::DropQuicRate => "drop_quic_rate",
+            Reason::DropFragmentHeader => "drop_fragment_header",
+            Reason::DropExtChain => "drop_ext_chain",
         }
     }
 }
@@ -578,6 +643,26 @@ mod tests {
                 seen.len()
             );
         }
+    }
+
+    #[test]
+    fn ipv6_sources_are_cut_to_the_prefix_ipv4_never() {
+        let a: Addr16 = [
+            0x20, 0x01, 0x0d, 0xb8, 0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 1, 2, 3, 4,
+        ];
+        let cut = |p| u128::from_be_bytes(source_key(&a, p));
+        let x = u128::from_be_bytes(a);
+        for p in 1..128u32 {
+            assert_eq!(cut(p), x & (u128::MAX << (128 - p)), "/{p}");
+        }
+        assert_eq!(cut(0), x);
+        assert_eq!(cut(128), x);
+        assert_eq!(cut(200), x);
+        let v4 = map_v4([10, 1, 2, 3]);
+        assert_eq!(source_key(&v4, 64), v4);
+        let mut almost = v4;
+        almost[9] = 1; // not the mapped form: an IPv6 address
+        assert_eq!(source_key(&almost, 64)[8..], [0; 8]);
     }
 
     #[test]

@@ -22,8 +22,12 @@ const IPPROTO_AH: u8 = 51;
 const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_DSTOPTS: u8 = 60;
 
-/// IPv6 extension headers followed before giving up on finding the transport header.
+/// IPv6 extension headers followed to the transport header. A longer chain gets
+/// [`Transport::LongChain`] (a verdict of its own), never a free pass.
 const MAX_IPV6_EXT_HEADERS: usize = 6;
+
+/// IPv4 "more fragments" flag in the flags/offset field.
+const IPV4_MF: u16 = 0x2000;
 
 #[repr(C)]
 #[allow(dead_code)] // every field is kept: the struct documents the wire layout
@@ -121,10 +125,15 @@ pub enum Transport {
     Icmp,
     /// A non-first fragment: no transport header to look at.
     Fragment,
-    /// Another protocol, or an IPv6 extension chain too long to follow.
+    /// Another protocol.
     Other,
     /// The IP header was fine but the transport header is truncated or invalid.
     Malformed,
+    /// A first fragment (more to come) without its whole transport header or IPv6
+    /// header chain: what it is (a SYN?) is only known after reassembly.
+    SplitHeader,
+    /// An IPv6 extension-header chain longer than [`MAX_IPV6_EXT_HEADERS`].
+    LongChain,
 }
 
 pub enum Parsed {
@@ -143,7 +152,12 @@ pub enum Parsed {
 pub enum L4 {
     At {
         offset: usize,
+        /// End of the IP datagram (offset in the frame): bytes after it (Ethernet
+        /// padding, trailers) are not the datagram's and the kernel trims them.
+        end: usize,
         proto: u8,
+        /// The datagram is a first fragment with more to come.
+        first_fragment: bool,
     },
     /// Known without reading further (fragment, unknown protocol, broken extension chain).
     Known(Transport),
@@ -234,7 +248,9 @@ fn parse_ipv4(frame: &Frame, l3: usize) -> Parsed {
     } else {
         L4::At {
             offset: l3 + header_len,
+            end: l3 + total_len,
             proto,
+            first_fragment: frag_off & IPV4_MF != 0,
         }
     };
     Parsed::Ip { src, l4 }
@@ -261,38 +277,33 @@ fn parse_ipv6(frame: &Frame, l3: usize) -> Parsed {
     if payload_len != 0 && l3 + size_of::<Ipv6Hdr>() + payload_len > frame.len() {
         return Parsed::Malformed;
     }
+    let end = if payload_len != 0 {
+        l3 + size_of::<Ipv6Hdr>() + payload_len
+    } else {
+        frame.len()
+    };
     let mut offset = l3 + size_of::<Ipv6Hdr>();
+    let mut first_fragment = false;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
-        match next {
-            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
-            }
-            _ => {
-                return Parsed::Ip {
-                    src,
-                    l4: L4::At {
-                        offset,
-                        proto: next,
-                    },
-                };
-            }
+        if !is_ipv6_ext(next) {
+            break;
         }
-        let Some(ext) = frame.at::<Ipv6ExtHdr>(offset) else {
-            return Parsed::Ip {
-                src,
-                l4: L4::Known(Transport::Malformed),
-            };
+        let ext = match frame.at::<Ipv6ExtHdr>(offset) {
+            Some(ext) if offset + size_of::<Ipv6ExtHdr>() <= end => ext,
+            // The chain goes on past the datagram: into the next fragment (RFC 7112
+            // forbids that), or nowhere.
+            _ if first_fragment => return known(src, Transport::SplitHeader),
+            _ => return known(src, Transport::Malformed),
         };
         // SAFETY: bounds checked by `at`.
         let (ext_next, ext_len, frag) = unsafe { ((*ext).next_header, (*ext).len, (*ext).rest) };
         let len = match next {
             IPPROTO_FRAGMENT => {
-                // Fragment offset: upper 13 bits of bytes 2..4.
+                // Fragment offset: upper 13 bits of bytes 2..4; M flag: bit 0 of byte 3.
                 if be16([frag[0], frag[1]]) >> 3 != 0 {
-                    return Parsed::Ip {
-                        src,
-                        l4: L4::Known(Transport::Fragment),
-                    };
+                    return known(src, Transport::Fragment);
                 }
+                first_fragment = frag[1] & 1 != 0;
                 8
             }
             IPPROTO_AH => (ext_len as usize + 2) * 4,
@@ -301,9 +312,33 @@ fn parse_ipv6(frame: &Frame, l3: usize) -> Parsed {
         next = ext_next;
         offset += len;
     }
+    if is_ipv6_ext(next) {
+        return known(src, Transport::LongChain);
+    }
     Parsed::Ip {
         src,
-        l4: L4::Known(Transport::Other),
+        l4: L4::At {
+            offset,
+            end,
+            proto: next,
+            first_fragment,
+        },
+    }
+}
+
+#[inline(always)]
+fn is_ipv6_ext(next: u8) -> bool {
+    matches!(
+        next,
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT
+    )
+}
+
+#[inline(always)]
+fn known(src: Addr16, transport: Transport) -> Parsed {
+    Parsed::Ip {
+        src,
+        l4: L4::Known(transport),
     }
 }
 
@@ -312,18 +347,28 @@ fn parse_ipv6(frame: &Frame, l3: usize) -> Parsed {
 pub fn transport(ctx: &XdpContext, l4: L4) -> Transport {
     match l4 {
         L4::Known(t) => t,
-        L4::At { offset, proto } => {
+        L4::At {
+            offset,
+            end,
+            proto,
+            first_fragment,
+        } => {
             let frame = Frame {
                 start: ctx.data(),
                 end: ctx.data_end(),
             };
-            parse_transport(&frame, offset, proto)
+            match parse_transport(&frame, offset, end, proto) {
+                // Whatever the rest of the header says arrives in a later fragment.
+                Transport::Malformed if first_fragment => Transport::SplitHeader,
+                t => t,
+            }
         }
     }
 }
 
+/// The transport header at `l4`, which must end by `end` (the datagram's end).
 #[inline(always)]
-fn parse_transport(frame: &Frame, l4: usize, proto: u8) -> Transport {
+fn parse_transport(frame: &Frame, l4: usize, end: usize, proto: u8) -> Transport {
     match proto {
         IPPROTO_TCP => {
             let Some(tcp) = frame.at::<TcpHdr>(l4) else {
@@ -332,7 +377,7 @@ fn parse_transport(frame: &Frame, l4: usize, proto: u8) -> Transport {
             // SAFETY: bounds checked by `at`.
             let (data_off, flags) = unsafe { ((*tcp).data_off, (*tcp).flags) };
             let header_len = ((data_off >> 4) as usize) * 4;
-            if header_len < size_of::<TcpHdr>() || l4 + header_len > frame.len() {
+            if header_len < size_of::<TcpHdr>() || l4 + header_len > end {
                 return Transport::Malformed;
             }
             if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
@@ -345,12 +390,15 @@ fn parse_transport(frame: &Frame, l4: usize, proto: u8) -> Transport {
             let Some(udp) = frame.at::<UdpHdr>(l4) else {
                 return Transport::Malformed;
             };
+            if l4 + size_of::<UdpHdr>() > end {
+                return Transport::Malformed;
+            }
             // SAFETY: bounds checked by `at`.
             let dst_port = be16(unsafe { (*udp).dst_port });
             Transport::Udp { dst_port }
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            if frame.at::<IcmpHdr>(l4).is_none() {
+            if frame.at::<IcmpHdr>(l4).is_none() || l4 + size_of::<IcmpHdr>() > end {
                 return Transport::Malformed;
             }
             Transport::Icmp

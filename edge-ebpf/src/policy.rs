@@ -7,8 +7,8 @@ use aya_ebpf::{
 use aya_log_ebpf::info;
 use edge_common::{
     Addr16, BucketClass, BucketParams, BucketSlot, MAX_QUIC_PORTS, Reason, VERDICT_SLOTS,
-    XdpConfig, addr_halves, bucket_slots_of, flags, gcra_admit, is_live, rule_flags, source_hash,
-    threat_drops,
+    XdpConfig, addr_from_halves, addr_halves, bucket_slots_of, flags, gcra_admit, is_live,
+    rule_flags, source_hash_halves, source_key_halves, threat_drops,
 };
 
 use crate::{
@@ -132,40 +132,73 @@ fn reason_from(v: u32) -> Reason {
 #[inline(always)]
 fn decide_source(ctx: &XdpContext, cfg: &XdpConfig, src: &Addr16, l4: L4) -> Reason {
     let mut now = 0;
-    let hash = source_hash(src, cfg.bucket_seed);
+    // Budgets belong to the source: an IPv6 address is charged to its prefix, so
+    // rotating through a /64 buys nothing. Rules and scores need no cut: the trie's
+    // longest match finds a score userspace set on the prefix, and a host's own rule.
+    // One hash, of the source, picks the bucket slots and the verdict-cache slot (which
+    // still holds and compares the full address).
+    let (lo, hi) = addr_halves(src);
+    let key = source_key_halves(lo, hi, cfg.ipv6_source_prefix);
+    let hash = source_hash_halves(key.0, key.1, cfg.bucket_seed);
     let reason = cached_source_rule(cfg, src, hash, &mut now);
     if reason != Reason::Pass {
         return reason;
     }
     let transport = transport(ctx, l4);
+    let budgets = cfg.flags & flags::RATE_LIMIT != 0;
+    // Budgets apply to what the kernel would reassemble. A first fragment that hides
+    // its transport header (or an IPv6 chain we do not follow to the end) could be a
+    // SYN or a QUIC datagram: no budget can be chosen for it, so it is dropped, which
+    // costs no legitimate sender anything (RFC 1858 and RFC 7112 say the same; the
+    // datagram cannot be reassembled without it). Later fragments are charged to the
+    // packet budget below; their datagram's class was charged with its first fragment.
+    match transport {
+        Transport::SplitHeader if budgets => return Reason::DropFragmentHeader,
+        Transport::LongChain if budgets => return Reason::DropExtChain,
+        Transport::SplitHeader | Transport::LongChain => return malformed(cfg),
+        _ => {}
+    }
+    if budgets && let Some(drop) = over_budget(cfg, key, hash, transport, &mut now) {
+        return drop;
+    }
+    // A truncated transport header was charged like any packet of its source above: a
+    // flood of them must not pass for free.
     if transport == Transport::Malformed {
         return malformed(cfg);
     }
-    if cfg.flags & flags::RATE_LIMIT != 0 {
-        if now == 0 {
-            now = clock();
-        }
-        let Some(slot) = bucket_slot(src, hash, now) else {
-            return Reason::Pass;
-        };
-        // The class budget first, so a SYN or QUIC flood is counted as such.
-        match transport {
-            Transport::TcpSyn if !admit(slot, BucketClass::TcpSyn, &cfg.tcp_syn, now) => {
-                return Reason::DropSynRate;
-            }
-            Transport::Udp { dst_port }
-                if is_quic_port(cfg, dst_port)
-                    && !admit(slot, BucketClass::Quic, &cfg.quic, now) =>
-            {
-                return Reason::DropQuicRate;
-            }
-            _ => {}
-        }
-        if !admit(slot, BucketClass::Packets, &cfg.packets, now) {
-            return Reason::DropRate;
-        }
-    }
     Reason::Pass
+}
+
+/// Charges the packet to its source's budgets: the drop reason when one is exhausted.
+#[inline(always)]
+fn over_budget(
+    cfg: &XdpConfig,
+    key: (u64, u64),
+    hash: u64,
+    transport: Transport,
+    now: &mut u64,
+) -> Option<Reason> {
+    if *now == 0 {
+        *now = clock();
+    }
+    let now = *now;
+    let slot = bucket_slot(key, hash, now)?;
+    // The class budget first, so a SYN or QUIC flood is counted as such.
+    match transport {
+        Transport::TcpSyn if !admit(slot, BucketClass::TcpSyn, &cfg.tcp_syn, now) => {
+            return Some(Reason::DropSynRate);
+        }
+        Transport::Udp { dst_port }
+            if is_quic_port(cfg, dst_port) && !admit(slot, BucketClass::Quic, &cfg.quic, now) =>
+        {
+            return Some(Reason::DropQuicRate);
+        }
+        _ => {}
+    }
+    if !admit(slot, BucketClass::Packets, &cfg.packets, now) {
+        return Some(Reason::DropRate);
+    }
+    None
 }
 
 #[inline(always)]
@@ -179,16 +212,15 @@ fn is_quic_port(cfg: &XdpConfig, port: u16) -> bool {
     false
 }
 
-/// The bucket slot of `src`: the one of its two candidates it already owns, else an idle
+/// The bucket slot of the source `me` (its key's halves): the one of its two candidates it already owns, else an idle
 /// one it takes over (a slot is idle once all its buckets have refilled), else the first
 /// candidate, shared with its busy owner. Slots are shared by all CPUs and updated without
 /// atomics, so under contention a few extra packets may pass (never fewer).
 #[inline(always)]
-fn bucket_slot(src: &Addr16, hash: u64, now: u64) -> Option<*mut BucketSlot> {
+fn bucket_slot(me: (u64, u64), hash: u64, now: u64) -> Option<*mut BucketSlot> {
     let (a, b) = bucket_slots_of(hash);
     let first = EDGE_BUCKETS.get_ptr_mut(a)?;
     let second = EDGE_BUCKETS.get_ptr_mut(b)?;
-    let me = addr_halves(src);
     // SAFETY: pointers into the array's values, valid for this program run.
     unsafe {
         if addr_halves(&(*first).addr) == me {
@@ -200,7 +232,7 @@ fn bucket_slot(src: &Addr16, hash: u64, now: u64) -> Option<*mut BucketSlot> {
         for slot in [first, second] {
             let t = (*slot).tat_ns;
             if t[0] <= now && t[1] <= now && t[2] <= now {
-                (*slot).addr = *src;
+                (*slot).addr = addr_from_halves(me.0, me.1);
                 (*slot).tat_ns = [0; 3];
                 return Some(slot);
             }

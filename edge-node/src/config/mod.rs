@@ -401,6 +401,8 @@ mod tests {
                 "quic_ports",
             ),
             ("[node]\nid = \"\"\n", "node.id"),
+            ("[xdp]\nipv6_source_prefix = 31\n", "ipv6_source_prefix"),
+            ("[xdp]\nipv6_source_prefix = 129\n", "ipv6_source_prefix"),
         ] {
             let err = Config::parse(text, &Source::Embedded).unwrap_err();
             let msg = format!("{err:#}");

@@ -262,6 +262,7 @@ impl Pipeline {
         }
         threat.update(&config.threat, config.xdp.drop_threshold);
         threat.set_allowed(&config.xdp.allow);
+        threat.set_ipv6_source_prefix(config.xdp.ipv6_source_prefix);
         Ok(Self {
             node_id_header: HeaderValue::from_str(&config.node.id)?,
             node_id: config.node.id.clone(),

@@ -8,7 +8,10 @@ pub mod settings;
 
 use std::{
     net::IpAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -89,6 +92,8 @@ pub struct ThreatEngine {
     scores: moka::sync::Cache<IpAddr, Arc<Mutex<Score>>>,
     /// `xdp.allow`: never dropped, whatever else says, so never refused for a score.
     allowed: ArcSwap<Vec<ipnet::IpNet>>,
+    /// `xdp.ipv6_source_prefix`: how much of an IPv6 address names a source ([`Self::key`]).
+    ipv6_prefix: AtomicU32,
     escalate: Option<mpsc::Sender<Escalation>>,
 }
 
@@ -113,6 +118,7 @@ impl ThreatEngine {
                 ))
                 .build(),
             allowed: ArcSwap::from_pointee(Vec::new()),
+            ipv6_prefix: AtomicU32::new(crate::xdp::settings::DEFAULT_IPV6_SOURCE_PREFIX.into()),
             escalate,
         }
     }
@@ -120,6 +126,21 @@ impl ThreatEngine {
     /// The prefixes that are never refused (`xdp.allow`; a reload swaps them).
     pub fn set_allowed(&self, nets: &[ipnet::IpNet]) {
         self.allowed.store(Arc::new(nets.to_vec()));
+    }
+
+    /// How many leading bits of an IPv6 address name its source (`xdp.ipv6_source_prefix`;
+    /// a reload may change it).
+    pub fn set_ipv6_source_prefix(&self, bits: u8) {
+        self.ipv6_prefix.store(bits.into(), Ordering::Relaxed);
+    }
+
+    /// The key a client's score is kept under: an IPv4 address itself, an IPv6 address
+    /// its source prefix, so rotating addresses inside it (a host usually has a /64)
+    /// neither sheds a score nor starts a fresh one. The kernel and the userspace
+    /// enforcement key budgets and scores the same way, and an escalation of this key
+    /// writes the prefix (`SourcePolicy::set_score`).
+    fn key(&self, ip: IpAddr) -> IpAddr {
+        crate::xdp::addr::source_net(ip, self.ipv6_prefix.load(Ordering::Relaxed)).addr()
     }
 
     /// New weights and thresholds (a reload); the scores stay.
@@ -143,7 +164,7 @@ impl ThreatEngine {
 
     /// The client's score now.
     pub fn score(&self, ip: IpAddr) -> f64 {
-        self.scores.get(&ip).map_or(0.0, |s| {
+        self.scores.get(&self.key(ip)).map_or(0.0, |s| {
             self.decayed(&crate::sync::lock(&s), Instant::now())
         })
     }
@@ -173,7 +194,7 @@ impl ThreatEngine {
         if !settings.enabled || !source.counts() {
             return 0.0;
         }
-        let (ip, escalatable) = (source.client, source.escalatable());
+        let (ip, escalatable) = (self.key(source.client), source.escalatable());
         let weight = settings.weights.of(signal);
         if weight <= 0.0 {
             return self.score(ip);
@@ -209,7 +230,7 @@ impl ThreatEngine {
 
     /// Forgets a source's score (an operator cleared it).
     pub fn clear(&self, ip: IpAddr) {
-        self.scores.invalidate(&ip);
+        self.scores.invalidate(&self.key(ip));
     }
 
     /// Whether the (canonical) path is a probe: equal to a blocked path, or under one
@@ -285,6 +306,68 @@ mod tests {
         }
         assert_eq!(t.score(proxy), 0.0);
         assert_eq!(t.score(client), 0.0);
+    }
+
+    #[test]
+    fn ipv6_clients_are_scored_per_prefix() {
+        let t = ThreatEngine::new(&ThreatSettings::default(), 100, None);
+        // Every failure from a fresh address of one /64: one client all the same.
+        for i in 0..12u16 {
+            let ip = IpAddr::from([0x2001, 0xdb8, 1, 2, i, 0, 0, 1]);
+            t.signal(direct(ip), Signal::AuthFailure);
+        }
+        let same: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert_eq!(t.standing(same), Standing::Drop);
+        assert_eq!(
+            t.standing("2001:db8:1:3::1".parse().unwrap()),
+            Standing::Clear
+        );
+        t.clear("2001:db8:1:2::77".parse().unwrap());
+        assert_eq!(t.standing(same), Standing::Clear);
+        // xdp.ipv6_source_prefix = 128: every address on its own.
+        t.set_ipv6_source_prefix(128);
+        for i in 0..12u16 {
+            let ip = IpAddr::from([0x2001, 0xdb8, 1, 2, i, 0, 0, 1]);
+            t.signal(direct(ip), Signal::AuthFailure);
+        }
+        assert_eq!(t.standing(same), Standing::Clear);
+    }
+
+    /// The escalation writes the client's prefix, not its address, into the source
+    /// policy, so its next packets from any address of the /64 are dropped.
+    #[tokio::test]
+    async fn escalation_writes_the_ipv6_prefix() {
+        let mut xdp = crate::xdp::XdpSettings::default();
+        xdp.rate.packets_per_sec = 0;
+        let policy: SharedPolicy = Arc::new(Mutex::new(Box::new(
+            crate::xdp::UserspacePolicy::new(xdp.kernel_config()),
+        )));
+        let t = ThreatEngine::new(&ThreatSettings::default(), 100, Some(policy.clone()));
+        for i in 0..12u16 {
+            let ip = IpAddr::from([0x2001, 0xdb8, 1, 2, i, 0, 0, 1]);
+            t.signal(direct(ip), Signal::AuthFailure);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let scores = loop {
+            let scores = policy.lock().unwrap().list().unwrap().scores;
+            if !scores.is_empty() || Instant::now() > deadline {
+                break scores;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(scores.len(), 1, "{scores:?}");
+        assert_eq!(
+            scores[0].0,
+            "2001:db8:1:2::/64".parse::<ipnet::IpNet>().unwrap()
+        );
+        let mut p = policy.lock().unwrap();
+        assert_eq!(
+            p.check(
+                "2001:db8:1:2:abcd::1".parse().unwrap(),
+                edge_common::BucketClass::Packets
+            ),
+            edge_common::Reason::DropThreat
+        );
     }
 
     #[test]

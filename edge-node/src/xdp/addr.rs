@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use edge_common::{Addr16, V4_MAPPED_PREFIX_BITS, map_v4};
+use edge_common::{Addr16, V4_MAPPED_PREFIX_BITS, map_v4, source_key};
 use ipnet::IpNet;
 
 pub fn addr16(ip: IpAddr) -> Addr16 {
@@ -107,6 +107,20 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The source `ip` belongs to for budgets and scores (`xdp.ipv6_source_prefix`): an IPv4
+/// address on its own, an IPv6 address as the prefix of `ipv6_prefix` bits holding it.
+/// The kernel's own rule ([`source_key`]), so the two halves agree.
+pub fn source_net(ip: IpAddr, ipv6_prefix: u32) -> IpNet {
+    match canonical(ip) {
+        IpAddr::V6(v6) if (1..128).contains(&ipv6_prefix) => IpNet::new(
+            from_addr16(source_key(&v6.octets(), ipv6_prefix)),
+            ipv6_prefix as u8,
+        )
+        .expect("prefix < 128"),
+        ip => IpNet::from(ip),
+    }
+}
+
 pub const UNSPECIFIED_V4: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 
 #[cfg(test)]
@@ -152,6 +166,17 @@ mod tests {
             "0.0.0.0/0".parse().unwrap(),
             "2001:db8::1".parse().unwrap()
         ));
+    }
+
+    #[test]
+    fn ipv6_sources_are_their_prefix_ipv4_its_address() {
+        let net = |ip: &str, p| source_net(ip.parse().unwrap(), p).to_string();
+        assert_eq!(net("2001:db8:1:2:aaaa::1", 64), "2001:db8:1:2::/64");
+        assert_eq!(net("2001:db8:1:2:aaaa::1", 48), "2001:db8:1::/48");
+        assert_eq!(net("2001:db8:1:2:aaaa::1", 128), "2001:db8:1:2:aaaa::1/128");
+        assert_eq!(net("2001:db8:1:2:aaaa::1", 0), "2001:db8:1:2:aaaa::1/128");
+        assert_eq!(net("203.0.113.9", 64), "203.0.113.9/32");
+        assert_eq!(net("::ffff:203.0.113.9", 64), "203.0.113.9/32");
     }
 
     #[test]

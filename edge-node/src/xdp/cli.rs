@@ -215,10 +215,10 @@ fn config_text(c: &XdpConfig) -> String {
 }
 
 fn counters_text(c: &Counters) -> String {
-    let mut s = format!("{:<16} {:>14} {:>16}\n", "verdict", "packets", "bytes");
+    let mut s = format!("{:<20} {:>14} {:>16}\n", "verdict", "packets", "bytes");
     for r in Reason::ALL {
         let Counter { packets, bytes } = c[r as usize];
-        s.push_str(&format!("{:<16} {packets:>14} {bytes:>16}\n", r.name()));
+        s.push_str(&format!("{:<20} {packets:>14} {bytes:>16}\n", r.name()));
     }
     s
 }
@@ -233,12 +233,14 @@ pub(crate) fn listing(l: &Listing) -> String {
         s.push_str(&format!("  {:<40} {}\n", n.to_string(), expiry_text(*e)));
     }
     s.push_str("scores:                                  score  expires in\n");
-    for (ip, score, e) in &l.scores {
-        s.push_str(&format!(
-            "  {:<40} {score:>5}  {}\n",
-            ip.to_string(),
-            expiry_text(*e)
-        ));
+    for (net, score, e) in &l.scores {
+        // A host as its address; an IPv6 source prefix (xdp.ipv6_source_prefix) as such.
+        let source = if net.prefix_len() == net.max_prefix_len() {
+            net.addr().to_string()
+        } else {
+            net.to_string()
+        };
+        s.push_str(&format!("  {source:<40} {score:>5}  {}\n", expiry_text(*e)));
     }
     s
 }

@@ -12,7 +12,7 @@ use edge_common::{
 use ipnet::IpNet;
 
 use super::{
-    addr::{canonical, expiry, net_holds, now_ns},
+    addr::{canonical, expiry, net_holds, now_ns, source_net},
     maps::{Listing, PinnedMaps},
 };
 
@@ -22,7 +22,8 @@ pub trait SourcePolicy: Send {
     fn unblock(&mut self, net: IpNet) -> Result<bool>;
     fn allow(&mut self, net: IpNet) -> Result<()>;
     fn unallow(&mut self, net: IpNet) -> Result<bool>;
-    /// Sets a source's threat score (0 clears it).
+    /// Sets the threat score of the source `ip` belongs to: the address, or for IPv6 its
+    /// `ipv6_source_prefix` (0 clears it, and any score of the host itself).
     fn set_score(&mut self, ip: IpAddr, score: u32, ttl: Option<Duration>) -> Result<()>;
     fn list(&self) -> Result<Listing>;
     fn set_config(&mut self, config: &XdpConfig) -> Result<()>;
@@ -115,6 +116,8 @@ pub fn decide(
         }
     }
     if cfg.flags & flags::RATE_LIMIT != 0 {
+        // One budget per source, as in the kernel: an IPv6 address by its prefix.
+        let ip = source_net(ip, cfg.ipv6_source_prefix).addr();
         let class_budget = match class {
             BucketClass::TcpSyn => Some((cfg.tcp_syn, Reason::DropSynRate)),
             BucketClass::Quic => Some((cfg.quic, Reason::DropQuicRate)),
@@ -138,8 +141,8 @@ pub struct MemoryTables {
     config: XdpConfig,
     allow: Vec<IpNet>,
     block: Vec<(IpNet, u64)>,
-    /// Score and its expiry per host.
-    threat: HashMap<IpAddr, (u32, u64)>,
+    /// Score and its expiry per source (host, or IPv6 source prefix).
+    threat: HashMap<IpNet, (u32, u64)>,
 }
 
 impl PolicyTables for MemoryTables {
@@ -161,7 +164,11 @@ impl PolicyTables for MemoryTables {
             };
             rule.flags |= rule_flags::BLOCKED;
         }
-        if let Some((score, expires)) = self.threat.get(&ip) {
+        // The longest scored entry, as in the trie: the host's own, else its source's.
+        let scored = [128, self.config.ipv6_source_prefix]
+            .into_iter()
+            .find_map(|p| self.threat.get(&source_net(ip, p)));
+        if let Some((score, expires)) = scored {
             rule.score = *score;
             rule.score_expires_at_ns = *expires;
         }
@@ -215,11 +222,12 @@ impl SourcePolicy for UserspacePolicy {
         Ok(before != self.tables.allow.len())
     }
     fn set_score(&mut self, ip: IpAddr, score: u32, ttl: Option<Duration>) -> Result<()> {
-        let ip = canonical(ip);
+        let net = source_net(ip, self.tables.config.ipv6_source_prefix);
         if score == 0 {
-            self.tables.threat.remove(&ip);
+            self.tables.threat.remove(&net);
+            self.tables.threat.remove(&source_net(ip, 128));
         } else {
-            self.tables.threat.insert(ip, (score, expiry(ttl)));
+            self.tables.threat.insert(net, (score, expiry(ttl)));
         }
         Ok(())
     }
@@ -404,6 +412,44 @@ mod tests {
         );
         assert_eq!(
             p.check_at(ip("198.51.100.1"), BucketClass::Packets, later),
+            Reason::Pass
+        );
+    }
+
+    #[test]
+    fn ipv6_sources_are_charged_and_scored_per_prefix() {
+        let mut p = policy();
+        let now = now_ns();
+        // One SYN for the whole /64, however many addresses it rotates through.
+        assert_eq!(
+            p.check_at(ip("2001:db8:1:2::1"), BucketClass::TcpSyn, now),
+            Reason::Pass
+        );
+        assert_eq!(
+            p.check_at(ip("2001:db8:1:2:ffff::2"), BucketClass::TcpSyn, now),
+            Reason::DropSynRate
+        );
+        assert_eq!(
+            p.check_at(ip("2001:db8:1:3::1"), BucketClass::TcpSyn, now),
+            Reason::Pass
+        );
+        // A score is the /64's: listed as such, dropping its other addresses.
+        p.set_score(ip("2001:db8:1:4::1"), 100, None).unwrap();
+        assert_eq!(
+            p.list().unwrap().scores,
+            [("2001:db8:1:4::/64".parse().unwrap(), 100, 0)]
+        );
+        assert_eq!(
+            p.check_at(ip("2001:db8:1:4::99"), BucketClass::Packets, now),
+            Reason::DropThreat
+        );
+        assert_eq!(
+            p.check_at(ip("2001:db8:1:5::1"), BucketClass::Packets, now),
+            Reason::Pass
+        );
+        p.set_score(ip("2001:db8:1:4::7"), 0, None).unwrap();
+        assert_eq!(
+            p.check_at(ip("2001:db8:1:4::99"), BucketClass::Packets, now),
             Reason::Pass
         );
     }

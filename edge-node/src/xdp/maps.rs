@@ -15,7 +15,9 @@ use edge_common::{
 };
 use ipnet::IpNet;
 
-use super::addr::{addr16, expiry, net_from_prefix16, now_ns, prefix_matches, prefix16};
+use super::addr::{
+    addr16, expiry, net_from_prefix16, now_ns, prefix_matches, prefix16, source_net,
+};
 
 /// Everything the policy tables hold, for `xdp list` and the admin API.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,8 +25,8 @@ pub struct Listing {
     pub allow: Vec<IpNet>,
     /// Blocked prefixes and their monotonic expiry (0 = never).
     pub block: Vec<(IpNet, u64)>,
-    /// Scored sources: address, score, monotonic expiry (0 = never).
-    pub scores: Vec<(IpAddr, u32, u64)>,
+    /// Scored sources: host or IPv6 source prefix, score, monotonic expiry (0 = never).
+    pub scores: Vec<(IpNet, u32, u64)>,
 }
 
 /// Per-reason counters summed over all CPUs, indexed by `Reason as usize`.
@@ -252,13 +254,21 @@ impl PinnedMaps {
         Ok((allow, block))
     }
 
-    /// Sets a source's threat score; 0 removes it.
+    /// Sets the threat score of the source `ip` belongs to (an IPv6 address: its
+    /// `ipv6_source_prefix` in the config map, so rotating through it changes nothing);
+    /// 0 removes it, and any score of the host itself.
     pub fn set_score(&mut self, ip: IpAddr, score: u32, ttl: Option<Duration>) -> Result<()> {
         let expires = expiry(ttl);
-        self.update(IpNet::from(ip), |r| {
+        let net = source_net(ip, self.config()?.ipv6_source_prefix);
+        let host = source_net(ip, 128);
+        let set = |r: &mut SourceRule| {
             r.score = score;
             r.score_expires_at_ns = if score == 0 { 0 } else { expires };
-        })?;
+        };
+        self.update(net, set)?;
+        if score == 0 && host != net {
+            self.update(host, set)?;
+        }
         Ok(())
     }
 
@@ -286,7 +296,7 @@ impl PinnedMaps {
             if rule.score != 0 {
                 listing
                     .scores
-                    .push((net.addr(), rule.score, rule.score_expires_at_ns));
+                    .push((net, rule.score, rule.score_expires_at_ns));
             }
         }
         listing.allow.sort();

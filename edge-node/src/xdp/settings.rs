@@ -56,6 +56,11 @@ pub struct XdpSettings {
     /// Prefixes that are always dropped.
     #[serde(default)]
     pub block: Vec<IpNet>,
+    /// Leading bits of an IPv6 source address that name the source for budgets and
+    /// threat scores (in the kernel and in userspace): a host usually has a whole /64 to
+    /// rotate through. 32..=128; IPv4 sources are always per address.
+    #[serde(default = "default_ipv6_source_prefix")]
+    pub ipv6_source_prefix: u8,
     #[serde(default)]
     pub rate: RateSettings,
 }
@@ -86,6 +91,11 @@ fn default_pin_root() -> PathBuf {
 }
 fn default_drop_threshold() -> u32 {
     100
+}
+/// A /64 is what one subscriber line or host usually gets.
+pub const DEFAULT_IPV6_SOURCE_PREFIX: u8 = 64;
+fn default_ipv6_source_prefix() -> u8 {
+    DEFAULT_IPV6_SOURCE_PREFIX
 }
 // Generous enough for a client downloading at line rate (ACKs), tight enough to stop a
 // single source flooding.
@@ -138,6 +148,7 @@ impl Default for XdpSettings {
             debug_log: false,
             allow: Vec::new(),
             block: Vec::new(),
+            ipv6_source_prefix: default_ipv6_source_prefix(),
             rate: RateSettings::default(),
         }
     }
@@ -149,6 +160,12 @@ impl XdpSettings {
             bail!(
                 "rate.quic_ports lists {} ports, at most {MAX_QUIC_PORTS} are supported",
                 self.rate.quic_ports.len()
+            );
+        }
+        if !(32..=128).contains(&self.ipv6_source_prefix) {
+            bail!(
+                "ipv6_source_prefix = {} is outside 32..=128",
+                self.ipv6_source_prefix
             );
         }
         if self.strict && self.mode == ModeSetting::Off {
@@ -197,7 +214,7 @@ impl XdpSettings {
             flags: f,
             drop_threshold: self.drop_threshold,
             quic_port_count: r.quic_ports.len().min(MAX_QUIC_PORTS) as u32,
-            _pad: 0,
+            ipv6_source_prefix: u32::from(self.ipv6_source_prefix),
             quic_ports,
             packets: BucketParams::from_rate(r.packets_per_sec, r.packets_burst),
             tcp_syn: BucketParams::from_rate(r.syn_per_sec, r.syn_burst),
