@@ -50,9 +50,16 @@ fn notifies_ready_reloading_and_stopping() {
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let config = "[xdp]\nmode = \"off\"\n[http]\nlisten = [\"127.0.0.1:0\"]\n";
+    // A port of its own, to connect to the moment READY arrives (the log, written by a
+    // thread of its own, may say so a moment later).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = format!("[xdp]\nmode = \"off\"\n[http]\nlisten = [\"127.0.0.1:{port}\"]\n");
     let mut node = Node::start_with_env(
-        config,
+        &config,
         None,
         &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
     );
@@ -69,7 +76,7 @@ fn notifies_ready_reloading_and_stopping() {
     let ready = next(&node);
     assert!(ready.contains("READY=1"), "{ready}");
     assert!(
-        node.http_addr().is_some(),
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
         "READY only after listening: {}",
         node.log()
     );

@@ -212,3 +212,76 @@ fn a_stuck_log_reader_costs_log_lines_not_requests() {
     let _ = node.wait();
     assert_eq!(served, 200, "requests stopped behind a stuck log reader");
 }
+
+#[test]
+fn http2_ping_and_settings_floods_end_the_connection() {
+    use std::{
+        io::{Read, Write},
+        time::Duration,
+    };
+    let origin = Origin::start("app");
+    let cfg = format!(
+        "[xdp]\nmode = \"off\"\n[http]\nlisten = [\"127.0.0.1:0\"]\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\
+         [[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n",
+        origin.addr
+    );
+    let p = start_config(&cfg);
+    let frame = |kind: u8, flags: u8, payload: &[u8]| {
+        let len = payload.len();
+        let mut f = vec![0, (len >> 8) as u8, len as u8, kind, flags, 0, 0, 0, 0];
+        f.extend_from_slice(payload);
+        f
+    };
+    for (what, flood_frame) in [
+        ("PING", frame(0x6, 0, &[1; 8])),
+        ("SETTINGS", frame(0x4, 0, &[0, 3, 0, 0, 0, 100])),
+    ] {
+        let mut s = std::net::TcpStream::connect(p.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(frame(0x4, 0, &[]));
+        for _ in 0..2000 {
+            out.extend(&flood_frame);
+        }
+        // The node may close while this is still being written.
+        let _ = s.write_all(&out);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        let closed = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(_) => break false,
+            }
+        };
+        // Acknowledgements the node sent: frames of that type with the ACK flag.
+        let (mut acks, mut at) = (0, 0);
+        while at + 9 <= got.len() {
+            let len = (got[at] as usize) << 16 | (got[at + 1] as usize) << 8 | got[at + 2] as usize;
+            if got[at + 3] == flood_frame[3] && got[at + 4] & 1 == 1 {
+                acks += 1;
+            }
+            at += 9 + len;
+        }
+        assert!(
+            closed,
+            "{what} flood: the connection stayed open ({acks} acks)"
+        );
+        assert!(acks <= 150, "{what} flood: {acks} acknowledged");
+    }
+    assert!(
+        p.node.log().contains("HTTP/2 control frame flood"),
+        "{}",
+        p.node.log()
+    );
+    // Ordinary HTTP/2 is unaffected.
+    let r = curl(&p, "app.test", "/", &["--http2-prior-knowledge"]);
+    assert_eq!(
+        (r.status, r.version.as_str()),
+        (200, "2"),
+        "{}",
+        p.node.log()
+    );
+}

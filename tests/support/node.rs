@@ -166,8 +166,21 @@ impl Node {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The node's log so far. The node writes it from a thread of its own, a moment
+    /// after the event: this waits (at most half a second) until it stops growing.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
+        let read = || std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default();
+        let start = Instant::now();
+        let mut last = read();
+        while start.elapsed() < Duration::from_millis(500) {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = read();
+            if now.len() == last.len() {
+                return now;
+            }
+            last = now;
+        }
+        last
     }
 
     /// Waits (bounded) until the log contains `needle`.

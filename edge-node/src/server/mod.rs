@@ -4,6 +4,7 @@
 
 pub mod conn;
 pub mod framing;
+pub mod h2guard;
 pub mod h3;
 pub mod send_deadline;
 pub mod settings;
@@ -164,6 +165,15 @@ pub fn spawn(
                     let max_head = settings.max_header_bytes;
                     let drain = shutdown.clone();
                     let live = live.clone();
+                    // An HTTP/2 control-frame flood ends the connection and counts
+                    // against its source.
+                    let flood_signal = {
+                        let threat = threat.clone();
+                        move || {
+                            info!(%peer, "HTTP/2 control frame flood: connection closed");
+                            threat.signal(source, crate::policy::Signal::MalformedRequest);
+                        }
+                    };
                     workers.spawn_connection(async move {
                         let _live = live;
                         let stream = match tokio::net::TcpStream::from_std(stream) {
@@ -183,6 +193,7 @@ pub fn spawn(
                                 let sniffed = tokio::time::timeout_at(first_request, conn::sniff(stream)).await;
                                 match sniffed {
                                     Ok(Ok((true, stream))) => {
+                                        let stream = h2guard::H2FloodGuard::new(stream, flood_signal);
                                         let conn = h2.serve_connection(TokioIo::new(stream), service);
                                         conn::drive(conn, &activity, first_request, idle_timeout, drain).await
                                     }
@@ -227,6 +238,7 @@ pub fn spawn(
                                             return;
                                         }
                                     };
+                                    let stream = h2guard::H2FloodGuard::new(stream, flood_signal);
                                     let conn = h2.serve_connection(TokioIo::new(stream), service);
                                     conn::drive(conn, &activity, first_request, idle_timeout, drain).await
                                 } else {
