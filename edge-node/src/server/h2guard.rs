@@ -117,8 +117,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for H2FloodGuard<S> {
         let before = buf.filled().len();
         let this = &mut *self;
         std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        let fresh = buf.filled()[before..].to_vec();
-        if !this.follow(&fresh) {
+        if !this.follow(&buf.filled()[before..]) {
             this.flooded = true;
             if let Some(f) = this.on_flood.take() {
                 f();
