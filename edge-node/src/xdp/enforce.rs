@@ -49,10 +49,6 @@ pub trait SourcePolicy: Send {
     }
 }
 
-/// Bound on remembered token buckets: an attacker cycling through millions of source
-/// addresses cannot grow memory past this.
-const MAX_USER_BUCKETS: usize = 100_000;
-
 /// The lookup side of the tables, wherever they live.
 pub trait PolicyTables {
     fn config(&self) -> XdpConfig;
@@ -60,10 +56,25 @@ pub trait PolicyTables {
     fn rule(&self, ip: IpAddr) -> Option<SourceRule>;
 }
 
-/// Token buckets kept in userspace (the kernel keeps its own in `EDGE_BUCKETS`).
-#[derive(Default)]
+/// Token buckets kept in userspace, laid out as the kernel keeps its own in
+/// `EDGE_BUCKETS`: a fixed array of slots, each source hashed to two of them. Memory is
+/// bounded and every charge costs two probes, however many sources an attacker cycles
+/// through; when both slots are busy with others, the source shares the first one's
+/// budget (stricter, never looser), as in the kernel.
 pub struct Buckets {
-    tat: HashMap<(IpAddr, u32), u64>,
+    /// Per slot: the source key's halves, and a TAT per bucket class.
+    slots: Vec<([u64; 2], [u64; 3])>,
+    seed: u64,
+}
+
+impl Default for Buckets {
+    fn default() -> Self {
+        Self {
+            // Zeroed memory: pages are only touched as sources arrive.
+            slots: vec![([0; 2], [0; 3]); edge_common::BUCKET_SLOTS as usize],
+            seed: fastrand::u64(..) | 1,
+        }
+    }
 }
 
 impl Buckets {
@@ -71,22 +82,37 @@ impl Buckets {
         if p.interval_ns == 0 {
             return true;
         }
-        let key = (ip, class as u32);
-        if !self.tat.contains_key(&key) && self.tat.len() >= MAX_USER_BUCKETS {
-            // Forget sources whose bucket has refilled: they are indistinguishable from new.
-            self.tat.retain(|_, tat| *tat > now);
-            if self.tat.len() >= MAX_USER_BUCKETS {
-                return true;
-            }
-        }
-        let tat = self.tat.get(&key).copied().unwrap_or(0);
-        match gcra_admit(tat, now, p) {
+        let key = edge_common::addr_halves(&super::addr::addr16(ip));
+        let slot = self.slot(key, now);
+        let tat = &mut self.slots[slot].1[class as usize];
+        match gcra_admit(*tat, now, p) {
             Some(next) => {
-                self.tat.insert(key, next);
+                *tat = next;
                 true
             }
             None => false,
         }
+    }
+
+    /// The slot of `key`: the candidate it owns, else an idle one it takes over (all its
+    /// buckets refilled), else the first candidate, shared with its busy owner.
+    fn slot(&mut self, key: (u64, u64), now: u64) -> usize {
+        let hash = edge_common::source_hash_halves(key.0, key.1, self.seed);
+        let (a, b) = edge_common::bucket_slots_of(hash);
+        let (a, b) = (a as usize, b as usize);
+        let key = [key.0, key.1];
+        for i in [a, b] {
+            if self.slots[i].0 == key {
+                return i;
+            }
+        }
+        for i in [a, b] {
+            if self.slots[i].1.iter().all(|&t| t <= now) {
+                self.slots[i] = (key, [0; 3]);
+                return i;
+            }
+        }
+        a
     }
 }
 
@@ -414,6 +440,24 @@ mod tests {
             p.check_at(ip("198.51.100.1"), BucketClass::Packets, later),
             Reason::Pass
         );
+    }
+
+    #[test]
+    fn sources_past_any_table_size_never_open_the_budgets() {
+        let mut p = policy();
+        let now = now_ns();
+        // More sources than the old 100 000-entry table held, each taking its one SYN:
+        // every bucket stays live for a second.
+        for n in 0..120_000u32 {
+            let src = IpAddr::from((0x0a00_0000 | n).to_be_bytes());
+            p.check_at(src, BucketClass::TcpSyn, now);
+        }
+        // Then one more source tries ten: its budget holds (or, where both its slots
+        // are another's, the other's spent budget does), never a free pass.
+        let passed = (0..10)
+            .filter(|_| p.check_at(ip("198.51.100.77"), BucketClass::TcpSyn, now) == Reason::Pass)
+            .count();
+        assert!(passed <= 1, "{passed} of 10 SYNs passed");
     }
 
     #[test]
