@@ -157,6 +157,7 @@ impl App {
                 token: token.into(),
                 metrics: metrics.clone(),
                 policy: policy.clone(),
+                stats: xdp.stats_reader().map(Arc::new),
                 threat: threat.clone(),
                 cache: cache.clone(),
                 reload: reload_tx,

@@ -85,6 +85,8 @@ pub struct AdminState {
     pub token: Arc<str>,
     pub metrics: Arc<Metrics>,
     pub policy: SharedPolicy,
+    /// The XDP program's counters, read without the policy's lock.
+    pub stats: Option<Arc<crate::xdp::maps::StatsReader>>,
     pub threat: Arc<crate::policy::ThreatEngine>,
     pub cache: Arc<crate::cache::Store>,
     pub reload: mpsc::Sender<ReloadRequest>,
@@ -165,7 +167,7 @@ async fn handle(st: AdminState, req: Request<Incoming>) -> Response<Body> {
             }
         }
         (Method::GET, "/metrics") => {
-            let counters = st.policy.lock().expect("policy lock").counters();
+            let counters = st.stats.as_ref().and_then(|s| s.counters().ok());
             let mut r = text(StatusCode::OK, st.metrics.render(counters.as_ref()));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -59,6 +59,37 @@ where
 
 type TrieKey = Key<Addr16>;
 
+/// A handle of its own on the pinned per-CPU counters: `/metrics` reads them without
+/// the policy's lock, which the accept path and escalations take.
+pub struct StatsReader {
+    stats: PerCpuArray<MapData, Counter>,
+}
+
+impl StatsReader {
+    pub fn open(dir: &Path) -> Result<Self> {
+        Ok(Self {
+            stats: open(dir, map_names::STATS)?,
+        })
+    }
+
+    /// Counters summed over CPUs.
+    pub fn counters(&self) -> Result<Counters> {
+        sum_counters(&self.stats)
+    }
+}
+
+fn sum_counters(stats: &PerCpuArray<MapData, Counter>) -> Result<Counters> {
+    let mut out = [Counter::default(); REASON_COUNT as usize];
+    for reason in Reason::ALL {
+        let per_cpu = stats.get(&(reason as u32), 0)?;
+        for c in per_cpu.iter() {
+            out[reason as usize].packets += c.packets;
+            out[reason as usize].bytes += c.bytes;
+        }
+    }
+    Ok(out)
+}
+
 impl PinnedMaps {
     /// Opens the maps pinned in `dir` (`<pin_root>/v<ABI>`).
     pub fn open(dir: &Path) -> Result<Self> {
@@ -358,15 +389,7 @@ impl PinnedMaps {
 
     /// Counters summed over CPUs.
     pub fn counters(&self) -> Result<Counters> {
-        let mut out = [Counter::default(); REASON_COUNT as usize];
-        for reason in Reason::ALL {
-            let per_cpu = self.stats.get(&(reason as u32), 0)?;
-            for c in per_cpu.iter() {
-                out[reason as usize].packets += c.packets;
-                out[reason as usize].bytes += c.bytes;
-            }
-        }
-        Ok(out)
+        sum_counters(&self.stats)
     }
 
     /// Token-bucket slots in use (sources seen since the slot was last taken over).

@@ -222,6 +222,15 @@ impl XdpHandle {
         self.policy.clone()
     }
 
+    /// The kernel's counters, readable without the policy's lock (none without the
+    /// program loaded).
+    pub fn stats_reader(&self) -> Option<maps::StatsReader> {
+        let loaded = self.loaded.as_ref()?;
+        maps::StatsReader::open(&loaded.pin_dir)
+            .inspect_err(|e| tracing::warn!(error = %format!("{e:#}"), "XDP counters unreadable"))
+            .ok()
+    }
+
     pub fn enforcement(&self) -> &Enforcement {
         &self.enforcement
     }
