@@ -124,29 +124,42 @@ impl App {
         first.start_background();
         let pipeline: server::SharedPipeline = Arc::new(arc_swap::ArcSwap::from_pointee(first));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        // Every listener is supervised: one that ends while the node runs is reported by
+        // `/healthz` (and logged), never silently gone.
+        let listener_health = Arc::new(server::ListenerHealth::default());
         let mut servers: Vec<_> = listeners
             .into_iter()
             .map(|b| {
-                server::spawn(
+                let name = format!(
+                    "{} {}",
+                    if b.tls { "https" } else { "http" },
+                    b.listener
+                        .local_addr()
+                        .map_or_else(|_| "?".into(), |a| a.to_string())
+                );
+                let task = server::spawn(
                     b.listener,
                     if b.tls { tls.clone() } else { None },
                     pipeline.clone(),
                     self.config.http.clone(),
                     workers.clone(),
                     stop_rx.clone(),
-                )
+                );
+                listener_health.supervise(name, task, stop_rx.clone())
             })
             .collect();
         if let Some(t) = &tls {
             for ep in h3_endpoints {
-                servers.push(server::h3::spawn(
+                let name = format!("h3 {}", ep.name());
+                let task = server::h3::spawn(
                     ep,
                     t.clone(),
                     pipeline.clone(),
                     self.config.http.clone(),
                     &workers,
                     stop_rx.clone(),
-                ));
+                );
+                servers.push(listener_health.supervise(name, task, stop_rx.clone()));
             }
         }
         let mut cert_stamp = tls::stamp(&self.config.certificate);
@@ -158,6 +171,7 @@ impl App {
                 metrics: metrics.clone(),
                 policy: policy.clone(),
                 stats: xdp.stats_reader().map(Arc::new),
+                listeners: listener_health.clone(),
                 threat: threat.clone(),
                 cache: cache.clone(),
                 reload: reload_tx,
@@ -208,11 +222,18 @@ impl App {
                 }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
+                // A reload reads files, loads certificates and models and writes maps:
+                // blocking work, kept off the runtime's workers (health checks, the
+                // admin API and the background refreshes go on meanwhile).
                 _ = hup.recv() => {
-                    let _ = self.reload(&shared, &pipeline, tls.as_ref(), &mut xdp);
+                    let _ = tokio::task::block_in_place(|| {
+                        self.reload(&shared, &pipeline, tls.as_ref(), &mut xdp)
+                    });
                 }
                 Some(reply) = reload_rx.recv() => {
-                    let result = self.reload(&shared, &pipeline, tls.as_ref(), &mut xdp);
+                    let result = tokio::task::block_in_place(|| {
+                        self.reload(&shared, &pipeline, tls.as_ref(), &mut xdp)
+                    });
                     let _ = reply.send(result.map_err(|e| format!("{e:#}")));
                 }
             }

@@ -85,6 +85,8 @@ pub struct AdminState {
     pub token: Arc<str>,
     pub metrics: Arc<Metrics>,
     pub policy: SharedPolicy,
+    /// The listeners' state, for `/healthz`.
+    pub listeners: Arc<crate::server::ListenerHealth>,
     /// The XDP program's counters, read without the policy's lock.
     pub stats: Option<Arc<crate::xdp::maps::StatsReader>>,
     pub threat: Arc<crate::policy::ThreatEngine>,
@@ -139,10 +141,24 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// `/healthz`: ok while every listener serves; 503 naming those that ended.
+fn health(listeners: &crate::server::ListenerHealth) -> (StatusCode, String) {
+    let dead = listeners.dead();
+    if dead.is_empty() {
+        (StatusCode::OK, "ok\n".into())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("listener ended: {}\n", dead.join(", ")),
+        )
+    }
+}
+
 async fn handle(st: AdminState, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     if path == "/healthz" {
-        return text(StatusCode::OK, "ok\n");
+        let (status, body) = health(&st.listeners);
+        return text(status, &body);
     }
     let presented = req
         .headers()
@@ -356,5 +372,43 @@ async fn cache_purge(st: &AdminState, query: &str) -> Response<Body> {
                 format!("purged {purged}\nregional tier failed: {e}\n"),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn healthz_names_a_listener_that_ended() {
+        let listeners = Arc::new(crate::server::ListenerHealth::default());
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        // One listener that keeps serving, one whose task panics, one that ends at
+        // shutdown (not a failure).
+        let serving = listeners.supervise(
+            "http 127.0.0.1:1".into(),
+            tokio::spawn(std::future::pending()),
+            stop.clone(),
+        );
+        let failed = listeners.supervise(
+            "http 127.0.0.1:2".into(),
+            tokio::spawn(async { panic!("a listener bug") }),
+            stop.clone(),
+        );
+        failed.await.unwrap();
+        assert_eq!(
+            health(&listeners),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "listener ended: http 127.0.0.1:2\n".into()
+            )
+        );
+        stop_tx.send(true).unwrap();
+        let later = listeners.supervise("h3 x".into(), tokio::spawn(async {}), stop);
+        later.await.unwrap();
+        assert_eq!(listeners.dead(), ["http 127.0.0.1:2"]);
+        serving.abort();
+        let fine = crate::server::ListenerHealth::default();
+        assert_eq!(health(&fine), (StatusCode::OK, "ok\n".into()));
     }
 }

@@ -69,6 +69,17 @@ pub struct Bound {
     worker: usize,
 }
 
+impl Bound {
+    /// Its address and worker, for logs and `/healthz`.
+    pub fn name(&self) -> String {
+        let addr = self
+            .socket
+            .local_addr()
+            .map_or_else(|_| "?".into(), |a| a.to_string());
+        format!("{addr} (worker {})", self.worker)
+    }
+}
+
 /// Binds every `http.h3_listen` address (UDP), one SO_REUSEPORT socket per worker.
 pub fn bind(s: &HttpSettings, tls: &SharedTls, workers: usize) -> Result<Vec<Bound>> {
     // The certificates must serve QUIC before anything is bound.

@@ -34,6 +34,44 @@ use crate::pipeline::Pipeline;
 /// between the workers).
 pub type SharedPipeline = Arc<arc_swap::ArcSwap<Pipeline>>;
 
+/// Which listeners have ended while the node was not shutting down. A listener that
+/// is gone serves nobody: `/healthz` says so instead of "ok".
+#[derive(Default)]
+pub struct ListenerHealth {
+    dead: std::sync::Mutex<Vec<String>>,
+}
+
+impl ListenerHealth {
+    /// The listeners that ended, by name.
+    pub fn dead(&self) -> Vec<String> {
+        crate::sync::lock(&self.dead).clone()
+    }
+
+    /// Watches a listener's task: if it ends (returns or panics) before `stopping`
+    /// flips, it is recorded as dead and logged. The returned task ends with it.
+    pub fn supervise(
+        self: &Arc<Self>,
+        name: String,
+        task: JoinHandle<()>,
+        stopping: watch::Receiver<bool>,
+    ) -> JoinHandle<()> {
+        let health = self.clone();
+        tokio::spawn(async move {
+            let ended = task.await;
+            if *stopping.borrow() {
+                return;
+            }
+            match ended {
+                Ok(()) => tracing::error!(listener = %name, "listener ended: it serves nobody now"),
+                Err(e) => {
+                    tracing::error!(listener = %name, error = %e, "listener task failed: it serves nobody now")
+                }
+            }
+            crate::sync::lock(&health.dead).push(name);
+        })
+    }
+}
+
 /// A bound listener and whether it speaks TLS.
 pub struct Bound {
     pub listener: TcpListener,
