@@ -89,6 +89,9 @@ fn default_max_object() -> usize {
 
 /// The cache policy of one route.
 pub struct RouteCache {
+    /// Set once the origin stored an answer varying on a forwarding header: from then on
+    /// those headers are set before lookups (otherwise after, sparing hits the work).
+    varies_on_forwarding: std::sync::atomic::AtomicBool,
     key_headers: Vec<HeaderName>,
     strip_unkeyed: bool,
     ignore_client_no_cache: bool,
@@ -146,6 +149,17 @@ impl CacheFetch {
     }
 }
 
+/// The forwarding headers the node sets toward the origin (`pipeline`): an answer that
+/// varies on one of them is matched on the value the node sets.
+const FORWARDING: [&str; 6] = [
+    "host",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "via",
+];
+
 /// Headers of a cacheable request that reach the origin whatever the key: the host and
 /// what the node itself sets.
 const ALWAYS_FORWARDED: [&str; 8] = [
@@ -162,6 +176,7 @@ const ALWAYS_FORWARDED: [&str; 8] = [
 impl RouteCache {
     pub fn new(s: &RouteCacheSettings) -> Result<Self> {
         Ok(Self {
+            varies_on_forwarding: std::sync::atomic::AtomicBool::new(false),
             key_headers: s
                 .key_headers
                 .iter()
@@ -193,6 +208,12 @@ impl RouteCache {
             .collect::<Vec<_>>()
             .join("\n");
         self
+    }
+
+    /// Whether lookups must see the node's forwarding headers (an answer varies on one).
+    pub fn varies_on_forwarding(&self) -> bool {
+        self.varies_on_forwarding
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The URL an entry is stored for, in the spelling purges are matched in
@@ -706,6 +727,10 @@ impl RouteCache {
                 (n, v)
             })
             .collect();
+        if vary.iter().any(|(n, _)| FORWARDING.contains(&n.as_str())) {
+            self.varies_on_forwarding
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         // Copies, not clones: hyper's header values are slices of its read buffer, and
         // keeping one would keep the whole buffer alive as long as the entry.
         let directives = policy::response_directives(resp.headers());

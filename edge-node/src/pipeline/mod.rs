@@ -657,8 +657,15 @@ impl Pipeline {
             });
         }
         // The node's own headers, before the cache looks up: stored variants are matched
-        // on the request as the origin gets it.
-        set_forwarding_headers(ctx, &mut req);
+        // on the request as the origin gets it. The forwarding headers (formatted per
+        // request) only where a stored answer varies on one of them.
+        let forwarding_first = route
+            .cache
+            .as_ref()
+            .is_some_and(|rc| rc.varies_on_forwarding());
+        if forwarding_first {
+            set_forwarding_headers(ctx, &mut req);
+        }
         if let Some((e, a)) = &assignment {
             e.forward(*a, req.headers_mut());
         }
@@ -690,6 +697,9 @@ impl Pipeline {
                     cache_fetch = Some(fetch);
                 }
             }
+        }
+        if !forwarding_first {
+            set_forwarding_headers(ctx, &mut req);
         }
         let version = req.version();
         if let Some(u) = &upgrade {
