@@ -285,3 +285,33 @@ fn http2_ping_and_settings_floods_end_the_connection() {
         p.node.log()
     );
 }
+
+#[test]
+fn ipv6_clients_rotating_within_their_prefix_share_one_rate_limit() {
+    let origin = Origin::start("app");
+    let cfg = format!(
+        "[xdp]\nmode = \"off\"\n[http]\nlisten = [\"127.0.0.1:0\"]\n\
+         trusted_proxies = [\"127.0.0.1/32\"]\n[threat]\nenabled = false\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\
+         [[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n\
+         [[route.rate_limit]]\nkey = \"client_ip\"\nper_second = 0.01\nburst = 2\n",
+        origin.addr
+    );
+    let p = start_config(&cfg);
+    // Clients named by a load balancer: one host rotating through its /64 (the
+    // default xdp.ipv6_source_prefix) gets one budget; another /64 its own.
+    let via = |client: &str| {
+        curl(
+            &p,
+            "app.test",
+            "/",
+            &["-H", &format!("X-Forwarded-For: {client}")],
+        )
+        .status
+    };
+    let statuses: Vec<u16> = (1..=5)
+        .map(|i| via(&format!("2001:db8:1:2::{i:x}")))
+        .collect();
+    assert_eq!(statuses, [200, 200, 429, 429, 429]);
+    assert_eq!(via("2001:db8:1:3::1"), 200);
+}

@@ -618,7 +618,8 @@ impl Pipeline {
         } else {
             rate_limit::check(
                 &route.limits,
-                ctx.client_ip,
+                // An IPv6 client by its source prefix, as scores and the kernel count it.
+                self.threat.key(ctx.client_ip),
                 ctx.user.as_deref(),
                 req.headers(),
             )

@@ -138,8 +138,9 @@ impl ThreatEngine {
     /// its source prefix, so rotating addresses inside it (a host usually has a /64)
     /// neither sheds a score nor starts a fresh one. The kernel and the userspace
     /// enforcement key budgets and scores the same way, and an escalation of this key
-    /// writes the prefix (`SourcePolicy::set_score`).
-    fn key(&self, ip: IpAddr) -> IpAddr {
+    /// writes the prefix (`SourcePolicy::set_score`). Per-client rate limits count the
+    /// same key.
+    pub fn key(&self, ip: IpAddr) -> IpAddr {
         crate::xdp::addr::source_net(ip, self.ipv6_prefix.load(Ordering::Relaxed)).addr()
     }
 
