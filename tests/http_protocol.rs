@@ -157,6 +157,31 @@ fn websocket_upgrades_are_tunnelled_only_after_the_origins_101() {
 }
 
 #[test]
+fn an_idle_tunnel_is_closed_and_a_busy_one_is_not() {
+    let (origin, _) = upgrade_origin();
+    let p = start_config(&config(&origin, "tunnel_idle_timeout = \"1s\""));
+    let mut s = TcpStream::connect(p.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(format!("GET /chat HTTP/1.1\r\n{UPGRADE_REQUEST}").as_bytes())
+        .unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    assert!(read_head(&mut r).starts_with("http/1.1 101"));
+    // Traffic every 300 ms for 3 s: the tunnel stays.
+    for i in 0..10 {
+        let msg = format!("m{i}");
+        s.write_all(msg.as_bytes()).unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        r.read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("a busy tunnel was closed: {e}"));
+        thread::sleep(Duration::from_millis(300));
+    }
+    // Then nothing either way: closed (bounded by the 10 s read timeout).
+    let mut rest = Vec::new();
+    let ended = r.read_to_end(&mut rest);
+    assert!(ended.is_ok() && rest.is_empty(), "{ended:?} {rest:?}");
+}
+
+#[test]
 fn bodies_are_held_to_the_limit_while_streaming_and_expect_continue_is_honoured() {
     let origin = Origin::start("a");
     let p = start_config(&config(&origin.addr.to_string(), "max_body_bytes = 1000"));

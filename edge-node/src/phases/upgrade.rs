@@ -2,9 +2,20 @@
 //! to the origin, and the connection becomes a tunnel only after the origin's own
 //! `101 Switching Protocols`. Any other answer is an ordinary response.
 
+use std::{
+    io,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+};
+
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::debug;
 
 use crate::error::{Body, EdgeError, ErrorKind};
@@ -45,7 +56,14 @@ impl Requested {
 
     /// The origin agreed (101): answer the client with the origin's 101 and join the two
     /// connections once both sides have switched.
-    pub fn tunnel(self, mut resp: Response<Body>, upstream: String) -> Response<Body> {
+    /// A tunnel that carries no byte either way for `idle` is closed (both sides), so an
+    /// abandoned WebSocket holds neither a client slot nor an origin connection.
+    pub fn tunnel(
+        self,
+        mut resp: Response<Body>,
+        upstream: String,
+        idle: std::time::Duration,
+    ) -> Response<Body> {
         let origin = hyper::upgrade::on(&mut resp);
         let protocol = resp
             .headers()
@@ -61,10 +79,30 @@ impl Requested {
                     return;
                 }
             };
-            let (mut c, mut o) = (TokioIo::new(client), TokioIo::new(origin));
-            match tokio::io::copy_bidirectional(&mut c, &mut o).await {
-                Ok((up, down)) => debug!(%upstream, up, down, "upgraded connection closed"),
-                Err(e) => debug!(%upstream, error = %e, "upgraded connection ended"),
+            let traffic = Arc::new(AtomicU64::new(0));
+            let mut c = Counted {
+                inner: TokioIo::new(client),
+                traffic: traffic.clone(),
+            };
+            let mut o = TokioIo::new(origin);
+            let copy = tokio::io::copy_bidirectional(&mut c, &mut o);
+            let idle_watch = async {
+                let mut seen = u64::MAX;
+                loop {
+                    tokio::time::sleep(idle).await;
+                    let now = traffic.load(Ordering::Relaxed);
+                    if now == seen {
+                        return;
+                    }
+                    seen = now;
+                }
+            };
+            tokio::select! {
+                done = copy => match done {
+                    Ok((up, down)) => debug!(%upstream, up, down, "upgraded connection closed"),
+                    Err(e) => debug!(%upstream, error = %e, "upgraded connection ended"),
+                },
+                () = idle_watch => debug!(%upstream, ?idle, "upgraded connection idle: closed"),
             }
         });
         let (mut parts, _) = resp.into_parts();
@@ -73,6 +111,49 @@ impl Requested {
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, protocol);
         Response::from_parts(parts, crate::error::full(""))
+    }
+}
+
+/// The client's side of a tunnel, counting the reads and writes that moved bytes.
+struct Counted<S> {
+    inner: S,
+    traffic: Arc<AtomicU64>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.traffic.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.traffic.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -133,6 +133,7 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     trusted_proxies: Vec<ipnet::IpNet>,
     path_policy: crate::target::PathSettings,
+    tunnel_idle_timeout: std::time::Duration,
     max_body_bytes: u64,
     body_read_timeout: std::time::Duration,
     geo: crate::phases::geo::Geo,
@@ -271,6 +272,7 @@ impl Pipeline {
             metrics,
             trusted_proxies: config.http.trusted_proxies.clone(),
             path_policy: config.http.path,
+            tunnel_idle_timeout: config.http.tunnel_idle_timeout,
             max_body_bytes: config.http.max_body_bytes,
             body_read_timeout: config.http.body_read_timeout,
             geo: crate::phases::geo::Geo::new(&config.geo)?,
@@ -831,7 +833,7 @@ impl Pipeline {
         match upgrade {
             Some(u) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
                 early::strip_hop_by_hop(resp.headers_mut());
-                let mut resp = u.tunnel(resp, ctx.upstream.clone());
+                let mut resp = u.tunnel(resp, ctx.upstream.clone(), self.tunnel_idle_timeout);
                 resp.headers_mut()
                     .append(header::VIA, HeaderValue::from_static(via(version)));
                 return Ok(resp);

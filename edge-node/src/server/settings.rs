@@ -83,6 +83,13 @@ pub struct HttpSettings {
     /// origin connection behind it released (`0s`: never).
     #[serde(default = "default_send_timeout", with = "crate::config::duration")]
     pub send_timeout: Duration,
+    /// An upgraded connection (WebSocket) that carries no byte either way this long is
+    /// closed on both sides.
+    #[serde(
+        default = "default_tunnel_idle_timeout",
+        with = "crate::config::duration"
+    )]
+    pub tunnel_idle_timeout: Duration,
     /// `[http.path]`: how request paths are made canonical (`crate::target`).
     #[serde(default)]
     pub path: crate::target::PathSettings,
@@ -127,6 +134,9 @@ fn default_max_body_bytes() -> u64 {
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(2)
 }
+fn default_tunnel_idle_timeout() -> Duration {
+    Duration::from_secs(300)
+}
 fn default_send_timeout() -> Duration {
     Duration::from_secs(60)
 }
@@ -156,6 +166,7 @@ impl Default for HttpSettings {
             upstream_connect_timeout: default_connect_timeout(),
             drain_timeout: default_drain_timeout(),
             send_timeout: default_send_timeout(),
+            tunnel_idle_timeout: default_tunnel_idle_timeout(),
             path: crate::target::PathSettings::default(),
         }
     }
@@ -208,6 +219,11 @@ impl HttpSettings {
             "body_read_timeout",
             self.body_read_timeout,
             Duration::from_secs(3600),
+        )?;
+        bounded(
+            "tunnel_idle_timeout",
+            self.tunnel_idle_timeout,
+            Duration::from_secs(86400),
         )?;
         // 0 turns the send deadline off.
         if !self.send_timeout.is_zero() {
