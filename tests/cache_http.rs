@@ -258,3 +258,47 @@ fn a_range_of_an_object_too_large_to_store_stops_reading_when_the_client_is_done
         "the origin connection was read to the end"
     );
 }
+
+#[test]
+fn identity_headers_reach_the_origin_on_strict_routes() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    const SECRET: &str = "an-hmac-secret-of-at-least-32-bytes!";
+    let origin = Origin::start("app");
+    let p = start_config(&format!(
+        "[xdp]\nmode = \"off\"\n[http]\nlisten = [\"127.0.0.1:0\"]\n[threat]\nenabled = false\n\
+         [[jwt_provider]]\nname = \"hs\"\nalgorithms = [\"HS256\"]\nsecret = \"{SECRET}\"\n\
+         user_header = \"x-account\"\nroles_header = \"x-account-roles\"\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\
+         [[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n\
+         [route.auth]\nprovider = \"hs\"\n\
+         [route.cache]\nstrip_unkeyed = true\n",
+        origin.addr,
+    ));
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = encode(
+        &Header::new(Algorithm::HS256),
+        &serde_json::json!({ "sub": "alice", "roles": ["reader"], "exp": exp }),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let r = curl(
+        &p,
+        "app.test",
+        "/me?cc=max-age%3D60",
+        &[
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "-A",
+            "agent/1.0",
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The node's own identity headers, whatever their names; nothing unkeyed.
+    assert!(r.body.contains("x-account: alice\n"), "{}", r.body);
+    assert!(r.body.contains("x-account-roles: reader\n"), "{}", r.body);
+    assert!(!r.body.contains("user-agent"), "{}", r.body);
+}
