@@ -4,7 +4,7 @@
 //! second independent HTTP/2 client (nghttp), and reloads under load losing nothing.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufReader, Read, Write},
     net::{TcpListener, TcpStream},
     process::Command,
     sync::{Arc, Mutex},
@@ -14,7 +14,7 @@ use std::{
 
 use edge_tests::{
     origin::Origin,
-    proxy::{Proxy, curl, start_config},
+    proxy::{Proxy, curl, read_head, start_config},
 };
 
 fn config(origin: &str, extra_http: &str) -> String {
@@ -36,22 +36,6 @@ hosts = ["app.test"]
 upstream = "app"
 "#
     )
-}
-
-/// Reads a response head (up to the empty line) from `r`.
-fn read_head(r: &mut impl BufRead) -> String {
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            break;
-        }
-        head.push_str(&line);
-        if line == "\r\n" {
-            break;
-        }
-    }
-    head.to_ascii_lowercase()
 }
 
 /// An origin that switches protocols for `/chat` (101, then echoes bytes) and answers

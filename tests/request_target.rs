@@ -5,7 +5,7 @@
 
 use edge_tests::{
     origin::Origin,
-    proxy::{Proxy, admin_section, curl, raw, start_config},
+    proxy::{Proxy, admin_section, curl, raw, start_config, status_of},
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::json;
@@ -32,14 +32,6 @@ fn get(p: &Proxy, host: &str, path: &str, extra: &[&str]) -> (u16, String) {
     args.extend_from_slice(extra);
     let r = curl(p, host, path, &args);
     (r.status, r.body)
-}
-
-fn status_of(response: &str) -> u16 {
-    response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
 }
 
 #[test]

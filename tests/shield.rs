@@ -4,16 +4,8 @@
 
 use edge_tests::{
     origin::Origin,
-    proxy::{curl, raw, start_config},
+    proxy::{curl, raw, start_config, status_of},
 };
-
-fn status_of(response: &str) -> u16 {
-    response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
 
 #[test]
 fn a_trusted_proxys_bad_requests_never_score_it() {

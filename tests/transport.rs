@@ -4,7 +4,7 @@
 //! connections speak the protocol ALPN chose, and connections are capped.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufReader, Read, Write},
     net::TcpStream,
     path::Path,
     sync::Arc,
@@ -14,7 +14,7 @@ use std::{
 use edge_tests::{
     node::Node,
     origin::Origin,
-    proxy::{curl, start_config},
+    proxy::{curl, read_head, start_config},
     tls_origin::make_ca_and_leaf,
     unique,
 };
@@ -76,22 +76,6 @@ fn connect(addr: &str) -> TcpStream {
     s.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     s
-}
-
-/// Reads a response head (up to the empty line).
-fn read_head(r: &mut impl BufRead) -> String {
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            break;
-        }
-        head.push_str(&line);
-        if line == "\r\n" {
-            break;
-        }
-    }
-    head.to_ascii_lowercase()
 }
 
 #[test]

@@ -214,3 +214,28 @@ impl HeldConnection {
         )
     }
 }
+
+/// The status of a raw HTTP/1 response (`HTTP/1.1 200 OK…`), 0 if there is none.
+pub fn status_of(response: &str) -> u16 {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Reads a response head (up to the empty line) from `r`, lower-cased.
+pub fn read_head(r: &mut impl std::io::BufRead) -> String {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    head.to_ascii_lowercase()
+}

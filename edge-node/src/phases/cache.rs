@@ -160,18 +160,12 @@ const FORWARDING: [&str; 6] = [
     "via",
 ];
 
-/// Headers of a cacheable request that reach the origin whatever the key: the host and
-/// what the node itself sets.
-const ALWAYS_FORWARDED: [&str; 8] = [
-    "host",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "forwarded",
-    "via",
-    "x-user-id",
-    "x-user-roles",
-];
+/// Whether a header of a cacheable request reaches the origin whatever the key: the
+/// forwarding headers and the default identity headers, the node's own.
+fn always_forwarded(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    FORWARDING.contains(&n) || n == "x-user-id" || n == "x-user-roles"
+}
 
 impl RouteCache {
     pub fn new(s: &RouteCacheSettings) -> Result<Self> {
@@ -291,11 +285,7 @@ impl RouteCache {
             .collect();
         let doomed: Vec<HeaderName> = headers
             .keys()
-            .filter(|k| {
-                !ALWAYS_FORWARDED.contains(&k.as_str())
-                    && !self.key_headers.contains(k)
-                    && !keep.contains(k)
-            })
+            .filter(|k| !always_forwarded(k) && !self.key_headers.contains(k) && !keep.contains(k))
             .cloned()
             .collect();
         for k in doomed {
