@@ -64,6 +64,8 @@ fn paths_in_every_spelling_take_the_route_the_origin_serves() {
         "/./admin//users",
         "/%61dmin/users",
         "/admin/users/x/..",
+        "/admin;jsessionid=1/users",
+        "/;x/admin/users",
     ] {
         let (status, body) = get(&p, "a.test", path, &[]);
         assert_eq!(status, 401, "{path}: {body}");
@@ -81,7 +83,7 @@ fn paths_in_every_spelling_take_the_route_the_origin_serves() {
 
     // Role rules see the same path: a reader's token does not reach /admin by
     // another spelling.
-    for path in ["/admin", "/x/../admin", "//admin/", "/%61dmin"] {
+    for path in ["/admin", "/x/../admin", "//admin/", "/%61dmin", "/admin;x"] {
         let (status, body) = get(&p, "roles.test", path, &["-H", &bearer]);
         assert_eq!(status, 403, "{path}: {body}");
     }
@@ -109,7 +111,13 @@ fn paths_in_every_spelling_take_the_route_the_origin_serves() {
     assert_eq!(origin.hits(), before, "{:?}", origin.seen.lock().unwrap());
 
     // Blocked paths match the canonical path, in any case.
-    for path in ["/x/../.env", "/.ENV", "/%2eenv", "//wp-admin/setup.php"] {
+    for path in [
+        "/x/../.env",
+        "/.ENV",
+        "/%2eenv",
+        "//wp-admin/setup.php",
+        "/wp-admin;x/setup.php",
+    ] {
         let (status, body) = get(&p, "a.test", path, &[]);
         assert_eq!(status, 404, "{path}: {body}");
     }
@@ -219,4 +227,27 @@ fn cache_keys_of_different_requests_never_collide() {
     assert_eq!(p.admin("POST", purge), (200, "purged 1\n".into()));
     assert_eq!(fetch("/q?a=1&b=2").0, "miss");
     assert_eq!(fetch("/q?a=1%26b%3D2").0, "hit");
+}
+
+#[test]
+fn origins_that_ignore_case_get_routes_matched_without_it() {
+    let origin = Origin::start("app");
+    let p = start_config(&format!(
+        "[xdp]\nmode = \"off\"\n[http]\nlisten = [\"127.0.0.1:0\"]\n\
+         [http.path]\nfold_case = true\n[threat]\nenabled = false\n\
+         [[jwt_provider]]\nname = \"hs\"\nalgorithms = [\"HS256\"]\nsecret = \"{SECRET}\"\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\
+         [[route]]\nhosts = [\"a.test\"]\npath_prefix = \"/admin\"\nupstream = \"app\"\n\
+         [route.auth]\nprovider = \"hs\"\n\
+         [[route]]\nhosts = [\"a.test\"]\nupstream = \"app\"\n",
+        origin.addr
+    ));
+    for path in ["/ADMIN/users", "/Admin;x/users", "/aDmIn"] {
+        assert_eq!(get(&p, "a.test", path, &[]).0, 401, "{path}");
+    }
+    // The origin still gets the path as the client wrote it (canonical).
+    let (status, body) = get(&p, "a.test", "/Public/X", &[]);
+    assert_eq!(status, 200);
+    assert!(body.contains("path=/Public/X\n"), "{body}");
+    assert_eq!(origin.hits(), 1);
 }

@@ -18,8 +18,10 @@
 //!   segment that is a dot segment followed by a `;` parameter (`..;x`, which Tomcat and
 //!   Jetty read as `..`) is refused;
 //! - case is kept: paths are case-sensitive (RFC 3986 6.2.2.1), so routes and role rules
-//!   compare them as they are; `threat.blocked_paths` compare without case (a deny list
-//!   errs toward matching).
+//!   compare them as they are (unless `fold_case`); `threat.blocked_paths` compare
+//!   without case (a deny list errs toward matching);
+//! - routes, role rules and blocked paths match the path without segment parameters
+//!   (`match_form`), which servlet containers ignore.
 //!
 //! The query is not rewritten: it is the origin's to interpret.
 
@@ -48,6 +50,9 @@ pub struct PathSettings {
     pub escaped_slashes: EscapedSlashes,
     #[serde(default = "yes")]
     pub merge_slashes: bool,
+    /// Match routes and role rules without case (for origins that ignore it).
+    #[serde(default)]
+    pub fold_case: bool,
 }
 
 fn yes() -> bool {
@@ -59,6 +64,7 @@ impl Default for PathSettings {
         Self {
             escaped_slashes: EscapedSlashes::Reject,
             merge_slashes: true,
+            fold_case: false,
         }
     }
 }
@@ -201,6 +207,35 @@ pub fn canonical_path(path: &str, policy: PathSettings) -> Result<Cow<'_, str>, 
     })
 }
 
+/// The form of a canonical path that routes, role rules and blocked paths are matched
+/// on: without segment parameters (`/admin;jsessionid=1/users` is `/admin/users`, as
+/// Tomcat, Jetty and Spring read it), so a parameter cannot step around a prefix, and
+/// lower-cased when `fold_case` is set (for origins that ignore case: IIS, ASP.NET,
+/// Express by default). The origin still gets the canonical path as it is.
+pub fn match_form(canonical: &str, policy: PathSettings) -> Cow<'_, str> {
+    let stripped: Cow<'_, str> = if canonical.contains(';') {
+        let mut out = String::with_capacity(canonical.len());
+        for (i, seg) in canonical.split('/').enumerate() {
+            if i > 0 {
+                out.push('/');
+            }
+            out.push_str(seg.split(';').next().unwrap_or(""));
+        }
+        // Stripping can leave empty segments (`/;x/admin`): canonical again.
+        match canonical_path(&out, policy) {
+            Ok(c) => Cow::Owned(c.into_owned()),
+            Err(_) => Cow::Owned(out),
+        }
+    } else {
+        Cow::Borrowed(canonical)
+    };
+    if policy.fold_case && stripped.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(stripped.to_ascii_lowercase())
+    } else {
+        stripped
+    }
+}
+
 /// Whether the canonical `path` is `prefix` or under it, on segment boundaries (`/api`
 /// covers `/api` and `/api/x`, not `/apix`). The one prefix rule of routes and role rules.
 pub fn path_under(path: &str, prefix: &str) -> bool {
@@ -236,6 +271,7 @@ mod tests {
             PathSettings {
                 escaped_slashes,
                 merge_slashes,
+                fold_case: false,
             },
         )
         .unwrap()
@@ -309,6 +345,26 @@ mod tests {
         assert_eq!(with("/x\\..\\admin", Decode, true), "/admin");
         assert_eq!(with("/a//b", Reject, false), "/a//b");
         assert_eq!(with("/a//../b", Reject, false), "/a/b");
+    }
+
+    #[test]
+    fn parameters_and_case_do_not_step_around_a_prefix() {
+        let d = PathSettings::default();
+        assert_eq!(match_form("/admin;x/users", d), "/admin/users");
+        assert_eq!(match_form("/admin;", d), "/admin");
+        assert_eq!(match_form("/;x/admin", d), "/admin");
+        assert_eq!(match_form("/.git;x/config", d), "/.git/config");
+        assert!(matches!(match_form("/a/b", d), Cow::Borrowed(_)));
+        assert!(path_under(
+            &match_form("/admin;jsessionid=1/users", d),
+            "/admin"
+        ));
+        let fold = PathSettings {
+            fold_case: true,
+            ..d
+        };
+        assert_eq!(match_form("/Admin;x/Users", fold), "/admin/users");
+        assert_eq!(match_form("/Admin", d), "/Admin");
     }
 
     #[test]

@@ -237,6 +237,26 @@ impl Config {
                 .context("in [intent]")
                 .context(Table::one("intent"))?;
         }
+        if self.http.path.fold_case {
+            // Requests are matched lower-cased: a prefix with capitals would never match.
+            for (i, r) in self.route.iter().enumerate() {
+                let roles = r
+                    .auth
+                    .iter()
+                    .flat_map(|a| a.roles.iter().map(|x| &x.path_prefix));
+                if let Some(p) = std::iter::once(&r.path_prefix)
+                    .chain(roles)
+                    .find(|p| p.bytes().any(|b| b.is_ascii_uppercase()))
+                {
+                    return Err(anyhow::anyhow!(
+                        "route {}: path prefix {p:?} has capitals, but http.path.fold_case \
+                         matches requests in lower case",
+                        r.display_name()
+                    )
+                    .context(Table::nth("route", i)));
+                }
+            }
+        }
         for (i, r) in self.route.iter().enumerate() {
             if let Some(e) = &r.experiment {
                 crate::phases::personalize::Experiment::new(e)

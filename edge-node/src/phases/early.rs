@@ -257,10 +257,10 @@ pub fn strip_client_headers(headers: &mut HeaderMap) {
 
 /// The one authority of a request (RFC 9112 3.2, RFC 9113 8.3.1): the request target's
 /// when it has one (absolute form in HTTP/1.1, `:authority` in HTTP/2 and HTTP/3),
-/// else `Host`. More than one `Host` is refused; so is a `Host` that names another
-/// authority than an HTTP/2 or HTTP/3 request's `:authority`, and userinfo. In HTTP/1.1
-/// the target's authority replaces `Host`, so routing, the cache key and the origin see
-/// the same one.
+/// else `Host`. More than one `Host` is refused; so is a `Host` that names another host
+/// than an HTTP/2 or HTTP/3 request's `:authority`, and userinfo. The target's authority
+/// replaces `Host` (its port too), so routing, the cache key and the origin see the
+/// same one.
 fn request_authority<B>(req: &mut Request<B>) -> Result<String, EdgeError> {
     let bad = |why: String| EdgeError::new(ErrorKind::BadRequest, why);
     let mut hosts = req.headers().get_all(header::HOST).iter();
@@ -283,11 +283,7 @@ fn request_authority<B>(req: &mut Request<B>) -> Result<String, EdgeError> {
         req.version(),
         http::Version::HTTP_09 | http::Version::HTTP_10 | http::Version::HTTP_11
     );
-    if origin_form_protocol {
-        let value = HeaderValue::from_str(target.as_str())
-            .map_err(|_| bad("request target authority is not a header value".into()))?;
-        req.headers_mut().insert(header::HOST, value);
-    } else if let Some(h) = host {
+    if !origin_form_protocol && let Some(h) = host {
         let same = h
             .to_str()
             .ok()
@@ -297,6 +293,11 @@ fn request_authority<B>(req: &mut Request<B>) -> Result<String, EdgeError> {
             return Err(bad("Host differs from :authority".into()));
         }
     }
+    // The target's authority is the Host the origin gets, port included, whatever the
+    // client wrote in Host (the key is made from the target's).
+    let value = HeaderValue::from_str(target.as_str())
+        .map_err(|_| bad("request target authority is not a header value".into()))?;
+    req.headers_mut().insert(header::HOST, value);
     Ok(target.as_str().to_string())
 }
 
@@ -438,6 +439,31 @@ mod tests {
         assert!(h.get("x-user-id").is_none() && h.get("x-forwarded-for").is_none());
         assert_eq!(h.get("accept").unwrap(), "*/*");
         assert_eq!(ctx.host, "x.test");
+    }
+}
+
+#[cfg(test)]
+mod authority_tests {
+    use super::*;
+
+    #[test]
+    fn an_http2_host_with_another_port_is_replaced_by_the_authority() {
+        let mut req = Request::builder()
+            .version(http::Version::HTTP_2)
+            .uri("https://victim.test/x")
+            .header("host", "victim.test:1337")
+            .body(())
+            .unwrap();
+        let mut ctx = RequestCtx::new("127.0.0.1:1".parse().unwrap());
+        on_request(&mut ctx, &mut req, &[], PathSettings::default()).unwrap();
+        assert_eq!(req.headers()["host"], "victim.test");
+        let mut req = Request::builder()
+            .version(http::Version::HTTP_2)
+            .uri("https://victim.test/x")
+            .header("host", "evil.test")
+            .body(())
+            .unwrap();
+        assert!(on_request(&mut ctx, &mut req, &[], PathSettings::default()).is_err());
     }
 }
 

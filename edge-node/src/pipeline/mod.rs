@@ -545,7 +545,16 @@ impl Pipeline {
         }
         // Shield: probes of blocked paths, the challenge, then the route's auth and limits.
         // What their signals may do is the policy's decision (`policy::Source`).
-        if self.threat.is_blocked_path(req.uri().path()) {
+        // Routes, role rules and blocked paths match the path without segment
+        // parameters (and without case where configured): `target::match_form`.
+        let matched = match crate::target::match_form(req.uri().path(), self.path_policy) {
+            std::borrow::Cow::Borrowed(_) => None,
+            std::borrow::Cow::Owned(p) => Some(p),
+        };
+        if self
+            .threat
+            .is_blocked_path(matched.as_deref().unwrap_or(req.uri().path()))
+        {
             self.threat.signal(ctx.source(), Signal::BlockedPath);
             return Err(EdgeError::new(
                 crate::error::ErrorKind::NoRoute,
@@ -573,9 +582,12 @@ impl Pipeline {
         for h in &self.identity_headers {
             req.headers_mut().remove(h);
         }
-        let route = self
-            .routes
-            .select(&ctx.host, req.method(), req.uri().path(), req.headers())?;
+        let route = self.routes.select(
+            &ctx.host,
+            req.method(),
+            matched.as_deref().unwrap_or(req.uri().path()),
+            req.headers(),
+        )?;
         ctx.route = route.name.clone();
         ctx.api = route.api;
         match self.threat.standing(ctx.client_ip) {
@@ -604,7 +616,9 @@ impl Pipeline {
             }
         }
         if let Some(auth) = &route.auth {
-            let path = req.uri().path().to_string();
+            let path = matched
+                .clone()
+                .unwrap_or_else(|| req.uri().path().to_string());
             match auth.check(req.headers_mut(), &path).await {
                 Ok(identity) => ctx.user = identity.map(|i| i.sub),
                 Err((e, failed)) => {
