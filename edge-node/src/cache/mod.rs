@@ -51,6 +51,9 @@ impl Default for CacheSettings {
     }
 }
 
+/// Copies kept for one URL (its key-header, cookie, A/B and `Vary` combinations).
+const MAX_COPIES_PER_URL: usize = 64;
+
 /// How long a response that could not be stored exempts its key from coalescing.
 const UNCACHEABLE_FOR: Duration = Duration::from_secs(10);
 
@@ -123,11 +126,15 @@ pub fn canonical_authority(scheme: &str, authority: &str) -> String {
 /// nobody can build a request whose key lands on another's.
 pub type KeyDigest = [u8; 16];
 
-/// A cache key: the digest it is found by, and the material it was made of, which every
-/// stored copy keeps and every hit compares (a digest alone is never trusted).
+/// A cache key: its digest (coalescing and hit-for-pass go by it), the digest of its URL
+/// part (the copies of one URL, all its key-header and variant combinations, are stored
+/// together, so a purge or an invalidation by URL is one removal), and the material it
+/// was made of, which every stored copy keeps and every hit compares (a digest alone is
+/// never trusted).
 #[derive(Clone, Debug)]
 pub struct CacheKey {
     pub digest: KeyDigest,
+    pub url: KeyDigest,
     pub material: Arc<[u8]>,
 }
 
@@ -140,27 +147,74 @@ impl CacheKey {
 
 /// Key material: fields, each a tag, its length and its bytes, so no two different sets
 /// of fields (a `&` inside a value, a newline inside a header) spell the same material.
+/// A key's starts with the URL's fields (`url_material`); the default has no URL part.
 #[derive(Default)]
-pub struct KeyMaterial(Vec<u8>);
+pub struct KeyMaterial {
+    bytes: Vec<u8>,
+    /// Where the URL's fields end.
+    url_end: usize,
+}
+
+/// The material of a URL (scheme, authority as `canonical_authority` spells it,
+/// canonical path, the query's parameters in `sorted_query` order): the part of every
+/// key that names what was asked, and what a purge by URL finds copies by.
+pub fn url_material(scheme: &str, authority: &str, path: &str, query: Option<&str>) -> KeyMaterial {
+    let mut m = KeyMaterial {
+        bytes: Vec::with_capacity(64 + path.len() + query.map_or(0, str::len)),
+        url_end: 0,
+    };
+    m.field(b's', scheme.as_bytes())
+        .field(b'a', canonical_authority(scheme, authority).as_bytes())
+        .field(
+            b'p',
+            if path.is_empty() {
+                b"/"
+            } else {
+                path.as_bytes()
+            },
+        );
+    for pair in sorted_query(query.unwrap_or("")) {
+        m.field(b'q', pair.as_bytes());
+    }
+    m.url_end = m.bytes.len();
+    m
+}
+
+/// The digest copies of a `canonical_url` are stored under.
+fn url_digest(canonical: &str) -> Option<KeyDigest> {
+    let uri: http::Uri = canonical.parse().ok()?;
+    let m = url_material(
+        uri.scheme_str()?,
+        uri.authority()?.as_str(),
+        uri.path(),
+        uri.query(),
+    );
+    Some(digest(&m.bytes))
+}
+
+fn digest(bytes: &[u8]) -> KeyDigest {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d.as_ref()[..16]);
+    out
+}
 
 impl KeyMaterial {
     pub fn field(&mut self, tag: u8, value: &[u8]) -> &mut Self {
-        self.0.push(tag);
+        self.bytes.push(tag);
         // Lengths past u32 cannot occur (request heads are bounded); saturating keeps
         // the encoding total anyway.
         let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
-        self.0.extend_from_slice(&len.to_le_bytes());
-        self.0.extend_from_slice(value);
+        self.bytes.extend_from_slice(&len.to_le_bytes());
+        self.bytes.extend_from_slice(value);
         self
     }
 
     pub fn finish(self) -> CacheKey {
-        let d = ring::digest::digest(&ring::digest::SHA256, &self.0);
-        let mut digest = [0u8; 16];
-        digest.copy_from_slice(&d.as_ref()[..16]);
         CacheKey {
-            digest,
-            material: self.0.into(),
+            digest: digest(&self.bytes),
+            url: digest(&self.bytes[..self.url_end]),
+            material: self.bytes.into(),
         }
     }
 }
@@ -236,14 +290,22 @@ impl Entry {
         vary_matches(&self.vary, request)
     }
 
-    /// Bytes the entry is charged in the in-memory tier.
+    /// Bytes the entry is charged in the in-memory tier: all it holds (a long query is
+    /// in the URL and in the key material too).
     pub fn weight(&self) -> u32 {
         let headers: usize = self
             .headers
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 32)
             .sum();
-        (self.body.len() + headers + 256).min(u32::MAX as usize) as u32
+        let vary: usize = self
+            .vary
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.as_ref().map_or(0, HeaderValue::len) + 32)
+            .sum();
+        let tags: usize = self.tags.iter().map(|t| t.len() + 24).sum();
+        let total = self.body.len() + headers + vary + tags + self.url.len() + self.key.len() + 256;
+        total.min(u32::MAX as usize) as u32
     }
 }
 
@@ -253,6 +315,7 @@ struct Variants(Vec<Arc<Entry>>);
 
 /// The in-memory tier, and the misses in progress (for coalescing).
 pub struct Store {
+    /// Per URL digest: the copies of that URL (`CacheKey::url`).
     entries: moka::sync::Cache<KeyDigest, Variants>,
     inflight: Mutex<HashMap<KeyDigest, watch::Receiver<FillState>>>,
     pub lock_timeout: Duration,
@@ -263,10 +326,6 @@ pub struct Store {
     /// Keys whose last response could not be stored ("hit-for-pass"): for a while their
     /// misses go straight to the origin instead of queueing behind one another.
     uncacheable: moka::sync::Cache<KeyDigest, ()>,
-    /// The keys stored for each URL (one per key-header and variant combination): a
-    /// purge or an invalidation by URL finds them without scanning the cache. May list
-    /// keys gone since; never misses one stored.
-    by_url: moka::sync::Cache<String, Arc<Mutex<Vec<KeyDigest>>>>,
 }
 
 /// A lookup's answer.
@@ -408,14 +467,11 @@ impl Store {
                 .max_capacity(100_000)
                 .time_to_live(UNCACHEABLE_FOR)
                 .build(),
-            // A URL's keys are dropped with it only when the index itself runs over:
-            // then a purge by URL falls back to a scan (`purge_url`).
-            by_url: moka::sync::Cache::builder().max_capacity(1_000_000).build(),
         }))
     }
 
     pub fn lookup(&self, key: &CacheKey, request: &HeaderMap, now: Instant) -> Lookup {
-        let Some(variants) = self.entries.get(&key.digest) else {
+        let Some(variants) = self.entries.get(&key.url) else {
             return Lookup::Miss;
         };
         match variants
@@ -443,43 +499,25 @@ impl Store {
     pub fn insert_local(&self, key: &CacheKey, entry: Arc<Entry>) {
         debug_assert!(entry.key == key.material);
         self.uncacheable.invalidate(&key.digest);
-        let mut variants = self.entries.get(&key.digest).unwrap_or_default();
-        // A new response for the same variant replaces the old one; copies of other
-        // material under this digest (a collision) go too.
+        let mut variants = self.entries.get(&key.url).unwrap_or_default();
+        // A new response for the same key and variant replaces the old one.
         variants
             .0
-            .retain(|e| e.vary != entry.vary && e.key == entry.key);
-        let url = entry.url.clone();
-        variants.0.push(entry);
-        self.entries.insert(key.digest, variants);
-        let keys = self.by_url.get_with(url, Default::default);
-        let mut keys = keys.lock().unwrap_or_else(|e| e.into_inner());
-        if !keys.contains(&key.digest) {
-            keys.push(key.digest);
+            .retain(|e| !(e.key == entry.key && e.vary == entry.vary));
+        // However many key-header values and variants a client makes up, one URL keeps
+        // a bounded number (the oldest go).
+        if variants.0.len() >= MAX_COPIES_PER_URL {
+            variants.0.remove(0);
         }
+        variants.0.push(entry);
+        self.entries.insert(key.url, variants);
     }
 
-    /// Removes every copy stored for `url` (`canonical_url` spelling); how many keys
-    /// went.
+    /// Removes every copy stored for `url` (`canonical_url` spelling); how many URLs'
+    /// copies went (0 or 1).
     pub fn purge_url(&self, url: &str) -> usize {
-        let Some(keys) = self.by_url.remove(url) else {
-            // Not indexed: never stored, or the index ran over (then look everywhere).
-            if self.by_url.entry_count() < 1_000_000 {
-                return 0;
-            }
-            return self.purge_where(|e| e.url == url);
-        };
-        let keys = keys.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let mut purged = 0;
-        for k in keys {
-            if let Some(v) = self.entries.get(&k)
-                && v.0.iter().any(|e| e.url == url)
-            {
-                self.entries.invalidate(&k);
-                purged += 1;
-            }
-        }
-        purged
+        let Some(d) = url_digest(url) else { return 0 };
+        usize::from(self.entries.remove(&d).is_some())
     }
 
     /// Stores in every tier: in memory now, in the regional tier in the background (a
@@ -575,5 +613,67 @@ impl Store {
             key: key.digest,
             state,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &CacheKey, url: &str) -> Entry {
+        Entry {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"x"),
+            stored_at: Instant::now(),
+            initial_age: Duration::ZERO,
+            lifetime: Duration::from_secs(60),
+            stale_if_error: Duration::ZERO,
+            stale_while_revalidate: Duration::ZERO,
+            vary: Vec::new(),
+            url: url.into(),
+            tags: Vec::new(),
+            key: key.material.clone(),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_url_keeps_a_bounded_number_of_copies_and_one_purge_takes_them_all() {
+        let store = Store::new(&CacheSettings::default()).unwrap();
+        let url = canonical_url("http://app.test/x?b=2&a=1").unwrap();
+        let keys: Vec<CacheKey> = (0..200)
+            .map(|i| {
+                let mut m = url_material("http", "app.test", "/x", Some("a=1&b=2"));
+                m.field(b'h', format!("lang-{i}").as_bytes());
+                m.finish()
+            })
+            .collect();
+        assert!(
+            keys.windows(2)
+                .all(|k| k[0].url == k[1].url && k[0].digest != k[1].digest)
+        );
+        for k in &keys {
+            store.insert_local(k, Arc::new(entry(k, &url)));
+        }
+        let now = Instant::now();
+        let stored = keys
+            .iter()
+            .filter(|k| matches!(store.lookup(k, &HeaderMap::new(), now), Lookup::Hit(_)))
+            .count();
+        assert_eq!(stored, MAX_COPIES_PER_URL);
+        // The newest are kept.
+        assert!(matches!(
+            store.lookup(&keys[199], &HeaderMap::new(), now),
+            Lookup::Hit(_)
+        ));
+        // The URL as anyone spells it names them all.
+        assert_eq!(
+            store.purge_url(&canonical_url("http://APP.test:80/x?a=1&b=2").unwrap()),
+            1
+        );
+        assert!(matches!(
+            store.lookup(&keys[199], &HeaderMap::new(), now),
+            Lookup::Miss
+        ));
     }
 }

@@ -27,9 +27,7 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use serde::Deserialize;
 
 use crate::{
-    cache::{
-        CacheKey, Entry, Fill, FillGuard, FillState, KeyMaterial, Lookup, Partial, Store, policy,
-    },
+    cache::{CacheKey, Entry, Fill, FillGuard, FillState, Lookup, Partial, Store, policy},
     error::{Body, BoxError, full},
     headers,
 };
@@ -227,16 +225,12 @@ impl RouteCache {
         variant: Option<&str>,
         forwarded_host: Option<&str>,
     ) -> CacheKey {
-        let mut m = KeyMaterial::default();
-        m.field(b's', scheme.as_bytes())
-            .field(
-                b'a',
-                crate::cache::canonical_authority(scheme, &authority(req)).as_bytes(),
-            )
-            .field(b'p', req.uri().path().as_bytes());
-        for pair in crate::cache::sorted_query(req.uri().query().unwrap_or("")) {
-            m.field(b'q', pair.as_bytes());
-        }
+        let mut m = crate::cache::url_material(
+            scheme,
+            &authority(req),
+            req.uri().path(),
+            req.uri().query(),
+        );
         for h in &self.key_headers {
             m.field(b'h', h.as_str().as_bytes());
             for v in req.headers().get_all(h) {
