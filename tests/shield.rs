@@ -142,6 +142,11 @@ fn a_client_that_never_reads_cannot_hold_origin_connections() {
     assert!(still_there, "the client left by itself");
     assert!(released, "{} origin connections still held", origin.open());
     assert_eq!(curl(&p, "app.test", "/", &[]).status, 200);
+    // A client that reads while the origin is quiet for longer than the send timeout
+    // (a long poll, an event stream) gets the whole answer.
+    let r = curl(&p, "app.test", "/quiet?size=400000&body_delay=2500", &[]);
+    assert_eq!(r.status, 200);
+    assert!(r.body.len() >= 400_000, "cut at {} bytes", r.body.len());
 }
 
 #[test]

@@ -173,7 +173,9 @@ impl ThreatEngine {
     pub fn standing(&self, ip: IpAddr) -> Standing {
         let c = self.config();
         let (settings, drop_threshold) = (&c.0, c.1);
-        if !settings.enabled || self.allowed.load().iter().any(|n| n.contains(&ip)) {
+        // An IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d.
+        let plain = crate::xdp::addr::canonical(ip);
+        if !settings.enabled || self.allowed.load().iter().any(|n| n.contains(&plain)) {
             return Standing::Clear;
         }
         let s = self.score(ip);

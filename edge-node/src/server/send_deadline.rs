@@ -40,6 +40,7 @@ pub fn guard(body: Body, timeout: Duration) -> Body {
     let shared = Arc::new(Shared {
         body: Mutex::new(Some(body)),
         progress: AtomicU64::new(0),
+        awaiting_origin: AtomicBool::new(false),
         done: AtomicBool::new(false),
         started: Instant::now(),
     });
@@ -53,7 +54,9 @@ pub fn guard(body: Body, timeout: Duration) -> Body {
                 return;
             }
             let now = s.progress.load(Ordering::Relaxed);
-            if now == seen {
+            // Waiting for the origin's next bytes (a quiet event stream, a long poll) is
+            // not the client's doing: only a body the client stopped asking for is.
+            if now == seen && !s.awaiting_origin.load(Ordering::Relaxed) {
                 tracing::info!(
                     ?timeout,
                     "client took no response bytes in send_timeout: abandoned"
@@ -72,6 +75,8 @@ struct Shared {
     body: Mutex<Option<Body>>,
     /// Bumped on every frame the client takes.
     progress: AtomicU64,
+    /// The last poll found the origin had nothing yet.
+    awaiting_origin: AtomicBool,
     done: AtomicBool,
     started: Instant,
 }
@@ -98,6 +103,8 @@ impl HttpBody for Guarded {
             .into())));
         };
         let polled = Pin::new(body).poll_frame(cx);
+        s.awaiting_origin
+            .store(polled.is_pending(), Ordering::Relaxed);
         match &polled {
             Poll::Ready(Some(Ok(_))) => {
                 s.progress.fetch_add(1, Ordering::Relaxed);
@@ -114,7 +121,8 @@ impl HttpBody for Guarded {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .is_none_or(HttpBody::is_end_stream)
+            // Abandoned: not an end (that would pass a cut response off as complete).
+            .is_some_and(HttpBody::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
