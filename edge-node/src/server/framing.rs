@@ -10,12 +10,12 @@
 //! zeros, extensions, trailers), so it knows where hyper's next head starts. When a
 //! head's second framing header completes, that line is made unparseable before hyper
 //! sees it, and hyper answers 400 and closes. Only the current incomplete head line is
-//! ever held back; a head line longer than hyper's own head limit is made unparseable
-//! too (hyper could still take it whole from its buffer, and the guard does not follow
-//! what it cannot see). It stops following only where hyper stops reading requests:
-//! HTTP/2, a refused head, framing hyper fails, and an upgrade or CONNECT once the
-//! response that switches protocols (101, 2xx to CONNECT) has been written; an upgrade
-//! answered otherwise leaves the connection in HTTP/1, and the guard on it.
+//! ever held back; a head line longer than hyper's own head limit goes on without its
+//! end, so hyper's buffer fills and it answers 431 (hyper could otherwise take such a
+//! head whole from one large read). It stops following only where hyper stops reading
+//! requests: HTTP/2, a refused head, framing hyper fails, and an upgrade or CONNECT once
+//! the response that switches protocols (101, 2xx to CONNECT) has been written; an
+//! upgrade answered otherwise leaves the connection in HTTP/1, and the guard on it.
 
 use std::{
     io,
@@ -44,6 +44,11 @@ enum State {
     ChunkData(u64),
     /// No more inspection (HTTP/2, a tunnel, or framing hyper refuses and closes on).
     Passthrough,
+    /// A head line past hyper's head limit: its bytes pass, its end never does, so
+    /// hyper's buffer fills before the head completes (431).
+    Overlong,
+    /// After an overlong line: nothing more reaches hyper, which is closing.
+    Discard,
 }
 
 /// hyper's chunked decoder states (hyper 1.x `proto/h1/decode.rs`), outside chunk data.
@@ -134,6 +139,17 @@ impl Framing {
                     out.extend_from_slice(input);
                     return;
                 }
+                State::Overlong => {
+                    match input.iter().position(|&b| b == b'\n') {
+                        Some(end) => {
+                            out.extend_from_slice(&input[..end]);
+                            self.state = State::Discard;
+                        }
+                        None => out.extend_from_slice(input),
+                    }
+                    return;
+                }
+                State::Discard => return,
                 State::Body(n) | State::ChunkData(n) => {
                     let k = (n.min(input.len() as u64)) as usize;
                     out.extend_from_slice(&input[..k]);
@@ -162,9 +178,8 @@ impl Framing {
                         // Complete, but longer than hyper's limit: the same answer as
                         // when it arrives in pieces.
                         self.line.extend_from_slice(&input[..=end]);
-                        input = &input[end + 1..];
                         self.refuse_overlong(out);
-                        continue;
+                        return;
                     }
                     self.line.extend_from_slice(&input[..=end]);
                     input = &input[end + 1..];
@@ -176,13 +191,23 @@ impl Framing {
         }
     }
 
-    /// A head line past the limit: hyper would answer 431 unless its buffer happened to
-    /// hold the whole head; make it fail to parse either way, and stop following.
+    /// A head line past the limit: hyper answers 431 when its buffer fills before the
+    /// head is complete, but a read can bring it the whole head at once (its buffer
+    /// may have room past the limit), and the guard does not follow what it cannot
+    /// hold. So the line goes on without its end: the head never completes, and
+    /// hyper's buffer fills (431).
     fn refuse_overlong(&mut self, out: &mut Vec<u8>) {
-        self.line[0] = b'(';
+        let complete = self.line.last() == Some(&b'\n');
+        if complete {
+            self.line.pop();
+        }
         out.append(&mut self.line);
         self.overlong += 1;
-        self.state = State::Passthrough;
+        self.state = if complete {
+            State::Discard
+        } else {
+            State::Overlong
+        };
     }
 
     /// One byte of chunked framing, as hyper's decoder takes it; what hyper fails on
@@ -380,7 +405,7 @@ impl<S> FramingGuard<S> {
         }
     }
 
-    /// Requests refused so far (both framing headers, or an overlong head line).
+    /// Requests refused so far (both framing headers, or a head line over the limit).
     pub fn refused(&self) -> u32 {
         self.framing.refused + self.framing.overlong
     }
@@ -467,7 +492,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
                 info!(peer = %this.peer, "request with both Content-Length and Transfer-Encoding refused (400)");
             }
             if this.framing.overlong != overlong {
-                info!(peer = %this.peer, "request head line over the head limit refused (400)");
+                info!(peer = %this.peer, "request head line over the head limit refused (431)");
             }
         }
     }
@@ -655,10 +680,12 @@ mod tests {
         let mut req = b"POST /s HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: ".to_vec();
         req.extend(std::iter::repeat_n(b' ', 9000));
         req.extend_from_slice(b"chunked\r\n\r\n0\r\n\r\n");
+        let line_end = req.len() - b"\r\n\r\n0\r\n\r\n".len() + 1;
         for step in [1, 500, req.len()] {
             let (out, f) = run(&req, step);
             assert_eq!((f.refused, f.overlong), (0, 1), "step {step}");
-            assert!(out.starts_with(b"POST /s HTTP/1.1\r\nContent-Length: 5\r\n(ransfer"));
+            // Everything up to the line's end, and nothing from there on.
+            assert_eq!(out, &req[..line_end], "step {step}");
         }
         // Up to the limit, nothing changes (the limit is hyper's: at least 8 KiB).
         let mut ok = b"GET / HTTP/1.1\r\nX: ".to_vec();
@@ -669,11 +696,12 @@ mod tests {
     }
 
     /// An in-memory client: `data` in pieces of `step`, then silence (never EOF, so
-    /// hyper does not cut short the requests it has read); writes are dropped.
+    /// hyper does not cut short the requests it has read); keeps what is written.
     struct Replay {
         data: Vec<u8>,
         at: usize,
         step: usize,
+        written: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
     }
 
     impl AsyncRead for Replay {
@@ -702,6 +730,7 @@ mod tests {
             _: &mut Context<'_>,
             b: &[u8],
         ) -> Poll<io::Result<usize>> {
+            self.written.lock().unwrap().extend_from_slice(b);
             Poll::Ready(Ok(b.len()))
         }
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -713,8 +742,8 @@ mod tests {
     }
 
     /// The requests hyper's HTTP/1 server (set up as `server::spawn` does) hands to
-    /// the service from `data` behind the guard: "METHOD path te".
-    async fn served(data: &[u8], step: usize, max_header_bytes: usize) -> Vec<String> {
+    /// the service from `data` behind the guard: "METHOD path te"; and what it wrote.
+    async fn serve(data: &[u8], step: usize, max_header_bytes: usize) -> (Vec<String>, String) {
         use http_body_util::BodyExt;
         use std::sync::{Arc, Mutex};
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -731,10 +760,12 @@ mod tests {
                 >::new()))
             }
         });
+        let written = Arc::new(Mutex::new(Vec::new()));
         let client = Replay {
             data: data.to_vec(),
             at: 0,
             step,
+            written: written.clone(),
         };
         let guard = FramingGuard::new(client, "127.0.0.1:1".parse().unwrap(), max_header_bytes);
         let conn = hyper::server::conn::http1::Builder::new()
@@ -742,7 +773,12 @@ mod tests {
             .serve_connection(hyper_util::rt::TokioIo::new(guard), svc)
             .with_upgrades();
         let _ = tokio::time::timeout(std::time::Duration::from_millis(200), conn).await;
-        seen.lock().unwrap().clone()
+        let written = String::from_utf8_lossy(&written.lock().unwrap()).into_owned();
+        (seen.lock().unwrap().clone(), written)
+    }
+
+    async fn served(data: &[u8], step: usize, max_header_bytes: usize) -> Vec<String> {
+        serve(data, step, max_header_bytes).await.0
     }
 
     const SMUGGLED: &[u8] =
@@ -789,6 +825,17 @@ mod tests {
             }
             let got = served(&data, step, max).await;
             assert_eq!(got, expected, "{name}");
+        }
+        // A head line over the limit gets hyper's 431, in one read or many.
+        let mut big = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', 20_000));
+        big.extend_from_slice(b"\r\n\r\n");
+        for (step, max) in [(100, 8192), (30_000, 8192), (30_000, 16_384)] {
+            let (got, wrote) = serve(&big, step, max).await;
+            assert!(
+                got.is_empty() && wrote.starts_with("HTTP/1.1 431"),
+                "{wrote}"
+            );
         }
         // The same stream without the guard's refusal: hyper takes the request.
         let clean = String::from_utf8_lossy(SMUGGLED).replace("Content-Length: 5\r\n", "");
