@@ -21,7 +21,10 @@ fn check(path: &str, policy: PathSettings) -> Result<String, TargetError> {
     assert!(out.starts_with('/'), "{path:?} -> {out:?}");
     assert!(!borrowed || out == path);
     for seg in out.split('/').skip(1) {
-        assert!(seg != "." && seg != "..", "dot segment: {path:?} -> {out:?}");
+        assert!(
+            seg != "." && seg != "..",
+            "dot segment: {path:?} -> {out:?}"
+        );
     }
     if policy.merge_slashes {
         assert!(!out.contains("//"), "{path:?} -> {out:?} ({policy:?})");
@@ -63,7 +66,11 @@ fn run(path: &str) {
         // What the strict policy accepts holds no escaped slash, so every policy agrees.
         if let Ok(strict) = &results[0] {
             assert_eq!(results[1].as_ref(), Ok(strict), "keep vs reject: {path:?}");
-            assert_eq!(results[2].as_ref(), Ok(strict), "decode vs reject: {path:?}");
+            assert_eq!(
+                results[2].as_ref(),
+                Ok(strict),
+                "decode vs reject: {path:?}"
+            );
         }
     }
 }

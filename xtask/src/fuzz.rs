@@ -2,6 +2,14 @@
 //! run for a bounded time. `cargo xtask test` runs them all briefly after the other
 //! tests; `cargo xtask fuzz TARGET --seconds N` runs one longer.
 //!
+//! Two builds. `Build::Quick` (what the test command uses): unoptimised, debug
+//! assertions, no sanitizer: the whole node's dependency tree instrumented for coverage
+//! took 5m47s of wall time (423 s CPU) from cold on the 2-core machine, and runs 800 to
+//! 3 300 inputs/s. `Build::Thorough` (cargo-fuzz's defaults: optimised, debug
+//! assertions, AddressSanitizer): 1 880 s CPU (36 min of wall time while others built)
+//! from cold, 1.2 to 2x the inputs/s: for long runs by hand. They share fuzz/target
+//! (debug/ and release/), so either is built once.
+//!
 //! Each run starts from the committed seeds (`fuzz/corpus/TARGET`, never written to)
 //! and keeps what libFuzzer finds in `fuzz/target/corpus/TARGET` (scratch, not
 //! committed); a crash leaves its input in `fuzz/artifacts/TARGET/` and fails the run.
@@ -34,6 +42,24 @@ fn fuzz_dir() -> PathBuf {
     toolchain::workspace_root().join("fuzz")
 }
 
+/// How the targets are built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Build {
+    /// Unoptimised, no sanitizer: fast to build (the test command's).
+    Quick,
+    /// Optimised, with AddressSanitizer: slow to build, for long runs.
+    Thorough,
+}
+
+impl Build {
+    fn flags(self) -> &'static [&'static str] {
+        match self {
+            Build::Quick => &["--dev", "--sanitizer", "none"],
+            Build::Thorough => &[],
+        }
+    }
+}
+
 /// `cargo +nightly fuzz ARGS` in fuzz/, with cargo-fuzz from .tools/ and a node built
 /// without its XDP program (the BPF build has no place in a fuzz build).
 fn cargo_fuzz(args: &[&str]) -> Command {
@@ -59,25 +85,27 @@ fn cargo_fuzz(args: &[&str]) -> Command {
     cmd
 }
 
-/// Builds every target (ASan, release with debug assertions: cargo-fuzz's defaults).
-pub fn build() -> Result<()> {
+/// Builds every target.
+pub fn build(how: Build) -> Result<()> {
     toolchain::ensure_cargo_fuzz()?;
     let started = Instant::now();
-    let status = cargo_fuzz(&["build"])
+    let mut args = vec!["build"];
+    args.extend(how.flags());
+    let status = cargo_fuzz(&args)
         .status()
         .context("cannot start cargo +nightly fuzz")?;
     if !status.success() {
         bail!("cargo +nightly fuzz build failed ({status})");
     }
     eprintln!(
-        "xtask: fuzz targets built in {:.0} s",
+        "xtask: fuzz targets built ({how:?}) in {:.0} s",
         started.elapsed().as_secs_f64()
     );
     Ok(())
 }
 
 /// Runs `target` for `seconds` (after `build`), with `extra` libFuzzer arguments.
-pub fn run(target: &str, seconds: u64, extra: &[String]) -> Result<()> {
+pub fn run(target: &str, how: Build, seconds: u64, extra: &[String]) -> Result<()> {
     if !TARGETS.contains(&target) {
         bail!(
             "no fuzz target {target:?}; there are {}",
@@ -87,19 +115,34 @@ pub fn run(target: &str, seconds: u64, extra: &[String]) -> Result<()> {
     let seeds = fuzz_dir().join("corpus").join(target);
     let scratch = fuzz_dir().join("target").join("corpus").join(target);
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
-    let mut args: Vec<String> = vec![
-        "run".into(),
-        target.into(),
+    // Input files among the arguments (a crash's): run just those, once each.
+    let files: Vec<String> = extra
+        .iter()
+        .filter(|a| !a.starts_with('-'))
+        .map(|a| {
+            std::fs::canonicalize(a)
+                .map(|p| path_arg(&p))
+                .with_context(|| format!("no input file {a}"))
+        })
+        .collect::<Result<_>>()?;
+    let flags = extra.iter().filter(|a| a.starts_with('-')).cloned();
+    let mut args: Vec<String> = vec!["run".into()];
+    args.extend(how.flags().iter().map(|f| f.to_string()));
+    args.push(target.into());
+    if files.is_empty() {
         // New inputs go to the first directory only: the seeds stay as committed.
-        path_arg(&scratch),
-        path_arg(&seeds),
+        args.extend([path_arg(&scratch), path_arg(&seeds)]);
+    } else {
+        args.extend(files.iter().cloned());
+    }
+    args.extend([
         "--".into(),
         format!("-max_total_time={seconds}"),
         format!("-rss_limit_mb={RSS_LIMIT_MB}"),
         format!("-timeout={INPUT_TIMEOUT_S}"),
         "-print_final_stats=1".into(),
-    ];
-    args.extend(extra.iter().cloned());
+    ]);
+    args.extend(flags);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     eprintln!("xtask: fuzzing {target} for {seconds} s");
     let status = cargo_fuzz(&args)
@@ -108,8 +151,11 @@ pub fn run(target: &str, seconds: u64, extra: &[String]) -> Result<()> {
     if !status.success() {
         bail!(
             "fuzz target {target} failed ({status}): the input is in fuzz/artifacts/{target}/; \
-             reproduce in fuzz/ with `EDGE_NODE_NO_XDP=1 cargo +nightly fuzz run {target} \
-             artifacts/{target}/<file>`"
+             reproduce with `cargo xtask fuzz {target} --build {} -- fuzz/artifacts/{target}/<file>`",
+            match how {
+                Build::Quick => "quick",
+                Build::Thorough => "thorough",
+            }
         );
     }
     Ok(())
@@ -120,11 +166,11 @@ fn path_arg(p: &Path) -> String {
 }
 
 /// Builds and runs every target for `seconds` each; all run, and any failure fails.
-pub fn run_all(seconds: u64) -> Result<()> {
-    build()?;
+pub fn run_all(how: Build, seconds: u64) -> Result<()> {
+    build(how)?;
     let mut failed = Vec::new();
     for target in TARGETS {
-        if let Err(e) = run(target, seconds, &[]) {
+        if let Err(e) = run(target, how, seconds, &[]) {
             eprintln!("xtask: {e:#}");
             failed.push(target);
         }
