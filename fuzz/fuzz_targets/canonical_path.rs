@@ -46,7 +46,7 @@ fn check(path: &str, policy: PathSettings) -> Result<String, TargetError> {
     // Idempotent: the canonical form is its own canonical form, and borrowed.
     let again = canonical_path(&out, policy);
     assert!(
-        matches!(again, Ok(Cow::Borrowed(ref p)) if *p == out),
+        matches!(again, Ok(Cow::Borrowed(p)) if p == out),
         "not a fixed point under {policy:?}: {path:?} -> {out:?} -> {again:?}"
     );
     Ok(out)
