@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -49,7 +50,7 @@ fn output(cmd: &mut Command) -> Result<String> {
 
 /// A rustup/cargo command for the nightly toolchain, free of the variables cargo sets
 /// for the stable toolchain that runs xtask.
-fn nightly(program: &str) -> Command {
+pub fn nightly(program: &str) -> Command {
     let mut cmd = Command::new(program);
     for var in ["RUSTUP_TOOLCHAIN", "RUSTC", "CARGO", "RUSTC_WRAPPER"] {
         cmd.env_remove(var);
@@ -133,6 +134,36 @@ pub fn ensure_bpf_toolchain() -> Result<()> {
          (lib/libLLVM.so.*-rust-* in its sysroot) and a C compiler",
     )?;
     Ok(())
+}
+
+/// The nightly toolchain and cargo-fuzz (in `.tools/bin`, project-local) for the fuzz
+/// targets in fuzz/.
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    nightly_sysroot()?;
+    let bin = tools_dir().join("bin").join("cargo-fuzz");
+    if bin.is_file()
+        && Command::new(&bin)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION} into {} (about 2 min)",
+        tools_dir().display()
+    );
+    run(
+        Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "install",
+                &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+                "--locked",
+                "--root",
+            ])
+            .arg(tools_dir()),
+    )
+    .context("installing cargo-fuzz failed")
 }
 
 /// The toolchain's own `libLLVM.so.<ver>-rust-<ver>` in `<sysroot>/lib`.
