@@ -78,6 +78,10 @@ pub fn canonical_url(url: &str) -> Option<String> {
         uri.path()
     };
     let path = crate::target::canonical_path(path, crate::target::PathSettings::default()).ok()?;
+    // No host (`https://:443/`): nothing a request could have been stored under.
+    if authority.host().is_empty() {
+        return None;
+    }
     Some(canonical_parts(
         &scheme,
         authority.as_str(),
@@ -101,9 +105,11 @@ pub fn canonical_parts(scheme: &str, authority: &str, path: &str, query: Option<
     let authority = canonical_authority(scheme, authority);
     let path = if path.is_empty() { "/" } else { path };
     let mut url = format!("{scheme}://{authority}{path}");
-    if let Some(q) = query.filter(|q| !q.is_empty()) {
+    // A query of no parameters (`?`, `?&`) is no query, as in the key.
+    let pairs = sorted_query(query.unwrap_or(""));
+    if !pairs.is_empty() {
         url.push('?');
-        url.push_str(&sorted_query(q).join("&"));
+        url.push_str(&pairs.join("&"));
     }
     url
 }
@@ -666,6 +672,12 @@ mod tests {
             store.lookup(&keys[199], &HeaderMap::new(), now),
             Lookup::Hit(_)
         ));
+        // Found by fuzzing: spellings that were not fixed points of canonical_url.
+        assert_eq!(
+            canonical_url("http://a.test//x/./y?&").as_deref(),
+            Some("http://a.test/x/y")
+        );
+        assert_eq!(canonical_url("https://:443/b"), None);
         // The URL as anyone spells it names them all.
         assert_eq!(
             store.purge_url(&canonical_url("http://APP.test:80/x?a=1&b=2").unwrap()),
