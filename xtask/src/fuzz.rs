@@ -175,6 +175,12 @@ pub fn run_all(how: Build, seconds: u64) -> Result<()> {
             failed.push(target);
         }
     }
+    // The run's last line says what the fuzz step did, in the form CI reads.
+    println!(
+        "fuzz: {} passed, {} failed",
+        TARGETS.len() - failed.len(),
+        failed.len()
+    );
     if !failed.is_empty() {
         bail!("fuzz targets failed: {}", failed.join(", "));
     }
