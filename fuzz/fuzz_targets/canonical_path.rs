@@ -49,6 +49,16 @@ fn check(path: &str, policy: PathSettings) -> Result<String, TargetError> {
         matches!(again, Ok(Cow::Borrowed(p)) if p == out),
         "not a fixed point under {policy:?}: {path:?} -> {out:?} -> {again:?}"
     );
+    // What routes match on has no segment parameter left, and is canonical too (with
+    // the default slash policies, where parameters cannot hide an escaped slash).
+    let matched = edge_node::target::match_form(&out, policy);
+    assert!(!matched.contains(';'), "{out:?} -> {matched:?}");
+    if policy.merge_slashes && policy.escaped_slashes == EscapedSlashes::Reject {
+        assert!(
+            matches!(canonical_path(&matched, policy), Ok(Cow::Borrowed(_))),
+            "match form not canonical: {out:?} -> {matched:?}"
+        );
+    }
     Ok(out)
 }
 
@@ -60,6 +70,7 @@ fn run(path: &str) {
                 PathSettings {
                     escaped_slashes,
                     merge_slashes,
+                    fold_case: false,
                 },
             )
         });
