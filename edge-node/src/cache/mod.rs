@@ -572,14 +572,16 @@ impl Store {
     /// tier's channel: `(keys purged here, keys purged in Redis)`.
     pub async fn purge(&self, purge: &regional::Purge) -> (usize, Option<anyhow::Result<usize>>) {
         let local = self.purge_local(purge);
-        let regional = match &self.regional {
-            Some(r) => Some(match r.purge(purge).await {
-                Ok(n) => r.publish(self.instance, purge).await.map(|()| n),
-                Err(e) => Err(e),
-            }),
-            None => None,
-        };
-        (local, regional)
+        (local, self.purge_regional(purge).await)
+    }
+
+    /// Purges the regional tier and tells the other nodes; `None` without one.
+    async fn purge_regional(&self, purge: &regional::Purge) -> Option<anyhow::Result<usize>> {
+        let r = self.regional.as_ref()?;
+        Some(match r.purge(purge).await {
+            Ok(n) => r.publish(self.instance, purge).await.map(|()| n),
+            Err(e) => Err(e),
+        })
     }
 
     /// Invalidates what is stored for `url` (RFC 9111 4.4): here at once, in the
@@ -590,11 +592,7 @@ impl Store {
         if self.regional.is_some() {
             let store = self.clone();
             tokio::spawn(async move {
-                if let Some(r) = &store.regional
-                    && r.purge(&purge).await.is_ok()
-                {
-                    let _ = r.publish(store.instance, &purge).await;
-                }
+                let _ = store.purge_regional(&purge).await;
             });
         }
     }

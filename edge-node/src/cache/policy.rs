@@ -450,19 +450,20 @@ mod tests {
         m
     }
 
+    /// The lifetime a plain GET gives a 200 with these response headers.
+    fn life(resp: &[(&str, &str)]) -> Option<Duration> {
+        storable(
+            &Method::GET,
+            &h(&[]),
+            StatusCode::OK,
+            &h(resp),
+            RoutePolicy::default(),
+            SystemTime::now(),
+        )
+    }
+
     #[test]
     fn numbers_and_repeats_read_as_rfc_9111_says() {
-        let now = SystemTime::now();
-        let life = |resp: &[(&str, &str)]| {
-            storable(
-                &Method::GET,
-                &h(&[]),
-                StatusCode::OK,
-                &h(resp),
-                RoutePolicy::default(),
-                now,
-            )
-        };
         // Too large to represent: 2^31 s, and nothing later overflows.
         let d = directives(&h(&[("cache-control", "max-age=99999999999999999999999")]));
         assert_eq!(d.max_age, Some(MAX_DELTA_SECONDS));
@@ -497,17 +498,6 @@ mod tests {
 
     #[test]
     fn cdn_cache_control_speaks_to_the_edge_alone() {
-        let now = SystemTime::now();
-        let life = |resp: &[(&str, &str)]| {
-            storable(
-                &Method::GET,
-                &h(&[]),
-                StatusCode::OK,
-                &h(resp),
-                RoutePolicy::default(),
-                now,
-            )
-        };
         // The edge keeps it an hour; browsers are told not to store it.
         assert_eq!(
             life(&[

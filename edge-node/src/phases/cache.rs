@@ -317,9 +317,13 @@ impl RouteCache {
                 asked.max_age = None;
             }
         }
-        let serve = policy::may_serve_from_cache(&method, req.headers(), &asked)
-            || (self.ignore_client_no_cache
-                && policy::may_serve_from_cache(&method, &HeaderMap::new(), &asked));
+        // (Pragma is read from the headers: none when clients' reloads are ignored.)
+        let pragma_from = if self.ignore_client_no_cache {
+            &HeaderMap::new()
+        } else {
+            req.headers()
+        };
+        let serve = policy::may_serve_from_cache(&method, pragma_from, &asked);
         // The client set limits on a stored answer's age: a copy past them is fetched
         // again, never answered stale meanwhile.
         let limited = asked.max_age.is_some() || asked.min_fresh.is_some();

@@ -240,9 +240,7 @@ pub fn on_request<B>(
         .extensions()
         .get::<crate::pipeline::EarlyData>()
         .is_none();
-    let authority = request_authority(req)?;
-    ctx.host = normalize_host(&authority)
-        .ok_or_else(|| EdgeError::new(ErrorKind::BadRequest, format!("bad Host {authority:?}")))?;
+    ctx.host = request_host(req)?;
     canonicalize_target(req, path_policy)?;
     Ok(())
 }
@@ -255,14 +253,16 @@ pub fn strip_client_headers(headers: &mut HeaderMap) {
     strip_node_owned(headers);
 }
 
-/// The one authority of a request (RFC 9112 3.2, RFC 9113 8.3.1): the request target's
-/// when it has one (absolute form in HTTP/1.1, `:authority` in HTTP/2 and HTTP/3),
-/// else `Host`. More than one `Host` is refused; so is a `Host` that names another host
+/// The host of the one authority of a request (RFC 9112 3.2, RFC 9113 8.3.1), lower-case
+/// without port: the request target's when it has one (absolute form in HTTP/1.1,
+/// `:authority` in HTTP/2 and HTTP/3), else `Host`. More than one `Host` is refused; so is a `Host` that names another host
 /// than an HTTP/2 or HTTP/3 request's `:authority`, and userinfo. The target's authority
 /// replaces `Host` (its port too), so routing, the cache key and the origin see the
 /// same one.
-fn request_authority<B>(req: &mut Request<B>) -> Result<String, EdgeError> {
+fn request_host<B>(req: &mut Request<B>) -> Result<String, EdgeError> {
     let bad = |why: String| EdgeError::new(ErrorKind::BadRequest, why);
+    let normalized =
+        |raw: &str| normalize_host(raw).ok_or_else(|| bad(format!("bad Host {raw:?}")));
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = hosts.next().cloned();
     if hosts.next().is_some() {
@@ -274,31 +274,35 @@ fn request_authority<B>(req: &mut Request<B>) -> Result<String, EdgeError> {
         if host.contains('@') {
             return Err(bad("userinfo in Host".into()));
         }
-        return Ok(host.to_string());
+        return normalized(host);
     };
     if target.as_str().contains('@') {
         return Err(bad("userinfo in the request target".into()));
     }
+    let target_host = normalized(target.as_str())?;
     let origin_form_protocol = matches!(
         req.version(),
         http::Version::HTTP_09 | http::Version::HTTP_10 | http::Version::HTTP_11
     );
-    if !origin_form_protocol && let Some(h) = host {
-        let same = h
-            .to_str()
-            .ok()
-            .and_then(normalize_host)
-            .is_some_and(|h| Some(h) == normalize_host(target.as_str()));
-        if !same {
-            return Err(bad("Host differs from :authority".into()));
-        }
+    if !origin_form_protocol
+        && let Some(h) = &host
+        && h.to_str().ok().and_then(normalize_host).as_ref() != Some(&target_host)
+    {
+        return Err(bad("Host differs from :authority".into()));
     }
     // The target's authority is the Host the origin gets, port included, whatever the
-    // client wrote in Host (the key is made from the target's).
-    let value = HeaderValue::from_str(target.as_str())
-        .map_err(|_| bad("request target authority is not a header value".into()))?;
-    req.headers_mut().insert(header::HOST, value);
-    Ok(target.as_str().to_string())
+    // client wrote in Host (the key is made from the target's). An HTTP/2 or HTTP/3
+    // request without Host gets it with the forwarding headers.
+    let replace = match &host {
+        Some(h) => h.as_bytes() != target.as_str().as_bytes(),
+        None => origin_form_protocol,
+    };
+    if replace {
+        let value = HeaderValue::from_str(target.as_str())
+            .map_err(|_| bad("request target authority is not a header value".into()))?;
+        req.headers_mut().insert(header::HOST, value);
+    }
+    Ok(target_host)
 }
 
 /// Replaces the request's path with its canonical form (`crate::target`); what cannot

@@ -61,7 +61,7 @@ pub fn guard(body: Body, timeout: Duration) -> Body {
                     ?timeout,
                     "client took no response bytes in send_timeout: abandoned"
                 );
-                s.body.lock().unwrap_or_else(|e| e.into_inner()).take();
+                crate::sync::lock(&s.body).take();
                 s.done.store(true, Ordering::Relaxed);
                 return;
             }
@@ -94,7 +94,7 @@ impl HttpBody for Guarded {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let s = &self.shared;
-        let mut slot = s.body.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = crate::sync::lock(&s.body);
         let Some(body) = slot.as_mut() else {
             return Poll::Ready(Some(Err(format!(
                 "the client took no bytes for the send timeout (after {:?})",
@@ -116,20 +116,14 @@ impl HttpBody for Guarded {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.shared
-            .body
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.shared.body)
             .as_ref()
             // Abandoned: not an end (that would pass a cut response off as complete).
             .is_some_and(HttpBody::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.shared
-            .body
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.shared.body)
             .as_ref()
             .map_or_else(SizeHint::default, HttpBody::size_hint)
     }

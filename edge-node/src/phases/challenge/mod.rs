@@ -180,7 +180,7 @@ impl Challenger {
         let present = headers
             .get_all(header::COOKIE)
             .iter()
-            .any(|v| memchr_str(v.as_bytes(), self.cookie.as_bytes()));
+            .any(|v| v.to_str().is_ok_and(|v| v.contains(self.cookie.as_str())));
         if !present {
             return None;
         }
@@ -328,11 +328,6 @@ impl Challenger {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         Ok(resp)
     }
-}
-
-/// Whether `needle` occurs in `haystack`.
-fn memchr_str(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]
