@@ -8,6 +8,7 @@ mod http_protocol;
 mod http_proxy;
 mod intent;
 mod personalize;
+mod pipeline;
 mod request_target;
 mod security;
 mod service;

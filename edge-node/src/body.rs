@@ -78,3 +78,22 @@ where
         self.inner.size_hint()
     }
 }
+
+/// Reads a whole body of at most `limit` bytes (a small form, an upload the node itself
+/// takes); a longer one is an error as soon as it is.
+pub async fn collect_limited(
+    mut body: crate::error::Body,
+    limit: usize,
+) -> Result<bytes::Bytes, BoxError> {
+    use http_body_util::BodyExt;
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if out.len() + data.len() > limit {
+                return Err(format!("body over {limit} bytes").into());
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
+}

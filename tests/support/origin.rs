@@ -285,6 +285,8 @@ fn serve(conn: TcpStream, shared: &Shared) {
                     "cdncc" => extra.push_str(&format!("cdn-cache-control: {v}\r\n")),
                     "location" => extra.push_str(&format!("location: {v}\r\n")),
                     "vary" => extra.push_str(&format!("vary: {v}\r\n")),
+                    // An origin's own cache's verdict (it is not the node's).
+                    "xcache" => extra.push_str(&format!("x-cache: {v}\r\n")),
                     "tag" => extra.push_str(&format!("surrogate-key: {v}\r\n")),
                     "ctag" => extra.push_str(&format!("cache-tag: {v}\r\n")),
                     "cookie" => extra.push_str(&format!("set-cookie: {v}\r\n")),

@@ -11,8 +11,62 @@ use serde::Deserialize;
 
 use crate::{
     auth::{AuthError, Identity, JwtProvider, has_any_role},
-    error::{EdgeError, ErrorKind},
+    error::{Body, EdgeError, ErrorKind},
+    policy::{Signal, ThreatEngine},
+    request::{Flow, Phase, PhaseFuture, RequestCtx},
 };
+
+/// The auth phase: before routing, every provider's identity headers go (a route may
+/// match on headers, never on ones a client forged); then the route's policy.
+pub struct AuthPhase {
+    /// Per route (by index).
+    pub routes: Vec<Option<RouteAuth>>,
+    /// Identity headers of every provider: removed from every request, whatever its route.
+    pub identity_headers: Vec<HeaderName>,
+    pub threat: Arc<ThreatEngine>,
+}
+
+impl Phase for AuthPhase {
+    fn name(&self) -> &'static str {
+        "auth"
+    }
+
+    fn early_request<'a>(
+        &'a self,
+        _ctx: &'a mut RequestCtx,
+        req: &'a mut http::Request<Body>,
+    ) -> PhaseFuture<'a> {
+        for h in &self.identity_headers {
+            req.headers_mut().remove(h);
+        }
+        Box::pin(std::future::ready(Ok(Flow::Continue)))
+    }
+
+    fn request<'a>(
+        &'a self,
+        ctx: &'a mut RequestCtx,
+        req: &'a mut http::Request<Body>,
+    ) -> PhaseFuture<'a> {
+        let Some(auth) = ctx.route_index().and_then(|i| self.routes[i].as_ref()) else {
+            return Box::pin(std::future::ready(Ok(Flow::Continue)));
+        };
+        Box::pin(async move {
+            let path = ctx.match_path(req.uri().path()).to_string();
+            match auth.check(req.headers_mut(), &path).await {
+                Ok(identity) => {
+                    ctx.user = identity.map(|i| i.sub);
+                    Ok(Flow::Continue)
+                }
+                Err((e, failed)) => {
+                    if failed {
+                        self.threat.signal(ctx.source(), Signal::AuthFailure);
+                    }
+                    Err(e)
+                }
+            }
+        })
+    }
+}
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

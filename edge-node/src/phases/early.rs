@@ -7,12 +7,90 @@ use std::net::IpAddr;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, header};
 use ipnet::IpNet;
 
+use std::sync::Arc;
+
+use hyper::body::Body as _;
+
 use crate::{
-    error::{EdgeError, ErrorKind},
+    error::{Body, EdgeError, ErrorKind},
     headers,
-    pipeline::RequestCtx,
+    intent::Intent,
+    policy::{Signal, ThreatEngine},
+    request::{Flow, Phase, PhaseFuture, RequestCtx},
     target::PathSettings,
 };
+
+/// The early phase: the client, the authority and the canonical target; the intent
+/// model's features (taken from the request as the client sent it); header hygiene;
+/// a declared body over the limit; probes of blocked paths.
+pub struct EarlyPhase {
+    pub trusted_proxies: Vec<IpNet>,
+    pub path_policy: PathSettings,
+    pub max_body_bytes: u64,
+    pub threat: Arc<ThreatEngine>,
+    pub intent: Option<Arc<Intent>>,
+}
+
+impl Phase for EarlyPhase {
+    fn name(&self) -> &'static str {
+        "early"
+    }
+
+    fn early_request<'a>(
+        &'a self,
+        ctx: &'a mut RequestCtx,
+        req: &'a mut Request<Body>,
+    ) -> PhaseFuture<'a> {
+        Box::pin(std::future::ready(
+            self.check(ctx, req).map(|()| Flow::Continue),
+        ))
+    }
+}
+
+impl EarlyPhase {
+    fn check(&self, ctx: &mut RequestCtx, req: &mut Request<Body>) -> Result<(), EdgeError> {
+        // Taken before hygiene removes the hop-by-hop headers that carry it.
+        if let Some(upgrade) = super::upgrade::requested(req) {
+            ctx.state.put(upgrade);
+        }
+        on_request(ctx, req, &self.trusted_proxies, self.path_policy)?;
+        // The intent model learnt from requests as clients send them: their features
+        // are taken before any header is removed (on the canonical target).
+        if let Some(i) = &self.intent {
+            ctx.intent_features =
+                Some(i.features(req.method(), req.uri(), req.headers(), ctx.client_ip));
+        }
+        strip_client_headers(req.headers_mut());
+        if self.max_body_bytes != 0
+            && let Some(len) = req.body().size_hint().exact()
+            && len > self.max_body_bytes
+        {
+            return Err(EdgeError::new(
+                ErrorKind::PayloadTooLarge,
+                format!("body of {len} bytes, limit {}", self.max_body_bytes),
+            ));
+        }
+        // Routes, role rules and blocked paths match the path without segment
+        // parameters (and without case where configured).
+        if let std::borrow::Cow::Owned(p) =
+            crate::target::match_form(req.uri().path(), self.path_policy)
+        {
+            ctx.match_path = Some(p);
+        }
+        // What a probe's signal may do is the policy's decision (`policy::Source`).
+        if self
+            .threat
+            .is_blocked_path(ctx.match_path(req.uri().path()))
+        {
+            self.threat.signal(ctx.source(), Signal::BlockedPath);
+            return Err(EdgeError::new(
+                ErrorKind::NoRoute,
+                "probe of a blocked path",
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// Headers that describe one hop's connection and must not be forwarded (RFC 9110 7.6.1).
 /// Names, not strings: a `&str` would be parsed into a name on every lookup.
@@ -238,7 +316,7 @@ pub fn on_request<B>(
     client_behind_proxies(ctx, req, trusted);
     ctx.validated = req
         .extensions()
-        .get::<crate::pipeline::EarlyData>()
+        .get::<crate::request::EarlyData>()
         .is_none();
     ctx.host = request_host(req)?;
     canonicalize_target(req, path_policy)?;

@@ -30,8 +30,53 @@ use tracing::debug;
 
 use crate::{
     error::{Body, BoxError},
+    request::{Flow, Phase, PhaseFuture, Reply, RequestCtx},
     upstream::balance::stable_hash,
 };
+
+/// The personalize phase: the request's variant (told to the origin, part of the cache
+/// key), the variant's HTML edits on what the origin answers (before the cache keeps
+/// it), and the sticky cookie on every response.
+pub struct PersonalizePhase {
+    /// Per route (by index).
+    pub routes: Vec<Option<Arc<Experiment>>>,
+}
+
+/// The experiment and variant of a request.
+struct Assigned(Arc<Experiment>, Assignment);
+
+impl Phase for PersonalizePhase {
+    fn name(&self) -> &'static str {
+        "personalize"
+    }
+
+    fn request<'a>(
+        &'a self,
+        ctx: &'a mut RequestCtx,
+        req: &'a mut http::Request<Body>,
+    ) -> PhaseFuture<'a> {
+        if let Some(e) = ctx.route_index().and_then(|i| self.routes[i].as_ref()) {
+            let a = e.assign(req.headers(), ctx.user.as_deref());
+            e.forward(a, req.headers_mut());
+            ctx.variant = Some(e.variant_name(a).to_string());
+            ctx.state.put(Assigned(e.clone(), a));
+        }
+        Box::pin(std::future::ready(Ok(Flow::Continue)))
+    }
+
+    fn origin_response(&self, ctx: &mut RequestCtx, reply: Reply) -> Reply {
+        match ctx.state.get::<Assigned>() {
+            Some(Assigned(e, a)) => reply.map(|resp| e.rewrite(*a, resp)),
+            None => reply,
+        }
+    }
+
+    fn response(&self, ctx: &mut RequestCtx, resp: &mut Response<Body>) {
+        if let Some(Assigned(e, a)) = ctx.state.get::<Assigned>() {
+            e.set_cookie(*a, resp, ctx.scheme == "https");
+        }
+    }
+}
 
 /// `[route.experiment]`
 #[derive(Debug, Clone, Deserialize)]

@@ -10,10 +10,69 @@ use http::{HeaderMap, HeaderName, HeaderValue, header};
 use serde::Deserialize;
 
 use crate::{
-    error::{EdgeError, ErrorKind},
+    error::{Body, EdgeError, ErrorKind},
     limits::{Decision, KeyedLimiter},
+    policy::{Signal, ThreatEngine},
+    request::{Flow, Phase, PhaseFuture, RequestCtx},
     upstream::balance::stable_hash,
 };
+
+/// The rate-limit phase: every limit of the route; the tightest one's fields go on
+/// the response.
+pub struct RateLimitPhase {
+    /// Per route (by index).
+    pub routes: Vec<Vec<RateLimit>>,
+    pub threat: Arc<ThreatEngine>,
+}
+
+/// The RateLimit fields of a request that passed, for its response.
+struct LimitFields(Vec<(HeaderName, HeaderValue)>);
+
+impl Phase for RateLimitPhase {
+    fn name(&self) -> &'static str {
+        "rate_limit"
+    }
+
+    fn request<'a>(
+        &'a self,
+        ctx: &'a mut RequestCtx,
+        req: &'a mut http::Request<Body>,
+    ) -> PhaseFuture<'a> {
+        Box::pin(std::future::ready(self.check(ctx, req)))
+    }
+
+    fn response(&self, ctx: &mut RequestCtx, resp: &mut http::Response<Body>) {
+        if let Some(LimitFields(fields)) = ctx.state.take() {
+            for (k, v) in fields {
+                resp.headers_mut().insert(k, v);
+            }
+        }
+    }
+}
+
+impl RateLimitPhase {
+    fn check(&self, ctx: &mut RequestCtx, req: &http::Request<Body>) -> Result<Flow, EdgeError> {
+        let Some(limits) = ctx
+            .route_index()
+            .map(|i| &self.routes[i])
+            .filter(|l| !l.is_empty())
+        else {
+            return Ok(Flow::Continue);
+        };
+        let fields = check(
+            limits,
+            // An IPv6 client by its source prefix, as scores and the kernel count it.
+            self.threat.key(ctx.client_ip),
+            ctx.user.as_deref(),
+            req.headers(),
+        )
+        .inspect_err(|_| {
+            self.threat.signal(ctx.source(), Signal::RateLimited);
+        })?;
+        ctx.state.put(LimitFields(fields));
+        Ok(Flow::Continue)
+    }
+}
 
 /// `[[route.rate_limit]]`
 #[derive(Debug, Clone, Deserialize)]

@@ -8,9 +8,59 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde::Deserialize;
 
 use crate::{
-    error::{EdgeError, ErrorKind},
+    error::{Body, EdgeError, ErrorKind},
+    request::{Flow, Phase, PhaseFuture, RequestCtx, RouteInfo},
     upstream::Upstream,
 };
+
+/// The route phase: the first route that matches the request, and its pools for this
+/// client.
+pub struct RoutePhase {
+    pub table: RouteTable,
+    pub geo: super::geo::Geo,
+}
+
+impl Phase for RoutePhase {
+    fn name(&self) -> &'static str {
+        "route"
+    }
+
+    fn early_request<'a>(
+        &'a self,
+        ctx: &'a mut RequestCtx,
+        req: &'a mut http::Request<Body>,
+    ) -> PhaseFuture<'a> {
+        Box::pin(std::future::ready(
+            self.route(ctx, req).map(|()| Flow::Continue),
+        ))
+    }
+}
+
+impl RoutePhase {
+    fn route(&self, ctx: &mut RequestCtx, req: &http::Request<Body>) -> Result<(), EdgeError> {
+        let route = self.table.select(
+            &ctx.host,
+            req.method(),
+            ctx.match_path(req.uri().path()),
+            req.headers(),
+        )?;
+        ctx.route = Some(route.info.clone());
+        if route.upstreams.is_empty() {
+            return Ok(());
+        }
+        let mut pools = route.pools_for(self.geo.region_of(ctx.client_ip));
+        // Pools with a server in rotation first (a region whose origins are all down
+        // or ejected is failed over); when none has one, try them anyway.
+        if pools.iter().any(|p| p.has_usable_server()) {
+            pools.retain(|p| p.has_usable_server());
+        }
+        let first = pools.first().expect("a route with pools");
+        ctx.region = first.region.clone();
+        ctx.upstream = first.name.clone();
+        ctx.pools = pools.into_iter().cloned().collect();
+        Ok(())
+    }
+}
 
 /// `[[route]]`
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +104,29 @@ pub struct RouteSettings {
     /// An A/B experiment (`[route.experiment]`; none: no personalization).
     #[serde(default)]
     pub experiment: Option<super::personalize::ExperimentSettings>,
+    /// What answers the route's requests once the phases let them through.
+    #[serde(default)]
+    pub handler: HandlerSettings,
+    /// Responses carry Server-Timing (the edge's time per step).
+    #[serde(default = "yes")]
+    pub server_timing: bool,
+}
+
+/// `handler = "proxy" | "demo" | { function = "name" }`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HandlerSettings {
+    /// The route's upstream pools, through the cache when `[route.cache]` is set.
+    #[default]
+    Proxy,
+    /// The built-in demo page.
+    Demo,
+    /// A WebAssembly component (`[[function]]` of that name).
+    Function(String),
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_prefix() -> String {
@@ -73,7 +146,9 @@ impl RouteSettings {
 
     /// The pools this route may use, in configuration order.
     pub fn pools(&self) -> Vec<&str> {
-        if self.upstreams.is_empty() {
+        if self.handler != HandlerSettings::Proxy {
+            Vec::new()
+        } else if self.upstreams.is_empty() {
             vec![self.upstream.as_str()]
         } else {
             self.upstreams.iter().map(String::as_str).collect()
@@ -113,11 +188,32 @@ impl RouteSettings {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.upstream.is_empty() == self.upstreams.is_empty() {
-            bail!(
-                "route for {:?}: give either upstream or upstreams",
-                self.hosts
-            );
+        match self.handler {
+            HandlerSettings::Proxy => {
+                if self.upstream.is_empty() == self.upstreams.is_empty() {
+                    bail!(
+                        "route for {:?}: give either upstream or upstreams",
+                        self.hosts
+                    );
+                }
+            }
+            _ => {
+                if !self.upstream.is_empty() || !self.upstreams.is_empty() {
+                    bail!(
+                        "route {}: upstream is for handler = \"proxy\"; this route's handler \
+                         is {:?}",
+                        self.display_name(),
+                        self.handler
+                    );
+                }
+                if self.cache.is_some() {
+                    bail!(
+                        "route {}: [route.cache] caches what upstreams answer: it needs \
+                         handler = \"proxy\"",
+                        self.display_name()
+                    );
+                }
+            }
         }
         if self.hosts.is_empty() {
             bail!("route to {:?}: hosts is empty", self.pools());
@@ -171,7 +267,8 @@ impl RouteSettings {
 }
 
 pub struct Route {
-    pub name: String,
+    /// What phases see of it (name, index for their per-route settings).
+    pub info: RouteInfo,
     pub hosts: Vec<String>,
     pub path_prefix: String,
     pub methods: Vec<Method>,
@@ -179,11 +276,6 @@ pub struct Route {
     pub headers: Vec<(HeaderName, Option<HeaderValue>)>,
     /// Pools in configuration order (see `RouteSettings::upstreams`).
     pub upstreams: Vec<Arc<Upstream>>,
-    pub api: bool,
-    pub auth: Option<super::auth::RouteAuth>,
-    pub limits: Vec<super::rate_limit::RateLimit>,
-    pub cache: Option<std::sync::Arc<super::cache::RouteCache>>,
-    pub experiment: Option<Arc<super::personalize::Experiment>>,
 }
 
 impl Route {

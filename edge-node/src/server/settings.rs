@@ -93,6 +93,18 @@ pub struct HttpSettings {
     /// `[http.path]`: how request paths are made canonical (`crate::target`).
     #[serde(default)]
     pub path: crate::target::PathSettings,
+    /// Responses carry `Server-Timing` with the edge's time per step (routes may turn
+    /// it off with `server_timing = false`).
+    #[serde(default = "default_server_timing")]
+    pub server_timing: bool,
+    /// `Timing-Allow-Origin` on responses with Server-Timing, so pages of these
+    /// origins can read the timings (`"*"`: any). Unset: the header is not sent.
+    #[serde(default)]
+    pub timing_allow_origin: Option<String>,
+}
+
+fn default_server_timing() -> bool {
+    true
 }
 
 fn default_listen() -> Vec<SocketAddr> {
@@ -166,6 +178,8 @@ impl Default for HttpSettings {
             upstream_connect_timeout: default_connect_timeout(),
             drain_timeout: default_drain_timeout(),
             send_timeout: default_send_timeout(),
+            server_timing: default_server_timing(),
+            timing_allow_origin: None,
             tunnel_idle_timeout: default_tunnel_idle_timeout(),
             path: crate::target::PathSettings::default(),
         }
@@ -179,6 +193,11 @@ const MAX_HEADERS: std::ops::RangeInclusive<usize> = 1..=10_000;
 
 impl HttpSettings {
     pub fn validate(&self) -> Result<()> {
+        if let Some(o) = &self.timing_allow_origin
+            && http::HeaderValue::from_str(o).is_err()
+        {
+            bail!("http.timing_allow_origin = {o:?} is not a header value");
+        }
         if !HEADER_BYTES.contains(&self.max_header_bytes) {
             bail!(
                 "http.max_header_bytes = {} is outside {}..={}",

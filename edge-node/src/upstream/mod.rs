@@ -3,7 +3,6 @@
 //! (active checks and passive ejection), timeouts, and retries within a budget.
 
 pub mod balance;
-pub mod demo;
 pub mod h1pool;
 pub mod health;
 pub mod settings;
@@ -23,7 +22,7 @@ use http::{
     request::Parts,
     uri::{Authority, PathAndQuery, Scheme},
 };
-use http_body_util::{BodyExt, Either, Empty};
+use http_body_util::{BodyExt, Either};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::{
@@ -36,7 +35,7 @@ use tracing::{debug, warn};
 use settings::{HashKey, HealthCheckSettings, OriginProtocol};
 pub use settings::{Origin, UpstreamSettings};
 
-use crate::error::{Body, BoxError, EdgeError, ErrorKind};
+use crate::error::{Body, BoxError, EdgeError, ErrorKind, empty};
 use balance::{Balancer, RetryBudget, stable_hash};
 use h1pool::{ExchangeError, H1Pool, PooledBody};
 use health::{InFlight, ServerState};
@@ -536,10 +535,6 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     out
-}
-
-fn empty() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed()
 }
 
 fn is_idempotent(m: &Method) -> bool {

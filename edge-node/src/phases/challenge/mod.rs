@@ -15,7 +15,87 @@ use ring::{digest, hmac, rand::SecureRandom};
 use serde::Deserialize;
 use tracing::warn;
 
-use crate::error::{Body, EdgeError, ErrorKind, full};
+use crate::{
+    error::{Body, EdgeError, ErrorKind, full},
+    policy::{Signal, Standing, ThreatEngine},
+    request::{Flow, Phase, PhaseFuture, RequestCtx},
+};
+
+/// The challenge phase: the page's answer (before routing: on any host served), then
+/// each request's standing (with the route known: API routes get JSON).
+pub struct ChallengePhase {
+    pub challenger: Challenger,
+    pub threat: std::sync::Arc<ThreatEngine>,
+}
+
+impl Phase for ChallengePhase {
+    fn name(&self) -> &'static str {
+        "challenge"
+    }
+
+    fn early_request<'a>(
+        &'a self,
+        ctx: &'a mut RequestCtx,
+        req: &'a mut http::Request<Body>,
+    ) -> PhaseFuture<'a> {
+        Box::pin(async move {
+            if req.uri().path() != ANSWER_PATH || req.method() != http::Method::POST {
+                return Ok(Flow::Continue);
+            }
+            let body = std::mem::replace(req.body_mut(), crate::error::empty());
+            let form = crate::body::collect_limited(body, 4096)
+                .await
+                .map_err(|e| {
+                    EdgeError::new(ErrorKind::BadRequest, format!("challenge answer: {e}"))
+                })?;
+            self.challenger
+                .answer(ctx.client_ip, &form, ctx.scheme == "https")
+                .map(Flow::Answer)
+                .inspect_err(|_| {
+                    self.threat.signal(ctx.source(), Signal::ChallengeFailed);
+                })
+        })
+    }
+
+    fn request<'a>(
+        &'a self,
+        ctx: &'a mut RequestCtx,
+        req: &'a mut http::Request<Body>,
+    ) -> PhaseFuture<'a> {
+        Box::pin(std::future::ready(self.standing(ctx, req)))
+    }
+}
+
+impl ChallengePhase {
+    fn standing(&self, ctx: &RequestCtx, req: &mut http::Request<Body>) -> Result<Flow, EdgeError> {
+        match self.threat.standing(ctx.client_ip) {
+            // The clearance cookie is the node's: never forwarded, challenged or not.
+            Standing::Clear => {
+                self.challenger.remove_clearance(req.headers_mut());
+            }
+            Standing::Drop => {
+                return Err(EdgeError::new(
+                    ErrorKind::Forbidden,
+                    "source over the drop threshold",
+                ));
+            }
+            Standing::Challenge => {
+                if !self
+                    .challenger
+                    .take_clearance(req.headers_mut(), ctx.client_ip)
+                {
+                    let back = req
+                        .uri()
+                        .path_and_query()
+                        .map_or("/", |p| p.as_str())
+                        .to_string();
+                    return Err(self.challenger.challenge(ctx.client_ip, &back, ctx.api()));
+                }
+            }
+        }
+        Ok(Flow::Continue)
+    }
+}
 
 /// Where the page posts its answer (any host the node serves).
 pub const ANSWER_PATH: &str = "/.edge-node/challenge";

@@ -1,12 +1,28 @@
 //! The built-in demo origin: a small page about the node and the request, so the
 //! embedded default shows a working edge with no origin of its own.
 
-use http::{Response, header};
+use http::{Request, Response, header};
 
 use crate::{
     error::{Body, full},
-    pipeline::RequestCtx,
+    request::{Handler, HandlerFuture, RequestCtx},
 };
+
+/// `handler = "demo"`, and routes to a `builtin = "demo"` upstream.
+pub struct DemoHandler {
+    pub node_id: String,
+}
+
+impl Handler for DemoHandler {
+    fn name(&self) -> &'static str {
+        "demo"
+    }
+
+    fn handle<'a>(&'a self, ctx: &'a mut RequestCtx, req: Request<Body>) -> HandlerFuture<'a> {
+        let page = respond(ctx, &self.node_id, req.method(), req.uri().path());
+        Box::pin(std::future::ready(Ok(page)))
+    }
+}
 
 pub fn respond(
     ctx: &RequestCtx,

@@ -20,10 +20,13 @@ use std::{
 };
 
 use anyhow::Result;
+
+mod phase;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
+pub use phase::CachePhase;
 use serde::Deserialize;
 
 use crate::{
@@ -114,8 +117,8 @@ const CLIENT_CONDITIONALS: [HeaderName; 4] = [
 
 /// What the cache decided before the origin.
 pub enum CacheStep {
-    /// Answered from a stored copy.
-    Answer(Response<Body>),
+    /// Answered from a stored copy, with its outcome (`X-Cache`).
+    Answer(Response<Body>, &'static str),
     /// The origin is needed.
     Forward(CacheFetch),
 }
@@ -140,6 +143,11 @@ pub struct CacheFetch {
 }
 
 impl CacheFetch {
+    /// Why the request goes to the origin (`X-Cache`: MISS, EXPIRED, BYPASS).
+    pub fn label(&self) -> &'static str {
+        self.label
+    }
+
     /// For a refresh nobody waits on: no client headers to answer.
     pub fn into_background(mut self) -> Self {
         self.client = HeaderMap::new();
@@ -348,7 +356,7 @@ impl RouteCache {
         self.strip(req.headers_mut(), keep);
         if !serve {
             if asked.only_if_cached {
-                return CacheStep::Answer(not_cached());
+                return CacheStep::Answer(not_cached(), "MISS");
             }
             fetch.url = Self::url(scheme, req);
             return CacheStep::Forward(fetch);
@@ -359,7 +367,10 @@ impl RouteCache {
             let now = Instant::now();
             match store.lookup(&fetch.key, req.headers(), now) {
                 Lookup::Hit(e) if e.satisfies(&asked, now) => {
-                    return CacheStep::Answer(respond(&e, &method, now, "HIT", &fetch.client));
+                    return CacheStep::Answer(
+                        respond(&e, &method, now, "HIT", &fetch.client),
+                        "HIT",
+                    );
                 }
                 // Fresh, but older than this client accepts: revalidated for it.
                 Lookup::Hit(e) => {
@@ -373,7 +384,7 @@ impl RouteCache {
                 Lookup::Miss => {}
             }
             if asked.only_if_cached {
-                return CacheStep::Answer(not_cached());
+                return CacheStep::Answer(not_cached(), "MISS");
             }
             if waited {
                 break;
@@ -397,13 +408,10 @@ impl RouteCache {
                         let e = Arc::new(e);
                         if e.is_fresh(now) && e.satisfies(&asked, now) {
                             store.insert_local(&fetch.key, e.clone());
-                            return CacheStep::Answer(respond(
-                                &e,
-                                &method,
-                                now,
+                            return CacheStep::Answer(
+                                respond(&e, &method, now, "REGIONAL-HIT", &fetch.client),
                                 "REGIONAL-HIT",
-                                &fetch.client,
-                            ));
+                            );
                         }
                         if fetch.stale.is_none() {
                             fetch.label = "EXPIRED";
@@ -424,7 +432,10 @@ impl RouteCache {
                         && let Some(e) = &fetch.stale
                         && e.usable_while_revalidating(now)
                     {
-                        return CacheStep::Answer(respond(e, &method, now, "STALE", &fetch.client));
+                        return CacheStep::Answer(
+                            respond(e, &method, now, "STALE", &fetch.client),
+                            "STALE",
+                        );
                     }
                     // Otherwise wait (bounded) for the request already fetching it: its
                     // response streams to us as it arrives, or it ends and we look
@@ -444,7 +455,7 @@ impl RouteCache {
                     .map(|s| s.clone());
                     if let Some(FillState::Streaming(partial)) = state {
                         if fetch.client.is_empty() && partial.matches(req.headers()) {
-                            return CacheStep::Answer(respond_streaming(&partial, &method));
+                            return CacheStep::Answer(respond_streaming(&partial, &method), "HIT");
                         }
                         // Conditional or Range requests are answered from the stored
                         // copy once it is complete.
