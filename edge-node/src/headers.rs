@@ -1,5 +1,6 @@
 //! Names of the non-standard headers the node reads or writes on every request, built
-//! once: a string name is parsed and validated again at each use.
+//! once (a string name is parsed and validated again at each use), and the small parsers
+//! of header values that several modules share.
 
 use http::HeaderName;
 
@@ -12,3 +13,15 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 pub const TIMING_ALLOW_ORIGIN: HeaderName = HeaderName::from_static("timing-allow-origin");
+
+/// The value of cookie `name` in the request's Cookie fields.
+pub fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}

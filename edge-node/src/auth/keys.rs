@@ -246,7 +246,7 @@ impl RemoteKeys {
         // Refresh before the document expires.
         // (The document's max-age is the provider's number: saturate, never overflow.)
         Ok(max_age.map_or(self.refresh, |m| {
-            (m.saturating_mul(4) / 5).clamp(Duration::from_secs(5), crate::config::duration::MAX)
+            (m.saturating_mul(4) / 5).clamp(Duration::from_secs(5), crate::duration::MAX)
         }))
     }
 

@@ -27,7 +27,7 @@ pub struct CacheSettings {
     pub max_bytes: u64,
     /// How long concurrent misses for one key wait for the first one's response before
     /// fetching on their own.
-    #[serde(default = "default_lock_timeout", with = "crate::config::duration")]
+    #[serde(default = "default_lock_timeout", with = "crate::duration")]
     pub lock_timeout: Duration,
     /// `[cache.regional]`: the second tier, in Redis, shared by the nodes of a region.
     #[serde(default)]

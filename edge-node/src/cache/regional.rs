@@ -35,7 +35,7 @@ pub struct RegionalSettings {
     /// `redis://[user:password@]host:port[/db]`.
     pub url: String,
     /// Longest wait for one Redis call before it counts as a miss.
-    #[serde(default = "default_timeout", with = "crate::config::duration")]
+    #[serde(default = "default_timeout", with = "crate::duration")]
     pub timeout: Duration,
     /// Prefix of every key the node writes (nodes sharing it share entries).
     #[serde(default = "default_prefix")]

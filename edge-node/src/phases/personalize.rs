@@ -88,7 +88,7 @@ pub struct ExperimentSettings {
     #[serde(default)]
     pub cookie: Option<String>,
     /// How long the cookie keeps a browser in its variant.
-    #[serde(default = "default_cookie_max_age", with = "crate::config::duration")]
+    #[serde(default = "default_cookie_max_age", with = "crate::duration")]
     pub cookie_max_age: Duration,
     /// The request header that tells the origin the variant (a client's copy is replaced).
     #[serde(default = "default_header")]
@@ -346,7 +346,8 @@ impl Experiment {
     /// Gives the request its variant: by user id when authenticated, else by its cookie,
     /// else at random by weight.
     pub fn assign(&self, headers: &HeaderMap, user: Option<&str>) -> Assignment {
-        let from_cookie = super::cookie(headers, &self.cookie).and_then(|v| self.by_name(v));
+        let from_cookie =
+            crate::headers::cookie(headers, &self.cookie).and_then(|v| self.by_name(v));
         let variant = match (user, from_cookie) {
             (Some(user), _) => {
                 self.bucket(stable_hash(format!("{}\n{user}", self.name).as_bytes()))

@@ -130,7 +130,7 @@ impl RateLimitSettings {
         // The bucket counts nanoseconds: a refill time past the longest duration would
         // overflow the arithmetic (and a year-long window is not a rate limit).
         let window = self.burst as f64 / self.per_second;
-        if window > crate::config::duration::MAX.as_secs_f64() {
+        if window > crate::duration::MAX.as_secs_f64() {
             bail!(
                 "rate_limit: burst / per_second = {window:.0} s, more than a year (365d) to refill"
             );

@@ -119,7 +119,7 @@ impl H1Pool {
     }
 
     fn slot(&self) -> usize {
-        crate::server::workers::current().map_or(0, |w| w + 1) % self.slots.len()
+        crate::workers::current().map_or(0, |w| w + 1) % self.slots.len()
     }
 
     /// The most recently used idle connection to `server` that is ready for a request

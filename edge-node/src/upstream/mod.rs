@@ -107,7 +107,7 @@ impl Upstream {
                 .headers
                 .get(name)
                 .map_or_else(ip, |v| stable_hash(v.as_bytes())),
-            HashKey::Cookie(name) => crate::phases::cookie(&parts.headers, name)
+            HashKey::Cookie(name) => crate::headers::cookie(&parts.headers, name)
                 .map_or_else(ip, |v| stable_hash(v.as_bytes())),
         }
     }
@@ -363,7 +363,7 @@ impl Pool {
         }
         let all_out = !up.states.iter().any(|s| s.usable());
         let deadline = (!up.total_timeout.is_zero()).then(|| {
-            tokio::time::Instant::from_std(crate::config::duration::instant_after(
+            tokio::time::Instant::from_std(crate::duration::instant_after(
                 std::time::Instant::now(),
                 up.total_timeout,
             ))

@@ -41,7 +41,7 @@ use crate::{
 pub struct RouteCacheSettings {
     /// Lifetime of responses the origin gives none (`0s`: store only what the origin
     /// marks fresh).
-    #[serde(default, with = "crate::config::duration")]
+    #[serde(default, with = "crate::duration")]
     pub default_ttl: Duration,
     /// Larger responses stream through without being stored.
     #[serde(default = "default_max_object")]
@@ -75,12 +75,12 @@ pub struct RouteCacheSettings {
     /// timed out, 5xx), unless the response's own `stale-if-error` says otherwise. Not
     /// for responses that forbid stale use (no-cache, must-revalidate, proxy-revalidate,
     /// s-maxage).
-    #[serde(default, with = "crate::config::duration")]
+    #[serde(default, with = "crate::duration")]
     pub stale_if_error: Duration,
     /// How long past expiry a stored copy answers at once while a background request
     /// refreshes it, unless the response's own `stale-while-revalidate` says otherwise
     /// (not for responses that forbid stale use, as above).
-    #[serde(default, with = "crate::config::duration")]
+    #[serde(default, with = "crate::duration")]
     pub stale_while_revalidate: Duration,
 }
 
@@ -246,7 +246,7 @@ impl RouteCache {
             }
         }
         for c in &self.key_cookies {
-            match super::cookie(req.headers(), c) {
+            match crate::headers::cookie(req.headers(), c) {
                 Some(v) => m.field(b'c', c.as_bytes()).field(b'=', v.as_bytes()),
                 None => m.field(b'n', c.as_bytes()),
             };
@@ -283,7 +283,7 @@ impl RouteCache {
         let cookies: Vec<String> = self
             .key_cookies
             .iter()
-            .filter_map(|c| super::cookie(headers, c).map(|v| format!("{c}={v}")))
+            .filter_map(|c| crate::headers::cookie(headers, c).map(|v| format!("{c}={v}")))
             .collect();
         let doomed: Vec<HeaderName> = headers
             .keys()
@@ -440,11 +440,10 @@ impl RouteCache {
                     // Otherwise wait (bounded) for the request already fetching it: its
                     // response streams to us as it arrives, or it ends and we look
                     // again (still missing: fetch too).
-                    let deadline =
-                        tokio::time::Instant::from_std(crate::config::duration::instant_after(
-                            std::time::Instant::now(),
-                            store.lock_timeout,
-                        ));
+                    let deadline = tokio::time::Instant::from_std(crate::duration::instant_after(
+                        std::time::Instant::now(),
+                        store.lock_timeout,
+                    ));
                     let state = tokio::time::timeout_at(
                         deadline,
                         rx.wait_for(|s| !matches!(s, FillState::Pending)),

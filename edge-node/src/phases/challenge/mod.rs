@@ -116,7 +116,7 @@ pub struct ChallengeSettings {
     #[serde(default = "default_difficulty")]
     pub difficulty: u32,
     /// How long a clearance lasts.
-    #[serde(default = "default_ttl", with = "crate::config::duration")]
+    #[serde(default = "default_ttl", with = "crate::duration")]
     pub clearance_ttl: Duration,
     /// The clearance cookie's name (never forwarded to origins).
     #[serde(default = "default_cookie")]
@@ -299,7 +299,7 @@ impl Challenger {
         let Ok(exp_secs) = exp.parse::<u64>() else {
             return false;
         };
-        exp_secs > super::unix_now() && self.signed_by_us(&format!("clear|{ip}|{exp}"), sig)
+        exp_secs > crate::clock::unix_now() && self.signed_by_us(&format!("clear|{ip}|{exp}"), sig)
     }
 
     /// The challenge: an HTML page doing the work (browsers), or a JSON 429 (APIs).
@@ -310,7 +310,7 @@ impl Challenger {
             err.json = true;
             return err.with_header(header::RETRY_AFTER, "60");
         }
-        let exp = super::unix_now() + 300;
+        let exp = crate::clock::unix_now() + 300;
         let mut nonce = [0u8; 12];
         let _ = self.rng.fill(&mut nonce);
         let rand = B64.encode(nonce);
@@ -337,7 +337,7 @@ impl Challenger {
 
     /// A clearance for `ip`, valid for `clearance_ttl` (the cookie's value).
     pub fn clearance(&self, ip: IpAddr) -> String {
-        let exp = super::unix_now().saturating_add(self.ttl.as_secs());
+        let exp = crate::clock::unix_now().saturating_add(self.ttl.as_secs());
         format!("v1.{exp}.{}", self.sign(&format!("clear|{ip}|{exp}")))
     }
 
@@ -376,7 +376,9 @@ impl Challenger {
             else {
                 return false;
             };
-            let fresh = exp.parse::<u64>().is_ok_and(|e| e > super::unix_now());
+            let fresh = exp
+                .parse::<u64>()
+                .is_ok_and(|e| e > crate::clock::unix_now());
             let ours = self.signed_by_us(&format!("pow|{ip}|{exp}|{rand}"), sig);
             let work = nonce.len() <= 20
                 && nonce.bytes().all(|b| b.is_ascii_digit())
