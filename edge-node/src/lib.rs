@@ -15,7 +15,7 @@
 //! 8. `upstream`, `cache`, `auth`, `policy`, `intent`, then `xdp` and `limits`;
 //! 9. leaves, the small helpers everything shares: `body` (over `error`), `error`,
 //!    `headers` (names and value parsers), `target`, `tls`, `workers`, `sync`,
-//!    `duration`, `clock`.
+//!    `duration`, `clock`, `hash`.
 
 pub mod admin;
 pub mod app;
@@ -27,6 +27,7 @@ pub mod config;
 pub mod duration;
 pub mod error;
 pub mod handlers;
+pub mod hash;
 pub mod headers;
 pub mod intent;
 #[cfg(test)]

@@ -30,8 +30,8 @@ use tracing::debug;
 
 use crate::{
     error::{Body, BoxError},
+    hash::stable_hash,
     request::{Flow, Phase, PhaseFuture, Reply, RequestCtx},
-    upstream::balance::stable_hash,
 };
 
 /// The personalize phase: the request's variant (told to the origin, part of the cache

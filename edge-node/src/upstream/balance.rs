@@ -11,24 +11,10 @@ use std::{
 };
 
 use super::{health::ServerState, settings::Balance};
+use crate::hash::stable_hash;
 
 /// Points per server on the ring: enough that load spreads evenly over a few servers.
 const RING_POINTS: u32 = 160;
-
-/// A stable 64-bit hash (FNV-1a, then a murmur3 finalizer for avalanche): the same key
-/// lands on the same server on every node of a fleet and across restarts.
-pub fn stable_hash(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in data {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
-}
 
 pub struct Balancer {
     policy: Balance,

@@ -363,12 +363,7 @@ impl H1Pool {
 }
 
 fn closes(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+    crate::headers::has_token(headers, header::CONNECTION, "close")
 }
 
 /// A connection waiting for its response body to end before it is reused.

@@ -35,8 +35,11 @@ use tracing::{debug, warn};
 use settings::{HashKey, HealthCheckSettings, OriginProtocol};
 pub use settings::{Origin, UpstreamSettings};
 
-use crate::error::{Body, BoxError, EdgeError, ErrorKind, empty};
-use balance::{Balancer, RetryBudget, stable_hash};
+use crate::{
+    error::{Body, BoxError, EdgeError, ErrorKind, empty},
+    hash::stable_hash,
+};
+use balance::{Balancer, RetryBudget};
 use h1pool::{ExchangeError, H1Pool, PooledBody};
 use health::{InFlight, ServerState};
 

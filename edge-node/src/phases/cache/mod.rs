@@ -31,7 +31,7 @@ use serde::Deserialize;
 
 use crate::{
     cache::{CacheKey, Entry, Fill, FillGuard, FillState, Lookup, Partial, Store, policy},
-    error::{Body, BoxError, full},
+    error::{Body, BoxError, empty, full},
     headers,
 };
 
@@ -711,20 +711,16 @@ impl RouteCache {
             drop(fill);
             return resp;
         };
-        let vary: Vec<(HeaderName, Option<HeaderValue>)> = resp
-            .headers()
-            .get_all(header::VARY)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .map(|n| {
-                let v = request
-                    .get(&n)
-                    .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
-                (n, v)
-            })
-            .collect();
+        let vary: Vec<(HeaderName, Option<HeaderValue>)> =
+            headers::list(resp.headers(), header::VARY)
+                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                .map(|n| {
+                    let v = request
+                        .get(&n)
+                        .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
+                    (n, v)
+                })
+                .collect();
         if vary.iter().any(|(n, _)| FORWARDING.contains(&n.as_str())) {
             self.varies_on_forwarding
                 .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -866,7 +862,7 @@ fn owned(headers: &HeaderMap) -> HeaderMap {
 /// A waiter's answer: the response another request is fetching, streamed as it arrives.
 fn respond_streaming(partial: &Arc<Partial>, method: &Method) -> Response<Body> {
     let body = if *method == Method::HEAD {
-        full(Bytes::new())
+        empty()
     } else {
         partial_body(partial)
     };
@@ -1144,7 +1140,7 @@ impl Drop for Tee {
         if p.waiters() == 0 {
             return;
         }
-        let inner = std::mem::replace(&mut self.inner, crate::error::full(Bytes::new()));
+        let inner = std::mem::replace(&mut self.inner, empty());
         let rest = Tee {
             inner,
             buf: self.buf.take(),

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tracing::warn;
 
 use crate::{
-    error::{Body, EdgeError, ErrorKind, full},
+    error::{Body, EdgeError, ErrorKind, empty},
     policy::{Signal, Standing, ThreatEngine},
     request::{Flow, Phase, PhaseFuture, RequestCtx},
 };
@@ -266,16 +266,10 @@ impl Challenger {
         }
         let mut found = None;
         let mut kept = Vec::new();
-        for v in headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-        {
-            for c in v.split(';').map(str::trim).filter(|c| !c.is_empty()) {
-                match c.split_once('=') {
-                    Some((k, val)) if k == self.cookie => found = Some(val.to_string()),
-                    _ => kept.push(c.to_string()),
-                }
+        for c in crate::headers::cookies(headers) {
+            match c.split_once('=') {
+                Some((k, val)) if k == self.cookie => found = Some(val.to_string()),
+                _ => kept.push(c.to_string()),
             }
         }
         if found.is_some() {
@@ -398,7 +392,7 @@ impl Challenger {
             self.ttl.as_secs(),
             if https { "; Secure" } else { "" }
         );
-        let mut resp = Response::new(full(""));
+        let mut resp = Response::new(empty());
         *resp.status_mut() = StatusCode::SEE_OTHER;
         let h = resp.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&back) {
