@@ -185,4 +185,48 @@ mod tests {
         }
         assert!(b.withdraw() && b.withdraw() && !b.withdraw());
     }
+
+    #[test]
+    fn round_robin_takes_turns_past_servers_out_of_rotation_or_tried() {
+        let (names, states) = servers(3);
+        let b = Balancer::new(Balance::RoundRobin, &names);
+        assert!(!b.uses_key());
+        let turns: Vec<_> = (0..4).map(|_| b.pick(&states, 0, &[], false)).collect();
+        assert_eq!(turns, [Some(0), Some(1), Some(2), Some(0)]);
+        // Ejected (one failure of one allowed): skipped.
+        states[1].record_failure(1, std::time::Duration::from_secs(60));
+        for _ in 0..6 {
+            assert_ne!(b.pick(&states, 0, &[], false), Some(1));
+        }
+        // A retry goes to a server not tried yet; none left, none.
+        assert_eq!(b.pick(&states, 0, &[0, 2], false), None);
+        // Every server out: tried anyway when the caller says so.
+        for s in &states {
+            s.record_failure(1, std::time::Duration::from_secs(60));
+        }
+        assert_eq!(b.pick(&states, 0, &[], false), None);
+        assert!(b.pick(&states, 0, &[], true).is_some());
+    }
+
+    #[test]
+    fn consistent_hash_goes_round_a_server_out_of_rotation() {
+        let (names, states) = servers(3);
+        let b = Balancer::new(Balance::ConsistentHash, &names);
+        assert!(b.uses_key());
+        let key = stable_hash(b"user-7");
+        let home = b.pick(&states, key, &[], false).unwrap();
+        assert_eq!(
+            b.pick(&states, key, &[], false),
+            Some(home),
+            "the same every time"
+        );
+        states[home].record_failure(1, std::time::Duration::from_secs(60));
+        let next = b.pick(&states, key, &[], false).unwrap();
+        assert_ne!(next, home);
+        assert_eq!(
+            b.pick(&states, key, &[home], true),
+            Some(next),
+            "as for a retry"
+        );
+    }
 }

@@ -11,6 +11,8 @@ pub mod h1pool;
 pub mod health;
 mod send;
 pub mod settings;
+#[cfg(test)]
+mod test_origin;
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
@@ -205,5 +207,82 @@ impl Pool {
             fail_timeout: s.fail_timeout,
             health_check: s.health_check.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn settings(more: &str) -> UpstreamSettings {
+        let text = format!("name = \"u\"\nservers = [\"10.0.0.1:80\", \"10.0.0.2:8080\"]\n{more}");
+        let s: UpstreamSettings = toml::from_str(&text).expect("settings");
+        s.validate().expect("valid");
+        s
+    }
+
+    fn parts(uri: &str, headers: &[(&'static str, &'static str)]) -> Parts {
+        let mut req = Request::get(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn a_reload_keeps_what_was_learned_about_each_server() {
+        let pool = Pool::new(Duration::from_secs(1), 1);
+        let first = pool.upstream(&settings("max_fails = 1")).unwrap();
+        first.states[0].record_failure(1, Duration::from_secs(60));
+        // The same pool in the next configuration: the server is still out.
+        let second = pool.upstream(&settings("max_fails = 1")).unwrap();
+        assert!(Arc::ptr_eq(&first.states[0], &second.states[0]));
+        assert!(!second.states[0].usable() && second.states[1].usable());
+        assert!(second.has_usable_server());
+        second.states[1].record_failure(1, Duration::from_secs(60));
+        assert!(!first.has_usable_server());
+    }
+
+    #[test]
+    fn requests_go_to_the_chosen_server_by_its_address() {
+        let pool = Pool::new(Duration::from_secs(1), 1);
+        let up = pool.upstream(&settings("")).unwrap();
+        let path = PathAndQuery::from_static("/a?b=1");
+        assert_eq!(up.uri(1, &path), "http://10.0.0.2:8080/a?b=1");
+    }
+
+    #[test]
+    fn an_unreadable_ca_file_is_refused() {
+        let pool = Pool::new(Duration::from_secs(1), 1);
+        let err = pool
+            .upstream(&settings("tls = true\ntls_ca_file = \"/nonexistent.pem\""))
+            .err()
+            .expect("an unreadable CA file is refused");
+        assert!(format!("{err:#}").contains("tls_ca_file"), "{err:#}");
+    }
+
+    #[test]
+    fn the_hash_key_falls_back_to_the_client_address() {
+        let pool = Pool::new(Duration::from_secs(1), 1);
+        let client = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9));
+        let by_ip = stable_hash(b"192.0.2.9");
+        let key = |hash_key: &str, p: &Parts| {
+            let up = pool
+                .upstream(&settings(&format!(
+                    "balance = \"consistent_hash\"\nhash_key = \"{hash_key}\""
+                )))
+                .unwrap();
+            up.request_key(p, client)
+        };
+        let plain = parts("/p?q=1", &[]);
+        let marked = parts("/p", &[("x-shard", "7"), ("cookie", "a=1; session=s9")]);
+        assert_eq!(key("client_ip", &plain), by_ip);
+        assert_eq!(key("path", &plain), stable_hash(b"/p"));
+        assert_eq!(key("header:x-shard", &marked), stable_hash(b"7"));
+        assert_eq!(key("header:x-shard", &plain), by_ip);
+        assert_eq!(key("cookie:session", &marked), stable_hash(b"s9"));
+        assert_eq!(key("cookie:session", &plain), by_ip);
     }
 }

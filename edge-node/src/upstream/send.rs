@@ -231,3 +231,139 @@ fn is_idempotent(m: &Method) -> bool {
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::{IpAddr, Ipv4Addr, SocketAddr},
+        sync::atomic::Ordering::Relaxed,
+        time::Duration,
+    };
+
+    use super::*;
+    use crate::{
+        body::BodyReadTimeout,
+        error::full,
+        upstream::{
+            UpstreamSettings,
+            test_origin::{Answer, TestOrigin, refusing},
+        },
+    };
+
+    const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+
+    /// A pool of `servers`, tried in their order (round robin from the first), with
+    /// `more` settings.
+    fn upstream(pool: &Pool, servers: &[SocketAddr], more: &str) -> Upstream {
+        let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+        let text = format!("name = \"u\"\nservers = [{}]\n{more}", list.join(", "));
+        let s: UpstreamSettings = toml::from_str(&text).expect("settings");
+        s.validate().expect("valid");
+        pool.upstream(&s).expect("upstream")
+    }
+
+    fn pool() -> Pool {
+        Pool::new(Duration::from_secs(2), 1)
+    }
+
+    fn get() -> Request<Body> {
+        Request::get("/x").body(empty()).unwrap()
+    }
+
+    async fn text(resp: Response<Body>) -> String {
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_idempotent_request_goes_to_another_server_after_a_refused_connection() {
+        let origin = TestOrigin::start(Answer::Ok("b")).await;
+        let pool = pool();
+        let up = upstream(&pool, &[refusing(), origin.addr], "");
+        let resp = pool.send(&up, get(), true, CLIENT).await.expect("retried");
+        assert_eq!(text(resp).await, "b");
+        assert_eq!(origin.requests(), 1);
+        assert_eq!(up.states[0].failures.load(Relaxed), 1);
+        assert_eq!(up.states[0].retried.load(Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_request_with_a_body_is_never_sent_twice() {
+        let origin = TestOrigin::start(Answer::Ok("b")).await;
+        let pool = pool();
+        let up = upstream(&pool, &[refusing(), origin.addr], "");
+        let post = Request::post("/x").body(full("data")).unwrap();
+        let err = pool.send(&up, post, false, CLIENT).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::UpstreamFailed);
+        assert_eq!(origin.requests(), 0);
+        // Without a body, a POST refused before anything was sent may go elsewhere.
+        let up = upstream(&pool, &[refusing(), origin.addr], "");
+        let post = Request::post("/x").body(empty()).unwrap();
+        assert!(pool.send(&up, post, true, CLIENT).await.is_ok());
+        assert_eq!(origin.requests(), 1);
+    }
+
+    #[tokio::test]
+    async fn no_answer_in_time_is_a_gateway_timeout_not_retried() {
+        let silent = TestOrigin::start(Answer::Silent).await;
+        let other = TestOrigin::start(Answer::Ok("b")).await;
+        let pool = pool();
+        let up = upstream(
+            &pool,
+            &[silent.addr, other.addr],
+            "response_timeout = \"200ms\"",
+        );
+        let err = pool.send(&up, get(), true, CLIENT).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::UpstreamTimeout);
+        assert_eq!(err.status(), http::StatusCode::GATEWAY_TIMEOUT);
+        // The origin may be working on it: the request goes nowhere else.
+        assert_eq!((silent.requests(), other.requests()), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_total_timeout_ends_in_an_error() {
+        let origin = TestOrigin::start(Answer::Stall).await;
+        let pool = pool();
+        let up = upstream(&pool, &[origin.addr], "total_timeout = \"300ms\"");
+        let resp = pool.send(&up, get(), true, CLIENT).await.expect("the head");
+        let err = resp.into_body().collect().await.unwrap_err();
+        assert!(err.to_string().contains("total_timeout"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_pool_whose_servers_are_all_out_is_tried_anyway_and_then_unavailable() {
+        let pool = pool();
+        let up = upstream(&pool, &[refusing()], "max_fails = 1");
+        let err = pool.send(&up, get(), true, CLIENT).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::UpstreamFailed);
+        assert!(!up.has_usable_server(), "ejected after max_fails");
+        let err = pool.send(&up, get(), true, CLIENT).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::NoUpstreamAvailable);
+        assert_eq!(up.states[0].failures.load(Relaxed), 2, "tried anyway");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_client_body_is_the_clients_fault() {
+        let origin = TestOrigin::start(Answer::Silent).await;
+        let pool = pool();
+        let up = upstream(&pool, &[origin.addr], "");
+        let stalled =
+            futures_util::stream::iter([Err::<Frame<Bytes>, BoxError>(BodyReadTimeout.into())]);
+        let post = Request::post("/x")
+            .body(BodyExt::boxed(http_body_util::StreamBody::new(stalled)))
+            .unwrap();
+        let err = pool.send(&up, post, false, CLIENT).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::RequestTimeout);
+        assert_eq!(up.states[0].failures.load(Relaxed), 0, "not the origin's");
+    }
+
+    #[test]
+    fn idempotent_methods() {
+        for m in [Method::GET, Method::HEAD, Method::PUT, Method::DELETE] {
+            assert!(is_idempotent(&m), "{m}");
+        }
+        for m in [Method::POST, Method::PATCH, Method::CONNECT] {
+            assert!(!is_idempotent(&m), "{m}");
+        }
+    }
+}

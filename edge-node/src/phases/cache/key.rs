@@ -113,3 +113,110 @@ pub(super) fn authority<B>(req: &Request<B>) -> String {
         })
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::phases::cache::RouteCacheSettings;
+
+    fn route(settings: &str) -> RouteCache {
+        let s: RouteCacheSettings = toml::from_str(settings).expect("settings");
+        RouteCache::new(&s).expect("route")
+    }
+
+    fn get(uri: &str, headers: &[(&'static str, &'static str)]) -> Request<()> {
+        let mut req = Request::get(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(()).unwrap()
+    }
+
+    #[test]
+    fn the_key_holds_what_the_route_keys_on_and_nothing_else() {
+        let rc = route("key_headers = [\"accept-language\"]\nkey_cookies = [\"region\"]");
+        let key = |req: &Request<()>| rc.key("https", req, None, None).digest;
+        let base = key(&get("https://a.test/p?x=1&y=2", &[]));
+        // The query's parameters in any order, the host in any case, an unkeyed header:
+        // one entry.
+        assert_eq!(
+            key(&get("https://A.test/p?y=2&x=1", &[("user-agent", "u")])),
+            base
+        );
+        // Each keyed part makes another.
+        for other in [
+            get("https://a.test:8443/p?x=1&y=2", &[]),
+            get("https://a.test/p?x=1&y=3", &[]),
+            get("https://a.test/p?x=1&y=2", &[("accept-language", "fr")]),
+            get("https://a.test/p?x=1&y=2", &[("cookie", "region=eu")]),
+        ] {
+            assert_ne!(
+                rc.key("https", &other, None, None).digest,
+                base,
+                "{:?}",
+                other.uri()
+            );
+        }
+        let req = get("https://a.test/p?x=1&y=2", &[]);
+        // The scheme is how the client reached the node, whatever the URI says.
+        assert_ne!(rc.key("http", &req, None, None).digest, base, "the scheme");
+        assert_ne!(
+            rc.key("https", &req, Some("b"), None).digest,
+            base,
+            "the variant"
+        );
+        assert_ne!(
+            rc.key("https", &req, None, Some("b.test")).digest,
+            base,
+            "X-Forwarded-Host"
+        );
+        let canary = route("").for_route_headers(&[("x-canary".into(), "1".into())].into());
+        assert_ne!(
+            canary.key("https", &req, None, None).digest,
+            route("").key("https", &req, None, None).digest,
+            "the route's header conditions"
+        );
+        assert_eq!(RouteCache::url("https", &req), "https://a.test/p?x=1&y=2");
+    }
+
+    #[test]
+    fn only_the_key_and_the_nodes_headers_reach_the_origin_when_stripping() {
+        let client = get(
+            "http://a.test/",
+            &[
+                ("accept-language", "fr"),
+                ("user-agent", "u"),
+                ("cookie", "session=1; region=eu"),
+                ("if-none-match", "\"e\""),
+                ("x-forwarded-for", "192.0.2.1"),
+                ("x-user-id", "alice"),
+                ("x-variant", "b"),
+            ],
+        );
+        let keep = [HeaderName::from_static("x-variant")];
+        let mut headers = client.headers().clone();
+        route("").strip(&mut headers, &keep);
+        // By default only the conditionals the cache answers itself go.
+        assert!(!headers.contains_key(header::IF_NONE_MATCH));
+        assert_eq!(headers.len(), client.headers().len() - 1);
+
+        let rc = route(
+            "strip_unkeyed = true\nkey_headers = [\"accept-language\"]\nkey_cookies = [\"region\"]",
+        );
+        let mut headers = client.headers().clone();
+        rc.strip(&mut headers, &keep);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            [
+                "accept-language",
+                "cookie",
+                "x-forwarded-for",
+                "x-user-id",
+                "x-variant"
+            ]
+        );
+        assert_eq!(headers[header::COOKIE], "region=eu");
+    }
+}
