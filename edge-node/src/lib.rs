@@ -12,7 +12,8 @@
 //!    `[http]` and `[admin]`, which the pipeline reads too;
 //! 6. `handlers` (proxy, demo), then `phases`;
 //! 7. `request` (the context, the `Phase` and `Handler` traits) and `metrics`;
-//! 8. `upstream`, `cache`, `auth`, `policy`, `intent`, then `xdp` and `limits`;
+//! 8. `auth`, `upstream`, `cache`, `policy`, `intent`, `xdp`, `limits` (each over only
+//!    those after it);
 //! 9. leaves, the small helpers everything shares: `body` (over `error`), `error`,
 //!    `headers` (names and value parsers), `target`, `tls`, `workers`, `sync`,
 //!    `duration`, `clock`, `hash`.

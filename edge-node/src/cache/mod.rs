@@ -1,7 +1,7 @@
 //! The edge cache, sans-IO where it can be: what may be stored and for how long
 //! (RFC 9111 freshness from Cache-Control / Expires), cache keys, and the in-memory
 //! tier (moka, bounded by bytes) with one entry per `Vary` variant. The pipeline phase
-//! (`phases/cache.rs`) does the I/O: lookups, coalescing, and storing responses as they
+//! (`phases::cache`) does the I/O: lookups, coalescing, and storing responses as they
 //! stream to the client.
 
 pub mod policy;
