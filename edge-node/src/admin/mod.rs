@@ -2,15 +2,12 @@
 //! token. `/metrics` (Prometheus), `/readyz`, `POST /reload`, and the source policy:
 //! `GET /policy`, `POST /policy/score`, `/policy/block`, `/policy/unblock`.
 
-pub mod metrics;
+use std::sync::Arc;
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
-
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde::Deserialize;
 use tokio::{
     net::TcpListener,
     sync::{mpsc, oneshot, watch},
@@ -18,64 +15,16 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-pub use metrics::Metrics;
+// Re-exported: their old paths under `admin` keep working.
+pub use crate::{
+    config::admin::AdminSettings,
+    metrics::{self, Metrics},
+};
 
 use crate::{
     error::{Body, full},
     xdp::SharedPolicy,
 };
-
-/// `[admin]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminSettings {
-    /// Address of the admin API (keep it on a management network or loopback).
-    #[serde(default = "default_listen")]
-    pub listen: SocketAddr,
-    /// Bearer token required by every endpoint but /healthz.
-    #[serde(default)]
-    pub token: Option<String>,
-    /// A file holding the token (first line), instead of `token`.
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
-}
-
-fn default_listen() -> SocketAddr {
-    "127.0.0.1:9901".parse().expect("static")
-}
-
-impl Default for AdminSettings {
-    fn default() -> Self {
-        Self {
-            listen: default_listen(),
-            token: None,
-            token_file: None,
-        }
-    }
-}
-
-impl AdminSettings {
-    /// The token, if the admin API is configured. Without one it does not start: an
-    /// admin API nobody can authenticate to, or anybody can, is worse than none.
-    pub fn token(&self) -> Result<Option<String>> {
-        let token = match (&self.token, &self.token_file) {
-            (Some(_), Some(_)) => bail!("admin: set token or token_file, not both"),
-            (Some(t), None) => t.clone(),
-            (None, Some(f)) => std::fs::read_to_string(f)
-                .with_context(|| format!("admin.token_file {}", f.display()))?
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string(),
-            (None, None) => return Ok(None),
-        };
-        if token.len() < 16 {
-            bail!("admin token must be at least 16 characters");
-        }
-        Ok(Some(token))
-    }
-}
 
 /// What the admin API asks of the running node.
 pub type ReloadRequest = oneshot::Sender<Result<(), String>>;

@@ -223,15 +223,8 @@ impl RemoteKeys {
         if !resp.status().is_success() {
             anyhow::bail!("status {}", resp.status());
         }
-        let max_age = resp
-            .headers()
-            .get(header::CACHE_CONTROL)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.split(',')
-                    .filter_map(|d| d.trim().strip_prefix("max-age="))
-                    .find_map(|n| n.parse::<u64>().ok())
-            })
+        let max_age = crate::cache::policy::directives(resp.headers())
+            .max_age
             .map(Duration::from_secs);
         let body = Limited::new(resp.into_body(), 1 << 20)
             .collect()
@@ -246,7 +239,7 @@ impl RemoteKeys {
         // Refresh before the document expires.
         // (The document's max-age is the provider's number: saturate, never overflow.)
         Ok(max_age.map_or(self.refresh, |m| {
-            (m.saturating_mul(4) / 5).clamp(Duration::from_secs(5), crate::config::duration::MAX)
+            (m.saturating_mul(4) / 5).clamp(Duration::from_secs(5), crate::duration::MAX)
         }))
     }
 

@@ -120,7 +120,7 @@ impl JwtProvider {
     /// exp/nbf/iss/aud.
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         if let Some((id, exp)) = self.verified.get(token) {
-            if crate::phases::unix_now() <= exp.saturating_add(self.settings.leeway.as_secs()) {
+            if crate::clock::unix_now() <= exp.saturating_add(self.settings.leeway.as_secs()) {
                 return Ok(id);
             }
             self.verified.invalidate(token);

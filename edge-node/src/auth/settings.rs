@@ -20,7 +20,7 @@ pub struct JwtProviderSettings {
     #[serde(default)]
     pub audience: Vec<String>,
     /// Clock skew allowed for `exp` and `nbf`.
-    #[serde(default = "default_leeway", with = "crate::config::duration")]
+    #[serde(default = "default_leeway", with = "crate::duration")]
     pub leeway: Duration,
     /// Also take the token from this cookie (after `Authorization: Bearer`).
     #[serde(default)]
@@ -50,9 +50,9 @@ pub struct JwtProviderSettings {
     /// per `jwks_min_refetch`); the last good keys stay while the provider is down.
     #[serde(default)]
     pub jwks_url: Option<String>,
-    #[serde(default = "default_jwks_refresh", with = "crate::config::duration")]
+    #[serde(default = "default_jwks_refresh", with = "crate::duration")]
     pub jwks_refresh: Duration,
-    #[serde(default = "default_jwks_min_refetch", with = "crate::config::duration")]
+    #[serde(default = "default_jwks_min_refetch", with = "crate::duration")]
     pub jwks_min_refetch: Duration,
 }
 

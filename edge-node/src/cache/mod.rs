@@ -1,7 +1,7 @@
 //! The edge cache, sans-IO where it can be: what may be stored and for how long
 //! (RFC 9111 freshness from Cache-Control / Expires), cache keys, and the in-memory
 //! tier (moka, bounded by bytes) with one entry per `Vary` variant. The pipeline phase
-//! (`phases/cache.rs`) does the I/O: lookups, coalescing, and storing responses as they
+//! (`phases::cache`) does the I/O: lookups, coalescing, and storing responses as they
 //! stream to the client.
 
 pub mod policy;
@@ -27,7 +27,7 @@ pub struct CacheSettings {
     pub max_bytes: u64,
     /// How long concurrent misses for one key wait for the first one's response before
     /// fetching on their own.
-    #[serde(default = "default_lock_timeout", with = "crate::config::duration")]
+    #[serde(default = "default_lock_timeout", with = "crate::duration")]
     pub lock_timeout: Duration,
     /// `[cache.regional]`: the second tier, in Redis, shared by the nodes of a region.
     #[serde(default)]

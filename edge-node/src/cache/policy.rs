@@ -67,25 +67,14 @@ pub fn delta_seconds(v: &str) -> Option<u64> {
 /// qualified `private="set-cookie, x-session"` stays one member. `None` when a quoted
 /// string never ends (the value cannot be read reliably).
 fn members(value: &str) -> Option<Vec<&str>> {
-    let (mut out, mut start, mut quoted, mut escaped) = (Vec::new(), 0, false, false);
-    for (i, c) in value.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            ',' if !quoted => {
-                out.push(value[start..i].trim());
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    if quoted {
-        return None;
-    }
-    out.push(value[start..].trim());
-    out.retain(|m| !m.is_empty());
-    Some(out)
+    let (parts, closed) = crate::headers::split_unquoted(value, ',');
+    closed.then(|| {
+        parts
+            .into_iter()
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .collect()
+    })
 }
 
 pub fn directives(headers: &HeaderMap) -> Directives {
@@ -227,10 +216,7 @@ pub fn storable(
     if req.no_store || resp.no_store || resp.private {
         return None;
     }
-    if response.get_all(header::VARY).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(',').any(|f| f.trim() == "*"))
-    }) {
+    if crate::headers::list(response, header::VARY).any(|f| f == "*") {
         return None;
     }
     // RFC 9111 3.5: a request with Authorization only if the response says so.
@@ -308,14 +294,7 @@ pub fn has_validators(response: &HeaderMap) -> bool {
 /// weak comparison; `If-Modified-Since` counts only without `If-None-Match`.
 pub fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
     let etag = stored.get(header::ETAG).and_then(|v| v.to_str().ok());
-    let inm: Vec<&str> = request
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .collect();
+    let inm: Vec<&str> = crate::headers::list(request, header::IF_NONE_MATCH).collect();
     if !inm.is_empty() {
         let weak = |t: &str| t.trim_start_matches("W/").to_string();
         return inm

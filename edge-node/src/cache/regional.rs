@@ -16,7 +16,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
@@ -35,7 +35,7 @@ pub struct RegionalSettings {
     /// `redis://[user:password@]host:port[/db]`.
     pub url: String,
     /// Longest wait for one Redis call before it counts as a miss.
-    #[serde(default = "default_timeout", with = "crate::config::duration")]
+    #[serde(default = "default_timeout", with = "crate::duration")]
     pub timeout: Duration,
     /// Prefix of every key the node writes (nodes sharing it share entries).
     #[serde(default = "default_prefix")]
@@ -120,7 +120,8 @@ fn ms(d: Duration) -> u64 {
 
 /// `[FORMAT][meta length, u32 LE][meta (postcard)][body]`.
 fn encode(e: &Entry) -> Result<Vec<u8>> {
-    let stored_at = SystemTime::now() - Instant::now().saturating_duration_since(e.stored_at);
+    let stored_at = crate::clock::unix_time()
+        .saturating_sub(Instant::now().saturating_duration_since(e.stored_at));
     let meta = Meta {
         status: e.status.as_u16(),
         headers: e
@@ -128,7 +129,7 @@ fn encode(e: &Entry) -> Result<Vec<u8>> {
             .iter()
             .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
             .collect(),
-        stored_unix_ms: ms(stored_at.duration_since(UNIX_EPOCH).unwrap_or_default()),
+        stored_unix_ms: ms(stored_at),
         initial_age_ms: ms(e.initial_age),
         lifetime_ms: ms(e.lifetime),
         stale_if_error_ms: ms(e.stale_if_error),
@@ -190,9 +191,7 @@ fn decode(raw: &[u8]) -> Result<Entry> {
         })
         .collect::<Result<_>>()?;
     // Its age carries over: time in Redis counts as time in a cache.
-    let now_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let now_unix = crate::clock::unix_time();
     let in_redis = now_unix.saturating_sub(Duration::from_millis(m.stored_unix_ms));
     let now = Instant::now();
     // (An `Instant` cannot always go back that far: then the time counts as initial age.)

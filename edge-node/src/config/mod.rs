@@ -6,12 +6,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 
-pub mod duration;
+pub mod admin;
+pub mod http_settings;
+
+pub use admin::AdminSettings;
+pub use http_settings::HttpSettings;
 
 use crate::{
-    admin::AdminSettings,
     phases::{geo::GeoSettings, route::RouteSettings},
-    server::{HttpSettings, tls::CertificateSettings},
+    tls::CertificateSettings,
     upstream::UpstreamSettings,
     xdp::XdpSettings,
 };
@@ -211,7 +214,7 @@ impl Config {
                 .listen
                 .iter()
                 .chain(&self.http.tls_listen)
-                .find(|a| crate::server::settings::addresses_overlap(**a, self.admin.listen))
+                .find(|a| http_settings::addresses_overlap(**a, self.admin.listen))
         {
             return Err(anyhow::anyhow!(
                 "admin.listen {} is also an http.listen / http.tls_listen address ({taken})",
@@ -226,7 +229,7 @@ impl Config {
         if !self.http.tls_listen.is_empty() || !self.certificate.is_empty() {
             // Loads the files: a missing or mismatched key is a config error, not a
             // failed handshake later.
-            crate::server::tls::build(&self.certificate).context("in [[certificate]]")?;
+            crate::tls::build(&self.certificate).context("in [[certificate]]")?;
         }
         self.geo.open_db().context(Table::one("geo"))?;
         self.challenge.validate().context(Table::one("challenge"))?;

@@ -47,7 +47,7 @@ pub struct IntentSettings {
     pub header: String,
     /// Longest wait for a prediction; later, the request goes on without one (`0s`:
     /// never wait).
-    #[serde(default = "default_timeout", with = "crate::config::duration")]
+    #[serde(default = "default_timeout", with = "crate::duration")]
     pub timeout: Duration,
     /// Inference threads.
     #[serde(default = "default_threads")]
@@ -59,7 +59,7 @@ pub struct IntentSettings {
     #[serde(default = "default_confidence")]
     pub signal_confidence: f32,
     /// The window of the client's recent request rate (a feature).
-    #[serde(default = "default_rate_window", with = "crate::config::duration")]
+    #[serde(default = "default_rate_window", with = "crate::duration")]
     pub rate_window: Duration,
     /// Clients whose rates are tracked (least recently seen go first).
     #[serde(default = "default_max_clients")]
@@ -337,7 +337,7 @@ impl RateMeter {
             window: window.as_secs_f64(),
             clients: moka::sync::Cache::builder()
                 .max_capacity(max_clients)
-                .time_to_idle(window.saturating_mul(6).min(crate::config::duration::MAX))
+                .time_to_idle(window.saturating_mul(6).min(crate::duration::MAX))
                 .build(),
         }
     }

@@ -142,7 +142,7 @@ impl RouteAuth {
             return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
         }
         let name = self.provider.settings.cookie.as_deref()?;
-        super::cookie(headers, name)
+        crate::headers::cookie(headers, name)
     }
 
     /// Checks the request; on success the identity (if any) is in the origin-bound

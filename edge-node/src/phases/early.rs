@@ -137,11 +137,8 @@ fn client_behind_proxies<B>(ctx: &mut RequestCtx, req: &Request<B>, trusted: &[I
             .collect::<Vec<_>>()
             .join(",")
     };
-    let xff = values("x-forwarded-for");
-    let chain: Vec<String> = xff
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
+    let chain: Vec<String> = crate::headers::list(headers, "x-forwarded-for")
+        .map(str::to_string)
         .collect();
     let hop_scheme = ctx.scheme;
     let x_proto = headers
@@ -230,34 +227,11 @@ struct ForwardedElement {
     proto: Option<String>,
 }
 
-/// `value` split at `sep` outside quoted strings (a backslash escapes the next
-/// character inside quotes, RFC 9110 5.6.4).
-fn split_unquoted(value: &str, sep: char) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let (mut start, mut quoted, mut escaped) = (0, false, false);
-    for (i, c) in value.char_indices() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        match c {
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            c if c == sep && !quoted => {
-                parts.push(&value[start..i]);
-                start = i + c.len_utf8();
-            }
-            _ => {}
-        }
-    }
-    parts.push(&value[start..]);
-    parts
-}
-
 /// The elements of `Forwarded` values. An element that names a parameter twice is not
 /// believed (its `for` is no address).
 fn forwarded_elements(value: &str) -> Vec<ForwardedElement> {
-    split_unquoted(value, ',')
+    crate::headers::split_unquoted(value, ',')
+        .0
         .into_iter()
         .map(str::trim)
         .filter(|p| !p.is_empty())
@@ -269,7 +243,7 @@ fn forwarded_elements(value: &str) -> Vec<ForwardedElement> {
             };
             let mut seen = Vec::new();
             let mut repeated = false;
-            for pair in split_unquoted(raw, ';') {
+            for pair in crate::headers::split_unquoted(raw, ';').0 {
                 let Some((k, v)) = pair.split_once('=') else {
                     continue;
                 };
@@ -440,12 +414,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         any |= k == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(k);
     }
     if connection {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        let named: Vec<HeaderName> = crate::headers::list(headers, header::CONNECTION)
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
             .collect();
         for n in named {
             headers.remove(n);

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 
 use crate::{
-    admin::Metrics,
     error::Body,
     intent::Intent,
+    metrics::Metrics,
     policy::{Signal, ThreatEngine},
     request::{Flow, Phase, PhaseFuture, RequestCtx},
 };

@@ -11,10 +11,10 @@ use serde::Deserialize;
 
 use crate::{
     error::{Body, EdgeError, ErrorKind},
+    hash::stable_hash,
     limits::{Decision, KeyedLimiter},
     policy::{Signal, ThreatEngine},
     request::{Flow, Phase, PhaseFuture, RequestCtx},
-    upstream::balance::stable_hash,
 };
 
 /// The rate-limit phase: every limit of the route; the tightest one's fields go on
@@ -130,7 +130,7 @@ impl RateLimitSettings {
         // The bucket counts nanoseconds: a refill time past the longest duration would
         // overflow the arithmetic (and a year-long window is not a rate limit).
         let window = self.burst as f64 / self.per_second;
-        if window > crate::config::duration::MAX.as_secs_f64() {
+        if window > crate::duration::MAX.as_secs_f64() {
             bail!(
                 "rate_limit: burst / per_second = {window:.0} s, more than a year (365d) to refill"
             );
@@ -238,7 +238,7 @@ pub fn check(
 ) -> Result<Vec<(HeaderName, HeaderValue)>, EdgeError> {
     // CLOCK_MONOTONIC, as the XDP buckets use: never near zero, so a fresh
     // bucket (TAT 0) is never "ahead".
-    let now = crate::xdp::addr::now_ns();
+    let now = crate::clock::now_ns();
     let mut tightest: Option<(&RateLimit, Decision)> = None;
     for l in limits {
         let d = l.limiter.check(&l.key_of(client, user, headers), now);

@@ -18,7 +18,10 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::debug;
 
-use crate::error::{Body, EdgeError, ErrorKind};
+use crate::{
+    error::{Body, EdgeError, ErrorKind, empty},
+    headers,
+};
 
 /// A client's request to switch protocols, taken before the early phase strips the
 /// hop-by-hop headers that carry it.
@@ -32,13 +35,7 @@ pub fn requested<B>(req: &mut Request<B>) -> Option<Requested> {
     if req.version() != Version::HTTP_11 {
         return None;
     }
-    let asks = req
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let asks = headers::has_token(req.headers(), header::CONNECTION, "upgrade");
     let protocol = req.headers().get(header::UPGRADE)?.clone();
     if !asks {
         return None;
@@ -110,7 +107,7 @@ impl Requested {
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, protocol);
-        Response::from_parts(parts, crate::error::full(""))
+        Response::from_parts(parts, empty())
     }
 }
 

@@ -14,12 +14,12 @@ use hyper::body::Body as HttpBody;
 use tracing::{info, warn};
 
 use crate::{
-    admin::Metrics,
     auth::JwtProvider,
     config::Config,
     error::Body,
     handlers::{DemoHandler, ProxyHandler},
     headers,
+    metrics::Metrics,
     phases::{
         auth::{AuthPhase, RouteAuth},
         cache::{CachePhase, RouteCache},

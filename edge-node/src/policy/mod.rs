@@ -218,7 +218,7 @@ impl ThreatEngine {
         let fresh = s.escalated_until.is_none_or(|u| now >= u);
         if crossed && fresh && escalatable {
             let ttl = settings.block_ttl;
-            s.escalated_until = Some(crate::config::duration::instant_after(now, ttl));
+            s.escalated_until = Some(crate::duration::instant_after(now, ttl));
             drop(s);
             if let Some(tx) = &self.escalate {
                 let kernel_score = (value as u32).max(drop_threshold);

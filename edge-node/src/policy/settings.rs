@@ -26,14 +26,14 @@ pub struct ThreatSettings {
     #[serde(default = "yes")]
     pub enabled: bool,
     /// Scores halve every `half_life`.
-    #[serde(default = "default_half_life", with = "crate::config::duration")]
+    #[serde(default = "default_half_life", with = "crate::duration")]
     pub half_life: Duration,
     /// From this score on, clients must pass a challenge (0: never challenge). The drop
     /// threshold is `xdp.drop_threshold`, shared with the XDP program.
     #[serde(default = "default_challenge_threshold")]
     pub challenge_threshold: f64,
     /// How long an escalated source stays in the XDP threat map.
-    #[serde(default = "default_block_ttl", with = "crate::config::duration")]
+    #[serde(default = "default_block_ttl", with = "crate::duration")]
     pub block_ttl: Duration,
     /// Most sources scored at once (least recently seen are forgotten first).
     #[serde(default = "default_max_tracked")]

@@ -383,9 +383,7 @@ async fn request(
         // Early data whose handshake never completed: a replayed flight, most likely.
         // At most one line a second: the rate is the attacker's to choose.
         static LOGGED_AT: AtomicU64 = AtomicU64::new(u64::MAX);
-        let second = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let second = crate::clock::unix_now();
         if LOGGED_AT.swap(second, Ordering::Relaxed) != second {
             info!(%peer, method = %req.method(), path = %req.uri().path(), status = 425,
                 "HTTP/3 request from early data refused: the handshake did not complete");

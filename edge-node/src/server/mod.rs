@@ -7,9 +7,6 @@ pub mod framing;
 pub mod h2guard;
 pub mod h3;
 pub mod send_deadline;
-pub mod settings;
-pub mod tls;
-pub mod workers;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -24,8 +21,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tracing::{debug, info, warn};
 
-pub use settings::HttpSettings;
-pub use workers::Workers;
+// Re-exported: their old paths under `server` keep working.
+pub use crate::{
+    config::HttpSettings,
+    tls,
+    workers::{self, Workers},
+};
 
 use crate::pipeline::Pipeline;
 

@@ -11,24 +11,10 @@ use std::{
 };
 
 use super::{health::ServerState, settings::Balance};
+use crate::hash::stable_hash;
 
 /// Points per server on the ring: enough that load spreads evenly over a few servers.
 const RING_POINTS: u32 = 160;
-
-/// A stable 64-bit hash (FNV-1a, then a murmur3 finalizer for avalanche): the same key
-/// lands on the same server on every node of a fleet and across restarts.
-pub fn stable_hash(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in data {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
-}
 
 pub struct Balancer {
     policy: Balance,
@@ -198,5 +184,49 @@ mod tests {
             b.deposit();
         }
         assert!(b.withdraw() && b.withdraw() && !b.withdraw());
+    }
+
+    #[test]
+    fn round_robin_takes_turns_past_servers_out_of_rotation_or_tried() {
+        let (names, states) = servers(3);
+        let b = Balancer::new(Balance::RoundRobin, &names);
+        assert!(!b.uses_key());
+        let turns: Vec<_> = (0..4).map(|_| b.pick(&states, 0, &[], false)).collect();
+        assert_eq!(turns, [Some(0), Some(1), Some(2), Some(0)]);
+        // Ejected (one failure of one allowed): skipped.
+        states[1].record_failure(1, std::time::Duration::from_secs(60));
+        for _ in 0..6 {
+            assert_ne!(b.pick(&states, 0, &[], false), Some(1));
+        }
+        // A retry goes to a server not tried yet; none left, none.
+        assert_eq!(b.pick(&states, 0, &[0, 2], false), None);
+        // Every server out: tried anyway when the caller says so.
+        for s in &states {
+            s.record_failure(1, std::time::Duration::from_secs(60));
+        }
+        assert_eq!(b.pick(&states, 0, &[], false), None);
+        assert!(b.pick(&states, 0, &[], true).is_some());
+    }
+
+    #[test]
+    fn consistent_hash_goes_round_a_server_out_of_rotation() {
+        let (names, states) = servers(3);
+        let b = Balancer::new(Balance::ConsistentHash, &names);
+        assert!(b.uses_key());
+        let key = stable_hash(b"user-7");
+        let home = b.pick(&states, key, &[], false).unwrap();
+        assert_eq!(
+            b.pick(&states, key, &[], false),
+            Some(home),
+            "the same every time"
+        );
+        states[home].record_failure(1, std::time::Duration::from_secs(60));
+        let next = b.pick(&states, key, &[], false).unwrap();
+        assert_ne!(next, home);
+        assert_eq!(
+            b.pick(&states, key, &[home], true),
+            Some(next),
+            "as for a retry"
+        );
     }
 }

@@ -119,7 +119,7 @@ impl H1Pool {
     }
 
     fn slot(&self) -> usize {
-        crate::server::workers::current().map_or(0, |w| w + 1) % self.slots.len()
+        crate::workers::current().map_or(0, |w| w + 1) % self.slots.len()
     }
 
     /// The most recently used idle connection to `server` that is ready for a request
@@ -363,12 +363,7 @@ impl H1Pool {
 }
 
 fn closes(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+    crate::headers::has_token(headers, header::CONNECTION, "close")
 }
 
 /// A connection waiting for its response body to end before it is reused.
@@ -427,5 +422,65 @@ impl HttpBody for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::{
+        error::empty,
+        upstream::test_origin::{Answer, TestOrigin},
+    };
+
+    fn get(origin: &TestOrigin) -> Request<Body> {
+        Request::get(format!("http://{}/x", origin.addr))
+            .body(empty())
+            .unwrap()
+    }
+
+    /// Sends a request and reads the answer to the end, as the proxy does.
+    async fn exchange(pool: &Arc<H1Pool>, origin: &TestOrigin) -> Bytes {
+        let resp = pool.request(get(origin)).await.expect("answered");
+        resp.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_connection_read_to_the_end_serves_the_next_request() {
+        let origin = TestOrigin::start(Answer::Ok("a")).await;
+        let pool = H1Pool::new(1, Duration::from_secs(2));
+        for _ in 0..3 {
+            assert_eq!(exchange(&pool, &origin).await, "a");
+        }
+        assert_eq!((origin.connections(), origin.requests()), (1, 3));
+    }
+
+    #[tokio::test]
+    async fn connection_close_or_a_body_left_unread_retires_the_connection() {
+        let origin = TestOrigin::start(Answer::Close("a")).await;
+        let pool = H1Pool::new(1, Duration::from_secs(2));
+        exchange(&pool, &origin).await;
+        exchange(&pool, &origin).await;
+        assert_eq!(origin.connections(), 2);
+
+        let origin = TestOrigin::start(Answer::Ok("a")).await;
+        drop(pool.request(get(&origin)).await.expect("answered"));
+        exchange(&pool, &origin).await;
+        assert_eq!(origin.connections(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_says_nothing_was_sent() {
+        let addr = crate::upstream::test_origin::refusing();
+        let pool = H1Pool::new(1, Duration::from_secs(2));
+        let req = Request::get(format!("http://{addr}/"))
+            .body(empty())
+            .unwrap();
+        let Err(err) = pool.request(req).await else {
+            panic!("nothing listens there");
+        };
+        assert!(err.connect, "{err}");
     }
 }

@@ -1,75 +1,37 @@
 //! Upstream pools: the clients that reach origins (one keep-alive pool per request
 //! worker; HTTP/1.1 or HTTP/2; plain or verified TLS), server choice (`balance`), health
 //! (active checks and passive ejection), timeouts, and retries within a budget.
+//!
+//! `client`: how a pool reaches its origins; `send`: one request's attempts, retries and
+//! timeouts.
 
 pub mod balance;
+mod client;
 pub mod h1pool;
 pub mod health;
+mod send;
 pub mod settings;
+#[cfg(test)]
+mod test_origin;
 
-use std::{
-    net::IpAddr,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
-use bytes::Bytes;
 use http::{
-    HeaderValue, Method, Request, Response, Uri, header,
+    HeaderValue, Request, Uri, header,
     request::Parts,
     uri::{Authority, PathAndQuery, Scheme},
 };
-use http_body_util::{BodyExt, Either};
-use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioTimer},
-};
-use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use settings::{HashKey, HealthCheckSettings, OriginProtocol};
 pub use settings::{Origin, UpstreamSettings};
 
-use crate::error::{Body, BoxError, EdgeError, ErrorKind, empty};
-use balance::{Balancer, RetryBudget, stable_hash};
-use h1pool::{ExchangeError, H1Pool, PooledBody};
-use health::{InFlight, ServerState};
-
-type OriginClient = Client<HttpsConnector<HttpConnector>, Body>;
-
-/// How a pool reaches its origins. Either way one connection pool serves all workers.
-#[derive(Clone)]
-enum Clients {
-    /// Plain HTTP/1.1: this crate's keep-alive pool (the proxy's hot path), which
-    /// prefers connections on the requesting worker's own thread.
-    Plain(Arc<H1Pool>),
-    /// TLS or HTTP/2 origins: one general client and keep-alive pool for every worker
-    /// (an HTTP/2 origin sees one multiplexed connection, not one per core).
-    General(Box<OriginClient>),
-}
-
-type OriginResponse = Response<Either<PooledBody, Incoming>>;
-
-impl Clients {
-    /// One exchange with the server `req`'s URI names.
-    async fn request(&self, req: Request<Body>) -> Result<OriginResponse, ExchangeError> {
-        match self {
-            Self::Plain(pool) => Ok(pool.request(req).await?.map(Either::Left)),
-            Self::General(client) => match client.request(req).await {
-                Ok(r) => Ok(r.map(Either::Right)),
-                Err(e) => Err(ExchangeError {
-                    connect: e.is_connect(),
-                    source: Box::new(e),
-                }),
-            },
-        }
-    }
-}
+use crate::{error::empty, hash::stable_hash};
+use balance::{Balancer, RetryBudget};
+use client::Clients;
+use h1pool::H1Pool;
+use health::ServerState;
 
 /// A named pool of origins in one region.
 pub struct Upstream {
@@ -107,7 +69,7 @@ impl Upstream {
                 .headers
                 .get(name)
                 .map_or_else(ip, |v| stable_hash(v.as_bytes())),
-            HashKey::Cookie(name) => crate::phases::cookie(&parts.headers, name)
+            HashKey::Cookie(name) => crate::headers::cookie(&parts.headers, name)
                 .map_or_else(ip, |v| stable_hash(v.as_bytes())),
         }
     }
@@ -197,15 +159,6 @@ pub struct Pool {
     pub registry: health::Registry,
 }
 
-fn http_connector(connect_timeout: Duration) -> HttpConnector {
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_nodelay(true);
-    // The https connector wraps it: let it take https:// URIs.
-    http.enforce_http(false);
-    http
-}
-
 impl Pool {
     /// Clients for `workers` request workers (and the control runtime).
     pub fn new(connect_timeout: Duration, workers: usize) -> Self {
@@ -214,15 +167,6 @@ impl Pool {
             connect_timeout,
             registry: health::Registry::default(),
         }
-    }
-
-    fn builder() -> hyper_util::client::legacy::Builder {
-        let mut b = Client::builder(TokioExecutor::new());
-        b.pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new());
-        b
     }
 
     /// The pool of one `[[upstream]]` (validated settings).
@@ -264,282 +208,81 @@ impl Pool {
             health_check: s.health_check.clone(),
         })
     }
+}
 
-    /// Clients of its own: HTTP/2 (prior knowledge or ALPN), or TLS with the pool's
-    /// trust roots and server name.
-    fn dedicated_clients(&self, s: &UpstreamSettings) -> Result<Clients> {
-        let mut roots = rustls::RootCertStore::empty();
-        if s.tls {
-            match &s.tls_ca_file {
-                Some(path) => {
-                    for cert in CertificateDer::pem_file_iter(path)
-                        .with_context(|| format!("cannot read tls_ca_file {}", path.display()))?
-                    {
-                        let cert = cert
-                            .with_context(|| format!("tls_ca_file {}: bad PEM", path.display()))?;
-                        roots.add(cert).with_context(|| {
-                            format!("tls_ca_file {}: not a CA certificate", path.display())
-                        })?;
-                    }
-                }
-                None => {
-                    let native = rustls_native_certs::load_native_certs();
-                    for e in &native.errors {
-                        warn!(error = %e, "reading the system's CA certificates");
-                    }
-                    let (added, _) = roots.add_parsable_certificates(native.certs);
-                    if added == 0 {
-                        anyhow::bail!(
-                            "tls = true but the system has no CA certificates: set tls_ca_file"
-                        );
-                    }
-                }
-            }
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn settings(more: &str) -> UpstreamSettings {
+        let text = format!("name = \"u\"\nservers = [\"10.0.0.1:80\", \"10.0.0.2:8080\"]\n{more}");
+        let s: UpstreamSettings = toml::from_str(&text).expect("settings");
+        s.validate().expect("valid");
+        s
+    }
+
+    fn parts(uri: &str, headers: &[(&'static str, &'static str)]) -> Parts {
+        let mut req = Request::get(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
         }
-        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        tls.alpn_protocols = match s.protocol {
-            OriginProtocol::Http2 => vec![b"h2".to_vec()],
-            OriginProtocol::Http1 => vec![b"http/1.1".to_vec()],
+        req.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn a_reload_keeps_what_was_learned_about_each_server() {
+        let pool = Pool::new(Duration::from_secs(1), 1);
+        let first = pool.upstream(&settings("max_fails = 1")).unwrap();
+        first.states[0].record_failure(1, Duration::from_secs(60));
+        // The same pool in the next configuration: the server is still out.
+        let second = pool.upstream(&settings("max_fails = 1")).unwrap();
+        assert!(Arc::ptr_eq(&first.states[0], &second.states[0]));
+        assert!(!second.states[0].usable() && second.states[1].usable());
+        assert!(second.has_usable_server());
+        second.states[1].record_failure(1, Duration::from_secs(60));
+        assert!(!first.has_usable_server());
+    }
+
+    #[test]
+    fn requests_go_to_the_chosen_server_by_its_address() {
+        let pool = Pool::new(Duration::from_secs(1), 1);
+        let up = pool.upstream(&settings("")).unwrap();
+        let path = PathAndQuery::from_static("/a?b=1");
+        assert_eq!(up.uri(1, &path), "http://10.0.0.2:8080/a?b=1");
+    }
+
+    #[test]
+    fn an_unreadable_ca_file_is_refused() {
+        let pool = Pool::new(Duration::from_secs(1), 1);
+        let err = pool
+            .upstream(&settings("tls = true\ntls_ca_file = \"/nonexistent.pem\""))
+            .err()
+            .expect("an unreadable CA file is refused");
+        assert!(format!("{err:#}").contains("tls_ca_file"), "{err:#}");
+    }
+
+    #[test]
+    fn the_hash_key_falls_back_to_the_client_address() {
+        let pool = Pool::new(Duration::from_secs(1), 1);
+        let client = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9));
+        let by_ip = stable_hash(b"192.0.2.9");
+        let key = |hash_key: &str, p: &Parts| {
+            let up = pool
+                .upstream(&settings(&format!(
+                    "balance = \"consistent_hash\"\nhash_key = \"{hash_key}\""
+                )))
+                .unwrap();
+            up.request_key(p, client)
         };
-        let http = http_connector(self.connect_timeout);
-        let connector = match &s.tls_server_name {
-            Some(name) => HttpsConnector::new(
-                http,
-                tls,
-                s.tls,
-                Arc::new(FixedServerNameResolver::new(ServerName::try_from(
-                    name.clone(),
-                )?)),
-            ),
-            None => HttpsConnector::new(
-                http,
-                tls,
-                s.tls,
-                Arc::new(hyper_rustls::DefaultServerNameResolver::default()),
-            ),
-        };
-        let mut b = Self::builder();
-        if s.protocol == OriginProtocol::Http2 {
-            b.http2_only(true);
-        }
-        Ok(Clients::General(Box::new(b.build(connector))))
+        let plain = parts("/p?q=1", &[]);
+        let marked = parts("/p", &[("x-shard", "7"), ("cookie", "a=1; session=s9")]);
+        assert_eq!(key("client_ip", &plain), by_ip);
+        assert_eq!(key("path", &plain), stable_hash(b"/p"));
+        assert_eq!(key("header:x-shard", &marked), stable_hash(b"7"));
+        assert_eq!(key("header:x-shard", &plain), by_ip);
+        assert_eq!(key("cookie:session", &marked), stable_hash(b"s9"));
+        assert_eq!(key("cookie:session", &plain), by_ip);
     }
-
-    /// Sends `req` to one of the upstream's servers; on a connection failure, another
-    /// server while the retry budget allows (only requests that can be sent twice).
-    pub async fn send(
-        &self,
-        up: &Upstream,
-        req: Request<Body>,
-        body_is_empty: bool,
-        client_ip: IpAddr,
-    ) -> Result<Response<Body>, EdgeError> {
-        let (parts, body) = req.into_parts();
-        // A body cannot be replayed; a request without one can, when nothing reached
-        // the origin (connect failures) or the method is idempotent.
-        let replayable = body_is_empty;
-        let idempotent = is_idempotent(&parts.method);
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        // Hashing the key (the client IP formatted, by default) is work only the hash
-        // ring needs.
-        let key = if up.balancer.uses_key() {
-            up.request_key(&parts, client_ip)
-        } else {
-            0
-        };
-        // Retries go to another server: a pool of one has no use for the budget (and its
-        // lock, shared by every worker).
-        if up.servers.len() > 1 {
-            up.budget.deposit();
-        }
-        let all_out = !up.states.iter().any(|s| s.usable());
-        let deadline = (!up.total_timeout.is_zero()).then(|| {
-            tokio::time::Instant::from_std(crate::config::duration::instant_after(
-                std::time::Instant::now(),
-                up.total_timeout,
-            ))
-        });
-        let may_retry = replayable && up.servers.len() > 1;
-        let mut parts = Some(parts);
-        let mut body = Some(body);
-        let mut tried: Vec<usize> = Vec::new();
-        let mut last_error = None;
-        while let Some(i) = up.balancer.pick(&up.states, key, &tried, all_out) {
-            if let Some(&prev) = tried.last() {
-                if !up.budget.withdraw() {
-                    up.states[prev]
-                        .retry_denied
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    warn!(upstream = %up.name, "retry budget exhausted; not retrying");
-                    break;
-                }
-                up.states[prev]
-                    .retried
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            tried.push(i);
-            let (server, state) = (&up.servers[i], &up.states[i]);
-            // Parts are cloned only while another attempt may still need them.
-            let p = if may_retry {
-                parts.clone()
-            } else {
-                parts.take()
-            };
-            let Some(p) = p else { break };
-            let mut out = Request::from_parts(p, empty());
-            *out.uri_mut() = up.uri(i, &path);
-            *out.version_mut() = http::Version::HTTP_11;
-            if let Some(b) = body.take() {
-                *out.body_mut() = b;
-            }
-            let in_flight = state.begin();
-            let mut wait = up.response_timeout;
-            if let Some(d) = deadline {
-                wait = wait.min(d.saturating_duration_since(tokio::time::Instant::now()));
-            }
-            match tokio::time::timeout(wait, up.clients.request(out)).await {
-                Err(_) => {
-                    state.record_failure(up.max_fails, up.fail_timeout);
-                    // The origin may be working on it: never sent twice.
-                    return Err(EdgeError::new(
-                        ErrorKind::UpstreamTimeout,
-                        format!("{} ({server}): no response within {wait:?}", up.name),
-                    ));
-                }
-                Ok(Ok(resp)) => {
-                    state.record_success();
-                    return Ok(resp.map(|b| {
-                        OriginBody {
-                            inner: b,
-                            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
-                            _in_flight: in_flight,
-                        }
-                        .boxed()
-                    }));
-                }
-                Ok(Err(e)) => {
-                    if let Some(client_fault) = request_body_fault(&e) {
-                        return Err(client_fault);
-                    }
-                    state.record_failure(up.max_fails, up.fail_timeout);
-                    last_error = Some(format!("{} ({server}): {}", up.name, chain(&e)));
-                    let nothing_sent = e.connect;
-                    if !replayable || !(nothing_sent || idempotent) {
-                        break;
-                    }
-                }
-            }
-        }
-        let detail = last_error.unwrap_or_else(|| format!("{}: no server to try", up.name));
-        // Every server was already out of rotation (tried anyway, in case the verdict
-        // was stale): the pool is known to be down, a 503 rather than a 502.
-        if all_out {
-            return Err(EdgeError::new(
-                ErrorKind::NoUpstreamAvailable,
-                format!(
-                    "no server of {} in rotation; tried anyway: {detail}",
-                    up.name
-                ),
-            ));
-        }
-        Err(EdgeError::new(ErrorKind::UpstreamFailed, detail))
-    }
-}
-
-/// A response body from an origin: counts as in flight until done, and ends with an
-/// error at the pool's total timeout.
-struct OriginBody {
-    inner: Either<PooledBody, Incoming>,
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    _in_flight: InFlight,
-}
-
-impl HttpBody for OriginBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        if let Some(d) = &mut this.deadline
-            && d.as_mut().poll(cx).is_ready()
-        {
-            return Poll::Ready(Some(Err("origin response exceeded total_timeout".into())));
-        }
-        Pin::new(&mut this.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// The exchange failed because of the client's request body (over the size limit, or
-/// the client's connection broke mid-body): the client's error, not the origin's.
-fn request_body_fault(e: &(dyn std::error::Error + 'static)) -> Option<EdgeError> {
-    let mut cur = Some(e);
-    let mut in_user_body = false;
-    while let Some(err) = cur {
-        if err.is::<crate::body::BodyReadTimeout>() {
-            return Some(EdgeError::new(
-                ErrorKind::RequestTimeout,
-                "request body stalled past http.body_read_timeout",
-            ));
-        }
-        if err.is::<http_body_util::LengthLimitError>() {
-            return Some(EdgeError::new(
-                ErrorKind::PayloadTooLarge,
-                "request body over http.max_body_bytes",
-            ));
-        }
-        if let Some(h) = err.downcast_ref::<hyper::Error>() {
-            if in_user_body {
-                // The client's own connection failed while its body was relayed.
-                return Some(EdgeError::new(
-                    ErrorKind::BadRequest,
-                    format!("request body: {h}"),
-                ));
-            }
-            in_user_body = h.is_user();
-        }
-        cur = err.source();
-    }
-    None
-}
-
-/// An error and its causes, one line.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let more = c.to_string();
-        if !out.contains(&more) {
-            out.push_str(": ");
-            out.push_str(&more);
-        }
-        cur = c.source();
-    }
-    out
-}
-
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
 }

@@ -41,16 +41,16 @@ pub struct UpstreamSettings {
     #[serde(default)]
     pub tls_ca_file: Option<PathBuf>,
     /// Time the origin has to start answering (response head).
-    #[serde(default = "default_response_timeout", with = "crate::config::duration")]
+    #[serde(default = "default_response_timeout", with = "crate::duration")]
     pub response_timeout: Duration,
     /// Time for the whole exchange, response body included; 0 = no limit.
-    #[serde(default, with = "crate::config::duration")]
+    #[serde(default, with = "crate::duration")]
     pub total_timeout: Duration,
     /// Passive health: this many failures in a row (refused or broken connections,
     /// timeouts) take a server out of rotation for `fail_timeout`; 0 = never.
     #[serde(default = "default_max_fails")]
     pub max_fails: u32,
-    #[serde(default = "default_fail_timeout", with = "crate::config::duration")]
+    #[serde(default = "default_fail_timeout", with = "crate::duration")]
     pub fail_timeout: Duration,
     /// Retries (another server after a connection failure) allowed as a fraction of
     /// requests, on top of `retry_budget_min_per_sec`: a struggling pool is not hit by
@@ -91,9 +91,9 @@ pub struct HealthCheckSettings {
     /// Host header of the probe (default: the server's address).
     #[serde(default)]
     pub host: Option<String>,
-    #[serde(default = "default_interval", with = "crate::config::duration")]
+    #[serde(default = "default_interval", with = "crate::duration")]
     pub interval: Duration,
-    #[serde(default = "default_probe_timeout", with = "crate::config::duration")]
+    #[serde(default = "default_probe_timeout", with = "crate::duration")]
     pub timeout: Duration,
     /// Passes in a row that bring a server back.
     #[serde(default = "default_healthy_threshold")]

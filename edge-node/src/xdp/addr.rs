@@ -1,5 +1,5 @@
-//! Conversions between std/ipnet addresses and the kernel's 16-byte mapped form, and the
-//! clock the kernel uses for expiries.
+//! Conversions between std/ipnet addresses and the kernel's 16-byte mapped form, and
+//! expiries on the clock the kernel uses (`clock::now_ns`).
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -8,6 +8,8 @@ use std::{
 
 use edge_common::{Addr16, V4_MAPPED_PREFIX_BITS, map_v4, source_key};
 use ipnet::IpNet;
+
+use crate::clock::now_ns;
 
 pub fn addr16(ip: IpAddr) -> Addr16 {
     match ip {
@@ -66,18 +68,6 @@ pub fn prefix_matches(a: &Addr16, b: &Addr16, len: u32) -> bool {
 pub fn net_holds(net: IpNet, ip: IpAddr) -> bool {
     let (data, len) = prefix16(net);
     prefix_matches(&data, &addr16(ip), len)
-}
-
-/// Nanoseconds of CLOCK_MONOTONIC: the clock of `bpf_ktime_get_coarse_ns`.
-pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists on Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC)");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Absolute monotonic expiry of a TTL (0 = never).

@@ -12,9 +12,10 @@ use edge_common::{
 use ipnet::IpNet;
 
 use super::{
-    addr::{canonical, expiry, net_holds, now_ns, source_net},
+    addr::{canonical, expiry, net_holds, source_net},
     maps::{Listing, PinnedMaps},
 };
+use crate::clock::now_ns;
 
 /// Operations on the allow/block/threat tables and the verdict for a source.
 pub trait SourcePolicy: Send {

@@ -20,7 +20,6 @@ use edge_common::{AttachMode, AttachRecord, PROGRAM_NAME};
 use tracing::{info, warn};
 
 use super::{
-    addr::now_ns,
     maps::PinnedMaps,
     settings::{ModeSetting, XdpSettings},
 };
@@ -212,7 +211,7 @@ pub fn attach(
         mode: mode as u32,
         prog_id,
         persistent: persistent as u32,
-        attached_at_ns: now_ns(),
+        attached_at_ns: crate::clock::now_ns(),
     };
     maps.record_attach(rec)?;
     info!(interface, ifindex, mode = ?mode, prog_id, persistent, "XDP program attached");

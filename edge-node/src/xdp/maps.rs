@@ -15,9 +15,8 @@ use edge_common::{
 };
 use ipnet::IpNet;
 
-use super::addr::{
-    addr16, expiry, net_from_prefix16, now_ns, prefix_matches, prefix16, source_net,
-};
+use super::addr::{addr16, expiry, net_from_prefix16, prefix_matches, prefix16, source_net};
+use crate::clock::now_ns;
 
 /// Everything the policy tables hold, for `xdp list` and the admin API.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -58,7 +58,7 @@ fn random_seed() -> u64 {
         u64::from_ne_bytes(b)
     } else {
         // Never 0: 0 would mean "no seed yet" on the next start.
-        addr::now_ns() | 1
+        crate::clock::now_ns() | 1
     }
 }
 

@@ -225,3 +225,282 @@ fn request_parts(req: &Request<Body>) -> http::request::Parts {
     *copy.headers_mut() = req.headers().clone();
     copy.into_parts().0
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::{Response, StatusCode, header};
+
+    use super::*;
+    use crate::{
+        cache::CacheSettings,
+        error::{EdgeError, ErrorKind, full},
+        request::RouteInfo,
+    };
+
+    /// The phase with one route caching by `settings` (`[route.cache]`), an empty store
+    /// and no pools (nothing here goes to an origin by itself).
+    fn phase(settings: &str) -> CachePhase {
+        let settings = toml::from_str(settings).expect("route cache settings");
+        CachePhase {
+            store: Store::new(&CacheSettings::default()).expect("store"),
+            pool: Pool::new(Duration::from_secs(1), 1),
+            node_headers: Vec::new(),
+            routes: vec![Some(Arc::new(RouteCache::new(&settings).expect("route")))],
+        }
+    }
+
+    fn context() -> RequestCtx {
+        let mut ctx = RequestCtx::new("192.0.2.7:40000".parse().unwrap());
+        ctx.host = "app.test".into();
+        ctx.route = Some(RouteInfo {
+            index: 0,
+            name: "app".into(),
+            api: false,
+            server_timing: false,
+        });
+        ctx
+    }
+
+    fn request(method: Method, path: &str) -> Request<Body> {
+        Request::builder()
+            .method(method)
+            .uri(format!("http://app.test{path}"))
+            .header(header::HOST, "app.test")
+            .body(empty())
+            .unwrap()
+    }
+
+    /// An origin's answer.
+    fn reply(status: u16, headers: &[(&'static str, &'static str)], body: &'static str) -> Reply {
+        let mut resp = Response::new(full(body));
+        *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, body.len().into());
+        for (k, v) in headers {
+            resp.headers_mut()
+                .append(*k, http::HeaderValue::from_static(v));
+        }
+        Ok(resp)
+    }
+
+    /// What a request hook decided: the answer, or `None` to go on.
+    async fn before(
+        p: &CachePhase,
+        ctx: &mut RequestCtx,
+        req: &mut Request<Body>,
+    ) -> Option<Response<Body>> {
+        match p.request(ctx, req).await.expect("no error") {
+            Flow::Answer(resp) => Some(resp),
+            Flow::Continue => None,
+        }
+    }
+
+    async fn text(resp: Response<Body>) -> String {
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    fn x_cache(resp: &Response<Body>) -> &str {
+        resp.headers()[crate::headers::X_CACHE].to_str().unwrap()
+    }
+
+    /// A miss that goes to the origin, whose answer streams through the phase to the
+    /// end (which stores it, when it may be).
+    async fn fetch(
+        p: &CachePhase,
+        method: Method,
+        path: &str,
+        origin: Reply,
+    ) -> (RequestCtx, Reply) {
+        let mut ctx = context();
+        let mut req = request(method, path);
+        assert!(
+            before(p, &mut ctx, &mut req).await.is_none(),
+            "not answered by the cache"
+        );
+        let out = p.origin_response(&mut ctx, origin);
+        let out = match out {
+            Ok(resp) => {
+                let (parts, body) = resp.into_parts();
+                let bytes = body.collect().await.unwrap().to_bytes();
+                Ok(Response::from_parts(parts, full(bytes)))
+            }
+            Err(e) => Err(e),
+        };
+        (ctx, out)
+    }
+
+    const FRESH: &[(&str, &str)] = &[("cache-control", "max-age=60")];
+
+    #[tokio::test]
+    async fn a_stored_answer_is_a_hit_on_the_next_request() {
+        let p = phase("");
+        let (ctx, out) = fetch(&p, Method::GET, "/a", reply(200, FRESH, "hello")).await;
+        let out = out.unwrap();
+        assert_eq!(ctx.cache_outcome, Some("MISS"));
+        assert_eq!(x_cache(&out), "MISS");
+        assert_eq!(out.headers()["cache-status"], "edge-node; fwd=miss; stored");
+
+        let mut ctx = context();
+        let mut req = request(Method::GET, "/a");
+        let hit = before(&p, &mut ctx, &mut req)
+            .await
+            .expect("answered from the cache");
+        assert_eq!(ctx.cache_outcome, Some("HIT"));
+        assert_eq!(x_cache(&hit), "HIT");
+        assert_eq!(text(hit).await, "hello");
+
+        // Another path is another entry.
+        let (ctx, _) = fetch(&p, Method::GET, "/b", reply(200, FRESH, "b")).await;
+        assert_eq!(ctx.cache_outcome, Some("MISS"));
+    }
+
+    #[tokio::test]
+    async fn what_must_not_be_stored_is_fetched_every_time() {
+        let p = phase("");
+        let no_store = &[("cache-control", "no-store")][..];
+        let (ctx, out) = fetch(&p, Method::GET, "/private", reply(200, no_store, "x")).await;
+        assert_eq!(ctx.cache_outcome, Some("MISS"));
+        assert_eq!(
+            out.unwrap().headers()["cache-status"],
+            "edge-node; fwd=miss"
+        );
+        // The next miss does not wait on another (hit-for-pass), and says why.
+        let (ctx, out) = fetch(&p, Method::GET, "/private", reply(200, no_store, "x")).await;
+        assert_eq!(ctx.cache_outcome, Some("MISS"));
+        assert_eq!(
+            out.unwrap().headers()["cache-status"],
+            "edge-node; fwd=miss; detail=uncacheable"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_if_cached_on_a_miss_is_a_504_without_the_origin() {
+        let p = phase("");
+        let mut ctx = context();
+        let mut req = request(Method::GET, "/a");
+        req.headers_mut()
+            .insert(header::CACHE_CONTROL, "only-if-cached".parse().unwrap());
+        let resp = before(&p, &mut ctx, &mut req).await.expect("answered");
+        assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(ctx.cache_outcome, Some("MISS"));
+    }
+
+    /// A copy of `/s` stored already expired (its `Age` is past its max-age), with the
+    /// Cache-Control `cache_control`.
+    async fn stored_stale(p: &CachePhase, cache_control: &'static str) {
+        let headers = [("cache-control", cache_control), ("age", "100")];
+        let (_, out) = fetch(p, Method::GET, "/s", reply(200, &headers, "old")).await;
+        assert!(out.is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_origin_failure_is_answered_with_the_stale_copy_in_its_window() {
+        let p = phase("");
+        stored_stale(&p, "max-age=1, stale-if-error=600").await;
+        // The origin is unreachable...
+        let failed = Err(EdgeError::new(ErrorKind::UpstreamFailed, "refused"));
+        let (ctx, out) = fetch(&p, Method::GET, "/s", failed).await;
+        let out = out.expect("the stale copy");
+        assert_eq!(ctx.cache_outcome, Some("STALE"));
+        assert_eq!(x_cache(&out), "STALE");
+        assert_eq!(text(out).await, "old");
+        // ...or answers 5xx.
+        let (ctx, out) = fetch(&p, Method::GET, "/s", reply(503, &[], "down")).await;
+        assert_eq!(ctx.cache_outcome, Some("STALE"));
+        assert_eq!(text(out.unwrap()).await, "old");
+        // A 4xx is the origin's answer, not a failure.
+        let (ctx, out) = fetch(&p, Method::GET, "/s", reply(404, &[], "gone")).await;
+        assert_eq!(ctx.cache_outcome, Some("EXPIRED"));
+        assert_eq!(out.unwrap().status(), StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn past_the_window_the_failure_stands() {
+        let p = phase("");
+        stored_stale(&p, "max-age=1, stale-if-error=10").await;
+        let failed = Err(EdgeError::new(ErrorKind::UpstreamTimeout, "slow"));
+        let (_, out) = fetch(&p, Method::GET, "/s", failed).await;
+        assert_eq!(out.unwrap_err().kind, ErrorKind::UpstreamTimeout);
+        let (_, out) = fetch(&p, Method::GET, "/s", reply(502, &[], "bad")).await;
+        assert_eq!(out.unwrap().status(), StatusCode::BAD_GATEWAY);
+    }
+
+    #[tokio::test]
+    async fn within_stale_while_revalidate_the_stale_copy_answers_at_once() {
+        let p = phase("");
+        let headers = [
+            ("cache-control", "max-age=1, stale-while-revalidate=600"),
+            ("age", "100"),
+        ];
+        let (_, stored) = fetch(&p, Method::GET, "/r", reply(200, &headers, "old")).await;
+        assert!(stored.is_ok());
+        let mut ctx = context();
+        let mut req = request(Method::GET, "/r");
+        let resp = before(&p, &mut ctx, &mut req)
+            .await
+            .expect("answered at once");
+        assert_eq!(ctx.cache_outcome, Some("STALE"));
+        assert_eq!(text(resp).await, "old");
+    }
+
+    #[tokio::test]
+    async fn a_successful_unsafe_request_invalidates_the_url() {
+        let p = phase("");
+        let (_, stored) = fetch(&p, Method::GET, "/a", reply(200, FRESH, "v1")).await;
+        assert!(stored.is_ok());
+        // A failed POST changes nothing.
+        let (ctx, _) = fetch(&p, Method::POST, "/a", reply(500, &[], "")).await;
+        assert_eq!(ctx.cache_outcome, None, "unsafe requests are not looked up");
+        let mut ctx = context();
+        assert!(
+            before(&p, &mut ctx, &mut request(Method::GET, "/a"))
+                .await
+                .is_some()
+        );
+        // A successful one does.
+        let (_, posted) = fetch(&p, Method::POST, "/a", reply(204, &[], "")).await;
+        assert!(posted.is_ok());
+        let (ctx, out) = fetch(&p, Method::GET, "/a", reply(200, FRESH, "v2")).await;
+        assert_eq!(ctx.cache_outcome, Some("MISS"));
+        assert_eq!(text(out.unwrap()).await, "v2");
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_make_one_origin_request() {
+        let p = Arc::new(phase(""));
+        let mut leader = context();
+        let mut req = request(Method::GET, "/c");
+        assert!(before(&p, &mut leader, &mut req).await.is_none());
+        // A second request for the key waits for the first one's answer...
+        let waiter = tokio::spawn({
+            let p = p.clone();
+            async move {
+                let mut ctx = context();
+                let mut req = request(Method::GET, "/c");
+                let resp = before(&p, &mut ctx, &mut req).await;
+                (ctx.cache_outcome, resp)
+            }
+        });
+        // (on this single-threaded runtime it now runs until it waits)
+        tokio::task::yield_now().await;
+        assert!(
+            !waiter.is_finished(),
+            "the second request waits for the first"
+        );
+        // ...and streams it as it arrives.
+        let resp = p
+            .origin_response(&mut leader, reply(200, FRESH, "shared"))
+            .unwrap();
+        // (the waiter takes the answer while its body is still to come)
+        tokio::task::yield_now().await;
+        assert_eq!(text(resp).await, "shared");
+        let (outcome, resp) = waiter.await.unwrap();
+        let resp = resp.expect("answered without the origin");
+        assert_eq!(outcome, Some("HIT"));
+        assert_eq!(resp.headers()["cache-status"], "edge-node; hit; collapsed");
+        assert_eq!(text(resp).await, "shared");
+    }
+}

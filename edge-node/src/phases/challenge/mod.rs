@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tracing::warn;
 
 use crate::{
-    error::{Body, EdgeError, ErrorKind, full},
+    error::{Body, EdgeError, ErrorKind, empty},
     policy::{Signal, Standing, ThreatEngine},
     request::{Flow, Phase, PhaseFuture, RequestCtx},
 };
@@ -116,7 +116,7 @@ pub struct ChallengeSettings {
     #[serde(default = "default_difficulty")]
     pub difficulty: u32,
     /// How long a clearance lasts.
-    #[serde(default = "default_ttl", with = "crate::config::duration")]
+    #[serde(default = "default_ttl", with = "crate::duration")]
     pub clearance_ttl: Duration,
     /// The clearance cookie's name (never forwarded to origins).
     #[serde(default = "default_cookie")]
@@ -266,16 +266,10 @@ impl Challenger {
         }
         let mut found = None;
         let mut kept = Vec::new();
-        for v in headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-        {
-            for c in v.split(';').map(str::trim).filter(|c| !c.is_empty()) {
-                match c.split_once('=') {
-                    Some((k, val)) if k == self.cookie => found = Some(val.to_string()),
-                    _ => kept.push(c.to_string()),
-                }
+        for c in crate::headers::cookies(headers) {
+            match c.split_once('=') {
+                Some((k, val)) if k == self.cookie => found = Some(val.to_string()),
+                _ => kept.push(c.to_string()),
             }
         }
         if found.is_some() {
@@ -299,7 +293,7 @@ impl Challenger {
         let Ok(exp_secs) = exp.parse::<u64>() else {
             return false;
         };
-        exp_secs > super::unix_now() && self.signed_by_us(&format!("clear|{ip}|{exp}"), sig)
+        exp_secs > crate::clock::unix_now() && self.signed_by_us(&format!("clear|{ip}|{exp}"), sig)
     }
 
     /// The challenge: an HTML page doing the work (browsers), or a JSON 429 (APIs).
@@ -310,7 +304,7 @@ impl Challenger {
             err.json = true;
             return err.with_header(header::RETRY_AFTER, "60");
         }
-        let exp = super::unix_now() + 300;
+        let exp = crate::clock::unix_now() + 300;
         let mut nonce = [0u8; 12];
         let _ = self.rng.fill(&mut nonce);
         let rand = B64.encode(nonce);
@@ -337,7 +331,7 @@ impl Challenger {
 
     /// A clearance for `ip`, valid for `clearance_ttl` (the cookie's value).
     pub fn clearance(&self, ip: IpAddr) -> String {
-        let exp = super::unix_now().saturating_add(self.ttl.as_secs());
+        let exp = crate::clock::unix_now().saturating_add(self.ttl.as_secs());
         format!("v1.{exp}.{}", self.sign(&format!("clear|{ip}|{exp}")))
     }
 
@@ -376,7 +370,9 @@ impl Challenger {
             else {
                 return false;
             };
-            let fresh = exp.parse::<u64>().is_ok_and(|e| e > super::unix_now());
+            let fresh = exp
+                .parse::<u64>()
+                .is_ok_and(|e| e > crate::clock::unix_now());
             let ours = self.signed_by_us(&format!("pow|{ip}|{exp}|{rand}"), sig);
             let work = nonce.len() <= 20
                 && nonce.bytes().all(|b| b.is_ascii_digit())
@@ -396,7 +392,7 @@ impl Challenger {
             self.ttl.as_secs(),
             if https { "; Secure" } else { "" }
         );
-        let mut resp = Response::new(full(""));
+        let mut resp = Response::new(empty());
         *resp.status_mut() = StatusCode::SEE_OTHER;
         let h = resp.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&back) {

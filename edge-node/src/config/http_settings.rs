@@ -1,4 +1,5 @@
-//! `[http]`: listeners and the limits that protect them.
+//! `[http]`: listeners and the limits that protect them. Kept with the configuration
+//! rather than in `server`: the pipeline reads them too, and `server` sits above it.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -23,34 +24,28 @@ pub struct HttpSettings {
     #[serde(default)]
     pub h3_0rtt: bool,
     /// A QUIC connection idle this long is closed.
-    #[serde(default = "default_h3_idle", with = "crate::config::duration")]
+    #[serde(default = "default_h3_idle", with = "crate::duration")]
     pub h3_idle_timeout: Duration,
     /// Handshakes in progress above which new clients must validate their address first
     /// (QUIC Retry): cheap for real clients, costly for spoofed floods.
     #[serde(default = "default_h3_retry_above")]
     pub h3_retry_above: usize,
     /// How long clients may cache the `Alt-Svc` advertisement.
-    #[serde(default = "default_alt_svc_max_age", with = "crate::config::duration")]
+    #[serde(default = "default_alt_svc_max_age", with = "crate::duration")]
     pub alt_svc_max_age: Duration,
     /// Time a client has, from the accept, to complete its first request head: TLS
     /// handshake, HTTP/2 preface and head included; and on HTTP/1.1 to send each next
     /// head once it started (slowloris protection).
-    #[serde(
-        default = "default_header_read_timeout",
-        with = "crate::config::duration"
-    )]
+    #[serde(default = "default_header_read_timeout", with = "crate::duration")]
     pub header_read_timeout: Duration,
     /// A connection (HTTP/1.1 keep-alive, HTTP/2) with no request in progress for this
     /// long is closed; HTTP/2 peers are also sent a PING this often while requests are
     /// in progress, and one that does not answer within `header_read_timeout` is gone.
-    #[serde(default = "default_idle_timeout", with = "crate::config::duration")]
+    #[serde(default = "default_idle_timeout", with = "crate::duration")]
     pub idle_timeout: Duration,
     /// Longest wait for the next piece of a request body: a stalled upload gets 408 (or
     /// its exchange is aborted once the origin is answering).
-    #[serde(
-        default = "default_body_read_timeout",
-        with = "crate::config::duration"
-    )]
+    #[serde(default = "default_body_read_timeout", with = "crate::duration")]
     pub body_read_timeout: Duration,
     /// Connections served at once (all TCP listeners); past it a new connection is
     /// closed as soon as it is accepted (`edge_connections_shed_total`).
@@ -74,21 +69,18 @@ pub struct HttpSettings {
     #[serde(default)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Time to open a connection to an origin.
-    #[serde(default = "default_connect_timeout", with = "crate::config::duration")]
+    #[serde(default = "default_connect_timeout", with = "crate::duration")]
     pub upstream_connect_timeout: Duration,
     /// How long shutdown waits for requests in flight.
-    #[serde(default = "default_drain_timeout", with = "crate::config::duration")]
+    #[serde(default = "default_drain_timeout", with = "crate::duration")]
     pub drain_timeout: Duration,
     /// A response the client takes no bytes of for this long is abandoned, and the
     /// origin connection behind it released (`0s`: never).
-    #[serde(default = "default_send_timeout", with = "crate::config::duration")]
+    #[serde(default = "default_send_timeout", with = "crate::duration")]
     pub send_timeout: Duration,
     /// An upgraded connection (WebSocket) that carries no byte either way this long is
     /// closed on both sides.
-    #[serde(
-        default = "default_tunnel_idle_timeout",
-        with = "crate::config::duration"
-    )]
+    #[serde(default = "default_tunnel_idle_timeout", with = "crate::duration")]
     pub tunnel_idle_timeout: Duration,
     /// `[http.path]`: how request paths are made canonical (`crate::target`).
     #[serde(default)]
