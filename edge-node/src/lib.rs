@@ -8,6 +8,7 @@ pub mod body;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod functions;
 pub mod headers;
 pub mod intent;
 pub mod limits;
