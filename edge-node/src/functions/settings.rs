@@ -260,6 +260,28 @@ mod tests {
     }
 
     #[test]
+    fn config_errors_point_at_the_function_table() {
+        use crate::config::{Config, Source};
+        let text = "[[upstream]]\nname = \"api\"\nservers = [\"127.0.0.1:1\"]\n\n\
+                    [[function]]\nname = \"f\"\nfile = \"/nonexistent/f.wasm\"\n\
+                    upstreams = [\"api\"]\n";
+        let msg = format!("{:#}", Config::parse(text, &Source::Embedded).unwrap_err());
+        assert!(
+            msg.contains("line 5:") && msg.contains("/nonexistent/f.wasm"),
+            "{msg}"
+        );
+        let text = "[functions]\nmax_total_instances = 0\n";
+        let msg = format!("{:#}", Config::parse(text, &Source::Embedded).unwrap_err());
+        assert!(
+            msg.contains("line 1:") && msg.contains("max_total_instances"),
+            "{msg}"
+        );
+        let c = Config::parse("", &Source::Embedded).unwrap();
+        assert!(c.function.is_empty());
+        assert_eq!(c.functions, FunctionsSettings::default());
+    }
+
+    #[test]
     fn grants_must_name_defined_upstreams_once() {
         let ups: Vec<UpstreamSettings> =
             vec![toml::from_str("name = \"api\"\nservers = [\"127.0.0.1:1\"]").unwrap()];
