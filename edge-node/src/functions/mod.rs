@@ -59,7 +59,7 @@ mod runtime;
 pub mod settings;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc};
 

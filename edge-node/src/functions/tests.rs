@@ -27,7 +27,7 @@ use crate::{
 const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// `target/components/<name>.wasm`, built by `cargo xtask test`.
-fn component(name: &str) -> PathBuf {
+pub(crate) fn component(name: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target/components")
         .join(format!("{name}.wasm"));
@@ -41,7 +41,7 @@ fn component(name: &str) -> PathBuf {
 }
 
 /// A fresh directory for one test.
-fn scratch(test: &str) -> PathBuf {
+pub(crate) fn scratch(test: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("edge-fn-{}-{test}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
@@ -613,13 +613,6 @@ fn guest_output_is_logged_with_the_function_name() {
             Ok(())
         }
     }
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
     // One thread: the guest's task logs under this thread's subscriber.
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -633,10 +626,24 @@ fn guest_output_is_logged_with_the_function_name() {
             function("sneaky", &component("denied_call"), ""),
         ],
     );
-    tokio.block_on(async {
-        call(&f, "greeter", "/some/path").await.unwrap();
-        call(&f, "sneaky", "/?target=10.1.2.3").await.unwrap();
-    });
+    let calls = || {
+        tokio.block_on(async {
+            call(&f, "greeter", "/some/path").await.unwrap();
+            call(&f, "sneaky", "/?target=10.1.2.3").await.unwrap();
+        })
+    };
+    // Once without a subscriber: tracing registers the log statements' callsites now,
+    // not while other tests (threads) race with the interest rebuild `set_default`
+    // does below.
+    calls();
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    calls();
     let log = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     let line = log
         .lines()
