@@ -149,8 +149,8 @@ async fn echo_sees_method_path_headers_and_body() {
     assert_eq!(&body[split + 2..], &payload[..]);
 }
 
-/// An origin on loopback: answers `hi from origin <path>` and counts connections and
-/// requests (with the Host each came with).
+/// An origin on loopback: answers JSON, `{"path": <path>, "user": <X-Auth-User>}`,
+/// and counts connections and requests (with the Host each came with).
 struct Origin {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
@@ -180,10 +180,13 @@ async fn origin() -> Origin {
                             .map(|h| h.to_str().unwrap_or("").to_string())
                             .unwrap_or_default();
                         let path = req.uri().to_string();
+                        let user = req
+                            .headers()
+                            .get("x-auth-user")
+                            .map(|h| h.to_str().unwrap_or("").to_string());
                         s.lock().unwrap().push((path.clone(), host));
-                        Ok::<_, std::convert::Infallible>(Response::new(full(format!(
-                            "hi from origin {path}"
-                        ))))
+                        let json = serde_json::json!({"path": path, "user": user});
+                        Ok::<_, std::convert::Infallible>(Response::new(full(json.to_string())))
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -201,7 +204,7 @@ async fn origin() -> Origin {
 
 fn upstreams(pool: &Pool, origin: SocketAddr) -> HashMap<String, Arc<crate::upstream::Upstream>> {
     let mut map = HashMap::new();
-    for name in ["origin", "other"] {
+    for name in ["origin", "other", "users", "orders", "backend"] {
         let s: UpstreamSettings =
             toml::from_str(&format!("name = \"{name}\"\nservers = [\"{origin}\"]")).unwrap();
         map.insert(name.to_string(), Arc::new(pool.upstream(&s).unwrap()));
@@ -230,7 +233,7 @@ async fn a_granted_upstream_is_called_by_name_through_the_pool() {
     let (status, body) = call(&f, "call", "/?path=/from-fn").await.unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(
-        body.starts_with("upstream origin said 200: hi from origin /from-fn"),
+        body.starts_with("upstream origin said 200: {\"path\":\"/from-fn\""),
         "{body}"
     );
     let seen = o.seen.lock().unwrap().clone();
@@ -661,6 +664,100 @@ fn guest_output_is_logged_with_the_function_name() {
         denied.contains("function=sneaky") && denied.contains("10.1.2.3"),
         "{denied}"
     );
+}
+
+/// The examples users start from (`examples/functions`, built by the same xtask step)
+/// load and do what their READMEs say.
+#[tokio::test]
+async fn the_examples_work() {
+    let o = origin().await;
+    let pool = Pool::new(Duration::from_secs(2), 1);
+    let ups = upstreams(&pool, o.addr);
+    let rt = Runtime::default();
+    let example = |n: &str| component(&format!("examples/{n}"));
+    let f = Functions::new(
+        &rt,
+        &global(shared_cache()),
+        &[
+            function(
+                "geo",
+                &example("geo-redirect"),
+                "env = { REDIRECTS = \"DE=https://de.example.com,FR=https://fr.example.com/\" }",
+            ),
+            function(
+                "auth",
+                &example("auth-check"),
+                "upstreams = [\"backend\"]\nenv = { TOKENS = \"alice:t-one,bob:t-two\" }",
+            ),
+            function(
+                "api",
+                &example("json-api"),
+                "upstreams = [\"users\", \"orders\"]",
+            ),
+        ],
+        &ups,
+        &pool,
+    )
+    .unwrap();
+
+    let req = |path: &str, headers: &[(&str, &str)]| {
+        let mut r = Request::get(format!("http://fn.test{path}"));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.body(full(Bytes::new())).unwrap()
+    };
+    let resp = f
+        .handle("geo", req("/shop?x=1", &[("cf-ipcountry", "fr")]), CLIENT)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FOUND);
+    assert_eq!(
+        resp.headers()["location"],
+        "https://fr.example.com/shop?x=1"
+    );
+    let resp = f
+        .handle("geo", req("/", &[("x-geo-country", "JP")]), CLIENT)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+
+    let resp = f
+        .handle("auth", req("/private", &[]), CLIENT)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(resp.headers().contains_key("www-authenticate"));
+    let resp = f
+        .handle(
+            "auth",
+            req("/private", &[("authorization", "Bearer wrong")]),
+            CLIENT,
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(o.connections.load(Ordering::SeqCst), 0);
+    let resp = f
+        .handle(
+            "auth",
+            req("/private", &[("authorization", "Bearer t-two")]),
+            CLIENT,
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let got: serde_json::Value = serde_json::from_str(&text(resp).await).unwrap();
+    assert_eq!(got, serde_json::json!({"path": "/private", "user": "bob"}));
+
+    let resp = f
+        .handle("api", req("/profile/42", &[]), CLIENT)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let got: serde_json::Value = serde_json::from_str(&text(resp).await).unwrap();
+    assert_eq!(got["user"]["path"], "/users/42");
+    assert_eq!(got["orders"]["path"], "/orders?user=42");
 }
 
 /// Not a benchmark: what one request costs (a fresh instance each), printed.
