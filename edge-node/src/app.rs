@@ -122,6 +122,10 @@ impl App {
             &retained,
         )?;
         first.start_background();
+        // Functions: what `PUT /functions/<name>` may replace.
+        retained
+            .functions
+            .set_deployable(&self.config.functions, &self.config.function);
         let pipeline: server::SharedPipeline = Arc::new(arc_swap::ArcSwap::from_pointee(first));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         // Every listener is supervised: one that ends while the node runs is reported by
@@ -175,6 +179,7 @@ impl App {
                 threat: threat.clone(),
                 cache: cache.clone(),
                 reload: reload_tx,
+                functions: retained.functions.clone(),
                 draining: stop_rx.clone(),
             };
             admin_task = Some(admin::spawn(l, state));
@@ -294,6 +299,10 @@ impl App {
             // pipeline they started with.
             p.start_background();
             pipeline.store(Arc::new(p));
+            shared
+                .retained
+                .functions
+                .set_deployable(&new.functions, &new.function);
             if let (Some(t), Some(c)) = (tls, certs) {
                 *t.write().expect("tls lock") = c;
             }
@@ -305,6 +314,14 @@ impl App {
         notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
         result
     }
+}
+
+/// `edge-node check`: beyond what `Config::load` validated, what only loading shows:
+/// every function's component compiles, links and exports the wasi:http/proxy world.
+/// The compiled code goes to the functions' disk cache, so the start that follows
+/// (systemd's ExecStartPre runs `check`) loads instead of compiling.
+pub fn check(config: &Config) -> Result<()> {
+    crate::functions::Runtime::default().check(&config.functions, &config.function)
 }
 
 /// What lives across reloads and every pipeline shares.

@@ -45,6 +45,12 @@ pub enum ErrorKind {
     NoUpstreamAvailable,
     /// The origin did not answer in time.
     UpstreamTimeout,
+    /// A function trapped, ran out of memory or gave no response.
+    FunctionFailed,
+    /// A function did not finish within its timeout.
+    FunctionTimeout,
+    /// Every instance a function may have is busy.
+    FunctionBusy,
 }
 
 #[derive(Debug)]
@@ -87,6 +93,11 @@ impl EdgeError {
             ErrorKind::NoUpstreamAvailable => (Side::Node, false),
             ErrorKind::UpstreamFailed => (Side::Upstream, true),
             ErrorKind::UpstreamTimeout => (Side::Upstream, false),
+            // Functions run in the node: their failures are the node's, and a function
+            // is not retried (it may have called out already).
+            ErrorKind::FunctionFailed | ErrorKind::FunctionTimeout | ErrorKind::FunctionBusy => {
+                (Side::Node, false)
+            }
         };
         Self {
             kind,
@@ -122,6 +133,9 @@ impl EdgeError {
             ErrorKind::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ErrorKind::NoUpstreamAvailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::FunctionFailed => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::FunctionTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::FunctionBusy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -140,6 +154,9 @@ impl EdgeError {
             ErrorKind::UpstreamFailed => "bad_gateway",
             ErrorKind::NoUpstreamAvailable => "unavailable",
             ErrorKind::UpstreamTimeout => "gateway_timeout",
+            ErrorKind::FunctionFailed => "function_failed",
+            ErrorKind::FunctionTimeout => "function_timeout",
+            ErrorKind::FunctionBusy => "function_busy",
         }
     }
 

@@ -12,8 +12,8 @@
 //!    `[http]` and `[admin]`, which the pipeline reads too;
 //! 6. `handlers` (proxy, demo), then `phases`;
 //! 7. `request` (the context, the `Phase` and `Handler` traits) and `metrics`;
-//! 8. `auth`, `upstream`, `cache`, `policy`, `intent`, `xdp`, `limits` (each over only
-//!    those after it);
+//! 8. `functions` (WebAssembly components; over `upstream`), `auth`, `upstream`,
+//!    `cache`, `policy`, `intent`, `xdp`, `limits` (each over only those after it);
 //! 9. leaves, the small helpers everything shares: `body` (over `error`), `error`,
 //!    `headers` (names and value parsers), `target`, `tls`, `workers`, `sync`,
 //!    `duration`, `clock`, `hash`.
@@ -27,6 +27,7 @@ pub mod clock;
 pub mod config;
 pub mod duration;
 pub mod error;
+pub mod functions;
 pub mod handlers;
 pub mod hash;
 pub mod headers;

@@ -41,6 +41,7 @@ fn main() -> Result<()> {
     let (config, source) = Config::load(cli.config.as_deref())?;
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => {
+            edge_node::app::check(&config)?;
             println!("{source}: OK");
             Ok(())
         }

@@ -2,6 +2,7 @@
 //! lacks before doing its work, so the README's two commands work on a new host.
 
 mod bench;
+mod components;
 mod fuzz;
 mod toolchain;
 
@@ -60,6 +61,9 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build the WebAssembly components (wasm32-wasip2, installed if missing): the
+    /// functions runtime's test components and the examples, into target/components/.
+    BuildComponents,
     /// Install the system packages the tests and benchmarks use (apt, as root).
     Setup,
     /// Benchmarks, run side by side with their peers; results go to bench/RESULTS.md.
@@ -89,6 +93,8 @@ fn main() -> Result<()> {
             toolchain::ensure_bpf_toolchain()?;
             // The integration tests in tests/ drive the real edge-node binary.
             cargo(&["build", "--package", "edge-node", "--bins"])?;
+            // edge-node's functions tests run real components from target/components/.
+            components::build_all()?;
             let mut cmd = vec![
                 "test",
                 "--workspace",
@@ -120,6 +126,7 @@ fn main() -> Result<()> {
             None if args.is_empty() => fuzz::run_all(build, seconds),
             None => bail!("libFuzzer arguments need a target"),
         },
+        Cmd::BuildComponents => components::build_all(),
         Cmd::Setup => {
             toolchain::ensure_test_packages()?;
             toolchain::ensure_bench_packages()?;

@@ -166,6 +166,17 @@ pub fn ensure_cargo_fuzz() -> Result<()> {
     .context("installing cargo-fuzz failed")
 }
 
+/// The Rust standard library for `target` (e.g. wasm32-wasip2, for the functions'
+/// components) in the toolchain that runs us.
+pub fn ensure_wasm_target(target: &str) -> Result<()> {
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    if installed.lines().any(|l| l.trim() == target) {
+        return Ok(());
+    }
+    eprintln!("xtask: rustup target add {target}");
+    run(Command::new("rustup").args(["target", "add", target]))
+}
+
 /// The toolchain's own `libLLVM.so.<ver>-rust-<ver>` in `<sysroot>/lib`.
 fn find_rust_llvm(sysroot: &Path) -> Result<PathBuf> {
     let lib = sysroot.join("lib");

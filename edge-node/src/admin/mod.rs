@@ -1,6 +1,7 @@
 //! The admin listener: a separate address, every endpoint but `/healthz` behind a bearer
 //! token. `/metrics` (Prometheus), `/readyz`, `POST /reload`, and the source policy:
-//! `GET /policy`, `POST /policy/score`, `/policy/block`, `/policy/unblock`.
+//! `GET /policy`, `POST /policy/score`, `/policy/block`, `/policy/unblock`;
+//! `PUT /functions/<name>` (a function's new component, then a reload).
 
 use std::sync::Arc;
 
@@ -41,6 +42,8 @@ pub struct AdminState {
     pub threat: Arc<crate::policy::ThreatEngine>,
     pub cache: Arc<crate::cache::Store>,
     pub reload: mpsc::Sender<ReloadRequest>,
+    /// The functions runtime: checks and writes uploaded components.
+    pub functions: crate::functions::Runtime,
     /// True once the node is shutting down: `/readyz` answers 503 while requests drain.
     pub draining: watch::Receiver<bool>,
 }
@@ -142,24 +145,15 @@ async fn handle(st: AdminState, req: Request<Incoming>) -> Response<Body> {
             );
             r
         }
-        (Method::POST, "/reload") => {
-            // Nobody takes reloads once the drain started.
-            if *st.draining.borrow() {
-                return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
-            }
-            let (tx, rx) = oneshot::channel();
-            if st.reload.send(tx).await.is_err() {
-                return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
-            }
-            match rx.await {
-                Ok(Ok(())) => text(StatusCode::OK, "reloaded\n"),
-                Ok(Err(e)) => {
-                    warn!(error = %e, "reload through the admin API refused");
-                    text(StatusCode::UNPROCESSABLE_ENTITY, format!("refused: {e}\n"))
-                }
-                Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
-            }
+        (Method::POST, "/reload") => match reload(&st).await {
+            Ok(()) => text(StatusCode::OK, "reloaded\n"),
+            Err((status, why)) => text(status, format!("{why}\n")),
+        },
+        (Method::PUT, p) if p.starts_with("/functions/") => {
+            let name = p["/functions/".len()..].to_string();
+            deploy_function(&st, &name, req).await
         }
+        (_, p) if p.starts_with("/functions/") => text(StatusCode::METHOD_NOT_ALLOWED, "405\n"),
         (Method::GET, "/policy") => {
             let p = st.policy.clone();
             let listed =
@@ -180,6 +174,94 @@ async fn handle(st: AdminState, req: Request<Incoming>) -> Response<Body> {
             | "/policy/unblock",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "405\n"),
         _ => text(StatusCode::NOT_FOUND, "404\n"),
+    }
+}
+
+/// Asks the node to reload its configuration and waits for the outcome: the status
+/// and words to answer with when it did not reload.
+async fn reload(st: &AdminState) -> Result<(), (StatusCode, String)> {
+    let shutting_down = || (StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_string());
+    // Nobody takes reloads once the drain started.
+    if *st.draining.borrow() {
+        return Err(shutting_down());
+    }
+    let (tx, rx) = oneshot::channel();
+    if st.reload.send(tx).await.is_err() {
+        return Err(shutting_down());
+    }
+    match rx.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            warn!(error = %e, "reload through the admin API refused");
+            Err((StatusCode::UNPROCESSABLE_ENTITY, format!("refused: {e}")))
+        }
+        Err(_) => Err(shutting_down()),
+    }
+}
+
+/// `PUT /functions/<name>` with a component as the body (at most
+/// `functions.max_upload_bytes`): checked (compiles, links, exports
+/// wasi:http/incoming-handler), written atomically over the function's configured
+/// file, then swapped in by a reload; requests in flight finish on the old component.
+/// 404 for a function not in the configuration in force, 400 (with the reason) for an
+/// invalid component, which changes nothing. When the reload is refused (for another
+/// reason: the file is valid), the file stays written and the running configuration
+/// keeps serving the old component until the next reload.
+async fn deploy_function(st: &AdminState, name: &str, req: Request<Incoming>) -> Response<Body> {
+    if *st.draining.borrow() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    }
+    let limit = st.functions.max_upload_bytes();
+    let body = http_body_util::Limited::new(
+        req.into_body(),
+        usize::try_from(limit).unwrap_or(usize::MAX),
+    );
+    let bytes = match http_body_util::BodyExt::collect(body).await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("a component may be {limit} bytes at most (functions.max_upload_bytes)\n"),
+            );
+        }
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("reading the body: {e}\n")),
+    };
+    // Compiling is CPU work of up to seconds: off the async workers.
+    let (rt, n) = (st.functions.clone(), name.to_string());
+    let deployed = match tokio::task::spawn_blocking(move || rt.deploy(&n, &bytes)).await {
+        Ok(Ok(d)) => d,
+        Ok(Err(crate::functions::DeployError::Unknown)) => {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("no function named {name:?} in the configuration in force\n"),
+            );
+        }
+        Ok(Err(crate::functions::DeployError::Invalid(why))) => {
+            warn!(function = name, reason = %why, "uploaded component refused");
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("invalid component: {why}\n"),
+            );
+        }
+        Ok(Err(crate::functions::DeployError::Failed(why))) => {
+            return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n"));
+        }
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    };
+    let done = format!(
+        "{name}: {} written (sha256 {})",
+        deployed.file.display(),
+        deployed.sha256()
+    );
+    // `deployed` keeps the component compiled until the reload has picked it up.
+    let reloaded = reload(st).await;
+    drop(deployed);
+    match reloaded {
+        Ok(()) => text(StatusCode::OK, format!("{done}; reloaded\n")),
+        Err((status, why)) => text(
+            status,
+            format!("{done}; reload {why}: the old component serves until the next reload\n"),
+        ),
     }
 }
 
@@ -359,5 +441,141 @@ mod tests {
         serving.abort();
         let fine = crate::server::ListenerHealth::default();
         assert_eq!(health(&fine), (StatusCode::OK, "ok\n".into()));
+    }
+
+    /// A PUT of `body` to the admin API at `addr`.
+    async fn put(
+        addr: std::net::SocketAddr,
+        path: &str,
+        token: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, String) {
+        use http_body_util::BodyExt;
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::put(path)
+            .header(header::HOST, "admin")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn put_functions_deploys_a_valid_component_then_reloads() {
+        use crate::functions::{
+            Functions, FunctionsSettings, Runtime,
+            tests::{component, scratch},
+        };
+        let dir = scratch("admin-put");
+        let file = dir.join("app.wasm");
+        std::fs::copy(component("hello"), &file).unwrap();
+        let hello = std::fs::read(&file).unwrap();
+        let global = FunctionsSettings {
+            cache_dir: dir.join("cache"),
+            max_total_instances: 8,
+            max_upload_bytes: 1 << 20,
+        };
+        let settings: Vec<crate::functions::FunctionSettings> = vec![
+            toml::from_str(&format!("name = \"app\"\nfile = \"{}\"", file.display())).unwrap(),
+        ];
+        let runtime = Runtime::default();
+        runtime.set_deployable(&global, &settings);
+
+        // What the app does on a reload, as far as functions go: build them again.
+        let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(1);
+        let live: Arc<std::sync::Mutex<Option<Functions>>> = Arc::default();
+        let (rt, l) = (runtime.clone(), live.clone());
+        tokio::spawn(async move {
+            while let Some(reply) = reload_rx.recv().await {
+                let pool = crate::upstream::Pool::new(std::time::Duration::from_secs(1), 1);
+                let built = Functions::new(
+                    &rt,
+                    &global,
+                    &settings,
+                    &std::collections::HashMap::new(),
+                    &pool,
+                );
+                let _ = reply.send(match built {
+                    Ok(f) => {
+                        *l.lock().unwrap() = Some(f);
+                        Ok(())
+                    }
+                    Err(e) => Err(format!("{e:#}")),
+                });
+            }
+        });
+        let policy: SharedPolicy = Arc::new(std::sync::Mutex::new(Box::new(
+            crate::xdp::enforce::UserspacePolicy::new(
+                crate::xdp::XdpSettings::default().kernel_config(),
+            ),
+        )));
+        let (_stop, draining) = watch::channel(false);
+        let token = "0123456789abcdef-token";
+        let state = AdminState {
+            token: token.into(),
+            metrics: Arc::new(Metrics::new(Default::default())),
+            policy,
+            listeners: Arc::default(),
+            stats: None,
+            threat: Arc::new(crate::policy::ThreatEngine::new(
+                &Default::default(),
+                100,
+                None,
+            )),
+            cache: crate::cache::Store::new(&Default::default()).unwrap(),
+            reload: reload_tx,
+            functions: runtime.clone(),
+            draining,
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let admin = spawn(listener, state);
+
+        let echo = std::fs::read(component("echo")).unwrap();
+        let (status, _) = put(
+            addr,
+            "/functions/app",
+            "wrong-token-0123456789",
+            echo.clone(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, body) = put(addr, "/functions/nope", token, echo.clone()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        let (status, body) = put(addr, "/functions/app", token, b"\0asm\x01\0\0\0".to_vec()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body.contains("core WebAssembly module"), "{body}");
+        let (status, _) = put(addr, "/functions/app", token, vec![0; 2 << 20]).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        // Nothing refused touched the file or reloaded.
+        assert_eq!(std::fs::read(&file).unwrap(), hello);
+        assert!(live.lock().unwrap().is_none());
+
+        let (status, body) = put(addr, "/functions/app", token, echo.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.contains("reloaded"), "{body}");
+        assert_eq!(std::fs::read(&file).unwrap(), echo);
+        let functions = live.lock().unwrap().take().expect("reloaded");
+        let req = Request::get("http://fn.test/after")
+            .body(full(bytes::Bytes::new()))
+            .unwrap();
+        let resp = functions
+            .handle("app", req, std::net::Ipv4Addr::LOCALHOST.into())
+            .await
+            .unwrap();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert!(body.starts_with(b"GET /after\n"), "{body:?}");
+        admin.abort();
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

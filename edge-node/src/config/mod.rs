@@ -62,6 +62,12 @@ pub struct Config {
     /// Intent prediction (an ONNX model; off unless enabled).
     #[serde(default)]
     pub intent: crate::intent::IntentSettings,
+    /// What all functions share (cache directory, instance pool).
+    #[serde(default)]
+    pub functions: crate::functions::FunctionsSettings,
+    /// `[[function]]`s: WebAssembly components (wasi:http/proxy).
+    #[serde(default)]
+    pub function: Vec<crate::functions::FunctionSettings>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -298,6 +304,9 @@ impl Config {
                 return Err(anyhow::anyhow!("upstream {} is defined twice", u.name).context(at()));
             }
         }
+        crate::functions::validate(&self.functions, &self.function, &self.upstream).map_err(
+            |(i, e)| e.context(i.map_or(Table::one("functions"), |i| Table::nth("function", i))),
+        )?;
         for (i, r) in self.route.iter().enumerate() {
             let at = || Table::nth("route", i);
             r.validate().context(at())?;

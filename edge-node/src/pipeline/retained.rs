@@ -32,6 +32,9 @@ pub struct Retained {
     /// verify the same tokens.
     verified: Mutex<HashMap<VerifierKey, Weak<VerifiedTokens>>>,
     buckets: Mutex<HashMap<BucketKey, Weak<KeyedLimiter<u64>>>>,
+    /// The functions' engine and compiled components (by content hash): a reload
+    /// recompiles only changed files. `Functions::new(&retained.functions, ...)`.
+    pub functions: crate::functions::Runtime,
 }
 
 impl Retained {
