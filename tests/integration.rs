@@ -3,6 +3,7 @@
 
 mod cache;
 mod cache_http;
+mod functions;
 mod http3;
 mod http_protocol;
 mod http_proxy;

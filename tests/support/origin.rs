@@ -272,6 +272,7 @@ fn serve(conn: TcpStream, shared: &Shared) {
         let mut size = 0usize;
         let mut body_delay = 0u64;
         let mut close = false;
+        let mut status = 200u16;
         if let Some((_, q)) = path.split_once('?') {
             for pair in q.split('&') {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -300,6 +301,8 @@ fn serve(conn: TcpStream, shared: &Shared) {
                     // Close the connection after this response without saying so (as an
                     // origin's keep-alive timeout does).
                     "close" => close = true,
+                    // Answer with this status (the body as usual).
+                    "status" => status = v.parse().unwrap_or(200),
                     "etag" => {
                         extra.push_str(&format!("etag: \"{v}\"\r\n"));
                         etag = Some(format!("\"{v}\""));
@@ -342,7 +345,7 @@ fn serve(conn: TcpStream, shared: &Shared) {
             ("text/plain", text)
         };
         let resp = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nx-origin: {name}\r\nx-hit: {n}\r\n{extra}\r\n{text}",
+            "HTTP/1.1 {status} Status\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nx-origin: {name}\r\nx-hit: {n}\r\n{extra}\r\n{text}",
             text.len()
         );
         let (first, rest) = resp.as_bytes().split_at(resp.len() - text.len() / 2);

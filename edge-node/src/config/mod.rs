@@ -319,6 +319,25 @@ impl Config {
                     .context(at()));
                 }
             }
+            let handler = match &r.handler {
+                crate::phases::route::HandlerSettings::Function(f) => Some(("handler", f)),
+                _ => None,
+            };
+            let uses = [
+                handler,
+                r.request_filter.as_ref().map(|f| ("request_filter", f)),
+                r.response_filter.as_ref().map(|f| ("response_filter", f)),
+            ];
+            for (key, f) in uses.into_iter().flatten() {
+                if !self.function.iter().any(|d| &d.name == f) {
+                    return Err(anyhow::anyhow!(
+                        "route {}: {key} names function {f:?}, which is not defined \
+                         (no [[function]] of that name)",
+                        r.display_name()
+                    )
+                    .context(at()));
+                }
+            }
         }
         Ok(())
     }

@@ -359,7 +359,7 @@ fn request_host<B>(req: &mut Request<B>) -> Result<String, EdgeError> {
 
 /// Replaces the request's path with its canonical form (`crate::target`); what cannot
 /// be made canonical is the client's 400.
-fn canonicalize_target<B>(req: &mut Request<B>, policy: PathSettings) -> Result<(), EdgeError> {
+pub fn canonicalize_target<B>(req: &mut Request<B>, policy: PathSettings) -> Result<(), EdgeError> {
     if req.method() == http::Method::OPTIONS && req.uri().path() == "*" {
         return Ok(());
     }

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cache;
 pub mod challenge;
 pub mod early;
+pub mod filter;
 pub mod forwarding;
 pub mod geo;
 pub mod infer;

@@ -110,6 +110,14 @@ pub struct RouteSettings {
     /// Responses carry Server-Timing (the edge's time per step).
     #[serde(default = "yes")]
     pub server_timing: bool,
+    /// A `[[function]]` that sees each request before the cache and the handler: it
+    /// lets it go on (rewritten) or answers it (`phases::filter`).
+    #[serde(default)]
+    pub request_filter: Option<String>,
+    /// A `[[function]]` that edits the status and headers of what the handler answers,
+    /// before the cache keeps it (`phases::filter`).
+    #[serde(default)]
+    pub response_filter: Option<String>,
 }
 
 /// `handler = "proxy" | "demo" | { function = "name" }`

@@ -17,7 +17,8 @@ use crate::{
     auth::JwtProvider,
     config::Config,
     error::Body,
-    handlers::{DemoHandler, ProxyHandler},
+    functions::Functions,
+    handlers::{DemoHandler, FunctionHandler, ProxyHandler},
     headers,
     metrics::Metrics,
     phases::{
@@ -25,6 +26,7 @@ use crate::{
         cache::{CachePhase, RouteCache},
         challenge::{ChallengePhase, Challenger},
         early::EarlyPhase,
+        filter::{RequestFilterPhase, ResponseFiltered},
         infer::InferPhase,
         personalize::{Experiment, PersonalizePhase},
         rate_limit::{self, RateLimitPhase},
@@ -116,6 +118,7 @@ impl Pipeline {
         // Request headers the phases set before the cache (identity, experiment,
         // intent): forwarded even by routes that strip unkeyed headers.
         let mut node_headers = identity_headers.clone();
+        let identity_headers_all = identity_headers;
         if let Some(i) = &intent {
             node_headers.extend([i.header.clone(), i.confidence_header.clone()]);
         }
@@ -129,6 +132,14 @@ impl Pipeline {
         let demo: Arc<dyn Handler> = Arc::new(DemoHandler {
             node_id: config.node.id.clone(),
         });
+        let functions = Arc::new(Functions::new(
+            &retained.functions,
+            &config.functions,
+            &config.function,
+            &upstreams,
+            &pool,
+        )?);
+        let mut request_filters = Vec::new();
         let mut routes = Vec::new();
         let mut handlers = Vec::new();
         let mut auth = Vec::new();
@@ -184,13 +195,23 @@ impl Pipeline {
                 node_headers.extend(e.forwarded_headers());
             }
             experiments.push(experiment);
-            handlers.push(match &r.handler {
+            let handler = match &r.handler {
                 HandlerSettings::Proxy => proxy.clone(),
                 HandlerSettings::Demo => demo.clone(),
-                HandlerSettings::Function(f) => {
-                    bail!("route {name}: function {f:?}: functions are not available yet")
-                }
+                HandlerSettings::Function(f) => Arc::new(FunctionHandler {
+                    functions: functions.clone(),
+                    name: f.clone(),
+                }),
+            };
+            handlers.push(match &r.response_filter {
+                Some(f) => Arc::new(ResponseFiltered {
+                    inner: handler,
+                    functions: functions.clone(),
+                    filter: f.clone(),
+                }),
+                None => handler,
             });
+            request_filters.push(r.request_filter.clone());
             routes.push(Route {
                 info: RouteInfo {
                     index,
@@ -229,7 +250,7 @@ impl Pipeline {
             }),
             Box::new(AuthPhase {
                 routes: auth,
-                identity_headers,
+                identity_headers: identity_headers_all.clone(),
                 threat: threat.clone(),
             }),
             Box::new(RoutePhase {
@@ -249,6 +270,16 @@ impl Pipeline {
                 intent,
                 metrics: metrics.clone(),
                 threat: threat.clone(),
+            }));
+        }
+        // Before the cache: what a filter lets through (rewritten) is what is keyed,
+        // and a cached page is no way around it.
+        if request_filters.iter().any(Option::is_some) {
+            phases.push(Box::new(RequestFilterPhase {
+                functions: functions.clone(),
+                routes: request_filters,
+                path_policy: config.http.path,
+                protected: identity_headers_all.clone(),
             }));
         }
         phases.push(Box::new(CachePhase {
