@@ -170,8 +170,8 @@ impl HeldConnection {
         Self(s)
     }
 
-    /// GET `path` on this connection: the status and the body (the answer must carry a
-    /// Content-Length).
+    /// GET `path` on this connection: the status and the body (framed by
+    /// Content-Length, or chunked).
     pub fn get(&mut self, host: &str, path: &str) -> (u16, String) {
         use std::io::{Read, Write};
         write!(self.0, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").expect("send");
@@ -195,23 +195,56 @@ impl HeldConnection {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("no status line: {head}"));
-        let length: usize = head
-            .lines()
-            .find_map(|l| {
-                let (name, value) = l.split_once(':')?;
-                name.eq_ignore_ascii_case("content-length")
-                    .then(|| value.trim().parse().ok())?
+        let header = |name: &str| {
+            head.lines().find_map(|l| {
+                let (n, value) = l.split_once(':')?;
+                n.eq_ignore_ascii_case(name)
+                    .then(|| value.trim().to_string())
             })
-            .unwrap_or_else(|| panic!("no Content-Length: {head}"));
-        while buf.len() < head_end + length {
+        };
+        let mut body = buf.split_off(head_end);
+        if header("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
+            // Chunked (RFC 9112 7.1): read until the last chunk and the empty trailer.
+            loop {
+                if let Some(decoded) = decode_chunked(&body) {
+                    return (status, String::from_utf8_lossy(&decoded).to_string());
+                }
+                let n = self.0.read(&mut chunk).expect("read the body");
+                assert!(n > 0, "the node closed the connection mid-body");
+                body.extend_from_slice(&chunk[..n]);
+            }
+        }
+        let length: usize = header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no Content-Length nor chunked: {head}"));
+        while body.len() < length {
             let n = self.0.read(&mut chunk).expect("read the body");
             assert!(n > 0, "the node closed the connection mid-body");
-            buf.extend_from_slice(&chunk[..n]);
+            body.extend_from_slice(&chunk[..n]);
         }
-        (
-            status,
-            String::from_utf8_lossy(&buf[head_end..head_end + length]).to_string(),
-        )
+        (status, String::from_utf8_lossy(&body[..length]).to_string())
+    }
+}
+
+/// A whole chunked body from `raw`, or `None` while it is incomplete.
+fn decode_chunked(raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    loop {
+        let line_end = at + raw[at..].windows(2).position(|w| w == b"\r\n")?;
+        let size = std::str::from_utf8(&raw[at..line_end]).ok()?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16)
+            .unwrap_or_else(|_| panic!("bad chunk size {size:?}"));
+        at = line_end + 2;
+        if size == 0 {
+            // No trailers from the node: the final CRLF ends the message.
+            return (raw.len() >= at + 2).then_some(out);
+        }
+        if raw.len() < at + size + 2 {
+            return None;
+        }
+        out.extend_from_slice(&raw[at..at + size]);
+        at += size + 2;
     }
 }
 

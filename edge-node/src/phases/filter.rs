@@ -16,7 +16,7 @@
 //! Node-owned request headers (identity, forwarding) cannot be set by a filter: a filter
 //! never speaks for the node's auth.
 
-use std::{net::IpAddr, sync::Arc, time::Instant};
+use std::{sync::Arc, time::Instant};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 
@@ -164,7 +164,7 @@ impl Handler for ResponseFiltered {
             }
             let started = Instant::now();
             let edited = self
-                .filter_head(&method, &uri, version, &resp, ctx.client_ip)
+                .filter_head(&method, &uri, version, &resp, &ctx.host, ctx.client_ip)
                 .await;
             ctx.timings
                 .record("fn", Some("response_filter"), started.elapsed());
@@ -192,11 +192,16 @@ impl ResponseFiltered {
         uri: &Uri,
         version: http::Version,
         resp: &Response<Body>,
-        client_ip: IpAddr,
+        host: &str,
+        client_ip: std::net::IpAddr,
     ) -> Result<Response<Body>, EdgeError> {
         let mut head = head_of(method, uri, version, resp.headers());
         head.headers_mut()
             .insert(STATUS, HeaderValue::from(resp.status().as_u16()));
+        // The request's authority (the response's headers carry none).
+        if let Ok(host) = HeaderValue::from_str(host) {
+            head.headers_mut().insert(http::header::HOST, host);
+        }
         let edited = self.functions.handle(&self.filter, head, client_ip).await?;
         Ok(edited)
     }

@@ -1,6 +1,6 @@
 //! A filter (edge-node's convention, `phases::filter`). As a request filter: without
 //! `x-api-key: let-me-in` it answers 401; with it, the request goes on with
-//! `x-filtered-by: wasm`, without `x-api-key`, and `/old/…` becomes `/new/…`. As a
+//! `x-filtered-by: wasm`, without `x-api-key`, and `/old/…` becomes `/new/…` (query kept). As a
 //! response filter (the request carries `x-edge-status`): the status stays, the headers
 //! stay, and `x-response-filter: wasm` is added; a 404 becomes a 410.
 
@@ -48,7 +48,7 @@ impl wasi::exports::http::incoming_handler::Guest for Filter {
             );
             return;
         }
-        let path = guest::path(&req);
+        let path = req.path_with_query().unwrap_or_default();
         let mut answer = vec![
             ("x-edge-continue", "1".to_string()),
             ("x-filtered-by", "wasm".to_string()),
