@@ -310,6 +310,29 @@ fn filters_rewrite_answer_and_edit_a_proxied_route() {
         no_key.status, 401,
         "a cached page is no way around the filter"
     );
+    // Past its freshness within stale-while-revalidate: revalidated in the request (a
+    // refresh off the request path would go straight to the pools and store what the
+    // filter never saw), so the copy the next hit serves is filtered too.
+    let swr = "/swr?cc=max-age%3D1%2C%20stale-while-revalidate%3D30";
+    let key = ["-H", "X-Api-Key: let-me-in"];
+    assert_eq!(curl(&e.p, "filtered.test", swr, &key).status, 200);
+    std::thread::sleep(Duration::from_millis(1100));
+    let stale = curl(&e.p, "filtered.test", swr, &key);
+    assert_eq!(
+        header(&stale, "x-response-filter"),
+        "wasm",
+        "{}",
+        stale.headers
+    );
+    for _ in 0..2 {
+        let again = curl(&e.p, "filtered.test", swr, &key);
+        assert_eq!(
+            header(&again, "x-response-filter"),
+            "wasm",
+            "{}",
+            again.headers
+        );
+    }
     // The response filter edits the status.
     let gone = curl(
         &e.p,

@@ -100,7 +100,13 @@ pub struct Outbound {
     pub function: Arc<str>,
     pub grants: Arc<Grants>,
     pub client_ip: IpAddr,
+    /// Outgoing requests of this instance in flight at once: a guest fanning out
+    /// thousands would spend the node's sockets.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// Outgoing requests one instance may have in flight.
+pub const MAX_OUTGOING: usize = 16;
 
 type SendFuture = Box<
     dyn Future<
@@ -131,7 +137,12 @@ impl WasiHttpHooks for Outbound {
         let function = self.function.clone();
         let grants = self.grants.clone();
         let client_ip = self.client_ip;
+        let in_flight = self.in_flight.clone();
         Box::new(async move {
+            let Ok(_permit) = in_flight.try_acquire_owned() else {
+                warn!(%function, uri = %request.uri(), "outgoing request refused: {MAX_OUTGOING} in flight");
+                return Err(HttpError::HttpRequestDenied);
+            };
             let up = match decision {
                 Ok(up) => up,
                 Err(why) => {
@@ -140,6 +151,18 @@ impl WasiHttpHooks for Outbound {
                 }
             };
             debug!(%function, upstream = %up.name, uri = %request.uri(), "outgoing request");
+            let mut request = request;
+            // The node's own headers (identity, forwarding) are the node's to set, and
+            // hop-by-hop ones are not a guest's to pass on.
+            let owned: Vec<_> = request
+                .headers()
+                .keys()
+                .filter(|n| crate::headers::removed_before_routing(n))
+                .cloned()
+                .collect();
+            for n in owned {
+                request.headers_mut().remove(n);
+            }
             let body_is_empty = request.body().is_end_stream();
             let request = request.map(|b| SyncBody::new(b.map_err(BoxError::from)).boxed());
             let sent = grants.pool.send(&up, request, body_is_empty, client_ip);

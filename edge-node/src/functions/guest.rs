@@ -23,8 +23,13 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use super::grants::Outbound;
 
 /// Live handles one instance may hold (requests, headers, streams, ...): far above what
-/// a handler needs, far below what would let a guest grow the node's own memory.
-const MAX_HANDLES: usize = 10_000;
+/// a handler needs, far below what would let a guest grow the node's own memory (each
+/// `fields` may hold up to `MAX_FIELD_BYTES`).
+const MAX_HANDLES: usize = 1_000;
+
+/// Bytes one guest-made set of header fields may hold: as much as the node accepts in
+/// a client's request head.
+const MAX_FIELD_BYTES: usize = 64 * 1024;
 
 /// A guest log line longer than this is split.
 const MAX_LINE: usize = 4096;
@@ -59,7 +64,11 @@ impl GuestState {
             .build();
         Self {
             wasi,
-            http: WasiHttpCtx::new(),
+            http: {
+                let mut http = WasiHttpCtx::new();
+                http.set_field_size_limit(MAX_FIELD_BYTES);
+                http
+            },
             table,
             outbound,
             limits: Limits {

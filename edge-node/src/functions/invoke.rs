@@ -167,6 +167,7 @@ impl Function {
                 function: name.clone(),
                 grants: self.grants.clone(),
                 client_ip,
+                in_flight: Arc::new(tokio::sync::Semaphore::new(super::grants::MAX_OUTGOING)),
             },
         );
         let mut store = Store::new(&self.engine.engine, state);
@@ -185,8 +186,9 @@ impl Function {
             .data_mut()
             .http()
             .new_incoming_request(scheme, req)
+            // Not the client's fault (a request the node accepted): no threat signal.
             .map_err(|e| {
-                EdgeError::new(ErrorKind::BadRequest, format!("function {name}: {e:#}"))
+                EdgeError::new(ErrorKind::FunctionFailed, format!("function {name}: {e:#}"))
             })?;
         let (tx, rx) = oneshot::channel();
         let out = store

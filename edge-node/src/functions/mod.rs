@@ -133,7 +133,15 @@ impl Functions {
         client_ip: IpAddr,
     ) -> Result<Response<Body>, EdgeError> {
         match self.by_name.get(name) {
-            Some(f) => f.handle(req, client_ip).await,
+            // A guest's 1xx (a 101 above all) would switch or confuse the client's
+            // connection: the node alone speaks those.
+            Some(f) => match f.handle(req, client_ip).await? {
+                resp if resp.status().is_informational() => Err(EdgeError::new(
+                    ErrorKind::FunctionFailed,
+                    format!("function {name} answered {}", resp.status()),
+                )),
+                resp => Ok(resp),
+            },
             None => Err(EdgeError::new(
                 ErrorKind::FunctionFailed,
                 format!("no function named {name:?} is configured"),

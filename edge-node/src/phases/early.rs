@@ -92,31 +92,6 @@ impl EarlyPhase {
     }
 }
 
-/// Headers that describe one hop's connection and must not be forwarded (RFC 9110 7.6.1).
-/// Names, not strings: a `&str` would be parsed into a name on every lookup.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-];
-
-/// Header prefixes only the node may set toward origins: client copies are removed so
-/// nothing a client sends can spoof an identity or a forwarding chain.
-const NODE_OWNED_PREFIXES: [&str; 2] = ["x-user-", "x-edge-"];
-const NODE_OWNED: [&str; 6] = [
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-real-ip",
-    "x-region",
-];
-
 /// Who the client is: the socket peer, or, when the peer is a trusted proxy, the
 /// rightmost address of its forwarding chain that is not itself a trusted proxy (entries
 /// further left could have been written by anyone). The chain is X-Forwarded-For, or
@@ -405,13 +380,15 @@ pub fn normalize_host(raw: &str) -> Option<String> {
 }
 
 /// Removes hop-by-hop headers, including those a `Connection` header names.
+pub use crate::headers::removed_before_routing;
+
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none of these: one pass over the names present is cheaper than
     // looking up every hop-by-hop name in the map.
     let (mut connection, mut any) = (false, false);
     for k in headers.keys() {
         connection |= k == header::CONNECTION;
-        any |= k == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(k);
+        any |= k == header::TRANSFER_ENCODING || crate::headers::HOP_BY_HOP.contains(k);
     }
     if connection {
         let named: Vec<HeaderName> = crate::headers::list(headers, header::CONNECTION)
@@ -422,20 +399,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     if any {
-        for n in &HOP_BY_HOP {
+        for n in &crate::headers::HOP_BY_HOP {
             headers.remove(n);
         }
         headers.remove(header::TRANSFER_ENCODING);
     }
-}
-
-/// Whether the early phase removes this client header before anything looks at it
-/// (hop-by-hop, or only the node may set it): a route cannot match on it.
-pub fn removed_before_routing(name: &HeaderName) -> bool {
-    let n = name.as_str();
-    HOP_BY_HOP.contains(name)
-        || NODE_OWNED.contains(&n)
-        || NODE_OWNED_PREFIXES.iter().any(|p| n.starts_with(p))
 }
 
 fn strip_node_owned(headers: &mut HeaderMap) {
@@ -443,7 +411,10 @@ fn strip_node_owned(headers: &mut HeaderMap) {
         .keys()
         .filter(|k| {
             let k = k.as_str();
-            NODE_OWNED.contains(&k) || NODE_OWNED_PREFIXES.iter().any(|p| k.starts_with(p))
+            crate::headers::NODE_OWNED.contains(&k)
+                || crate::headers::NODE_OWNED_PREFIXES
+                    .iter()
+                    .any(|p| k.starts_with(p))
         })
         .cloned()
         .collect();

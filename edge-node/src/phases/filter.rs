@@ -38,8 +38,11 @@ pub struct RequestFilterPhase {
     pub functions: Arc<Functions>,
     pub routes: Vec<Option<String>>,
     pub path_policy: PathSettings,
-    /// Headers a filter may not set or remove (the node's identity headers).
+    /// Headers a filter may not set or remove (those the node sets before the cache).
     pub protected: Vec<HeaderName>,
+    /// To check that a rewritten target is still the route's and not a blocked path.
+    pub table: Arc<super::route::RouteTable>,
+    pub threat: Arc<crate::policy::ThreatEngine>,
 }
 
 impl Phase for RequestFilterPhase {
@@ -102,11 +105,30 @@ impl RequestFilterPhase {
             *req.uri_mut() = Uri::from_parts(parts).map_err(|e| {
                 EdgeError::new(ErrorKind::FunctionFailed, format!("request filter: {e}"))
             })?;
-            super::early::canonicalize_target(req, self.path_policy)?;
+            // The filter's target is held to what the client's was: canonical, not a
+            // blocked path, and routed where this request already was (its route's
+            // rules and cache apply to it). A filter's mistake is the function's, not
+            // the client's: no threat signal.
+            let failed = |why: String| {
+                EdgeError::new(ErrorKind::FunctionFailed, format!("request filter: {why}"))
+            };
+            super::early::canonicalize_target(req, self.path_policy)
+                .map_err(|e| failed(format!("x-edge-path: {}", e.detail)))?;
             ctx.match_path = match crate::target::match_form(req.uri().path(), self.path_policy) {
                 std::borrow::Cow::Owned(p) => Some(p),
                 std::borrow::Cow::Borrowed(_) => None,
             };
+            let path = ctx.match_path(req.uri().path());
+            if self.threat.is_blocked_path(path) {
+                return Err(failed(format!("x-edge-path {path} is a blocked path")));
+            }
+            let same_route = self
+                .table
+                .select(&ctx.host, req.method(), path, req.headers())
+                .is_ok_and(|r| Some(r.info.index) == ctx.route_index());
+            if !same_route {
+                return Err(failed(format!("x-edge-path {path} leaves the route")));
+            }
         }
         for name in answer
             .get_all(REMOVE)
@@ -222,4 +244,162 @@ fn head_of(
     head.headers_mut().remove(http::header::CONTENT_LENGTH);
     head.headers_mut().remove(http::header::TRANSFER_ENCODING);
     head
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        functions::{FunctionsSettings, Runtime},
+        phases::route::{Route, RouteTable},
+        policy::{ThreatEngine, ThreatSettings},
+        request::RouteInfo,
+        upstream::Pool,
+    };
+
+    fn route(index: usize, prefix: &str) -> Route {
+        Route {
+            info: RouteInfo {
+                index,
+                name: prefix.into(),
+                api: false,
+                server_timing: true,
+            },
+            hosts: vec!["app.test".into()],
+            path_prefix: prefix.into(),
+            methods: Vec::new(),
+            headers: Vec::new(),
+            upstreams: Vec::new(),
+        }
+    }
+
+    /// The filter phase of two routes of app.test: `/private` (0), then `/` (1,
+    /// filtered); `/.env` is a blocked path.
+    fn phase() -> RequestFilterPhase {
+        let functions = Functions::new(
+            &Runtime::default(),
+            &FunctionsSettings::default(),
+            &[],
+            &Default::default(),
+            &Pool::new(std::time::Duration::from_secs(1), 1),
+        )
+        .expect("no functions");
+        let threat = ThreatEngine::new(
+            &ThreatSettings {
+                blocked_paths: vec!["/.env".into()],
+                ..ThreatSettings::default()
+            },
+            100,
+            None,
+        );
+        RequestFilterPhase {
+            functions: Arc::new(functions),
+            routes: vec![None, Some("f".into())],
+            path_policy: PathSettings::default(),
+            protected: vec![
+                HeaderName::from_static("x-variant"),
+                HeaderName::from_static("x-intent"),
+            ],
+            table: Arc::new(RouteTable::new(vec![route(0, "/private"), route(1, "/")])),
+            threat: Arc::new(threat),
+        }
+    }
+
+    fn filtered(path: &str) -> (RequestCtx, Request<Body>) {
+        let mut ctx = RequestCtx::new("192.0.2.1:1000".parse().unwrap());
+        ctx.host = "app.test".into();
+        ctx.route = Some(route(1, "/").info);
+        let mut req = Request::new(empty());
+        *req.uri_mut() = path.parse().unwrap();
+        req.headers_mut()
+            .insert("x-variant", HeaderValue::from_static("A"));
+        req.headers_mut()
+            .insert("x-keep", HeaderValue::from_static("1"));
+        (ctx, req)
+    }
+
+    fn answer(headers: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in headers {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn a_filter_sets_and_removes_headers_but_never_the_nodes() {
+        let p = phase();
+        let (mut ctx, mut req) = filtered("/page");
+        p.apply(
+            &mut ctx,
+            &mut req,
+            &answer(&[
+                ("x-edge-continue", "1"),
+                ("x-checked", "yes"),
+                // What the node keys and trusts as its own, and framing: ignored.
+                ("x-variant", "B"),
+                ("x-intent", "human"),
+                ("x-user-id", "admin"),
+                ("x-forwarded-for", "10.0.0.1"),
+                ("content-length", "5"),
+                ("transfer-encoding", "chunked"),
+                ("host", "evil.test"),
+                ("x-edge-remove", "x-keep, x-variant"),
+            ]),
+        )
+        .unwrap();
+        let h = req.headers();
+        assert_eq!(h["x-checked"], "yes");
+        assert_eq!(h["x-variant"], "A", "a protected header stays the node's");
+        assert!(!h.contains_key("x-keep"));
+        for absent in [
+            "x-intent",
+            "x-user-id",
+            "x-forwarded-for",
+            "content-length",
+            "transfer-encoding",
+            "host",
+            "x-edge-continue",
+        ] {
+            assert!(!h.contains_key(absent), "{absent} was set by the filter");
+        }
+    }
+
+    #[test]
+    fn a_rewritten_target_is_canonical_stays_on_its_route_and_is_not_blocked() {
+        let p = phase();
+        let (mut ctx, mut req) = filtered("/old/x?q=1");
+        p.apply(
+            &mut ctx,
+            &mut req,
+            &answer(&[
+                ("x-edge-continue", "1"),
+                ("x-edge-path", "/new/./y/../x?q=1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(req.uri(), "/new/x?q=1");
+        for (target, why) in [
+            ("/private/data", "leaves the route"),
+            ("/a/../private/data", "leaves the route"),
+            ("/.env", "blocked"),
+            ("/x%00", ""),
+            ("relative", ""),
+        ] {
+            let (mut ctx, mut req) = filtered("/old/x");
+            let e = p
+                .apply(
+                    &mut ctx,
+                    &mut req,
+                    &answer(&[("x-edge-continue", "1"), ("x-edge-path", target)]),
+                )
+                .expect_err(target);
+            // The function's failure, never the client's (no threat signal).
+            assert_eq!(e.kind, ErrorKind::FunctionFailed, "{target}");
+            assert!(e.detail.contains(why), "{target}: {}", e.detail);
+        }
+    }
 }

@@ -16,7 +16,7 @@ use crate::{
 /// The route phase: the first route that matches the request, and its pools for this
 /// client.
 pub struct RoutePhase {
-    pub table: RouteTable,
+    pub table: Arc<RouteTable>,
     pub geo: super::geo::Geo,
 }
 

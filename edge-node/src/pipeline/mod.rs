@@ -201,6 +201,8 @@ impl Pipeline {
                 HandlerSettings::Function(f) => Arc::new(FunctionHandler {
                     functions: functions.clone(),
                     name: f.clone(),
+                    max_body_bytes: config.http.max_body_bytes,
+                    body_read_timeout: config.http.body_read_timeout,
                 }),
             };
             handlers.push(match &r.response_filter {
@@ -230,6 +232,7 @@ impl Pipeline {
                 upstreams: pools,
             });
         }
+        let table = Arc::new(RouteTable::new(routes));
         threat.update(&config.threat, config.xdp.drop_threshold);
         threat.set_allowed(&config.xdp.allow);
         threat.set_ipv6_source_prefix(config.xdp.ipv6_source_prefix);
@@ -254,7 +257,7 @@ impl Pipeline {
                 threat: threat.clone(),
             }),
             Box::new(RoutePhase {
-                table: RouteTable::new(routes),
+                table: table.clone(),
                 geo: crate::phases::geo::Geo::new(&config.geo)?,
             }),
             Box::new(RateLimitPhase {
@@ -279,7 +282,11 @@ impl Pipeline {
                 functions: functions.clone(),
                 routes: request_filters,
                 path_policy: config.http.path,
-                protected: identity_headers_all.clone(),
+                // Every header the node sets before the cache (identity, variant,
+                // intent) is keyed or trusted as the node's: never a filter's.
+                protected: node_headers.clone(),
+                table: table.clone(),
+                threat: threat.clone(),
             }));
         }
         phases.push(Box::new(CachePhase {
@@ -287,6 +294,11 @@ impl Pipeline {
             pool: pool.clone(),
             node_headers,
             routes: caches,
+            background_refresh: config
+                .route
+                .iter()
+                .map(|r| r.response_filter.is_none())
+                .collect(),
         }));
         Ok(Self {
             phases,

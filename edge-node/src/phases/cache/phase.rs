@@ -28,6 +28,11 @@ pub struct CachePhase {
     pub node_headers: Vec<HeaderName>,
     /// Per route (by index).
     pub routes: Vec<Option<Arc<RouteCache>>>,
+    /// Per route: stale-while-revalidate may refresh off the request path. Not where a
+    /// response filter edits what the origin answers: a refresh goes straight to the
+    /// pools, and the copy it stored would skip the filter (those routes revalidate
+    /// in the request instead).
+    pub background_refresh: Vec<bool>,
 }
 
 /// A cacheable request on its way to the origin.
@@ -155,6 +160,9 @@ impl CachePhase {
         let forwarded = req.headers().clone();
         // stale-while-revalidate: the stale copy answers now, the refresh runs on its own.
         if fetch.refresh_in_background
+            && ctx
+                .route_index()
+                .is_some_and(|i| self.background_refresh[i])
             && let Some(answer) = RouteCache::stale_answer(&fetch, &method)
         {
             ctx.cache_outcome = Some("STALE");
@@ -248,6 +256,7 @@ mod tests {
             pool: Pool::new(Duration::from_secs(1), 1),
             node_headers: Vec::new(),
             routes: vec![Some(Arc::new(RouteCache::new(&settings).expect("route")))],
+            background_refresh: vec![true],
         }
     }
 
