@@ -75,6 +75,40 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// Headers that describe one hop's connection and must not be forwarded (RFC 9110 7.6.1).
+/// Names, not strings: a `&str` would be parsed into a name on every lookup.
+pub const HOP_BY_HOP: [HeaderName; 8] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::UPGRADE,
+];
+
+/// Header prefixes only the node may set toward origins: client copies are removed so
+/// nothing a client sends can spoof an identity or a forwarding chain.
+pub const NODE_OWNED_PREFIXES: [&str; 2] = ["x-user-", "x-edge-"];
+pub const NODE_OWNED: [&str; 6] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+    "x-region",
+];
+
+/// Whether the early phase removes this client header before anything looks at it
+/// (hop-by-hop, or only the node may set it): a route cannot match on it.
+pub fn removed_before_routing(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    HOP_BY_HOP.contains(name)
+        || NODE_OWNED.contains(&n)
+        || NODE_OWNED_PREFIXES.iter().any(|p| n.starts_with(p))
+}
+
 #[cfg(test)]
 mod tests {
     use http::{HeaderValue, header};
@@ -131,38 +165,4 @@ mod tests {
         assert_eq!(cookie(&h, "b"), None);
         assert_eq!(cookie(&h, "d"), None);
     }
-}
-
-/// Headers that describe one hop's connection and must not be forwarded (RFC 9110 7.6.1).
-/// Names, not strings: a `&str` would be parsed into a name on every lookup.
-pub const HOP_BY_HOP: [HeaderName; 8] = [
-    http::header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    http::header::PROXY_AUTHENTICATE,
-    http::header::PROXY_AUTHORIZATION,
-    http::header::TE,
-    http::header::TRAILER,
-    http::header::UPGRADE,
-];
-
-/// Header prefixes only the node may set toward origins: client copies are removed so
-/// nothing a client sends can spoof an identity or a forwarding chain.
-pub const NODE_OWNED_PREFIXES: [&str; 2] = ["x-user-", "x-edge-"];
-pub const NODE_OWNED: [&str; 6] = [
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-real-ip",
-    "x-region",
-];
-
-/// Whether the early phase removes this client header before anything looks at it
-/// (hop-by-hop, or only the node may set it): a route cannot match on it.
-pub fn removed_before_routing(name: &HeaderName) -> bool {
-    let n = name.as_str();
-    HOP_BY_HOP.contains(name)
-        || NODE_OWNED.contains(&n)
-        || NODE_OWNED_PREFIXES.iter().any(|p| n.starts_with(p))
 }
