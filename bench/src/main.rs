@@ -5,6 +5,7 @@
 mod cache;
 mod cost;
 mod flood;
+mod functions;
 mod h3;
 mod intent;
 mod proxy;
@@ -38,6 +39,10 @@ enum Cmd {
     /// `[route.cache]` against nginx proxy_cache and varnish, with wrk and h2load; memory
     /// per cached object; the miss path against a route without a cache.
     Cache(cache::Args),
+    /// WebAssembly functions: edge-node running hello.wasm on a route against `wasmtime
+    /// serve` running it, the demo handler as baseline; the cost of one instance in
+    /// process; cold start and deploy times.
+    Functions(functions::Args),
     /// HTTP/3 against HTTP/2 and HTTP/1.1 on the same route (quinn + h3 client).
     H3(h3::Args),
     /// Intent inference latency (p50/p99) and end-to-end req/s with personalization and
@@ -55,6 +60,7 @@ fn main() -> Result<()> {
         Cmd::Cache(args) => cache::run(args),
         Cmd::Security(args) => security::run(args),
         Cmd::H3(args) => h3::run(args),
+        Cmd::Functions(args) => functions::run(args),
         Cmd::Intent(args) => intent::run(args),
     }
 }

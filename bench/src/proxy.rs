@@ -76,6 +76,8 @@ pub(crate) enum Kind {
     /// The cache benchmark's peers (bench/src/cache.rs).
     NginxCache,
     Varnish,
+    /// The functions benchmark's peer (bench/src/functions.rs).
+    WasmtimeServe,
 }
 
 impl Kind {
@@ -87,6 +89,7 @@ impl Kind {
             Kind::Haproxy => "haproxy",
             Kind::NginxCache => "nginx proxy_cache",
             Kind::Varnish => "varnish",
+            Kind::WasmtimeServe => "wasmtime serve",
         }
     }
 }

@@ -26,6 +26,10 @@ pub enum BenchCmd {
     /// Security phases: their cost per request (criterion), requests/s with auth off and
     /// on, and the time from crossing the drop threshold to XDP drops.
     Security(Common),
+    /// WebAssembly functions: edge-node running hello.wasm on a route against `wasmtime
+    /// serve` running it (the demo handler as baseline); the cost of one instance; cold
+    /// start and deploy times.
+    Functions(Common),
     /// HTTP/3 against HTTP/2 and HTTP/1.1 on one route: req/s, p50, p99.
     H3(Common),
     /// Intent inference latency p50/p99 (criterion) and end-to-end req/s with
@@ -78,6 +82,11 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     } else if matches!(cmd, BenchCmd::Cache(_)) {
         toolchain::ensure_proxy_bench_packages()?;
         toolchain::ensure_cache_bench_packages()?;
+    } else if matches!(cmd, BenchCmd::Functions(_)) {
+        toolchain::ensure_proxy_bench_packages()?;
+        toolchain::ensure_wasmtime()?;
+        // hello.wasm and echo.wasm, from tests/components.
+        crate::components::build_all()?;
     } else if matches!(cmd, BenchCmd::Security(_)) {
         toolchain::ensure_proxy_bench_packages()?;
         toolchain::ensure_bench_packages()?;
@@ -90,6 +99,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Proxy(c) => run_bench("proxy", &c),
         BenchCmd::H3(c) => run_bench("h3", &c),
+        BenchCmd::Functions(c) => run_bench("functions", &c),
         BenchCmd::Cache(c) => run_bench("cache", &c),
         BenchCmd::Intent(c) => {
             // Criterion, with its per-call percentiles kept for the report.

@@ -13,6 +13,9 @@ use anyhow::{Context as _, Result, bail};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// The wasmtime the functions benchmark compares against (`wasmtime serve`): the
+/// release of the wasmtime crate edge-node embeds.
+const WASMTIME_CLI_VERSION: &str = "48.0.8";
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -164,6 +167,35 @@ pub fn ensure_cargo_fuzz() -> Result<()> {
             .arg(tools_dir()),
     )
     .context("installing cargo-fuzz failed")
+}
+
+/// wasmtime-cli (in `.tools/bin`, project-local) for the functions benchmark's `wasmtime
+/// serve`.
+pub fn ensure_wasmtime() -> Result<()> {
+    let bin = tools_dir().join("bin").join("wasmtime");
+    let wanted = format!("wasmtime {WASMTIME_CLI_VERSION}");
+    if bin.is_file()
+        && Command::new(&bin).arg("--version").output().is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with(&wanted)
+        })
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing wasmtime-cli {WASMTIME_CLI_VERSION} into {} (about 20 min)",
+        tools_dir().display()
+    );
+    run(
+        Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "install",
+                &format!("wasmtime-cli@{WASMTIME_CLI_VERSION}"),
+                "--locked",
+                "--root",
+            ])
+            .arg(tools_dir()),
+    )
+    .context("installing wasmtime-cli failed")
 }
 
 /// The Rust standard library for `target` (e.g. wasm32-wasip2, for the functions'
