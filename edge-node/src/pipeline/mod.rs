@@ -118,7 +118,6 @@ impl Pipeline {
         // Request headers the phases set before the cache (identity, experiment,
         // intent): forwarded even by routes that strip unkeyed headers.
         let mut node_headers = identity_headers.clone();
-        let identity_headers_all = identity_headers;
         if let Some(i) = &intent {
             node_headers.extend([i.header.clone(), i.confidence_header.clone()]);
         }
@@ -253,7 +252,7 @@ impl Pipeline {
             }),
             Box::new(AuthPhase {
                 routes: auth,
-                identity_headers: identity_headers_all.clone(),
+                identity_headers,
                 threat: threat.clone(),
             }),
             Box::new(RoutePhase {
@@ -439,11 +438,14 @@ impl Pipeline {
             h.insert(headers::X_REGION, v);
         }
         let elapsed = ctx.started.elapsed();
-        let timing = ctx.timings.header_value(elapsed);
-        if self.server_timing
-            && ctx.route.as_ref().is_none_or(|r| r.server_timing)
-            && let Ok(v) = HeaderValue::from_str(&timing)
-        {
+        // Formatted only when a header or the access log carries it (per request).
+        let send_timing = self.server_timing && ctx.route.as_ref().is_none_or(|r| r.server_timing);
+        let timing = if send_timing || tracing::enabled!(target: "access", tracing::Level::INFO) {
+            ctx.timings.header_value(elapsed)
+        } else {
+            String::new()
+        };
+        if send_timing && let Ok(v) = HeaderValue::from_str(&timing) {
             h.append(headers::SERVER_TIMING, v);
             if let Some(o) = &self.timing_allow_origin {
                 h.insert(headers::TIMING_ALLOW_ORIGIN, o.clone());
