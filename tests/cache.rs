@@ -504,6 +504,45 @@ fn purge_by_url_prefix_tag_and_everything() {
 }
 
 #[test]
+fn purges_name_urls_as_the_nodes_path_policy_spells_them() {
+    let origin = Origin::start("a");
+    // Paths kept as sent: `//` and `%2F` are part of what the origin serves.
+    let p = node_with(
+        &origin,
+        "",
+        "[http.path]\nmerge_slashes = false\nescaped_slashes = \"keep\"\n",
+    );
+    let get = |path: &str| header(&curl(&p, "app.test", path, &[]), "x-cache");
+    let (doubled, escaped) = (
+        "/files//c?cc=max-age%3D600",
+        "/files/a%2Fb?cc=max-age%3D600",
+    );
+    for path in [doubled, escaped, "/files/c?cc=max-age%3D600"] {
+        assert_eq!(get(path), "MISS");
+        assert_eq!(get(path), "HIT");
+    }
+    // The URLs as stored: under the default policy the first would name /files/c and
+    // the second would be refused.
+    assert_eq!(
+        p.admin(
+            "POST",
+            "/cache/purge?url=http%3A%2F%2Fapp.test%2Ffiles%2F%2Fc%3Fcc%3Dmax-age%253D600"
+        ),
+        (200, "purged 1\n".into())
+    );
+    assert_eq!(
+        p.admin(
+            "POST",
+            "/cache/purge?url=http%3A%2F%2Fapp.test%2Ffiles%2Fa%252Fb%3Fcc%3Dmax-age%253D600"
+        ),
+        (200, "purged 1\n".into())
+    );
+    assert_eq!(get(doubled), "MISS");
+    assert_eq!(get(escaped), "MISS");
+    assert_eq!(get("/files/c?cc=max-age%3D600"), "HIT");
+}
+
+#[test]
 fn the_memory_tier_stays_within_max_bytes() {
     let origin = Origin::start("a");
     // Room for about ten of these small responses (body, headers and bookkeeping).

@@ -246,9 +246,14 @@ fn chromium_loads_a_page_over_quic() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A node with 0-RTT on (plus `http_extra` in its `[http]`), a certificate for app.test
-/// and one origin: its directory (with ca.crt), origin, h3 port and proxy.
-fn early_data_node(prefix: &str, http_extra: &str) -> (PathBuf, Origin, u16, Proxy) {
+/// A node with 0-RTT on (plus `http_extra` in its `[http]` and `route_extra` after its
+/// route), a certificate for app.test and one origin: its directory (with ca.crt),
+/// origin, h3 port and proxy.
+fn early_data_node(
+    prefix: &str,
+    http_extra: &str,
+    route_extra: &str,
+) -> (PathBuf, Origin, u16, Proxy) {
     let dir = std::env::temp_dir().join(unique(prefix));
     std::fs::create_dir_all(&dir).unwrap();
     make_ca_and_leaf(&dir, &["app.test"]);
@@ -257,7 +262,7 @@ fn early_data_node(prefix: &str, http_extra: &str) -> (PathBuf, Origin, u16, Pro
     let cfg = format!(
         "[xdp]\nmode = \"off\"\n\n[http]\nlisten = [\"127.0.0.1:0\"]\nh3_listen = [\"127.0.0.1:{port}\"]\nh3_0rtt = true\n{http_extra}\n\
          [[certificate]]\nhosts = [\"app.test\"]\ncert = \"{}\"\nkey = \"{}\"\n\n\
-         [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\n[[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n",
+         [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\n[[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n{route_extra}",
         dir.join("leaf.crt").display(),
         dir.join("leaf.key").display(),
         origin.addr,
@@ -268,7 +273,7 @@ fn early_data_node(prefix: &str, http_extra: &str) -> (PathBuf, Origin, u16, Pro
 
 #[test]
 fn zero_rtt_early_data_is_accepted_and_unsafe_methods_wait_for_the_handshake() {
-    let (dir, _origin, port, _p) = early_data_node("edge-h3z-", "");
+    let (dir, _origin, port, _p) = early_data_node("edge-h3z-", "", "");
     let requests = json!([
         {"method": "GET", "authority": "app.test", "path": "/early-get"},
         {"method": "POST", "authority": "app.test", "path": "/early-post", "body": "pay"},
@@ -290,7 +295,7 @@ fn zero_rtt_early_data_is_accepted_and_unsafe_methods_wait_for_the_handshake() {
 
 #[test]
 fn a_replayed_early_data_flight_never_gets_an_unsafe_request_served() {
-    let (dir, origin, port, p) = early_data_node("edge-h3r-", "header_read_timeout = \"1s\"\n");
+    let (dir, origin, port, p) = early_data_node("edge-h3r-", "header_read_timeout = \"1s\"\n", "");
     let ca = dir.join("ca.crt");
     let job = |path: &str, mut options: Value| {
         options["zero_rtt"] = json!(true);
@@ -338,7 +343,7 @@ fn a_replayed_early_data_flight_never_gets_an_unsafe_request_served() {
 
 #[test]
 fn early_data_from_an_unproven_address_never_earns_it_a_score() {
-    let (dir, _origin, port, p) = early_data_node("edge-h3p-", "");
+    let (dir, _origin, port, p) = early_data_node("edge-h3p-", "", "");
     // A flight with four probes of a blocked path in its early data (25 points each,
     // drop threshold 100), sent by someone who cannot complete the handshake: with a
     // forged source, they would get the address's owner dropped.
@@ -373,6 +378,56 @@ fn early_data_from_an_unproven_address_never_earns_it_a_score() {
     assert!(!p.node.log().contains("escalated"), "{}", p.node.log());
     let r = curl(&p, "app.test", "/", &[]);
     assert_eq!(r.status, 200, "{}", p.node.log());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn early_data_never_spends_the_rate_limit_of_the_address_it_claims() {
+    // Three requests per client, refilled once a minute.
+    let (dir, _origin, port, p) = early_data_node(
+        "edge-h3l-",
+        "header_read_timeout = \"1s\"\n",
+        "[[route.rate_limit]]\nper_second = 0.016\nburst = 3\n",
+    );
+    let ca = dir.join("ca.crt");
+    // Someone who cannot complete the handshake (a forged source) sends a flight of
+    // four GETs in early data (after one request of its own to earn the ticket).
+    let flood = json!([
+        {"method": "GET", "authority": "app.test", "path": "/a"},
+        {"method": "GET", "authority": "app.test", "path": "/b"},
+        {"method": "GET", "authority": "app.test", "path": "/c"},
+        {"method": "GET", "authority": "app.test", "path": "/d"},
+    ]);
+    let answers = h3_job(
+        port,
+        &ca,
+        flood,
+        json!({"zero_rtt": true, "intercept_first_flight": 2}),
+    );
+    assert!(
+        answers[0]["replayed_datagrams"].as_u64().unwrap() >= 1,
+        "{answers:?}"
+    );
+    assert!(
+        edge_tests::proxy::eventually(std::time::Duration::from_secs(5), || p
+            .node
+            .log()
+            .matches("status=425")
+            .count()
+            >= 4),
+        "{}",
+        p.node.log()
+    );
+    // The address's owner still has what the ticket request left of its burst: a
+    // resuming client's early GET waits for its handshake and is served.
+    let answers = h3_job(
+        port,
+        &ca,
+        json!([{"method": "GET", "authority": "app.test", "path": "/mine"}]),
+        json!({"zero_rtt": true}),
+    );
+    assert_eq!(answers[1]["early_data_accepted"], true, "{answers:?}");
+    assert_eq!(answers[0]["status"], 200, "{answers:?}\n{}", p.node.log());
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -68,6 +68,52 @@ fn an_allowed_source_is_never_refused_for_its_score() {
 }
 
 #[test]
+fn what_another_site_makes_a_browser_request_never_gets_its_user_dropped() {
+    let origin = Origin::start("app");
+    let cfg = format!(
+        "[xdp]\nmode = \"off\"\n[http]\nlisten = [\"127.0.0.1:0\"]\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\
+         [[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n",
+        origin.addr
+    );
+    let p = start_config(&cfg);
+    // A page on another site embeds `<img src=https://app.test/.env>` eight times:
+    // the browser asks with its Fetch Metadata. 25 points each; drop at 100.
+    let image = [
+        "-H",
+        "Sec-Fetch-Site: cross-site",
+        "-H",
+        "Sec-Fetch-Mode: no-cors",
+        "-H",
+        "Sec-Fetch-Dest: image",
+    ];
+    for _ in 0..8 {
+        assert_eq!(curl(&p, "app.test", "/.env", &image).status, 404);
+    }
+    // The probes are refused, and their user is at most challenged (which a browser
+    // passes), never refused or dropped.
+    let r = curl(&p, "app.test", "/", &["-H", "Sec-Fetch-Site: none"]);
+    assert!(
+        r.status == 200 || r.body.contains("Checking your browser"),
+        "{} {}\n{}",
+        r.status,
+        r.body,
+        p.node.log()
+    );
+    assert!(!p.node.log().contains("escalated"), "{}", p.node.log());
+    // A probe the client makes itself counts in full.
+    assert_eq!(curl(&p, "app.test", "/.env", &[]).status, 404);
+    assert!(
+        edge_tests::proxy::eventually(std::time::Duration::from_secs(5), || p
+            .node
+            .log()
+            .contains("escalated")),
+        "{}",
+        p.node.log()
+    );
+}
+
+#[test]
 fn the_clearance_cookie_never_reaches_the_origin() {
     let origin = Origin::start("app");
     let cfg = format!(

@@ -109,6 +109,7 @@ impl App {
         };
         // The cache outlives reloads too.
         let cache = crate::cache::Store::new(&self.config.cache)?;
+        cache.set_path_policy(self.config.http.path);
         cache.listen_for_purges();
         // JWKS keys, verified tokens and rate-limit buckets outlive reloads as well.
         let retained = Arc::new(Retained::default());
@@ -299,6 +300,7 @@ impl App {
             // pipeline they started with.
             p.start_background();
             pipeline.store(Arc::new(p));
+            shared.cache.set_path_policy(new.http.path);
             shared
                 .retained
                 .functions

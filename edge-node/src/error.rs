@@ -37,6 +37,9 @@ pub enum ErrorKind {
     Forbidden,
     /// Over a rate limit.
     TooManyRequests,
+    /// Sent in 0-RTT early data, and the handshake that would prove the client's address
+    /// did not complete (RFC 8470): a replayed or forged flight.
+    TooEarly,
     /// The client must pass a challenge first (the response is the challenge).
     Challenged,
     /// Connecting to or talking with the origin failed.
@@ -89,6 +92,7 @@ impl EdgeError {
             | ErrorKind::Unauthorized
             | ErrorKind::Forbidden
             | ErrorKind::TooManyRequests
+            | ErrorKind::TooEarly
             | ErrorKind::Challenged => (Side::Client, false),
             ErrorKind::NoUpstreamAvailable => (Side::Node, false),
             ErrorKind::UpstreamFailed => (Side::Upstream, true),
@@ -128,6 +132,7 @@ impl EdgeError {
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::TooEarly => StatusCode::TOO_EARLY,
             ErrorKind::Challenged if self.json => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Challenged => StatusCode::FORBIDDEN,
             ErrorKind::UpstreamFailed => StatusCode::BAD_GATEWAY,
@@ -150,6 +155,7 @@ impl EdgeError {
             ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::Forbidden => "forbidden",
             ErrorKind::TooManyRequests => "rate_limited",
+            ErrorKind::TooEarly => "too_early",
             ErrorKind::Challenged => "challenge_required",
             ErrorKind::UpstreamFailed => "bad_gateway",
             ErrorKind::NoUpstreamAvailable => "unavailable",

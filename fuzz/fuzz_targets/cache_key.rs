@@ -2,7 +2,10 @@
 //! `canonical_url` / `sorted_query` are fixed points of themselves.
 #![no_main]
 
-use edge_node::cache::{KeyMaterial, canonical_url, sorted_query};
+use edge_node::{
+    cache::{KeyMaterial, canonical_url, sorted_query},
+    target::{EscapedSlashes, PathSettings},
+};
 use libfuzzer_sys::fuzz_target;
 
 /// Field lists from bytes: `[tag, len, bytes…]*`, twice, split at the first 0xFF 0xFF.
@@ -40,12 +43,26 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(ka.material == kb.material, ka.digest == kb.digest);
 
     if let Ok(text) = std::str::from_utf8(data) {
-        if let Some(url) = canonical_url(text) {
-            assert_eq!(
-                canonical_url(&url).as_deref(),
-                Some(url.as_str()),
-                "canonical_url is not a fixed point: {text:?} -> {url:?}"
-            );
+        // Under every path policy a node may run with (purges spell URLs by it).
+        for escaped_slashes in [
+            EscapedSlashes::Reject,
+            EscapedSlashes::Keep,
+            EscapedSlashes::Decode,
+        ] {
+            for merge_slashes in [true, false] {
+                let policy = PathSettings {
+                    escaped_slashes,
+                    merge_slashes,
+                    fold_case: false,
+                };
+                if let Some(url) = canonical_url(text, policy) {
+                    assert_eq!(
+                        canonical_url(&url, policy).as_deref(),
+                        Some(url.as_str()),
+                        "canonical_url is not a fixed point under {policy:?}: {text:?} -> {url:?}"
+                    );
+                }
+            }
         }
         let sorted = sorted_query(text).join("&");
         assert_eq!(sorted_query(&sorted).join("&"), sorted, "{text:?}");

@@ -354,7 +354,7 @@ async fn cache_purge(st: &AdminState, query: &str) -> Response<Body> {
         Purge::All
     } else if let Some(url) = args.get("url") {
         // Spelled as stored: a reordered query or an explicit default port still match.
-        match crate::cache::canonical_url(url) {
+        match st.cache.canonical_url(url) {
             Some(u) => Purge::Url(u),
             None => {
                 return text(
@@ -365,7 +365,7 @@ async fn cache_purge(st: &AdminState, query: &str) -> Response<Body> {
         }
     } else if let Some(prefix) = args.get("prefix") {
         // Host and scheme as stored (lower case, no default port); the rest as given.
-        let prefix = match crate::cache::canonical_url(prefix) {
+        let prefix = match st.cache.canonical_url(prefix) {
             Some(p) if !prefix.contains('?') && !prefix.ends_with('/') => {
                 p.trim_end_matches('/').to_string()
             }

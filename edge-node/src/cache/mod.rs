@@ -64,11 +64,11 @@ fn vary_matches(vary: &[(HeaderName, Option<HeaderValue>)], request: &HeaderMap)
 }
 
 /// The URL an entry is stored under and purges name, in one spelling: scheme and host
-/// lower-cased, the scheme's default port dropped, the path canonical
-/// (`crate::target`, default policy), the query's parameters in a stable order of their
+/// lower-cased, the scheme's default port dropped, the path canonical under `policy`
+/// (`crate::target`: the node's `[http.path]`, as requests were keyed), the query's parameters in a stable order of their
 /// names (values of one name keep their order) and otherwise as sent. `None` for a URL
 /// that is not absolute or whose path cannot be made canonical.
-pub fn canonical_url(url: &str) -> Option<String> {
+pub fn canonical_url(url: &str, policy: crate::target::PathSettings) -> Option<String> {
     let uri: http::Uri = url.parse().ok()?;
     let scheme = uri.scheme_str()?.to_ascii_lowercase();
     let authority = uri.authority()?;
@@ -77,7 +77,7 @@ pub fn canonical_url(url: &str) -> Option<String> {
     } else {
         uri.path()
     };
-    let path = crate::target::canonical_path(path, crate::target::PathSettings::default()).ok()?;
+    let path = crate::target::canonical_path(path, policy).ok()?;
     // No host (`https://:443/`): nothing a request could have been stored under.
     if authority.host().is_empty() {
         return None;
@@ -332,6 +332,9 @@ pub struct Store {
     /// Keys whose last response could not be stored ("hit-for-pass"): for a while their
     /// misses go straight to the origin instead of queueing behind one another.
     uncacheable: moka::sync::Cache<KeyDigest, ()>,
+    /// `[http.path]`: how the stored URLs' paths were made canonical, so a purge or an
+    /// invalidation names them in the same spelling (a reload may change it).
+    path_policy: arc_swap::ArcSwap<crate::target::PathSettings>,
 }
 
 /// A lookup's answer.
@@ -473,6 +476,7 @@ impl Store {
                 .max_capacity(100_000)
                 .time_to_live(UNCACHEABLE_FOR)
                 .build(),
+            path_policy: Default::default(),
         }))
     }
 
@@ -584,6 +588,17 @@ impl Store {
         })
     }
 
+    /// The path policy requests are keyed under (set at start and on every reload).
+    pub fn set_path_policy(&self, policy: crate::target::PathSettings) {
+        self.path_policy.store(Arc::new(policy));
+    }
+
+    /// `url` spelled as the entries stored for it are (`canonical_url` under the node's
+    /// path policy); `None` when no request could have been stored under it.
+    pub fn canonical_url(&self, url: &str) -> Option<String> {
+        canonical_url(url, **self.path_policy.load())
+    }
+
     /// Invalidates what is stored for `url` (RFC 9111 4.4): here at once, in the
     /// regional tier and on the other nodes in the background.
     pub fn invalidate(self: &Arc<Self>, url: String) {
@@ -644,7 +659,7 @@ mod tests {
     #[tokio::test]
     async fn one_url_keeps_a_bounded_number_of_copies_and_one_purge_takes_them_all() {
         let store = Store::new(&CacheSettings::default()).unwrap();
-        let url = canonical_url("http://app.test/x?b=2&a=1").unwrap();
+        let url = store.canonical_url("http://app.test/x?b=2&a=1").unwrap();
         let keys: Vec<CacheKey> = (0..200)
             .map(|i| {
                 let mut m = url_material("http", "app.test", "/x", Some("a=1&b=2"));
@@ -672,13 +687,13 @@ mod tests {
         ));
         // Found by fuzzing: spellings that were not fixed points of canonical_url.
         assert_eq!(
-            canonical_url("http://a.test//x/./y?&").as_deref(),
+            store.canonical_url("http://a.test//x/./y?&").as_deref(),
             Some("http://a.test/x/y")
         );
-        assert_eq!(canonical_url("https://:443/b"), None);
+        assert_eq!(store.canonical_url("https://:443/b"), None);
         // The URL as anyone spells it names them all.
         assert_eq!(
-            store.purge_url(&canonical_url("http://APP.test:80/x?a=1&b=2").unwrap()),
+            store.purge_url(&store.canonical_url("http://APP.test:80/x?a=1&b=2").unwrap()),
             1
         );
         assert!(matches!(

@@ -267,9 +267,21 @@ pub fn on_request<B>(
         .extensions()
         .get::<crate::request::EarlyData>()
         .is_none();
+    ctx.induced = induced(req.headers());
     ctx.host = request_host(req)?;
     canonicalize_target(req, path_policy)?;
     Ok(())
+}
+
+/// Whether a browser may have sent the request on another site's behalf: its Fetch
+/// Metadata says the request did not come from the site itself or from the user
+/// (`same-origin`, `none`). Browsers set `Sec-Fetch-Site` and pages cannot change it.
+/// A client may claim it falsely; that only caps what its own probes can earn it
+/// (`policy::Source::induced`).
+fn induced(headers: &HeaderMap) -> bool {
+    headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| !matches!(v.as_bytes(), b"same-origin" | b"none"))
 }
 
 /// Header hygiene, once the request's facts are taken (`on_request`, and the intent

@@ -14,7 +14,7 @@ use crate::{
     hash::stable_hash,
     limits::{Decision, KeyedLimiter},
     policy::{Signal, ThreatEngine},
-    request::{Flow, Phase, PhaseFuture, RequestCtx},
+    request::{EarlyData, Flow, Phase, PhaseFuture, RequestCtx},
 };
 
 /// The rate-limit phase: every limit of the route; the tightest one's fields go on
@@ -38,7 +38,31 @@ impl Phase for RateLimitPhase {
         ctx: &'a mut RequestCtx,
         req: &'a mut http::Request<Body>,
     ) -> PhaseFuture<'a> {
-        Box::pin(std::future::ready(self.check(ctx, req)))
+        let limited = ctx
+            .route_index()
+            .is_some_and(|i| !self.routes[i].is_empty());
+        if !limited || ctx.validated {
+            return Box::pin(std::future::ready(self.check(ctx, req)));
+        }
+        // 0-RTT early data: whoever sent it may have forged the source address, and its
+        // requests must not spend the buckets of the address's owner. They wait for the
+        // handshake that proves the address (a round trip for a real client); a flight
+        // nobody can complete gets 425 and charges nothing.
+        let early = req.extensions().get::<EarlyData>().cloned();
+        Box::pin(async move {
+            let proven = match early {
+                Some(early) => early.proven().await,
+                None => false,
+            };
+            if !proven {
+                return Err(EdgeError::new(
+                    ErrorKind::TooEarly,
+                    "early data on a rate-limited route; the handshake did not complete",
+                ));
+            }
+            ctx.validated = true;
+            self.check(ctx, req)
+        })
     }
 
     fn response(&self, ctx: &mut RequestCtx, resp: &mut http::Response<Body>) {

@@ -36,6 +36,11 @@ pub struct Source {
     /// The peer's address is proven: a completed TCP or QUIC handshake. Requests from
     /// QUIC 0-RTT early data are not (their source can be forged).
     pub validated: bool,
+    /// A browser may have sent the request on another site's behalf (Fetch Metadata:
+    /// `Sec-Fetch-Site` other than `same-origin` or `none`): any page its user opens can
+    /// make it request `/.env` (`<img src>`). Such signals may get the client
+    /// challenged, which a browser passes, but never dropped.
+    pub induced: bool,
 }
 
 impl Source {
@@ -46,6 +51,7 @@ impl Source {
             peer,
             peer_trusted: trusted_proxies.iter().any(|n| n.contains(&peer)),
             validated: true,
+            induced: false,
         }
     }
 
@@ -59,7 +65,7 @@ impl Source {
     /// Whether the score may reach the kernel's maps: only for the address the packets
     /// come from, so a drop at the NIC hits this client and never a proxy carrying many.
     pub fn escalatable(&self) -> bool {
-        self.counts() && !self.peer_trusted && self.client == self.peer
+        self.counts() && !self.induced && !self.peer_trusted && self.client == self.peer
     }
 }
 
@@ -211,7 +217,12 @@ impl ThreatEngine {
             }))
         });
         let mut s = crate::sync::lock(&entry);
-        s.value = self.decayed(&s, now) + weight;
+        let before = self.decayed(&s, now);
+        s.value = before + weight;
+        if source.induced && drop_threshold != 0 {
+            // Up to just under the drop threshold, and never lower than it already was.
+            s.value = s.value.min((f64::from(drop_threshold) - 1.0).max(before));
+        }
         s.at = now;
         let value = s.value;
         let crossed = drop_threshold != 0 && value >= f64::from(drop_threshold);
@@ -309,6 +320,34 @@ mod tests {
         }
         assert_eq!(t.score(proxy), 0.0);
         assert_eq!(t.score(client), 0.0);
+    }
+
+    #[test]
+    fn what_another_site_makes_a_browser_request_challenges_at_most() {
+        let client: IpAddr = "198.51.100.9".parse().unwrap();
+        let induced = Source {
+            induced: true,
+            ..direct(client)
+        };
+        assert!(induced.counts() && !induced.escalatable());
+        let t = ThreatEngine::new(&ThreatSettings::default(), 100, None);
+        // `<img src=/.env>` forty times on a page the user opened.
+        for _ in 0..40 {
+            t.signal(induced, Signal::BlockedPath);
+        }
+        // (Decaying with the time the test takes.)
+        assert!(
+            (98.0..=99.0).contains(&t.score(client)),
+            "{}",
+            t.score(client)
+        );
+        assert_eq!(t.standing(client), Standing::Challenge);
+        // The client's own probe still counts in full, on top.
+        t.signal(direct(client), Signal::BlockedPath);
+        assert_eq!(t.standing(client), Standing::Drop);
+        // And an induced signal never lowers a score already past the cap.
+        t.signal(induced, Signal::BlockedPath);
+        assert!(t.score(client) >= 120.0);
     }
 
     #[test]

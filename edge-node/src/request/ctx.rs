@@ -16,6 +16,8 @@ pub struct RequestCtx {
     pub peer_trusted: bool,
     /// The peer's address is proven (false for HTTP/3 requests from 0-RTT early data).
     pub validated: bool,
+    /// A browser may have sent it on another site's behalf (`policy::Source::induced`).
+    pub induced: bool,
     /// X-Forwarded-For as received from a trusted proxy.
     pub forwarded_chain: Option<String>,
     /// `Forwarded` (RFC 7239) as received from a trusted proxy, and how that proxy
@@ -92,9 +94,29 @@ pub struct RouteInfo {
 }
 
 /// A request extension the HTTP/3 listener sets on requests that arrived in 0-RTT early
-/// data, before the client's address was validated.
-#[derive(Debug, Clone, Copy)]
-pub struct EarlyData;
+/// data, before the client's address was validated: the handshake that proves it, and
+/// how long a request may wait for it.
+#[derive(Debug, Clone)]
+pub struct EarlyData {
+    handshake: tokio::sync::watch::Receiver<bool>,
+    wait: std::time::Duration,
+}
+
+impl EarlyData {
+    /// `handshake` turns true once the connection's handshake completed.
+    pub fn new(handshake: tokio::sync::watch::Receiver<bool>, wait: std::time::Duration) -> Self {
+        Self { handshake, wait }
+    }
+
+    /// Waits for the handshake; false when it did not complete within the wait (a flight
+    /// replayed or sent from a forged address, which nobody can complete).
+    pub async fn proven(mut self) -> bool {
+        matches!(
+            tokio::time::timeout(self.wait, self.handshake.wait_for(|done| *done)).await,
+            Ok(Ok(_))
+        )
+    }
+}
 
 impl RequestCtx {
     pub fn new(client: SocketAddr) -> Self {
@@ -103,6 +125,7 @@ impl RequestCtx {
             client_ip: client.ip(),
             peer_trusted: false,
             validated: true,
+            induced: false,
             forwarded_chain: None,
             forwarded_elements: None,
             forwarded_host: None,
@@ -132,6 +155,7 @@ impl RequestCtx {
             peer: self.client.ip(),
             peer_trusted: self.peer_trusted,
             validated: self.validated,
+            induced: self.induced,
         }
     }
 

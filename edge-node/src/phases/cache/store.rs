@@ -399,7 +399,7 @@ pub fn invalidate_after_unsafe(
     if !(status.is_success() || status.is_redirection()) {
         return;
     }
-    let origin = crate::cache::canonical_url(&request_url).and_then(|u| {
+    let origin = store.canonical_url(&request_url).and_then(|u| {
         let uri: http::Uri = u.parse().ok()?;
         Some(uri.authority()?.as_str().to_string())
     });
@@ -415,7 +415,7 @@ pub fn invalidate_after_unsafe(
                 v.to_string()
             };
             // Another origin's URLs are not this response's to invalidate.
-            if let Some(u) = crate::cache::canonical_url(&absolute)
+            if let Some(u) = store.canonical_url(&absolute)
                 && u.strip_prefix(&format!("{scheme}://{authority}"))
                     .is_some_and(|rest| rest.starts_with('/'))
             {
