@@ -432,6 +432,63 @@ fn early_data_never_spends_the_rate_limit_of_the_address_it_claims() {
 }
 
 #[test]
+fn an_origins_early_hints_reach_http3_clients_and_are_never_stored() {
+    let dir = std::env::temp_dir().join(unique("edge-h3e-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    make_ca_and_leaf(&dir, &["app.test"]);
+    let origin = Origin::start("a");
+    let port = free_udp_port();
+    let cfg = format!(
+        "[xdp]\nmode = \"off\"\n[http]\nlisten = [\"127.0.0.1:0\"]\nh3_listen = [\"127.0.0.1:{port}\"]\n\
+         [[certificate]]\nhosts = [\"app.test\"]\ncert = \"{}\"\nkey = \"{}\"\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\
+         [[route]]\nhosts = [\"app.test\"]\npath_prefix = \"/cached\"\nupstream = \"app\"\n[route.cache]\n\
+         [[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n",
+        dir.join("leaf.crt").display(),
+        dir.join("leaf.key").display(),
+        origin.addr,
+    );
+    let p = start_config(&cfg);
+    let get = |path: &str| {
+        h3_job(
+            port,
+            &dir.join("ca.crt"),
+            json!([{"method": "GET", "authority": "app.test", "path": path}]),
+            json!({}),
+        )
+        .remove(0)
+    };
+    // Two 103s before the answer: each reaches the client as an interim response
+    // with its Link, and nothing else the origin put in it.
+    let r = get("/page?hints=2");
+    assert_eq!(r["status"], 200, "{r:?}\n{}", p.node.log());
+    let interim = r["interim"].as_array().unwrap();
+    assert_eq!(interim.len(), 2, "{r:?}");
+    for (i, hint) in interim.iter().enumerate() {
+        assert_eq!(hint[":status"], "103", "{r:?}");
+        assert_eq!(
+            hint["link"],
+            format!("</style-{i}.css>; rel=preload; as=style"),
+            "{r:?}"
+        );
+        assert!(hint.get("x-origin-secret").is_none(), "{r:?}");
+    }
+    // Hints belong to the exchange, not to the response: a cached copy has none.
+    let first = get("/cached/page?hints=1&cc=max-age%3D600");
+    assert_eq!(first["interim"].as_array().unwrap().len(), 1, "{first:?}");
+    assert_eq!(first["headers"]["x-cache"], "MISS", "{first:?}");
+    let hit = get("/cached/page?hints=1&cc=max-age%3D600");
+    assert_eq!(hit["headers"]["x-cache"], "HIT", "{hit:?}");
+    assert_eq!(hit["interim"].as_array().unwrap().len(), 0, "{hit:?}");
+    assert!(hit["headers"].get("link").is_none(), "{hit:?}");
+    // Over HTTP/1.1 the node cannot send a 1xx (hyper's server has no way to): the
+    // client gets the answer alone.
+    let r = curl(&p, "app.test", "/page?hints=1", &[]);
+    assert_eq!(r.status, 200, "{}", p.node.log());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn http3_requests_fail_over_like_every_other_protocol() {
     let dir = std::env::temp_dir().join(unique("edge-h3f-"));
     std::fs::create_dir_all(&dir).unwrap();

@@ -61,7 +61,12 @@ class Client(QuicConnectionProtocol):
             if isinstance(ev, (HeadersReceived, DataReceived)):
                 r = self._responses.setdefault(ev.stream_id, {"headers": [], "body": b""})
                 if isinstance(ev, HeadersReceived):
-                    r["headers"] += ev.headers
+                    fields = dict(ev.headers)
+                    if fields.get(b":status", b"").startswith(b"1"):
+                        # An interim response (103 Early Hints): kept apart.
+                        r.setdefault("interim", []).append({k.decode(): v.decode() for k, v in ev.headers})
+                    else:
+                        r["headers"] += ev.headers
                 else:
                     r["body"] += ev.data
                 if ev.stream_ended:
@@ -90,6 +95,7 @@ class Client(QuicConnectionProtocol):
             "status": int(fields.pop(":status")),
             "headers": fields,
             "body": r["body"].decode(errors="replace"),
+            "interim": r.get("interim", []),
         }
 
 

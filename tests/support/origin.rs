@@ -264,7 +264,7 @@ fn serve(conn: TcpStream, shared: &Shared) {
         );
         // Response headers a test asks for in the query: `cc=` (Cache-Control), `cdncc=`
         // (CDN-Cache-Control), `location=`, `size=` (body bytes), `vary=`,
-        // `tag=` (Surrogate-Key), `ctag=` (Cache-Tag), `cookie=` (Set-Cookie), `cookie304=` (Set-Cookie on a 304 only), `etag=` (a validator: a matching If-None-Match gets 304).
+        // `tag=` (Surrogate-Key), `ctag=` (Cache-Tag), `cookie=` (Set-Cookie), `cookie304=` (Set-Cookie on a 304 only), `etag=` (a validator: a matching If-None-Match gets 304), `hints=N` (N 103 Early Hints first).
         let mut extra = String::new();
         let mut extra_304 = String::new();
         let mut etag = None;
@@ -273,6 +273,7 @@ fn serve(conn: TcpStream, shared: &Shared) {
         let mut body_delay = 0u64;
         let mut close = false;
         let mut status = 200u16;
+        let mut hints = 0usize;
         if let Some((_, q)) = path.split_once('?') {
             for pair in q.split('&') {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -303,6 +304,8 @@ fn serve(conn: TcpStream, shared: &Shared) {
                     "close" => close = true,
                     // Answer with this status (the body as usual).
                     "status" => status = v.parse().unwrap_or(200),
+                    // This many 103 (Early Hints) responses first, 50 ms apart.
+                    "hints" => hints = v.parse().unwrap_or(0),
                     "etag" => {
                         extra.push_str(&format!("etag: \"{v}\"\r\n"));
                         etag = Some(format!("\"{v}\""));
@@ -348,6 +351,19 @@ fn serve(conn: TcpStream, shared: &Shared) {
             "HTTP/1.1 {status} Status\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nx-origin: {name}\r\nx-hit: {n}\r\n{extra}\r\n{text}",
             text.len()
         );
+        for i in 0..hints {
+            let hint = format!(
+                "HTTP/1.1 103 Early Hints\r\nlink: </style-{i}.css>; rel=preload; as=style\r\n\
+                 x-origin-secret: {i}\r\n\r\n"
+            );
+            if w.write_all(hint.as_bytes())
+                .and_then(|()| w.flush())
+                .is_err()
+            {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
         let (first, rest) = resp.as_bytes().split_at(resp.len() - text.len() / 2);
         if w.write_all(first).and_then(|()| w.flush()).is_err() {
             return;

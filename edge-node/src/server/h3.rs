@@ -36,6 +36,10 @@ use tracing::{debug, info};
 use super::{HttpSettings, SharedPipeline, tls::SharedTls};
 use crate::{error::BoxError, request::EarlyData};
 
+/// Most 103 (Early Hints) responses passed on per request: an origin sending more is
+/// not giving hints any more.
+const MAX_EARLY_HINTS: usize = 4;
+
 type RecvStream = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
 type SendStream = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 
@@ -399,11 +403,30 @@ async fn request(
             req.extensions_mut()
                 .insert(EarlyData::new(confirmed.clone(), wait));
         }
+        let (hints_tx, mut hints) = tokio::sync::mpsc::channel(MAX_EARLY_HINTS);
+        req.extensions_mut()
+            .insert(crate::upstream::EarlyHints(hints_tx));
         // Boxed as well (measured: 7.2 against 7.9 µs/req of node CPU with the request task's
         // box alone): the task's own future stays small, and so does what it moves.
-        Box::pin(current.handle(req, peer, "https"))
-            .await
-            .map(|b| super::send_deadline::guard(b, send_timeout))
+        let mut answer = Box::pin(current.handle(req, peer, "https"));
+        let mut hinted = 0;
+        let resp = loop {
+            tokio::select! {
+                resp = &mut answer => break resp,
+                // The origin's 103 Early Hints, while the answer is still coming
+                // (RFC 9114 4.1: interim responses precede the final one).
+                Some(links) = hints.recv(), if hinted < MAX_EARLY_HINTS => {
+                    hinted += 1;
+                    let mut interim = Response::new(());
+                    *interim.status_mut() = StatusCode::from_u16(103).expect("103");
+                    *interim.headers_mut() = links;
+                    if let Err(e) = send.send_response(interim).await {
+                        debug!(%peer, error = %e, "HTTP/3 early hints not sent");
+                    }
+                }
+            }
+        };
+        resp.map(|b| super::send_deadline::guard(b, send_timeout))
     };
     if let Err(e) = respond(&mut send, resp).await {
         debug!(%peer, error = %e, "HTTP/3 response not completed");

@@ -24,6 +24,7 @@ use http::{
 };
 use tracing::debug;
 
+pub use send::EarlyHints;
 use settings::{HashKey, HealthCheckSettings, OriginProtocol};
 pub use settings::{Origin, UpstreamSettings};
 

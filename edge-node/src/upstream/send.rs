@@ -17,6 +17,33 @@ use tracing::warn;
 use super::{Pool, Upstream, h1pool::PooledBody, health::InFlight};
 use crate::error::{Body, BoxError, EdgeError, ErrorKind, empty};
 
+/// A request extension: where the `103 Early Hints` an origin sends before its answer
+/// go, set by a listener that can pass them on to its client (HTTP/3: hyper's HTTP/1.1
+/// and HTTP/2 servers cannot send a 1xx). Only their `Link` fields travel (what
+/// browsers act on; nothing else an origin put there reaches clients), and they are
+/// never stored: they are this exchange's, not the response's. Bounded: extra hints
+/// beyond the channel's room are dropped.
+#[derive(Clone)]
+pub struct EarlyHints(pub tokio::sync::mpsc::Sender<http::HeaderMap>);
+
+impl EarlyHints {
+    /// Asks hyper to pass the 103s of `out`'s exchange on (HTTP/1.1 origins).
+    fn watch(self, out: &mut Request<Body>) {
+        hyper::ext::on_informational(out, move |r| {
+            if r.status() != http::StatusCode::from_u16(103).expect("103") {
+                return;
+            }
+            let mut links = http::HeaderMap::new();
+            for v in r.headers().get_all(http::header::LINK) {
+                links.append(http::header::LINK, v.clone());
+            }
+            if !links.is_empty() {
+                let _ = self.0.try_send(links);
+            }
+        });
+    }
+}
+
 impl Pool {
     /// Sends `req` to one of the upstream's servers; on a connection failure, another
     /// server while the retry budget allows (only requests that can be sent twice).
@@ -84,6 +111,9 @@ impl Pool {
             };
             let Some(p) = p else { break };
             let mut out = Request::from_parts(p, empty());
+            if let Some(hints) = out.extensions_mut().remove::<EarlyHints>() {
+                hints.watch(&mut out);
+            }
             *out.uri_mut() = up.uri(i, &path);
             *out.version_mut() = http::Version::HTTP_11;
             if let Some(b) = body.take() {
