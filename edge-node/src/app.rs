@@ -181,6 +181,8 @@ impl App {
                 cache: cache.clone(),
                 reload: reload_tx,
                 functions: retained.functions.clone(),
+                deploying: Default::default(),
+                upload_timeout: admin::UPLOAD_TIMEOUT,
                 draining: stop_rx.clone(),
             };
             admin_task = Some(admin::spawn(l, state));

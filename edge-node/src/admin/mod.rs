@@ -44,6 +44,11 @@ pub struct AdminState {
     pub reload: mpsc::Sender<ReloadRequest>,
     /// The functions runtime: checks and writes uploaded components.
     pub functions: crate::functions::Runtime,
+    /// One deploy at a time: each answer then says what its own upload did (a second
+    /// upload of the same function waits instead of racing the first one's reload).
+    pub deploying: Arc<tokio::sync::Mutex<()>>,
+    /// How long an upload may take (`UPLOAD_TIMEOUT`).
+    pub upload_timeout: std::time::Duration,
     /// True once the node is shutting down: `/readyz` answers 503 while requests drain.
     pub draining: watch::Receiver<bool>,
 }
@@ -199,6 +204,10 @@ async fn reload(st: &AdminState) -> Result<(), (StatusCode, String)> {
     }
 }
 
+/// How long an upload may take: a stalled one must not hold an admin connection and its
+/// buffer for ever.
+pub const UPLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// `PUT /functions/<name>` with a component as the body (at most
 /// `functions.max_upload_bytes`): checked (compiles, links, exports
 /// wasi:http/incoming-handler), written atomically over the function's configured
@@ -216,16 +225,25 @@ async fn deploy_function(st: &AdminState, name: &str, req: Request<Incoming>) ->
         req.into_body(),
         usize::try_from(limit).unwrap_or(usize::MAX),
     );
-    let bytes = match http_body_util::BodyExt::collect(body).await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+    let wait = st.upload_timeout;
+    let upload = tokio::time::timeout(wait, http_body_util::BodyExt::collect(body));
+    let bytes = match upload.await {
+        Err(_) => {
+            return text(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the upload did not complete within {wait:?}\n"),
+            );
+        }
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             return text(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("a component may be {limit} bytes at most (functions.max_upload_bytes)\n"),
             );
         }
-        Err(e) => return text(StatusCode::BAD_REQUEST, format!("reading the body: {e}\n")),
+        Ok(Err(e)) => return text(StatusCode::BAD_REQUEST, format!("reading the body: {e}\n")),
     };
+    let _one_at_a_time = st.deploying.lock().await;
     // Compiling is CPU work of up to seconds: off the async workers.
     let (rt, n) = (st.functions.clone(), name.to_string());
     let deployed = match tokio::task::spawn_blocking(move || rt.deploy(&n, &bytes)).await {
@@ -532,6 +550,8 @@ mod tests {
             cache: crate::cache::Store::new(&Default::default()).unwrap(),
             reload: reload_tx,
             functions: runtime.clone(),
+            deploying: Default::default(),
+            upload_timeout: std::time::Duration::from_millis(500),
             draining,
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -575,6 +595,28 @@ mod tests {
             .unwrap()
             .to_bytes();
         assert!(body.starts_with(b"GET /after\n"), "{body:?}");
+
+        // An upload that stops halfway is given up, and the component in force stays.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "PUT /functions/app HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {token}\r\n\
+             Content-Length: {}\r\n\r\n",
+            hello.len()
+        );
+        stalled.write_all(head.as_bytes()).await.unwrap();
+        stalled.write_all(&hello[..hello.len() / 2]).await.unwrap();
+        let mut answer = vec![0; 512];
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            stalled.read(&mut answer),
+        )
+        .await
+        .expect("the stalled upload was never answered")
+        .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert_eq!(std::fs::read(&file).unwrap(), echo);
         admin.abort();
         let _ = std::fs::remove_dir_all(dir);
     }
