@@ -268,6 +268,18 @@ fn a_runaway_function_fails_alone() {
     for name in ["function=loop", "function=bomb", "function=trap"] {
         assert!(log.contains(name), "{name} not in the log:\n{log}");
     }
+    // So do the metrics, by outcome.
+    let (status, metrics) = e.p.admin("GET", "/metrics");
+    assert_eq!(status, 200);
+    for line in [
+        "edge_function_calls_total{function=\"loop\",role=\"handler\",outcome=\"timeout\"} 1",
+        "edge_function_calls_total{function=\"loop\",role=\"handler\",outcome=\"ok\"} 1",
+        "edge_function_calls_total{function=\"bomb\",role=\"handler\",outcome=\"failed\"} 1",
+        "edge_function_calls_total{function=\"trap\",role=\"handler\",outcome=\"failed\"} 1",
+        "edge_function_duration_seconds_count{function=\"trap\",role=\"handler\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
 }
 
 #[test]

@@ -19,7 +19,7 @@ use prometheus_client::{
 
 use edge_common::Reason;
 
-use crate::{upstream::health, xdp::maps::Counters};
+use crate::{error::ErrorKind, upstream::health, xdp::maps::Counters};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -39,6 +39,22 @@ pub struct UpstreamLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FunctionLabels {
+    pub function: String,
+    /// `handler`, `request_filter` or `response_filter`.
+    pub role: &'static str,
+    /// `ok`, `failed` (trap, memory, no response), `timeout`, `busy`, or `error` (a
+    /// refusal that is not the guest's: an invalid filter answer, a stalled body).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FunctionRoleLabels {
+    pub function: String,
+    pub role: &'static str,
 }
 
 /// The counter and histogram of one label set, as a worker thread looked them up: the
@@ -134,6 +150,10 @@ pub struct Metrics {
     servers: health::Registry,
     /// Connections closed at accept because `http.max_connections` were open.
     connections_shed: Counter,
+    /// WebAssembly function calls by function, role and outcome, and their time to a
+    /// response head.
+    function_calls: Family<FunctionLabels, Counter>,
+    function_time: Family<FunctionRoleLabels, Histogram>,
 }
 
 impl Metrics {
@@ -172,6 +192,21 @@ impl Metrics {
             "Connections closed at accept because http.max_connections were open",
             connections_shed.clone(),
         );
+        let function_calls = Family::<FunctionLabels, Counter>::default();
+        registry.register(
+            "edge_function_calls",
+            "WebAssembly function calls by function, role (handler, request_filter, response_filter) and outcome (ok, failed, timeout, busy, error)",
+            function_calls.clone(),
+        );
+        // 0.1 ms .. ~3 s
+        let function_time = Family::<FunctionRoleLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.0, 15))
+        });
+        registry.register(
+            "edge_function_duration_seconds",
+            "Time from calling a function to its response head, by function and role",
+            function_time.clone(),
+        );
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let cache_by_outcome = CACHE_OUTCOMES
             .iter()
@@ -186,7 +221,37 @@ impl Metrics {
             intent,
             servers,
             connections_shed,
+            function_calls,
+            function_time,
         }
+    }
+
+    /// One call of `function` as `role`: how it ended and how long it took.
+    pub fn function_call(
+        &self,
+        function: &str,
+        role: &'static str,
+        outcome: Result<(), ErrorKind>,
+        elapsed: std::time::Duration,
+    ) {
+        let outcome = match outcome {
+            Ok(()) => "ok",
+            Err(ErrorKind::FunctionFailed) => "failed",
+            Err(ErrorKind::FunctionTimeout) => "timeout",
+            Err(ErrorKind::FunctionBusy) => "busy",
+            Err(_) => "error",
+        };
+        let function = function.to_string();
+        self.function_calls
+            .get_or_create(&FunctionLabels {
+                function: function.clone(),
+                role,
+                outcome,
+            })
+            .inc();
+        self.function_time
+            .get_or_create(&FunctionRoleLabels { function, role })
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn record(

@@ -12,6 +12,7 @@ use super::proxy::first_frame_checked;
 use crate::{
     error::Body,
     functions::Functions,
+    metrics::Metrics,
     phases::forwarding,
     request::{Handler, HandlerFuture, RequestCtx},
 };
@@ -21,6 +22,7 @@ pub struct FunctionHandler {
     pub name: String,
     pub max_body_bytes: u64,
     pub body_read_timeout: std::time::Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Handler for FunctionHandler {
@@ -52,6 +54,12 @@ impl Handler for FunctionHandler {
                 .handle(&self.name, Request::from_parts(parts, body), ctx.client_ip)
                 .await;
             ctx.timings.record("fn", None, started.elapsed());
+            self.metrics.function_call(
+                &self.name,
+                "handler",
+                answer.as_ref().map(|_| ()).map_err(|e| e.kind),
+                started.elapsed(),
+            );
             answer
         })
     }

@@ -43,6 +43,7 @@ pub struct RequestFilterPhase {
     /// To check that a rewritten target is still the route's and not a blocked path.
     pub table: Arc<super::route::RouteTable>,
     pub threat: Arc<crate::policy::ThreatEngine>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Phase for RequestFilterPhase {
@@ -64,12 +65,20 @@ impl Phase for RequestFilterPhase {
             let answer = self.functions.handle(name, head, ctx.client_ip).await;
             ctx.timings
                 .record("fn", Some("request_filter"), started.elapsed());
-            let answer = answer?;
-            if !answer.headers().contains_key(CONTINUE) {
-                return Ok(Flow::Answer(answer));
-            }
-            self.apply(ctx, req, answer.headers())?;
-            Ok(Flow::Continue)
+            let flow = match answer {
+                Ok(answer) if !answer.headers().contains_key(CONTINUE) => Ok(Flow::Answer(answer)),
+                Ok(answer) => self
+                    .apply(ctx, req, answer.headers())
+                    .map(|()| Flow::Continue),
+                Err(e) => Err(e),
+            };
+            self.metrics.function_call(
+                name,
+                "request_filter",
+                flow.as_ref().map(|_| ()).map_err(|e| e.kind),
+                started.elapsed(),
+            );
+            flow
         })
     }
 }
@@ -169,6 +178,7 @@ pub struct ResponseFiltered {
     pub inner: Arc<dyn Handler>,
     pub functions: Arc<Functions>,
     pub filter: String,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Handler for ResponseFiltered {
@@ -190,6 +200,12 @@ impl Handler for ResponseFiltered {
                 .await;
             ctx.timings
                 .record("fn", Some("response_filter"), started.elapsed());
+            self.metrics.function_call(
+                &self.filter,
+                "response_filter",
+                edited.as_ref().map(|_| ()).map_err(|e| e.kind),
+                started.elapsed(),
+            );
             let edited = edited?;
             let (mut parts, body) = resp.into_parts();
             let length = parts.headers.remove(http::header::CONTENT_LENGTH);
@@ -302,6 +318,7 @@ mod tests {
             ],
             table: Arc::new(RouteTable::new(vec![route(0, "/private"), route(1, "/")])),
             threat: Arc::new(threat),
+            metrics: Arc::new(crate::metrics::Metrics::new(Default::default())),
         }
     }
 

@@ -202,6 +202,7 @@ impl Pipeline {
                     name: f.clone(),
                     max_body_bytes: config.http.max_body_bytes,
                     body_read_timeout: config.http.body_read_timeout,
+                    metrics: metrics.clone(),
                 }),
             };
             handlers.push(match &r.response_filter {
@@ -209,6 +210,7 @@ impl Pipeline {
                     inner: handler,
                     functions: functions.clone(),
                     filter: f.clone(),
+                    metrics: metrics.clone(),
                 }),
                 None => handler,
             });
@@ -286,6 +288,7 @@ impl Pipeline {
                 protected: node_headers.clone(),
                 table: table.clone(),
                 threat: threat.clone(),
+                metrics: metrics.clone(),
             }));
         }
         phases.push(Box::new(CachePhase {
