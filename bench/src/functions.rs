@@ -269,12 +269,18 @@ fn thread_cpu_seconds() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
-fn instance_cost(dir: &Path, hello: &Path, calls: usize) -> Result<InstanceCost> {
+fn instance_cost(
+    dir: &Path,
+    hello: &Path,
+    calls: usize,
+    keep_resident_bytes: u64,
+) -> Result<InstanceCost> {
     use edge_node::functions::{FunctionSettings, Functions, FunctionsSettings, Runtime};
     use http_body_util::BodyExt;
 
     let global = FunctionsSettings {
         cache_dir: dir.join("inproc-cache"),
+        keep_resident_bytes,
         ..Default::default()
     };
     let f = FunctionSettings {
@@ -448,10 +454,17 @@ pub fn run(args: Args) -> Result<()> {
         );
         cold.push(s);
     }
-    let cost = instance_cost(&dir.0, &hello, args.calls)?;
+    let keep = edge_node::functions::FunctionsSettings::default().keep_resident_bytes;
+    let cost = instance_cost(&dir.0, &hello, args.calls, keep)?;
     eprintln!(
         "instance cost: median {:.1} µs, p99 {:.1} µs, CPU {:.1} µs per call ({} calls)",
         cost.median_us, cost.p99_us, cost.cpu_us, cost.calls
+    );
+    // Each engine is its own process-wide pool: a second one, nothing kept resident.
+    let released = instance_cost(&dir.0, &hello, args.calls, 0)?;
+    eprintln!(
+        "instance cost, keep_resident_bytes = 0: median {:.1} µs, p99 {:.1} µs, CPU {:.1} µs per call",
+        released.median_us, released.p99_us, released.cpu_us
     );
 
     let (p_fn, t_fn) = start_edge_hello(&dir.0, &hello).context("edge-node (function)")?;
@@ -486,7 +499,7 @@ pub fn run(args: Args) -> Result<()> {
         measure_path(&dir.0, cells[c], &targets[i], "", &[], timing).map(Some)
     })?;
     drop(procs);
-    let md = render(&args, &labels, &names, &samples, &cost, &cold);
+    let md = render(&args, &labels, &names, &samples, &cost, &released, &cold);
     println!("{md}");
     if args.write {
         report::write_section("functions", &md)?;
@@ -500,6 +513,7 @@ fn render(
     names: &[&str],
     samples: &[Vec<Vec<Sample>>],
     cost: &InstanceCost,
+    released: &InstanceCost,
     cold: &[ColdStart],
 ) -> String {
     let edge_version = sys::version(edge_tests::edge_node_bin().to_str().unwrap_or(""), "-V");
@@ -589,13 +603,18 @@ fn render(
          node does; each call instantiates from the pre-linked component, runs the guest and \
          drops the instance). Target ≤ {TARGET_INSTANCE_US} µs.\n\n\
          | per call | median | p99 | thread CPU (mean) |\n|---|---:|---:|---:|\n\
-         | `Functions::handle` (hello) | **{:.1} µs** | {:.1} µs | {:.1} µs |\n\n\
+         | `Functions::handle` (hello), default `keep_resident_bytes` ({} KiB) | **{:.1} µs** | {:.1} µs | {:.1} µs |\n\
+         | the same, `keep_resident_bytes = 0` (every page given back, faulted in again) | {:.1} µs | {:.1} µs | {:.1} µs |\n\n\
          Target ≤ {TARGET_INSTANCE_US} µs: **{}**.\n\n",
         cost.calls,
         args.calls / 10,
+        edge_node::functions::FunctionsSettings::default().keep_resident_bytes >> 10,
         cost.median_us,
         cost.p99_us,
         cost.cpu_us,
+        released.median_us,
+        released.p99_us,
+        released.cpu_us,
         if cost.median_us <= TARGET_INSTANCE_US {
             "met"
         } else {

@@ -499,6 +499,7 @@ mod tests {
             cache_dir: dir.join("cache"),
             max_total_instances: 8,
             max_upload_bytes: 1 << 20,
+            ..Default::default()
         };
         let settings: Vec<crate::functions::FunctionSettings> = vec![
             toml::from_str(&format!("name = \"app\"\nfile = \"{}\"", file.display())).unwrap(),

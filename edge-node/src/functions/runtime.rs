@@ -87,6 +87,7 @@ pub struct EngineState {
     pub engine: Engine,
     pub linker: Linker<GuestState>,
     max_total_instances: u32,
+    keep_resident_bytes: u64,
 }
 
 /// A component ready to instantiate: compiled, linked against the node's WASI and
@@ -113,6 +114,11 @@ impl EngineState {
             .max_memory_size(
                 usize::try_from(super::settings::MAX_MEMORY_LIMIT).unwrap_or(usize::MAX),
             );
+        // A fresh instance per request: what the last one in a slot touched is reset
+        // in place rather than faulted in again (`keep_resident_bytes`).
+        let keep = usize::try_from(settings.keep_resident_bytes).unwrap_or(0);
+        pool.linear_memory_keep_resident(keep)
+            .table_keep_resident(keep);
         let mut config = wasmtime::Config::new();
         config
             .wasm_component_model(true)
@@ -145,6 +151,7 @@ impl EngineState {
             engine,
             linker,
             max_total_instances: n,
+            keep_resident_bytes: settings.keep_resident_bytes,
         })
     }
 }
@@ -158,6 +165,12 @@ impl Runtime {
             if e.max_total_instances != settings.max_total_instances {
                 warn!(
                     key = "functions.max_total_instances",
+                    "changed by the reload but takes effect only at the next restart"
+                );
+            }
+            if e.keep_resident_bytes != settings.keep_resident_bytes {
+                warn!(
+                    key = "functions.keep_resident_bytes",
                     "changed by the reload but takes effect only at the next restart"
                 );
             }
