@@ -130,6 +130,8 @@ pub(crate) fn criterion_median(name: &str) -> Result<f64> {
 pub(crate) fn fmt_ns(ns: f64) -> String {
     if ns >= 1000.0 {
         format!("{:.1} µs", ns / 1000.0)
+    } else if ns < 10.0 {
+        format!("{ns:.1} ns")
     } else {
         format!("{ns:.0} ns")
     }
@@ -367,7 +369,9 @@ pub fn run(args: Args) -> Result<()> {
     body.push_str(
         "\nA client repeats its token with every request: the node verifies a token's \
          signature once and keeps the result (at most 5 min, never past `exp`), so the \
-         repeat cost is what steady traffic pays; first sight pays the signature check.\n\n",
+         repeat cost is what steady traffic pays; first sight pays the signature check. \
+         The HTTP/2 guard's rows are per frame, not per request (a request is a few frames \
+         each way): its own cost is the guarded read less the same read without it.\n\n",
     );
     body.push_str(&format!(
         "### End to end: one node, the built-in demo origin, wrk -t2 -c32, {} rounds of {} s, medians\n\n\
