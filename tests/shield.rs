@@ -315,7 +315,7 @@ fn http2_ping_and_settings_floods_end_the_connection() {
         assert!(acks <= 150, "{what} flood: {acks} acknowledged");
     }
     assert!(
-        p.node.log().contains("HTTP/2 control frame flood"),
+        p.node.log().contains("HTTP/2 frame flood"),
         "{}",
         p.node.log()
     );
@@ -327,6 +327,163 @@ fn http2_ping_and_settings_floods_end_the_connection() {
         "{}",
         p.node.log()
     );
+}
+
+/// A raw HTTP/2 frame on `stream`.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A node whose clients are challenged from their first flood on (one malformed-request
+/// signal, 10 points, over 5), scores kept for an hour.
+fn shielded_node(origin: &Origin) -> edge_tests::proxy::Proxy {
+    start_config(&format!(
+        "[xdp]\nmode = \"off\"\n[http]\nlisten = [\"127.0.0.1:0\"]\n\
+         [threat]\nchallenge_threshold = 5\nhalf_life = \"1h\"\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\
+         [[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n",
+        origin.addr
+    ))
+}
+
+#[test]
+fn http2_window_update_priority_and_empty_frame_floods_end_the_connection_and_score_the_source() {
+    use std::{
+        io::{Read, Write},
+        time::Duration,
+    };
+    let origin = Origin::start("app");
+    let p = shielded_node(&origin);
+    let addr: std::net::SocketAddr = p.addr().parse().unwrap();
+    // POST / to app.test (HPACK: indexed :method POST, :scheme http, :path /, and
+    // :authority app.test), its body still to come.
+    let upload = h2_frame(0x1, 0x4, 1, b"\x83\x86\x84\x41\x08app.test");
+    let floods = [
+        // Credit nobody asked for: no DATA was sent.
+        (
+            "127.0.0.2",
+            "WINDOW_UPDATE",
+            vec![],
+            h2_frame(0x8, 0, 0, &[0, 0, 0, 1]),
+        ),
+        // Priorities for streams never opened.
+        (
+            "127.0.0.3",
+            "PRIORITY",
+            vec![],
+            h2_frame(0x2, 0, 3, &[0, 0, 0, 0, 16]),
+        ),
+        // An upload that never carries a byte (h2 itself ends a connection past 100
+        // empty DATA frames, but scores nobody: the guard cuts it first).
+        (
+            "127.0.0.4",
+            "empty frames",
+            upload,
+            h2_frame(0x0, 0, 1, &[]),
+        ),
+    ];
+    for (source, what, opening, flood_frame) in &floods {
+        let mut s = edge_tests::connect_from(source, addr, Duration::from_secs(5)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(h2_frame(0x4, 0, 0, &[]));
+        out.extend(opening);
+        for _ in 0..2000 {
+            out.extend(flood_frame);
+        }
+        // The node may close while this is still being written.
+        let _ = s.write_all(&out);
+        let mut buf = [0u8; 65536];
+        let closed = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(_) => break false,
+            }
+        };
+        assert!(closed, "{what} flood: the connection stayed open");
+        assert!(
+            p.node.log().contains(&format!("flood={what}")),
+            "{what}: {}",
+            p.node.log()
+        );
+    }
+    // Each source scored: challenged now. Nobody else is.
+    for (source, what, ..) in &floods {
+        let r = curl(&p, "app.test", "/", &["--interface", source]);
+        assert_eq!(r.status, 403, "{what} flood from {source}: not scored");
+    }
+    let r = curl(&p, "app.test", "/", &["--http2-prior-knowledge"]);
+    assert_eq!((r.status, r.version.as_str()), (200, "2"));
+}
+
+#[test]
+fn http2_large_downloads_and_browser_priorities_are_not_cut() {
+    use std::process::Command;
+    let origin = Origin::start("app");
+    let p = shielded_node(&origin);
+    // curl: 32 MiB over h2c.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "60",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+        ])
+        .args(["-w", "%{http_code} %{http_version} %{size_download}", "-H"])
+        .arg("Host: app.test")
+        .arg(format!("{}/big?size=33554432", p.base))
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200 2 33554432",
+        "{}",
+        p.node.log()
+    );
+    // nghttp with 64 KiB windows (stream and connection): it returns credit for every
+    // other DATA frame on both levels, a few thousand WINDOW_UPDATEs for two 16 MiB
+    // answers on one connection, and it opens with the PRIORITY frames of Firefox's
+    // placeholder tree.
+    let out = Command::new("nghttp")
+        .args(["-n", "-v", "-w", "16", "-W", "16", "-m", "2", "-t", "60"])
+        .args(["-H", ":authority: app.test"])
+        .arg(format!("{}/big?size=16777216", p.base))
+        .output()
+        .expect("nghttp (nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{}", p.node.log(), text);
+    let sent = |kind: &str| {
+        text.lines()
+            .filter(|l| l.contains(&format!("send {kind} frame")))
+            .count()
+    };
+    let received: usize = text
+        .lines()
+        .filter_map(|l| l.split("recv DATA frame <length=").nth(1))
+        .filter_map(|l| l.split(',').next()?.parse::<usize>().ok())
+        .sum();
+    assert!(received >= 2 * 16777216, "{received} bytes received");
+    assert!(
+        sent("WINDOW_UPDATE") > 1000,
+        "{} WINDOW_UPDATEs",
+        sent("WINDOW_UPDATE")
+    );
+    assert!(
+        sent("PRIORITY") >= 5,
+        "{} PRIORITY frames",
+        sent("PRIORITY")
+    );
+    assert!(!p.node.log().contains("frame flood"), "{}", p.node.log());
+    // Not scored either.
+    assert_eq!(curl(&p, "app.test", "/", &[]).status, 200);
 }
 
 #[test]

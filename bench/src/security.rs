@@ -1,6 +1,7 @@
 //! The security benchmark, three parts, one RESULTS.md section:
-//! 1. the per-request cost of the auth, rate-limit, threat and challenge code (criterion
-//!    medians, read from target/criterion after `cargo bench --bench phases`);
+//! 1. the per-request cost of the auth, rate-limit, threat and challenge code and of the
+//!    shield's guards (HTTP/2 frame-flood guard per frame, request target, cache key)
+//!    (criterion medians, read from target/criterion after `cargo bench --bench phases`);
 //! 2. end-to-end requests per second through the node with auth off, HS256 and RS256
 //!    (wrk, interleaved rounds, medians), against the built-in demo origin so the
 //!    phases are what differs;
@@ -42,7 +43,7 @@ const SECRET: &str = "benchmark-secret-of-at-least-32-bytes";
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
 
 /// The criterion benchmarks, in report order, with what each measures.
-const PHASES: [(&str, &str); 11] = [
+const PHASES: [(&str, &str); 17] = [
     (
         "auth_phase_hs256_repeat_token",
         "auth phase, HS256, a token seen before (cache)",
@@ -78,6 +79,30 @@ const PHASES: [(&str, &str); 11] = [
     ("threat_signal", "threat signal (decay + add)"),
     ("threat_standing", "threat standing (every request)"),
     ("challenge_clearance_check", "clearance cookie check (HMAC)"),
+    (
+        "h2_guard_read_per_frame",
+        "HTTP/2 frame-flood guard, per frame read (a page load: HEADERS, DATA, WINDOW_UPDATE; 16 KiB reads)",
+    ),
+    (
+        "h2_unguarded_read_per_frame",
+        "the same reads without the guard",
+    ),
+    (
+        "h2_guard_write_per_frame",
+        "HTTP/2 frame-flood guard, per 16 KiB DATA frame written",
+    ),
+    (
+        "canonical_path_clean",
+        "request target, already canonical (`/products/shoes/red-42`)",
+    ),
+    (
+        "canonical_path_messy",
+        "request target made canonical (`/a/./b/../c//%7Euser/x`)",
+    ),
+    (
+        "cache_key",
+        "cache key (scheme, host, path, two query parameters; SHA-256)",
+    ),
 ];
 
 fn criterion_dir() -> PathBuf {
@@ -105,6 +130,8 @@ pub(crate) fn criterion_median(name: &str) -> Result<f64> {
 pub(crate) fn fmt_ns(ns: f64) -> String {
     if ns >= 1000.0 {
         format!("{:.1} µs", ns / 1000.0)
+    } else if ns < 10.0 {
+        format!("{ns:.1} ns")
     } else {
         format!("{ns:.0} ns")
     }
@@ -342,7 +369,9 @@ pub fn run(args: Args) -> Result<()> {
     body.push_str(
         "\nA client repeats its token with every request: the node verifies a token's \
          signature once and keeps the result (at most 5 min, never past `exp`), so the \
-         repeat cost is what steady traffic pays; first sight pays the signature check.\n\n",
+         repeat cost is what steady traffic pays; first sight pays the signature check. \
+         The HTTP/2 guard's rows are per frame, not per request (a request is a few frames \
+         each way): its own cost is the guarded read less the same read without it.\n\n",
     );
     body.push_str(&format!(
         "### End to end: one node, the built-in demo origin, wrk -t2 -c32, {} rounds of {} s, medians\n\n\

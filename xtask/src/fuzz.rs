@@ -25,12 +25,13 @@ use anyhow::{Context as _, Result, bail};
 use crate::toolchain;
 
 /// Every target in fuzz/Cargo.toml.
-pub const TARGETS: [&str; 5] = [
+pub const TARGETS: [&str; 6] = [
     "canonical_path",
     "cache_key",
     "cache_control",
     "config",
     "framing",
+    "h2guard",
 ];
 
 /// Memory one run may use: libFuzzer stops (as a failure) a target that grows past it.

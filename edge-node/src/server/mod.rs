@@ -204,12 +204,12 @@ pub fn spawn(
                     let max_head = settings.max_header_bytes;
                     let drain = shutdown.clone();
                     let live = live.clone();
-                    // An HTTP/2 control-frame flood ends the connection and counts
-                    // against its source.
+                    // An HTTP/2 frame flood ends the connection and counts against its
+                    // source.
                     let flood_signal = {
                         let threat = threat.clone();
-                        move || {
-                            info!(%peer, "HTTP/2 control frame flood: connection closed");
+                        move |flood: h2guard::Flood| {
+                            info!(%peer, %flood, "HTTP/2 frame flood: connection closed");
                             threat.signal(source, crate::policy::Signal::MalformedRequest);
                         }
                     };
