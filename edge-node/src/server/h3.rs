@@ -34,11 +34,7 @@ use tokio::{sync::watch, task::JoinHandle};
 use tracing::{debug, info};
 
 use super::{HttpSettings, SharedPipeline, tls::SharedTls};
-use crate::{error::BoxError, request::EarlyData};
-
-/// Most 103 (Early Hints) responses passed on per request: an origin sending more is
-/// not giving hints any more.
-const MAX_EARLY_HINTS: usize = 4;
+use crate::{error::BoxError, request::EarlyData, upstream::EarlyHints};
 
 type RecvStream = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
 type SendStream = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
@@ -403,9 +399,8 @@ async fn request(
             req.extensions_mut()
                 .insert(EarlyData::new(confirmed.clone(), wait));
         }
-        let (hints_tx, mut hints) = tokio::sync::mpsc::channel(MAX_EARLY_HINTS);
-        req.extensions_mut()
-            .insert(crate::upstream::EarlyHints(hints_tx));
+        let hints = EarlyHints::default();
+        req.extensions_mut().insert(hints.clone());
         // Boxed as well (measured: 7.2 against 7.9 µs/req of node CPU with the request task's
         // box alone): the task's own future stays small, and so does what it moves.
         let mut answer = Box::pin(current.handle(req, peer, "https"));
@@ -415,13 +410,15 @@ async fn request(
                 resp = &mut answer => break resp,
                 // The origin's 103 Early Hints, while the answer is still coming
                 // (RFC 9114 4.1: interim responses precede the final one).
-                Some(links) = hints.recv(), if hinted < MAX_EARLY_HINTS => {
-                    hinted += 1;
-                    let mut interim = Response::new(());
-                    *interim.status_mut() = StatusCode::from_u16(103).expect("103");
-                    *interim.headers_mut() = links;
-                    if let Err(e) = send.send_response(interim).await {
-                        debug!(%peer, error = %e, "HTTP/3 early hints not sent");
+                arrived = hints.next(), if hinted < EarlyHints::MAX => {
+                    for links in arrived.into_iter().take(EarlyHints::MAX - hinted) {
+                        hinted += 1;
+                        let mut interim = Response::new(());
+                        *interim.status_mut() = StatusCode::from_u16(103).expect("103");
+                        *interim.headers_mut() = links;
+                        if let Err(e) = send.send_response(interim).await {
+                            debug!(%peer, error = %e, "HTTP/3 early hints not sent");
+                        }
                     }
                 }
             }

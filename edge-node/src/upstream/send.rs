@@ -21,12 +21,46 @@ use crate::error::{Body, BoxError, EdgeError, ErrorKind, empty};
 /// go, set by a listener that can pass them on to its client (HTTP/3: hyper's HTTP/1.1
 /// and HTTP/2 servers cannot send a 1xx). Only their `Link` fields travel (what
 /// browsers act on; nothing else an origin put there reaches clients), and they are
-/// never stored: they are this exchange's, not the response's. Bounded: extra hints
-/// beyond the channel's room are dropped.
-#[derive(Clone)]
-pub struct EarlyHints(pub tokio::sync::mpsc::Sender<http::HeaderMap>);
+/// never stored: they are this exchange's, not the response's. At most
+/// [`EarlyHints::MAX`] wait at once; more are dropped.
+///
+/// A queue under a lock rather than a channel: every HTTP/3 request carries one and
+/// almost none receive a hint, and a tokio channel allocates a block of slots up front.
+#[derive(Clone, Default)]
+pub struct EarlyHints(std::sync::Arc<HintQueue>);
+
+#[derive(Default)]
+struct HintQueue {
+    waiting: std::sync::Mutex<Vec<http::HeaderMap>>,
+    arrived: tokio::sync::Notify,
+}
 
 impl EarlyHints {
+    /// Most hints held at once, and most a listener passes on per request: an origin
+    /// sending more is not giving hints any more.
+    pub const MAX: usize = 4;
+
+    /// The hints that arrived since the last call; waits for at least one.
+    pub async fn next(&self) -> Vec<http::HeaderMap> {
+        loop {
+            let arrived = std::mem::take(&mut *crate::sync::lock(&self.0.waiting));
+            if !arrived.is_empty() {
+                return arrived;
+            }
+            self.0.arrived.notified().await;
+        }
+    }
+
+    fn push(&self, links: http::HeaderMap) {
+        let mut waiting = crate::sync::lock(&self.0.waiting);
+        if waiting.len() < Self::MAX {
+            waiting.push(links);
+            drop(waiting);
+            // A permit is kept when nobody waits yet: no hint is missed.
+            self.0.arrived.notify_one();
+        }
+    }
+
     /// Asks hyper to pass the 103s of `out`'s exchange on (HTTP/1.1 origins).
     fn watch(self, out: &mut Request<Body>) {
         hyper::ext::on_informational(out, move |r| {
@@ -38,7 +72,7 @@ impl EarlyHints {
                 links.append(http::header::LINK, v.clone());
             }
             if !links.is_empty() {
-                let _ = self.0.try_send(links);
+                self.push(links);
             }
         });
     }
