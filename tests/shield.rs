@@ -7,6 +7,17 @@ use edge_tests::{
     proxy::{curl, raw, start_config, status_of},
 };
 
+/// A node with defaults (threat scoring on, userspace enforcement) and one route to
+/// `origin` for app.test.
+fn one_route(origin: &Origin) -> edge_tests::proxy::Proxy {
+    start_config(&format!(
+        "[xdp]\nmode = \"off\"\n[http]\nlisten = [\"127.0.0.1:0\"]\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\
+         [[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n",
+        origin.addr
+    ))
+}
+
 #[test]
 fn a_trusted_proxys_bad_requests_never_score_it() {
     let origin = Origin::start("app");
@@ -70,13 +81,7 @@ fn an_allowed_source_is_never_refused_for_its_score() {
 #[test]
 fn what_another_site_makes_a_browser_request_never_gets_its_user_dropped() {
     let origin = Origin::start("app");
-    let cfg = format!(
-        "[xdp]\nmode = \"off\"\n[http]\nlisten = [\"127.0.0.1:0\"]\n\
-         [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\
-         [[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n",
-        origin.addr
-    );
-    let p = start_config(&cfg);
+    let p = one_route(&origin);
     // A page on another site embeds `<img src=https://app.test/.env>` eight times:
     // the browser asks with its Fetch Metadata. 25 points each; drop at 100.
     let image = [
@@ -116,13 +121,7 @@ fn what_another_site_makes_a_browser_request_never_gets_its_user_dropped() {
 #[test]
 fn the_clearance_cookie_never_reaches_the_origin() {
     let origin = Origin::start("app");
-    let cfg = format!(
-        "[xdp]\nmode = \"off\"\n[http]\nlisten = [\"127.0.0.1:0\"]\n\
-         [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\
-         [[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n",
-        origin.addr
-    );
-    let p = start_config(&cfg);
+    let p = one_route(&origin);
     // A client in good standing (a clearance earned earlier, its score since decayed)
     // still sends the cookie: it is the node's, the origin never sees it.
     let r = curl(
@@ -263,13 +262,7 @@ fn http2_ping_and_settings_floods_end_the_connection() {
         time::Duration,
     };
     let origin = Origin::start("app");
-    let cfg = format!(
-        "[xdp]\nmode = \"off\"\n[http]\nlisten = [\"127.0.0.1:0\"]\n\
-         [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\
-         [[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n",
-        origin.addr
-    );
-    let p = start_config(&cfg);
+    let p = one_route(&origin);
     let frame = |kind: u8, flags: u8, payload: &[u8]| {
         let len = payload.len();
         let mut f = vec![0, (len >> 8) as u8, len as u8, kind, flags, 0, 0, 0, 0];
