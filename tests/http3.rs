@@ -271,6 +271,32 @@ fn early_data_node(
     (dir, origin, port, p)
 }
 
+/// Sends four `requests` as 0-RTT early data in a flight whose handshake nobody
+/// completes (as from a forged source; held `wait_s` seconds), then waits until the
+/// node's log shows `line` once per request.
+fn unprovable_flight(p: &Proxy, port: u16, ca: &Path, requests: Value, wait_s: u64, line: &str) {
+    let answers = h3_job(
+        port,
+        ca,
+        requests,
+        json!({"zero_rtt": true, "intercept_first_flight": wait_s}),
+    );
+    assert!(
+        answers[0]["replayed_datagrams"].as_u64().unwrap() >= 1,
+        "{answers:?}"
+    );
+    assert!(
+        edge_tests::proxy::eventually(std::time::Duration::from_secs(5), || p
+            .node
+            .log()
+            .matches(line)
+            .count()
+            >= 4),
+        "{}",
+        p.node.log()
+    );
+}
+
 #[test]
 fn zero_rtt_early_data_is_accepted_and_unsafe_methods_wait_for_the_handshake() {
     let (dir, _origin, port, _p) = early_data_node("edge-h3z-", "", "");
@@ -353,26 +379,14 @@ fn early_data_from_an_unproven_address_never_earns_it_a_score() {
         {"method": "GET", "authority": "app.test", "path": "/.env?2"},
         {"method": "GET", "authority": "app.test", "path": "/.env?3"},
     ]);
-    let answers = h3_job(
+    // The node served them from early data (refused as probes)...
+    unprovable_flight(
+        &p,
         port,
         &dir.join("ca.crt"),
         probes,
-        json!({"zero_rtt": true, "intercept_first_flight": 1}),
-    );
-    assert!(
-        answers[0]["replayed_datagrams"].as_u64().unwrap() >= 1,
-        "{answers:?}"
-    );
-    // The node served them from early data (refused as probes)...
-    assert!(
-        edge_tests::proxy::eventually(std::time::Duration::from_secs(5), || p
-            .node
-            .log()
-            .matches("probe of a blocked path")
-            .count()
-            >= 4),
-        "{}",
-        p.node.log()
+        1,
+        "probe of a blocked path",
     );
     // ... and the address they claimed is neither escalated nor refused.
     assert!(!p.node.log().contains("escalated"), "{}", p.node.log());
@@ -398,26 +412,7 @@ fn early_data_never_spends_the_rate_limit_of_the_address_it_claims() {
         {"method": "GET", "authority": "app.test", "path": "/c"},
         {"method": "GET", "authority": "app.test", "path": "/d"},
     ]);
-    let answers = h3_job(
-        port,
-        &ca,
-        flood,
-        json!({"zero_rtt": true, "intercept_first_flight": 2}),
-    );
-    assert!(
-        answers[0]["replayed_datagrams"].as_u64().unwrap() >= 1,
-        "{answers:?}"
-    );
-    assert!(
-        edge_tests::proxy::eventually(std::time::Duration::from_secs(5), || p
-            .node
-            .log()
-            .matches("status=425")
-            .count()
-            >= 4),
-        "{}",
-        p.node.log()
-    );
+    unprovable_flight(&p, port, &ca, flood, 2, "status=425");
     // The address's owner still has what the ticket request left of its burst: a
     // resuming client's early GET waits for its handshake and is served.
     let answers = h3_job(
