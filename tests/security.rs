@@ -143,7 +143,9 @@ fn jwt_token_matrix_roles_and_identity_headers() {
         ),
         r3 = route(
             "opt.test",
-            "[route.auth]\nprovider = \"hs\"\nmode = \"optional\""
+            "[route.auth]\nprovider = \"hs\"\nmode = \"optional\"\n\
+             [[route.auth.roles]]\npath_prefix = \"/admin\"\nany_of = [\"admin\"]\n\
+             [[route.auth.roles]]\npath_prefix = \"/\"\nmethods = [\"PUT\", \"DELETE\"]\nany_of = [\"writer\"]"
         ),
         r4 = route("api.test", "api = true\n[route.auth]\nprovider = \"hs\""),
         r5 = route("mixed.test", "[route.auth]\nprovider = \"mixed\""),
@@ -297,6 +299,26 @@ fn jwt_token_matrix_roles_and_identity_headers() {
         "{}",
         r.body
     );
+    // Optional auth never lets leaving the token out get past a role rule: under one,
+    // no token is a 401 (not an anonymous pass), for every method the rule covers.
+    assert_eq!(get("opt.test", "/admin/panel", None).status, 401);
+    assert_eq!(
+        curl(&p, "opt.test", "/admin/panel", &["-I"]).status,
+        401,
+        "GET rules cover HEAD"
+    );
+    assert_eq!(curl(&p, "opt.test", "/doc", &["-X", "PUT"]).status, 401);
+    assert_eq!(curl(&p, "opt.test", "/doc", &["-X", "DELETE"]).status, 401);
+    // Method rules: reading stays anonymous, writing needs the role.
+    assert_eq!(get("opt.test", "/doc", None).status, 200);
+    let reader_hs = bearer(&hs(&claims("dan", &["reader"]), SECRET));
+    assert_eq!(
+        curl(&p, "opt.test", "/doc", &["-X", "PUT", "-H", &reader_hs]).status,
+        403
+    );
+    let r = curl(&p, "opt.test", "/doc", &["-X", "PUT", "-H", &bearer(&good)]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("x-user-id: alice"), "{}", r.body);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1,6 +1,7 @@
 //! Auth phase: a route's JWT policy. `required`: no valid token → 401 with
 //! `WWW-Authenticate`; `optional`: no token is fine, a bad one is not. Roles per path
-//! prefix: a valid token without one of them → 403. The origin gets the identity in
+//! prefix (and, optionally, method): a valid token without one of them → 403, and no
+//! token → 401 in either mode. The origin gets the identity in
 //! headers the node alone sets. With no `[route.auth]` the phase does nothing.
 
 use std::{collections::HashMap, sync::Arc};
@@ -52,7 +53,8 @@ impl Phase for AuthPhase {
         };
         Box::pin(async move {
             let path = ctx.match_path(req.uri().path()).to_string();
-            match auth.check(req.headers_mut(), &path).await {
+            let method = req.method().clone();
+            match auth.check(req.headers_mut(), &path, &method).await {
                 Ok(identity) => {
                     ctx.user = identity.map(|i| i.sub);
                     Ok(Flow::Continue)
@@ -94,8 +96,23 @@ pub struct RouteAuthSettings {
 #[serde(deny_unknown_fields)]
 pub struct RoleRule {
     pub path_prefix: String,
+    /// The methods the rule covers (empty: all); `GET` covers `HEAD`.
+    #[serde(default)]
+    pub methods: Vec<String>,
     /// The token needs at least one of these.
     pub any_of: Vec<String>,
+}
+
+impl RoleRule {
+    fn covers(&self, path: &str, method: &http::Method) -> bool {
+        let method = if method == http::Method::HEAD {
+            "GET"
+        } else {
+            method.as_str()
+        };
+        crate::target::path_under(path, &self.path_prefix)
+            && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+    }
 }
 
 /// The auth policy of one route.
@@ -121,6 +138,16 @@ impl RouteAuth {
                 s.provider
             );
         };
+        for rule in &s.roles {
+            if let Some(m) = rule.methods.iter().find(|m| {
+                http::Method::from_bytes(m.as_bytes()).is_err() || **m != m.to_ascii_uppercase()
+            }) {
+                bail!(
+                    "route auth: roles for {:?}: {m:?} is not a method (upper case, e.g. \"PUT\")",
+                    rule.path_prefix
+                );
+            }
+        }
         let mut roles = s.roles.clone();
         // Longest prefix first.
         roles.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
@@ -151,6 +178,7 @@ impl RouteAuth {
         &self,
         headers: &mut HeaderMap,
         path: &str,
+        method: &http::Method,
     ) -> Result<Option<Identity>, (EdgeError, bool)> {
         headers.remove(&self.user_header);
         headers.remove(&self.roles_header);
@@ -160,9 +188,15 @@ impl RouteAuth {
         };
         // The token is for the node; the origin gets the identity instead.
         headers.remove(header::AUTHORIZATION);
+        // The one rule that decides this request's roles: the longest prefix covering
+        // its method. Under it a token is needed whatever the mode (else leaving the
+        // token out would be the way past the rule).
+        let rule = self.roles.iter().find(|r| r.covers(path, method));
         let identity = match verified {
             Ok(id) => id,
-            Err(AuthError::Missing) if self.mode == AuthMode::Optional => return Ok(None),
+            Err(AuthError::Missing) if self.mode == AuthMode::Optional && rule.is_none() => {
+                return Ok(None);
+            }
             Err(e) => {
                 let (challenge, failed) = match &e {
                     AuthError::Missing => ("Bearer realm=\"edge-node\"".to_string(), false),
@@ -176,10 +210,7 @@ impl RouteAuth {
                 return Err((err, failed));
             }
         };
-        if let Some(rule) = self
-            .roles
-            .iter()
-            .find(|r| crate::target::path_under(path, &r.path_prefix))
+        if let Some(rule) = rule
             && !has_any_role(&identity.roles, &rule.any_of)
         {
             return Err((
