@@ -8,6 +8,7 @@ mod http3;
 mod http_protocol;
 mod http_proxy;
 mod intent;
+mod kv;
 mod personalize;
 mod pipeline;
 mod request_target;

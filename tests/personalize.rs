@@ -154,16 +154,7 @@ fn assignment_follows_the_weights_sticks_and_reaches_the_origin() {
 }
 
 fn token(sub: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &serde_json::json!({ "sub": sub, "exp": now + 600 }),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    edge_tests::jwt::hs256(sub, &[], SECRET)
 }
 
 #[test]

@@ -7,23 +7,11 @@ use edge_tests::{
     origin::Origin,
     proxy::{Proxy, admin_section, curl, raw, start_config, status_of},
 };
-use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-use serde_json::json;
 
 const SECRET: &str = "an-hmac-secret-of-at-least-32-bytes!";
 
 fn token(roles: &[&str]) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    encode(
-        &Header::new(Algorithm::HS256),
-        &json!({ "sub": "alice", "roles": roles, "exp": exp }),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    edge_tests::jwt::hs256("alice", roles, SECRET)
 }
 
 /// curl sending the path exactly as written (no dot-segment squashing of its own).

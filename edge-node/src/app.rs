@@ -255,6 +255,8 @@ impl App {
         if let Some(a) = admin_task {
             a.abort();
         }
+        // Writes acknowledged within storage.sync_window reach the disk before the exit.
+        shared.retained.flush_store();
         // Whatever outlived the drain (tunnels, idle origin connections) ends with them.
         drop(workers);
         xdp.shutdown()?;

@@ -31,3 +31,14 @@ pub fn instant_after(now: Instant, d: Duration) -> Instant {
         .or_else(|| now.checked_add(MAX))
         .unwrap_or(now)
 }
+
+/// An optional duration (`with = "crate::duration::option"`): absent is `None`.
+pub mod option {
+    use std::time::Duration;
+
+    use serde::Deserializer;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::deserialize(d).map(Some)
+    }
+}

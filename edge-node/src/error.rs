@@ -54,6 +54,18 @@ pub enum ErrorKind {
     FunctionTimeout,
     /// Every instance a function may have is busy.
     FunctionBusy,
+    /// What the request names does not exist (a KV key).
+    NotFound,
+    /// The handler does not take this method (the response says which it takes).
+    MethodNotAllowed,
+    /// An `If-Match` / `If-None-Match` condition of a write does not hold.
+    PreconditionFailed,
+    /// A name in the request (a KV key) is longer than allowed.
+    UriTooLong,
+    /// A namespace is full (keys or bytes): nothing was written.
+    InsufficientStorage,
+    /// The node's store failed (disk, commit): nothing was written.
+    StorageFailed,
 }
 
 #[derive(Debug)]
@@ -93,7 +105,13 @@ impl EdgeError {
             | ErrorKind::Forbidden
             | ErrorKind::TooManyRequests
             | ErrorKind::TooEarly
-            | ErrorKind::Challenged => (Side::Client, false),
+            | ErrorKind::Challenged
+            | ErrorKind::NotFound
+            | ErrorKind::MethodNotAllowed
+            | ErrorKind::PreconditionFailed
+            | ErrorKind::UriTooLong
+            | ErrorKind::InsufficientStorage => (Side::Client, false),
+            ErrorKind::StorageFailed => (Side::Node, false),
             ErrorKind::NoUpstreamAvailable => (Side::Node, false),
             ErrorKind::UpstreamFailed => (Side::Upstream, true),
             ErrorKind::UpstreamTimeout => (Side::Upstream, false),
@@ -141,6 +159,12 @@ impl EdgeError {
             ErrorKind::FunctionFailed => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::FunctionTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::FunctionBusy => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            ErrorKind::UriTooLong => StatusCode::URI_TOO_LONG,
+            ErrorKind::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
+            ErrorKind::StorageFailed => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -163,6 +187,12 @@ impl EdgeError {
             ErrorKind::FunctionFailed => "function_failed",
             ErrorKind::FunctionTimeout => "function_timeout",
             ErrorKind::FunctionBusy => "function_busy",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::MethodNotAllowed => "method_not_allowed",
+            ErrorKind::PreconditionFailed => "precondition_failed",
+            ErrorKind::UriTooLong => "uri_too_long",
+            ErrorKind::InsufficientStorage => "insufficient_storage",
+            ErrorKind::StorageFailed => "storage_unavailable",
         }
     }
 

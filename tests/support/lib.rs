@@ -2,6 +2,7 @@
 //! namespaces, crafted packets, and the edge-node binary.
 
 pub mod h3;
+pub mod jwt;
 pub mod netns;
 pub mod node;
 pub mod origin;

@@ -68,6 +68,12 @@ pub struct Config {
     /// `[[function]]`s: WebAssembly components (wasi:http/proxy).
     #[serde(default)]
     pub function: Vec<crate::functions::FunctionSettings>,
+    /// Where durable state lives (the KV store).
+    #[serde(default)]
+    pub storage: crate::kv::StorageSettings,
+    /// `[[kv]]` namespaces, served by routes with `handler = { kv = "name" }`.
+    #[serde(default)]
+    pub kv: Vec<crate::kv::KvSettings>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -307,9 +313,28 @@ impl Config {
         crate::functions::validate(&self.functions, &self.function, &self.upstream).map_err(
             |(i, e)| e.context(i.map_or(Table::one("functions"), |i| Table::nth("function", i))),
         )?;
+        self.storage.validate().context(Table::one("storage"))?;
+        let mut namespaces = std::collections::HashSet::new();
+        for (i, k) in self.kv.iter().enumerate() {
+            let at = || Table::nth("kv", i);
+            k.validate().context(at())?;
+            if !namespaces.insert(k.name.as_str()) {
+                return Err(anyhow::anyhow!("kv {} is defined twice", k.name).context(at()));
+            }
+        }
         for (i, r) in self.route.iter().enumerate() {
             let at = || Table::nth("route", i);
             r.validate().context(at())?;
+            if let crate::phases::route::HandlerSettings::Kv(ns) = &r.handler
+                && !namespaces.contains(ns.as_str())
+            {
+                return Err(anyhow::anyhow!(
+                    "route {}: handler names kv {ns:?}, which is not defined (no [[kv]] of \
+                     that name)",
+                    r.display_name()
+                )
+                .context(at()));
+            }
             for u in r.pools() {
                 if !names.contains(u) {
                     return Err(anyhow::anyhow!(

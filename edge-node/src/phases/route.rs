@@ -120,7 +120,7 @@ pub struct RouteSettings {
     pub response_filter: Option<String>,
 }
 
-/// `handler = "proxy" | "demo" | { function = "name" }`
+/// `handler = "proxy" | "demo" | { function = "name" } | { kv = "name" }`
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HandlerSettings {
@@ -131,6 +131,9 @@ pub enum HandlerSettings {
     Demo,
     /// A WebAssembly component (`[[function]]` of that name).
     Function(String),
+    /// A key-value namespace (`[[kv]]` of that name): reads by anyone the route lets
+    /// through, writes only on routes with `[route.auth]`.
+    Kv(String),
 }
 
 fn yes() -> bool {

@@ -18,7 +18,7 @@ use crate::{
     config::Config,
     error::Body,
     functions::Functions,
-    handlers::{DemoHandler, FunctionHandler, ProxyHandler},
+    handlers::{DemoHandler, FunctionHandler, KvHandler, ProxyHandler},
     headers,
     metrics::Metrics,
     phases::{
@@ -138,6 +138,13 @@ impl Pipeline {
             &upstreams,
             &pool,
         )?);
+        // The durable store, opened once per process (it outlives reloads) and only
+        // when a namespace needs it.
+        let store = if config.kv.is_empty() {
+            None
+        } else {
+            Some(retained.store(&config.storage)?)
+        };
         let mut request_filters = Vec::new();
         let mut routes = Vec::new();
         let mut handlers = Vec::new();
@@ -203,6 +210,21 @@ impl Pipeline {
                     max_body_bytes: config.http.max_body_bytes,
                     body_read_timeout: config.http.body_read_timeout,
                     metrics: metrics.clone(),
+                }),
+                HandlerSettings::Kv(ns) => Arc::new(KvHandler {
+                    store: store.clone().expect("a [[kv]] opened the store"),
+                    namespace: config
+                        .kv
+                        .iter()
+                        .find(|k| &k.name == ns)
+                        .cloned()
+                        .expect("validated: the namespace exists"),
+                    path_prefix: r.path_prefix.clone(),
+                    body_read_timeout: config.http.body_read_timeout,
+                    writable: r
+                        .auth
+                        .as_ref()
+                        .is_some_and(|a| a.mode != crate::phases::auth::AuthMode::Off),
                 }),
             };
             handlers.push(match &r.response_filter {

@@ -35,6 +35,8 @@ pub struct Retained {
     /// The functions' engine and compiled components (by content hash): a reload
     /// recompiles only changed files. `Functions::new(&retained.functions, ...)`.
     pub functions: crate::functions::Runtime,
+    /// The durable store (KV), while a pipeline uses it.
+    store: Mutex<Weak<crate::kv::Store>>,
 }
 
 impl Retained {
@@ -52,6 +54,31 @@ impl Retained {
         ProviderState {
             last_good,
             verified,
+        }
+    }
+
+    /// The store in `s.dir`, opened on first use. It keeps the directory and window it
+    /// was opened with until no pipeline uses it (both take effect at start).
+    pub fn store(&self, s: &crate::kv::StorageSettings) -> anyhow::Result<Arc<crate::kv::Store>> {
+        let mut kept = crate::sync::lock(&self.store);
+        if let Some(store) = kept.upgrade() {
+            if store.path().parent() != Some(s.dir.as_path()) {
+                tracing::warn!(
+                    key = "storage.dir",
+                    "changed; takes effect at the next start (the open store stays in use)"
+                );
+            }
+            return Ok(store);
+        }
+        let store = crate::kv::Store::open(&s.dir, s.sync_window)?;
+        *kept = Arc::downgrade(&store);
+        Ok(store)
+    }
+
+    /// Puts every acknowledged write on disk (at shutdown).
+    pub fn flush_store(&self) {
+        if let Some(store) = crate::sync::lock(&self.store).upgrade() {
+            store.flush();
         }
     }
 

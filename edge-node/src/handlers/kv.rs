@@ -1,0 +1,459 @@
+//! `handler = { kv = "name" }`: a `[[kv]]` namespace over HTTP. Under the route's
+//! path prefix, `/<key>` is one key (percent-decoded, UTF-8) and the prefix itself is
+//! the listing:
+//!
+//! - `GET` / `HEAD /<key>`: the value, its `Content-Type`, `ETag`, `Last-Modified`,
+//!   `X-KV-Expires` (Unix seconds) and `X-KV-Metadata`; `If-None-Match` → 304.
+//! - `PUT /<key>`: stores the body (201 created, 204 replaced); TTL from `?ttl=<s>` or
+//!   `X-KV-TTL: <s>`, metadata from `X-KV-Metadata`; `If-Match: <etag>|*` and
+//!   `If-None-Match: *` make it conditional (412).
+//! - `DELETE /<key>`: 204, or 404 when absent; `If-Match` as for `PUT`.
+//! - `GET /?prefix=&cursor=&limit=`: `{"keys":[{"name","expires","metadata","size"}],
+//!   "list_complete":bool,"cursor":…}` in key order.
+//!
+//! Who may read or write is the route's `[route.auth]` (role rules by method); a
+//! route without it is read-only (405). The limits are the namespace's.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt as _;
+use hyper::body::Body as _;
+
+use super::proxy::first_frame_checked;
+use crate::{
+    error::{Body, EdgeError, ErrorKind, empty, full},
+    kv::{Condition, Entry, KvSettings, Store, Write, WriteError, Written},
+    request::{Handler, HandlerFuture, RequestCtx},
+};
+
+pub const X_KV_TTL: http::HeaderName = http::HeaderName::from_static("x-kv-ttl");
+pub const X_KV_METADATA: http::HeaderName = http::HeaderName::from_static("x-kv-metadata");
+pub const X_KV_EXPIRES: http::HeaderName = http::HeaderName::from_static("x-kv-expires");
+
+/// Keys per listing page by default, and at most.
+const LIST_DEFAULT: usize = 100;
+const LIST_MAX: usize = 1000;
+
+pub struct KvHandler {
+    pub store: Arc<Store>,
+    pub namespace: KvSettings,
+    /// The route's path prefix: what comes after it is the key.
+    pub path_prefix: String,
+    pub body_read_timeout: Duration,
+    /// Whether the route takes writes: only with `[route.auth]`, whose role rules
+    /// (by method) decide who may.
+    pub writable: bool,
+}
+
+fn refuse(kind: ErrorKind, detail: impl Into<String>) -> EdgeError {
+    let mut e = EdgeError::new(kind, detail);
+    e.json = true;
+    e
+}
+
+impl Handler for KvHandler {
+    fn name(&self) -> &'static str {
+        "kv"
+    }
+
+    fn handle<'a>(&'a self, ctx: &'a mut RequestCtx, req: Request<Body>) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let key = self.key(req.uri().path())?;
+            let resp = match (req.method().clone(), key) {
+                (Method::PUT | Method::DELETE, Some(_)) if !self.writable => Err(refuse(
+                    ErrorKind::MethodNotAllowed,
+                    "writes need [route.auth] on the route",
+                )
+                .with_header(header::ALLOW, "GET, HEAD")),
+                (Method::GET | Method::HEAD, None) => self.list(&req),
+                (Method::GET | Method::HEAD, Some(key)) => self.get(&req, &key),
+                (Method::PUT, Some(key)) => self.put(req, key).await,
+                (Method::DELETE, Some(key)) => self.delete(&req, key).await,
+                (_, None) => Err(refuse(
+                    ErrorKind::MethodNotAllowed,
+                    "the namespace itself is only listed",
+                )
+                .with_header(header::ALLOW, "GET, HEAD")),
+                (_, Some(_)) => Err(refuse(ErrorKind::MethodNotAllowed, "not a KV method")
+                    .with_header(header::ALLOW, "GET, HEAD, PUT, DELETE")),
+            };
+            ctx.timings.record("kv", None, started.elapsed());
+            resp
+        })
+    }
+}
+
+impl KvHandler {
+    /// The key the path names (`None`: the namespace itself), or why there is none.
+    fn key(&self, path: &str) -> Result<Option<String>, EdgeError> {
+        let prefix = self.path_prefix.trim_end_matches('/');
+        // The route matched the path's match form; the key comes from the path as sent,
+        // which must then start with the prefix as written (a `;param` or other case in
+        // the prefix part would make the key ambiguous).
+        let rest = match path.get(..prefix.len()) {
+            Some(head) if head.eq_ignore_ascii_case(prefix) => &path[prefix.len()..],
+            _ => {
+                return Err(refuse(
+                    ErrorKind::BadRequest,
+                    format!("{path} does not start with the route's prefix as written"),
+                ));
+            }
+        };
+        let rest = match rest.strip_prefix('/') {
+            Some(r) => r,
+            None if rest.is_empty() => "",
+            None => {
+                return Err(refuse(
+                    ErrorKind::BadRequest,
+                    "not under the route's prefix",
+                ));
+            }
+        };
+        if rest.is_empty() {
+            return Ok(None);
+        }
+        let decoded: Vec<u8> = percent_encoding::percent_decode_str(rest).collect();
+        let Ok(key) = String::from_utf8(decoded) else {
+            return Err(refuse(ErrorKind::BadRequest, "a key is UTF-8"));
+        };
+        if key.chars().any(char::is_control) {
+            return Err(refuse(
+                ErrorKind::BadRequest,
+                "a key holds no control characters",
+            ));
+        }
+        if key.len() > self.namespace.max_key_bytes {
+            return Err(refuse(
+                ErrorKind::UriTooLong,
+                format!(
+                    "key of {} bytes; kv {} takes at most {}",
+                    key.len(),
+                    self.namespace.name,
+                    self.namespace.max_key_bytes
+                ),
+            ));
+        }
+        Ok(Some(key))
+    }
+
+    fn get(&self, req: &Request<Body>, key: &str) -> Result<Response<Body>, EdgeError> {
+        let entry = self
+            .store
+            .get(&self.namespace.name, key)
+            .map_err(storage_failed)?
+            .ok_or_else(|| refuse(ErrorKind::NotFound, "no such key"))?;
+        let etag = etag(entry.version);
+        let mut resp = if if_none_match(req.headers(), &etag) {
+            let mut r = Response::new(empty());
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+            r
+        } else {
+            let len = entry.value.len();
+            let mut r = Response::new(if req.method() == Method::HEAD {
+                empty()
+            } else {
+                full(entry.value.clone())
+            });
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            if let Ok(v) = HeaderValue::from_str(&entry.content_type) {
+                r.headers_mut().insert(header::CONTENT_TYPE, v);
+            }
+            r
+        };
+        let h = resp.headers_mut();
+        entry_headers(h, &entry, &etag);
+        Ok(resp)
+    }
+
+    fn list(&self, req: &Request<Body>) -> Result<Response<Body>, EdgeError> {
+        let (mut prefix, mut cursor, mut limit) = (String::new(), None, LIST_DEFAULT);
+        for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+            match &*k {
+                "prefix" => prefix = v.into_owned(),
+                "cursor" => {
+                    let after = base64::Engine::decode(
+                        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                        v.as_bytes(),
+                    )
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| refuse(ErrorKind::BadRequest, "not a cursor this node gave"))?;
+                    cursor = Some(after);
+                }
+                "limit" => {
+                    limit = v
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=LIST_MAX).contains(n))
+                        .ok_or_else(|| {
+                            refuse(ErrorKind::BadRequest, format!("limit is 1 to {LIST_MAX}"))
+                        })?;
+                }
+                _ => {}
+            }
+        }
+        let (keys, complete) = self
+            .store
+            .list(&self.namespace.name, &prefix, cursor.as_deref(), limit)
+            .map_err(storage_failed)?;
+        let next = (!complete).then(|| keys.last()).flatten().map(|last| {
+            base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                last.key.as_bytes(),
+            )
+        });
+        let body = serde_json::json!({
+            "keys": keys.iter().map(|k| serde_json::json!({
+                "name": k.key,
+                "expires": k.expires_at.map(|t| t / 1000),
+                "metadata": k.metadata,
+                "size": k.size,
+            })).collect::<Vec<_>>(),
+            "list_complete": complete,
+            "cursor": next,
+        });
+        let mut resp = Response::new(if req.method() == Method::HEAD {
+            empty()
+        } else {
+            full(format!("{body}\n"))
+        });
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Ok(resp)
+    }
+
+    async fn put(&self, req: Request<Body>, key: String) -> Result<Response<Body>, EdgeError> {
+        let ns = &self.namespace;
+        let ttl = self.ttl(&req)?;
+        let metadata = match req.headers().get(&X_KV_METADATA) {
+            None => None,
+            Some(v) if v.len() > ns.max_metadata_bytes => {
+                return Err(refuse(
+                    ErrorKind::PayloadTooLarge,
+                    format!("X-KV-Metadata over {} bytes", ns.max_metadata_bytes),
+                ));
+            }
+            Some(v) => Some(
+                v.to_str()
+                    .map_err(|_| refuse(ErrorKind::BadRequest, "X-KV-Metadata is visible ASCII"))?
+                    .to_string(),
+            ),
+        };
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= 256)
+            .unwrap_or("application/octet-stream")
+            .to_string();
+        let condition = write_condition(req.headers())?;
+        let value = self.body(req).await?;
+        let now = crate::kv::store::now_ms();
+        let entry = Entry {
+            value,
+            content_type,
+            metadata,
+            expires_at: ttl.map(|t| now + t.as_millis() as u64),
+            version: 0,
+            written_at: now,
+        };
+        let written = self
+            .store
+            .write(Write::Put {
+                namespace: ns.name.clone(),
+                key,
+                entry,
+                condition,
+                quota: ns.quota(),
+            })
+            .await
+            .map_err(write_refused)?;
+        let (status, version) = match written {
+            Written::Created { version } => (StatusCode::CREATED, version),
+            Written::Replaced { version } => (StatusCode::NO_CONTENT, version),
+            other => unreachable!("a put answers created or replaced, not {other:?}"),
+        };
+        let mut resp = Response::new(empty());
+        *resp.status_mut() = status;
+        if let Ok(v) = HeaderValue::from_str(&etag(version)) {
+            resp.headers_mut().insert(header::ETAG, v);
+        }
+        Ok(resp)
+    }
+
+    async fn delete(&self, req: &Request<Body>, key: String) -> Result<Response<Body>, EdgeError> {
+        let condition = write_condition(req.headers())?;
+        let written = self
+            .store
+            .write(Write::Delete {
+                namespace: self.namespace.name.clone(),
+                key,
+                condition,
+            })
+            .await
+            .map_err(write_refused)?;
+        match written {
+            Written::Deleted => {
+                let mut resp = Response::new(empty());
+                *resp.status_mut() = StatusCode::NO_CONTENT;
+                Ok(resp)
+            }
+            _ => Err(refuse(ErrorKind::NotFound, "no such key")),
+        }
+    }
+
+    /// `?ttl=<seconds>` or `X-KV-TTL`, else the namespace's default; bounded by its
+    /// `max_ttl`.
+    fn ttl(&self, req: &Request<Body>) -> Result<Option<Duration>, EdgeError> {
+        let from_query = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .find(|(k, _)| k == "ttl")
+            .map(|(_, v)| v.into_owned());
+        let from_header = req
+            .headers()
+            .get(&X_KV_TTL)
+            .map(|v| v.to_str().unwrap_or("").to_string());
+        let Some(text) = from_query.or(from_header) else {
+            return Ok(self.namespace.default_ttl);
+        };
+        let max = self.namespace.max_ttl.as_secs();
+        match text.trim().parse::<u64>() {
+            Ok(s) if (1..=max).contains(&s) => Ok(Some(Duration::from_secs(s))),
+            _ => Err(refuse(
+                ErrorKind::BadRequest,
+                format!("ttl is whole seconds, 1 to {max}"),
+            )),
+        }
+    }
+
+    /// The whole value, refused (413) as soon as it is over the namespace's limit:
+    /// nothing is stored from a body that is too large or never ends.
+    async fn body(&self, req: Request<Body>) -> Result<Bytes, EdgeError> {
+        let max = self.namespace.max_value_bytes;
+        let too_large = || {
+            refuse(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "kv {} takes values of at most {max} bytes",
+                    self.namespace.name
+                ),
+            )
+        };
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err(too_large());
+        }
+        let body = req.into_body();
+        if body.is_end_stream() {
+            return Ok(Bytes::new());
+        }
+        let mut body = first_frame_checked(body, self.body_read_timeout).await?;
+        let mut value = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                if e.is::<crate::body::BodyReadTimeout>() {
+                    refuse(
+                        ErrorKind::RequestTimeout,
+                        "the value stopped arriving (http.body_read_timeout)",
+                    )
+                } else {
+                    refuse(ErrorKind::BadRequest, format!("request body: {e}"))
+                }
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if (value.len() + data.len()) as u64 > max {
+                    return Err(too_large());
+                }
+                value.extend_from_slice(&data);
+            }
+        }
+        Ok(value.freeze())
+    }
+}
+
+fn etag(version: u64) -> String {
+    format!("\"{version:x}\"")
+}
+
+fn entry_headers(h: &mut HeaderMap, entry: &Entry, etag: &str) {
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
+    }
+    let written = std::time::UNIX_EPOCH + Duration::from_millis(entry.written_at);
+    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(written)) {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+    if let Some(t) = entry.expires_at {
+        h.insert(X_KV_EXPIRES, HeaderValue::from(t / 1000));
+    }
+    if let Some(m) = &entry.metadata
+        && let Ok(v) = HeaderValue::from_str(m)
+    {
+        h.insert(X_KV_METADATA, v);
+    }
+    // Data from a store is not for shared caches on the way.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+}
+
+/// Whether `If-None-Match` names this version (or is `*`).
+fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    crate::headers::list(headers, header::IF_NONE_MATCH)
+        .any(|t| t == "*" || t.trim_start_matches("W/") == etag)
+}
+
+/// A write's condition: `If-Match: "<etag>"` / `If-Match: *` / `If-None-Match: *`.
+fn write_condition(headers: &HeaderMap) -> Result<Condition, EdgeError> {
+    let bad = || {
+        refuse(
+            ErrorKind::BadRequest,
+            "If-Match takes one ETag this node gave or *; If-None-Match on a write only *",
+        )
+    };
+    let mut condition = Condition::Always;
+    if headers.contains_key(header::IF_MATCH) {
+        let tags: Vec<&str> = crate::headers::list(headers, header::IF_MATCH).collect();
+        condition = match tags.as_slice() {
+            ["*"] => Condition::Present,
+            [tag] => tag
+                .strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .and_then(|t| u64::from_str_radix(t, 16).ok())
+                .map(Condition::Version)
+                .ok_or_else(bad)?,
+            _ => return Err(bad()),
+        };
+    }
+    if headers.contains_key(header::IF_NONE_MATCH) {
+        let tags: Vec<&str> = crate::headers::list(headers, header::IF_NONE_MATCH).collect();
+        if tags != ["*"] || condition != Condition::Always {
+            return Err(bad());
+        }
+        condition = Condition::Absent;
+    }
+    Ok(condition)
+}
+
+fn storage_failed(e: WriteError) -> EdgeError {
+    refuse(ErrorKind::StorageFailed, e.to_string())
+}
+
+fn write_refused(e: WriteError) -> EdgeError {
+    match e {
+        WriteError::PreconditionFailed => refuse(ErrorKind::PreconditionFailed, e.to_string()),
+        WriteError::KeysFull(_) | WriteError::BytesFull(_) => {
+            refuse(ErrorKind::InsufficientStorage, e.to_string())
+        }
+        WriteError::Storage(_) => storage_failed(e),
+    }
+}
