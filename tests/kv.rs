@@ -452,3 +452,66 @@ fn the_store_is_one_nodes_and_configs_name_what_exists() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("kv \"nope\", which is not defined"), "{err}");
 }
+
+#[test]
+fn misses_fill_from_the_origin_once_and_keep_for_the_fill_ttl() {
+    let data = DataDir::new();
+    let origin = edge_tests::origin::Origin::start("a");
+    let p = start_config(&format!(
+        "{HEAD}\n[storage]\ndir = \"{dir}\"\n[[kv]]\nname = \"users\"\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{addr}\"]\n\
+         [[route]]\nhosts = [\"fill.test\"]\npath_prefix = \"/kv\"\nhandler = {{ kv = \"users\" }}\n\
+         upstream = \"app\"\nfill_ttl = \"2s\"\n",
+        dir = data.0.display(),
+        addr = origin.addr,
+    ));
+    let get = |path: &str| curl(&p, "fill.test", path, &[]);
+
+    // Eight concurrent misses of one key: one origin request, eight identical answers.
+    origin.set_delay_ms(300);
+    let replies: Vec<Reply> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8).map(|_| s.spawn(|| get("/kv/user:1"))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    origin.set_delay_ms(0);
+    for r in &replies {
+        assert_eq!(r.status, 200, "{}", p.node.log());
+        assert_eq!(r.body, replies[0].body);
+        assert_eq!(header(r, "x-kv-source").as_deref(), Some("origin"));
+    }
+    assert!(
+        replies[0].body.contains("path=/kv/user:1"),
+        "{}",
+        replies[0].body
+    );
+    assert_eq!(origin.hits(), 1, "concurrent misses share one fetch");
+    // Then it is the store's: no origin request, an ETag, the origin's type.
+    let r = get("/kv/user:1");
+    assert_eq!(r.body, replies[0].body);
+    assert!(header(&r, "x-kv-source").is_none());
+    assert!(header(&r, "etag").is_some());
+    assert_eq!(header(&r, "content-type").as_deref(), Some("text/plain"));
+    assert_eq!(origin.hits(), 1);
+
+    // What is not kept: a 404 (answered 404), a no-store answer (answered, asked again),
+    // an origin failure (502).
+    assert_eq!(get("/kv/nobody?status=404").status, 404);
+    assert_eq!(get("/kv/nobody").status, 200, "the 404 was not stored");
+    let before = origin.hits();
+    assert_eq!(get("/kv/private?cc=no-store").status, 200);
+    assert_eq!(get("/kv/private?cc=no-store").status, 200);
+    assert_eq!(origin.hits(), before + 2);
+    assert_eq!(get("/kv/broken?status=500").status, 502);
+
+    // Past fill_ttl the key is fetched again.
+    let before = origin.hits();
+    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    while origin.hits() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not refetched after fill_ttl"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(get("/kv/user:1").status, 200);
+    }
+}

@@ -13,12 +13,17 @@
 //!
 //! Who may read or write is the route's `[route.auth]` (role rules by method); a
 //! route without it is read-only (405). The limits are the namespace's.
+//!
+//! With an upstream on the route, a read of a missing key is a read-through: the
+//! request goes to the upstream as the proxy would send it, a 200 is stored for the
+//! route's `fill_ttl` (unless the origin says `no-store` / `private`) and answered
+//! (`X-KV-Source: origin`); concurrent misses of one key share one origin request.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::BodyExt as _;
+use http_body_util::BodyExt;
 use hyper::body::Body as _;
 
 use super::proxy::first_frame_checked;
@@ -31,6 +36,7 @@ use crate::{
 pub const X_KV_TTL: http::HeaderName = http::HeaderName::from_static("x-kv-ttl");
 pub const X_KV_METADATA: http::HeaderName = http::HeaderName::from_static("x-kv-metadata");
 pub const X_KV_EXPIRES: http::HeaderName = http::HeaderName::from_static("x-kv-expires");
+pub const X_KV_SOURCE: http::HeaderName = http::HeaderName::from_static("x-kv-source");
 
 /// Keys per listing page by default, and at most.
 const LIST_DEFAULT: usize = 100;
@@ -45,6 +51,36 @@ pub struct KvHandler {
     /// Whether the route takes writes: only with `[route.auth]`, whose role rules
     /// (by method) decide who may.
     pub writable: bool,
+    /// Read-through from the route's upstream, when it has one.
+    pub fill: Option<Fill>,
+}
+
+/// Fetching missing keys from the route's upstream.
+pub struct Fill {
+    /// The proxy handler: the request reaches the origin exactly as on a proxy route.
+    pub proxy: Arc<dyn Handler>,
+    pub ttl: Duration,
+    /// Misses being fetched, by key: a second miss waits for the first one's answer.
+    pub inflight: std::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Filled>>>>,
+}
+
+impl Fill {
+    pub fn new(proxy: Arc<dyn Handler>, ttl: Duration) -> Self {
+        Self {
+            proxy,
+            ttl,
+            inflight: Default::default(),
+        }
+    }
+}
+
+/// What one origin fetch came to, shared by every miss that waited for it.
+#[derive(Clone)]
+pub enum Filled {
+    Value(Entry),
+    /// The origin has no such thing either (404 / 410).
+    Missing,
+    Failed(String),
 }
 
 fn refuse(kind: ErrorKind, detail: impl Into<String>) -> EdgeError {
@@ -69,7 +105,7 @@ impl Handler for KvHandler {
                 )
                 .with_header(header::ALLOW, "GET, HEAD")),
                 (Method::GET | Method::HEAD, None) => self.list(&req),
-                (Method::GET | Method::HEAD, Some(key)) => self.get(&req, &key),
+                (Method::GET | Method::HEAD, Some(key)) => self.get(ctx, req, &key).await,
                 (Method::PUT, Some(key)) => self.put(req, key).await,
                 (Method::DELETE, Some(key)) => self.delete(&req, key).await,
                 (_, None) => Err(refuse(
@@ -139,14 +175,32 @@ impl KvHandler {
         Ok(Some(key))
     }
 
-    fn get(&self, req: &Request<Body>, key: &str) -> Result<Response<Body>, EdgeError> {
-        let entry = self
+    async fn get(
+        &self,
+        ctx: &mut RequestCtx,
+        req: Request<Body>,
+        key: &str,
+    ) -> Result<Response<Body>, EdgeError> {
+        let stored = self
             .store
             .get(&self.namespace.name, key)
-            .map_err(storage_failed)?
-            .ok_or_else(|| refuse(ErrorKind::NotFound, "no such key"))?;
-        let etag = etag(entry.version);
-        let mut resp = if if_none_match(req.headers(), &etag) {
+            .map_err(storage_failed)?;
+        let (entry, from_origin) = match (stored, &self.fill) {
+            (Some(e), _) => (e, false),
+            (None, None) => return Err(refuse(ErrorKind::NotFound, "no such key")),
+            (None, Some(fill)) => match self.fill(fill, ctx, &req, key).await {
+                Filled::Value(e) => (e, true),
+                Filled::Missing => return Err(refuse(ErrorKind::NotFound, "no such key (origin)")),
+                Filled::Failed(why) => {
+                    return Err(refuse(ErrorKind::UpstreamFailed, format!("fill: {why}")));
+                }
+            },
+        };
+        let etag = (entry.version != 0).then(|| etag(entry.version));
+        let mut resp = if etag
+            .as_deref()
+            .is_some_and(|t| if_none_match(req.headers(), t))
+        {
             let mut r = Response::new(empty());
             *r.status_mut() = StatusCode::NOT_MODIFIED;
             r
@@ -165,8 +219,118 @@ impl KvHandler {
             r
         };
         let h = resp.headers_mut();
-        entry_headers(h, &entry, &etag);
+        entry_headers(h, &entry, etag.as_deref());
+        if from_origin {
+            h.insert(X_KV_SOURCE, HeaderValue::from_static("origin"));
+        }
         Ok(resp)
+    }
+
+    /// The key from the origin: one fetch per key at a time, every concurrent miss
+    /// answered from it. A fetch whose client went away is taken over by a waiter.
+    async fn fill(
+        &self,
+        fill: &Fill,
+        ctx: &mut RequestCtx,
+        req: &Request<Body>,
+        key: &str,
+    ) -> Filled {
+        let cell = crate::sync::lock(&fill.inflight)
+            .entry(key.to_string())
+            .or_default()
+            .clone();
+        let fetch = self.fetch(fill, ctx, req, key);
+        let filled = cell.get_or_init(|| fetch).await.clone();
+        let mut inflight = crate::sync::lock(&fill.inflight);
+        if inflight.get(key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            inflight.remove(key);
+        }
+        filled
+    }
+
+    async fn fetch(
+        &self,
+        fill: &Fill,
+        ctx: &mut RequestCtx,
+        req: &Request<Body>,
+        key: &str,
+    ) -> Filled {
+        // A plain GET of the same target: the origin's whole answer, never a 304 or a
+        // range meant for the client's copy.
+        let mut fwd = Request::new(empty());
+        *fwd.uri_mut() = req.uri().clone();
+        *fwd.version_mut() = req.version();
+        *fwd.headers_mut() = req.headers().clone();
+        for h in [
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_MATCH,
+            header::RANGE,
+            header::CONTENT_LENGTH,
+            header::TRANSFER_ENCODING,
+        ] {
+            fwd.headers_mut().remove(h);
+        }
+        let resp = match fill.proxy.handle(ctx, fwd).await {
+            Ok(r) => r,
+            Err(e) => return Filled::Failed(e.to_string()),
+        };
+        match resp.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND | StatusCode::GONE => return Filled::Missing,
+            other => return Filled::Failed(format!("the origin answered {other}")),
+        }
+        let (parts, body) = resp.into_parts();
+        let max = self.namespace.max_value_bytes;
+        let value = match read_bounded(body, max).await {
+            Ok(v) => v,
+            Err(Unread::TooLarge) => {
+                return Filled::Failed(format!(
+                    "the origin's value is over max_value_bytes ({max})"
+                ));
+            }
+            Err(Unread::Failed(e)) => return Filled::Failed(format!("the origin's value: {e}")),
+        };
+        let keep = !crate::headers::list(&parts.headers, header::CACHE_CONTROL)
+            .any(|d| d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("private"));
+        let now = crate::kv::store::now_ms();
+        let mut entry = Entry {
+            value,
+            content_type: parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/octet-stream")
+                .to_string(),
+            metadata: None,
+            expires_at: Some(now + fill.ttl.as_millis() as u64),
+            version: 0,
+            written_at: now,
+        };
+        if !keep {
+            return Filled::Value(entry);
+        }
+        // Absent only: a write that landed while the origin answered is newer.
+        match self
+            .store
+            .write(Write::Put {
+                namespace: self.namespace.name.clone(),
+                key: key.to_string(),
+                entry: entry.clone(),
+                condition: Condition::Absent,
+                quota: self.namespace.quota(),
+            })
+            .await
+        {
+            Ok(Written::Created { version } | Written::Replaced { version }) => {
+                entry.version = version;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::info!(namespace = %self.namespace.name, key, error = %e, "fetched value not kept")
+            }
+        }
+        Filled::Value(entry)
     }
 
     fn list(&self, req: &Request<Body>) -> Result<Response<Body>, EdgeError> {
@@ -358,36 +522,44 @@ impl KvHandler {
         if body.is_end_stream() {
             return Ok(Bytes::new());
         }
-        let mut body = first_frame_checked(body, self.body_read_timeout).await?;
-        let mut value = bytes::BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| {
-                if e.is::<crate::body::BodyReadTimeout>() {
-                    refuse(
-                        ErrorKind::RequestTimeout,
-                        "the value stopped arriving (http.body_read_timeout)",
-                    )
-                } else {
-                    refuse(ErrorKind::BadRequest, format!("request body: {e}"))
-                }
-            })?;
-            if let Ok(data) = frame.into_data() {
-                if (value.len() + data.len()) as u64 > max {
-                    return Err(too_large());
-                }
-                value.extend_from_slice(&data);
-            }
-        }
-        Ok(value.freeze())
+        let body = first_frame_checked(body, self.body_read_timeout).await?;
+        read_bounded(body, max).await.map_err(|e| match e {
+            Unread::TooLarge => too_large(),
+            Unread::Failed(e) if e.is::<crate::body::BodyReadTimeout>() => refuse(
+                ErrorKind::RequestTimeout,
+                "the value stopped arriving (http.body_read_timeout)",
+            ),
+            Unread::Failed(e) => refuse(ErrorKind::BadRequest, format!("request body: {e}")),
+        })
     }
+}
+
+enum Unread {
+    TooLarge,
+    Failed(crate::error::BoxError),
+}
+
+/// A whole body of at most `max` bytes, given up as soon as it is over.
+async fn read_bounded(mut body: Body, max: u64) -> Result<Bytes, Unread> {
+    let mut value = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(Unread::Failed)?.into_data() else {
+            continue;
+        };
+        if (value.len() + data.len()) as u64 > max {
+            return Err(Unread::TooLarge);
+        }
+        value.extend_from_slice(&data);
+    }
+    Ok(value.freeze())
 }
 
 fn etag(version: u64) -> String {
     format!("\"{version:x}\"")
 }
 
-fn entry_headers(h: &mut HeaderMap, entry: &Entry, etag: &str) {
-    if let Ok(v) = HeaderValue::from_str(etag) {
+fn entry_headers(h: &mut HeaderMap, entry: &Entry, etag: Option<&str>) {
+    if let Some(v) = etag.and_then(|t| HeaderValue::from_str(t).ok()) {
         h.insert(header::ETAG, v);
     }
     let written = std::time::UNIX_EPOCH + Duration::from_millis(entry.written_at);

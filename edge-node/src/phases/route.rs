@@ -82,7 +82,8 @@ pub struct RouteSettings {
     /// present with any value (`headers = { "x-canary" = "1" }`). Empty: any request.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// The upstream pool (its `name`).
+    /// The upstream pool (its `name`). On a `{ kv = … }` route (optional): where a
+    /// missing key is fetched from (read-through, kept for `fill_ttl`).
     #[serde(default)]
     pub upstream: String,
     /// Or several pools, one per region: the client's region's pool first, the others
@@ -107,6 +108,9 @@ pub struct RouteSettings {
     /// What answers the route's requests once the phases let them through.
     #[serde(default)]
     pub handler: HandlerSettings,
+    /// A `{ kv = … }` route with an upstream: how long a value fetched on a miss is kept.
+    #[serde(default = "default_fill_ttl", with = "crate::duration")]
+    pub fill_ttl: std::time::Duration,
     /// Responses carry Server-Timing (the edge's time per step).
     #[serde(default = "yes")]
     pub server_timing: bool,
@@ -140,6 +144,10 @@ fn yes() -> bool {
     true
 }
 
+fn default_fill_ttl() -> std::time::Duration {
+    std::time::Duration::from_secs(300)
+}
+
 fn default_prefix() -> String {
     "/".into()
 }
@@ -157,7 +165,10 @@ impl RouteSettings {
 
     /// The pools this route may use, in configuration order.
     pub fn pools(&self) -> Vec<&str> {
-        if self.handler != HandlerSettings::Proxy {
+        let kv_fill = matches!(self.handler, HandlerSettings::Kv(_));
+        if self.handler != HandlerSettings::Proxy && !kv_fill {
+            Vec::new()
+        } else if kv_fill && self.upstream.is_empty() && self.upstreams.is_empty() {
             Vec::new()
         } else if self.upstreams.is_empty() {
             vec![self.upstream.as_str()]
@@ -205,6 +216,27 @@ impl RouteSettings {
                     bail!(
                         "route for {:?}: give either upstream or upstreams",
                         self.hosts
+                    );
+                }
+            }
+            HandlerSettings::Kv(_) if self.cache.is_some() => {
+                bail!(
+                    "route {}: [route.cache] caches what upstreams answer: it needs \
+                     handler = \"proxy\" (a kv route keeps what it fetches itself)",
+                    self.display_name()
+                );
+            }
+            HandlerSettings::Kv(_) => {
+                if !self.upstream.is_empty() && !self.upstreams.is_empty() {
+                    bail!(
+                        "route {}: give upstream or upstreams, not both",
+                        self.display_name()
+                    );
+                }
+                if self.fill_ttl.as_secs() == 0 {
+                    bail!(
+                        "route {}: fill_ttl must be at least 1s",
+                        self.display_name()
                     );
                 }
             }

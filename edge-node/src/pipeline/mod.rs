@@ -225,6 +225,8 @@ impl Pipeline {
                         .auth
                         .as_ref()
                         .is_some_and(|a| a.mode != crate::phases::auth::AuthMode::Off),
+                    fill: (!r.pools().is_empty())
+                        .then(|| crate::handlers::kv::Fill::new(proxy.clone(), r.fill_ttl)),
                 }),
             };
             handlers.push(match &r.response_filter {
