@@ -165,10 +165,13 @@ impl RouteSettings {
 
     /// The pools this route may use, in configuration order.
     pub fn pools(&self) -> Vec<&str> {
-        let kv_fill = matches!(self.handler, HandlerSettings::Kv(_));
-        if self.handler != HandlerSettings::Proxy && !kv_fill {
-            Vec::new()
-        } else if kv_fill && self.upstream.is_empty() && self.upstreams.is_empty() {
+        // A kv route's upstream is optional (read-through); other handlers have none.
+        let proxied = match self.handler {
+            HandlerSettings::Proxy => true,
+            HandlerSettings::Kv(_) => !self.upstream.is_empty() || !self.upstreams.is_empty(),
+            _ => false,
+        };
+        if !proxied {
             Vec::new()
         } else if self.upstreams.is_empty() {
             vec![self.upstream.as_str()]
