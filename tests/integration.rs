@@ -12,6 +12,7 @@ mod kv;
 mod personalize;
 mod pipeline;
 mod request_target;
+mod rooms;
 mod security;
 mod service;
 mod shield;

@@ -15,6 +15,11 @@ pub fn unix_now() -> u64 {
     unix_time().as_secs()
 }
 
+/// Milliseconds since the Unix epoch (stored expiries and write times).
+pub fn unix_ms() -> u64 {
+    unix_time().as_millis() as u64
+}
+
 /// Nanoseconds of CLOCK_MONOTONIC: the clock of `bpf_ktime_get_coarse_ns`.
 pub fn now_ns() -> u64 {
     let mut ts = libc::timespec {

@@ -66,6 +66,10 @@ pub enum ErrorKind {
     InsufficientStorage,
     /// The node's store failed (disk, commit): nothing was written.
     StorageFailed,
+    /// The handler speaks another protocol (a WebSocket): the response says which.
+    UpgradeRequired,
+    /// At a capacity limit of the node (a full room, too many rooms): try later.
+    Unavailable,
 }
 
 #[derive(Debug)]
@@ -110,7 +114,9 @@ impl EdgeError {
             | ErrorKind::MethodNotAllowed
             | ErrorKind::PreconditionFailed
             | ErrorKind::UriTooLong
-            | ErrorKind::InsufficientStorage => (Side::Client, false),
+            | ErrorKind::InsufficientStorage
+            | ErrorKind::UpgradeRequired
+            | ErrorKind::Unavailable => (Side::Client, false),
             ErrorKind::StorageFailed => (Side::Node, false),
             ErrorKind::NoUpstreamAvailable => (Side::Node, false),
             ErrorKind::UpstreamFailed => (Side::Upstream, true),
@@ -165,6 +171,8 @@ impl EdgeError {
             ErrorKind::UriTooLong => StatusCode::URI_TOO_LONG,
             ErrorKind::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             ErrorKind::StorageFailed => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -193,6 +201,8 @@ impl EdgeError {
             ErrorKind::UriTooLong => "uri_too_long",
             ErrorKind::InsufficientStorage => "insufficient_storage",
             ErrorKind::StorageFailed => "storage_unavailable",
+            ErrorKind::UpgradeRequired => "upgrade_required",
+            ErrorKind::Unavailable => "unavailable",
         }
     }
 

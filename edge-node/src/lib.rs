@@ -10,10 +10,10 @@
 //! 4. `pipeline`: the phases and handlers a configuration builds, a request's whole life;
 //! 5. `config`: the file, made of the settings of the modules below (next to each), plus
 //!    `[http]` and `[admin]`, which the pipeline reads too;
-//! 6. `handlers` (proxy, demo, function, kv), then `phases`;
+//! 6. `handlers` (proxy, demo, function, kv, rooms), then `phases`;
 //! 7. `request` (the context, the `Phase` and `Handler` traits) and `metrics`;
-//! 8. `functions` (WebAssembly components; over `upstream`), `kv` (the durable
-//!    store and its namespaces), `auth`, `upstream`,
+//! 8. `functions` (WebAssembly components; over `upstream`), `rooms` (WebSocket
+//!    rooms; over `kv`), `kv` (the durable store and its namespaces), `auth`, `upstream`,
 //!    `cache`, `policy`, `intent`, `xdp`, `limits` (each over only those after it);
 //! 9. leaves, the small helpers everything shares: `body` (over `error`), `error`,
 //!    `headers` (names and value parsers), `target`, `tls`, `workers`, `sync`,
@@ -42,6 +42,7 @@ pub mod phases;
 pub mod pipeline;
 pub mod policy;
 pub mod request;
+pub mod rooms;
 pub mod server;
 pub mod sync;
 pub mod target;

@@ -12,6 +12,7 @@ use prometheus_client::{
     metrics::{
         counter::Counter,
         family::Family,
+        gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
     },
     registry::Registry,
@@ -49,6 +50,11 @@ pub struct FunctionLabels {
     /// `ok`, `failed` (trap, memory, no response), `timeout`, `busy`, or `error` (a
     /// refusal that is not the guest's: an invalid filter answer, a stalled body).
     pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoomsLabels {
+    pub rooms: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -154,6 +160,9 @@ pub struct Metrics {
     /// response head.
     function_calls: Family<FunctionLabels, Counter>,
     function_time: Family<FunctionRoleLabels, Histogram>,
+    /// Rooms in memory and their members, by `[[rooms]]` name.
+    rooms_live: Family<RoomsLabels, Gauge>,
+    room_members: Family<RoomsLabels, Gauge>,
 }
 
 impl Metrics {
@@ -207,6 +216,18 @@ impl Metrics {
             "Time from calling a function to its response head, by function and role",
             function_time.clone(),
         );
+        let rooms_live = Family::<RoomsLabels, Gauge>::default();
+        registry.register(
+            "edge_rooms_live",
+            "Rooms in memory (with members, or idle for less than idle_after), by [[rooms]] name",
+            rooms_live.clone(),
+        );
+        let room_members = Family::<RoomsLabels, Gauge>::default();
+        registry.register(
+            "edge_room_members",
+            "WebSocket members connected to rooms, by [[rooms]] name",
+            room_members.clone(),
+        );
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let cache_by_outcome = CACHE_OUTCOMES
             .iter()
@@ -223,7 +244,20 @@ impl Metrics {
             connections_shed,
             function_calls,
             function_time,
+            rooms_live,
+            room_members,
         }
+    }
+
+    /// The gauges of the rooms `name`: rooms in memory, members connected.
+    pub fn rooms_gauges(&self, name: &str) -> (Gauge, Gauge) {
+        let labels = RoomsLabels {
+            rooms: name.to_string(),
+        };
+        (
+            self.rooms_live.get_or_create(&labels).clone(),
+            self.room_members.get_or_create(&labels).clone(),
+        )
     }
 
     /// One call of `function` as `role`: how it ended and how long it took.

@@ -74,6 +74,9 @@ pub struct Config {
     /// `[[kv]]` namespaces, served by routes with `handler = { kv = "name" }`.
     #[serde(default)]
     pub kv: Vec<crate::kv::KvSettings>,
+    /// `[[rooms]]`: real-time rooms over WebSockets (`handler = { rooms = "name" }`).
+    #[serde(default)]
+    pub rooms: Vec<crate::rooms::RoomsSettings>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -322,15 +325,30 @@ impl Config {
                 return Err(anyhow::anyhow!("kv {} is defined twice", k.name).context(at()));
             }
         }
+        let mut rooms = std::collections::HashSet::new();
+        for (i, k) in self.rooms.iter().enumerate() {
+            let at = || Table::nth("rooms", i);
+            k.validate().context(at())?;
+            if !rooms.insert(k.name.as_str()) {
+                return Err(anyhow::anyhow!("rooms {} is defined twice", k.name).context(at()));
+            }
+        }
         for (i, r) in self.route.iter().enumerate() {
             let at = || Table::nth("route", i);
             r.validate().context(at())?;
-            if let crate::phases::route::HandlerSettings::Kv(ns) = &r.handler
-                && !namespaces.contains(ns.as_str())
-            {
+            let missing = match &r.handler {
+                crate::phases::route::HandlerSettings::Kv(n) => {
+                    (!namespaces.contains(n.as_str())).then_some(("kv", n))
+                }
+                crate::phases::route::HandlerSettings::Rooms(n) => {
+                    (!rooms.contains(n.as_str())).then_some(("rooms", n))
+                }
+                _ => None,
+            };
+            if let Some((table, name)) = missing {
                 return Err(anyhow::anyhow!(
-                    "route {}: handler names kv {ns:?}, which is not defined (no [[kv]] of \
-                     that name)",
+                    "route {}: handler names {table} {name:?}, which is not defined (no \
+                     [[{table}]] of that name)",
                     r.display_name()
                 )
                 .context(at()));

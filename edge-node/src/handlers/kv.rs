@@ -83,7 +83,7 @@ pub enum Filled {
     Failed(String),
 }
 
-fn refuse(kind: ErrorKind, detail: impl Into<String>) -> EdgeError {
+pub fn refuse(kind: ErrorKind, detail: impl Into<String>) -> EdgeError {
     let mut e = EdgeError::new(kind, detail);
     e.json = true;
     e
@@ -125,42 +125,9 @@ impl Handler for KvHandler {
 impl KvHandler {
     /// The key the path names (`None`: the namespace itself), or why there is none.
     fn key(&self, path: &str) -> Result<Option<String>, EdgeError> {
-        let prefix = self.path_prefix.trim_end_matches('/');
-        // The route matched the path's match form; the key comes from the path as sent,
-        // which must then start with the prefix as written (a `;param` or other case in
-        // the prefix part would make the key ambiguous).
-        let rest = match path.get(..prefix.len()) {
-            Some(head) if head.eq_ignore_ascii_case(prefix) => &path[prefix.len()..],
-            _ => {
-                return Err(refuse(
-                    ErrorKind::BadRequest,
-                    format!("{path} does not start with the route's prefix as written"),
-                ));
-            }
-        };
-        let rest = match rest.strip_prefix('/') {
-            Some(r) => r,
-            None if rest.is_empty() => "",
-            None => {
-                return Err(refuse(
-                    ErrorKind::BadRequest,
-                    "not under the route's prefix",
-                ));
-            }
-        };
-        if rest.is_empty() {
+        let Some(key) = name_after_prefix(path, &self.path_prefix)? else {
             return Ok(None);
-        }
-        let decoded: Vec<u8> = percent_encoding::percent_decode_str(rest).collect();
-        let Ok(key) = String::from_utf8(decoded) else {
-            return Err(refuse(ErrorKind::BadRequest, "a key is UTF-8"));
         };
-        if key.chars().any(char::is_control) {
-            return Err(refuse(
-                ErrorKind::BadRequest,
-                "a key holds no control characters",
-            ));
-        }
         if key.len() > self.namespace.max_key_bytes {
             return Err(refuse(
                 ErrorKind::UriTooLong,
@@ -293,7 +260,7 @@ impl KvHandler {
         };
         let keep = !crate::headers::list(&parts.headers, header::CACHE_CONTROL)
             .any(|d| d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("private"));
-        let now = crate::kv::store::now_ms();
+        let now = crate::clock::unix_ms();
         let mut entry = Entry {
             value,
             content_type: parts
@@ -420,7 +387,7 @@ impl KvHandler {
             .to_string();
         let condition = write_condition(req.headers())?;
         let value = self.body(req).await?;
-        let now = crate::kv::store::now_ms();
+        let now = crate::clock::unix_ms();
         let entry = Entry {
             value,
             content_type,
@@ -552,6 +519,48 @@ async fn read_bounded(mut body: Body, max: u64) -> Result<Bytes, Unread> {
         value.extend_from_slice(&data);
     }
     Ok(value.freeze())
+}
+
+/// What the path names under the route's prefix (`None`: the prefix itself):
+/// percent-decoded, UTF-8, no control characters; `/` allowed.
+pub fn name_after_prefix(path: &str, prefix: &str) -> Result<Option<String>, EdgeError> {
+    let prefix = prefix.trim_end_matches('/');
+    // The route matched the path's match form; the name comes from the path as sent,
+    // which must then start with the prefix as written (a `;param` or other case in
+    // the prefix part would make the name ambiguous).
+    let rest = match path.get(..prefix.len()) {
+        Some(head) if head.eq_ignore_ascii_case(prefix) => &path[prefix.len()..],
+        _ => {
+            return Err(refuse(
+                ErrorKind::BadRequest,
+                format!("{path} does not start with the route's prefix as written"),
+            ));
+        }
+    };
+    let rest = match rest.strip_prefix('/') {
+        Some(r) => r,
+        None if rest.is_empty() => "",
+        None => {
+            return Err(refuse(
+                ErrorKind::BadRequest,
+                "not under the route's prefix",
+            ));
+        }
+    };
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    let decoded: Vec<u8> = percent_encoding::percent_decode_str(rest).collect();
+    let Ok(name) = String::from_utf8(decoded) else {
+        return Err(refuse(ErrorKind::BadRequest, "a name in the path is UTF-8"));
+    };
+    if name.chars().any(char::is_control) {
+        return Err(refuse(
+            ErrorKind::BadRequest,
+            "a name in the path holds no control characters",
+        ));
+    }
+    Ok(Some(name))
 }
 
 fn etag(version: u64) -> String {

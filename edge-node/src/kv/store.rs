@@ -126,12 +126,6 @@ pub struct Store {
     path: PathBuf,
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn data_table(namespace: &str) -> String {
     format!("kv/{namespace}")
 }
@@ -204,7 +198,7 @@ impl Store {
             warn!(namespace, key, "unreadable record; answered as absent");
             return Ok(None);
         };
-        Ok((!entry.expired(now_ms())).then_some(entry))
+        Ok((!entry.expired(crate::clock::unix_ms())).then_some(entry))
     }
 
     /// Up to `limit` live keys starting with `prefix`, after `after` (exclusive), in
@@ -227,7 +221,7 @@ impl Store {
             Some(a) if a >= prefix => a,
             _ => prefix,
         };
-        let now = now_ms();
+        let now = crate::clock::unix_ms();
         let mut out = Vec::new();
         for item in table.range(start..).map_err(storage)? {
             let (k, v) = item.map_err(storage)?;
@@ -405,7 +399,7 @@ impl Writer {
     /// Removes up to `SWEEP_BATCH` expired keys per namespace, oldest expiry first.
     fn sweep(&self) {
         let r = (|| -> Result<u64, WriteError> {
-            let now = now_ms();
+            let now = crate::clock::unix_ms();
             let mut txn = self.db.begin_write().map_err(storage)?;
             txn.set_durability(Durability::None).map_err(storage)?;
             let mut removed = 0;
@@ -494,7 +488,7 @@ fn apply_one(
     let dname = data_table(namespace);
     let xname = expiry_table(namespace);
     let mut data = txn.open_table(DataTable::new(&dname)).map_err(storage)?;
-    let now = now_ms();
+    let now = crate::clock::unix_ms();
     // What the key holds now, an expired record counting as absent.
     let old = data
         .get(key)

@@ -26,6 +26,46 @@ pub struct Decision {
     pub retry_after: Duration,
 }
 
+/// The GCRA parameters of `per_second` sustained with bursts of `burst` (at least 1).
+fn params(per_second: f64, burst: u64) -> BucketParams {
+    let burst = burst.max(1);
+    let interval_ns = if per_second > 0.0 {
+        ((1e9 / per_second) as u64).max(1)
+    } else {
+        u64::MAX / (burst + 1)
+    };
+    BucketParams {
+        interval_ns,
+        limit_ns: interval_ns.saturating_mul(burst),
+    }
+}
+
+/// One bucket with one owner (a WebSocket member's messages): no sharing, no map.
+pub struct Bucket {
+    params: BucketParams,
+    tat: u64,
+}
+
+impl Bucket {
+    pub fn new(per_second: f64, burst: u64) -> Self {
+        Self {
+            params: params(per_second, burst),
+            tat: 0,
+        }
+    }
+
+    /// Admits (and counts) one event at `now_ns`, or refuses it.
+    pub fn admit(&mut self, now_ns: u64) -> bool {
+        match gcra_admit(self.tat, now_ns, &self.params) {
+            Some(next) => {
+                self.tat = next;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// One limit (rate and burst) applied per key.
 pub struct KeyedLimiter<K> {
     params: BucketParams,
@@ -38,15 +78,7 @@ impl<K: Hash + Eq + Send + Sync + Clone + 'static> KeyedLimiter<K> {
     /// `max_keys` buckets remembered.
     pub fn new(per_second: f64, burst: u64, max_keys: u64) -> Self {
         let burst = burst.max(1);
-        let interval_ns = if per_second > 0.0 {
-            ((1e9 / per_second) as u64).max(1)
-        } else {
-            u64::MAX / (burst + 1)
-        };
-        let params = BucketParams {
-            interval_ns,
-            limit_ns: interval_ns.saturating_mul(burst),
-        };
+        let params = params(per_second, burst);
         // A bucket idle for longer than it takes to refill is full: forget it.
         let idle = Duration::from_nanos(params.limit_ns.min(86_400_000_000_000))
             .max(Duration::from_secs(1));

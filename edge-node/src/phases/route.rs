@@ -124,7 +124,8 @@ pub struct RouteSettings {
     pub response_filter: Option<String>,
 }
 
-/// `handler = "proxy" | "demo" | { function = "name" } | { kv = "name" }`
+/// `handler = "proxy" | "demo" | { function = "name" } | { kv = "name" } |
+/// { rooms = "name" }`
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HandlerSettings {
@@ -138,6 +139,8 @@ pub enum HandlerSettings {
     /// A key-value namespace (`[[kv]]` of that name): reads by anyone the route lets
     /// through, writes only on routes with `[route.auth]`.
     Kv(String),
+    /// Real-time rooms (`[[rooms]]` of that name): WebSocket members, durable state.
+    Rooms(String),
 }
 
 fn yes() -> bool {

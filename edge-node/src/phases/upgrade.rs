@@ -45,6 +45,17 @@ pub fn requested<B>(req: &mut Request<B>) -> Option<Requested> {
 }
 
 impl Requested {
+    /// The protocol asked for (`Upgrade:`).
+    pub fn protocol(&self) -> &HeaderValue {
+        &self.protocol
+    }
+
+    /// The client's connection once the response switched it (for a handler that
+    /// speaks the protocol itself).
+    pub fn into_client(self) -> OnUpgrade {
+        self.client
+    }
+
     /// Puts the upgrade back on the request toward the origin.
     pub fn forward(&self, headers: &mut HeaderMap) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

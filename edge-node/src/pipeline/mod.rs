@@ -18,7 +18,7 @@ use crate::{
     config::Config,
     error::Body,
     functions::Functions,
-    handlers::{DemoHandler, FunctionHandler, KvHandler, ProxyHandler},
+    handlers::{DemoHandler, FunctionHandler, KvHandler, ProxyHandler, RoomsHandler},
     headers,
     metrics::Metrics,
     phases::{
@@ -140,7 +140,7 @@ impl Pipeline {
         )?);
         // The durable store, opened once per process (it outlives reloads) and only
         // when a namespace needs it.
-        let store = if config.kv.is_empty() {
+        let store = if config.kv.is_empty() && config.rooms.is_empty() {
             None
         } else {
             Some(retained.store(&config.storage)?)
@@ -228,6 +228,19 @@ impl Pipeline {
                     fill: (!r.pools().is_empty())
                         .then(|| crate::handlers::kv::Fill::new(proxy.clone(), r.fill_ttl)),
                 }),
+                HandlerSettings::Rooms(name) => {
+                    let settings = config
+                        .rooms
+                        .iter()
+                        .find(|k| &k.name == name)
+                        .expect("validated: the rooms exist");
+                    let store = store.as_ref().expect("[[rooms]] opened the store");
+                    Arc::new(RoomsHandler {
+                        rooms: retained.rooms(settings, store, &metrics),
+                        path_prefix: r.path_prefix.clone(),
+                        connections: Default::default(),
+                    })
+                }
             };
             handlers.push(match &r.response_filter {
                 Some(f) => Arc::new(ResponseFiltered {

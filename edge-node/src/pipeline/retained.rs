@@ -37,6 +37,10 @@ pub struct Retained {
     pub functions: crate::functions::Runtime,
     /// The durable store (KV), while a pipeline uses it.
     store: Mutex<Weak<crate::kv::Store>>,
+    /// Live rooms by `[[rooms]]` name: a reload must not open a second copy of a room
+    /// (two orders of messages). Settings changes apply once no member of the old
+    /// configuration is left.
+    rooms: Mutex<HashMap<String, Weak<crate::rooms::Rooms>>>,
 }
 
 impl Retained {
@@ -73,6 +77,25 @@ impl Retained {
         let store = crate::kv::Store::open(&s.dir, s.sync_window)?;
         *kept = Arc::downgrade(&store);
         Ok(store)
+    }
+
+    /// The rooms of `s.name`: the live ones if any pipeline still holds them.
+    pub fn rooms(
+        &self,
+        s: &crate::rooms::RoomsSettings,
+        store: &Arc<crate::kv::Store>,
+        metrics: &crate::metrics::Metrics,
+    ) -> Arc<crate::rooms::Rooms> {
+        let rooms = kept(&self.rooms, s.name.clone(), || {
+            crate::rooms::Rooms::new(s.clone(), store.clone(), metrics.rooms_gauges(&s.name))
+        });
+        if rooms.settings != *s {
+            tracing::warn!(
+                rooms = %s.name,
+                "changed; the new settings apply once the rooms' members have left"
+            );
+        }
+        rooms
     }
 
     /// Puts every acknowledged write on disk (at shutdown).

@@ -1,0 +1,147 @@
+//! `handler = { rooms = "name" }`: `GET <prefix>/<room>` with a WebSocket upgrade joins
+//! the room (`crate::rooms`). The member is known by the route's JWT identity (its
+//! `sub`, or `anonymous`) and a number for the connection; who may join is the
+//! route's `[route.auth]`.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::{WebSocketStream, tungstenite::protocol::Role};
+use tracing::debug;
+
+use super::kv::{name_after_prefix, refuse};
+use crate::{
+    error::{Body, EdgeError, ErrorKind, empty},
+    phases::upgrade,
+    request::{Handler, HandlerFuture, RequestCtx},
+    rooms::{Refused, Rooms, member},
+};
+
+/// Longest room id (bytes).
+const MAX_ROOM_ID: usize = 256;
+
+pub struct RoomsHandler {
+    pub rooms: Arc<Rooms>,
+    pub path_prefix: String,
+    /// Numbers the connections, so one user's two tabs are two members.
+    pub connections: AtomicU64,
+}
+
+impl Handler for RoomsHandler {
+    fn name(&self) -> &'static str {
+        "rooms"
+    }
+
+    fn handle<'a>(&'a self, ctx: &'a mut RequestCtx, req: Request<Body>) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            let Some(id) = name_after_prefix(req.uri().path(), &self.path_prefix)? else {
+                return Err(refuse(ErrorKind::NotFound, "name a room: <prefix>/<room>"));
+            };
+            if id.len() > MAX_ROOM_ID {
+                return Err(refuse(
+                    ErrorKind::UriTooLong,
+                    "room ids are at most 256 bytes",
+                ));
+            }
+            let (upgrade, accept) = websocket_handshake(ctx, &req)?;
+            let n = self.connections.fetch_add(1, Ordering::Relaxed);
+            let member = format!("{}#{n}", ctx.user.as_deref().unwrap_or("anonymous"));
+            let joined = self.rooms.join(&id, member).await.map_err(|e| {
+                let kind = match e {
+                    Refused::RoomFull | Refused::TooManyRooms | Refused::Closing => {
+                        ErrorKind::Unavailable
+                    }
+                };
+                refuse(kind, e.to_string()).with_header(header::RETRY_AFTER, "5")
+            })?;
+            let rooms = self.rooms.clone();
+            tokio::spawn(async move {
+                match upgrade.into_client().await {
+                    Ok(io) => {
+                        let ws = WebSocketStream::from_raw_socket(
+                            TokioIo::new(io),
+                            Role::Server,
+                            Some(member::config(&rooms)),
+                        )
+                        .await;
+                        member::serve(rooms, joined, ws).await;
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "websocket upgrade did not complete");
+                        let _ = joined
+                            .room
+                            .send(crate::rooms::Event::Leave {
+                                member: joined.member,
+                            })
+                            .await;
+                    }
+                }
+            });
+            let mut resp = Response::new(empty());
+            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let h = resp.headers_mut();
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+            Ok(resp)
+        })
+    }
+}
+
+/// A WebSocket opening handshake (RFC 6455 4.2.1): GET, `Upgrade: websocket`, version
+/// 13, a 16-byte key. Anything else: 426 naming what to send.
+fn websocket_handshake(
+    ctx: &mut RequestCtx,
+    req: &Request<Body>,
+) -> Result<(upgrade::Requested, HeaderValue), EdgeError> {
+    let upgrade_required = |why: &str| {
+        refuse(ErrorKind::UpgradeRequired, why.to_string())
+            .with_header(header::UPGRADE, "websocket")
+            .with_header(header::SEC_WEBSOCKET_VERSION, "13")
+    };
+    if req.method() != Method::GET {
+        return Err(
+            refuse(ErrorKind::MethodNotAllowed, "rooms are joined with GET")
+                .with_header(header::ALLOW, "GET"),
+        );
+    }
+    let Some(upgrade) = ctx.state.take::<upgrade::Requested>() else {
+        return Err(upgrade_required("a room is joined over a WebSocket"));
+    };
+    if !upgrade
+        .protocol()
+        .as_bytes()
+        .eq_ignore_ascii_case(b"websocket")
+    {
+        return Err(upgrade_required("only websocket"));
+    }
+    if req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return Err(upgrade_required("Sec-WebSocket-Version: 13"));
+    }
+    let key = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| k.as_bytes())
+        .filter(|k| {
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, k)
+                .is_ok_and(|d| d.len() == 16)
+        })
+        .ok_or_else(|| {
+            refuse(
+                ErrorKind::BadRequest,
+                "Sec-WebSocket-Key is 16 bytes in base64",
+            )
+        })?;
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key);
+    let accept = HeaderValue::from_str(&accept).expect("base64 is a header value");
+    Ok((upgrade, accept))
+}

@@ -1,0 +1,508 @@
+//! Rooms: durable real-time state shared by the WebSocket members of a room (the
+//! Durable Objects model). Each live room is one task that owns its state and gives
+//! every event the next sequence number, so all members see one order; its state is
+//! kept in the node's store (`@rooms-<name>` in the KV store) and survives a restart.
+//!
+//! The protocol, JSON text messages:
+//! - to a member on join: `{"type":"init","room","you","members","seq","state"}`;
+//! - from a member: `{"type":"update","state":…}` (stored, then sent to the others;
+//!   the sender gets `{"type":"ack","seq"}`), or `{"type":"message","data":…}` (sent
+//!   to the others, not stored: cursors, typing);
+//! - to the others: `{"type":"update","seq","from","state"}`,
+//!   `{"type":"message","seq","from","data"}`, `{"type":"join"|"leave","seq","member"}`;
+//! - `{"type":"error","error"}` for a message refused (malformed, not stored).
+//!
+//! Limits: members per room and live rooms per node (503 before the upgrade), message
+//! size (close 1009), messages per member per second (GCRA; close 1008), and a bounded
+//! queue per member: a member that does not read is disconnected (1008), never the
+//! room held up.
+
+pub mod member;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Result, bail};
+use prometheus_client::metrics::gauge::Gauge;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tracing::{debug, warn};
+
+use crate::kv::{Condition, Entry, Quota, Store, Write};
+
+/// `[[rooms]]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomsSettings {
+    /// What routes name it by (`handler = { rooms = "name" }`).
+    pub name: String,
+    /// Members of one room at once; one more gets 503 before the upgrade.
+    #[serde(default = "default_max_members")]
+    pub max_members: usize,
+    /// Rooms live on this node at once (each with members, or idle within
+    /// `idle_after`); a join that would open one more gets 503.
+    #[serde(default = "default_max_rooms")]
+    pub max_rooms: usize,
+    /// Largest message from a member, and so largest state (close 1009 beyond).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Messages a member may send per second, sustained…
+    #[serde(default = "default_messages_per_second")]
+    pub messages_per_second: f64,
+    /// …and in a burst; beyond: close 1008.
+    #[serde(default = "default_message_burst")]
+    pub message_burst: u64,
+    /// Messages waiting for one member; a member that lets more pile up is disconnected.
+    #[serde(default = "default_member_queue")]
+    pub member_queue: usize,
+    /// `0s`: a state is stored before it is sent on (and acknowledged); more: stored
+    /// at most this long after it changed (write-behind; a crash may lose that much).
+    #[serde(default, with = "crate::duration")]
+    pub persist_window: Duration,
+    /// A room without members leaves memory after this (its state stays stored).
+    #[serde(default = "default_idle_after", with = "crate::duration")]
+    pub idle_after: Duration,
+    /// Rooms whose state is stored at most (a new room's first state beyond: refused).
+    #[serde(default = "default_max_stored_rooms")]
+    pub max_stored_rooms: u64,
+}
+
+fn default_max_members() -> usize {
+    1000
+}
+fn default_max_rooms() -> usize {
+    10_000
+}
+fn default_max_message_bytes() -> usize {
+    64 << 10
+}
+fn default_messages_per_second() -> f64 {
+    20.0
+}
+fn default_message_burst() -> u64 {
+    40
+}
+fn default_member_queue() -> usize {
+    256
+}
+fn default_idle_after() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_stored_rooms() -> u64 {
+    100_000
+}
+
+impl RoomsSettings {
+    pub fn validate(&self) -> Result<()> {
+        let n = &self.name;
+        if n.is_empty()
+            || n.len() > 64
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            bail!("rooms name {n:?}: 1 to 64 letters, digits, '-' or '_'");
+        }
+        if self.max_members == 0 || self.max_rooms == 0 || self.member_queue == 0 {
+            bail!("rooms {n}: max_members, max_rooms and member_queue must be above 0");
+        }
+        if !(64..=16 << 20).contains(&self.max_message_bytes) {
+            bail!("rooms {n}: max_message_bytes must be 64 B to 16 MiB");
+        }
+        if !self.messages_per_second.is_finite()
+            || self.messages_per_second <= 0.0
+            || self.message_burst == 0
+        {
+            bail!("rooms {n}: messages_per_second and message_burst must be above 0");
+        }
+        if self.persist_window > Duration::from_secs(60) {
+            bail!("rooms {n}: persist_window is at most 60s");
+        }
+        if self.max_stored_rooms == 0 {
+            bail!("rooms {n}: max_stored_rooms must be above 0");
+        }
+        Ok(())
+    }
+
+    /// The store namespace of the rooms' states: no `[[kv]]` name can be it.
+    fn namespace(&self) -> String {
+        format!("@rooms-{}", self.name)
+    }
+}
+
+/// Why a join was refused (503 before the upgrade).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("the room has its most members")]
+    RoomFull,
+    #[error("the node has its most live rooms")]
+    TooManyRooms,
+    #[error("the room is closing")]
+    Closing,
+}
+
+/// What a room sends a member: a text message, or the end.
+pub type Outbox = mpsc::Sender<Utf8Bytes>;
+
+/// A member's way into the room, from the join.
+pub struct Joined {
+    pub member: String,
+    pub room: mpsc::Sender<Event>,
+    pub inbox: mpsc::Receiver<Utf8Bytes>,
+    /// Resolves (with an error) when the room disconnects the member (too slow).
+    pub kicked: oneshot::Receiver<()>,
+}
+
+pub enum Event {
+    Join {
+        member: String,
+        outbox: Outbox,
+        kick: oneshot::Sender<()>,
+        reply: oneshot::Sender<Result<(), Refused>>,
+    },
+    Leave {
+        member: String,
+    },
+    Update {
+        member: String,
+        state: Box<RawValue>,
+    },
+    Message {
+        member: String,
+        data: Box<RawValue>,
+    },
+}
+
+/// One `[[rooms]]` on this node: its live rooms by id.
+pub struct Rooms {
+    pub settings: RoomsSettings,
+    store: Arc<Store>,
+    live: Mutex<HashMap<String, mpsc::Sender<Event>>>,
+    /// Rooms in memory, and members connected (`/metrics`).
+    live_gauge: Gauge,
+    members_gauge: Gauge,
+}
+
+/// Events waiting for a room at most (members sending more wait).
+const ROOM_INBOX: usize = 1024;
+
+impl Rooms {
+    /// `gauges`: rooms in memory, members connected.
+    pub fn new(settings: RoomsSettings, store: Arc<Store>, gauges: (Gauge, Gauge)) -> Self {
+        Self {
+            settings,
+            store,
+            live: Mutex::default(),
+            live_gauge: gauges.0,
+            members_gauge: gauges.1,
+        }
+    }
+
+    pub fn live_rooms(&self) -> usize {
+        crate::sync::lock(&self.live).len()
+    }
+
+    /// Joins `member` to room `id`, starting the room if it is not live. On success
+    /// the member's first message (init) is already in its inbox.
+    pub async fn join(self: &Arc<Self>, id: &str, member: String) -> Result<Joined, Refused> {
+        let (outbox, inbox) = mpsc::channel(self.settings.member_queue);
+        let (kick, kicked) = oneshot::channel();
+        let (reply, replied) = oneshot::channel();
+        let room = {
+            let mut live = crate::sync::lock(&self.live);
+            match live.get(id) {
+                Some(r) => r.clone(),
+                None => {
+                    if live.len() >= self.settings.max_rooms {
+                        return Err(Refused::TooManyRooms);
+                    }
+                    let (tx, rx) = mpsc::channel(ROOM_INBOX);
+                    live.insert(id.to_string(), tx.clone());
+                    tokio::spawn(self.clone().run(id.to_string(), rx));
+                    tx
+                }
+            }
+        };
+        room.send(Event::Join {
+            member: member.clone(),
+            outbox,
+            kick,
+            reply,
+        })
+        .await
+        .map_err(|_| Refused::Closing)?;
+        replied.await.map_err(|_| Refused::Closing)??;
+        Ok(Joined {
+            member,
+            room,
+            inbox,
+            kicked,
+        })
+    }
+
+    /// The life of room `id`: load, serve events in order, leave memory when idle.
+    async fn run(self: Arc<Self>, id: String, mut events: mpsc::Receiver<Event>) {
+        let mut room = Room::load(&self, &id);
+        self.live_gauge.inc();
+        loop {
+            let idle = room.members.is_empty();
+            let flush_at = room.flush_at;
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(e) => room.handle(&self, e).await,
+                    None => break,
+                },
+                () = sleep_until(flush_at), if flush_at.is_some() => room.persist(&self).await,
+                () = tokio::time::sleep(self.settings.idle_after), if idle => {
+                    // Leave the registry only if nothing is waiting: a join sent
+                    // meanwhile went to this task and is served first.
+                    let mut live = crate::sync::lock(&self.live);
+                    if events.is_empty() {
+                        live.remove(&id);
+                        break;
+                    }
+                }
+            }
+        }
+        if room.flush_at.is_some() {
+            room.persist(&self).await;
+        }
+        room.members_gauge.dec_by(room.members.len() as i64);
+        self.live_gauge.dec();
+        debug!(room = %id, "room left memory");
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Member {
+    id: String,
+    outbox: Outbox,
+    /// Dropped to disconnect the member.
+    _kick: oneshot::Sender<()>,
+}
+
+/// A live room's state (owned by its task).
+struct Room {
+    id: String,
+    members: Vec<Member>,
+    state: Option<Box<RawValue>>,
+    seq: u64,
+    /// When the unstored state is due to be stored (write-behind).
+    flush_at: Option<tokio::time::Instant>,
+    members_gauge: Gauge,
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+impl Room {
+    fn load(rooms: &Rooms, id: &str) -> Self {
+        let stored = match rooms.store.get(&rooms.settings.namespace(), id) {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(room = id, error = %e, "room state unreadable; starting empty");
+                None
+            }
+        };
+        let (state, seq) = stored
+            .and_then(|e| {
+                let seq = e.metadata.as_deref()?.parse().ok()?;
+                let text = String::from_utf8(e.value.to_vec()).ok()?;
+                Some((RawValue::from_string(text).ok(), seq))
+            })
+            .unwrap_or((None, 0));
+        Self {
+            id: id.to_string(),
+            members: Vec::new(),
+            state,
+            seq,
+            flush_at: None,
+            members_gauge: rooms.members_gauge.clone(),
+        }
+    }
+
+    async fn handle(&mut self, rooms: &Rooms, event: Event) {
+        match event {
+            Event::Join {
+                member,
+                outbox,
+                kick,
+                reply,
+            } => {
+                if self.members.len() >= rooms.settings.max_members {
+                    let _ = reply.send(Err(Refused::RoomFull));
+                    return;
+                }
+                let names: Vec<&str> = self.members.iter().map(|m| m.id.as_str()).collect();
+                let init = format!(
+                    "{{\"type\":\"init\",\"room\":{},\"you\":{},\"members\":{},\"seq\":{},\"state\":{}}}",
+                    json_string(&self.id),
+                    json_string(&member),
+                    serde_json::to_string(&names).unwrap_or_else(|_| "[]".into()),
+                    self.seq,
+                    self.state.as_ref().map_or("null", |s| s.get()),
+                );
+                // A fresh queue has room for the first message.
+                let _ = outbox.try_send(init.into());
+                let _ = reply.send(Ok(()));
+                self.seq += 1;
+                let joined = format!(
+                    "{{\"type\":\"join\",\"seq\":{},\"member\":{}}}",
+                    self.seq,
+                    json_string(&member)
+                );
+                self.send_others(&member, joined.into());
+                self.members.push(Member {
+                    id: member,
+                    outbox,
+                    _kick: kick,
+                });
+                self.members_gauge.inc();
+            }
+            Event::Leave { member } => self.remove(&member),
+            Event::Update { member, state } => {
+                if !self.members.iter().any(|m| m.id == member) {
+                    return;
+                }
+                let before = self.state.replace(state);
+                self.seq += 1;
+                if rooms.settings.persist_window.is_zero() {
+                    if let Err(e) = self.store(rooms).await {
+                        // Not stored: not applied, and nobody else sees it.
+                        warn!(room = %self.id, error = %e, "room state not stored");
+                        self.state = before;
+                        self.seq -= 1;
+                        self.send_to(
+                            &member,
+                            "{\"type\":\"error\",\"error\":\"not_stored\"}".into(),
+                        );
+                        return;
+                    }
+                } else if self.flush_at.is_none() {
+                    self.flush_at =
+                        Some(tokio::time::Instant::now() + rooms.settings.persist_window);
+                }
+                let update = format!(
+                    "{{\"type\":\"update\",\"seq\":{},\"from\":{},\"state\":{}}}",
+                    self.seq,
+                    json_string(&member),
+                    self.state.as_ref().map_or("null", |s| s.get()),
+                );
+                self.send_others(&member, update.into());
+                self.send_to(
+                    &member,
+                    format!("{{\"type\":\"ack\",\"seq\":{}}}", self.seq).into(),
+                );
+            }
+            Event::Message { member, data } => {
+                if !self.members.iter().any(|m| m.id == member) {
+                    return;
+                }
+                self.seq += 1;
+                let msg = format!(
+                    "{{\"type\":\"message\",\"seq\":{},\"from\":{},\"data\":{}}}",
+                    self.seq,
+                    json_string(&member),
+                    data.get()
+                );
+                self.send_others(&member, msg.into());
+            }
+        }
+    }
+
+    /// Stores the state now (write-behind flush, or every update when synchronous).
+    async fn persist(&mut self, rooms: &Rooms) {
+        self.flush_at = None;
+        if let Err(e) = self.store(rooms).await {
+            warn!(room = %self.id, error = %e, "room state not stored; retrying");
+            self.flush_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+        }
+    }
+
+    async fn store(&self, rooms: &Rooms) -> Result<(), crate::kv::WriteError> {
+        let Some(state) = &self.state else {
+            return Ok(());
+        };
+        let s = &rooms.settings;
+        let now = crate::clock::unix_ms();
+        rooms
+            .store
+            .write(Write::Put {
+                namespace: s.namespace(),
+                key: self.id.clone(),
+                entry: Entry {
+                    value: bytes::Bytes::copy_from_slice(state.get().as_bytes()),
+                    content_type: "application/json".into(),
+                    metadata: Some(self.seq.to_string()),
+                    expires_at: None,
+                    version: 0,
+                    written_at: now,
+                },
+                condition: Condition::Always,
+                quota: Quota {
+                    max_keys: s.max_stored_rooms,
+                    max_bytes: s
+                        .max_stored_rooms
+                        .saturating_mul(s.max_message_bytes as u64 + 1024),
+                },
+            })
+            .await
+            .map(|_| ())
+    }
+
+    fn send_to(&mut self, member: &str, text: Utf8Bytes) {
+        let slow: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.id == member && m.outbox.try_send(text.clone()).is_err())
+            .map(|m| m.id.clone())
+            .collect();
+        for m in slow {
+            self.remove(&m);
+        }
+    }
+
+    /// To every member but `from`, in order; a member whose queue is full (or gone)
+    /// is removed, and the others told.
+    fn send_others(&mut self, from: &str, text: Utf8Bytes) {
+        let slow: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.id != from && m.outbox.try_send(text.clone()).is_err())
+            .map(|m| m.id.clone())
+            .collect();
+        for m in slow {
+            debug!(room = %self.id, member = %m, "member too slow: disconnected");
+            self.remove(&m);
+        }
+    }
+
+    fn remove(&mut self, member: &str) {
+        let before = self.members.len();
+        // Dropping the member's kick sender disconnects it.
+        self.members.retain(|m| m.id != member);
+        if self.members.len() == before {
+            return;
+        }
+        self.members_gauge.dec();
+        self.seq += 1;
+        let left = format!(
+            "{{\"type\":\"leave\",\"seq\":{},\"member\":{}}}",
+            self.seq,
+            json_string(member)
+        );
+        self.send_others(member, left.into());
+    }
+}

@@ -1,0 +1,388 @@
+//! Rooms (`[[rooms]]`, `handler = { rooms = "…" }`) against a real node, with real
+//! WebSocket clients (tungstenite, blocking, every read bounded): init, presence and
+//! one order of messages for every member, the limits (full room, size, rate), a
+//! member that stops reading cut off while the room goes on, and state kept across a
+//! crash.
+
+use std::{net::TcpStream, time::Duration};
+
+use edge_tests::{
+    jwt::{SECRET, bearer, hs_provider, hs256},
+    proxy::{Proxy, admin_section, curl, start_config},
+    unique,
+};
+use serde_json::{Value, json};
+use tungstenite::{
+    Message, WebSocket, client::IntoClientRequest, http::HeaderValue,
+    protocol::frame::coding::CloseCode,
+};
+
+const HEAD: &str = "[xdp]\nmode = \"off\"\n\n[http]\nlisten = [\"127.0.0.1:0\"]\n\n\
+                    [threat]\nenabled = false\n";
+
+struct DataDir(std::path::PathBuf);
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn node(rooms: &str) -> (Proxy, DataDir) {
+    let data = DataDir(std::env::temp_dir().join(unique("edge-rooms-")));
+    let p = start_config(&format!(
+        "{HEAD}\n[storage]\ndir = \"{dir}\"\n{jwt}\n{rooms}\n\
+         [[route]]\nhosts = [\"rooms.test\"]\npath_prefix = \"/rooms\"\nhandler = {{ rooms = \"docs\" }}\n\
+         [route.auth]\nprovider = \"hs\"\nmode = \"optional\"\n",
+        dir = data.0.display(),
+        jwt = hs_provider(),
+    ));
+    (p, data)
+}
+
+struct Member {
+    ws: WebSocket<TcpStream>,
+}
+
+/// Joins `room` as `user` (anonymous without); `Err(status)` when refused over HTTP.
+fn join(p: &Proxy, room: &str, user: Option<&str>) -> Result<Member, u16> {
+    let addr = p.base.trim_start_matches("http://");
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut req = format!("ws://{addr}/rooms/{room}")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("host", HeaderValue::from_static("rooms.test"));
+    if let Some(u) = user {
+        let token = bearer(&hs256(u, &[], SECRET));
+        let (_, v) = token.split_once(": ").unwrap();
+        req.headers_mut()
+            .insert("authorization", HeaderValue::from_str(v).unwrap());
+    }
+    match tungstenite::client::client(req, stream) {
+        Ok((ws, _)) => Ok(Member { ws }),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
+            Err(resp.status().as_u16())
+        }
+        Err(e) => panic!("handshake: {e}"),
+    }
+}
+
+impl Member {
+    /// The next JSON message (pings answered on the way).
+    fn recv(&mut self) -> Value {
+        loop {
+            match self.ws.read().expect("a message within 10 s") {
+                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+                Message::Close(c) => panic!("closed: {c:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    fn send(&mut self, v: &Value) {
+        self.ws.send(Message::text(v.to_string())).unwrap();
+    }
+
+    /// Reads until the server closes; its close code (`None`: the connection just ended).
+    fn closed(&mut self) -> Option<CloseCode> {
+        for _ in 0..100_000 {
+            match self.ws.read() {
+                Ok(Message::Close(c)) => return c.map(|c| c.code),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        panic!("still open");
+    }
+}
+
+#[test]
+fn members_share_one_state_one_order_and_presence() {
+    let (p, _data) =
+        node("[[rooms]]\nname = \"docs\"\nmessages_per_second = 1000.0\nmessage_burst = 1000\n");
+
+    let mut alice = join(&p, "doc-1", Some("alice")).unwrap();
+    let init = alice.recv();
+    assert_eq!(init["type"], "init", "{init}");
+    assert_eq!(init["room"], "doc-1");
+    assert_eq!(init["state"], Value::Null);
+    assert_eq!(init["members"], json!([]));
+    let me = init["you"].as_str().unwrap().to_string();
+    assert!(me.starts_with("alice#"), "{me}");
+
+    let mut bob = join(&p, "doc-1", Some("bob")).unwrap();
+    let init = bob.recv();
+    assert_eq!(init["members"], json!([me]));
+    let bob_id = init["you"].as_str().unwrap().to_string();
+    let joined = alice.recv();
+    assert_eq!(
+        (joined["type"].as_str(), joined["member"].as_str()),
+        (Some("join"), Some(bob_id.as_str()))
+    );
+
+    // A new state: stored, acknowledged to its author, sent to the others.
+    alice.send(&json!({"type": "update", "state": {"text": "hello"}}));
+    let ack = alice.recv();
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let update = bob.recv();
+    assert_eq!(update["type"], "update");
+    assert_eq!(update["from"], me.as_str());
+    assert_eq!(update["state"], json!({"text": "hello"}));
+    assert_eq!(update["seq"], ack["seq"]);
+    // Someone joining later starts from it.
+    let mut carol = join(&p, "doc-1", None).unwrap();
+    let init = carol.recv();
+    assert_eq!(init["state"], json!({"text": "hello"}));
+    assert!(init["you"].as_str().unwrap().starts_with("anonymous#"));
+    assert_eq!(alice.recv()["type"], "join");
+    assert_eq!(bob.recv()["type"], "join");
+
+    // Malformed messages get an error; the connection stays.
+    carol.ws.send(Message::text("not json")).unwrap();
+    assert_eq!(carol.recv()["type"], "error");
+    carol.send(&json!({"type": "update"}));
+    assert_eq!(carol.recv()["type"], "error");
+
+    // Three members send at once: every member sees the others' messages in one order
+    // (the room's sequence numbers, strictly increasing, the same for all).
+    let mut members = vec![alice, bob, carol];
+    let per = 30;
+    let logs: Vec<Vec<(u64, String, u64)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = members
+            .iter_mut()
+            .enumerate()
+            .map(|(i, m)| {
+                s.spawn(move || {
+                    for n in 0..per {
+                        m.send(&json!({"type": "message", "data": {"from": i, "n": n}}));
+                    }
+                    let mut log = Vec::new();
+                    while log.len() < 2 * per as usize {
+                        let v = m.recv();
+                        if v["type"] == "message" {
+                            log.push((
+                                v["seq"].as_u64().unwrap(),
+                                v["data"]["from"].to_string(),
+                                v["data"]["n"].as_u64().unwrap(),
+                            ));
+                        }
+                    }
+                    log
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut all: Vec<(u64, String, u64)> = logs.iter().flatten().cloned().collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(
+        all.len(),
+        3 * per as usize,
+        "every message has one sequence number"
+    );
+    for (i, log) in logs.iter().enumerate() {
+        assert!(
+            log.windows(2).all(|w| w[0].0 < w[1].0),
+            "member {i}: out of order"
+        );
+        // What member i saw of sender j is j's messages in the order j sent them.
+        for j in 0..3 {
+            let from: Vec<u64> = log
+                .iter()
+                .filter(|e| e.1 == j.to_string())
+                .map(|e| e.2)
+                .collect();
+            if i == j {
+                assert!(from.is_empty(), "nobody gets its own messages back");
+            } else {
+                assert_eq!(from, (0..per).collect::<Vec<_>>());
+            }
+        }
+    }
+    // For any two members, the messages both saw came in the same order.
+    let seqs = |log: &Vec<(u64, String, u64)>| -> Vec<(String, u64)> {
+        log.iter().map(|e| (e.1.clone(), e.2)).collect()
+    };
+    let (a, b) = (seqs(&logs[0]), seqs(&logs[1]));
+    let common_a: Vec<_> = a.iter().filter(|e| b.contains(e)).collect();
+    let common_b: Vec<_> = b.iter().filter(|e| a.contains(e)).collect();
+    assert_eq!(common_a, common_b);
+
+    // Leaving is announced.
+    let mut carol = members.pop().unwrap();
+    let carol_id = {
+        carol.ws.close(None).unwrap();
+        let _ = carol.closed();
+        "anonymous#"
+    };
+    let left = members[0].recv();
+    assert_eq!(left["type"], "leave");
+    assert!(left["member"].as_str().unwrap().starts_with(carol_id));
+
+    // Not a WebSocket: 426, naming what to send.
+    let r = curl(&p, "rooms.test", "/rooms/doc-1", &[]);
+    assert_eq!(r.status, 426);
+    assert!(r.headers.contains("upgrade: websocket"), "{}", r.headers);
+}
+
+#[test]
+fn limits_refuse_a_full_room_a_large_message_and_a_flood() {
+    let (p, _data) = node(
+        "[[rooms]]\nname = \"docs\"\nmax_members = 2\nmax_message_bytes = 1024\n\
+         messages_per_second = 1.0\nmessage_burst = 5\n",
+    );
+    let mut a = join(&p, "r", None).unwrap();
+    a.recv();
+    let mut b = join(&p, "r", None).unwrap();
+    b.recv();
+    a.recv();
+    assert_eq!(
+        join(&p, "r", None).err(),
+        Some(503),
+        "a full room refuses before the upgrade"
+    );
+    // Another room is another room.
+    let mut other = join(&p, "other", None).unwrap();
+    other.recv();
+
+    // Larger than max_message_bytes: closed with 1009.
+    a.send(&json!({"type": "message", "data": "x".repeat(2000)}));
+    assert_eq!(a.closed(), Some(CloseCode::Size));
+    assert_eq!(b.recv()["type"], "leave");
+    // Over the message rate (burst 5): closed with 1008; the others heard every
+    // message it was allowed.
+    let mut c = join(&p, "r", None).unwrap();
+    c.recv();
+    assert_eq!(b.recv()["type"], "join");
+    for n in 0..20 {
+        if c.ws
+            .send(Message::text(
+                json!({"type": "message", "data": n}).to_string(),
+            ))
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(c.closed(), Some(CloseCode::Policy));
+    let mut got = Vec::new();
+    loop {
+        let v = b.recv();
+        if v["type"] == "leave" {
+            break;
+        }
+        got.push(v["data"].as_u64().unwrap());
+    }
+    assert_eq!(got, (0..5).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_member_that_stops_reading_is_cut_off_and_the_room_goes_on() {
+    let (p, _data) = node(
+        "[[rooms]]\nname = \"docs\"\nmember_queue = 8\nmax_message_bytes = 262144\n\
+         messages_per_second = 10000.0\nmessage_burst = 10000\npersist_window = \"1s\"\n",
+    );
+    let mut writer = join(&p, "busy", Some("w")).unwrap();
+    writer.recv();
+    let mut reader = join(&p, "busy", Some("r")).unwrap();
+    reader.recv();
+    writer.recv();
+    let mut sleeper = join(&p, "busy", Some("s")).unwrap();
+    sleeper.recv();
+    writer.recv();
+    reader.recv();
+    // The sleeper never reads again. 200 states of 100 KB: far more than its queue and
+    // the socket buffers hold.
+    let big = "y".repeat(100_000);
+    let total = 200;
+    let received = std::thread::scope(|s| {
+        let r = s.spawn(|| {
+            let mut updates = Vec::new();
+            let mut sleeper_left = false;
+            while updates.len() < total {
+                let v = reader.recv();
+                match v["type"].as_str() {
+                    Some("update") => updates.push(v["state"]["n"].as_u64().unwrap()),
+                    Some("leave") => sleeper_left = true,
+                    _ => {}
+                }
+            }
+            (updates, sleeper_left)
+        });
+        for n in 0..total {
+            writer.send(&json!({"type": "update", "state": {"n": n, "pad": big}}));
+        }
+        r.join().unwrap()
+    });
+    assert_eq!(
+        received.0,
+        (0..total as u64).collect::<Vec<_>>(),
+        "every update, in order"
+    );
+    assert!(received.1, "the sleeper's removal was announced");
+    // The sleeper's connection ends (after whatever was already in its buffers).
+    sleeper
+        .ws
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    assert!(matches!(sleeper.closed(), None | Some(CloseCode::Policy)));
+}
+
+#[test]
+fn state_survives_a_crash_and_idle_rooms_leave_memory() {
+    let (mut p, _data) = node(&format!(
+        "{}[[rooms]]\nname = \"docs\"\nidle_after = \"1s\"\n",
+        admin_section()
+    ));
+    let mut a = join(&p, "keep", None).unwrap();
+    a.recv();
+    a.send(&json!({"type": "update", "state": {"v": 1}}));
+    a.recv();
+    a.send(&json!({"type": "update", "state": {"v": 2, "list": [1, 2, 3]}}));
+    let ack = a.recv();
+    assert_eq!(ack["type"], "ack");
+    // Stored before it was acknowledged (persist_window = 0): SIGKILL loses nothing.
+    p.node.sigkill();
+    p.node.restart();
+    assert!(
+        p.node.wait_running(Duration::from_secs(20)),
+        "{}",
+        p.node.log()
+    );
+    p.base = format!("http://{}", p.node.http_addr().unwrap());
+    let mut b = join(&p, "keep", None).unwrap();
+    let init = b.recv();
+    assert_eq!(init["state"], json!({"v": 2, "list": [1, 2, 3]}));
+    assert_eq!(
+        init["seq"], ack["seq"],
+        "the sequence goes on from where it was"
+    );
+    let gauges = |p: &Proxy| -> (String, String) {
+        let (_, m) = p.admin("GET", "/metrics");
+        let find = |name: &str| {
+            m.lines()
+                .find(|l| l.starts_with(&format!("{name}{{rooms=\"docs\"}}")))
+                .map(|l| l.rsplit(' ').next().unwrap().to_string())
+                .unwrap_or_default()
+        };
+        (find("edge_rooms_live"), find("edge_room_members"))
+    };
+    assert_eq!(gauges(&p), ("1".into(), "1".into()));
+    // With nobody left the room leaves memory, and comes back from the store.
+    b.ws.close(None).unwrap();
+    let _ = b.closed();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while gauges(&p) != ("0".into(), "0".into()) {
+        assert!(std::time::Instant::now() < deadline, "{:?}", gauges(&p));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut c = join(&p, "keep", None).unwrap();
+    assert_eq!(c.recv()["state"], json!({"v": 2, "list": [1, 2, 3]}));
+    assert_eq!(gauges(&p), ("1".into(), "1".into()));
+}
