@@ -79,21 +79,37 @@ where
     }
 }
 
-/// Reads a whole body of at most `limit` bytes (a small form, an upload the node itself
-/// takes); a longer one is an error as soon as it is.
-pub async fn collect_limited(
-    mut body: crate::error::Body,
-    limit: usize,
-) -> Result<bytes::Bytes, BoxError> {
+/// Why a bounded body was not read whole.
+#[derive(Debug)]
+pub enum Unread {
+    /// Over the limit (given up as soon as it was).
+    TooLarge,
+    /// The body itself failed (reset, timeout, bad framing).
+    Failed(crate::error::BoxError),
+}
+
+/// Reads a whole body of at most `max` bytes (a small form, a stored value, an upload
+/// the node itself takes), given up as soon as it is longer.
+pub async fn read_bounded(mut body: crate::error::Body, max: u64) -> Result<bytes::Bytes, Unread> {
     use http_body_util::BodyExt;
-    let mut out = bytes::BytesMut::new();
+    let mut value = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            if out.len() + data.len() > limit {
-                return Err(format!("body over {limit} bytes").into());
-            }
-            out.extend_from_slice(&data);
+        let Ok(data) = frame.map_err(Unread::Failed)?.into_data() else {
+            continue;
+        };
+        if (value.len() + data.len()) as u64 > max {
+            return Err(Unread::TooLarge);
+        }
+        value.extend_from_slice(&data);
+    }
+    Ok(value.freeze())
+}
+
+impl std::fmt::Display for Unread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unread::TooLarge => f.write_str("body over its limit"),
+            Unread::Failed(e) => write!(f, "body: {e}"),
         }
     }
-    Ok(out.freeze())
 }

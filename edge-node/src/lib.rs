@@ -10,9 +10,10 @@
 //! 4. `pipeline`: the phases and handlers a configuration builds, a request's whole life;
 //! 5. `config`: the file, made of the settings of the modules below (next to each), plus
 //!    `[http]` and `[admin]`, which the pipeline reads too;
-//! 6. `handlers` (proxy, demo, function, kv, rooms), then `phases`;
+//! 6. `handlers` (proxy, demo, function, kv, rooms, graphql), then `phases`;
 //! 7. `request` (the context, the `Phase` and `Handler` traits) and `metrics`;
-//! 8. `functions` (WebAssembly components; over `upstream`), `rooms` (WebSocket
+//! 8. `functions` (WebAssembly components; over `upstream`), `graphql` (over `kv` and
+//!    `upstream`), `rooms` (WebSocket
 //!    rooms; over `kv`), `kv` (the durable store and its namespaces), `auth`, `upstream`,
 //!    `cache`, `policy`, `intent`, `xdp`, `limits` (each over only those after it);
 //! 9. leaves, the small helpers everything shares: `body` (over `error`), `error`,
@@ -29,6 +30,7 @@ pub mod config;
 pub mod duration;
 pub mod error;
 pub mod functions;
+pub mod graphql;
 pub mod handlers;
 pub mod hash;
 pub mod headers;

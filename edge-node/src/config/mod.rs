@@ -77,6 +77,9 @@ pub struct Config {
     /// `[[rooms]]`: real-time rooms over WebSockets (`handler = { rooms = "name" }`).
     #[serde(default)]
     pub rooms: Vec<crate::rooms::RoomsSettings>,
+    /// `[[graphql]]`: schemas over KV and upstreams (`handler = { graphql = "name" }`).
+    #[serde(default)]
+    pub graphql: Vec<crate::graphql::GraphqlSettings>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -333,10 +336,23 @@ impl Config {
                 return Err(anyhow::anyhow!("rooms {} is defined twice", k.name).context(at()));
             }
         }
+        let kv_names: Vec<String> = self.kv.iter().map(|k| k.name.clone()).collect();
+        let upstream_names: Vec<String> = self.upstream.iter().map(|u| u.name.clone()).collect();
+        let mut schemas = std::collections::HashSet::new();
+        for (i, g) in self.graphql.iter().enumerate() {
+            let at = || Table::nth("graphql", i);
+            g.validate(&kv_names, &upstream_names).context(at())?;
+            if !schemas.insert(g.name.as_str()) {
+                return Err(anyhow::anyhow!("graphql {} is defined twice", g.name).context(at()));
+            }
+        }
         for (i, r) in self.route.iter().enumerate() {
             let at = || Table::nth("route", i);
             r.validate().context(at())?;
             let missing = match &r.handler {
+                crate::phases::route::HandlerSettings::Graphql(n) => {
+                    (!schemas.contains(n.as_str())).then_some(("graphql", n))
+                }
                 crate::phases::route::HandlerSettings::Kv(n) => {
                     (!namespaces.contains(n.as_str())).then_some(("kv", n))
                 }

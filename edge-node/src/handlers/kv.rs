@@ -23,7 +23,6 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::BodyExt;
 use hyper::body::Body as _;
 
 use super::proxy::first_frame_checked;
@@ -249,14 +248,16 @@ impl KvHandler {
         }
         let (parts, body) = resp.into_parts();
         let max = self.namespace.max_value_bytes;
-        let value = match read_bounded(body, max).await {
+        let value = match crate::body::read_bounded(body, max).await {
             Ok(v) => v,
-            Err(Unread::TooLarge) => {
+            Err(crate::body::Unread::TooLarge) => {
                 return Filled::Failed(format!(
                     "the origin's value is over max_value_bytes ({max})"
                 ));
             }
-            Err(Unread::Failed(e)) => return Filled::Failed(format!("the origin's value: {e}")),
+            Err(crate::body::Unread::Failed(e)) => {
+                return Filled::Failed(format!("the origin's value: {e}"));
+            }
         };
         let keep = !crate::headers::list(&parts.headers, header::CACHE_CONTROL)
             .any(|d| d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("private"));
@@ -490,35 +491,19 @@ impl KvHandler {
             return Ok(Bytes::new());
         }
         let body = first_frame_checked(body, self.body_read_timeout).await?;
-        read_bounded(body, max).await.map_err(|e| match e {
-            Unread::TooLarge => too_large(),
-            Unread::Failed(e) if e.is::<crate::body::BodyReadTimeout>() => refuse(
-                ErrorKind::RequestTimeout,
-                "the value stopped arriving (http.body_read_timeout)",
-            ),
-            Unread::Failed(e) => refuse(ErrorKind::BadRequest, format!("request body: {e}")),
-        })
+        crate::body::read_bounded(body, max)
+            .await
+            .map_err(|e| match e {
+                crate::body::Unread::TooLarge => too_large(),
+                crate::body::Unread::Failed(e) if e.is::<crate::body::BodyReadTimeout>() => refuse(
+                    ErrorKind::RequestTimeout,
+                    "the value stopped arriving (http.body_read_timeout)",
+                ),
+                crate::body::Unread::Failed(e) => {
+                    refuse(ErrorKind::BadRequest, format!("request body: {e}"))
+                }
+            })
     }
-}
-
-enum Unread {
-    TooLarge,
-    Failed(crate::error::BoxError),
-}
-
-/// A whole body of at most `max` bytes, given up as soon as it is over.
-async fn read_bounded(mut body: Body, max: u64) -> Result<Bytes, Unread> {
-    let mut value = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame.map_err(Unread::Failed)?.into_data() else {
-            continue;
-        };
-        if (value.len() + data.len()) as u64 > max {
-            return Err(Unread::TooLarge);
-        }
-        value.extend_from_slice(&data);
-    }
-    Ok(value.freeze())
 }
 
 /// What the path names under the route's prefix (`None`: the prefix itself):

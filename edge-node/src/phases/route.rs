@@ -125,7 +125,7 @@ pub struct RouteSettings {
 }
 
 /// `handler = "proxy" | "demo" | { function = "name" } | { kv = "name" } |
-/// { rooms = "name" }`
+/// { rooms = "name" } | { graphql = "name" }`
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HandlerSettings {
@@ -141,6 +141,8 @@ pub enum HandlerSettings {
     Kv(String),
     /// Real-time rooms (`[[rooms]]` of that name): WebSocket members, durable state.
     Rooms(String),
+    /// GraphQL over edge data (`[[graphql]]` of that name).
+    Graphql(String),
 }
 
 fn yes() -> bool {

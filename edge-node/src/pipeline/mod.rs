@@ -18,7 +18,9 @@ use crate::{
     config::Config,
     error::Body,
     functions::Functions,
-    handlers::{DemoHandler, FunctionHandler, KvHandler, ProxyHandler, RoomsHandler},
+    handlers::{
+        DemoHandler, FunctionHandler, GraphqlHandler, KvHandler, ProxyHandler, RoomsHandler,
+    },
     headers,
     metrics::Metrics,
     phases::{
@@ -145,6 +147,17 @@ impl Pipeline {
         } else {
             Some(retained.store(&config.storage)?)
         };
+        // GraphQL schemas, built once per configuration (a bad schema fails the load).
+        let backends = Arc::new(crate::graphql::Backends {
+            store: store.clone(),
+            pool: Some(pool.clone()),
+            upstreams: upstreams.clone(),
+        });
+        let mut schemas = HashMap::new();
+        for g in &config.graphql {
+            let built = crate::graphql::Graphql::build(g, backends.clone())?;
+            schemas.insert(g.name.clone(), Arc::new(built));
+        }
         let mut request_filters = Vec::new();
         let mut routes = Vec::new();
         let mut handlers = Vec::new();
@@ -227,6 +240,13 @@ impl Pipeline {
                         .is_some_and(|a| a.mode != crate::phases::auth::AuthMode::Off),
                     fill: (!r.pools().is_empty())
                         .then(|| crate::handlers::kv::Fill::new(proxy.clone(), r.fill_ttl)),
+                }),
+                HandlerSettings::Graphql(name) => Arc::new(GraphqlHandler {
+                    graphql: schemas
+                        .get(name)
+                        .cloned()
+                        .expect("validated: the schema exists"),
+                    body_read_timeout: config.http.body_read_timeout,
                 }),
                 HandlerSettings::Rooms(name) => {
                     let settings = config

@@ -43,11 +43,9 @@ impl Phase for ChallengePhase {
                 return Ok(Flow::Continue);
             }
             let body = std::mem::replace(req.body_mut(), crate::error::empty());
-            let form = crate::body::collect_limited(body, 4096)
-                .await
-                .map_err(|e| {
-                    EdgeError::new(ErrorKind::BadRequest, format!("challenge answer: {e}"))
-                })?;
+            let form = crate::body::read_bounded(body, 4096).await.map_err(|e| {
+                EdgeError::new(ErrorKind::BadRequest, format!("challenge answer: {e}"))
+            })?;
             self.challenger
                 .answer(ctx.client_ip, &form, ctx.scheme == "https")
                 .map(Flow::Answer)

@@ -1,0 +1,463 @@
+//! GraphQL over edge data: a schema in SDL (`[[graphql]] schema`), whose root fields
+//! resolve from a KV key template (`user(id) → users "user:{id}"`) or an upstream JSON
+//! request (`posts(limit) → GET api /posts?limit={limit}`, through the node's pools);
+//! every other field reads the property of its name from its parent's JSON. async-graphql's
+//! dynamic schema executes it, with depth, complexity and alias limits, introspection on
+//! or off, and automatic persisted queries.
+
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use async_graphql::{
+    Value,
+    dynamic::{
+        Field, FieldFuture, FieldValue, InputValue, Object, ResolverContext, Schema, TypeRef,
+    },
+    parser::types::{BaseType, Type, TypeKind, TypeSystemDefinition},
+};
+use http::{Request, StatusCode, header};
+use serde::Deserialize;
+
+use crate::{
+    kv::Store,
+    upstream::{Pool, Upstream},
+};
+
+/// `[[graphql]]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphqlSettings {
+    /// What routes name it by (`handler = { graphql = "name" }`).
+    pub name: String,
+    /// The schema, in SDL: object types, the built-in scalars, lists and non-null; the
+    /// root is `Query` (or what `schema { query: … }` names).
+    pub schema: PathBuf,
+    /// Resolvers of root fields; a root field without one resolves to null.
+    #[serde(default)]
+    pub resolver: Vec<ResolverSettings>,
+    /// Deepest selection nesting accepted.
+    #[serde(default = "default_max_depth")]
+    pub max_depth: usize,
+    /// Highest complexity (one per field selected) accepted.
+    #[serde(default = "default_max_complexity")]
+    pub max_complexity: usize,
+    /// Most aliases in one document (each alias can repeat a costly field).
+    #[serde(default = "default_max_aliases")]
+    pub max_aliases: usize,
+    /// Largest request body (413 beyond).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Whether `__schema` / `__type` are answered.
+    #[serde(default)]
+    pub introspection: bool,
+    /// Automatic persisted queries (Apollo's APQ: a client sends the hash alone once
+    /// the node has seen the query), which makes GET queries short and cacheable.
+    #[serde(default = "yes")]
+    pub persisted_queries: bool,
+    /// `Cache-Control: max-age` of successful GET answers (0: `no-cache`).
+    #[serde(default, with = "crate::duration")]
+    pub get_max_age: Duration,
+}
+
+fn default_max_depth() -> usize {
+    10
+}
+fn default_max_complexity() -> usize {
+    500
+}
+fn default_max_aliases() -> usize {
+    30
+}
+fn default_max_body_bytes() -> u64 {
+    64 << 10
+}
+fn yes() -> bool {
+    true
+}
+
+/// `[[graphql.resolver]]`: one root field, and where its value comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolverSettings {
+    /// `Query.<field>`.
+    pub field: String,
+    /// A `[[kv]]` namespace, and the key template (`"user:{id}"`: the field's `id`
+    /// argument); the value is read as JSON (a non-JSON value as a string).
+    #[serde(default)]
+    pub kv: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
+    /// An `[[upstream]]`, and the path template (`"/posts?limit={limit}"`, arguments
+    /// percent-encoded); a GET whose 200 JSON body is the value.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// Largest upstream JSON a resolver reads.
+const MAX_UPSTREAM_JSON: usize = 4 << 20;
+
+impl GraphqlSettings {
+    /// The keys, the names they refer to, and the schema file itself (read and built).
+    pub fn validate(&self, kv: &[String], upstreams: &[String]) -> Result<()> {
+        let n = &self.name;
+        if n.is_empty()
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            bail!("graphql name {n:?}: letters, digits, '-' or '_'");
+        }
+        if self.max_depth == 0 || self.max_complexity == 0 || self.max_body_bytes == 0 {
+            bail!("graphql {n}: max_depth, max_complexity and max_body_bytes must be above 0");
+        }
+        for r in &self.resolver {
+            match (&r.kv, &r.key, &r.upstream, &r.path) {
+                (Some(ns), Some(_), None, None) => {
+                    if !kv.contains(ns) {
+                        bail!("graphql {n}: resolver {}: no [[kv]] named {ns:?}", r.field);
+                    }
+                }
+                (None, None, Some(up), Some(path)) => {
+                    if !upstreams.contains(up) {
+                        bail!(
+                            "graphql {n}: resolver {}: no [[upstream]] named {up:?}",
+                            r.field
+                        );
+                    }
+                    if !path.starts_with('/') {
+                        bail!("graphql {n}: resolver {}: path must start with /", r.field);
+                    }
+                }
+                _ => bail!(
+                    "graphql {n}: resolver {}: give kv and key, or upstream and path",
+                    r.field
+                ),
+            }
+        }
+        Graphql::build(self, Arc::default()).map(drop)
+    }
+}
+
+/// Where a resolver reads.
+enum Source {
+    Kv { namespace: String, key: String },
+    Upstream { upstream: String, path: String },
+}
+
+/// What the resolvers reach (none of it when a configuration is only checked).
+#[derive(Default)]
+pub struct Backends {
+    pub store: Option<Arc<Store>>,
+    pub pool: Option<Pool>,
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+}
+
+/// The client address a request's upstream calls are made for (request data).
+pub struct ClientIp(pub std::net::IpAddr);
+
+/// One `[[graphql]]`, built: the executable schema and its limits.
+pub struct Graphql {
+    pub settings: GraphqlSettings,
+    pub schema: Schema,
+}
+
+/// The shape of a field's type: which fields are objects (their values stay JSON).
+#[derive(Clone)]
+enum Shape {
+    Leaf,
+    Object,
+    List(Box<Shape>),
+}
+
+fn shape(ty: &Type, objects: &[String]) -> Shape {
+    match &ty.base {
+        BaseType::Named(n) if objects.iter().any(|o| o == n.as_str()) => Shape::Object,
+        BaseType::Named(_) => Shape::Leaf,
+        BaseType::List(inner) => Shape::List(Box::new(shape(inner, objects))),
+    }
+}
+
+fn type_ref(ty: &Type) -> TypeRef {
+    let base = match &ty.base {
+        BaseType::Named(n) => TypeRef::Named(n.to_string().into()),
+        BaseType::List(inner) => TypeRef::List(Box::new(type_ref(inner))),
+    };
+    if ty.nullable {
+        base
+    } else {
+        TypeRef::NonNull(Box::new(base))
+    }
+}
+
+/// A JSON value as the field's type wants it (`None`: null).
+fn field_value(v: serde_json::Value, shape: &Shape) -> Option<FieldValue<'static>> {
+    if v.is_null() {
+        return None;
+    }
+    Some(match shape {
+        Shape::Object => FieldValue::owned_any(v),
+        Shape::Leaf => FieldValue::value(Value::from_json(v).ok()?),
+        Shape::List(inner) => match v {
+            serde_json::Value::Array(items) => FieldValue::list(
+                items
+                    .into_iter()
+                    .map(|i| field_value(i, inner).unwrap_or(FieldValue::NULL)),
+            ),
+            _ => return None,
+        },
+    })
+}
+
+/// `template` with `{arg}` replaced by the field's arguments (`encode`: percent-encoded).
+fn fill(template: &str, ctx: &ResolverContext<'_>, encode: bool) -> async_graphql::Result<String> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let close = rest[open..]
+            .find('}')
+            .ok_or_else(|| async_graphql::Error::new("unclosed { in a template"))?;
+        let name = &rest[open + 1..open + close];
+        let text = match ctx.args.get(name).map(|a| a.as_value().clone()) {
+            Some(Value::String(s)) => s,
+            Some(Value::Number(n)) => n.to_string(),
+            Some(Value::Boolean(b)) => b.to_string(),
+            Some(Value::Enum(e)) => e.to_string(),
+            _ => String::new(),
+        };
+        if encode {
+            out.extend(form_urlencoded::byte_serialize(text.as_bytes()));
+        } else {
+            out.push_str(&text);
+        }
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+async fn read(
+    source: &Source,
+    backends: &Backends,
+    ctx: &ResolverContext<'_>,
+) -> async_graphql::Result<serde_json::Value> {
+    match source {
+        Source::Kv { namespace, key } => {
+            let key = fill(key, ctx, false)?;
+            let store = backends
+                .store
+                .as_ref()
+                .ok_or_else(|| async_graphql::Error::new("no store"))?;
+            let entry = store
+                .get(namespace, &key)
+                .map_err(|e| async_graphql::Error::new(format!("store: {e}")))?;
+            Ok(match entry {
+                None => serde_json::Value::Null,
+                Some(e) => serde_json::from_slice(&e.value).unwrap_or_else(|_| {
+                    serde_json::Value::String(String::from_utf8_lossy(&e.value).into_owned())
+                }),
+            })
+        }
+        Source::Upstream { upstream, path } => {
+            let path = fill(path, ctx, true)?;
+            let (Some(pool), Some(upstream)) = (&backends.pool, backends.upstreams.get(upstream))
+            else {
+                return Err(async_graphql::Error::new("no such upstream"));
+            };
+            let client = ctx
+                .data_opt::<ClientIp>()
+                .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |c| c.0);
+            let req = Request::get(path.as_str())
+                .header(header::HOST, upstream.name.as_str())
+                .header(header::ACCEPT, "application/json")
+                .body(crate::error::empty())
+                .map_err(|e| async_graphql::Error::new(e.to_string()))?;
+            let resp = pool.send(upstream, req, true, client).await.map_err(|e| {
+                async_graphql::Error::new(format!("upstream {}: {:?}", upstream.name, e.kind))
+            })?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Ok(serde_json::Value::Null);
+            }
+            if resp.status() != StatusCode::OK {
+                return Err(async_graphql::Error::new(format!(
+                    "upstream {} answered {}",
+                    upstream.name,
+                    resp.status().as_u16()
+                )));
+            }
+            let body = crate::body::read_bounded(resp.into_body(), MAX_UPSTREAM_JSON as u64)
+                .await
+                .map_err(|_| {
+                    async_graphql::Error::new(format!(
+                        "upstream {}: body unreadable or too large",
+                        upstream.name
+                    ))
+                })?;
+            serde_json::from_slice(&body).map_err(|_| {
+                async_graphql::Error::new(format!("upstream {} sent no JSON", upstream.name))
+            })
+        }
+    }
+}
+
+impl Graphql {
+    /// Reads and builds the schema of `s`; errors name the file and the type or field.
+    pub fn build(s: &GraphqlSettings, backends: Arc<Backends>) -> Result<Self> {
+        let sdl = std::fs::read_to_string(&s.schema)
+            .with_context(|| format!("graphql {}: reading {}", s.name, s.schema.display()))?;
+        let doc = async_graphql::parser::parse_schema(&sdl)
+            .map_err(|e| anyhow!("graphql {}: {}: {e}", s.name, s.schema.display()))?;
+        let mut query_name = "Query".to_string();
+        let mut objects = Vec::new();
+        for def in &doc.definitions {
+            match def {
+                TypeSystemDefinition::Schema(sch) => {
+                    if let Some(q) = &sch.node.query {
+                        query_name = q.node.to_string();
+                    }
+                    if sch.node.mutation.is_some() || sch.node.subscription.is_some() {
+                        bail!(
+                            "graphql {}: only queries are served (no mutation or subscription)",
+                            s.name
+                        );
+                    }
+                }
+                TypeSystemDefinition::Type(t) => match &t.node.kind {
+                    TypeKind::Object(o) => {
+                        objects.push((t.node.name.node.to_string(), o.fields.clone()))
+                    }
+                    TypeKind::Scalar => {}
+                    _ => bail!(
+                        "graphql {}: type {}: only object types and scalars are supported",
+                        s.name,
+                        t.node.name.node
+                    ),
+                },
+                TypeSystemDefinition::Directive(_) => {}
+            }
+        }
+        let names: Vec<String> = objects.iter().map(|(n, _)| n.clone()).collect();
+        if !names.contains(&query_name) {
+            bail!("graphql {}: no type {query_name} (the query root)", s.name);
+        }
+        let mut sources: HashMap<String, Arc<Source>> = HashMap::new();
+        for r in &s.resolver {
+            let Some(field) = r.field.strip_prefix(&format!("{query_name}.")) else {
+                bail!(
+                    "graphql {}: resolver field {:?} is not {query_name}.<field>",
+                    s.name,
+                    r.field
+                );
+            };
+            let source = match (&r.kv, &r.key, &r.upstream, &r.path) {
+                (Some(ns), Some(key), _, _) => Source::Kv {
+                    namespace: ns.clone(),
+                    key: key.clone(),
+                },
+                (_, _, Some(up), Some(path)) => Source::Upstream {
+                    upstream: up.clone(),
+                    path: path.clone(),
+                },
+                _ => bail!("graphql {}: resolver {}: no source", s.name, r.field),
+            };
+            sources.insert(field.to_string(), Arc::new(source));
+        }
+        let mut builder = Schema::build(&query_name, None, None)
+            .limit_depth(s.max_depth)
+            .limit_complexity(s.max_complexity)
+            .limit_recursive_depth(s.max_depth.max(32));
+        if !s.introspection {
+            builder = builder.disable_introspection();
+        }
+        if s.persisted_queries {
+            builder = builder.extension(
+                async_graphql::extensions::apollo_persisted_queries::ApolloPersistedQueries::new(
+                    async_graphql::extensions::apollo_persisted_queries::LruCacheStorage::new(1024),
+                ),
+            );
+        }
+        for (name, fields) in &objects {
+            let mut object = Object::new(name.as_str());
+            for f in fields {
+                let f = &f.node;
+                let field_name = f.name.node.to_string();
+                let field_shape = shape(&f.ty.node, &names);
+                let root_source = (name == &query_name)
+                    .then(|| sources.remove(&field_name))
+                    .flatten();
+                let backends = backends.clone();
+                let key = field_name.clone();
+                let mut field = Field::new(field_name.as_str(), type_ref(&f.ty.node), move |ctx| {
+                    let source = root_source.clone();
+                    let backends = backends.clone();
+                    let field_shape = field_shape.clone();
+                    let key = key.clone();
+                    FieldFuture::new(async move {
+                        let v = match &source {
+                            Some(src) => read(src, &backends, &ctx).await?,
+                            None => match ctx.parent_value.downcast_ref::<serde_json::Value>() {
+                                Some(parent) => parent.get(&key).cloned().unwrap_or_default(),
+                                None => serde_json::Value::Null,
+                            },
+                        };
+                        Ok(field_value(v, &field_shape))
+                    })
+                });
+                for arg in &f.arguments {
+                    let arg = &arg.node;
+                    field = field.argument(InputValue::new(
+                        arg.name.node.to_string(),
+                        type_ref(&arg.ty.node),
+                    ));
+                }
+                object = object.field(field);
+            }
+            builder = builder.register(object);
+        }
+        if let Some(field) = sources.keys().next() {
+            bail!(
+                "graphql {}: a resolver names {query_name}.{field}, which the schema does not have",
+                s.name
+            );
+        }
+        let schema = builder
+            .finish()
+            .map_err(|e| anyhow!("graphql {}: {}: {e}", s.name, s.schema.display()))?;
+        Ok(Self {
+            settings: s.clone(),
+            schema,
+        })
+    }
+}
+
+/// Aliases in a query document (a field asked for many times under other names).
+pub fn aliases(query: &str) -> Option<usize> {
+    use async_graphql::parser::types::{Selection, SelectionSet};
+    fn count(set: &SelectionSet) -> usize {
+        set.items
+            .iter()
+            .map(|s| match &s.node {
+                Selection::Field(f) => {
+                    usize::from(f.node.alias.is_some()) + count(&f.node.selection_set.node)
+                }
+                Selection::InlineFragment(i) => count(&i.node.selection_set.node),
+                // Fragments are counted where they are defined.
+                Selection::FragmentSpread(_) => 0,
+            })
+            .sum()
+    }
+    let doc = async_graphql::parser::parse_query(query).ok()?;
+    let ops: usize = doc
+        .operations
+        .iter()
+        .map(|(_, op)| count(&op.node.selection_set.node))
+        .sum();
+    let frags: usize = doc
+        .fragments
+        .values()
+        .map(|f| count(&f.node.selection_set.node))
+        .sum();
+    Some(ops + frags)
+}

@@ -1,0 +1,305 @@
+//! GraphQL (`[[graphql]]`, `handler = { graphql = "…" }`) against a real node: a schema
+//! in SDL over a KV namespace and a JSON origin, queried with curl; the limits (depth,
+//! complexity, aliases, body size), malformed requests and introspection answered in the
+//! GraphQL error format; persisted queries and cacheable GETs.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::TcpListener,
+    process::Command,
+};
+
+use edge_tests::{
+    proxy::{Proxy, Reply, curl, start_config},
+    unique,
+};
+use serde_json::{Value, json};
+
+const HEAD: &str = "[xdp]\nmode = \"off\"\n\n[http]\nlisten = [\"127.0.0.1:0\"]\n\n\
+                    [threat]\nenabled = false\n";
+
+const SCHEMA: &str = "type Query {\n  user(id: ID!): User\n  posts(limit: Int): [Post]\n  version: String\n}\n\
+                      type User {\n  id: ID\n  name: String\n  friends: [User]\n  address: Address\n}\n\
+                      type Address {\n  city: String\n}\n\
+                      type Post {\n  title: String\n  path: String\n}\n";
+
+/// An origin answering every GET with a JSON list of posts naming the path asked for;
+/// returns its address. Runs until the test process ends (bounded by the test's requests).
+fn json_origin() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut w = conn;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                            break;
+                        }
+                    }
+                    let body = json!([
+                        {"title": "first", "path": path},
+                        {"title": "second", "path": path},
+                    ])
+                    .to_string();
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if w.write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+struct Dir(std::path::PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn node(extra: &str) -> (Proxy, Dir) {
+    let dir = Dir(std::env::temp_dir().join(unique("edge-graphql-")));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let schema = dir.0.join("schema.graphql");
+    std::fs::write(&schema, SCHEMA).unwrap();
+    let p = start_config(&format!(
+        "{HEAD}\n[storage]\ndir = \"{data}\"\n[[kv]]\nname = \"users\"\n\
+         [[jwt_provider]]\nname = \"hs\"\nalgorithms = [\"HS256\"]\nsecret = \"{secret}\"\n\
+         [[upstream]]\nname = \"blog\"\nservers = [\"{origin}\"]\n\
+         [[graphql]]\nname = \"api\"\nschema = \"{schema}\"\nmax_depth = 5\nmax_complexity = 15\n\
+         max_aliases = 3\nmax_body_bytes = 2048\nget_max_age = \"60s\"\n{extra}\n\
+         [[graphql.resolver]]\nfield = \"Query.user\"\nkv = \"users\"\nkey = \"user:{{id}}\"\n\
+         [[graphql.resolver]]\nfield = \"Query.posts\"\nupstream = \"blog\"\npath = \"/posts?limit={{limit}}\"\n\
+         [[route]]\nhosts = [\"api.test\"]\npath_prefix = \"/graphql\"\nhandler = {{ graphql = \"api\" }}\n\
+         [[route]]\nhosts = [\"kv.test\"]\nhandler = {{ kv = \"users\" }}\n\
+         [route.auth]\nprovider = \"hs\"\nmode = \"optional\"\n",
+        data = dir.0.join("data").display(),
+        secret = edge_tests::jwt::SECRET,
+        origin = json_origin(),
+        schema = schema.display(),
+    ));
+    let user = json!({
+        "id": "1", "name": "Ada", "address": {"city": "London"},
+        "friends": [{"id": "2", "name": "Bob", "friends": [{"id": "1", "name": "Ada"}]}],
+    });
+    let r = curl(
+        &p,
+        "kv.test",
+        "/user:1",
+        &["-X", "PUT", "--data-binary", &user.to_string()],
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    (p, dir)
+}
+
+fn post(p: &Proxy, body: &str) -> Reply {
+    curl(
+        p,
+        "api.test",
+        "/graphql",
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+        ],
+    )
+}
+
+fn query(p: &Proxy, q: &str, variables: Value) -> Value {
+    let r = post(p, &json!({"query": q, "variables": variables}).to_string());
+    assert_eq!(r.status, 200, "{}", r.body);
+    serde_json::from_str(&r.body).unwrap()
+}
+
+fn first_error(v: &Value) -> String {
+    v["errors"][0]["message"].as_str().unwrap_or("").to_string()
+}
+
+#[test]
+fn queries_resolve_from_kv_and_an_origin() {
+    let (p, _dir) = node("");
+    let v = query(
+        &p,
+        "query($id: ID!) { user(id: $id) { name address { city } friends { name } } }",
+        json!({"id": "1"}),
+    );
+    assert_eq!(
+        v["data"],
+        json!({"user": {"name": "Ada", "address": {"city": "London"}, "friends": [{"name": "Bob"}]}}),
+        "{v}"
+    );
+    // A key that is not there: null, no error.
+    let v = query(&p, "{ user(id: \"9\") { name } }", json!({}));
+    assert_eq!(v["data"], json!({"user": null}));
+    assert!(v["errors"].is_null(), "{v}");
+    // From the origin, the argument in its path.
+    let v = query(&p, "{ posts(limit: 2) { title path } }", json!({}));
+    assert_eq!(v["data"]["posts"][0]["title"], "first", "{v}");
+    assert_eq!(v["data"]["posts"][1]["path"], "/posts?limit=2");
+    // A root field without a resolver is null.
+    assert_eq!(
+        query(&p, "{ version }", json!({}))["data"],
+        json!({"version": null})
+    );
+    // GET works too, and a successful GET may be cached by the client.
+    let r = curl(
+        &p,
+        "api.test",
+        "/graphql?query=%7B%20user(id%3A%20%221%22)%20%7B%20name%20%7D%20%7D",
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        serde_json::from_str::<Value>(&r.body).unwrap()["data"]["user"]["name"],
+        "Ada"
+    );
+    assert!(
+        r.headers.contains("cache-control: public, max-age=60"),
+        "{}",
+        r.headers
+    );
+}
+
+#[test]
+fn limits_and_malformed_requests_answer_in_the_graphql_format() {
+    let (p, _dir) = node("");
+    // Too deep (max_depth 5).
+    let deep =
+        "{ user(id: \"1\") { friends { friends { friends { friends { friends { name } } } } } } }";
+    let v = query(&p, deep, json!({}));
+    assert!(v["data"].is_null(), "{v}");
+    assert!(first_error(&v).to_lowercase().contains("deep"), "{v}");
+    // Too complex (max_complexity 15): 19 fields, none deeper than 5, no alias.
+    let wide = "{ user(id: \"1\") { id name address { city } friends { id name address { city } \
+                friends { id name address { city } } } } posts(limit: 1) { title path } version }";
+    let v = query(&p, wide, json!({}));
+    assert!(v["data"].is_null(), "{v}");
+    assert!(first_error(&v).to_lowercase().contains("complex"), "{v}");
+    // Too many aliases (max 3), even where complexity would pass.
+    let aliased = "{ a: version b: version c: version d: version }";
+    let v = query(&p, aliased, json!({}));
+    assert!(first_error(&v).contains("aliases"), "{v}");
+    // Syntax errors, unknown fields: errors, no data.
+    let v = query(&p, "{ user(id: ", json!({}));
+    assert!(!first_error(&v).is_empty(), "{v}");
+    let v = query(&p, "{ password }", json!({}));
+    assert!(first_error(&v).contains("password"), "{v}");
+    // Introspection is off unless configured.
+    let v = query(&p, "{ __schema { types { name } } }", json!({}));
+    assert!(!first_error(&v).is_empty(), "{v}");
+    // Not JSON, not a GraphQL request, too large, wrong method: HTTP errors, GraphQL bodies.
+    for (body, status) in [
+        ("{not json", 400),
+        ("[1, 2]", 400),
+        (&*format!("{{\"query\": \"{}\"}}", "x".repeat(3000)), 413),
+    ] {
+        let r = post(&p, body);
+        assert_eq!(r.status, status, "{body:.40}: {}", r.body);
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        assert!(!first_error(&v).is_empty(), "{}", r.body);
+    }
+    let r = curl(&p, "api.test", "/graphql", &["-X", "DELETE"]);
+    assert_eq!(r.status, 405);
+}
+
+fn sha256(text: &str) -> String {
+    let out = Command::new("sh")
+        .args(["-c", "printf %s \"$0\" | sha256sum", text])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn persisted_queries_make_short_cacheable_gets_and_introspection_can_be_on() {
+    let (p, _dir) = node("introspection = true");
+    let q = "{ user(id: \"1\") { name } }";
+    let hash = sha256(q);
+    let ext = json!({"persistedQuery": {"version": 1, "sha256Hash": hash}}).to_string();
+    let get = |p: &Proxy| {
+        let url = format!(
+            "/graphql?extensions={}",
+            form_urlencoded::byte_serialize(ext.as_bytes()).collect::<String>()
+        );
+        curl(p, "api.test", &url, &[])
+    };
+    // Unknown hash: the client is told to send the query.
+    let v: Value = serde_json::from_str(&get(&p).body).unwrap();
+    assert_eq!(first_error(&v), "PersistedQueryNotFound", "{v}");
+    // Sent once with the query...
+    let r = post(
+        &p,
+        &json!({"query": q, "extensions": serde_json::from_str::<Value>(&ext).unwrap()})
+            .to_string(),
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&r.body).unwrap()["data"]["user"]["name"],
+        "Ada",
+        "{}",
+        r.body
+    );
+    // ...then the hash alone does.
+    let r = get(&p);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["data"]["user"]["name"], "Ada", "{v}");
+    assert!(
+        r.headers.contains("cache-control: public, max-age=60"),
+        "{}",
+        r.headers
+    );
+    // Introspection, when on.
+    let v = query(
+        &p,
+        "{ __type(name: \"User\") { fields { name } } }",
+        json!({}),
+    );
+    let names: Vec<&str> = v["data"]["__type"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["id", "name", "friends", "address"], "{v}");
+}
+
+#[test]
+fn a_bad_schema_is_a_config_error_naming_it() {
+    let dir = Dir(std::env::temp_dir().join(unique("edge-graphql-bad-")));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let schema = dir.0.join("bad.graphql");
+    std::fs::write(&schema, "type Query { user: Nope }").unwrap();
+    let n = edge_tests::node::Node::start(
+        &format!(
+            "{HEAD}\n[[graphql]]\nname = \"api\"\nschema = \"{}\"\n\
+             [[route]]\nhosts = [\"*\"]\nhandler = {{ graphql = \"api\" }}\n",
+            schema.display()
+        ),
+        None,
+    );
+    let out = n.cli(&["check"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("bad.graphql") && err.contains("Nope"), "{err}");
+}
