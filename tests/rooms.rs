@@ -386,3 +386,82 @@ fn state_survives_a_crash_and_idle_rooms_leave_memory() {
     assert_eq!(c.recv()["state"], json!({"v": 2, "list": [1, 2, 3]}));
     assert_eq!(gauges(&p), ("1".into(), "1".into()));
 }
+
+/// A member over HTTP/2 (RFC 8441 extended CONNECT on a prior-knowledge h2 connection):
+/// the status, and the joined socket when it was 200.
+async fn join_h2(p: &Proxy, host: &'static str, path: &str) -> (u16, Option<H2Socket>) {
+    let stream = tokio::net::TcpStream::connect(p.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut req = hyper::Request::connect(format!("http://{host}{path}"))
+        .header("sec-websocket-version", "13")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    if status != 200 {
+        return (status, None);
+    }
+    let io = hyper::upgrade::on(resp).await.unwrap();
+    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        hyper_util::rt::TokioIo::new(io),
+        tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    (status, Some(ws))
+}
+
+type H2Socket =
+    tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
+/// The next JSON message on an HTTP/2 member's socket (within 10 s).
+async fn recv(ws: &mut H2Socket) -> Value {
+    use futures_util::StreamExt as _;
+    let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("a message within 10 s")
+        .unwrap()
+        .unwrap();
+    serde_json::from_str(msg.to_text().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_join_over_http2_extended_connect() {
+    use futures_util::SinkExt as _;
+    let (p, _data) = node(&format!(
+        "[[rooms]]\nname = \"docs\"\n{}",
+        "[[upstream]]\nname = \"demo\"\nbuiltin = \"demo\"\n\
+         [[route]]\nhosts = [\"proxied.test\"]\nupstream = \"demo\"\n"
+    ));
+    let (status, ws) = join_h2(&p, "rooms.test", "/rooms/h2").await;
+    assert_eq!(status, 200, "{}", p.node.log());
+    let mut h2 = ws.unwrap();
+    assert_eq!(recv(&mut h2).await["type"], "init");
+    // An HTTP/1.1 member of the same room hears it, and the other way round.
+    let mut h1 = tokio::task::block_in_place(|| join(&p, "h2", None).unwrap());
+    assert_eq!(tokio::task::block_in_place(|| h1.recv())["type"], "init");
+    assert_eq!(recv(&mut h2).await["type"], "join");
+    h2.send(tungstenite::Message::text(
+        json!({"type": "update", "state": {"over": "h2"}}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(recv(&mut h2).await["type"], "ack");
+    let got = tokio::task::block_in_place(|| h1.recv());
+    assert_eq!(got["state"], json!({"over": "h2"}));
+    tokio::task::block_in_place(|| h1.send(&json!({"type": "message", "data": 7})));
+    assert_eq!(recv(&mut h2).await["data"], 7);
+    // A proxied route refuses an extended CONNECT rather than forward a tunnel.
+    let (status, _) = join_h2(&p, "proxied.test", "/").await;
+    assert_eq!(status, 405);
+}

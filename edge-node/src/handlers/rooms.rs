@@ -1,5 +1,5 @@
-//! `handler = { rooms = "name" }`: `GET <prefix>/<room>` with a WebSocket upgrade joins
-//! the room (`crate::rooms`). The member is known by the route's JWT identity (its
+//! `handler = { rooms = "name" }`: `GET <prefix>/<room>` with a WebSocket upgrade (or,
+//! over HTTP/2, an extended CONNECT) joins the room (`crate::rooms`). The member is known by the route's JWT identity (its
 //! `sub`, or `anonymous`) and a number for the connection; who may join is the
 //! route's `[route.auth]`.
 
@@ -9,6 +9,7 @@ use std::sync::{
 };
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::{WebSocketStream, tungstenite::protocol::Role};
 use tracing::debug;
@@ -36,7 +37,7 @@ impl Handler for RoomsHandler {
         "rooms"
     }
 
-    fn handle<'a>(&'a self, ctx: &'a mut RequestCtx, req: Request<Body>) -> HandlerFuture<'a> {
+    fn handle<'a>(&'a self, ctx: &'a mut RequestCtx, mut req: Request<Body>) -> HandlerFuture<'a> {
         Box::pin(async move {
             let Some(id) = name_after_prefix(req.uri().path(), &self.path_prefix)? else {
                 return Err(refuse(ErrorKind::NotFound, "name a room: <prefix>/<room>"));
@@ -47,7 +48,7 @@ impl Handler for RoomsHandler {
                     "room ids are at most 256 bytes",
                 ));
             }
-            let (upgrade, accept) = websocket_handshake(ctx, &req)?;
+            let (client, accept) = websocket_handshake(ctx, &mut req)?;
             let n = self.connections.fetch_add(1, Ordering::Relaxed);
             let member = format!("{}#{n}", ctx.user.as_deref().unwrap_or("anonymous"));
             let joined = self.rooms.join(&id, member).await.map_err(|e| {
@@ -60,7 +61,7 @@ impl Handler for RoomsHandler {
             })?;
             let rooms = self.rooms.clone();
             tokio::spawn(async move {
-                match upgrade.into_client().await {
+                match client.await {
                     Ok(io) => {
                         let ws = WebSocketStream::from_raw_socket(
                             TokioIo::new(io),
@@ -82,27 +83,56 @@ impl Handler for RoomsHandler {
                 }
             });
             let mut resp = Response::new(empty());
-            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            let h = resp.headers_mut();
-            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+            match accept {
+                // HTTP/1.1: 101 with the key's answer.
+                Some(accept) => {
+                    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                    let h = resp.headers_mut();
+                    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+                }
+                // HTTP/2 extended CONNECT: a 200 opens the stream as the tunnel.
+                None => *resp.status_mut() = StatusCode::OK,
+            }
             Ok(resp)
         })
     }
 }
 
-/// A WebSocket opening handshake (RFC 6455 4.2.1): GET, `Upgrade: websocket`, version
-/// 13, a 16-byte key. Anything else: 426 naming what to send.
+/// A WebSocket opening handshake: over HTTP/1.1 (RFC 6455 4.2.1: GET, `Upgrade:
+/// websocket`, version 13, a 16-byte key; answered with its accept value), or over
+/// HTTP/2 (RFC 8441: CONNECT with `:protocol` websocket and version 13; answered 200).
+/// Anything else: 426 naming what to send.
 fn websocket_handshake(
     ctx: &mut RequestCtx,
-    req: &Request<Body>,
-) -> Result<(upgrade::Requested, HeaderValue), EdgeError> {
+    req: &mut Request<Body>,
+) -> Result<(OnUpgrade, Option<HeaderValue>), EdgeError> {
     let upgrade_required = |why: &str| {
         refuse(ErrorKind::UpgradeRequired, why.to_string())
             .with_header(header::UPGRADE, "websocket")
             .with_header(header::SEC_WEBSOCKET_VERSION, "13")
     };
+    let version_13 = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        == Some(b"13");
+    if req.method() == Method::CONNECT {
+        let websocket = req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+        if !websocket {
+            return Err(upgrade_required(
+                "extended CONNECT with :protocol websocket",
+            ));
+        }
+        if !version_13 {
+            return Err(upgrade_required("Sec-WebSocket-Version: 13"));
+        }
+        return Ok((hyper::upgrade::on(req), None));
+    }
     if req.method() != Method::GET {
         return Err(
             refuse(ErrorKind::MethodNotAllowed, "rooms are joined with GET")
@@ -119,12 +149,7 @@ fn websocket_handshake(
     {
         return Err(upgrade_required("only websocket"));
     }
-    if req
-        .headers()
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(|v| v.as_bytes())
-        != Some(b"13")
-    {
+    if !version_13 {
         return Err(upgrade_required("Sec-WebSocket-Version: 13"));
     }
     let key = req
@@ -143,5 +168,5 @@ fn websocket_handshake(
         })?;
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key);
     let accept = HeaderValue::from_str(&accept).expect("base64 is a header value");
-    Ok((upgrade, accept))
+    Ok((upgrade.into_client(), Some(accept)))
 }

@@ -280,6 +280,7 @@ mod tests {
                 name: prefix.into(),
                 api: false,
                 server_timing: true,
+                websocket: false,
             },
             hosts: vec!["app.test".into()],
             path_prefix: prefix.into(),

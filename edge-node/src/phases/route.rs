@@ -44,6 +44,14 @@ impl RoutePhase {
             ctx.match_path(req.uri().path()),
             req.headers(),
         )?;
+        // An extended CONNECT (RFC 8441) opens a tunnel: only a handler that speaks
+        // WebSocket itself takes one; a proxied route would forward a CONNECT.
+        if req.extensions().get::<hyper::ext::Protocol>().is_some() && !route.info.websocket {
+            return Err(EdgeError::new(
+                ErrorKind::MethodNotAllowed,
+                "extended CONNECT is served by rooms routes only",
+            ));
+        }
         ctx.route = Some(route.info.clone());
         if route.upstreams.is_empty() {
             return Ok(());

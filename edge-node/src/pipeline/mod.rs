@@ -278,6 +278,7 @@ impl Pipeline {
                     name: name.into(),
                     api: r.api,
                     server_timing: r.server_timing,
+                    websocket: matches!(r.handler, HandlerSettings::Rooms(_)),
                 },
                 hosts: r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
                 path_prefix: r.path_prefix.clone(),

@@ -91,6 +91,9 @@ pub struct RouteInfo {
     pub api: bool,
     /// Responses carry Server-Timing.
     pub server_timing: bool,
+    /// The handler speaks WebSocket itself (rooms): the one kind of route an HTTP/2
+    /// extended CONNECT (RFC 8441) may reach.
+    pub websocket: bool,
 }
 
 /// A request extension the HTTP/3 listener sets on requests that arrived in 0-RTT early

@@ -121,6 +121,8 @@ pub fn spawn(
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(settings.max_concurrent_streams)
+            // WebSockets over HTTP/2 (RFC 8441), for rooms; other routes refuse them.
+            .enable_connect_protocol()
             // CONTINUATION floods: a header block is bounded like an HTTP/1 head.
             .max_header_list_size(settings.max_header_bytes as u32)
             // Rapid reset (CVE-2023-44487): streams the client opens and cancels before

@@ -268,6 +268,7 @@ mod tests {
             name: "app".into(),
             api: false,
             server_timing: false,
+            websocket: false,
         });
         ctx
     }
