@@ -411,46 +411,7 @@ impl Writer {
                     .filter_map(|i| i.ok().map(|(k, _)| k.value().to_string()))
                     .collect();
                 for ns in namespaces {
-                    let xname = expiry_table(&ns);
-                    let dname = data_table(&ns);
-                    let mut index = txn.open_table(ExpiryTable::new(&xname)).map_err(storage)?;
-                    let end = (now + 1).to_be_bytes();
-                    let due: Vec<Vec<u8>> = index
-                        .range(..&end[..])
-                        .map_err(storage)?
-                        .take(SWEEP_BATCH)
-                        .filter_map(|i| i.ok().map(|(k, _)| k.value().to_vec()))
-                        .collect();
-                    if due.is_empty() {
-                        continue;
-                    }
-                    let mut data = txn.open_table(DataTable::new(&dname)).map_err(storage)?;
-                    let (mut keys, mut bytes) = usage
-                        .get(ns.as_str())
-                        .map_err(storage)?
-                        .map_or((0, 0), |v| v.value());
-                    for ix in due {
-                        index.remove(ix.as_slice()).map_err(storage)?;
-                        let Ok(key) = std::str::from_utf8(&ix[8..]) else {
-                            continue;
-                        };
-                        let expiry = u64::from_be_bytes(ix[..8].try_into().expect("8 bytes"));
-                        // The index entry of an older write may outlive it; only a
-                        // record that still expires then goes.
-                        let current = data
-                            .get(key)
-                            .map_err(storage)?
-                            .map(|v| (record::expires_at(v.value()), v.value().len()));
-                        if let Some((Some(t), len)) = current
-                            && t == expiry
-                        {
-                            data.remove(key).map_err(storage)?;
-                            keys = keys.saturating_sub(1);
-                            bytes = bytes.saturating_sub((key.len() + len) as u64);
-                            removed += 1;
-                        }
-                    }
-                    usage.insert(ns.as_str(), (keys, bytes)).map_err(storage)?;
+                    removed += sweep_namespace(&txn, &mut usage, &ns, now)?;
                 }
             }
             txn.commit().map_err(storage)?;
@@ -464,9 +425,84 @@ impl Writer {
     }
 }
 
+/// Removes up to `SWEEP_BATCH` keys of `ns` expired at `now`, oldest expiry first;
+/// how many.
+fn sweep_namespace(
+    txn: &redb::WriteTransaction,
+    usage: &mut redb::Table<&str, (u64, u64)>,
+    ns: &str,
+    now: u64,
+) -> Result<u64, WriteError> {
+    let xname = expiry_table(ns);
+    let dname = data_table(ns);
+    let mut index = txn.open_table(ExpiryTable::new(&xname)).map_err(storage)?;
+    let end = (now + 1).to_be_bytes();
+    let due: Vec<Vec<u8>> = index
+        .range(..&end[..])
+        .map_err(storage)?
+        .take(SWEEP_BATCH)
+        .filter_map(|i| i.ok().map(|(k, _)| k.value().to_vec()))
+        .collect();
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let mut data = txn.open_table(DataTable::new(&dname)).map_err(storage)?;
+    let (mut keys, mut bytes) = usage
+        .get(ns)
+        .map_err(storage)?
+        .map_or((0, 0), |v| v.value());
+    let mut removed = 0;
+    for ix in due {
+        index.remove(ix.as_slice()).map_err(storage)?;
+        let (Some(at), Ok(key)) = (ix.get(..8), std::str::from_utf8(ix.get(8..).unwrap_or(&[])))
+        else {
+            continue;
+        };
+        let expiry = u64::from_be_bytes(at.try_into().expect("8 bytes"));
+        // The index entry of an older write may outlive it; only a record that still
+        // expires then goes.
+        let current = data
+            .get(key)
+            .map_err(storage)?
+            .map(|v| (record::expires_at(v.value()), v.value().len()));
+        if let Some((Some(t), len)) = current
+            && t == expiry
+        {
+            data.remove(key).map_err(storage)?;
+            keys = keys.saturating_sub(1);
+            bytes = bytes.saturating_sub((key.len() + len) as u64);
+            removed += 1;
+        }
+    }
+    usage.insert(ns, (keys, bytes)).map_err(storage)?;
+    Ok(removed)
+}
+
 /// One write inside the batch's transaction. `Err` only for storage failures (the
-/// whole batch fails); refusals are `Ok(Err(_))`.
+/// whole batch fails); refusals are `Ok(Err(_))`. A namespace at its quota first drops
+/// its expired keys (they count until swept), then decides.
 fn apply_one(
+    txn: &redb::WriteTransaction,
+    usage: &mut redb::Table<&str, (u64, u64)>,
+    write: &Write,
+    next_version: &mut u64,
+) -> Result<Result<Written, WriteError>, WriteError> {
+    let first = try_apply(txn, usage, write, next_version)?;
+    if !matches!(
+        first,
+        Err(WriteError::KeysFull(_) | WriteError::BytesFull(_))
+    ) {
+        return Ok(first);
+    }
+    let (Write::Put { namespace, .. } | Write::Delete { namespace, .. }) = write;
+    if sweep_namespace(txn, usage, namespace, crate::clock::unix_ms())? > 0 {
+        try_apply(txn, usage, write, next_version)
+    } else {
+        Ok(first)
+    }
+}
+
+fn try_apply(
     txn: &redb::WriteTransaction,
     usage: &mut redb::Table<&str, (u64, u64)>,
     write: &Write,
