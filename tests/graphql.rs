@@ -82,7 +82,7 @@ fn node(extra: &str) -> (Proxy, Dir) {
          [[jwt_provider]]\nname = \"hs\"\nalgorithms = [\"HS256\"]\nsecret = \"{secret}\"\n\
          [[upstream]]\nname = \"blog\"\nservers = [\"{origin}\"]\n\
          [[graphql]]\nname = \"api\"\nschema = \"{schema}\"\nmax_depth = 5\nmax_complexity = 15\n\
-         max_aliases = 3\nmax_body_bytes = 2048\nget_max_age = \"60s\"\n{extra}\n\
+         max_aliases = 3\nmax_body_bytes = 2048\nget_max_age = \"60s\"\nmax_resolver_calls = 2\n{extra}\n\
          [[graphql.resolver]]\nfield = \"Query.user\"\nkv = \"users\"\nkey = \"user:{{id}}\"\n\
          [[graphql.resolver]]\nfield = \"Query.posts\"\nupstream = \"blog\"\npath = \"/posts?limit={{limit}}\"\n\
          [[route]]\nhosts = [\"api.test\"]\npath_prefix = \"/graphql\"\nhandler = {{ graphql = \"api\" }}\n\
@@ -197,6 +197,13 @@ fn limits_and_malformed_requests_answer_in_the_graphql_format() {
     let aliased = "{ a: version b: version c: version d: version }";
     let v = query(&p, aliased, json!({}));
     assert!(first_error(&v).contains("aliases"), "{v}");
+    // Resolver calls (max 2): the same field repeated without aliases counts each time.
+    let v = query(
+        &p,
+        "{ user(id: \"1\") { name } user(id: \"1\") { id } posts(limit: 1) { title } }",
+        json!({}),
+    );
+    assert!(v.to_string().contains("max_resolver_calls"), "{v}");
     // Syntax errors, unknown fields: errors, no data.
     let v = query(&p, "{ user(id: ", json!({}));
     assert!(!first_error(&v).is_empty(), "{v}");

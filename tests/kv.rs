@@ -41,7 +41,10 @@ fn node(data: &DataDir, storage_extra: &str, kv_extra: &str) -> Proxy {
          [[route]]\nhosts = [\"kv.test\"]\npath_prefix = \"/kv\"\nhandler = {{ kv = \"users\" }}\n\
          [route.auth]\nprovider = \"hs\"\nmode = \"optional\"\n\
          [[route.auth.roles]]\npath_prefix = \"/kv\"\nmethods = [\"PUT\", \"DELETE\"]\nany_of = [\"writer\"]\n\
-         [[route]]\nhosts = [\"ro.test\"]\nhandler = {{ kv = \"users\" }}\n",
+         [[route]]\nhosts = [\"ro.test\"]\nhandler = {{ kv = \"users\" }}\n\
+         [[route]]\nhosts = [\"guarded.test\"]\npath_prefix = \"/g\"\nhandler = {{ kv = \"users\" }}\n\
+         [route.auth]\nprovider = \"hs\"\nmode = \"optional\"\n\
+         [[route.auth.roles]]\npath_prefix = \"/g/admin\"\nany_of = [\"admin\"]\n",
         dir = data.0.display(),
         jwt = hs_provider(),
     ))
@@ -195,6 +198,21 @@ fn values_round_trip_with_their_type_metadata_etag_and_conditions() {
     assert_eq!(
         serde_json::from_str::<Value>(&r.body).unwrap()["error"],
         "not_found"
+    );
+    // A role rule under the route's prefix: an encoded slash cannot step around it, and
+    // the listing (which would name the guarded keys) is off there.
+    assert_eq!(curl(&p, "guarded.test", "/g/admin", &[]).status, 401);
+    assert_eq!(
+        curl(&p, "guarded.test", "/g/admin%2Fsecret", &[]).status,
+        400
+    );
+    assert_eq!(
+        curl(&p, "guarded.test", "/g/admin%2fsecret", &[]).status,
+        400
+    );
+    assert_eq!(
+        curl(&p, "guarded.test", "/g?prefix=admin/", &[]).status,
+        403
     );
     // The namespace itself is listed, never written.
     let r = curl(&p, "kv.test", "/kv", &["-X", "PUT", "-d", "v", "-H", &auth]);
@@ -493,15 +511,40 @@ fn misses_fill_from_the_origin_once_and_keep_for_the_fill_ttl() {
     assert_eq!(header(&r, "content-type").as_deref(), Some("text/plain"));
     assert_eq!(origin.hits(), 1);
 
+    // The origin is asked for the key's path alone: no query, nothing of the client's
+    // own (its cookies, tokens, conditions), since what it answers is kept for everyone.
+    let r = curl(
+        &p,
+        "fill.test",
+        "/kv/user:7?lang=%3Cscript%3E",
+        &[
+            "-H",
+            "Cookie: session=alice",
+            "-H",
+            "Authorization: Bearer t",
+            "-H",
+            "If-None-Match: \"x\"",
+        ],
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("path=/kv/user:7\n"), "{}", r.body);
+    for private in ["cookie", "authorization", "if-none-match", "script"] {
+        assert!(
+            !r.body.contains(private),
+            "{private} reached the origin: {}",
+            r.body
+        );
+    }
+
     // What is not kept: a 404 (answered 404), a no-store answer (answered, asked again),
     // an origin failure (502).
-    assert_eq!(get("/kv/nobody?status=404").status, 404);
-    assert_eq!(get("/kv/nobody").status, 200, "the 404 was not stored");
+    assert_eq!(get("/kv/status-404").status, 404);
+    assert_eq!(get("/kv/status-404").status, 404);
     let before = origin.hits();
-    assert_eq!(get("/kv/private?cc=no-store").status, 200);
-    assert_eq!(get("/kv/private?cc=no-store").status, 200);
-    assert_eq!(origin.hits(), before + 2);
-    assert_eq!(get("/kv/broken?status=500").status, 502);
+    assert_eq!(get("/kv/no-store").status, 200);
+    assert_eq!(get("/kv/no-store").status, 200);
+    assert_eq!(origin.hits(), before + 2, "a no-store answer is not kept");
+    assert_eq!(get("/kv/status-500").status, 502);
 
     // Past fill_ttl the key is fetched again.
     let before = origin.hits();

@@ -300,6 +300,9 @@ fn a_member_that_stops_reading_is_cut_off_and_the_room_goes_on() {
     // the socket buffers hold.
     let big = "y".repeat(100_000);
     let total = 200;
+    // The writer keeps at most 4 updates ahead of the reader: a reader that keeps up is
+    // never the slow one, however loaded the machine.
+    let read = std::sync::atomic::AtomicUsize::new(0);
     let received = std::thread::scope(|s| {
         let r = s.spawn(|| {
             let mut updates = Vec::new();
@@ -307,7 +310,10 @@ fn a_member_that_stops_reading_is_cut_off_and_the_room_goes_on() {
             while updates.len() < total {
                 let v = reader.recv();
                 match v["type"].as_str() {
-                    Some("update") => updates.push(v["state"]["n"].as_u64().unwrap()),
+                    Some("update") => {
+                        updates.push(v["state"]["n"].as_u64().unwrap());
+                        read.store(updates.len(), std::sync::atomic::Ordering::Relaxed);
+                    }
                     Some("leave") => sleeper_left = true,
                     _ => {}
                 }
@@ -315,6 +321,11 @@ fn a_member_that_stops_reading_is_cut_off_and_the_room_goes_on() {
             (updates, sleeper_left)
         });
         for n in 0..total {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while read.load(std::sync::atomic::Ordering::Relaxed) + 4 < n {
+                assert!(std::time::Instant::now() < deadline, "the reader stalled");
+                std::thread::sleep(Duration::from_millis(1));
+            }
             writer.send(&json!({"type": "update", "state": {"n": n, "pad": big}}));
         }
         r.join().unwrap()
@@ -441,7 +452,11 @@ async fn members_join_over_http2_extended_connect() {
     let (p, _data) = node(&format!(
         "[[rooms]]\nname = \"docs\"\n{}",
         "[[upstream]]\nname = \"demo\"\nbuiltin = \"demo\"\n\
-         [[route]]\nhosts = [\"proxied.test\"]\nupstream = \"demo\"\n"
+         [[route]]\nhosts = [\"proxied.test\"]\nupstream = \"demo\"\n\
+         [[route]]\nhosts = [\"private.test\"]\npath_prefix = \"/rooms\"\n\
+         handler = { rooms = \"docs\" }\n\
+         [route.auth]\nprovider = \"hs\"\nmode = \"optional\"\n\
+         [[route.auth.roles]]\npath_prefix = \"/rooms\"\nmethods = [\"GET\"]\nany_of = [\"member\"]\n"
     ));
     let (status, ws) = join_h2(&p, "rooms.test", "/rooms/h2").await;
     assert_eq!(status, 200, "{}", p.node.log());
@@ -461,6 +476,8 @@ async fn members_join_over_http2_extended_connect() {
     assert_eq!(got["state"], json!({"over": "h2"}));
     tokio::task::block_in_place(|| h1.send(&json!({"type": "message", "data": 7})));
     assert_eq!(recv(&mut h2).await["data"], 7);
+    // A role rule on GET covers the HTTP/2 join too: no token, no member.
+    assert_eq!(join_h2(&p, "private.test", "/rooms/h2").await.0, 401);
     // A proxied route refuses an extended CONNECT rather than forward a tunnel.
     let (status, _) = join_h2(&p, "proxied.test", "/").await;
     assert_eq!(status, 405);

@@ -314,6 +314,17 @@ fn serve(conn: TcpStream, shared: &Shared) {
                 }
             }
         }
+        // The same two as path segments, for clients that send no query: `/status-404`,
+        // `/no-store` (Cache-Control: no-store).
+        let bare = path.split('?').next().unwrap_or("");
+        for seg in bare.split('/') {
+            if let Some(code) = seg.strip_prefix("status-") {
+                status = code.parse().unwrap_or(status);
+            }
+            if seg == "no-store" {
+                extra.push_str("cache-control: no-store\r\n");
+            }
+        }
         let inm = headers
             .iter()
             .find_map(|h| h.strip_prefix("if-none-match: "));

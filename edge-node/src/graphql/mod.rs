@@ -54,9 +54,18 @@ pub struct GraphqlSettings {
     /// the node has seen the query), which makes GET queries short and cacheable.
     #[serde(default = "yes")]
     pub persisted_queries: bool,
-    /// `Cache-Control: max-age` of successful GET answers (0: `no-cache`).
+    /// `Cache-Control: max-age` of successful GET answers (0: `no-cache`); `private`
+    /// on routes with `[route.auth]`.
     #[serde(default, with = "crate::duration")]
     pub get_max_age: Duration,
+    /// Resolver calls (KV reads, upstream requests) one request may make; a field
+    /// repeated without aliases or through fragments counts each time.
+    #[serde(default = "default_max_resolver_calls")]
+    pub max_resolver_calls: usize,
+}
+
+fn default_max_resolver_calls() -> usize {
+    20
 }
 
 fn default_max_depth() -> usize {
@@ -95,6 +104,14 @@ pub struct ResolverSettings {
     pub path: Option<String>,
 }
 
+/// What is escaped of an argument put into an upstream path: everything but the
+/// unreserved characters (RFC 3986), so `/`, `?`, `&`, `#` and `%` stay data.
+const ARG: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Largest upstream JSON a resolver reads.
 const MAX_UPSTREAM_JSON: usize = 4 << 20;
 
@@ -109,8 +126,15 @@ impl GraphqlSettings {
         {
             bail!("graphql name {n:?}: letters, digits, '-' or '_'");
         }
-        if self.max_depth == 0 || self.max_complexity == 0 || self.max_body_bytes == 0 {
-            bail!("graphql {n}: max_depth, max_complexity and max_body_bytes must be above 0");
+        if self.max_depth == 0
+            || self.max_complexity == 0
+            || self.max_body_bytes == 0
+            || self.max_resolver_calls == 0
+        {
+            bail!(
+                "graphql {n}: max_depth, max_complexity, max_body_bytes and \
+                 max_resolver_calls must be above 0"
+            );
         }
         for r in &self.resolver {
             match (&r.kv, &r.key, &r.upstream, &r.path) {
@@ -154,8 +178,12 @@ pub struct Backends {
     pub upstreams: HashMap<String, Arc<Upstream>>,
 }
 
-/// The client address a request's upstream calls are made for (request data).
-pub struct ClientIp(pub std::net::IpAddr);
+/// Per request (request data): the client its upstream calls are made for, and the
+/// resolver calls it has left.
+pub struct RequestData {
+    pub client: std::net::IpAddr,
+    pub calls_left: std::sync::atomic::AtomicUsize,
+}
 
 /// One `[[graphql]]`, built: the executable schema and its limits.
 pub struct Graphql {
@@ -228,7 +256,13 @@ fn fill(template: &str, ctx: &ResolverContext<'_>, encode: bool) -> async_graphq
             _ => String::new(),
         };
         if encode {
-            out.extend(form_urlencoded::byte_serialize(text.as_bytes()));
+            // An argument is one segment or value: it never walks the path.
+            if text == "." || text == ".." {
+                return Err(async_graphql::Error::new(format!(
+                    "argument {name} is not a name"
+                )));
+            }
+            out.extend(percent_encoding::utf8_percent_encode(&text, ARG));
         } else {
             out.push_str(&text);
         }
@@ -243,6 +277,19 @@ async fn read(
     backends: &Backends,
     ctx: &ResolverContext<'_>,
 ) -> async_graphql::Result<serde_json::Value> {
+    let data = ctx.data_opt::<RequestData>();
+    if let Some(d) = data {
+        let left = d.calls_left.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |n| n.checked_sub(1),
+        );
+        if left.is_err() {
+            return Err(async_graphql::Error::new(
+                "the query makes more resolver calls than max_resolver_calls",
+            ));
+        }
+    }
     match source {
         Source::Kv { namespace, key } => {
             let key = fill(key, ctx, false)?;
@@ -266,9 +313,7 @@ async fn read(
             else {
                 return Err(async_graphql::Error::new("no such upstream"));
             };
-            let client = ctx
-                .data_opt::<ClientIp>()
-                .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |c| c.0);
+            let client = data.map_or(std::net::IpAddr::from([127, 0, 0, 1]), |d| d.client);
             let req = Request::get(path.as_str())
                 .header(header::HOST, upstream.name.as_str())
                 .header(header::ACCEPT, "application/json")
@@ -374,7 +419,8 @@ impl Graphql {
         if s.persisted_queries {
             builder = builder.extension(
                 async_graphql::extensions::apollo_persisted_queries::ApolloPersistedQueries::new(
-                    async_graphql::extensions::apollo_persisted_queries::LruCacheStorage::new(1024),
+                    // Parsed documents are kept: few, since a large one is large.
+                    async_graphql::extensions::apollo_persisted_queries::LruCacheStorage::new(256),
                 ),
             );
         }

@@ -11,13 +11,15 @@ use hyper::body::Body as _;
 use super::proxy::first_frame_checked;
 use crate::{
     error::{Body, full},
-    graphql::{ClientIp, Graphql, aliases},
+    graphql::{Graphql, RequestData, aliases},
     request::{Handler, HandlerFuture, RequestCtx},
 };
 
 pub struct GraphqlHandler {
     pub graphql: Arc<Graphql>,
     pub body_read_timeout: std::time::Duration,
+    /// The route has `[route.auth]`: answers are per user, never for shared caches.
+    pub private: bool,
 }
 
 /// A request refused before it ran: its status and the one error's message.
@@ -74,7 +76,10 @@ impl Handler for GraphqlHandler {
             let answer = self
                 .graphql
                 .schema
-                .execute(request.data(ClientIp(ctx.client_ip)))
+                .execute(request.data(RequestData {
+                    client: ctx.client_ip,
+                    calls_left: self.graphql.settings.max_resolver_calls.into(),
+                }))
                 .await;
             ctx.timings.record("graphql", None, started.elapsed());
             let ok = answer.errors.is_empty();
@@ -87,7 +92,8 @@ impl Handler for GraphqlHandler {
             );
             let age = self.graphql.settings.get_max_age.as_secs();
             let cache = if is_get && ok && age > 0 {
-                format!("public, max-age={age}")
+                let scope = if self.private { "private" } else { "public" };
+                format!("{scope}, max-age={age}")
             } else {
                 "no-cache".to_string()
             };

@@ -52,6 +52,10 @@ pub struct KvHandler {
     pub writable: bool,
     /// Read-through from the route's upstream, when it has one.
     pub fill: Option<Fill>,
+    /// Whether the namespace may be listed here: not on a route whose role rules
+    /// guard prefixes under it (a listing would show those keys' names to anyone
+    /// allowed the route's prefix).
+    pub listable: bool,
 }
 
 /// Fetching missing keys from the route's upstream.
@@ -73,10 +77,35 @@ impl Fill {
     }
 }
 
+/// A stored content type's longest (a longer one is stored as octet-stream).
+const MAX_CONTENT_TYPE: usize = 256;
+
+/// Removes a key's in-flight fetch from the map when its last user is done.
+struct InflightGuard<'a> {
+    fill: &'a Fill,
+    key: &'a str,
+    cell: &'a Arc<tokio::sync::OnceCell<Filled>>,
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        let mut inflight = crate::sync::lock(&self.fill.inflight);
+        // Two references: the map's and this request's. More: others still wait.
+        if inflight
+            .get(self.key)
+            .is_some_and(|c| Arc::ptr_eq(c, self.cell) && Arc::strong_count(c) <= 2)
+        {
+            inflight.remove(self.key);
+        }
+    }
+}
+
 /// What one origin fetch came to, shared by every miss that waited for it.
 #[derive(Clone)]
 pub enum Filled {
     Value(Entry),
+    /// Marked `no-store` / `private` by the origin: for its requester only.
+    Private(Entry),
     /// The origin has no such thing either (404 / 410).
     Missing,
     Failed(String),
@@ -103,6 +132,10 @@ impl Handler for KvHandler {
                     "writes need [route.auth] on the route",
                 )
                 .with_header(header::ALLOW, "GET, HEAD")),
+                (Method::GET | Method::HEAD, None) if !self.listable => Err(refuse(
+                    ErrorKind::Forbidden,
+                    "listing is off on a route whose role rules guard keys under it",
+                )),
                 (Method::GET | Method::HEAD, None) => self.list(&req),
                 (Method::GET | Method::HEAD, Some(key)) => self.get(ctx, req, &key).await,
                 (Method::PUT, Some(key)) => self.put(req, key).await,
@@ -155,7 +188,7 @@ impl KvHandler {
             (Some(e), _) => (e, false),
             (None, None) => return Err(refuse(ErrorKind::NotFound, "no such key")),
             (None, Some(fill)) => match self.fill(fill, ctx, &req, key).await {
-                Filled::Value(e) => (e, true),
+                Filled::Value(e) | Filled::Private(e) => (e, true),
                 Filled::Missing => return Err(refuse(ErrorKind::NotFound, "no such key (origin)")),
                 Filled::Failed(why) => {
                     return Err(refuse(ErrorKind::UpstreamFailed, format!("fill: {why}")));
@@ -193,7 +226,9 @@ impl KvHandler {
     }
 
     /// The key from the origin: one fetch per key at a time, every concurrent miss
-    /// answered from it. A fetch whose client went away is taken over by a waiter.
+    /// answered from it (a fetch whose client went away is taken over by a waiter). An
+    /// answer the origin marks `no-store` / `private` is its requester's alone: a
+    /// waiter fetches its own.
     async fn fill(
         &self,
         fill: &Fill,
@@ -205,13 +240,28 @@ impl KvHandler {
             .entry(key.to_string())
             .or_default()
             .clone();
-        let fetch = self.fetch(fill, ctx, req, key);
+        // The map entry goes with the last request using it, however that one ends.
+        let _done = InflightGuard {
+            fill,
+            key,
+            cell: &cell,
+        };
+        let led = std::sync::atomic::AtomicBool::new(false);
+        let fetch = async {
+            led.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.fetch(fill, ctx, req, key).await
+        };
         let filled = cell.get_or_init(|| fetch).await.clone();
-        let mut inflight = crate::sync::lock(&fill.inflight);
-        if inflight.get(key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            inflight.remove(key);
+        match filled {
+            Filled::Private(e) if led.load(std::sync::atomic::Ordering::Relaxed) => {
+                Filled::Value(e)
+            }
+            Filled::Private(_) => match self.fetch(fill, ctx, req, key).await {
+                Filled::Private(e) => Filled::Value(e),
+                other => other,
+            },
+            other => other,
         }
-        filled
     }
 
     async fn fetch(
@@ -221,21 +271,19 @@ impl KvHandler {
         req: &Request<Body>,
         key: &str,
     ) -> Filled {
-        // A plain GET of the same target: the origin's whole answer, never a 304 or a
-        // range meant for the client's copy.
+        // What is kept is everyone's: a plain GET of the key's path, without the query
+        // or anything of the client's own (cookies, identity, conditions, ranges), so
+        // no one's personal or crafted answer is stored for the others.
         let mut fwd = Request::new(empty());
-        *fwd.uri_mut() = req.uri().clone();
+        *fwd.uri_mut() = http::Uri::builder()
+            .path_and_query(req.uri().path())
+            .build()
+            .unwrap_or_default();
         *fwd.version_mut() = req.version();
-        *fwd.headers_mut() = req.headers().clone();
-        for h in [
-            header::IF_NONE_MATCH,
-            header::IF_MODIFIED_SINCE,
-            header::IF_MATCH,
-            header::RANGE,
-            header::CONTENT_LENGTH,
-            header::TRANSFER_ENCODING,
-        ] {
-            fwd.headers_mut().remove(h);
+        for h in [header::HOST, header::ACCEPT] {
+            if let Some(v) = req.headers().get(&h) {
+                fwd.headers_mut().insert(h, v.clone());
+            }
         }
         let resp = match fill.proxy.handle(ctx, fwd).await {
             Ok(r) => r,
@@ -268,6 +316,7 @@ impl KvHandler {
                 .headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
+                .filter(|v| v.len() <= MAX_CONTENT_TYPE)
                 .unwrap_or("application/octet-stream")
                 .to_string(),
             metadata: None,
@@ -276,7 +325,7 @@ impl KvHandler {
             written_at: now,
         };
         if !keep {
-            return Filled::Value(entry);
+            return Filled::Private(entry);
         }
         // Absent only: a write that landed while the origin answered is newer.
         match self
@@ -383,7 +432,7 @@ impl KvHandler {
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .filter(|v| v.len() <= 256)
+            .filter(|v| v.len() <= MAX_CONTENT_TYPE)
             .unwrap_or("application/octet-stream")
             .to_string();
         let condition = write_condition(req.headers())?;
@@ -511,8 +560,8 @@ impl KvHandler {
 pub fn name_after_prefix(path: &str, prefix: &str) -> Result<Option<String>, EdgeError> {
     let prefix = prefix.trim_end_matches('/');
     // The route matched the path's match form; the name comes from the path as sent,
-    // which must then start with the prefix as written (a `;param` or other case in
-    // the prefix part would make the name ambiguous).
+    // which must then start with the prefix (up to ASCII case, which `fold_case` may
+    // have ignored; a `;param` in the prefix part would make the name ambiguous).
     let rest = match path.get(..prefix.len()) {
         Some(head) if head.eq_ignore_ascii_case(prefix) => &path[prefix.len()..],
         _ => {
@@ -534,6 +583,14 @@ pub fn name_after_prefix(path: &str, prefix: &str) -> Result<Option<String>, Edg
     };
     if rest.is_empty() {
         return Ok(None);
+    }
+    // An encoded slash would name `a/b` on a path whose match form (the one role
+    // rules see) is not under `a/`: a name's slashes are written as slashes.
+    if rest.to_ascii_lowercase().contains("%2f") {
+        return Err(refuse(
+            ErrorKind::BadRequest,
+            "write a name's / as /, not %2F",
+        ));
     }
     let decoded: Vec<u8> = percent_encoding::percent_decode_str(rest).collect();
     let Ok(name) = String::from_utf8(decoded) else {

@@ -3,10 +3,7 @@
 //! `sub`, or `anonymous`) and a number for the connection; who may join is the
 //! route's `[route.auth]`.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
-};
+use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::upgrade::OnUpgrade;
@@ -28,8 +25,6 @@ const MAX_ROOM_ID: usize = 256;
 pub struct RoomsHandler {
     pub rooms: Arc<Rooms>,
     pub path_prefix: String,
-    /// Numbers the connections, so one user's two tabs are two members.
-    pub connections: AtomicU64,
 }
 
 impl Handler for RoomsHandler {
@@ -49,9 +44,8 @@ impl Handler for RoomsHandler {
                 ));
             }
             let (client, accept) = websocket_handshake(ctx, &mut req)?;
-            let n = self.connections.fetch_add(1, Ordering::Relaxed);
-            let member = format!("{}#{n}", ctx.user.as_deref().unwrap_or("anonymous"));
-            let joined = self.rooms.join(&id, member).await.map_err(|e| {
+            let who = ctx.user.as_deref().unwrap_or("anonymous");
+            let joined = self.rooms.join(&id, who).await.map_err(|e| {
                 let kind = match e {
                     Refused::RoomFull | Refused::TooManyRooms | Refused::Closing => {
                         ErrorKind::Unavailable

@@ -45,6 +45,24 @@ pub fn encode(e: &Entry) -> Vec<u8> {
     out
 }
 
+/// What a listing shows of a record, without copying its value: expiry, metadata and
+/// the value's size.
+pub fn head(raw: &[u8]) -> Option<(Option<u64>, Option<String>, usize)> {
+    if raw.first() != Some(&FORMAT) || raw.len() < FIXED {
+        return None;
+    }
+    let mut at = FIXED;
+    let mut text = || -> Option<&str> {
+        let len = u16::from_le_bytes(raw.get(at..at + 2)?.try_into().ok()?) as usize;
+        let s = std::str::from_utf8(raw.get(at + 2..at + 2 + len)?).ok()?;
+        at += 2 + len;
+        Some(s)
+    };
+    text()?;
+    let metadata = Some(text()?).filter(|m| !m.is_empty()).map(str::to_string);
+    Some((expires_at(raw), metadata, raw.len() - at))
+}
+
 /// The expiry alone (the sweep and the index need no more).
 pub fn expires_at(raw: &[u8]) -> Option<u64> {
     let t = u64::from_le_bytes(raw.get(1..9)?.try_into().ok()?);

@@ -34,8 +34,11 @@ const NEXT_VERSION: &str = "next_version";
 
 /// Writes applied per transaction at most (a burst beyond it takes the next one).
 const BATCH: usize = 1024;
-/// Writes waiting at most; past it writers wait for room (backpressure, not memory).
-const QUEUE: usize = 16 * 1024;
+/// Writes waiting at most; past it writers wait for room. Counted in writes, so the
+/// memory it holds is up to this many values (1 GiB at the 1 MiB default).
+const QUEUE: usize = 1024;
+/// Records a listing page looks at most (expired ones are skipped, not counted).
+const LIST_SCAN: usize = 10_000;
 /// Expired keys removed per namespace per sweep (each sweep is one short transaction).
 const SWEEP_BATCH: usize = 1000;
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -222,20 +225,25 @@ impl Store {
             _ => prefix,
         };
         let now = crate::clock::unix_ms();
-        let mut out = Vec::new();
-        for item in table.range(start..).map_err(storage)? {
+        let mut out: Vec<Listed> = Vec::new();
+        for (scanned, item) in table.range(start..).map_err(storage)?.enumerate() {
             let (k, v) = item.map_err(storage)?;
             let key = k.value();
             if !key.starts_with(prefix) {
                 return Ok((out, true));
             }
+            // A page ends early rather than walk a namespace of expired keys; its
+            // cursor goes on from here.
+            if scanned >= LIST_SCAN && !out.is_empty() {
+                return Ok((out, false));
+            }
             if Some(key) == after {
                 continue;
             }
-            let Some(e) = record::decode(v.value()) else {
+            let Some((expires_at, metadata, size)) = record::head(v.value()) else {
                 continue;
             };
-            if e.expired(now) {
+            if expires_at.is_some_and(|t| t <= now) {
                 continue;
             }
             if out.len() == limit {
@@ -243,9 +251,9 @@ impl Store {
             }
             out.push(Listed {
                 key: key.to_string(),
-                expires_at: e.expires_at,
-                metadata: e.metadata,
-                size: e.value.len(),
+                expires_at,
+                metadata,
+                size,
             });
         }
         Ok((out, true))

@@ -105,7 +105,9 @@ pub struct RoleRule {
 
 impl RoleRule {
     fn covers(&self, path: &str, method: &http::Method) -> bool {
-        let method = if method == http::Method::HEAD {
+        // HEAD reads what GET reads; a CONNECT reaching a route is a WebSocket join
+        // (RFC 8441), which HTTP/1.1 makes with GET.
+        let method = if method == http::Method::HEAD || method == http::Method::CONNECT {
             "GET"
         } else {
             method.as_str()
@@ -140,10 +142,13 @@ impl RouteAuth {
         };
         for rule in &s.roles {
             if let Some(m) = rule.methods.iter().find(|m| {
-                http::Method::from_bytes(m.as_bytes()).is_err() || **m != m.to_ascii_uppercase()
+                http::Method::from_bytes(m.as_bytes()).is_err()
+                    || **m != m.to_ascii_uppercase()
+                    || ["HEAD", "CONNECT"].contains(&m.as_str())
             }) {
                 bail!(
-                    "route auth: roles for {:?}: {m:?} is not a method (upper case, e.g. \"PUT\")",
+                    "route auth: roles for {:?}: {m:?} is not a method to name (upper case, \
+                     e.g. \"PUT\"; GET covers HEAD and WebSocket CONNECT)",
                     rule.path_prefix
                 );
             }

@@ -240,6 +240,11 @@ impl Pipeline {
                         .is_some_and(|a| a.mode != crate::phases::auth::AuthMode::Off),
                     fill: (!r.pools().is_empty())
                         .then(|| crate::handlers::kv::Fill::new(proxy.clone(), r.fill_ttl)),
+                    listable: !r.auth.iter().flat_map(|a| &a.roles).any(|rule| {
+                        crate::target::path_under(&rule.path_prefix, &r.path_prefix)
+                            && rule.path_prefix.trim_end_matches('/')
+                                != r.path_prefix.trim_end_matches('/')
+                    }),
                 }),
                 HandlerSettings::Graphql(name) => Arc::new(GraphqlHandler {
                     graphql: schemas
@@ -247,6 +252,10 @@ impl Pipeline {
                         .cloned()
                         .expect("validated: the schema exists"),
                     body_read_timeout: config.http.body_read_timeout,
+                    private: r
+                        .auth
+                        .as_ref()
+                        .is_some_and(|a| a.mode != crate::phases::auth::AuthMode::Off),
                 }),
                 HandlerSettings::Rooms(name) => {
                     let settings = config
@@ -258,7 +267,6 @@ impl Pipeline {
                     Arc::new(RoomsHandler {
                         rooms: retained.rooms(settings, store, &metrics),
                         path_prefix: r.path_prefix.clone(),
-                        connections: Default::default(),
                     })
                 }
             };

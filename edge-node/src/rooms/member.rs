@@ -21,6 +21,9 @@ use super::{Event, Joined, Rooms};
 use crate::limits::Bucket;
 
 const PING_EVERY: Duration = Duration::from_secs(30);
+/// Longest a write to a member may wait for its socket (a member that does not read
+/// keeps the TCP window shut).
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Deserialize)]
 struct Incoming<'a> {
@@ -59,11 +62,16 @@ where
     let close = loop {
         tokio::select! {
             out = inbox.recv() => match out {
-                Some(text) => {
-                    if ws.send(Message::Text(text)).await.is_err() {
-                        break None;
+                // A write waits for the socket: while it does, a kick or a shut window
+                // still ends the member.
+                Some(text) => tokio::select! {
+                    sent = tokio::time::timeout(SEND_TIMEOUT, ws.send(Message::Text(text))) => {
+                        if !matches!(sent, Ok(Ok(()))) {
+                            break None;
+                        }
                     }
-                }
+                    _ = &mut kicked => break None,
+                },
                 None => break Some((CloseCode::Away, "room closed")),
             },
             _ = &mut kicked => break Some((CloseCode::Policy, "too slow: messages piled up")),
@@ -71,7 +79,8 @@ where
                 if heard.elapsed() > 2 * PING_EVERY {
                     break Some((CloseCode::Away, "no answer to pings"));
                 }
-                if ws.send(Message::Ping(Default::default())).await.is_err() {
+                let sent = tokio::time::timeout(SEND_TIMEOUT, ws.send(Message::Ping(Default::default())));
+                if !matches!(sent.await, Ok(Ok(()))) {
                     break None;
                 }
             }
@@ -118,9 +127,13 @@ where
             }
         }
     };
-    let _ = room.try_send(Event::Leave {
-        member: member.clone(),
-    });
+    // The inbox goes now (a kicked member's backlog is freed before the close).
+    drop(inbox);
+    let told = room
+        .try_send(Event::Leave {
+            member: member.clone(),
+        })
+        .is_ok();
     if let Some((code, reason)) = close {
         let frame = CloseFrame {
             code,
@@ -130,5 +143,7 @@ where
         let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
     }
     // A leave that found the room's inbox full is sent once there is room.
-    let _ = room.send(Event::Leave { member }).await;
+    if !told {
+        let _ = room.send(Event::Leave { member }).await;
+    }
 }

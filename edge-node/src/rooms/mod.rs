@@ -186,6 +186,9 @@ pub struct Rooms {
     /// Rooms in memory, and members connected (`/metrics`).
     live_gauge: Gauge,
     members_gauge: Gauge,
+    /// Numbers the members (one user's two tabs are two members); shared by every
+    /// route and pipeline that serves these rooms, so a number is never given twice.
+    next_member: std::sync::atomic::AtomicU64,
 }
 
 /// Events waiting for a room at most (members sending more wait).
@@ -200,6 +203,7 @@ impl Rooms {
             live: Mutex::default(),
             live_gauge: gauges.0,
             members_gauge: gauges.1,
+            next_member: Default::default(),
         }
     }
 
@@ -207,9 +211,14 @@ impl Rooms {
         crate::sync::lock(&self.live).len()
     }
 
-    /// Joins `member` to room `id`, starting the room if it is not live. On success
-    /// the member's first message (init) is already in its inbox.
-    pub async fn join(self: &Arc<Self>, id: &str, member: String) -> Result<Joined, Refused> {
+    /// Joins `who` (a user, or `anonymous`) to room `id` as member `<who>#<n>`, starting
+    /// the room if it is not live. On success the member's first message (init) is
+    /// already in its inbox.
+    pub async fn join(self: &Arc<Self>, id: &str, who: &str) -> Result<Joined, Refused> {
+        let n = self
+            .next_member
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let member = format!("{who}#{n}");
         let (outbox, inbox) = mpsc::channel(self.settings.member_queue);
         let (kick, kicked) = oneshot::channel();
         let (reply, replied) = oneshot::channel();
@@ -259,10 +268,16 @@ impl Rooms {
                 },
                 () = sleep_until(flush_at), if flush_at.is_some() => room.persist(&self).await,
                 () = tokio::time::sleep(self.settings.idle_after), if idle => {
-                    // Leave the registry only if nothing is waiting: a join sent
-                    // meanwhile went to this task and is served first.
+                    // Stored before the room leaves the registry: a join after that
+                    // loads this state, not an older one.
+                    if room.flush_at.is_some() {
+                        room.persist(&self).await;
+                    }
+                    // Leave the registry only if nothing is waiting (a join queued
+                    // meanwhile is served first; one that has the sender but has not
+                    // sent yet finds the room closed and gets a 503).
                     let mut live = crate::sync::lock(&self.live);
-                    if events.is_empty() {
+                    if events.is_empty() && room.flush_at.is_none() {
                         live.remove(&id);
                         break;
                     }
@@ -394,16 +409,18 @@ impl Room {
                     self.flush_at =
                         Some(tokio::time::Instant::now() + rooms.settings.persist_window);
                 }
+                let seq = self.seq;
                 let update = format!(
                     "{{\"type\":\"update\",\"seq\":{},\"from\":{},\"state\":{}}}",
-                    self.seq,
+                    seq,
                     json_string(&member),
                     self.state.as_ref().map_or("null", |s| s.get()),
                 );
                 self.send_others(&member, update.into());
                 self.send_to(
                     &member,
-                    format!("{{\"type\":\"ack\",\"seq\":{}}}", self.seq).into(),
+                    // The update's own number (a member cut off meanwhile took the next).
+                    format!("{{\"type\":\"ack\",\"seq\":{seq}}}").into(),
                 );
             }
             Event::Message { member, data } => {
