@@ -70,6 +70,16 @@ pub struct Args {
     /// Write the report into bench/RESULTS.md.
     #[arg(long)]
     write: bool,
+    /// Run one part only and print its numbers (no report): `cost`, the in-process
+    /// instance cost with the default settings (`--calls` of them), e.g. for A/B runs
+    /// of engine settings or builds.
+    #[arg(long, value_enum, conflicts_with = "write")]
+    only: Option<Part>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Part {
+    Cost,
 }
 
 fn workspace() -> PathBuf {
@@ -440,6 +450,15 @@ pub fn run(args: Args) -> Result<()> {
     let dir = Workdir(std::env::temp_dir().join(edge_tests::unique("edge-bench-functions-")));
     std::fs::create_dir_all(&dir.0)?;
     let hello = component("hello")?;
+    if let Some(Part::Cost) = args.only {
+        let keep = edge_node::functions::FunctionsSettings::default().keep_resident_bytes;
+        let cost = instance_cost(&dir.0, &hello, args.calls, keep)?;
+        println!(
+            "instance cost: median {:.1} µs, p99 {:.1} µs, CPU {:.1} µs per call ({} calls)",
+            cost.median_us, cost.p99_us, cost.cpu_us, cost.calls
+        );
+        return Ok(());
+    }
     let echo = component("echo")?;
 
     // Cold start first, on a quiet machine.
