@@ -42,7 +42,7 @@ const TARGET_VS_WASMTIME: f64 = 1.0;
 /// The issue's goal for one instance (instantiate, run, collect the body), µs.
 const TARGET_INSTANCE_US: f64 = 20.0;
 /// `functions.keep_resident_bytes` of the second instance-cost measurement.
-const KEPT_RESIDENT: u64 = 1 << 20;
+const KEPT_RESIDENT: u64 = 0;
 const HELLO_BODY: &str = "hello, world";
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
 
@@ -70,6 +70,18 @@ pub struct Args {
     /// Write the report into bench/RESULTS.md.
     #[arg(long)]
     write: bool,
+    /// Run one part only and print its numbers (no report): `cost`, the in-process
+    /// instance cost (`--calls` of them), e.g. for A/B runs of settings or builds.
+    #[arg(long, value_enum, conflicts_with = "write")]
+    only: Option<Part>,
+    /// With `--only cost`: `[functions] keep_resident_bytes` instead of the default.
+    #[arg(long, requires = "only")]
+    keep_resident_bytes: Option<u64>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Part {
+    Cost,
 }
 
 fn workspace() -> PathBuf {
@@ -440,6 +452,17 @@ pub fn run(args: Args) -> Result<()> {
     let dir = Workdir(std::env::temp_dir().join(edge_tests::unique("edge-bench-functions-")));
     std::fs::create_dir_all(&dir.0)?;
     let hello = component("hello")?;
+    if let Some(Part::Cost) = args.only {
+        let keep = args.keep_resident_bytes.unwrap_or_else(|| {
+            edge_node::functions::FunctionsSettings::default().keep_resident_bytes
+        });
+        let cost = instance_cost(&dir.0, &hello, args.calls, keep)?;
+        println!(
+            "instance cost: median {:.1} µs, p99 {:.1} µs, CPU {:.1} µs per call ({} calls)",
+            cost.median_us, cost.p99_us, cost.cpu_us, cost.calls
+        );
+        return Ok(());
+    }
     let echo = component("echo")?;
 
     // Cold start first, on a quiet machine.
@@ -462,8 +485,8 @@ pub fn run(args: Args) -> Result<()> {
         "instance cost: median {:.1} µs, p99 {:.1} µs, CPU {:.1} µs per call ({} calls)",
         cost.median_us, cost.p99_us, cost.cpu_us, cost.calls
     );
-    // Each engine is its own process-wide pool: a second one, keeping what instances
-    // touched resident.
+    // Each engine is its own process-wide pool: a second one, giving back all that
+    // instances wrote.
     let resident = instance_cost(&dir.0, &hello, args.calls, KEPT_RESIDENT)?;
     eprintln!(
         "instance cost, keep_resident_bytes = {KEPT_RESIDENT}: median {:.1} µs, p99 {:.1} µs, CPU {:.1} µs per call",
@@ -607,7 +630,7 @@ fn render(
          drops the instance). Target ≤ {TARGET_INSTANCE_US} µs.\n\n\
          | per call | median | p99 | thread CPU (mean) |\n|---|---:|---:|---:|\n\
          | `Functions::handle` (hello), default `keep_resident_bytes` ({} KiB) | **{:.1} µs** | {:.1} µs | {:.1} µs |\n\
-         | the same, `keep_resident_bytes = {}` (what instances touched reset in place, not faulted in again) | {:.1} µs | {:.1} µs | {:.1} µs |\n\n\
+         | the same, `keep_resident_bytes = {}` (what instances wrote given back with madvise and faulted in again) | {:.1} µs | {:.1} µs | {:.1} µs |\n\n\
          Target ≤ {TARGET_INSTANCE_US} µs: **{}**.\n\n",
         cost.calls,
         args.calls / 10,

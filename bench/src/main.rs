@@ -16,6 +16,11 @@ mod sys;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+// The node's allocator (edge-node/src/main.rs): what runs in this process (the in-process
+// function instance cost, above all) is measured as the node runs it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(about = "edge-node benchmarks (run as root)")]
 struct Cli {

@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use tracing::{info, warn};
 use wasmtime::{
-    Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
+    Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
     component::{Component, Linker},
 };
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -114,11 +114,22 @@ impl EngineState {
             .max_memory_size(
                 usize::try_from(super::settings::MAX_MEMORY_LIMIT).unwrap_or(usize::MAX),
             );
-        // A fresh instance per request: what the last one in a slot touched is reset
-        // in place rather than faulted in again (`keep_resident_bytes`).
+        // A fresh instance per request: what the last one in a slot wrote is reset in
+        // place (up to `keep_resident_bytes`) rather than given back with madvise and
+        // faulted in again. For linear memories only with Linux's PAGEMAP_SCAN (6.7+),
+        // which finds the pages an instance wrote: without it the reset is a memset of
+        // the memory's first bytes, mostly the guest's untouched shadow stack, which
+        // measured slower than giving everything back (bench/RESULTS.md). Tables are
+        // reset up to their current size, a few KiB, cheaper than a decommit either way.
         let keep = usize::try_from(settings.keep_resident_bytes).unwrap_or(0);
-        pool.linear_memory_keep_resident(keep)
-            .table_keep_resident(keep);
+        let pagemap_scan = PoolingAllocationConfig::is_pagemap_scan_available();
+        pool.pagemap_scan(if pagemap_scan {
+            Enabled::Yes
+        } else {
+            Enabled::No
+        })
+        .linear_memory_keep_resident(if pagemap_scan { keep } else { 0 })
+        .table_keep_resident(keep);
         let mut config = wasmtime::Config::new();
         config
             .wasm_component_model(true)
@@ -146,7 +157,10 @@ impl EngineState {
                 }
             })
             .context("cannot start the functions' epoch thread")?;
-        info!(max_total_instances = n, "functions engine started");
+        info!(
+            max_total_instances = n,
+            pagemap_scan, "functions engine started"
+        );
         Ok(Self {
             engine,
             linker,
