@@ -482,3 +482,22 @@ async fn members_join_over_http2_extended_connect() {
     let (status, _) = join_h2(&p, "proxied.test", "/").await;
     assert_eq!(status, 405);
 }
+
+#[test]
+fn written_behind_state_is_stored_at_a_clean_stop() {
+    let (mut p, _data) = node("[[rooms]]\nname = \"docs\"\npersist_window = \"30s\"\n");
+    let mut a = join(&p, "behind", None).unwrap();
+    a.recv();
+    a.send(&json!({"type": "update", "state": {"draft": 3}}));
+    assert_eq!(a.recv()["type"], "ack");
+    // Within the window nothing is stored yet; a clean stop stores it.
+    p.node.restart();
+    assert!(
+        p.node.wait_running(Duration::from_secs(20)),
+        "{}",
+        p.node.log()
+    );
+    p.base = format!("http://{}", p.node.http_addr().unwrap());
+    let mut b = join(&p, "behind", None).unwrap();
+    assert_eq!(b.recv()["state"], json!({"draft": 3}));
+}

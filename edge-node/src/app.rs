@@ -255,7 +255,9 @@ impl App {
         if let Some(a) = admin_task {
             a.abort();
         }
-        // Writes acknowledged within storage.sync_window reach the disk before the exit.
+        // Rooms' write-behind states, then writes acknowledged within
+        // storage.sync_window, reach the disk before the exit.
+        shared.retained.flush_rooms().await;
         shared.retained.flush_store();
         // Whatever outlived the drain (tunnels, idle origin connections) ends with them.
         drop(workers);

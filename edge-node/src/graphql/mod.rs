@@ -297,9 +297,10 @@ async fn read(
                 .store
                 .as_ref()
                 .ok_or_else(|| async_graphql::Error::new("no store"))?;
-            let entry = store
-                .get(namespace, &key)
-                .map_err(|e| async_graphql::Error::new(format!("store: {e}")))?;
+            let entry = store.get(namespace, &key).map_err(|e| {
+                tracing::warn!(namespace, error = %e, "graphql: store read failed");
+                async_graphql::Error::new("the store could not be read")
+            })?;
             Ok(match entry {
                 None => serde_json::Value::Null,
                 Some(e) => serde_json::from_slice(&e.value).unwrap_or_else(|_| {

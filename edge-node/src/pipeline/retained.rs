@@ -98,6 +98,17 @@ impl Retained {
         rooms
     }
 
+    /// Stores the rooms' write-behind states (at shutdown, before `flush_store`).
+    pub async fn flush_rooms(&self) {
+        let live: Vec<Arc<crate::rooms::Rooms>> = crate::sync::lock(&self.rooms)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for rooms in live {
+            rooms.flush(std::time::Duration::from_secs(5)).await;
+        }
+    }
+
     /// Puts every acknowledged write on disk (at shutdown).
     pub fn flush_store(&self) {
         if let Some(store) = crate::sync::lock(&self.store).upgrade() {

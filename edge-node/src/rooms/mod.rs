@@ -176,6 +176,8 @@ pub enum Event {
         member: String,
         data: Box<RawValue>,
     },
+    /// Store what is not stored yet, then answer (at shutdown).
+    Flush(oneshot::Sender<()>),
 }
 
 /// One `[[rooms]]` on this node: its live rooms by id.
@@ -209,6 +211,19 @@ impl Rooms {
 
     pub fn live_rooms(&self) -> usize {
         crate::sync::lock(&self.live).len()
+    }
+
+    /// Stores every live room's state that is not stored yet (write-behind), each
+    /// within `wait`.
+    pub async fn flush(&self, wait: Duration) {
+        let rooms: Vec<mpsc::Sender<Event>> =
+            crate::sync::lock(&self.live).values().cloned().collect();
+        for room in rooms {
+            let (done, flushed) = oneshot::channel();
+            if room.send(Event::Flush(done)).await.is_ok() {
+                let _ = tokio::time::timeout(wait, flushed).await;
+            }
+        }
     }
 
     /// Joins `who` (a user, or `anonymous`) to room `id` as member `<who>#<n>`, starting
@@ -387,6 +402,12 @@ impl Room {
                 self.members_gauge.inc();
             }
             Event::Leave { member } => self.remove(&member),
+            Event::Flush(done) => {
+                if self.flush_at.is_some() {
+                    self.persist(rooms).await;
+                }
+                let _ = done.send(());
+            }
             Event::Update { member, state } => {
                 if !self.members.iter().any(|m| m.id == member) {
                     return;
