@@ -131,7 +131,7 @@ fn auth_phase(c: &mut Criterion) {
                 let mut h = HeaderMap::new();
                 h.insert(header::AUTHORIZATION, bearer.clone());
                 let id = rt
-                    .block_on(auth.check(&mut h, "/x"))
+                    .block_on(auth.check(&mut h, "/x", &http::Method::GET))
                     .map_err(|_| ())
                     .unwrap();
                 black_box(id)

@@ -8,6 +8,7 @@ mod flood;
 mod functions;
 mod h3;
 mod intent;
+mod kv;
 mod proxy;
 mod report;
 mod security;
@@ -53,6 +54,10 @@ enum Cmd {
     /// Intent inference latency (p50/p99) and end-to-end req/s with personalization and
     /// intent prediction on against off.
     Intent(intent::Args),
+    /// KV namespaces: GET and PUT of 1 KiB values against Redis GET / SET
+    /// (`redis-benchmark`, `appendfsync everysec`) at 32 and 256 connections; CPU per
+    /// request; acknowledged writes after a SIGKILL within the sync window.
+    Kv(kv::Args),
     /// The security phases: criterion costs, auth on/off requests/s, escalation latency.
     Security(security::Args),
 }
@@ -67,5 +72,6 @@ fn main() -> Result<()> {
         Cmd::H3(args) => h3::run(args),
         Cmd::Functions(args) => functions::run(args),
         Cmd::Intent(args) => intent::run(args),
+        Cmd::Kv(args) => kv::run(args),
     }
 }

@@ -30,6 +30,10 @@ pub enum BenchCmd {
     /// serve` running it (the demo handler as baseline); the cost of one instance; cold
     /// start and deploy times.
     Functions(Common),
+    /// KV namespaces: GET and PUT of 1 KiB values (32 and 256 connections) against Redis
+    /// GET / SET with `appendfsync everysec`; CPU per request; durability within the
+    /// sync window after a SIGKILL.
+    Kv(Common),
     /// HTTP/3 against HTTP/2 and HTTP/1.1 on one route: req/s, p50, p99.
     H3(Common),
     /// Intent inference latency p50/p99 (criterion) and end-to-end req/s with
@@ -87,6 +91,8 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         toolchain::ensure_wasmtime()?;
         // hello.wasm and echo.wasm, from tests/components.
         crate::components::build_all()?;
+    } else if matches!(cmd, BenchCmd::Kv(_)) {
+        toolchain::ensure_kv_bench_packages()?;
     } else if matches!(cmd, BenchCmd::Security(_)) {
         toolchain::ensure_proxy_bench_packages()?;
         toolchain::ensure_bench_packages()?;
@@ -101,6 +107,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::H3(c) => run_bench("h3", &c),
         BenchCmd::Functions(c) => run_bench("functions", &c),
         BenchCmd::Cache(c) => run_bench("cache", &c),
+        BenchCmd::Kv(c) => run_bench("kv", &c),
         BenchCmd::Intent(c) => {
             // Criterion, with its per-call percentiles kept for the report.
             let log = crate::toolchain::workspace_root().join("target/intent-bench.log");

@@ -359,3 +359,14 @@ pub fn ensure_proxy_bench_packages() -> Result<()> {
 pub fn ensure_cache_bench_packages() -> Result<()> {
     ensure_packages(&[("varnishd", "varnish")])
 }
+
+/// What the KV benchmark compares against (redis-server, with redis-benchmark and
+/// redis-cli from redis-tools) and loads edge-node with (wrk).
+pub fn ensure_kv_bench_packages() -> Result<()> {
+    ensure_packages(&[
+        ("wrk", "wrk"),
+        ("redis-server", "redis-server"),
+        ("redis-benchmark", "redis-tools"),
+        ("redis-cli", "redis-tools"),
+    ])
+}
