@@ -558,3 +558,94 @@ fn misses_fill_from_the_origin_once_and_keep_for_the_fill_ttl() {
         assert_eq!(get("/kv/user:1").status, 200);
     }
 }
+
+#[test]
+fn a_redis_namespace_is_shared_by_nodes_and_an_outage_loses_no_write() {
+    let Some(mut redis) = edge_tests::redis::Redis::start(
+        "a_redis_namespace_is_shared_by_nodes_and_an_outage_loses_no_write",
+    ) else {
+        return;
+    };
+    let prefix = unique("kvfleet");
+    let start = |data: &DataDir| {
+        node(
+            data,
+            "",
+            &format!(
+                "backend = \"redis\"\nredis_url = \"{}\"\nredis_prefix = \"{prefix}\"\n\
+                 redis_timeout = \"300ms\"",
+                redis.url()
+            ),
+        )
+    };
+    let (da, db) = (DataDir::new(), DataDir::new());
+    let (a, b) = (start(&da), start(&db));
+
+    // Written on one node, read on the other, with the same ETag.
+    let r = put(&a, "/kv/user:1", r#"{"v":1}"#, &[]);
+    assert_eq!(r.status, 201, "{}", a.node.log());
+    let etag = header(&r, "etag").unwrap();
+    let r = curl(&b, "kv.test", "/kv/user:1", &[]);
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, r#"{"v":1}"#),
+        "{}",
+        b.node.log()
+    );
+    assert_eq!(header(&r, "etag"), Some(etag.clone()));
+    // B keeps a copy; A's next write reaches B all the same (the copy is dropped).
+    let if_match = format!("If-Match: {etag}");
+    assert_eq!(
+        put(&b, "/kv/user:1", r#"{"v":2}"#, &["-H", &if_match]).status,
+        204
+    );
+    assert_eq!(
+        put(&a, "/kv/user:1", "stale", &["-H", &if_match]).status,
+        412,
+        "one version, fleet-wide"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while curl(&a, "kv.test", "/kv/user:1", &[]).body != r#"{"v":2}"# {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A still serves its old copy"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Listing sees the fleet's keys; a delete on one node is a 404 on the other.
+    assert_eq!(put(&a, "/kv/user:2", "x", &[]).status, 201);
+    let names: Vec<String> = list(&b, "?prefix=user:")["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["user:1", "user:2"]);
+    assert_eq!(curl(&b, "kv.test", "/kv/user:2", &[]).status, 200);
+    let auth = writer();
+    assert_eq!(
+        curl(&a, "kv.test", "/kv/user:2", &["-X", "DELETE", "-H", &auth]).status,
+        204
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while curl(&b, "kv.test", "/kv/user:2", &[]).status != 404 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B still serves a deleted key"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Redis gone: what a node holds a copy of is still served; writes are refused
+    // (503), and so is a read nobody has a copy of.
+    redis.kill();
+    let r = curl(&b, "kv.test", "/kv/user:1", &[]);
+    assert_eq!((r.status, r.body.as_str()), (200, r#"{"v":2}"#));
+    assert_eq!(put(&a, "/kv/user:3", "lost?", &[]).status, 503);
+    assert_eq!(curl(&b, "kv.test", "/kv/user:3", &[]).status, 503);
+    assert_eq!(
+        curl(&a, "kv.test", "/kv/user:3", &[]).status,
+        503,
+        "nothing was kept locally either"
+    );
+}

@@ -52,6 +52,8 @@ pub struct KvHandler {
     pub writable: bool,
     /// Read-through from the route's upstream, when it has one.
     pub fill: Option<Fill>,
+    /// The fleet's Redis, for `backend = "redis"`.
+    pub fleet: Option<Arc<crate::kv::fleet::Fleet>>,
     /// Whether the namespace may be listed here: not on a route whose role rules
     /// guard prefixes under it (a listing would show those keys' names to anyone
     /// allowed the route's prefix).
@@ -136,7 +138,7 @@ impl Handler for KvHandler {
                     ErrorKind::Forbidden,
                     "listing is off on a route whose role rules guard keys under it",
                 )),
-                (Method::GET | Method::HEAD, None) => self.list(&req),
+                (Method::GET | Method::HEAD, None) => self.list(&req).await,
                 (Method::GET | Method::HEAD, Some(key)) => self.get(ctx, req, &key).await,
                 (Method::PUT, Some(key)) => self.put(req, key).await,
                 (Method::DELETE, Some(key)) => self.delete(&req, key).await,
@@ -155,6 +157,75 @@ impl Handler for KvHandler {
 }
 
 impl KvHandler {
+    /// The key's live entry: the local store's, else (a fleet namespace) Redis', kept
+    /// locally for the next read. Redis unreachable: the local copy, or 503.
+    async fn read(&self, key: &str) -> Result<Option<Entry>, EdgeError> {
+        let ns = &self.namespace;
+        let local = self.store.get(&ns.name, key).map_err(storage_failed)?;
+        let Some(fleet) = &self.fleet else {
+            return Ok(local);
+        };
+        if local.is_some() {
+            return Ok(local);
+        }
+        let Some(entry) = fleet.get(&ns.name, key).await.map_err(storage_failed)? else {
+            return Ok(None);
+        };
+        let copy = Write::Put {
+            namespace: ns.name.clone(),
+            key: key.to_string(),
+            entry: entry.clone(),
+            condition: Condition::Always,
+            quota: ns.quota(),
+        };
+        if let Err(e) = self.store.write(copy).await {
+            tracing::debug!(namespace = %ns.name, key, error = %e, "fleet value not copied");
+        }
+        Ok(Some(entry))
+    }
+
+    /// A write: to Redis for a fleet namespace (then to the local copy), else to the
+    /// local store. Redis unreachable: refused, nothing written anywhere.
+    async fn write(&self, write: Write) -> Result<Written, WriteError> {
+        let Some(fleet) = &self.fleet else {
+            return self.store.write(write).await;
+        };
+        let written = fleet.write(&write).await?;
+        let copy = match (write, written) {
+            (
+                Write::Put {
+                    namespace,
+                    key,
+                    mut entry,
+                    quota,
+                    ..
+                },
+                Written::Created { version } | Written::Replaced { version },
+            ) => {
+                entry.version = version;
+                Write::Put {
+                    namespace,
+                    key,
+                    entry,
+                    condition: Condition::Always,
+                    quota,
+                }
+            }
+            (Write::Put { namespace, key, .. } | Write::Delete { namespace, key, .. }, _) => {
+                Write::Delete {
+                    namespace,
+                    key,
+                    condition: Condition::Always,
+                }
+            }
+            (Write::Forget { .. }, _) => return Ok(written),
+        };
+        if let Err(e) = self.store.write(copy).await {
+            tracing::debug!(error = %e, "local copy of a fleet write not kept");
+        }
+        Ok(written)
+    }
+
     /// The key the path names (`None`: the namespace itself), or why there is none.
     fn key(&self, path: &str) -> Result<Option<String>, EdgeError> {
         let Some(key) = name_after_prefix(path, &self.path_prefix)? else {
@@ -180,10 +251,7 @@ impl KvHandler {
         req: Request<Body>,
         key: &str,
     ) -> Result<Response<Body>, EdgeError> {
-        let stored = self
-            .store
-            .get(&self.namespace.name, key)
-            .map_err(storage_failed)?;
+        let stored = self.read(key).await?;
         let (entry, from_origin) = match (stored, &self.fill) {
             (Some(e), _) => (e, false),
             (None, None) => return Err(refuse(ErrorKind::NotFound, "no such key")),
@@ -329,7 +397,6 @@ impl KvHandler {
         }
         // Absent only: a write that landed while the origin answered is newer.
         match self
-            .store
             .write(Write::Put {
                 namespace: self.namespace.name.clone(),
                 key: key.to_string(),
@@ -350,7 +417,7 @@ impl KvHandler {
         Filled::Value(entry)
     }
 
-    fn list(&self, req: &Request<Body>) -> Result<Response<Body>, EdgeError> {
+    async fn list(&self, req: &Request<Body>) -> Result<Response<Body>, EdgeError> {
         let (mut prefix, mut cursor, mut limit) = (String::new(), None, LIST_DEFAULT);
         for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
             match &*k {
@@ -377,10 +444,16 @@ impl KvHandler {
                 _ => {}
             }
         }
-        let (keys, complete) = self
-            .store
-            .list(&self.namespace.name, &prefix, cursor.as_deref(), limit)
-            .map_err(storage_failed)?;
+        let (keys, complete) = match &self.fleet {
+            Some(f) => {
+                f.list(&self.namespace.name, &prefix, cursor.as_deref(), limit)
+                    .await
+            }
+            None => self
+                .store
+                .list(&self.namespace.name, &prefix, cursor.as_deref(), limit),
+        }
+        .map_err(storage_failed)?;
         let next = (!complete).then(|| keys.last()).flatten().map(|last| {
             base64::Engine::encode(
                 &base64::engine::general_purpose::URL_SAFE_NO_PAD,
@@ -447,7 +520,6 @@ impl KvHandler {
             written_at: now,
         };
         let written = self
-            .store
             .write(Write::Put {
                 namespace: ns.name.clone(),
                 key,
@@ -473,7 +545,6 @@ impl KvHandler {
     async fn delete(&self, req: &Request<Body>, key: String) -> Result<Response<Body>, EdgeError> {
         let condition = write_condition(req.headers())?;
         let written = self
-            .store
             .write(Write::Delete {
                 namespace: self.namespace.name.clone(),
                 key,

@@ -4,6 +4,7 @@
 //! TTL; limits per namespace are checked by the store's single writer, so a refused
 //! write changes nothing.
 
+pub mod fleet;
 pub mod record;
 pub mod store;
 
@@ -84,6 +85,35 @@ pub struct KvSettings {
     /// The longest TTL a write may ask for.
     #[serde(default = "default_max_ttl", with = "crate::duration")]
     pub max_ttl: Duration,
+    /// `local` (this node's store) or `redis` (shared by the nodes naming the same
+    /// Redis and prefix; the local store keeps read copies).
+    #[serde(default)]
+    pub backend: Backend,
+    /// `redis://[user:password@]host:port[/db]` (backend = "redis").
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// Prefix of the namespace's keys in Redis (nodes sharing it share the data).
+    #[serde(default = "default_redis_prefix")]
+    pub redis_prefix: String,
+    /// Longest wait for Redis; past it a read answers from the local copy (or 503) and
+    /// a write is refused (503).
+    #[serde(default = "default_redis_timeout", with = "crate::duration")]
+    pub redis_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Local,
+    Redis,
+}
+
+fn default_redis_prefix() -> String {
+    "edge-kv".into()
+}
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(250)
 }
 
 fn default_max_key_bytes() -> usize {
@@ -138,6 +168,17 @@ impl KvSettings {
             && (t.as_secs() == 0 || t > self.max_ttl)
         {
             bail!("kv {n}: default_ttl must be 1s to max_ttl");
+        }
+        match (self.backend, &self.redis_url) {
+            (Backend::Redis, None) => bail!("kv {n}: backend = \"redis\" needs redis_url"),
+            (Backend::Local, Some(_)) => {
+                bail!("kv {n}: redis_url is for backend = \"redis\"")
+            }
+            (Backend::Redis, Some(url)) => {
+                redis::Client::open(url.as_str())
+                    .map_err(|e| anyhow::anyhow!("kv {n}: redis_url: {e}"))?;
+            }
+            _ => {}
         }
         Ok(())
     }

@@ -65,7 +65,8 @@ pub enum Write {
     Put {
         namespace: String,
         key: String,
-        /// Everything but the version, which the writer assigns.
+        /// Everything but the version, which the writer assigns; a version given (not
+        /// 0) is kept: a copy of a value versioned elsewhere (a fleet's Redis).
         entry: Entry,
         condition: Condition,
         quota: Quota,
@@ -75,6 +76,8 @@ pub enum Write {
         key: String,
         condition: Condition,
     },
+    /// Every key of the namespace goes (a fleet's copies that may be stale).
+    Forget { namespace: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -502,7 +505,9 @@ fn apply_one(
     ) {
         return Ok(first);
     }
-    let (Write::Put { namespace, .. } | Write::Delete { namespace, .. }) = write;
+    let (Write::Put { namespace, .. }
+    | Write::Delete { namespace, .. }
+    | Write::Forget { namespace }) = write;
     if sweep_namespace(txn, usage, namespace, crate::clock::unix_ms())? > 0 {
         try_apply(txn, usage, write, next_version)
     } else {
@@ -528,6 +533,14 @@ fn try_apply(
             key,
             condition,
         } => (namespace.as_str(), key.as_str(), *condition),
+        Write::Forget { namespace } => {
+            txn.delete_table(DataTable::new(&data_table(namespace)))
+                .map_err(storage)?;
+            txn.delete_table(ExpiryTable::new(&expiry_table(namespace)))
+                .map_err(storage)?;
+            usage.remove(namespace.as_str()).map_err(storage)?;
+            return Ok(Ok(Written::Deleted));
+        }
     };
     let dname = data_table(namespace);
     let xname = expiry_table(namespace);
@@ -564,7 +577,10 @@ fn try_apply(
     let written = match write {
         Write::Put { entry, quota, .. } => {
             let mut entry = entry.clone();
-            entry.version = *next_version;
+            let copy = entry.version != 0;
+            if !copy {
+                entry.version = *next_version;
+            }
             let raw = record::encode(&entry);
             let new_bytes = (key.len() + raw.len()) as u64;
             let new_keys = keys + u64::from(old.is_none());
@@ -590,7 +606,9 @@ fn try_apply(
             }
             keys = new_keys;
             bytes = total;
-            *next_version += 1;
+            if !copy {
+                *next_version += 1;
+            }
             if live.is_some() {
                 Written::Replaced {
                     version: entry.version,
@@ -601,6 +619,7 @@ fn try_apply(
                 }
             }
         }
+        Write::Forget { .. } => unreachable!("handled above"),
         Write::Delete { .. } => {
             if old.is_none() {
                 return Ok(Ok(Written::Absent));

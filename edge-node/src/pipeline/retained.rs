@@ -41,6 +41,8 @@ pub struct Retained {
     /// (two orders of messages). Settings changes apply once no member of the old
     /// configuration is left.
     rooms: Mutex<HashMap<String, Weak<crate::rooms::Rooms>>>,
+    /// Fleet namespaces' Redis clients and listeners, by (namespace, URL, prefix).
+    fleets: Mutex<HashMap<(String, String, String), Weak<crate::kv::fleet::Fleet>>>,
 }
 
 impl Retained {
@@ -96,6 +98,29 @@ impl Retained {
             );
         }
         rooms
+    }
+
+    /// The Redis of a fleet namespace, listening for other nodes' writes into `store`.
+    pub fn fleet(
+        &self,
+        s: &crate::kv::KvSettings,
+        store: &Arc<crate::kv::Store>,
+    ) -> anyhow::Result<Arc<crate::kv::fleet::Fleet>> {
+        let url = s.redis_url.clone().unwrap_or_default();
+        let key = (s.name.clone(), url.clone(), s.redis_prefix.clone());
+        let mut fleets = crate::sync::lock(&self.fleets);
+        fleets.retain(|_, v| v.strong_count() > 0);
+        if let Some(f) = fleets.get(&key).and_then(Weak::upgrade) {
+            return Ok(f);
+        }
+        let f = Arc::new(crate::kv::fleet::Fleet::connect(
+            &url,
+            &s.redis_prefix,
+            s.redis_timeout,
+        )?);
+        f.listen(Arc::downgrade(store), vec![s.name.clone()]);
+        fleets.insert(key, Arc::downgrade(&f));
+        Ok(f)
     }
 
     /// Stores the rooms' write-behind states (at shutdown, before `flush_store`).
