@@ -128,19 +128,19 @@ fn value() -> Vec<u8> {
 // ---------------------------------------------------------------------------------
 // A small keep-alive HTTP/1.1 client for the fill and the checks.
 
-struct Http {
+pub(crate) struct Http {
     r: BufReader<TcpStream>,
     w: TcpStream,
 }
 
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -149,7 +149,7 @@ impl Answer {
 }
 
 impl Http {
-    fn connect(addr: SocketAddr) -> Result<Self> {
+    pub(crate) fn connect(addr: SocketAddr) -> Result<Self> {
         let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         s.set_write_timeout(Some(Duration::from_secs(10)))?;
@@ -161,10 +161,21 @@ impl Http {
     }
 
     fn request(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Answer> {
+        self.request_typed(method, path, "application/octet-stream", body)
+    }
+
+    /// A request whose body (if any) is of `content_type`.
+    pub(crate) fn request_typed(
+        &mut self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Answer> {
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
         if let Some(b) = body {
             head.push_str(&format!(
-                "Content-Type: application/octet-stream\r\nContent-Length: {}\r\n",
+                "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
                 b.len()
             ));
         }
@@ -580,7 +591,7 @@ fn cpu_split(pid: i32) -> (f64, f64) {
 }
 
 /// wrk's "N requests in 5.00s, 12.34MB read": requests and bytes.
-fn parse_wrk_totals(out: &str) -> Option<(u64, f64)> {
+pub(crate) fn parse_wrk_totals(out: &str) -> Option<(u64, f64)> {
     let line = out.lines().find(|l| l.contains(" requests in "))?;
     let mut w = line.split_whitespace();
     let n: u64 = w.next()?.parse().ok()?;

@@ -6,11 +6,14 @@ mod cache;
 mod cost;
 mod flood;
 mod functions;
+mod graphql;
 mod h3;
 mod intent;
 mod kv;
 mod proxy;
 mod report;
+mod rooms;
+mod rooms_load;
 mod security;
 mod sys;
 
@@ -58,6 +61,17 @@ enum Cmd {
     /// (`redis-benchmark`, `appendfsync everysec`) at 32 and 256 connections; CPU per
     /// request; acknowledged writes after a SIGKILL within the sync window.
     Kv(kv::Args),
+    /// Rooms: one room of 1000 WebSocket members and 1000 rooms of 2: messages
+    /// delivered per second, delivery latency p50/p99, CPU per delivery, memory per
+    /// member (the load generator is `rooms-load`, a process of its own).
+    Rooms(rooms::Args),
+    /// The rooms benchmark's load generator (started by `rooms`; speaks lines on
+    /// stdin/stdout).
+    #[command(hide = true)]
+    RoomsLoad(rooms_load::LoadArgs),
+    /// GraphQL over KV: a query resolving `user(id)` from a `[[kv]]` namespace against
+    /// the same record served by a KV GET on the same node (wrk, random ids).
+    Graphql(graphql::Args),
     /// The security phases: criterion costs, auth on/off requests/s, escalation latency.
     Security(security::Args),
 }
@@ -73,5 +87,8 @@ fn main() -> Result<()> {
         Cmd::Functions(args) => functions::run(args),
         Cmd::Intent(args) => intent::run(args),
         Cmd::Kv(args) => kv::run(args),
+        Cmd::Rooms(args) => rooms::run(args),
+        Cmd::RoomsLoad(args) => rooms_load::run(args),
+        Cmd::Graphql(args) => graphql::run(args),
     }
 }

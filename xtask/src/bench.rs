@@ -34,6 +34,12 @@ pub enum BenchCmd {
     /// GET / SET with `appendfsync everysec`; CPU per request; durability within the
     /// sync window after a SIGKILL.
     Kv(Common),
+    /// Rooms: one room of 1000 WebSocket members and 1000 rooms of 2: messages delivered
+    /// per second, delivery latency, CPU per delivery, memory per member.
+    Rooms(Common),
+    /// GraphQL over KV: a query resolving `user(id)` from a `[[kv]]` namespace against
+    /// the KV GET of the same record on the same node (wrk).
+    Graphql(Common),
     /// HTTP/3 against HTTP/2 and HTTP/1.1 on one route: req/s, p50, p99.
     H3(Common),
     /// Intent inference latency p50/p99 (criterion) and end-to-end req/s with
@@ -49,6 +55,9 @@ pub struct Common {
     /// Do not write bench/RESULTS.md (print only).
     #[arg(long)]
     no_write: bool,
+    /// More arguments for the benchmark itself (after `--`; see `edge-bench <name> --help`).
+    #[arg(last = true)]
+    args: Vec<String>,
 }
 
 fn run_bench(name: &str, c: &Common) -> Result<()> {
@@ -73,6 +82,7 @@ fn run_bench_with(name: &str, c: &Common, extra: &[&str]) -> Result<()> {
         args.push("--write");
     }
     args.extend_from_slice(extra);
+    args.extend(c.args.iter().map(String::as_str));
     cargo(&args)
 }
 
@@ -93,6 +103,10 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         crate::components::build_all()?;
     } else if matches!(cmd, BenchCmd::Kv(_)) {
         toolchain::ensure_kv_bench_packages()?;
+    } else if matches!(cmd, BenchCmd::Graphql(_)) {
+        toolchain::ensure_graphql_bench_packages()?;
+    } else if matches!(cmd, BenchCmd::Rooms(_)) {
+        // Its load generator is the bench runner itself.
     } else if matches!(cmd, BenchCmd::Security(_)) {
         toolchain::ensure_proxy_bench_packages()?;
         toolchain::ensure_bench_packages()?;
@@ -108,6 +122,8 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Functions(c) => run_bench("functions", &c),
         BenchCmd::Cache(c) => run_bench("cache", &c),
         BenchCmd::Kv(c) => run_bench("kv", &c),
+        BenchCmd::Rooms(c) => run_bench("rooms", &c),
+        BenchCmd::Graphql(c) => run_bench("graphql", &c),
         BenchCmd::Intent(c) => {
             // Criterion, with its per-call percentiles kept for the report.
             let log = crate::toolchain::workspace_root().join("target/intent-bench.log");

@@ -360,6 +360,12 @@ pub fn ensure_cache_bench_packages() -> Result<()> {
     ensure_packages(&[("varnishd", "varnish")])
 }
 
+/// What the GraphQL benchmark loads the node with (wrk) and samples its answers with
+/// (curl).
+pub fn ensure_graphql_bench_packages() -> Result<()> {
+    ensure_packages(&[("wrk", "wrk"), ("curl", "curl")])
+}
+
 /// What the KV benchmark compares against (redis-server, with redis-benchmark and
 /// redis-cli from redis-tools) and loads edge-node with (wrk).
 pub fn ensure_kv_bench_packages() -> Result<()> {
