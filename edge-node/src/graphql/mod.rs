@@ -119,13 +119,7 @@ impl GraphqlSettings {
     /// The keys, the names they refer to, and the schema file itself (read and built).
     pub fn validate(&self, kv: &[String], upstreams: &[String]) -> Result<()> {
         let n = &self.name;
-        if n.is_empty()
-            || !n
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            bail!("graphql name {n:?}: letters, digits, '-' or '_'");
-        }
+        crate::kv::check_name("graphql", n)?;
         if self.max_depth == 0
             || self.max_complexity == 0
             || self.max_body_bytes == 0

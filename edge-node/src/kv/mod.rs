@@ -135,20 +135,27 @@ fn default_max_ttl() -> Duration {
     Duration::from_secs(365 * 24 * 3600)
 }
 
+/// A name a route refers to and the store keeps (`[[kv]]`, `[[rooms]]`, `[[graphql]]`):
+/// 1 to 64 letters, digits, '-' or '_'.
+pub fn check_name(table: &str, name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        bail!("{table} name {name:?}: 1 to 64 letters, digits, '-' or '_'");
+    }
+    Ok(())
+}
+
 /// A record's key and value share one redb page run; far beyond this it is not a KV.
 const MAX_VALUE_BYTES: u64 = 512 << 20;
 
 impl KvSettings {
     pub fn validate(&self) -> Result<()> {
         let n = &self.name;
-        if n.is_empty()
-            || n.len() > 64
-            || !n
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            bail!("kv name {n:?}: 1 to 64 letters, digits, '-' or '_'");
-        }
+        check_name("kv", n)?;
         if self.max_key_bytes == 0 || self.max_key_bytes > 4096 {
             bail!("kv {n}: max_key_bytes must be 1 to 4096");
         }

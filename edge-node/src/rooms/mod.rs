@@ -100,14 +100,7 @@ fn default_max_stored_rooms() -> u64 {
 impl RoomsSettings {
     pub fn validate(&self) -> Result<()> {
         let n = &self.name;
-        if n.is_empty()
-            || n.len() > 64
-            || !n
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            bail!("rooms name {n:?}: 1 to 64 letters, digits, '-' or '_'");
-        }
+        crate::kv::check_name("rooms", n)?;
         if self.max_members == 0 || self.max_rooms == 0 || self.member_queue == 0 {
             bail!("rooms {n}: max_members, max_rooms and member_queue must be above 0");
         }
