@@ -501,3 +501,211 @@ fn written_behind_state_is_stored_at_a_clean_stop() {
     let mut b = join(&p, "behind", None).unwrap();
     assert_eq!(b.recv()["state"], json!({"draft": 3}));
 }
+
+/// A node of a rooms fleet on `port` (its relay URL), sharing `redis` and `prefix`.
+fn fleet_node(redis: &edge_tests::redis::Redis, prefix: &str, port: u16) -> (Proxy, DataDir) {
+    let data = DataDir(std::env::temp_dir().join(unique("edge-rooms-")));
+    let p = start_config(&format!(
+        "[xdp]\nmode = \"off\"\n\n[http]\nlisten = [\"127.0.0.1:{port}\"]\n\n\
+         [threat]\nenabled = false\n{admin}\n[storage]\ndir = \"{dir}\"\n{jwt}\n\
+         [[rooms]]\nname = \"docs\"\nbackend = \"redis\"\nredis_url = \"{url}\"\n\
+         redis_prefix = \"{prefix}\"\nrelay_url = \"http://127.0.0.1:{port}\"\n\
+         node_ttl = \"1500ms\"\nredis_timeout = \"300ms\"\n\n\
+         [[route]]\nhosts = [\"rooms.test\"]\npath_prefix = \"/rooms\"\nhandler = {{ rooms = \"docs\" }}\n\
+         [route.auth]\nprovider = \"hs\"\nmode = \"optional\"\n",
+        admin = admin_section(),
+        dir = data.0.display(),
+        jwt = hs_provider(),
+        url = redis.url(),
+    ));
+    (p, data)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Rooms live on a node (`edge_rooms_live`).
+fn live_rooms(p: &Proxy) -> u64 {
+    let (_, m) = p.admin("GET", "/metrics");
+    m.lines()
+        .find(|l| l.starts_with("edge_rooms_live{rooms=\"docs\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Joins `room` through `p`, retrying refusals (503 while the fleet settles) for up to
+/// 15 s; the member and its init.
+fn join_settled(p: &Proxy, room: &str, user: &str) -> (Member, Value) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match join(p, room, Some(user)) {
+            Ok(mut m) => {
+                let init = m.recv();
+                assert_eq!(init["type"], "init");
+                return (m, init);
+            }
+            Err(503) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(s) => panic!("join {room}: {s}\n{}", p.node.log()),
+        }
+    }
+}
+
+#[test]
+fn a_fleet_gives_each_room_one_owner_moves_rooms_to_a_new_node_and_relays_members() {
+    let Some(redis) = edge_tests::redis::Redis::start(
+        "a_fleet_gives_each_room_one_owner_moves_rooms_to_a_new_node_and_relays_members",
+    ) else {
+        return;
+    };
+    let prefix = unique("roomsfleet");
+    let (pa, pb) = (free_port(), free_port());
+    let (a, _da) = fleet_node(&redis, &prefix, pa);
+
+    // A alone owns every room.
+    const ROOMS: usize = 16;
+    let mut first: Vec<Member> = Vec::new();
+    for i in 0..ROOMS {
+        let (mut m, _) = join_settled(&a, &format!("r{i}"), "alice");
+        m.send(&json!({"type": "update", "state": {"room": i}}));
+        assert_eq!(m.recv()["type"], "ack");
+        first.push(m);
+    }
+    assert_eq!(live_rooms(&a), ROOMS as u64);
+
+    // B joins the fleet: the rooms it now owns leave A, their members told to
+    // reconnect (1012), and the states come along.
+    let (b, _db) = fleet_node(&redis, &prefix, pb);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while live_rooms(&a) == ROOMS as u64 {
+        assert!(std::time::Instant::now() < deadline, "no room moved to B");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut moved = Vec::new();
+    for (i, m) in first.iter_mut().enumerate() {
+        m.ws.get_mut()
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        match m.ws.read() {
+            Ok(Message::Close(Some(c))) => {
+                assert_eq!(c.code, CloseCode::Restart, "room r{i}");
+                moved.push(i);
+            }
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            other => panic!("room r{i}: {other:?}"),
+        }
+    }
+    assert!(!moved.is_empty() && moved.len() < ROOMS, "{moved:?}");
+
+    // Every room, joined through either node: one owner (each room live on exactly
+    // one node), members on both nodes in one room, one order of messages, and the
+    // state that was stored before the move.
+    let mut members = Vec::new();
+    for i in 0..ROOMS {
+        let room = format!("r{i}");
+        let (mut on_a, init_a) = join_settled(&a, &room, "carol");
+        assert_eq!(init_a["state"], json!({"room": i}), "room {room}");
+        let (mut on_b, init_b) = join_settled(&b, &room, "dave");
+        assert_eq!(init_b["state"], json!({"room": i}), "room {room}");
+        let you_a = init_a["you"].as_str().unwrap().to_string();
+        assert!(
+            init_b["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m == &json!(you_a)),
+            "room {room}: B's member does not see A's: {init_b}"
+        );
+        let joined = on_a.recv();
+        assert_eq!(
+            (joined["type"].as_str(), &joined["member"]),
+            (Some("join"), &init_b["you"])
+        );
+        on_b.send(&json!({"type": "update", "state": {"room": i, "by": "dave"}}));
+        let ack = on_b.recv();
+        assert_eq!(ack["type"], "ack");
+        let update = on_a.recv();
+        assert_eq!(update["type"], "update");
+        assert_eq!(update["seq"], ack["seq"], "room {room}: one order");
+        assert_eq!(update["state"], json!({"room": i, "by": "dave"}));
+        on_a.send(&json!({"type": "message", "data": "hi"}));
+        let msg = on_b.recv();
+        assert_eq!(
+            (msg["type"].as_str(), msg["data"].as_str()),
+            (Some("message"), Some("hi"))
+        );
+        members.push((on_a, on_b));
+    }
+    assert_eq!(
+        live_rooms(&a) + live_rooms(&b),
+        ROOMS as u64,
+        "a room is live on one node only"
+    );
+    assert_eq!(live_rooms(&b), moved.len() as u64);
+}
+
+#[test]
+fn a_room_whose_owner_dies_is_taken_over_from_its_stored_state() {
+    let Some(redis) = edge_tests::redis::Redis::start(
+        "a_room_whose_owner_dies_is_taken_over_from_its_stored_state",
+    ) else {
+        return;
+    };
+    let prefix = unique("roomsfleet");
+    let (mut a, _da) = fleet_node(&redis, &prefix, free_port());
+    let (b, _db) = fleet_node(&redis, &prefix, free_port());
+    // Both registered (A's view may still lack B: joins through B wait it out).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while redis.cli(&["ZCARD", &format!("{prefix}:docs:nodes")]) != "2" {
+        assert!(std::time::Instant::now() < deadline, "nodes not registered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A room that A owns, joined through B (relayed) and through A.
+    let mut found = None;
+    for i in 0..64 {
+        let room = format!("t{i}");
+        let before = live_rooms(&a);
+        let (m, _) = join_settled(&b, &room, "bob");
+        if live_rooms(&a) == before + 1 {
+            found = Some((room, m));
+            break;
+        }
+    }
+    let (room, mut via_b) = found.expect("A owns one of 64 rooms");
+    let (mut on_a, _) = join_settled(&a, &room, "alice");
+    assert_eq!(via_b.recv()["type"], "join");
+    via_b.send(&json!({"type": "update", "state": {"doc": "kept"}}));
+    let ack = via_b.recv();
+    assert_eq!(ack["type"], "ack");
+    assert_eq!(on_a.recv()["state"], json!({"doc": "kept"}));
+
+    // A dies: the relayed member is told to reconnect, and B takes the room over
+    // from the state A stored (persist_window = 0: stored before the ack).
+    a.node.sigkill();
+    assert_eq!(via_b.closed(), Some(CloseCode::Restart));
+    let (mut again, init) = join_settled(&b, &room, "bob");
+    assert_eq!(init["state"], json!({"doc": "kept"}));
+    assert_eq!(
+        init["seq"], ack["seq"],
+        "the sequence goes on from the stored one"
+    );
+    assert!(live_rooms(&b) >= 1);
+    again.send(&json!({"type": "update", "state": {"doc": "after"}}));
+    assert_eq!(again.recv()["type"], "ack");
+    // A's registration lapsed and is gone from the registry.
+    assert_eq!(
+        redis.cli(&["ZRANGE", &format!("{prefix}:docs:nodes"), "0", "-1"]),
+        format!("http://{}", b.addr())
+    );
+}

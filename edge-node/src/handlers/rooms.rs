@@ -1,7 +1,8 @@
 //! `handler = { rooms = "name" }`: `GET <prefix>/<room>` with a WebSocket upgrade (or,
 //! over HTTP/2, an extended CONNECT) joins the room (`crate::rooms`). The member is known by the route's JWT identity (its
 //! `sub`, or `anonymous`) and a number for the connection; who may join is the
-//! route's `[route.auth]`.
+//! route's `[route.auth]`. In a fleet (`backend = "redis"`), a member whose room another
+//! node owns is relayed there (`rooms::relay`).
 
 use std::sync::Arc;
 
@@ -14,9 +15,10 @@ use tracing::debug;
 use super::kv::{name_after_prefix, refuse};
 use crate::{
     error::{Body, EdgeError, ErrorKind, empty},
+    phases::forwarding,
     phases::upgrade,
     request::{Handler, HandlerFuture, RequestCtx},
-    rooms::{Refused, Rooms, member},
+    rooms::{Placement, Refused, Rooms, member, relay},
 };
 
 /// Longest room id (bytes).
@@ -44,14 +46,21 @@ impl Handler for RoomsHandler {
                 ));
             }
             let (client, accept) = websocket_handshake(ctx, &mut req)?;
+            // A relayed join is served by the owner or refused, never relayed again.
+            if let Placement::Owner(owner) = self.rooms.placement(&id)
+                && !req.headers().contains_key(relay::RELAYED)
+            {
+                return self.relay(ctx, &req, client, accept, &owner).await;
+            }
             let who = ctx.user.as_deref().unwrap_or("anonymous");
             let joined = self.rooms.join(&id, who).await.map_err(|e| {
-                let kind = match e {
-                    Refused::RoomFull | Refused::TooManyRooms | Refused::Closing => {
-                        ErrorKind::Unavailable
-                    }
+                let retry = match e {
+                    Refused::RoomFull | Refused::TooManyRooms => "5",
+                    // The fleet settles within a renewal period.
+                    Refused::Closing | Refused::NotOwner | Refused::NoFleet => "1",
                 };
-                refuse(kind, e.to_string()).with_header(header::RETRY_AFTER, "5")
+                refuse(ErrorKind::Unavailable, e.to_string())
+                    .with_header(header::RETRY_AFTER, retry)
             })?;
             let rooms = self.rooms.clone();
             tokio::spawn(async move {
@@ -76,22 +85,86 @@ impl Handler for RoomsHandler {
                     }
                 }
             });
-            let mut resp = Response::new(empty());
-            match accept {
-                // HTTP/1.1: 101 with the key's answer.
-                Some(accept) => {
-                    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-                    let h = resp.headers_mut();
-                    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-                    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-                }
-                // HTTP/2 extended CONNECT: a 200 opens the stream as the tunnel.
-                None => *resp.status_mut() = StatusCode::OK,
-            }
-            Ok(resp)
+            Ok(switched(accept))
         })
     }
+}
+
+impl RoomsHandler {
+    /// Joins the member to its room at `owner` through this node: the owner's
+    /// WebSocket first (its refusal is the member's answer), then the member's.
+    async fn relay(
+        &self,
+        ctx: &mut RequestCtx,
+        req: &Request<Body>,
+        client: OnUpgrade,
+        accept: Option<HeaderValue>,
+        owner: &str,
+    ) -> Result<Response<Body>, EdgeError> {
+        let (host, port) = crate::rooms::fleet::relay_address(owner)
+            .map_err(|e| refuse(ErrorKind::Unavailable, e.to_string()))?;
+        let authority = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let mut out = relay::request(req, &ctx.host, &authority)
+            .map_err(|e| refuse(ErrorKind::BadRequest, e.to_string()))?;
+        forwarding::set(ctx, &mut out);
+        let upstream = relay::connect(owner, out).await.map_err(|f| match f {
+            relay::Failed::Unreachable(why) => {
+                debug!(%owner, %why, "room owner unreachable");
+                refuse(ErrorKind::Unavailable, "the room's node is not reachable")
+                    .with_header(header::RETRY_AFTER, "1")
+            }
+            relay::Failed::Refused(status) => {
+                let kind = match status.as_u16() {
+                    401 => ErrorKind::Unauthorized,
+                    403 => ErrorKind::Forbidden,
+                    404 => ErrorKind::NotFound,
+                    429 => ErrorKind::TooManyRequests,
+                    503 => ErrorKind::Unavailable,
+                    _ => ErrorKind::UpstreamFailed,
+                };
+                refuse(kind, format!("the room's node answered {status}"))
+                    .with_header(header::RETRY_AFTER, "1")
+            }
+        })?;
+        let config = member::config(&self.rooms);
+        tokio::spawn(async move {
+            match client.await {
+                Ok(io) => {
+                    let ws = WebSocketStream::from_raw_socket(
+                        TokioIo::new(io),
+                        Role::Server,
+                        Some(config),
+                    )
+                    .await;
+                    relay::pipe(ws, upstream).await;
+                }
+                Err(e) => debug!(error = %e, "websocket upgrade did not complete"),
+            }
+        });
+        Ok(switched(accept))
+    }
+}
+
+/// The answer that opens the member's WebSocket.
+fn switched(accept: Option<HeaderValue>) -> Response<Body> {
+    let mut resp = Response::new(empty());
+    match accept {
+        // HTTP/1.1: 101 with the key's answer.
+        Some(accept) => {
+            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let h = resp.headers_mut();
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        // HTTP/2 extended CONNECT: a 200 opens the stream as the tunnel.
+        None => *resp.status_mut() = StatusCode::OK,
+    }
+    resp
 }
 
 /// A WebSocket opening handshake: over HTTP/1.1 (RFC 6455 4.2.1: GET, `Upgrade:

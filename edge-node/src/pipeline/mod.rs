@@ -274,7 +274,7 @@ impl Pipeline {
                         .expect("validated: the rooms exist");
                     let store = store.as_ref().expect("[[rooms]] opened the store");
                     Arc::new(RoomsHandler {
-                        rooms: retained.rooms(settings, store, &metrics),
+                        rooms: retained.rooms(settings, store, &metrics)?,
                         path_prefix: r.path_prefix.clone(),
                     })
                 }

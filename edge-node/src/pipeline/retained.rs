@@ -87,17 +87,29 @@ impl Retained {
         s: &crate::rooms::RoomsSettings,
         store: &Arc<crate::kv::Store>,
         metrics: &crate::metrics::Metrics,
-    ) -> Arc<crate::rooms::Rooms> {
-        let rooms = kept(&self.rooms, s.name.clone(), || {
-            crate::rooms::Rooms::new(s.clone(), store.clone(), metrics.rooms_gauges(&s.name))
-        });
+    ) -> anyhow::Result<Arc<crate::rooms::Rooms>> {
+        let mut map = crate::sync::lock(&self.rooms);
+        map.retain(|_, v| v.strong_count() > 0);
+        let rooms = match map.get(&s.name).and_then(Weak::upgrade) {
+            Some(r) => r,
+            None => {
+                let r = Arc::new(crate::rooms::Rooms::new(
+                    s.clone(),
+                    store.clone(),
+                    metrics.rooms_gauges(&s.name),
+                )?);
+                map.insert(s.name.clone(), Arc::downgrade(&r));
+                r
+            }
+        };
         if rooms.settings != *s {
             tracing::warn!(
                 rooms = %s.name,
                 "changed; the new settings apply once the rooms' members have left"
             );
         }
-        rooms
+        rooms.start();
+        Ok(rooms)
     }
 
     /// The Redis of a fleet namespace, listening for other nodes' writes into `store`.

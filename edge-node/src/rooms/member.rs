@@ -43,6 +43,17 @@ pub fn config(rooms: &Rooms) -> WebSocketConfig {
         .max_frame_size(Some(max))
 }
 
+/// The close for a member the room let go: the room closed here (it moved to another
+/// node or the node stops: reconnect), or the member was too slow.
+fn kicked_by(
+    kick: Result<(), tokio::sync::oneshot::error::RecvError>,
+) -> (CloseCode, &'static str) {
+    match kick {
+        Ok(()) => (CloseCode::Restart, "room closed; reconnect"),
+        Err(_) => (CloseCode::Policy, "too slow: messages piled up"),
+    }
+}
+
 /// Serves `joined` over `ws` until either side ends it; the room is told the member left.
 pub async fn serve<S>(rooms: Arc<Rooms>, joined: Joined, mut ws: WebSocketStream<S>)
 where
@@ -70,11 +81,13 @@ where
                             break None;
                         }
                     }
-                    _ = &mut kicked => break None,
+                    kick = &mut kicked => break Some(kicked_by(kick)),
                 },
-                None => break Some((CloseCode::Away, "room closed")),
+                // The room stopped here (moved to another node of the fleet, or
+                // the node stops): the member reconnects.
+                None => break Some((CloseCode::Restart, "room closed; reconnect")),
             },
-            _ = &mut kicked => break Some((CloseCode::Policy, "too slow: messages piled up")),
+            kick = &mut kicked => break Some(kicked_by(kick)),
             _ = ping.tick() => {
                 if heard.elapsed() > 2 * PING_EVERY {
                     break Some((CloseCode::Away, "no answer to pings"));

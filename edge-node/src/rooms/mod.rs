@@ -16,8 +16,15 @@
 //! size (close 1009), messages per member per second (GCRA; close 1008), and a bounded
 //! queue per member: a member that does not read is disconnected (1008), never the
 //! room held up.
+//!
+//! With `backend = "redis"` the nodes of a fleet share the rooms: each room has one
+//! owner (`fleet`), members connecting elsewhere are relayed to it (`relay`), and a
+//! room whose owner changes is stored and closed, its members told to reconnect
+//! (1012).
 
+pub mod fleet;
 pub mod member;
+pub mod relay;
 
 use std::{
     collections::HashMap,
@@ -33,7 +40,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::{debug, warn};
 
-use crate::kv::{Condition, Entry, Quota, Store, Write};
+use crate::kv::{Condition, Entry, Quota, Store, Write, WriteError, Written};
+pub use fleet::Placement;
 
 /// `[[rooms]]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -70,6 +78,39 @@ pub struct RoomsSettings {
     /// Rooms whose state is stored at most (a new room's first state beyond: refused).
     #[serde(default = "default_max_stored_rooms")]
     pub max_stored_rooms: u64,
+    /// `local` (this node's rooms, states in its store) or `redis`: a fleet of nodes
+    /// naming the same Redis and prefix, one owner per room (`rooms::fleet`), states
+    /// kept in Redis.
+    #[serde(default)]
+    pub backend: crate::kv::Backend,
+    /// `redis://[user:password@]host:port[/db]` (backend = "redis").
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// Prefix of the fleet's keys in Redis (nodes sharing it share the rooms).
+    #[serde(default = "default_redis_prefix")]
+    pub redis_prefix: String,
+    /// Longest wait for Redis (a state load or store, a registration).
+    #[serde(default = "default_redis_timeout", with = "crate::duration")]
+    pub redis_timeout: Duration,
+    /// Where the other nodes reach this node's plain-HTTP listener to relay members
+    /// to the rooms it owns, `http://host:port` (backend = "redis"; it also names the
+    /// node in the fleet, so it is unique to the node).
+    #[serde(default)]
+    pub relay_url: Option<String>,
+    /// A node that has not renewed its registration for this long is gone: its rooms
+    /// are taken over (renewed every third of it).
+    #[serde(default = "default_node_ttl", with = "crate::duration")]
+    pub node_ttl: Duration,
+}
+
+fn default_redis_prefix() -> String {
+    "edge-rooms".into()
+}
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(250)
+}
+fn default_node_ttl() -> Duration {
+    Duration::from_secs(3)
 }
 
 fn default_max_members() -> usize {
@@ -119,6 +160,30 @@ impl RoomsSettings {
         if self.max_stored_rooms == 0 {
             bail!("rooms {n}: max_stored_rooms must be above 0");
         }
+        match (self.backend, &self.redis_url, &self.relay_url) {
+            (crate::kv::Backend::Local, None, None) => {}
+            (crate::kv::Backend::Local, _, _) => {
+                bail!("rooms {n}: redis_url and relay_url are for backend = \"redis\"")
+            }
+            (crate::kv::Backend::Redis, Some(url), Some(relay)) => {
+                redis::Client::open(url.as_str())
+                    .map_err(|e| anyhow::anyhow!("rooms {n}: redis_url: {e}"))?;
+                fleet::relay_address(relay).map_err(|e| anyhow::anyhow!("rooms {n}: {e}"))?;
+                if self.node_ttl < Duration::from_millis(300)
+                    || self.node_ttl > Duration::from_secs(60)
+                {
+                    bail!("rooms {n}: node_ttl must be 300ms to 60s");
+                }
+                if self.redis_timeout.is_zero() || self.redis_timeout * 3 > self.node_ttl {
+                    bail!(
+                        "rooms {n}: redis_timeout must be above 0 and at most a third of node_ttl"
+                    );
+                }
+            }
+            (crate::kv::Backend::Redis, _, _) => {
+                bail!("rooms {n}: backend = \"redis\" needs redis_url and relay_url")
+            }
+        }
         Ok(())
     }
 
@@ -137,6 +202,10 @@ pub enum Refused {
     TooManyRooms,
     #[error("the room is closing")]
     Closing,
+    #[error("another node owns the room")]
+    NotOwner,
+    #[error("the node cannot reach the fleet's registry")]
+    NoFleet,
 }
 
 /// What a room sends a member: a text message, or the end.
@@ -147,7 +216,8 @@ pub struct Joined {
     pub member: String,
     pub room: mpsc::Sender<Event>,
     pub inbox: mpsc::Receiver<Utf8Bytes>,
-    /// Resolves (with an error) when the room disconnects the member (too slow).
+    /// Resolves when the room disconnects the member: `Ok` when the room closed here
+    /// (the member reconnects), an error when the member was too slow.
     pub kicked: oneshot::Receiver<()>,
 }
 
@@ -171,12 +241,17 @@ pub enum Event {
     },
     /// Store what is not stored yet, then answer (at shutdown).
     Flush(oneshot::Sender<()>),
+    /// The fleet may have moved the room: if it is no longer here, store and close it.
+    Recheck,
 }
 
 /// One `[[rooms]]` on this node: its live rooms by id.
 pub struct Rooms {
     pub settings: RoomsSettings,
     store: Arc<Store>,
+    /// `backend = "redis"`: the fleet's registry, and the rooms' states in Redis.
+    fleet: Option<(Arc<fleet::Registry>, crate::kv::fleet::Fleet)>,
+    fleet_started: std::sync::Once,
     live: Mutex<HashMap<String, mpsc::Sender<Event>>>,
     /// Rooms in memory, and members connected (`/metrics`).
     live_gauge: Gauge,
@@ -190,15 +265,96 @@ pub struct Rooms {
 const ROOM_INBOX: usize = 1024;
 
 impl Rooms {
-    /// `gauges`: rooms in memory, members connected.
-    pub fn new(settings: RoomsSettings, store: Arc<Store>, gauges: (Gauge, Gauge)) -> Self {
-        Self {
+    /// `gauges`: rooms in memory, members connected. A fleet's Redis is connected on
+    /// first use (`start`).
+    pub fn new(settings: RoomsSettings, store: Arc<Store>, gauges: (Gauge, Gauge)) -> Result<Self> {
+        let fleet = match settings.backend {
+            crate::kv::Backend::Local => None,
+            crate::kv::Backend::Redis => Some((
+                Arc::new(fleet::Registry::connect(&settings)?),
+                crate::kv::fleet::Fleet::connect(
+                    settings.redis_url.as_deref().unwrap_or_default(),
+                    &settings.redis_prefix,
+                    settings.redis_timeout,
+                )?,
+            )),
+        };
+        Ok(Self {
             settings,
             store,
+            fleet,
+            fleet_started: std::sync::Once::new(),
             live: Mutex::default(),
             live_gauge: gauges.0,
             members_gauge: gauges.1,
             next_member: Default::default(),
+        })
+    }
+
+    /// Joins the fleet (`backend = "redis"`; once): registers this node, renews the
+    /// registration and moves rooms whose owner changed, for as long as the rooms
+    /// are in use; then leaves it.
+    pub fn start(self: &Arc<Self>) {
+        let Some((registry, _)) = &self.fleet else {
+            return;
+        };
+        let (rooms, registry) = (Arc::downgrade(self), registry.clone());
+        let name = self.settings.name.clone();
+        self.fleet_started.call_once(|| {
+            tokio::spawn(async move {
+                loop {
+                    if rooms.strong_count() == 0 {
+                        break;
+                    }
+                    if let Err(e) = registry.renew().await {
+                        warn!(rooms = %name, error = %e, "fleet registration not renewed");
+                    }
+                    let Some(r) = rooms.upgrade() else { break };
+                    r.recheck();
+                    drop(r);
+                    tokio::time::sleep(registry.renew_every()).await;
+                }
+                // A reload removed these rooms: the others take them over now.
+                registry.leave().await;
+            });
+        });
+    }
+
+    /// Where room `id` lives: here, at another node of the fleet, or (this node cut
+    /// off from the fleet) nowhere it can tell. The one place ownership is decided.
+    pub fn placement(&self, id: &str) -> Placement {
+        match &self.fleet {
+            None => Placement::Here,
+            Some((registry, _)) => registry.placement(id),
+        }
+    }
+
+    /// Asks every live room that may have moved to check (each closes if it did).
+    fn recheck(&self) {
+        let live: Vec<(String, mpsc::Sender<Event>)> = crate::sync::lock(&self.live)
+            .iter()
+            .map(|(id, tx)| (id.clone(), tx.clone()))
+            .collect();
+        for (id, room) in live {
+            if self.placement(&id) != Placement::Here {
+                let _ = room.try_send(Event::Recheck);
+            }
+        }
+    }
+
+    /// The stored state of room `id` (`None`: never stored).
+    async fn load_state(&self, id: &str) -> Result<Option<Entry>, WriteError> {
+        let ns = self.settings.namespace();
+        match &self.fleet {
+            Some((_, states)) => states.get(&ns, id).await,
+            None => self.store.get(&ns, id),
+        }
+    }
+
+    async fn store_state(&self, write: Write) -> Result<Written, WriteError> {
+        match &self.fleet {
+            Some((_, states)) => states.write(&write).await,
+            None => self.store.write(write).await,
         }
     }
 
@@ -209,6 +365,11 @@ impl Rooms {
     /// Stores every live room's state that is not stored yet (write-behind), each
     /// within `wait`.
     pub async fn flush(&self, wait: Duration) {
+        // Out of the fleet first: the other nodes take the rooms over from the states
+        // stored now.
+        if let Some((registry, _)) = &self.fleet {
+            registry.leave().await;
+        }
         let rooms: Vec<mpsc::Sender<Event>> =
             crate::sync::lock(&self.live).values().cloned().collect();
         for room in rooms {
@@ -226,6 +387,11 @@ impl Rooms {
         let n = self
             .next_member
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match self.placement(id) {
+            Placement::Here => {}
+            Placement::Owner(_) => return Err(Refused::NotOwner),
+            Placement::Unknown => return Err(Refused::NoFleet),
+        }
         let member = format!("{who}#{n}");
         let (outbox, inbox) = mpsc::channel(self.settings.member_queue);
         let (kick, kicked) = oneshot::channel();
@@ -262,15 +428,34 @@ impl Rooms {
         })
     }
 
-    /// The life of room `id`: load, serve events in order, leave memory when idle.
+    /// The life of room `id`: load, serve events in order, leave memory when idle
+    /// (or when the fleet moved it).
     async fn run(self: Arc<Self>, id: String, mut events: mpsc::Receiver<Event>) {
-        let mut room = Room::load(&self, &id);
+        let mut room = match Room::load(&self, &id).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Starting empty would overwrite the stored state: the joins waiting
+                // are refused (503) instead.
+                warn!(room = %id, error = %e, "room state unreadable; room not opened");
+                crate::sync::lock(&self.live).remove(&id);
+                return;
+            }
+        };
         self.live_gauge.inc();
         loop {
             let idle = room.members.is_empty();
             let flush_at = room.flush_at;
             tokio::select! {
                 event = events.recv() => match event {
+                    Some(Event::Recheck) => {
+                        if self.placement(&id) != Placement::Here {
+                            // Out of the registry first: a join now is relayed to (or
+                            // waits for) the new owner, which loads what is stored here.
+                            crate::sync::lock(&self.live).remove(&id);
+                            debug!(room = %id, "the fleet moved the room");
+                            break;
+                        }
+                    }
                     Some(e) => room.handle(&self, e).await,
                     None => break,
                 },
@@ -295,7 +480,11 @@ impl Rooms {
         if room.flush_at.is_some() {
             room.persist(&self).await;
         }
+        // Stored first: a member reconnecting elsewhere finds the state.
         room.members_gauge.dec_by(room.members.len() as i64);
+        for m in std::mem::take(&mut room.members) {
+            let _ = m.kick.send(());
+        }
         self.live_gauge.dec();
         debug!(room = %id, "room left memory");
     }
@@ -311,8 +500,8 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 struct Member {
     id: String,
     outbox: Outbox,
-    /// Dropped to disconnect the member.
-    _kick: oneshot::Sender<()>,
+    /// Dropped to disconnect the member (too slow); sent to when the room closes.
+    kick: oneshot::Sender<()>,
 }
 
 /// A live room's state (owned by its task).
@@ -331,14 +520,8 @@ fn json_string(s: &str) -> String {
 }
 
 impl Room {
-    fn load(rooms: &Rooms, id: &str) -> Self {
-        let stored = match rooms.store.get(&rooms.settings.namespace(), id) {
-            Ok(e) => e,
-            Err(e) => {
-                warn!(room = id, error = %e, "room state unreadable; starting empty");
-                None
-            }
-        };
+    async fn load(rooms: &Rooms, id: &str) -> Result<Self, WriteError> {
+        let stored = rooms.load_state(id).await?;
         let (state, seq) = stored
             .and_then(|e| {
                 let seq = e.metadata.as_deref()?.parse().ok()?;
@@ -346,14 +529,14 @@ impl Room {
                 Some((RawValue::from_string(text).ok(), seq))
             })
             .unwrap_or((None, 0));
-        Self {
+        Ok(Self {
             id: id.to_string(),
             members: Vec::new(),
             state,
             seq,
             flush_at: None,
             members_gauge: rooms.members_gauge.clone(),
-        }
+        })
     }
 
     async fn handle(&mut self, rooms: &Rooms, event: Event) {
@@ -390,7 +573,7 @@ impl Room {
                 self.members.push(Member {
                     id: member,
                     outbox,
-                    _kick: kick,
+                    kick,
                 });
                 self.members_gauge.inc();
             }
@@ -401,6 +584,7 @@ impl Room {
                 }
                 let _ = done.send(());
             }
+            Event::Recheck => {}
             Event::Update { member, state } => {
                 if !self.members.iter().any(|m| m.id == member) {
                     return;
@@ -462,15 +646,14 @@ impl Room {
         }
     }
 
-    async fn store(&self, rooms: &Rooms) -> Result<(), crate::kv::WriteError> {
+    async fn store(&self, rooms: &Rooms) -> Result<(), WriteError> {
         let Some(state) = &self.state else {
             return Ok(());
         };
         let s = &rooms.settings;
         let now = crate::clock::unix_ms();
         rooms
-            .store
-            .write(Write::Put {
+            .store_state(Write::Put {
                 namespace: s.namespace(),
                 key: self.id.clone(),
                 entry: Entry {
