@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 const HEAD: &str = "[xdp]\nmode = \"off\"\n\n[http]\nlisten = [\"127.0.0.1:0\"]\n\n\
                     [threat]\nenabled = false\n";
 
-const SCHEMA: &str = "type Query {\n  user(id: ID!): User\n  posts(limit: Int): [Post]\n  version: String\n}\n\
+const SCHEMA: &str = "type Query {\n  user(id: ID!): User\n  posts(limit: Int): [Post]\n  version: String\n  \
+                      echo(text: String, n: Int): String\n}\n\
                       type User {\n  id: ID\n  name: String\n  friends: [User]\n  address: Address\n}\n\
                       type Address {\n  city: String\n}\n\
                       type Post {\n  title: String\n  path: String\n}\n";
@@ -72,19 +73,41 @@ impl Drop for Dir {
     }
 }
 
+/// The echo component built by `cargo xtask test` (it answers with the request it got:
+/// method, path, headers, body), copied into `dir`.
+fn echo_component(dir: &std::path::Path) -> std::path::PathBuf {
+    let built =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/components/echo.wasm");
+    assert!(
+        built.is_file(),
+        "{} is missing: build the test components with `cargo xtask test`",
+        built.display()
+    );
+    let copy = dir.join("echo.wasm");
+    std::fs::copy(&built, &copy).unwrap();
+    copy
+}
+
 fn node(extra: &str) -> (Proxy, Dir) {
+    node_with(extra, "")
+}
+
+/// `extra` goes into `[[graphql]]`, `kv_extra` into the `[[kv]]` namespace "users".
+fn node_with(extra: &str, kv_extra: &str) -> (Proxy, Dir) {
     let dir = Dir(std::env::temp_dir().join(unique("edge-graphql-")));
     std::fs::create_dir_all(&dir.0).unwrap();
     let schema = dir.0.join("schema.graphql");
     std::fs::write(&schema, SCHEMA).unwrap();
     let p = start_config(&format!(
-        "{HEAD}\n[storage]\ndir = \"{data}\"\n[[kv]]\nname = \"users\"\n\
+        "{HEAD}\n[storage]\ndir = \"{data}\"\n[[kv]]\nname = \"users\"\n{kv_extra}\n\
          [[jwt_provider]]\nname = \"hs\"\nalgorithms = [\"HS256\"]\nsecret = \"{secret}\"\n\
          [[upstream]]\nname = \"blog\"\nservers = [\"{origin}\"]\n\
          [[graphql]]\nname = \"api\"\nschema = \"{schema}\"\nmax_depth = 5\nmax_complexity = 15\n\
          max_aliases = 3\nmax_body_bytes = 2048\nget_max_age = \"60s\"\nmax_resolver_calls = 2\n{extra}\n\
          [[graphql.resolver]]\nfield = \"Query.user\"\nkv = \"users\"\nkey = \"user:{{id}}\"\n\
          [[graphql.resolver]]\nfield = \"Query.posts\"\nupstream = \"blog\"\npath = \"/posts?limit={{limit}}\"\n\
+         [[graphql.resolver]]\nfield = \"Query.echo\"\nfunction = \"echo\"\n\
+         [[function]]\nname = \"echo\"\nfile = \"{echo}\"\n\
          [[route]]\nhosts = [\"api.test\"]\npath_prefix = \"/graphql\"\nhandler = {{ graphql = \"api\" }}\n\
          [[route]]\nhosts = [\"kv.test\"]\nhandler = {{ kv = \"users\" }}\n\
          [route.auth]\nprovider = \"hs\"\nmode = \"optional\"\n",
@@ -92,6 +115,7 @@ fn node(extra: &str) -> (Proxy, Dir) {
         secret = edge_tests::jwt::SECRET,
         origin = json_origin(),
         schema = schema.display(),
+        echo = echo_component(&dir.0).display(),
     ));
     let user = json!({
         "id": "1", "name": "Ada", "address": {"city": "London"},
@@ -103,7 +127,8 @@ fn node(extra: &str) -> (Proxy, Dir) {
         "/user:1",
         &["-X", "PUT", "--data-binary", &user.to_string()],
     );
-    assert_eq!(r.status, 201, "{}", r.body);
+    // 204: a fleet namespace another node of the test already wrote it to.
+    assert!(matches!(r.status, 201 | 204), "{} {}", r.status, r.body);
     (p, dir)
 }
 
@@ -154,6 +179,17 @@ fn queries_resolve_from_kv_and_an_origin() {
     let v = query(&p, "{ posts(limit: 2) { title path } }", json!({}));
     assert_eq!(v["data"]["posts"][0]["title"], "first", "{v}");
     assert_eq!(v["data"]["posts"][1]["path"], "/posts?limit=2");
+    // From a function: a POST naming the field, the arguments as a JSON object; the
+    // body it answers (here not JSON: a string).
+    let v = query(&p, "{ echo(text: \"hi\", n: 3) }", json!({}));
+    let echoed = v["data"]["echo"].as_str().unwrap_or_else(|| panic!("{v}"));
+    assert!(echoed.starts_with("POST /echo\n"), "{echoed}");
+    assert!(
+        echoed.contains("h: content-type: application/json"),
+        "{echoed}"
+    );
+    let args: Value = serde_json::from_str(echoed.split("\n\n").nth(1).unwrap()).unwrap();
+    assert_eq!(args, json!({"text": "hi", "n": 3}));
     // A root field without a resolver is null.
     assert_eq!(
         query(&p, "{ version }", json!({}))["data"],
@@ -309,4 +345,35 @@ fn a_bad_schema_is_a_config_error_naming_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("bad.graphql") && err.contains("Nope"), "{err}");
+}
+
+#[test]
+fn a_fleet_namespace_is_read_from_redis_by_any_node() {
+    let Some(redis) =
+        edge_tests::redis::Redis::start("a_fleet_namespace_is_read_from_redis_by_any_node")
+    else {
+        return;
+    };
+    let fleet = format!(
+        "backend = \"redis\"\nredis_url = \"{}\"\nredis_prefix = \"{}\"",
+        redis.url(),
+        unique("gqlfleet")
+    );
+    let (a, _da) = node_with("", &fleet);
+    let (b, _db) = node_with("", &fleet);
+    // Written through A's KV route only: B has no copy of it, and reads Redis.
+    let r = curl(
+        &a,
+        "kv.test",
+        "/user:7",
+        &[
+            "-X",
+            "PUT",
+            "--data-binary",
+            r#"{"id": "7", "name": "Grace"}"#,
+        ],
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let v = query(&b, "{ user(id: \"7\") { name } }", json!({}));
+    assert_eq!(v["data"], json!({"user": {"name": "Grace"}}), "{v}");
 }

@@ -338,10 +338,12 @@ impl Config {
         }
         let kv_names: Vec<String> = self.kv.iter().map(|k| k.name.clone()).collect();
         let upstream_names: Vec<String> = self.upstream.iter().map(|u| u.name.clone()).collect();
+        let function_names: Vec<String> = self.function.iter().map(|f| f.name.clone()).collect();
         let mut schemas = std::collections::HashSet::new();
         for (i, g) in self.graphql.iter().enumerate() {
             let at = || Table::nth("graphql", i);
-            g.validate(&kv_names, &upstream_names).context(at())?;
+            g.validate(&kv_names, &upstream_names, &function_names)
+                .context(at())?;
             if !schemas.insert(g.name.as_str()) {
                 return Err(anyhow::anyhow!("graphql {} is defined twice", g.name).context(at()));
             }

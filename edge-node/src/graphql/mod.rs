@@ -1,6 +1,7 @@
 //! GraphQL over edge data: a schema in SDL (`[[graphql]] schema`), whose root fields
-//! resolve from a KV key template (`user(id) → users "user:{id}"`) or an upstream JSON
-//! request (`posts(limit) → GET api /posts?limit={limit}`, through the node's pools);
+//! resolve from a KV key template (`user(id) → users "user:{id}"`), an upstream JSON
+//! request (`posts(limit) → GET api /posts?limit={limit}`, through the node's pools)
+//! or a function (`POST /<field>` with the arguments as JSON);
 //! every other field reads the property of its name from its parent's JSON. async-graphql's
 //! dynamic schema executes it, with depth, complexity and alias limits, introspection on
 //! or off, and automatic persisted queries.
@@ -19,7 +20,8 @@ use http::{Request, StatusCode, header};
 use serde::Deserialize;
 
 use crate::{
-    kv::Store,
+    functions::Functions,
+    kv::Namespace,
     upstream::{Pool, Upstream},
 };
 
@@ -102,6 +104,10 @@ pub struct ResolverSettings {
     pub upstream: Option<String>,
     #[serde(default)]
     pub path: Option<String>,
+    /// A `[[function]]`: called with `POST /<field>`, the arguments as a JSON object;
+    /// its 200 body is the value (JSON, or else a string), a 404 is null.
+    #[serde(default)]
+    pub function: Option<String>,
 }
 
 /// What is escaped of an argument put into an upstream path: everything but the
@@ -112,12 +118,17 @@ const ARG: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-/// Largest upstream JSON a resolver reads.
+/// Largest upstream (or function) JSON a resolver reads.
 const MAX_UPSTREAM_JSON: usize = 4 << 20;
 
 impl GraphqlSettings {
     /// The keys, the names they refer to, and the schema file itself (read and built).
-    pub fn validate(&self, kv: &[String], upstreams: &[String]) -> Result<()> {
+    pub fn validate(
+        &self,
+        kv: &[String],
+        upstreams: &[String],
+        functions: &[String],
+    ) -> Result<()> {
         let n = &self.name;
         crate::kv::check_name("graphql", n)?;
         if self.max_depth == 0
@@ -131,13 +142,21 @@ impl GraphqlSettings {
             );
         }
         for r in &self.resolver {
-            match (&r.kv, &r.key, &r.upstream, &r.path) {
-                (Some(ns), Some(_), None, None) => {
+            match (&r.kv, &r.key, &r.upstream, &r.path, &r.function) {
+                (None, None, None, None, Some(f)) => {
+                    if !functions.contains(f) {
+                        bail!(
+                            "graphql {n}: resolver {}: no [[function]] named {f:?}",
+                            r.field
+                        );
+                    }
+                }
+                (Some(ns), Some(_), None, None, None) => {
                     if !kv.contains(ns) {
                         bail!("graphql {n}: resolver {}: no [[kv]] named {ns:?}", r.field);
                     }
                 }
-                (None, None, Some(up), Some(path)) => {
+                (None, None, Some(up), Some(path), None) => {
                     if !upstreams.contains(up) {
                         bail!(
                             "graphql {n}: resolver {}: no [[upstream]] named {up:?}",
@@ -149,7 +168,7 @@ impl GraphqlSettings {
                     }
                 }
                 _ => bail!(
-                    "graphql {n}: resolver {}: give kv and key, or upstream and path",
+                    "graphql {n}: resolver {}: give kv and key, upstream and path, or function",
                     r.field
                 ),
             }
@@ -162,12 +181,14 @@ impl GraphqlSettings {
 enum Source {
     Kv { namespace: String, key: String },
     Upstream { upstream: String, path: String },
+    Function { function: String },
 }
 
 /// What the resolvers reach (none of it when a configuration is only checked).
 #[derive(Default)]
 pub struct Backends {
-    pub store: Option<Arc<Store>>,
+    pub namespaces: HashMap<String, Arc<Namespace>>,
+    pub functions: Option<Arc<Functions>>,
     pub pool: Option<Pool>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
 }
@@ -287,11 +308,11 @@ async fn read(
     match source {
         Source::Kv { namespace, key } => {
             let key = fill(key, ctx, false)?;
-            let store = backends
-                .store
-                .as_ref()
-                .ok_or_else(|| async_graphql::Error::new("no store"))?;
-            let entry = store.get(namespace, &key).map_err(|e| {
+            let ns = backends
+                .namespaces
+                .get(namespace)
+                .ok_or_else(|| async_graphql::Error::new("no such namespace"))?;
+            let entry = ns.read(&key).await.map_err(|e| {
                 tracing::warn!(namespace, error = %e, "graphql: store read failed");
                 async_graphql::Error::new("the store could not be read")
             })?;
@@ -338,6 +359,54 @@ async fn read(
             serde_json::from_slice(&body).map_err(|_| {
                 async_graphql::Error::new(format!("upstream {} sent no JSON", upstream.name))
             })
+        }
+        Source::Function { function } => {
+            let functions = backends
+                .functions
+                .as_ref()
+                .ok_or_else(|| async_graphql::Error::new("no functions"))?;
+            let args: serde_json::Map<String, serde_json::Value> = ctx
+                .args
+                .iter()
+                .filter_map(|(name, v)| {
+                    Some((name.to_string(), v.as_value().clone().into_json().ok()?))
+                })
+                .collect();
+            let body =
+                serde_json::to_vec(&args).map_err(|e| async_graphql::Error::new(e.to_string()))?;
+            let client = data.map_or(std::net::IpAddr::from([127, 0, 0, 1]), |d| d.client);
+            let field = ctx.field().name();
+            let req = Request::post(format!(
+                "/{}",
+                percent_encoding::utf8_percent_encode(field, ARG)
+            ))
+            .header(header::HOST, "graphql")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json")
+            .body(crate::error::full(body))
+            .map_err(|e| async_graphql::Error::new(e.to_string()))?;
+            let resp = functions.handle(function, req, client).await.map_err(|e| {
+                async_graphql::Error::new(format!("function {function}: {:?}", e.kind))
+            })?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Ok(serde_json::Value::Null);
+            }
+            if resp.status() != StatusCode::OK {
+                return Err(async_graphql::Error::new(format!(
+                    "function {function} answered {}",
+                    resp.status().as_u16()
+                )));
+            }
+            let body = crate::body::read_bounded(resp.into_body(), MAX_UPSTREAM_JSON as u64)
+                .await
+                .map_err(|_| {
+                    async_graphql::Error::new(format!(
+                        "function {function}: body unreadable or too large"
+                    ))
+                })?;
+            Ok(serde_json::from_slice(&body).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
+            }))
         }
     }
 }
@@ -392,6 +461,9 @@ impl Graphql {
                 );
             };
             let source = match (&r.kv, &r.key, &r.upstream, &r.path) {
+                _ if r.function.is_some() => Source::Function {
+                    function: r.function.clone().unwrap_or_default(),
+                },
                 (Some(ns), Some(key), _, _) => Source::Kv {
                     namespace: ns.clone(),
                     key: key.clone(),

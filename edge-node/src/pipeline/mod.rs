@@ -147,9 +147,25 @@ impl Pipeline {
         } else {
             Some(retained.store(&config.storage)?)
         };
+        // The KV namespaces, as routes, GraphQL and functions reach them.
+        let mut namespaces = HashMap::new();
+        for k in &config.kv {
+            let store = store.clone().expect("a [[kv]] opened the store");
+            let fleet = match k.backend {
+                crate::kv::Backend::Redis => Some(retained.fleet(k, &store)?),
+                crate::kv::Backend::Local => None,
+            };
+            let ns = crate::kv::Namespace {
+                settings: k.clone(),
+                store,
+                fleet,
+            };
+            namespaces.insert(k.name.clone(), Arc::new(ns));
+        }
         // GraphQL schemas, built once per configuration (a bad schema fails the load).
         let backends = Arc::new(crate::graphql::Backends {
-            store: store.clone(),
+            namespaces: namespaces.clone(),
+            functions: Some(functions.clone()),
             pool: Some(pool.clone()),
             upstreams: upstreams.clone(),
         });
@@ -224,37 +240,25 @@ impl Pipeline {
                     body_read_timeout: config.http.body_read_timeout,
                     metrics: metrics.clone(),
                 }),
-                HandlerSettings::Kv(ns) => {
-                    let store = store.clone().expect("a [[kv]] opened the store");
-                    let namespace = config
-                        .kv
-                        .iter()
-                        .find(|k| &k.name == ns)
+                HandlerSettings::Kv(ns) => Arc::new(KvHandler {
+                    ns: namespaces
+                        .get(ns)
                         .cloned()
-                        .expect("validated: the namespace exists");
-                    let fleet = match namespace.backend {
-                        crate::kv::Backend::Redis => Some(retained.fleet(&namespace, &store)?),
-                        crate::kv::Backend::Local => None,
-                    };
-                    Arc::new(KvHandler {
-                        store,
-                        namespace,
-                        fleet,
-                        path_prefix: r.path_prefix.clone(),
-                        body_read_timeout: config.http.body_read_timeout,
-                        writable: r
-                            .auth
-                            .as_ref()
-                            .is_some_and(|a| a.mode != crate::phases::auth::AuthMode::Off),
-                        fill: (!r.pools().is_empty())
-                            .then(|| crate::handlers::kv::Fill::new(proxy.clone(), r.fill_ttl)),
-                        listable: !r.auth.iter().flat_map(|a| &a.roles).any(|rule| {
-                            crate::target::path_under(&rule.path_prefix, &r.path_prefix)
-                                && rule.path_prefix.trim_end_matches('/')
-                                    != r.path_prefix.trim_end_matches('/')
-                        }),
-                    })
-                }
+                        .expect("validated: the namespace exists"),
+                    path_prefix: r.path_prefix.clone(),
+                    body_read_timeout: config.http.body_read_timeout,
+                    writable: r
+                        .auth
+                        .as_ref()
+                        .is_some_and(|a| a.mode != crate::phases::auth::AuthMode::Off),
+                    fill: (!r.pools().is_empty())
+                        .then(|| crate::handlers::kv::Fill::new(proxy.clone(), r.fill_ttl)),
+                    listable: !r.auth.iter().flat_map(|a| &a.roles).any(|rule| {
+                        crate::target::path_under(&rule.path_prefix, &r.path_prefix)
+                            && rule.path_prefix.trim_end_matches('/')
+                                != r.path_prefix.trim_end_matches('/')
+                    }),
+                }),
                 HandlerSettings::Graphql(name) => Arc::new(GraphqlHandler {
                     graphql: schemas
                         .get(name)
