@@ -617,6 +617,14 @@ fn a_fleet_gives_each_room_one_owner_moves_rooms_to_a_new_node_and_relays_member
         assert_eq!(init_a["state"], json!({"room": i}), "room {room}");
         let (mut on_b, init_b) = join_settled(&b, &room, "dave");
         assert_eq!(init_b["state"], json!({"room": i}), "room {room}");
+        // Known by their tokens wherever the room is (a relayed member's token is
+        // checked again by the owner).
+        for (init, user) in [(&init_a, "carol#"), (&init_b, "dave#")] {
+            assert!(
+                init["you"].as_str().unwrap().starts_with(user),
+                "room {room}: {init}"
+            );
+        }
         let you_a = init_a["you"].as_str().unwrap().to_string();
         assert!(
             init_b["members"]
@@ -652,6 +660,40 @@ fn a_fleet_gives_each_room_one_owner_moves_rooms_to_a_new_node_and_relays_member
         "a room is live on one node only"
     );
     assert_eq!(live_rooms(&b), moved.len() as u64);
+
+    // A join marked as relayed is served by the owner only: a node that does not own
+    // the room refuses it rather than relay it on (no loops, whatever relay_url says).
+    let on_b = moved[0];
+    let addr = a.addr();
+    let stream = TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut req = format!("ws://{addr}/rooms/r{on_b}")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("host", HeaderValue::from_static("rooms.test"));
+    req.headers_mut()
+        .insert("edge-room-relay", HeaderValue::from_static("1"));
+    match tungstenite::client::client(req, stream) {
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
+            assert_eq!(resp.status().as_u16(), 503)
+        }
+        other => panic!("a relayed join at a non-owner: {:?}", other.map(|_| ())),
+    }
+
+    // B stops cleanly: its rooms are stored and closed (members told to reconnect,
+    // the relayed ones included), and A takes them over from the stored states.
+    let (mut b, _db) = (b, _db);
+    b.node.stop();
+    for (i, (on_a, _)) in members.iter_mut().enumerate() {
+        if moved.contains(&i) {
+            assert_eq!(on_a.closed(), Some(CloseCode::Restart), "room r{i}");
+            let (_, init) = join_settled(&a, &format!("r{i}"), "erin");
+            assert_eq!(init["state"], json!({"room": i, "by": "dave"}));
+        }
+    }
 }
 
 #[test]

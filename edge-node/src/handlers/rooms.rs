@@ -108,7 +108,11 @@ impl RoomsHandler {
         } else {
             format!("{host}:{port}")
         };
-        let mut out = relay::request(req, &ctx.host, &authority)
+        let presented = ctx
+            .state
+            .take::<crate::phases::auth::Presented>()
+            .map(|p| p.0);
+        let mut out = relay::request(req, &ctx.host, &authority, presented)
             .map_err(|e| refuse(ErrorKind::BadRequest, e.to_string()))?;
         forwarding::set(ctx, &mut out);
         let upstream = relay::connect(owner, out).await.map_err(|f| match f {

@@ -27,6 +27,10 @@ pub struct AuthPhase {
     pub threat: Arc<ThreatEngine>,
 }
 
+/// The `Authorization` a request to a WebSocket (rooms) route came with, before the
+/// phase removed it.
+pub struct Presented(pub http::HeaderValue);
+
 impl Phase for AuthPhase {
     fn name(&self) -> &'static str {
         "auth"
@@ -54,6 +58,13 @@ impl Phase for AuthPhase {
         Box::pin(async move {
             let path = ctx.match_path(req.uri().path()).to_string();
             let method = req.method().clone();
+            // A room member may be relayed to the node owning its room, which checks
+            // the same token again (`rooms::relay`): the handler gets it back.
+            if ctx.route.as_ref().is_some_and(|r| r.websocket)
+                && let Some(v) = req.headers().get(http::header::AUTHORIZATION)
+            {
+                ctx.state.put(Presented(v.clone()));
+            }
             match auth.check(req.headers_mut(), &path, &method).await {
                 Ok(identity) => {
                     ctx.user = identity.map(|i| i.sub);

@@ -1,39 +1,76 @@
 //! `backend = "redis"`: rooms shared by a fleet, one owner per room, so every room has
 //! one order of messages.
 //!
-//! Each node registers its `relay_url` in Redis: a sorted set scored by the moment
-//! the registration lapses, renewed every third of `node_ttl` by a script that reads
+//! Each node registers its `relay_url` in Redis: a sorted set scored by the moment the
+//! registration lapses, renewed every third of `node_ttl` by a script that reads
 //! Redis' own clock (the nodes' clocks never decide). A room's owner is the live node
 //! with the highest rendezvous score for the room id, so nodes that see the same live
 //! nodes name the same owner, and a node coming or going moves only the rooms it
 //! gains or held. A member connecting to another node is relayed to the owner
-//! (`relay`). A room whose owner changed is stored and closed here; its members
-//! reconnect (close 1012) and reach the new owner, which loads the stored state.
+//! (`relay`); a room whose owner changed is stored and closed here, its members told
+//! to reconnect (close 1012), and the new owner loads the stored state.
 //!
-//! A node that could not renew its registration within `node_ttl` of sending the
-//! last renewal that succeeded owns nothing (it closes its rooms and refuses joins
-//! with 503 until Redis answers again): by then the others no longer count it and
-//! take its rooms over.
+//! Two nodes must never own a room at once. Three rules see to it, and the states
+//! are fenced besides (`Rooms`: a store names the version it loaded, so a node that
+//! lost a room cannot overwrite what the new owner stored):
+//! - **A lease.** A node owns rooms only until `node_ttl - redis_timeout` after it sent
+//!   the last renewal that succeeded; Redis drops it at `node_ttl` after processing
+//!   that renewal, so its rooms are taken over only after it stopped owning them.
+//! - **A newcomer waits.** Every node counts a new node at once (and gives up the
+//!   rooms it gains), but the new node owns nothing until `node_ttl` after its first
+//!   registration: by then every other node has either renewed (and seen it) or lost
+//!   its lease.
+//! - **One process per `relay_url`.** A registration carries a random id; another
+//!   process registering the same URL while it is live is refused.
 
 use std::{
     net::SocketAddr,
-    sync::Mutex,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 use redis::aio::ConnectionManager;
+use tokio::sync::watch;
 
 use super::RoomsSettings;
 
-/// Renews `ARGV[1]` until Redis' now + `ARGV[2]` ms, drops lapsed nodes, and answers
-/// the live ones.
+/// Drops lapsed nodes; renews `ARGV[1]` (registered by process `ARGV[2]`) until Redis'
+/// now + `ARGV[3]` ms; answers Redis' now, then each live node and when it first
+/// registered.
 const RENEW: &str = r#"
+local nodes, ids, since = KEYS[1], KEYS[2], KEYS[3]
+local me, id, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-return redis.call('ZRANGE', KEYS[1], 0, -1)
+for _, n in ipairs(redis.call('ZRANGEBYSCORE', nodes, '-inf', now)) do
+  redis.call('ZREM', nodes, n); redis.call('HDEL', ids, n); redis.call('HDEL', since, n)
+end
+local holder = redis.call('HGET', ids, me)
+if holder and holder ~= id then
+  return redis.error_reply('relay_url ' .. me .. ' is registered by another live process')
+end
+redis.call('HSET', ids, me, id)
+redis.call('HSETNX', since, me, now)
+redis.call('ZADD', nodes, now + ttl, me)
+local out = {tostring(now)}
+for _, n in ipairs(redis.call('ZRANGE', nodes, 0, -1)) do
+  table.insert(out, n)
+  table.insert(out, redis.call('HGET', since, n) or tostring(now))
+end
+return out
+"#;
+
+/// Removes `ARGV[1]` if process `ARGV[2]` registered it.
+const LEAVE: &str = r#"
+if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
+  redis.call('ZREM', KEYS[1], ARGV[1]); redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+end
+return 0
 "#;
 
 /// Where a room lives, as this node sees the fleet now.
@@ -42,28 +79,38 @@ pub enum Placement {
     Here,
     /// Another node: its relay URL.
     Owner(String),
-    /// This node is not known to be registered: it decides nothing.
+    /// This node is not known to be registered (or is new, or stopping): it owns
+    /// nothing and relays nowhere.
     Unknown,
 }
 
 /// This node in the fleet of one `[[rooms]]`.
 pub struct Registry {
     conn: ConnectionManager,
-    key: String,
+    /// The sorted set of live nodes, and the hashes of their process ids and first
+    /// registrations.
+    keys: [String; 3],
     /// This node's relay URL: its name in the fleet.
     me: String,
+    /// This process' registration.
+    id: String,
     ttl: Duration,
     timeout: Duration,
-    script: redis::Script,
+    renew: redis::Script,
+    leave: redis::Script,
     view: Mutex<View>,
+    stopping: AtomicBool,
+    /// Bumped whenever owners may have changed (a renewal, a lease running out, the
+    /// stop): live rooms check where they belong.
+    changed: watch::Sender<u64>,
 }
 
 #[derive(Default)]
 struct View {
-    /// The live nodes, this one included.
+    /// The nodes that may own rooms: the live ones, this one once it has waited.
     nodes: Vec<String>,
-    /// Until when this node is known to be registered.
-    registered_until: Option<Instant>,
+    /// Until when this node owns what `nodes` gives it (its lease).
+    owns_until: Option<Instant>,
 }
 
 impl Registry {
@@ -81,26 +128,56 @@ impl Registry {
         let conn = client
             .get_connection_manager_lazy(config)
             .context("rooms redis")?;
+        let base = format!("{}:{}", s.redis_prefix, s.name);
         Ok(Self {
             conn,
-            key: format!("{}:{}:nodes", s.redis_prefix, s.name),
+            keys: [
+                format!("{base}:nodes"),
+                format!("{base}:node-ids"),
+                format!("{base}:node-since"),
+            ],
             me,
+            id: format!("{:016x}", fastrand::u64(..)),
             ttl: s.node_ttl,
             timeout: s.redis_timeout,
-            script: redis::Script::new(RENEW),
+            renew: redis::Script::new(RENEW),
+            leave: redis::Script::new(LEAVE),
             view: Mutex::default(),
+            stopping: AtomicBool::new(false),
+            changed: watch::Sender::new(0),
         })
     }
 
-    /// How often `renew` runs.
-    pub fn renew_every(&self) -> Duration {
-        self.ttl / 3
+    /// How long until the next renewal: a third of `node_ttl`, sooner after a failure.
+    pub fn renew_every(&self, failed: bool) -> Duration {
+        if failed {
+            (self.ttl / 10).min(Duration::from_millis(250))
+        } else {
+            self.ttl / 3
+        }
+    }
+
+    /// Told when owners may have changed.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Tells the live rooms to check where they belong.
+    pub fn notify(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 
     /// Where room `id` lives.
     pub fn placement(&self, id: &str) -> Placement {
+        if self.stopping() {
+            return Placement::Unknown;
+        }
         let view = crate::sync::lock(&self.view);
-        if view.registered_until.is_none_or(|t| Instant::now() >= t) {
+        if view.owns_until.is_none_or(|t| Instant::now() >= t) {
             return Placement::Unknown;
         }
         match owner(&view.nodes, id) {
@@ -111,31 +188,56 @@ impl Registry {
     }
 
     /// Renews this node's registration and reads who else is live. A failure leaves
-    /// the view as it was; it lapses `node_ttl` after the last renewal sent that
-    /// succeeded.
+    /// the view as it was (the lease runs out on its own).
     pub async fn renew(&self) -> Result<()> {
+        if self.stopping() {
+            return Ok(());
+        }
         let sent = Instant::now();
         let mut conn = self.conn.clone();
-        let mut call = self.script.prepare_invoke();
-        call.key(&self.key)
-            .arg(&self.me)
+        let mut call = self.renew.prepare_invoke();
+        for k in &self.keys {
+            call.key(k);
+        }
+        call.arg(&self.me)
+            .arg(&self.id)
             .arg(self.ttl.as_millis() as u64);
-        let nodes: Vec<String> = tokio::time::timeout(self.timeout, call.invoke_async(&mut conn))
+        let answer: Vec<String> = tokio::time::timeout(self.timeout, call.invoke_async(&mut conn))
             .await
             .map_err(|_| anyhow::anyhow!("no answer within {:?}", self.timeout))??;
+        let now: u64 = answer.first().and_then(|n| n.parse().ok()).unwrap_or(0);
+        let wait = self.ttl.as_millis() as u64;
+        let nodes: Vec<String> = answer[1.min(answer.len())..]
+            .chunks(2)
+            .filter_map(|pair| {
+                let (node, since) = (pair.first()?, pair.get(1)?.parse::<u64>().ok()?);
+                // Everyone counts a newcomer at once; it counts itself after waiting.
+                (node != &self.me || now.saturating_sub(since) >= wait).then(|| node.clone())
+            })
+            .collect();
         let mut view = crate::sync::lock(&self.view);
         view.nodes = nodes;
-        view.registered_until = Some(sent + self.ttl);
+        view.owns_until = Some(sent + self.ttl.saturating_sub(self.timeout));
         Ok(())
     }
 
-    /// Leaves the fleet now (a clean stop): the others take the rooms over at once.
+    /// Stops owning rooms (a clean stop): `placement` is `Unknown` from now on and
+    /// renewals end; `leave` then takes the registration out of Redis.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.notify();
+    }
+
+    /// Leaves the fleet now: the others take the rooms over without waiting for the
+    /// registration to lapse.
     pub async fn leave(&self) {
-        crate::sync::lock(&self.view).registered_until = None;
         let mut conn = self.conn.clone();
-        let mut zrem = redis::cmd("ZREM");
-        zrem.arg(&self.key).arg(&self.me);
-        let _ = tokio::time::timeout(self.timeout, zrem.query_async::<()>(&mut conn)).await;
+        let mut call = self.leave.prepare_invoke();
+        for k in &self.keys {
+            call.key(k);
+        }
+        call.arg(&self.me).arg(&self.id);
+        let _ = tokio::time::timeout(self.timeout, call.invoke_async::<i64>(&mut conn)).await;
     }
 }
 

@@ -174,9 +174,11 @@ impl RoomsSettings {
                 {
                     bail!("rooms {n}: node_ttl must be 300ms to 60s");
                 }
-                if self.redis_timeout.is_zero() || self.redis_timeout * 3 > self.node_ttl {
+                // The lease is node_ttl - redis_timeout, renewed every third of node_ttl:
+                // a renewal may fail once and the node still owns its rooms.
+                if self.redis_timeout.is_zero() || self.redis_timeout * 4 > self.node_ttl {
                     bail!(
-                        "rooms {n}: redis_timeout must be above 0 and at most a third of node_ttl"
+                        "rooms {n}: redis_timeout must be above 0 and at most a quarter of node_ttl"
                     );
                 }
             }
@@ -241,8 +243,6 @@ pub enum Event {
     },
     /// Store what is not stored yet, then answer (at shutdown).
     Flush(oneshot::Sender<()>),
-    /// The fleet may have moved the room: if it is no longer here, store and close it.
-    Recheck,
 }
 
 /// One `[[rooms]]` on this node: its live rooms by id.
@@ -292,8 +292,8 @@ impl Rooms {
     }
 
     /// Joins the fleet (`backend = "redis"`; once): registers this node, renews the
-    /// registration and moves rooms whose owner changed, for as long as the rooms
-    /// are in use; then leaves it.
+    /// registration and tells the rooms when owners may have changed, for as long as
+    /// the rooms are in use and the node is not stopping; then leaves it.
     pub fn start(self: &Arc<Self>) {
         let Some((registry, _)) = &self.fleet else {
             return;
@@ -302,20 +302,20 @@ impl Rooms {
         let name = self.settings.name.clone();
         self.fleet_started.call_once(|| {
             tokio::spawn(async move {
-                loop {
-                    if rooms.strong_count() == 0 {
-                        break;
-                    }
-                    if let Err(e) = registry.renew().await {
+                while rooms.strong_count() > 0 && !registry.stopping() {
+                    let renewed = registry.renew().await;
+                    if let Err(e) = &renewed {
                         warn!(rooms = %name, error = %e, "fleet registration not renewed");
                     }
-                    let Some(r) = rooms.upgrade() else { break };
-                    r.recheck();
-                    drop(r);
-                    tokio::time::sleep(registry.renew_every()).await;
+                    // Also after a failure: a lease that ran out closes the rooms.
+                    registry.notify();
+                    tokio::time::sleep(registry.renew_every(renewed.is_err())).await;
                 }
-                // A reload removed these rooms: the others take them over now.
-                registry.leave().await;
+                // Removed by a reload: the others take the rooms over now. (A stop
+                // leaves in `flush`, once the rooms are stored.)
+                if !registry.stopping() {
+                    registry.leave().await;
+                }
             });
         });
     }
@@ -329,19 +329,6 @@ impl Rooms {
         }
     }
 
-    /// Asks every live room that may have moved to check (each closes if it did).
-    fn recheck(&self) {
-        let live: Vec<(String, mpsc::Sender<Event>)> = crate::sync::lock(&self.live)
-            .iter()
-            .map(|(id, tx)| (id.clone(), tx.clone()))
-            .collect();
-        for (id, room) in live {
-            if self.placement(&id) != Placement::Here {
-                let _ = room.try_send(Event::Recheck);
-            }
-        }
-    }
-
     /// The stored state of room `id` (`None`: never stored).
     async fn load_state(&self, id: &str) -> Result<Option<Entry>, WriteError> {
         let ns = self.settings.namespace();
@@ -351,6 +338,7 @@ impl Rooms {
         }
     }
 
+    /// Stores a state (fenced by the write's condition).
     async fn store_state(&self, write: Write) -> Result<Written, WriteError> {
         match &self.fleet {
             Some((_, states)) => states.write(&write).await,
@@ -365,10 +353,17 @@ impl Rooms {
     /// Stores every live room's state that is not stored yet (write-behind), each
     /// within `wait`.
     pub async fn flush(&self, wait: Duration) {
-        // Out of the fleet first: the other nodes take the rooms over from the states
-        // stored now.
+        // A fleet's rooms close here (each stored first, members told to reconnect),
+        // then the node leaves the registry: the others take the rooms over from the
+        // stored states at once.
         if let Some((registry, _)) = &self.fleet {
+            registry.stop();
+            let deadline = tokio::time::Instant::now() + wait;
+            while self.live_rooms() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             registry.leave().await;
+            return;
         }
         let rooms: Vec<mpsc::Sender<Event>> =
             crate::sync::lock(&self.live).values().cloned().collect();
@@ -431,6 +426,7 @@ impl Rooms {
     /// The life of room `id`: load, serve events in order, leave memory when idle
     /// (or when the fleet moved it).
     async fn run(self: Arc<Self>, id: String, mut events: mpsc::Receiver<Event>) {
+        let mut changes = self.fleet.as_ref().map(|(r, _)| r.changes());
         let mut room = match Room::load(&self, &id).await {
             Ok(r) => r,
             Err(e) => {
@@ -446,20 +442,32 @@ impl Rooms {
             let idle = room.members.is_empty();
             let flush_at = room.flush_at;
             tokio::select! {
+                biased;
+                // The fleet first: a room no longer here serves nothing more.
+                Ok(()) = changed(&mut changes) => {
+                    if self.placement(&id) != Placement::Here {
+                        // Out of the registry first: a join now is relayed to (or
+                        // waits for) the new owner, which loads what is stored here.
+                        crate::sync::lock(&self.live).remove(&id);
+                        debug!(room = %id, "the room is no longer this node's");
+                        break;
+                    }
+                }
                 event = events.recv() => match event {
-                    Some(Event::Recheck) => {
-                        if self.placement(&id) != Placement::Here {
-                            // Out of the registry first: a join now is relayed to (or
-                            // waits for) the new owner, which loads what is stored here.
+                    Some(e) => {
+                        if room.handle(&self, e).await == Go::Close {
                             crate::sync::lock(&self.live).remove(&id);
-                            debug!(room = %id, "the fleet moved the room");
                             break;
                         }
                     }
-                    Some(e) => room.handle(&self, e).await,
                     None => break,
                 },
-                () = sleep_until(flush_at), if flush_at.is_some() => room.persist(&self).await,
+                () = sleep_until(flush_at), if flush_at.is_some() => {
+                    if room.persist(&self).await == Go::Close {
+                        crate::sync::lock(&self.live).remove(&id);
+                        break;
+                    }
+                }
                 () = tokio::time::sleep(self.settings.idle_after), if idle => {
                     // Stored before the room leaves the registry: a join after that
                     // loads this state, not an older one.
@@ -490,6 +498,22 @@ impl Rooms {
     }
 }
 
+/// The next change of the fleet's owners (never, without a fleet).
+async fn changed(changes: &mut Option<tokio::sync::watch::Receiver<u64>>) -> Result<(), ()> {
+    match changes {
+        Some(c) => c.changed().await.map_err(|_| ()),
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether a room goes on after an event, or closes here (another node owns it now,
+/// or its state could not be stored with certainty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Go {
+    On,
+    Close,
+}
+
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(t) => tokio::time::sleep_until(t).await,
@@ -510,6 +534,9 @@ struct Room {
     members: Vec<Member>,
     state: Option<Box<RawValue>>,
     seq: u64,
+    /// The stored state's version (`None`: nothing stored): a store names it, so a
+    /// node that lost the room cannot overwrite what the new owner stored.
+    version: Option<u64>,
     /// When the unstored state is due to be stored (write-behind).
     flush_at: Option<tokio::time::Instant>,
     members_gauge: Gauge,
@@ -522,6 +549,7 @@ fn json_string(s: &str) -> String {
 impl Room {
     async fn load(rooms: &Rooms, id: &str) -> Result<Self, WriteError> {
         let stored = rooms.load_state(id).await?;
+        let version = stored.as_ref().map(|e| e.version);
         let (state, seq) = stored
             .and_then(|e| {
                 let seq = e.metadata.as_deref()?.parse().ok()?;
@@ -534,12 +562,13 @@ impl Room {
             members: Vec::new(),
             state,
             seq,
+            version,
             flush_at: None,
             members_gauge: rooms.members_gauge.clone(),
         })
     }
 
-    async fn handle(&mut self, rooms: &Rooms, event: Event) {
+    async fn handle(&mut self, rooms: &Rooms, event: Event) -> Go {
         match event {
             Event::Join {
                 member,
@@ -549,7 +578,7 @@ impl Room {
             } => {
                 if self.members.len() >= rooms.settings.max_members {
                     let _ = reply.send(Err(Refused::RoomFull));
-                    return;
+                    return Go::On;
                 }
                 let names: Vec<&str> = self.members.iter().map(|m| m.id.as_str()).collect();
                 let init = format!(
@@ -579,29 +608,41 @@ impl Room {
             }
             Event::Leave { member } => self.remove(&member),
             Event::Flush(done) => {
-                if self.flush_at.is_some() {
-                    self.persist(rooms).await;
-                }
+                let go = if self.flush_at.is_some() {
+                    self.persist(rooms).await
+                } else {
+                    Go::On
+                };
                 let _ = done.send(());
+                return go;
             }
-            Event::Recheck => {}
             Event::Update { member, state } => {
                 if !self.members.iter().any(|m| m.id == member) {
-                    return;
+                    return Go::On;
+                }
+                // Acknowledged only while the room is surely this node's.
+                if rooms.placement(&self.id) != Placement::Here {
+                    return Go::Close;
                 }
                 let before = self.state.replace(state);
                 self.seq += 1;
                 if rooms.settings.persist_window.is_zero() {
                     if let Err(e) = self.store(rooms).await {
-                        // Not stored: not applied, and nobody else sees it.
                         warn!(room = %self.id, error = %e, "room state not stored");
+                        // Another node stored since (the room moved), or a fleet's
+                        // Redis did not answer (the write may still land): this room
+                        // is not the truth any more; its members reconnect to it.
+                        if rooms.fleet.is_some() || e == WriteError::PreconditionFailed {
+                            return Go::Close;
+                        }
+                        // Not stored: not applied, and nobody else sees it.
                         self.state = before;
                         self.seq -= 1;
                         self.send_to(
                             &member,
                             "{\"type\":\"error\",\"error\":\"not_stored\"}".into(),
                         );
-                        return;
+                        return Go::On;
                     }
                 } else if self.flush_at.is_none() {
                     self.flush_at =
@@ -623,7 +664,7 @@ impl Room {
             }
             Event::Message { member, data } => {
                 if !self.members.iter().any(|m| m.id == member) {
-                    return;
+                    return Go::On;
                 }
                 self.seq += 1;
                 let msg = format!(
@@ -635,18 +676,30 @@ impl Room {
                 self.send_others(&member, msg.into());
             }
         }
+        Go::On
     }
 
-    /// Stores the state now (write-behind flush, or every update when synchronous).
-    async fn persist(&mut self, rooms: &Rooms) {
+    /// Stores the written-behind state now; a failure is retried, but a state another
+    /// node stored since closes the room.
+    async fn persist(&mut self, rooms: &Rooms) -> Go {
         self.flush_at = None;
-        if let Err(e) = self.store(rooms).await {
-            warn!(room = %self.id, error = %e, "room state not stored; retrying");
-            self.flush_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+        match self.store(rooms).await {
+            Ok(()) => Go::On,
+            Err(WriteError::PreconditionFailed) => {
+                warn!(room = %self.id, "another node stored the room's state: closing it here");
+                Go::Close
+            }
+            Err(e) => {
+                warn!(room = %self.id, error = %e, "room state not stored; retrying");
+                self.flush_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                Go::On
+            }
         }
     }
 
-    async fn store(&self, rooms: &Rooms) -> Result<(), WriteError> {
+    /// Stores the state if the stored one is still the version this room loaded or
+    /// last wrote.
+    async fn store(&mut self, rooms: &Rooms) -> Result<(), WriteError> {
         let Some(state) = &self.state else {
             return Ok(());
         };
@@ -664,7 +717,10 @@ impl Room {
                     version: 0,
                     written_at: now,
                 },
-                condition: Condition::Always,
+                condition: match self.version {
+                    Some(v) => Condition::Version(v),
+                    None => Condition::Absent,
+                },
                 quota: Quota {
                     max_keys: s.max_stored_rooms,
                     max_bytes: s
@@ -673,7 +729,11 @@ impl Room {
                 },
             })
             .await
-            .map(|_| ())
+            .map(|written| {
+                if let Written::Created { version } | Written::Replaced { version } = written {
+                    self.version = Some(version);
+                }
+            })
     }
 
     fn send_to(&mut self, member: &str, text: Utf8Bytes) {

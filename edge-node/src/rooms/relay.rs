@@ -23,9 +23,10 @@ use tokio_tungstenite::{
 use tracing::debug;
 
 /// Marks a join relayed by another node of the fleet: served by the owner, refused
-/// (503) by any other node, never relayed again. A client sending it only gets itself
-/// refused by non-owners.
-pub const RELAYED: HeaderName = HeaderName::from_static("x-edge-room-relay");
+/// (503) by any other node, never relayed again (so a `relay_url` that leads back to a
+/// non-owner costs one hop, not a loop). It grants nothing: a client sending it only
+/// gets itself refused by non-owners. (Not `x-edge-…`: the early phase removes those.)
+pub const RELAYED: HeaderName = HeaderName::from_static("edge-room-relay");
 
 /// What a member's request carries on to the owner (credentials and what identifies
 /// the client to the route's phases); the forwarding headers are set by
@@ -41,6 +42,9 @@ const CARRIED: [HeaderName; 4] = [
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// As for a member served here (`member`).
 const PING_EVERY: Duration = Duration::from_secs(30);
+/// The owner is pinged more often: one that died without closing (power, partition)
+/// must not leave the member waiting on a silent socket.
+const OWNER_PING_EVERY: Duration = Duration::from_secs(5);
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the owner did not take the relayed member.
@@ -53,11 +57,13 @@ pub enum Failed {
 }
 
 /// The opening request to the owner at `owner_addr`: `host`, `path_and_query` and
-/// the carried headers of the member's request `from`.
+/// the carried headers of the member's request `from`, and the `Authorization` it
+/// was verified with here (the auth phase removed it from `from`).
 pub fn request<B>(
     from: &Request<B>,
     host: &str,
     owner_addr: &str,
+    authorization: Option<HeaderValue>,
 ) -> Result<Request<()>, http::Error> {
     let path = from
         .uri()
@@ -79,6 +85,9 @@ pub fn request<B>(
         for v in from.headers().get_all(&name) {
             req.headers_mut().append(name.clone(), v.clone());
         }
+    }
+    if let Some(v) = authorization {
+        req.headers_mut().insert(header::AUTHORIZATION, v);
     }
     Ok(req)
 }
@@ -116,10 +125,16 @@ where
 {
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.reset();
+    let mut ping_owner = tokio::time::interval(OWNER_PING_EVERY);
+    ping_owner.reset();
     let mut heard = tokio::time::Instant::now();
+    let mut owner_heard = heard;
+    let gone = || close(CloseCode::Restart, "room owner gone; reconnect");
     let (to_member, to_owner): (Option<CloseFrame>, Option<CloseFrame>) = loop {
         tokio::select! {
-            msg = owner.next() => match msg {
+            msg = owner.next() => {
+                owner_heard = tokio::time::Instant::now();
+                match msg {
                 Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
                     let sent = tokio::time::timeout(SEND_TIMEOUT, member.send(m)).await;
                     if !matches!(sent, Ok(Ok(()))) {
@@ -131,17 +146,27 @@ where
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
                     debug!(error = %e, "relayed room's owner connection ended");
-                    break (Some(close(CloseCode::Restart, "room owner gone; reconnect")), None);
+                    break (Some(gone()), None);
                 }
-                None => break (Some(close(CloseCode::Restart, "room owner gone; reconnect")), None),
+                None => break (Some(gone()), None),
+                }
             },
+            _ = ping_owner.tick() => {
+                if owner_heard.elapsed() > 3 * OWNER_PING_EVERY {
+                    break (Some(gone()), Some(close(CloseCode::Away, "no answer to pings")));
+                }
+                let sent = tokio::time::timeout(SEND_TIMEOUT, owner.send(Message::Ping(Default::default()))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    break (Some(gone()), None);
+                }
+            }
             msg = member.next() => {
                 heard = tokio::time::Instant::now();
                 match msg {
                     Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
                         let sent = tokio::time::timeout(SEND_TIMEOUT, owner.send(m)).await;
                         if !matches!(sent, Ok(Ok(()))) {
-                            break (Some(close(CloseCode::Restart, "room owner gone; reconnect")), None);
+                            break (Some(gone()), None);
                         }
                     }
                     Some(Ok(Message::Close(frame))) => break (None, frame.or(Some(close(CloseCode::Normal, "")))),
