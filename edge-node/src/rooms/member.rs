@@ -35,10 +35,16 @@ struct Incoming<'a> {
     data: Option<&'a RawValue>,
 }
 
+/// Bytes a member's connection reads at once. tungstenite's default (128 KiB, zeroed
+/// on the first read) was most of the ~150 KiB a member cost; messages are small and
+/// a larger one still arrives, over more reads.
+pub const READ_BUFFER: usize = 8 << 10;
+
 /// The framing limits of a member's connection.
 pub fn config(rooms: &Rooms) -> WebSocketConfig {
     let max = rooms.settings.max_message_bytes;
     WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
 }

@@ -105,7 +105,9 @@ pub async fn connect(
             .await
             .map_err(|e| Failed::Unreachable(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
-        match tokio_tungstenite::client_async(req, tcp).await {
+        let config = tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(super::member::READ_BUFFER);
+        match tokio_tungstenite::client_async_with_config(req, tcp, Some(config)).await {
             Ok((ws, _)) => Ok(ws),
             Err(tungstenite::Error::Http(resp)) => Err(Failed::Refused(resp.status())),
             Err(e) => Err(Failed::Unreachable(e.to_string())),
