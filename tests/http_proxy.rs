@@ -773,9 +773,11 @@ fn check_config(text: &str) -> (bool, String) {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("edge.toml");
     std::fs::write(&file, text).unwrap();
+    // As on many build hosts: the operator must still see the message alone.
     let out = std::process::Command::new(edge_tests::edge_node_bin())
         .args(["check", "-c"])
         .arg(&file)
+        .env("RUST_BACKTRACE", "1")
         .output()
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
@@ -927,6 +929,23 @@ burst = 5
             "user_header = \"host\"",
             "user_header",
         ),
+        // Nonsense that used to pass: scores that never decay (a division by zero), a
+        // weight that lowers a score, HTTP/2 unable to open a single stream.
+        (
+            "half_life = \"2m\"",
+            "half_life = \"0s\"",
+            "line 20: [threat]: threat.half_life",
+        ),
+        (
+            "half_life = \"2m\"",
+            "half_life = \"2m\"\n[threat.weights]\nauth_failure = -5.0",
+            "line 22: [threat]: threat.weights.auth_failure",
+        ),
+        (
+            "max_headers = 100",
+            "max_headers = 100\nmax_concurrent_streams = 0",
+            "line 10: [http]: http.max_concurrent_streams",
+        ),
     ];
     for (from, to, key) in cases {
         assert!(base.contains(from), "{from}");
@@ -935,6 +954,10 @@ burst = 5
         assert!(
             err.contains(key),
             "`{to}`: the error does not name {key}: {err}"
+        );
+        assert!(
+            err.starts_with("Error: ") && !err.to_lowercase().contains("backtrace"),
+            "`{to}`: the message alone: {err}"
         );
     }
 }

@@ -128,5 +128,10 @@ fn the_embedded_default_serves_the_demo_page_with_zero_setup() {
     assert!(other.starts_with("HTTP/1.1 421"), "{other}");
     // No admin token in the default: no admin API.
     assert!(node.log().contains("admin API off"), "{}", node.log());
+    // No interfaces in the default: XDP unused by design, said calmly, not as an error
+    // a newcomer reads as a failed start.
+    let log = node.log();
+    assert!(log.contains("INFO edge_node::xdp: XDP not in use"), "{log}");
+    assert!(!log.contains("ERROR") && !log.contains("XDP NOT ACTIVE"), "{log}");
     node.stop();
 }

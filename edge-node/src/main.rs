@@ -36,7 +36,20 @@ enum Command {
     Xdp(XdpArgs),
 }
 
-fn main() -> Result<()> {
+/// Errors end the process with their message alone (and its causes on one line):
+/// returned from `main`, anyhow would print a stack trace whenever RUST_BACKTRACE is
+/// set, as it often is on build hosts.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     let (config, source) = Config::load(cli.config.as_deref())?;
     match cli.command.unwrap_or(Command::Run) {

@@ -193,10 +193,14 @@ impl Config {
         };
         config.complete();
         if let Err(e) = config.validate() {
-            // Point at the table the value is in.
+            // Point at the key when it is written, else at the table the value is in.
             let line = e
                 .downcast_ref::<Table>()
-                .and_then(|t| t.line_in(text))
+                .and_then(|t| {
+                    let table = t.line_in(text)?;
+                    let key = key_line(text, t.name, table, &e.root_cause().to_string());
+                    Some(key.unwrap_or(table))
+                })
                 .map_or_else(String::new, |l| format!(" line {l}:"));
             bail!("{source}:{line} {e:#}");
         }
@@ -404,6 +408,35 @@ impl Config {
     }
 }
 
+/// The line (1-based) of the key a validation message starts with (`http.max_body_bytes
+/// …`, `threat.weights.auth_failure = …`, `rate.quic_ports …`), written in table `top`
+/// (whose header is on line `table`) or its sub-tables: the first `<last segment> =`
+/// before the header of another table.
+fn key_line(text: &str, top: &str, table: usize, message: &str) -> Option<usize> {
+    let key = message.split_whitespace().next()?;
+    let (_, leaf) = key.rsplit_once('.')?;
+    if leaf.is_empty() || !leaf.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return None;
+    }
+    for (n, line) in text.lines().enumerate().skip(table) {
+        let line = line.trim_start();
+        if let Some(header) = line.strip_prefix('[') {
+            let name = header.trim_start_matches('[').split(']').next()?.trim();
+            if name != top && !name.starts_with(&format!("{top}.")) {
+                return None;
+            }
+            continue;
+        }
+        if line
+            .strip_prefix(leaf)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return Some(n + 1);
+        }
+    }
+    None
+}
+
 /// The table a validation error is about: the `index`-th `[[name]]`, or `[name]`.
 #[derive(Debug)]
 struct Table {
@@ -536,9 +569,49 @@ mod tests {
         let text = "[admin]\nlisten = \"127.0.0.1:0\"\n\n[xdp]\nmode = \"auto\"\n\n[xdp.rate]\nquic_ports = [1,2,3,4,5,6,7,8,9]\n";
         let msg = format!("{:#}", Config::parse(text, &Source::Embedded).unwrap_err());
         assert!(
-            msg.contains("line 4:") && msg.contains("quic_ports"),
-            "{msg}"
+            msg.contains("line 8:") && msg.contains("quic_ports"),
+            "the key's own line: {msg}"
         );
+    }
+
+    #[test]
+    fn nonsense_values_name_their_key_and_line() {
+        for (text, key, line) in [
+            (
+                "[threat]
+enabled = true
+half_life = \"0s\"
+",
+                "threat.half_life",
+                3,
+            ),
+            (
+                "[threat]
+half_life = \"60s\"
+
+[threat.weights]
+rate_limited = 1.0
+auth_failure = -5.0
+",
+                "threat.weights.auth_failure",
+                6,
+            ),
+            (
+                "[log]
+level = \"info\"
+[http]
+max_concurrent_streams = 0
+",
+                "http.max_concurrent_streams",
+                4,
+            ),
+        ] {
+            let msg = format!("{:#}", Config::parse(text, &Source::Embedded).unwrap_err());
+            assert!(
+                msg.contains(&format!("line {line}:")) && msg.contains(key),
+                "{msg}"
+            );
+        }
     }
 }
 

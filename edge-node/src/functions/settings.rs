@@ -300,7 +300,7 @@ mod tests {
         let text = "[functions]\nmax_total_instances = 0\n";
         let msg = format!("{:#}", Config::parse(text, &Source::Embedded).unwrap_err());
         assert!(
-            msg.contains("line 1:") && msg.contains("max_total_instances"),
+            msg.contains("line 2:") && msg.contains("max_total_instances"),
             "{msg}"
         );
         let c = Config::parse("", &Source::Embedded).unwrap();

@@ -167,6 +167,10 @@ impl ThreatSettings {
                 bail!("{key} = {v} must be a finite number, 0 or more");
             }
         }
+        // Scores decay by 2^(-elapsed / half_life): zero would divide by zero.
+        if self.half_life.is_zero() {
+            bail!("threat.half_life must be above 0 (e.g. \"120s\")");
+        }
         if self.max_tracked == 0 {
             bail!("threat.max_tracked must be at least 1");
         }

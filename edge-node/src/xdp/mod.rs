@@ -120,6 +120,11 @@ impl XdpHandle {
         }
         match &enforcement {
             Enforcement::Kernel => info!("source policy enforced in the kernel (XDP)"),
+            // Nothing asked for: the embedded default and nodes that filter elsewhere.
+            Enforcement::Userspace { .. } if settings.interfaces.is_empty() => info!(
+                "XDP not in use (no xdp.interfaces configured): the source policy is \
+                 enforced in userspace; name interfaces to filter at the NIC"
+            ),
             Enforcement::Userspace { reason } => error!(
                 %reason,
                 "XDP NOT ACTIVE: packets are not filtered at the NIC; edge-node enforces the source policy in userspace"
