@@ -132,6 +132,9 @@ fn the_embedded_default_serves_the_demo_page_with_zero_setup() {
     // a newcomer reads as a failed start.
     let log = node.log();
     assert!(log.contains("INFO edge_node::xdp: XDP not in use"), "{log}");
-    assert!(!log.contains("ERROR") && !log.contains("XDP NOT ACTIVE"), "{log}");
+    assert!(
+        !log.contains("ERROR") && !log.contains("XDP NOT ACTIVE"),
+        "{log}"
+    );
     node.stop();
 }

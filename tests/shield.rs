@@ -508,3 +508,97 @@ fn ipv6_clients_rotating_within_their_prefix_share_one_rate_limit() {
     assert_eq!(statuses, [200, 200, 429, 429, 429]);
     assert_eq!(via("2001:db8:1:3::1"), 200);
 }
+
+/// `http://` requests over fresh connections from `src` to `to` (inside `ns`): how many
+/// were answered 200 (a refused connection is closed unread).
+fn answered_from(ns: &edge_tests::netns::Netns, src: &str, to: &str, n: usize) -> usize {
+    use std::io::{Read, Write};
+    let to: std::net::SocketAddr = to.parse().unwrap();
+    ns.enter(|| {
+        (0..n)
+            .filter(|_| {
+                let Ok(mut s) =
+                    edge_tests::connect_from(src, to, std::time::Duration::from_secs(5))
+                else {
+                    return false;
+                };
+                s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                    .unwrap();
+                let _ =
+                    s.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n");
+                let mut head = [0u8; 12];
+                s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
+            })
+            .count()
+    })
+}
+
+/// The per-source SYN budget where XDP does not enforce it (here: off): connections
+/// over it are refused at accept, counted by reason and logged (once a second, naming
+/// the source and the setting), and loopback, which XDP never sees, is not budgeted.
+#[test]
+fn connections_over_the_syn_budget_are_counted_and_logged_and_loopback_is_not_budgeted() {
+    if !edge_tests::privileged("connections_over_the_syn_budget_are_counted_and_logged") {
+        return;
+    }
+    let ns = edge_tests::netns::Netns::new("edge-syn");
+    ns.exec(&["ip", "addr", "add", "10.77.0.1/32", "dev", "lo"]);
+    let token = "syn-budget-token-0123456789";
+    let mut node = edge_tests::node::Node::start(
+        &format!(
+            "[xdp]\nmode = \"off\"\n[xdp.rate]\nsyn_per_sec = 1\nsyn_burst = 3\n\
+             [http]\nlisten = [\"0.0.0.0:8080\"]\n\
+             [admin]\nlisten = \"127.0.0.1:9901\"\ntoken = \"{token}\"\n\
+             [[route]]\nhosts = [\"app.test\"]\nhandler = \"demo\"\n"
+        ),
+        Some(&ns),
+    );
+    assert!(
+        node.wait_running(std::time::Duration::from_secs(20)),
+        "{}",
+        node.log()
+    );
+    // Loopback: every connection served, however many.
+    assert_eq!(
+        answered_from(&ns, "127.0.0.1", "127.0.0.1:8080", 12),
+        12,
+        "{}",
+        node.log()
+    );
+    // Another source: its burst, then refusals.
+    let served = answered_from(&ns, "10.77.0.1", "10.77.0.1:8080", 12);
+    assert!(
+        (3..12).contains(&served),
+        "served {served} of 12\n{}",
+        node.log()
+    );
+    let refused = 12 - served;
+    let metrics = ns.exec(&[
+        "curl",
+        "-s",
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        "http://127.0.0.1:9901/metrics",
+    ]);
+    let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    assert!(
+        metrics.contains(&format!(
+            "edge_connections_refused_total{{reason=\"syn_rate\"}} {refused}"
+        )),
+        "{metrics}"
+    );
+    let log = node.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("connection refused at accept"))
+        .collect();
+    assert!(!lines.is_empty() && lines.len() < refused.max(2), "{log}");
+    assert!(
+        lines[0].contains("WARN")
+            && lines[0].contains("source=10.77.0.1")
+            && lines[0].contains("xdp.rate.syn_per_sec"),
+        "{}",
+        lines[0]
+    );
+    node.stop();
+}

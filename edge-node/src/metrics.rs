@@ -53,6 +53,11 @@ pub struct FunctionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RoomsLabels {
     pub rooms: String,
 }
@@ -156,6 +161,8 @@ pub struct Metrics {
     servers: health::Registry,
     /// Connections closed at accept because `http.max_connections` were open.
     connections_shed: Counter,
+    /// Connections closed at accept by the source policy, by reason.
+    connections_refused: Family<ReasonLabels, Counter>,
     /// WebAssembly function calls by function, role and outcome, and their time to a
     /// response head.
     function_calls: Family<FunctionLabels, Counter>,
@@ -201,6 +208,13 @@ impl Metrics {
             "Connections closed at accept because http.max_connections were open",
             connections_shed.clone(),
         );
+        let connections_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "edge_connections_refused",
+            "Connections closed at accept by the source policy (userspace enforcement: XDP \
+             not attached), by reason: syn_rate, blocked, threat",
+            connections_refused.clone(),
+        );
         let function_calls = Family::<FunctionLabels, Counter>::default();
         registry.register(
             "edge_function_calls",
@@ -242,6 +256,7 @@ impl Metrics {
             intent,
             servers,
             connections_shed,
+            connections_refused,
             function_calls,
             function_time,
             rooms_live,
@@ -352,6 +367,12 @@ impl Metrics {
 
     pub fn connection_shed(&self) {
         self.connections_shed.inc();
+    }
+
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn intent(&self, outcome: &'static str) {

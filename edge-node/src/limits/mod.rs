@@ -40,6 +40,41 @@ fn params(per_second: f64, burst: u64) -> BucketParams {
     }
 }
 
+/// At most one log line per period however often something happens (a flood must not
+/// become a flood of log lines), telling how many were left out since.
+pub struct LogEvery {
+    period_ns: u64,
+    next_ns: std::sync::atomic::AtomicU64,
+    left_out: std::sync::atomic::AtomicU64,
+}
+
+impl LogEvery {
+    pub const fn new(period_ns: u64) -> Self {
+        Self {
+            period_ns,
+            next_ns: std::sync::atomic::AtomicU64::new(0),
+            left_out: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(how many were left out since the last line)` when a line is due.
+    pub fn admit(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = crate::clock::now_ns();
+        let next = self.next_ns.load(Relaxed);
+        if now >= next
+            && self
+                .next_ns
+                .compare_exchange(next, now + self.period_ns, Relaxed, Relaxed)
+                .is_ok()
+        {
+            return Some(self.left_out.swap(0, Relaxed));
+        }
+        self.left_out.fetch_add(1, Relaxed);
+        None
+    }
+}
+
 /// One bucket with one owner (a WebSocket member's messages): no sharing, no map.
 pub struct Bucket {
     params: BucketParams,

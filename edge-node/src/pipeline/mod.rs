@@ -434,19 +434,36 @@ impl Pipeline {
     }
 
     /// Whether a new connection from `ip` may proceed: the source policy when userspace
-    /// enforces it (XDP not active), and the threat score's drop standing.
+    /// enforces it (XDP not active), and the threat score's drop standing. A refusal is
+    /// counted (`edge_connections_refused`) and logged at warn, at most once a second
+    /// with how many more there were, naming the setting that refused it.
     pub fn admit_connection(&self, ip: std::net::IpAddr) -> bool {
         // Runs inline in the accept loops: a panic here costs one connection, never the
         // listener.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.admit(ip))).unwrap_or_else(
-            |_| {
+        let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.admit(ip)))
+            .unwrap_or_else(|_| {
                 warn!(%ip, "admission check panicked; connection refused");
+                Err(Refusal::Panicked)
+            });
+        match verdict {
+            Ok(()) => true,
+            Err(r) => {
+                self.metrics.connection_refused(r.reason());
+                if let Some(more) = REFUSAL_LOG.admit() {
+                    warn!(
+                        source = %ip,
+                        reason = r.reason(),
+                        setting = r.setting(),
+                        refused_since_last_log = more,
+                        "connection refused at accept"
+                    );
+                }
                 false
-            },
-        )
+            }
+        }
     }
 
-    fn admit(&self, ip: std::net::IpAddr) -> bool {
+    fn admit(&self, ip: std::net::IpAddr) -> Result<(), Refusal> {
         let ip = match ip {
             std::net::IpAddr::V6(v6) => v6
                 .to_ipv4_mapped()
@@ -456,15 +473,27 @@ impl Pipeline {
         // A trusted proxy in front carries many clients: its connections are not held to
         // one source's budget (its clients are judged per request, by their own address).
         if self.trusted_proxies.iter().any(|n| n.contains(&ip)) {
-            return true;
+            return Ok(());
         }
         if let Some(p) = &self.userspace_policy {
+            use edge_common::Reason;
             let reason = crate::sync::lock(p).check(ip, edge_common::BucketClass::TcpSyn);
-            if reason.is_drop() {
-                return false;
+            // Loopback never reaches XDP (it attaches to NICs): the userspace stand-in
+            // leaves it out of the budgets too (local health checks, benchmarks), not
+            // out of blocks and scores.
+            let budget = matches!(reason, Reason::DropSynRate | Reason::DropRate);
+            if reason.is_drop() && !(budget && ip.is_loopback()) {
+                return Err(match reason {
+                    Reason::DropSynRate | Reason::DropRate => Refusal::SynRate,
+                    Reason::DropThreat => Refusal::Threat,
+                    _ => Refusal::Blocked,
+                });
             }
         }
-        self.threat.standing(ip) != Standing::Drop
+        if self.threat.standing(ip) == Standing::Drop {
+            return Err(Refusal::Threat);
+        }
+        Ok(())
     }
 
     /// Handles one request: the phases, the handler, and every error's response here
@@ -590,3 +619,36 @@ impl Pipeline {
         reply
     }
 }
+
+/// Why a connection was closed at accept.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    SynRate,
+    Blocked,
+    Threat,
+    Panicked,
+}
+
+impl Refusal {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::SynRate => "syn_rate",
+            Self::Blocked => "blocked",
+            Self::Threat => "threat",
+            Self::Panicked => "check_failed",
+        }
+    }
+
+    /// What to change if the refusals are not wanted.
+    fn setting(self) -> &'static str {
+        match self {
+            Self::SynRate => "xdp.rate.syn_per_sec / xdp.rate.syn_burst (per source)",
+            Self::Blocked => "xdp.block, or an escalation (edge-node xdp status)",
+            Self::Threat => "xdp.drop_threshold / [threat] weights",
+            Self::Panicked => "none (a bug: please report it)",
+        }
+    }
+}
+
+/// One warning a second for refused connections, however many there are.
+static REFUSAL_LOG: crate::limits::LogEvery = crate::limits::LogEvery::new(1_000_000_000);
