@@ -28,7 +28,7 @@ use hyper::body::Body as _;
 use super::proxy::first_frame_checked;
 use crate::{
     error::{Body, EdgeError, ErrorKind, empty, full},
-    kv::{Condition, Entry, KvSettings, Store, Write, WriteError, Written},
+    kv::{Condition, Entry, Namespace, Write, WriteError, Written},
     request::{Handler, HandlerFuture, RequestCtx},
 };
 
@@ -42,8 +42,9 @@ const LIST_DEFAULT: usize = 100;
 const LIST_MAX: usize = 1000;
 
 pub struct KvHandler {
-    pub store: Arc<Store>,
-    pub namespace: KvSettings,
+    /// The namespace: settings, local store, and the fleet's Redis for
+    /// `backend = "redis"`.
+    pub kv: Arc<Namespace>,
     /// The route's path prefix: what comes after it is the key.
     pub path_prefix: String,
     pub body_read_timeout: Duration,
@@ -52,8 +53,6 @@ pub struct KvHandler {
     pub writable: bool,
     /// Read-through from the route's upstream, when it has one.
     pub fill: Option<Fill>,
-    /// The fleet's Redis, for `backend = "redis"`.
-    pub fleet: Option<Arc<crate::kv::fleet::Fleet>>,
     /// Whether the namespace may be listed here: not on a route whose role rules
     /// guard prefixes under it (a listing would show those keys' names to anyone
     /// allowed the route's prefix).
@@ -157,73 +156,15 @@ impl Handler for KvHandler {
 }
 
 impl KvHandler {
-    /// The key's live entry: the local store's, else (a fleet namespace) Redis', kept
-    /// locally for the next read. Redis unreachable: the local copy, or 503.
+    /// The key's live entry (`kv::Namespace::read`): the local copy, else (a fleet
+    /// namespace) Redis'. Redis unreachable: the local copy, or 503.
     async fn read(&self, key: &str) -> Result<Option<Entry>, EdgeError> {
-        let ns = &self.namespace;
-        let local = self.store.get(&ns.name, key).map_err(storage_failed)?;
-        let Some(fleet) = &self.fleet else {
-            return Ok(local);
-        };
-        if local.is_some() {
-            return Ok(local);
-        }
-        let Some(entry) = fleet.get(&ns.name, key).await.map_err(storage_failed)? else {
-            return Ok(None);
-        };
-        let copy = Write::Put {
-            namespace: ns.name.clone(),
-            key: key.to_string(),
-            entry: entry.clone(),
-            condition: Condition::Always,
-            quota: ns.quota(),
-        };
-        if let Err(e) = self.store.write(copy).await {
-            tracing::debug!(namespace = %ns.name, key, error = %e, "fleet value not copied");
-        }
-        Ok(Some(entry))
+        self.kv.read(key).await.map_err(storage_failed)
     }
 
-    /// A write: to Redis for a fleet namespace (then to the local copy), else to the
-    /// local store. Redis unreachable: refused, nothing written anywhere.
+    /// A write (`kv::Namespace::write`): Redis unreachable, refused, nothing written.
     async fn write(&self, write: Write) -> Result<Written, WriteError> {
-        let Some(fleet) = &self.fleet else {
-            return self.store.write(write).await;
-        };
-        let written = fleet.write(&write).await?;
-        let copy = match (write, written) {
-            (
-                Write::Put {
-                    namespace,
-                    key,
-                    mut entry,
-                    quota,
-                    ..
-                },
-                Written::Created { version } | Written::Replaced { version },
-            ) => {
-                entry.version = version;
-                Write::Put {
-                    namespace,
-                    key,
-                    entry,
-                    condition: Condition::Always,
-                    quota,
-                }
-            }
-            (Write::Put { namespace, key, .. } | Write::Delete { namespace, key, .. }, _) => {
-                Write::Delete {
-                    namespace,
-                    key,
-                    condition: Condition::Always,
-                }
-            }
-            (Write::Forget { .. }, _) => return Ok(written),
-        };
-        if let Err(e) = self.store.write(copy).await {
-            tracing::debug!(error = %e, "local copy of a fleet write not kept");
-        }
-        Ok(written)
+        self.kv.write(write).await
     }
 
     /// The key the path names (`None`: the namespace itself), or why there is none.
@@ -231,14 +172,14 @@ impl KvHandler {
         let Some(key) = name_after_prefix(path, &self.path_prefix)? else {
             return Ok(None);
         };
-        if key.len() > self.namespace.max_key_bytes {
+        if key.len() > self.kv.settings.max_key_bytes {
             return Err(refuse(
                 ErrorKind::UriTooLong,
                 format!(
                     "key of {} bytes; kv {} takes at most {}",
                     key.len(),
-                    self.namespace.name,
-                    self.namespace.max_key_bytes
+                    self.kv.settings.name,
+                    self.kv.settings.max_key_bytes
                 ),
             ));
         }
@@ -363,7 +304,7 @@ impl KvHandler {
             other => return Filled::Failed(format!("the origin answered {other}")),
         }
         let (parts, body) = resp.into_parts();
-        let max = self.namespace.max_value_bytes;
+        let max = self.kv.settings.max_value_bytes;
         let value = match crate::body::read_bounded(body, max).await {
             Ok(v) => v,
             Err(crate::body::Unread::TooLarge) => {
@@ -398,11 +339,11 @@ impl KvHandler {
         // Absent only: a write that landed while the origin answered is newer.
         match self
             .write(Write::Put {
-                namespace: self.namespace.name.clone(),
+                namespace: self.kv.settings.name.clone(),
                 key: key.to_string(),
                 entry: entry.clone(),
                 condition: Condition::Absent,
-                quota: self.namespace.quota(),
+                quota: self.kv.settings.quota(),
             })
             .await
         {
@@ -411,7 +352,7 @@ impl KvHandler {
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::info!(namespace = %self.namespace.name, key, error = %e, "fetched value not kept")
+                tracing::info!(namespace = %self.kv.settings.name, key, error = %e, "fetched value not kept")
             }
         }
         Filled::Value(entry)
@@ -444,16 +385,11 @@ impl KvHandler {
                 _ => {}
             }
         }
-        let (keys, complete) = match &self.fleet {
-            Some(f) => {
-                f.list(&self.namespace.name, &prefix, cursor.as_deref(), limit)
-                    .await
-            }
-            None => self
-                .store
-                .list(&self.namespace.name, &prefix, cursor.as_deref(), limit),
-        }
-        .map_err(storage_failed)?;
+        let (keys, complete) = self
+            .kv
+            .list(&prefix, cursor.as_deref(), limit)
+            .await
+            .map_err(storage_failed)?;
         let next = (!complete).then(|| keys.last()).flatten().map(|last| {
             base64::Engine::encode(
                 &base64::engine::general_purpose::URL_SAFE_NO_PAD,
@@ -485,7 +421,7 @@ impl KvHandler {
     }
 
     async fn put(&self, req: Request<Body>, key: String) -> Result<Response<Body>, EdgeError> {
-        let ns = &self.namespace;
+        let ns = &self.kv.settings;
         let ttl = self.ttl(&req)?;
         let metadata = match req.headers().get(&X_KV_METADATA) {
             None => None,
@@ -546,7 +482,7 @@ impl KvHandler {
         let condition = write_condition(req.headers())?;
         let written = self
             .write(Write::Delete {
-                namespace: self.namespace.name.clone(),
+                namespace: self.kv.settings.name.clone(),
                 key,
                 condition,
             })
@@ -573,9 +509,9 @@ impl KvHandler {
             .get(&X_KV_TTL)
             .map(|v| v.to_str().unwrap_or("").to_string());
         let Some(text) = from_query.or(from_header) else {
-            return Ok(self.namespace.default_ttl);
+            return Ok(self.kv.settings.default_ttl);
         };
-        let max = self.namespace.max_ttl.as_secs();
+        let max = self.kv.settings.max_ttl.as_secs();
         match text.trim().parse::<u64>() {
             Ok(s) if (1..=max).contains(&s) => Ok(Some(Duration::from_secs(s))),
             _ => Err(refuse(
@@ -588,13 +524,13 @@ impl KvHandler {
     /// The whole value, refused (413) as soon as it is over the namespace's limit:
     /// nothing is stored from a body that is too large or never ends.
     async fn body(&self, req: Request<Body>) -> Result<Bytes, EdgeError> {
-        let max = self.namespace.max_value_bytes;
+        let max = self.kv.settings.max_value_bytes;
         let too_large = || {
             refuse(
                 ErrorKind::PayloadTooLarge,
                 format!(
                     "kv {} takes values of at most {max} bytes",
-                    self.namespace.name
+                    self.kv.settings.name
                 ),
             )
         };

@@ -2,9 +2,11 @@
 //! (`[storage]`), served by routes with `handler = { kv = "name" }`
 //! (`handlers::kv`). Values carry a content type, optional metadata and an optional
 //! TTL; limits per namespace are checked by the store's single writer, so a refused
-//! write changes nothing.
+//! write changes nothing. Functions reach the namespaces granted to them through
+//! `wasi:keyvalue` (`functions::keyvalue`), with the same `Namespace` semantics.
 
 pub mod fleet;
+pub mod namespace;
 pub mod record;
 pub mod store;
 
@@ -13,6 +15,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Result, bail};
 use serde::Deserialize;
 
+pub use namespace::Namespace;
 pub use record::Entry;
 pub use store::{Condition, Listed, Quota, Store, Write, WriteError, Written};
 

@@ -133,13 +133,6 @@ impl Pipeline {
         let demo: Arc<dyn Handler> = Arc::new(DemoHandler {
             node_id: config.node.id.clone(),
         });
-        let functions = Arc::new(Functions::new(
-            &retained.functions,
-            &config.functions,
-            &config.function,
-            &upstreams,
-            &pool,
-        )?);
         // The durable store, opened once per process (it outlives reloads) and only
         // when a namespace needs it.
         let store = if config.kv.is_empty() && config.rooms.is_empty() {
@@ -147,6 +140,49 @@ impl Pipeline {
         } else {
             Some(retained.store(&config.storage)?)
         };
+        // The namespaces something uses (a KV route, a function's grant), each with its
+        // fleet's Redis when it has one: routes and functions share one view of each.
+        let mut namespaces: HashMap<String, Arc<crate::kv::Namespace>> = HashMap::new();
+        let used = config
+            .route
+            .iter()
+            .filter_map(|r| match &r.handler {
+                HandlerSettings::Kv(ns) => Some(ns),
+                _ => None,
+            })
+            .chain(config.function.iter().flat_map(|f| &f.kv));
+        for name in used {
+            if namespaces.contains_key(name) {
+                continue;
+            }
+            let store = store.clone().expect("a [[kv]] opened the store");
+            let settings = config
+                .kv
+                .iter()
+                .find(|k| &k.name == name)
+                .cloned()
+                .expect("validated: the namespace exists");
+            let fleet = match settings.backend {
+                crate::kv::Backend::Redis => Some(retained.fleet(&settings, &store)?),
+                crate::kv::Backend::Local => None,
+            };
+            namespaces.insert(
+                name.clone(),
+                Arc::new(crate::kv::Namespace {
+                    settings,
+                    store,
+                    fleet,
+                }),
+            );
+        }
+        let functions = Arc::new(Functions::new(
+            &retained.functions,
+            &config.functions,
+            &config.function,
+            &upstreams,
+            &pool,
+            &namespaces,
+        )?);
         // GraphQL schemas, built once per configuration (a bad schema fails the load).
         let backends = Arc::new(crate::graphql::Backends {
             store: store.clone(),
@@ -225,21 +261,9 @@ impl Pipeline {
                     metrics: metrics.clone(),
                 }),
                 HandlerSettings::Kv(ns) => {
-                    let store = store.clone().expect("a [[kv]] opened the store");
-                    let namespace = config
-                        .kv
-                        .iter()
-                        .find(|k| &k.name == ns)
-                        .cloned()
-                        .expect("validated: the namespace exists");
-                    let fleet = match namespace.backend {
-                        crate::kv::Backend::Redis => Some(retained.fleet(&namespace, &store)?),
-                        crate::kv::Backend::Local => None,
-                    };
+                    let kv = namespaces.get(ns).cloned().expect("opened above");
                     Arc::new(KvHandler {
-                        store,
-                        namespace,
-                        fleet,
+                        kv,
                         path_prefix: r.path_prefix.clone(),
                         body_read_timeout: config.http.body_read_timeout,
                         writable: r
