@@ -4,6 +4,7 @@
 mod cache;
 mod cache_http;
 mod functions;
+mod functions_kv;
 mod graphql;
 mod http3;
 mod http_protocol;

@@ -12,7 +12,7 @@
 //!    `[http]` and `[admin]`, which the pipeline reads too;
 //! 6. `handlers` (proxy, demo, function, kv, rooms, graphql), then `phases`;
 //! 7. `request` (the context, the `Phase` and `Handler` traits) and `metrics`;
-//! 8. `functions` (WebAssembly components; over `upstream`), `graphql` (over `kv` and
+//! 8. `functions` (WebAssembly components; over `upstream` and `kv`), `graphql` (over `kv` and
 //!    `upstream`), `rooms` (WebSocket
 //!    rooms; over `kv`), `kv` (the durable store and its namespaces), `auth`, `upstream`,
 //!    `cache`, `policy`, `intent`, `xdp`, `limits` (each over only those after it);

@@ -520,6 +520,7 @@ mod tests {
                     &settings,
                     &std::collections::HashMap::new(),
                     &pool,
+                    &std::collections::HashMap::new(),
                 );
                 let _ = reply.send(match built {
                     Ok(f) => {

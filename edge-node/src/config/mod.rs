@@ -320,9 +320,10 @@ impl Config {
                 return Err(anyhow::anyhow!("upstream {} is defined twice", u.name).context(at()));
             }
         }
-        crate::functions::validate(&self.functions, &self.function, &self.upstream).map_err(
-            |(i, e)| e.context(i.map_or(Table::one("functions"), |i| Table::nth("function", i))),
-        )?;
+        crate::functions::validate(&self.functions, &self.function, &self.upstream, &self.kv)
+            .map_err(|(i, e)| {
+                e.context(i.map_or(Table::one("functions"), |i| Table::nth("function", i)))
+            })?;
         self.storage.validate().context(Table::one("storage"))?;
         let mut namespaces = std::collections::HashSet::new();
         for (i, k) in self.kv.iter().enumerate() {

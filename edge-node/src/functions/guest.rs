@@ -1,6 +1,6 @@
 //! What one instance's store holds: its WASI context (environment, log streams, no
-//! files, no sockets), its wasi:http state with the node's outgoing hooks, and its
-//! memory limit.
+//! files, no sockets), its wasi:http state with the node's outgoing hooks, its
+//! wasi:keyvalue state (the granted namespaces), and its memory limit.
 
 use std::{
     io,
@@ -20,9 +20,12 @@ use wasmtime_wasi::{
 };
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use super::grants::Outbound;
+use super::{
+    grants::Outbound,
+    keyvalue::{KvCtx, KvView},
+};
 
-/// Live handles one instance may hold (requests, headers, streams, ...): far above what
+/// Live handles one instance may hold (requests, headers, streams, buckets, ...): far above what
 /// a handler needs, far below what would let a guest grow the node's own memory (each
 /// `fields` may hold up to `MAX_FIELD_BYTES`).
 const MAX_HANDLES: usize = 1_000;
@@ -39,6 +42,7 @@ pub struct GuestState {
     http: WasiHttpCtx,
     table: ResourceTable,
     outbound: Outbound,
+    kv: KvCtx,
     pub limits: Limits,
 }
 
@@ -48,6 +52,7 @@ impl GuestState {
         env: &[(String, String)],
         memory_limit: u64,
         outbound: Outbound,
+        kv: KvCtx,
     ) -> Self {
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_HANDLES);
@@ -71,6 +76,7 @@ impl GuestState {
             },
             table,
             outbound,
+            kv,
             limits: Limits {
                 memory: usize::try_from(memory_limit).unwrap_or(usize::MAX),
                 hit: false,
@@ -83,6 +89,16 @@ impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
             ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl GuestState {
+    /// What `wasi:keyvalue` works on (`keyvalue::add_to_linker`).
+    pub fn keyvalue(&mut self) -> KvView<'_> {
+        KvView {
+            ctx: &mut self.kv,
             table: &mut self.table,
         }
     }

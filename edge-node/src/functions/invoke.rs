@@ -34,6 +34,7 @@ use wasmtime_wasi_http::{
 use super::{
     grants::{Grants, Outbound},
     guest::GuestState,
+    keyvalue::{Granted, KvCtx},
     runtime::{Compiled, EngineState},
     settings::FunctionSettings,
 };
@@ -55,6 +56,8 @@ pub struct Function {
     max_instances: u32,
     permits: Arc<Semaphore>,
     grants: Arc<Grants>,
+    /// The `[[kv]]` namespaces it may open through wasi:keyvalue.
+    kv: Granted,
 }
 
 /// Why a function gave no (complete) response.
@@ -125,6 +128,7 @@ impl Function {
         compiled: Arc<Compiled>,
         engine: Arc<EngineState>,
         grants: Grants,
+        kv: Granted,
     ) -> Self {
         Self {
             name: s.name.as_str().into(),
@@ -136,6 +140,7 @@ impl Function {
             max_instances: s.max_instances,
             permits: Arc::new(Semaphore::new(s.max_instances as usize)),
             grants: Arc::new(grants),
+            kv,
         }
     }
 
@@ -169,6 +174,7 @@ impl Function {
                 client_ip,
                 in_flight: Arc::new(tokio::sync::Semaphore::new(super::grants::MAX_OUTGOING)),
             },
+            KvCtx::new(name.clone(), self.kv.clone()),
         );
         let mut store = Store::new(&self.engine.engine, state);
         store.limiter(|s| &mut s.limits);

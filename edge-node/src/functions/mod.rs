@@ -16,6 +16,7 @@
 //! timeout = "10s"                  # the whole exchange, body streaming included
 //! max_instances = 64               # at once; over it: wait up to 1 s, then 503
 //! upstreams = ["api"]              # reachable as http://api/... through the pool
+//! kv = ["users"]                   # [[kv]] namespaces it may open (wasi:keyvalue)
 //! env = { GREETING = "hi" }        # WASI environment variables
 //! ```
 //!
@@ -23,8 +24,8 @@
 //! - [`Runtime`] lives across reloads (a field of `pipeline::retained::Retained`): the
 //!   engine, and compiled components by content hash.
 //! - [`Functions::new`]`(&retained.functions, &config.functions, &config.function,
-//!   &upstreams, &pool)` in `Pipeline::new` (the upstream map and pool the pipeline
-//!   built): loads every component (in-memory, then disk cache, then compile), links
+//!   &upstreams, &pool, &namespaces)` in `Pipeline::new` (the upstream map, pool and
+//!   open KV namespaces the pipeline built): loads every component (in-memory, then disk cache, then compile), links
 //!   it and checks it exports `wasi:http/incoming-handler`. Errors name the function
 //!   and its file. Without functions it costs nothing (no engine is made).
 //! - Keep it as `Arc<Functions>` (`Send + Sync`) and call
@@ -42,7 +43,9 @@
 //!
 //! # Capabilities (by grant only)
 //! Outgoing HTTP only to the function's `upstreams`, by name, through the node's pools
-//! (`grants`); environment variables from `env`; stdout/stderr into the node's log
+//! (`grants`); the `[[kv]]` namespaces of its `kv` through `wasi:keyvalue`
+//! (`keyvalue`: same data, semantics and limits as the KV route); environment
+//! variables from `env`; stdout/stderr into the node's log
 //! (line by line, with the function's name). No files, no sockets, no name lookups.
 //!
 //! # Limits
@@ -55,6 +58,7 @@ mod cache;
 mod grants;
 mod guest;
 mod invoke;
+pub mod keyvalue;
 mod runtime;
 pub mod settings;
 
@@ -73,6 +77,7 @@ pub use settings::{FunctionSettings, FunctionsSettings, validate};
 
 use crate::{
     error::{Body, EdgeError, ErrorKind},
+    kv::Namespace,
     upstream::{Pool, Upstream},
 };
 
@@ -83,13 +88,15 @@ pub struct Functions {
 
 impl Functions {
     /// Loads the components of `functions` (validated settings) with the grants they
-    /// name out of the node's `upstreams`, reached through `pool`.
+    /// name out of the node's `upstreams`, reached through `pool`, and its open KV
+    /// `namespaces` (every one a function is granted).
     pub fn new(
         runtime: &Runtime,
         global: &FunctionsSettings,
         functions: &[FunctionSettings],
         upstreams: &HashMap<String, Arc<Upstream>>,
         pool: &Pool,
+        namespaces: &HashMap<String, Arc<Namespace>>,
     ) -> Result<Self> {
         let mut by_name = HashMap::new();
         if functions.is_empty() {
@@ -101,7 +108,17 @@ impl Functions {
             let compiled = runtime.load_file(&engine, disk.as_ref(), f)?;
             let grants = grants::Grants::new(&f.upstreams, upstreams, pool)
                 .map_err(|e| e.context(format!("function {}", f.name)))?;
-            let function = invoke::Function::new(f, compiled, engine.clone(), grants);
+            let mut kv = HashMap::new();
+            for n in &f.kv {
+                let Some(ns) = namespaces.get(n) else {
+                    anyhow::bail!(
+                        "function {}: kv namespace {n:?} is granted but not open",
+                        f.name
+                    );
+                };
+                kv.insert(n.clone(), ns.clone());
+            }
+            let function = invoke::Function::new(f, compiled, engine.clone(), grants, Arc::new(kv));
             if by_name.insert(f.name.clone(), Arc::new(function)).is_some() {
                 anyhow::bail!("function {} is defined twice", f.name);
             }

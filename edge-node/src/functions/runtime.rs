@@ -144,6 +144,9 @@ impl EngineState {
         // a store grants none of filesystem or sockets (`guest::GuestState::new`).
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        // wasi:keyvalue over the node's namespaces: a bucket opens only for a namespace
+        // granted to the function (`keyvalue`).
+        super::keyvalue::add_to_linker(&mut linker, GuestState::keyvalue)?;
         let weak = engine.weak();
         std::thread::Builder::new()
             .name("edge-fn-epoch".into())

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 use anyhow::{Result, anyhow, bail};
 use serde::Deserialize;
 
-use crate::upstream::UpstreamSettings;
+use crate::{kv::KvSettings, upstream::UpstreamSettings};
 
 /// The largest linear memory a wasm32 guest can address.
 pub const MAX_MEMORY_LIMIT: u64 = 4 << 30;
@@ -101,6 +101,11 @@ pub struct FunctionSettings {
     /// reachable.
     #[serde(default)]
     pub upstreams: Vec<String>,
+    /// `[[kv]]` namespaces the function may open through `wasi:keyvalue`, by name
+    /// (`open("users")`): read, write, list, with the namespace's limits and default
+    /// TTL. Any other name: `access-denied`.
+    #[serde(default)]
+    pub kv: Vec<String>,
     /// Configuration handed to the guest as environment variables.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -188,13 +193,14 @@ impl FunctionSettings {
 pub type At = Option<usize>;
 
 /// Checks `[functions]` and every `[[function]]`: values, unique names, grants naming
-/// defined upstreams, readable files. The components themselves (do they compile,
-/// export the world?) are checked when they are loaded: `edge-node check`, start,
-/// reload, upload.
+/// defined upstreams and `[[kv]]` namespaces (once each), readable files. The
+/// components themselves (do they compile, export the world?) are checked when they
+/// are loaded: `edge-node check`, start, reload, upload.
 pub fn validate(
     global: &FunctionsSettings,
     functions: &[FunctionSettings],
     upstreams: &[UpstreamSettings],
+    kv: &[KvSettings],
 ) -> Result<(), (At, anyhow::Error)> {
     global.validate().map_err(|e| (None, e))?;
     let mut names = std::collections::HashSet::new();
@@ -215,6 +221,22 @@ pub fn validate(
             if !granted.insert(u.as_str()) {
                 return Err(at(anyhow!(
                     "function {} is granted upstream {u:?} twice",
+                    f.name
+                )));
+            }
+        }
+        let mut granted = std::collections::HashSet::new();
+        for n in &f.kv {
+            if !kv.iter().any(|d| &d.name == n) {
+                return Err(at(anyhow!(
+                    "function {} is granted kv namespace {n:?}, which is not defined (no \
+                     [[kv]] of that name)",
+                    f.name
+                )));
+            }
+            if !granted.insert(n.as_str()) {
+                return Err(at(anyhow!(
+                    "function {} is granted kv namespace {n:?} twice",
                     f.name
                 )));
             }
@@ -244,7 +266,7 @@ mod tests {
         assert_eq!(f.memory_limit, 64 << 20);
         assert_eq!(f.timeout, Duration::from_secs(10));
         assert_eq!(f.max_instances, 64);
-        assert!(f.upstreams.is_empty() && f.env.is_empty());
+        assert!(f.upstreams.is_empty() && f.env.is_empty() && f.kv.is_empty());
         let g: FunctionsSettings = toml::from_str("").unwrap();
         assert_eq!(g, FunctionsSettings::default());
         assert_eq!(g.cache_dir, PathBuf::from("/var/lib/edge-node/functions"));
@@ -309,6 +331,48 @@ mod tests {
     }
 
     #[test]
+    fn kv_grants_must_name_defined_namespaces_once() {
+        let kv: Vec<KvSettings> = vec![toml::from_str("name = \"users\"").unwrap()];
+        let g = FunctionsSettings::default();
+        let file = std::env::temp_dir().join(format!("edge-fn-kv-{}.wasm", std::process::id()));
+        std::fs::write(&file, b"\0asm").unwrap();
+        let ok = FunctionSettings {
+            file: file.clone(),
+            ..function("kv = [\"users\"]").unwrap()
+        };
+        assert_eq!(ok.kv, ["users"]);
+        assert!(validate(&g, std::slice::from_ref(&ok), &[], &kv).is_ok());
+        let nope = FunctionSettings {
+            kv: vec!["sessions".into()],
+            ..ok.clone()
+        };
+        let (at, e) = validate(&g, &[nope], &[], &kv).unwrap_err();
+        assert_eq!(at, Some(0));
+        let e = e.to_string();
+        assert!(
+            e.contains("\"sessions\"") && e.contains("no [[kv]] of that name"),
+            "{e}"
+        );
+        let twice = FunctionSettings {
+            kv: vec!["users".into(), "users".into()],
+            ..ok
+        };
+        let (_, e) = validate(&g, &[twice], &[], &kv).unwrap_err();
+        assert!(e.to_string().contains("twice"), "{e}");
+        let _ = std::fs::remove_file(file);
+        // In a configuration: the error names the [[function]] table's line.
+        use crate::config::{Config, Source};
+        let text = "[[kv]]\nname = \"users\"\n\n\
+                    [[function]]\nname = \"f\"\nfile = \"/nonexistent/f.wasm\"\n\
+                    kv = [\"users\", \"sessions\"]\n";
+        let msg = format!("{:#}", Config::parse(text, &Source::Embedded).unwrap_err());
+        assert!(
+            msg.contains("line 4:") && msg.contains("kv namespace \"sessions\""),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn grants_must_name_defined_upstreams_once() {
         let ups: Vec<UpstreamSettings> =
             vec![toml::from_str("name = \"api\"\nservers = [\"127.0.0.1:1\"]").unwrap()];
@@ -320,34 +384,34 @@ mod tests {
             file: file.clone(),
             ..function("upstreams = [\"api\"]").unwrap()
         };
-        assert!(validate(&g, std::slice::from_ref(&ok), &ups).is_ok());
+        assert!(validate(&g, std::slice::from_ref(&ok), &ups, &[]).is_ok());
         let nope = FunctionSettings {
             upstreams: vec!["nope".into()],
             ..ok.clone()
         };
-        let (at, e) = validate(&g, &[nope], &ups).unwrap_err();
+        let (at, e) = validate(&g, &[nope], &ups, &[]).unwrap_err();
         assert_eq!(at, Some(0));
         assert!(e.to_string().contains("\"nope\""), "{e}");
         let twice = FunctionSettings {
             upstreams: vec!["api".into(), "api".into()],
             ..ok.clone()
         };
-        let (_, e) = validate(&g, &[twice], &ups).unwrap_err();
+        let (_, e) = validate(&g, &[twice], &ups, &[]).unwrap_err();
         assert!(e.to_string().contains("twice"), "{e}");
-        let (at, e) = validate(&g, &[ok.clone(), ok.clone()], &ups).unwrap_err();
+        let (at, e) = validate(&g, &[ok.clone(), ok.clone()], &ups, &[]).unwrap_err();
         assert_eq!(at, Some(1));
         assert!(e.to_string().contains("defined twice"), "{e}");
         let missing = FunctionSettings {
             file: "/nonexistent/f.wasm".into(),
             ..ok
         };
-        let (_, e) = validate(&g, &[missing], &ups).unwrap_err();
+        let (_, e) = validate(&g, &[missing], &ups, &[]).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/f.wasm"), "{e}");
         let bad_global = FunctionsSettings {
             max_total_instances: 0,
             ..g
         };
-        let (at, _) = validate(&bad_global, &[], &ups).unwrap_err();
+        let (at, _) = validate(&bad_global, &[], &ups, &[]).unwrap_err();
         assert_eq!(at, None);
         let _ = std::fs::remove_file(file);
     }

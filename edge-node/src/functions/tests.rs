@@ -81,6 +81,7 @@ fn build(runtime: &Runtime, functions: &[FunctionSettings]) -> Functions {
         functions,
         &HashMap::new(),
         &pool,
+        &HashMap::new(),
     )
     .unwrap()
 }
@@ -228,6 +229,7 @@ async fn a_granted_upstream_is_called_by_name_through_the_pool() {
         )],
         &ups,
         &pool,
+        &HashMap::new(),
     )
     .unwrap();
     let (status, body) = call(&f, "call", "/?path=/from-fn").await.unwrap();
@@ -258,6 +260,7 @@ async fn addresses_and_names_not_granted_are_denied_in_the_guest() {
         )],
         &ups,
         &pool,
+        &HashMap::new(),
     )
     .unwrap();
     for target in [
@@ -458,6 +461,7 @@ fn broken_components_are_refused_naming_the_file() {
             &[function("bad", file, "")],
             &HashMap::new(),
             &pool,
+            &HashMap::new(),
         )
         .err()
         .expect("refused");
@@ -495,7 +499,9 @@ async fn restart_loads_from_the_disk_cache_and_reload_reuses_or_recompiles() {
     let g = global(dir.join("cache"));
     let pool = Pool::new(Duration::from_secs(2), 1);
     let settings = [function("app", &file, "")];
-    let new = |rt: &Runtime| Functions::new(rt, &g, &settings, &HashMap::new(), &pool).unwrap();
+    let new = |rt: &Runtime| {
+        Functions::new(rt, &g, &settings, &HashMap::new(), &pool, &HashMap::new()).unwrap()
+    };
 
     let first = Runtime::default();
     let cold = std::time::Instant::now();
@@ -588,7 +594,7 @@ async fn an_upload_replaces_the_file_only_when_valid() {
     let compiled = rt.stats().compiled;
     // The reload that follows finds it compiled.
     let pool = Pool::new(Duration::from_secs(2), 1);
-    let f = Functions::new(&rt, &g, &settings, &HashMap::new(), &pool).unwrap();
+    let f = Functions::new(&rt, &g, &settings, &HashMap::new(), &pool, &HashMap::new()).unwrap();
     assert_eq!(rt.stats().compiled, compiled);
     assert_eq!(f.sha256("app").unwrap(), deployed.sha256());
     assert!(
@@ -697,6 +703,7 @@ async fn the_examples_work() {
         ],
         &ups,
         &pool,
+        &HashMap::new(),
     )
     .unwrap();
 
@@ -781,4 +788,88 @@ async fn per_request_instance_cost_is_printed() {
             "release"
         }
     );
+}
+
+/// The kv component over a real store: what it writes is in the namespace, a namespace
+/// it is not granted is access-denied, and an instance runs out of operations.
+#[tokio::test]
+async fn kv_reaches_granted_namespaces_only() {
+    let dir = scratch("kv");
+    let store = crate::kv::Store::open(&dir, Duration::ZERO).unwrap();
+    let mut namespaces = HashMap::new();
+    for name in ["users", "secrets"] {
+        let settings: crate::kv::KvSettings =
+            toml::from_str(&format!("name = \"{name}\"\nmax_value_bytes = 64")).unwrap();
+        namespaces.insert(
+            name.to_string(),
+            Arc::new(crate::kv::Namespace {
+                settings,
+                store: store.clone(),
+                fleet: None,
+            }),
+        );
+    }
+    let rt = Runtime::default();
+    let pool = Pool::new(Duration::from_secs(2), 1);
+    let f = Functions::new(
+        &rt,
+        &global(shared_cache()),
+        &[
+            function("app", &component("kv"), "kv = [\"users\"]"),
+            function("none", &component("kv"), ""),
+        ],
+        &HashMap::new(),
+        &pool,
+        &namespaces,
+    )
+    .unwrap();
+    let send = |name: &'static str, method: &str, path: &str, body: &'static str| {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://fn.test{path}"))
+            .body(full(Bytes::from_static(body.as_bytes())))
+            .unwrap();
+        let f = &f;
+        async move {
+            let resp = f.handle(name, req, CLIENT).await.unwrap();
+            let status = resp.status().as_u16();
+            (status, text(resp).await)
+        }
+    };
+    assert_eq!(send("app", "PUT", "/set/user:1", "ada").await.0, 204);
+    let e = store.get("users", "user:1").unwrap().expect("written");
+    assert_eq!(&e.value[..], b"ada");
+    assert_eq!(e.content_type, "application/octet-stream");
+    assert_eq!(
+        send("app", "GET", "/get/user:1", "").await,
+        (200, "ada".into())
+    );
+    // Over the namespace's max_value_bytes: an error naming the limit, nothing written.
+    let (status, body) = send("app", "PUT", "/fill/big?size=65", "").await;
+    assert_eq!(status, 500);
+    assert!(body.contains("value of 65 bytes"), "{body}");
+    assert!(store.get("users", "big").unwrap().is_none());
+    // Not granted: access-denied, whatever the name.
+    for (name, path) in [
+        ("none", "/get/user:1"),
+        ("app", "/get/x?bucket=secrets"),
+        ("app", "/get/x?bucket=nope"),
+    ] {
+        assert_eq!(
+            send(name, "GET", path, "").await,
+            (403, "kv error: access-denied\n".into()),
+            "{name} {path}"
+        );
+    }
+    // One request may not make the node do more than MAX_OPS operations; the next
+    // request has its own.
+    let max = super::keyvalue::MAX_OPS;
+    let (status, body) = send("app", "GET", &format!("/spin?n={}", max + 5), "").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.starts_with(&format!("{max} ")) && body.contains("operations"),
+        "{body}"
+    );
+    assert_eq!(send("app", "GET", "/spin?n=3", "").await.1, "3 done");
+    let _ = std::fs::remove_dir_all(&dir);
 }

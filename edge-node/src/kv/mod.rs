@@ -2,17 +2,20 @@
 //! (`[storage]`), served by routes with `handler = { kv = "name" }`
 //! (`handlers::kv`). Values carry a content type, optional metadata and an optional
 //! TTL; limits per namespace are checked by the store's single writer, so a refused
-//! write changes nothing.
+//! write changes nothing. Functions reach the namespaces granted to them through
+//! `wasi:keyvalue` (`functions::keyvalue`), with the same `Namespace` semantics.
 
 pub mod fleet;
+pub mod namespace;
 pub mod record;
 pub mod store;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Result, bail};
 use serde::Deserialize;
 
+pub use namespace::Namespace;
 pub use record::Entry;
 pub use store::{Condition, Listed, Quota, Store, Write, WriteError, Written};
 
@@ -195,100 +198,5 @@ impl KvSettings {
             max_keys: self.max_keys,
             max_bytes: self.max_bytes,
         }
-    }
-}
-
-/// A `[[kv]]` namespace as its users (the KV route, GraphQL, functions) read and write
-/// it: the local store, and for `backend = "redis"` the fleet's Redis in front of it.
-pub struct Namespace {
-    pub settings: KvSettings,
-    pub store: Arc<Store>,
-    pub fleet: Option<Arc<fleet::Fleet>>,
-}
-
-impl Namespace {
-    /// The key's live entry: the local store's, else (a fleet namespace) Redis', kept
-    /// locally for the next read. Redis unreachable: the local copy, or the error.
-    pub async fn read(&self, key: &str) -> Result<Option<Entry>, WriteError> {
-        let ns = &self.settings;
-        let local = self.store.get(&ns.name, key)?;
-        let Some(fleet) = &self.fleet else {
-            return Ok(local);
-        };
-        if local.is_some() {
-            return Ok(local);
-        }
-        let Some(entry) = fleet.get(&ns.name, key).await? else {
-            return Ok(None);
-        };
-        let copy = Write::Put {
-            namespace: ns.name.clone(),
-            key: key.to_string(),
-            entry: entry.clone(),
-            condition: Condition::Always,
-            quota: ns.quota(),
-        };
-        if let Err(e) = self.store.write(copy).await {
-            tracing::debug!(namespace = %ns.name, key, error = %e, "fleet value not copied");
-        }
-        Ok(Some(entry))
-    }
-
-    /// Up to `limit` live keys starting with `prefix`, after `after`, in key order, and
-    /// whether that was all (Redis' for a fleet namespace: the local store holds copies
-    /// of some keys only).
-    pub async fn list(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<(Vec<Listed>, bool), WriteError> {
-        let name = &self.settings.name;
-        match &self.fleet {
-            Some(f) => f.list(name, prefix, after, limit).await,
-            None => self.store.list(name, prefix, after, limit),
-        }
-    }
-
-    /// A write: to Redis for a fleet namespace (then to the local copy), else to the
-    /// local store. Redis unreachable: refused, nothing written anywhere.
-    pub async fn write(&self, write: Write) -> Result<Written, WriteError> {
-        let Some(fleet) = &self.fleet else {
-            return self.store.write(write).await;
-        };
-        let written = fleet.write(&write).await?;
-        let copy = match (write, written) {
-            (
-                Write::Put {
-                    namespace,
-                    key,
-                    mut entry,
-                    quota,
-                    ..
-                },
-                Written::Created { version } | Written::Replaced { version },
-            ) => {
-                entry.version = version;
-                Write::Put {
-                    namespace,
-                    key,
-                    entry,
-                    condition: Condition::Always,
-                    quota,
-                }
-            }
-            (Write::Put { namespace, key, .. } | Write::Delete { namespace, key, .. }, _) => {
-                Write::Delete {
-                    namespace,
-                    key,
-                    condition: Condition::Always,
-                }
-            }
-            (Write::Forget { .. }, _) => return Ok(written),
-        };
-        if let Err(e) = self.store.write(copy).await {
-            tracing::debug!(error = %e, "local copy of a fleet write not kept");
-        }
-        Ok(written)
     }
 }

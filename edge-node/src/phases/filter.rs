@@ -299,6 +299,7 @@ mod tests {
             &[],
             &Default::default(),
             &Pool::new(std::time::Duration::from_secs(1), 1),
+            &Default::default(),
         )
         .expect("no functions");
         let threat = ThreatEngine::new(

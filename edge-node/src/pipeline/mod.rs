@@ -133,13 +133,6 @@ impl Pipeline {
         let demo: Arc<dyn Handler> = Arc::new(DemoHandler {
             node_id: config.node.id.clone(),
         });
-        let functions = Arc::new(Functions::new(
-            &retained.functions,
-            &config.functions,
-            &config.function,
-            &upstreams,
-            &pool,
-        )?);
         // The durable store, opened once per process (it outlives reloads) and only
         // when a namespace needs it.
         let store = if config.kv.is_empty() && config.rooms.is_empty() {
@@ -162,6 +155,14 @@ impl Pipeline {
             };
             namespaces.insert(k.name.clone(), Arc::new(ns));
         }
+        let functions = Arc::new(Functions::new(
+            &retained.functions,
+            &config.functions,
+            &config.function,
+            &upstreams,
+            &pool,
+            &namespaces,
+        )?);
         // GraphQL schemas, built once per configuration (a bad schema fails the load).
         let backends = Arc::new(crate::graphql::Backends {
             namespaces: namespaces.clone(),
