@@ -22,15 +22,21 @@ const SCHEMA: &str = "type Query {\n  user(id: ID!): User\n  posts(limit: Int): 
                       echo(text: String, n: Int): String\n}\n\
                       type User {\n  id: ID\n  name: String\n  friends: [User]\n  address: Address\n}\n\
                       type Address {\n  city: String\n}\n\
-                      type Post {\n  title: String\n  path: String\n}\n";
+                      type Post {\n  title: String\n  path: String\n  served: Int\n}\n";
 
-/// An origin answering every GET with a JSON list of posts naming the path asked for;
-/// returns its address. Runs until the test process ends (bounded by the test's requests).
+/// An origin answering every GET with a JSON list of posts naming the path asked for
+/// and how many times it was asked for it (`served`); `?limit=7` is cacheable for 60 s.
+/// Returns its address. Runs until the test process ends (bounded by the test's requests).
 fn json_origin() -> String {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
+    let served = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
+        String,
+        u64,
+    >::new()));
     std::thread::spawn(move || {
         for conn in l.incoming().flatten() {
+            let served = served.clone();
             std::thread::spawn(move || {
                 let mut r = BufReader::new(conn.try_clone().unwrap());
                 let mut w = conn;
@@ -46,13 +52,24 @@ fn json_origin() -> String {
                             break;
                         }
                     }
+                    let n = {
+                        let mut m = served.lock().unwrap();
+                        let n = m.entry(path.clone()).or_default();
+                        *n += 1;
+                        *n
+                    };
                     let body = json!([
-                        {"title": "first", "path": path},
-                        {"title": "second", "path": path},
+                        {"title": "first", "path": path, "served": n},
+                        {"title": "second", "path": path, "served": n},
                     ])
                     .to_string();
+                    let cache = if path.ends_with("limit=7") {
+                        "cache-control: max-age=60\r\n"
+                    } else {
+                        ""
+                    };
                     let resp = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{cache}content-length: {}\r\n\r\n{body}",
                         body.len()
                     );
                     if w.write_all(resp.as_bytes()).is_err() {
@@ -179,6 +196,24 @@ fn queries_resolve_from_kv_and_an_origin() {
     let v = query(&p, "{ posts(limit: 2) { title path } }", json!({}));
     assert_eq!(v["data"]["posts"][0]["title"], "first", "{v}");
     assert_eq!(v["data"]["posts"][1]["path"], "/posts?limit=2");
+    // Through the node's cache, as the origin's Cache-Control allows: an answer it may
+    // keep is fetched once; one without freshness each time.
+    let served = |limit: u32| {
+        let v = query(
+            &p,
+            &format!("{{ posts(limit: {limit}) {{ served }} }}"),
+            json!({}),
+        );
+        v["data"]["posts"][0]["served"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{v}"))
+    };
+    assert_eq!((served(7), served(7), served(7)), (1, 1, 1));
+    assert_eq!(
+        (served(2), served(2)),
+        (2, 3),
+        "limit=2 was asked once above"
+    );
     // From a function: a POST naming the field, the arguments as a JSON object; the
     // body it answers (here not JSON: a string).
     let v = query(&p, "{ echo(text: \"hi\", n: 3) }", json!({}));

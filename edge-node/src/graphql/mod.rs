@@ -1,7 +1,8 @@
 //! GraphQL over edge data: a schema in SDL (`[[graphql]] schema`), whose root fields
 //! resolve from a KV key template (`user(id) → users "user:{id}"`), an upstream JSON
 //! request (`posts(limit) → GET api /posts?limit={limit}`, through the node's pools)
-//! or a function (`POST /<field>` with the arguments as JSON);
+//! or a function (`POST /<field>` with the arguments as JSON); upstream answers are kept
+//! in the node's cache as their `Cache-Control` allows (`cached_get`);
 //! every other field reads the property of its name from its parent's JSON. async-graphql's
 //! dynamic schema executes it, with depth, complexity and alias limits, introspection on
 //! or off, and automatic persisted queries.
@@ -188,6 +189,9 @@ enum Source {
 #[derive(Default)]
 pub struct Backends {
     pub namespaces: HashMap<String, Arc<Namespace>>,
+    /// The node's cache: upstream answers that may be stored are, under
+    /// `http://<upstream>/<path>` (purged like any URL).
+    pub cache: Option<Arc<crate::cache::Store>>,
     pub functions: Option<Arc<Functions>>,
     pub pool: Option<Pool>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
@@ -330,32 +334,9 @@ async fn read(
                 return Err(async_graphql::Error::new("no such upstream"));
             };
             let client = data.map_or(std::net::IpAddr::from([127, 0, 0, 1]), |d| d.client);
-            let req = Request::get(path.as_str())
-                .header(header::HOST, upstream.name.as_str())
-                .header(header::ACCEPT, "application/json")
-                .body(crate::error::empty())
-                .map_err(|e| async_graphql::Error::new(e.to_string()))?;
-            let resp = pool.send(upstream, req, true, client).await.map_err(|e| {
-                async_graphql::Error::new(format!("upstream {}: {:?}", upstream.name, e.kind))
-            })?;
-            if resp.status() == StatusCode::NOT_FOUND {
+            let Some(body) = cached_get(backends, pool, upstream, &path, client).await? else {
                 return Ok(serde_json::Value::Null);
-            }
-            if resp.status() != StatusCode::OK {
-                return Err(async_graphql::Error::new(format!(
-                    "upstream {} answered {}",
-                    upstream.name,
-                    resp.status().as_u16()
-                )));
-            }
-            let body = crate::body::read_bounded(resp.into_body(), MAX_UPSTREAM_JSON as u64)
-                .await
-                .map_err(|_| {
-                    async_graphql::Error::new(format!(
-                        "upstream {}: body unreadable or too large",
-                        upstream.name
-                    ))
-                })?;
+            };
             serde_json::from_slice(&body).map_err(|_| {
                 async_graphql::Error::new(format!("upstream {} sent no JSON", upstream.name))
             })
@@ -409,6 +390,96 @@ async fn read(
             }))
         }
     }
+}
+
+/// `GET <path>` from `upstream` through the node's pools, answered from the node's cache
+/// while a stored answer is fresh; a 200 the response's `Cache-Control` lets a shared
+/// cache keep is stored (RFC 9111 rules, no default lifetime). `None`: a 404.
+async fn cached_get(
+    backends: &Backends,
+    pool: &Pool,
+    upstream: &Upstream,
+    path: &str,
+    client: std::net::IpAddr,
+) -> async_graphql::Result<Option<bytes::Bytes>> {
+    use crate::cache::{Entry, Lookup, policy};
+    let req = Request::get(path)
+        .header(header::HOST, upstream.name.as_str())
+        .header(header::ACCEPT, "application/json")
+        .body(crate::error::empty())
+        .map_err(|e| async_graphql::Error::new(e.to_string()))?;
+    let (target_path, query) = path
+        .split_once('?')
+        .map_or((path, None), |(p, q)| (p, Some(q)));
+    let key = crate::cache::url_material("http", &upstream.name, target_path, query).finish();
+    let now = std::time::Instant::now();
+    if let Some(cache) = &backends.cache
+        && let Lookup::Hit(e) = cache.lookup(&key, req.headers(), now)
+        && e.status == StatusCode::OK
+    {
+        return Ok(Some(e.body.clone()));
+    }
+    let request_headers = req.headers().clone();
+    let resp = pool.send(upstream, req, true, client).await.map_err(|e| {
+        async_graphql::Error::new(format!("upstream {}: {:?}", upstream.name, e.kind))
+    })?;
+    match resp.status() {
+        StatusCode::OK => {}
+        StatusCode::NOT_FOUND => return Ok(None),
+        other => {
+            return Err(async_graphql::Error::new(format!(
+                "upstream {} answered {}",
+                upstream.name,
+                other.as_u16()
+            )));
+        }
+    }
+    let (parts, body) = resp.into_parts();
+    let body = crate::body::read_bounded(body, MAX_UPSTREAM_JSON as u64)
+        .await
+        .map_err(|_| {
+            async_graphql::Error::new(format!(
+                "upstream {}: body unreadable or too large",
+                upstream.name
+            ))
+        })?;
+    let lifetime = policy::storable(
+        &http::Method::GET,
+        &request_headers,
+        parts.status,
+        &parts.headers,
+        policy::RoutePolicy::default(),
+        std::time::SystemTime::now(),
+    );
+    if let (Some(cache), Some(lifetime)) = (&backends.cache, lifetime)
+        && !lifetime.is_zero()
+    {
+        let vary = crate::headers::list(&parts.headers, header::VARY)
+            .filter_map(|f| http::HeaderName::from_bytes(f.as_bytes()).ok())
+            .map(|name| {
+                let v = request_headers.get(&name).cloned();
+                (name, v)
+            })
+            .collect();
+        cache.insert(
+            &key,
+            Entry {
+                status: parts.status,
+                initial_age: policy::initial_age(&parts.headers),
+                headers: parts.headers,
+                body: body.clone(),
+                stored_at: now,
+                lifetime,
+                stale_if_error: std::time::Duration::ZERO,
+                stale_while_revalidate: std::time::Duration::ZERO,
+                vary,
+                url: crate::cache::canonical_parts("http", &upstream.name, target_path, query),
+                key: key.material.clone(),
+                tags: Vec::new(),
+            },
+        );
+    }
+    Ok(Some(body))
 }
 
 impl Graphql {

@@ -166,6 +166,7 @@ impl Pipeline {
         // GraphQL schemas, built once per configuration (a bad schema fails the load).
         let backends = Arc::new(crate::graphql::Backends {
             namespaces: namespaces.clone(),
+            cache: Some(cache.clone()),
             functions: Some(functions.clone()),
             pool: Some(pool.clone()),
             upstreams: upstreams.clone(),
