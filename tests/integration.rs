@@ -3,6 +3,7 @@
 
 mod cache;
 mod cache_http;
+mod compression;
 mod functions;
 mod functions_kv;
 mod graphql;

@@ -53,6 +53,12 @@ pub struct FunctionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CompressedLabels {
+    pub encoding: &'static str,
+    pub how: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
 }
@@ -163,6 +169,8 @@ pub struct Metrics {
     connections_shed: Counter,
     /// Connections closed at accept by the source policy, by reason.
     connections_refused: Family<ReasonLabels, Counter>,
+    /// Responses compressed, by coding and how (streamed, stored once, reused).
+    compressed: Family<CompressedLabels, Counter>,
     /// WebAssembly function calls by function, role and outcome, and their time to a
     /// response head.
     function_calls: Family<FunctionLabels, Counter>,
@@ -215,6 +223,13 @@ impl Metrics {
              not attached), by reason: syn_rate, blocked, threat",
             connections_refused.clone(),
         );
+        let compressed = Family::<CompressedLabels, Counter>::default();
+        registry.register(
+            "edge_compressed_responses",
+            "Responses compressed, by coding and how: streamed (as it arrived), stored \
+             (a cached answer, compressed once and kept), reused (the kept copy)",
+            compressed.clone(),
+        );
         let function_calls = Family::<FunctionLabels, Counter>::default();
         registry.register(
             "edge_function_calls",
@@ -257,6 +272,7 @@ impl Metrics {
             servers,
             connections_shed,
             connections_refused,
+            compressed,
             function_calls,
             function_time,
             rooms_live,
@@ -367,6 +383,12 @@ impl Metrics {
 
     pub fn connection_shed(&self) {
         self.connections_shed.inc();
+    }
+
+    pub fn compressed(&self, encoding: &'static str, how: &'static str) {
+        self.compressed
+            .get_or_create(&CompressedLabels { encoding, how })
+            .inc();
     }
 
     pub fn connection_refused(&self, reason: &'static str) {

@@ -59,6 +59,9 @@ pub struct Config {
     /// The in-memory cache tier (routes opt in with `[route.cache]`).
     #[serde(default)]
     pub cache: crate::cache::CacheSettings,
+    /// Responses compressed by what clients accept (on by default).
+    #[serde(default)]
+    pub compression: crate::phases::compress::CompressionSettings,
     /// Intent prediction (an ONNX model; off unless enabled).
     #[serde(default)]
     pub intent: crate::intent::IntentSettings,
@@ -256,6 +259,9 @@ impl Config {
         self.geo.open_db().context(Table::one("geo"))?;
         self.challenge.validate().context(Table::one("challenge"))?;
         self.intent.validate().context(Table::one("intent"))?;
+        self.compression
+            .validate()
+            .context(Table::one("compression"))?;
         if self.intent.enabled {
             // Loads the model: a missing or broken file is a config error.
             crate::intent::load(self.intent.model.as_deref())
@@ -649,5 +655,6 @@ mod example_tests {
         assert_eq!(format!("{:?}", c.threat), format!("{:?}", d.threat));
         assert_eq!(format!("{:?}", c.challenge), format!("{:?}", d.challenge));
         assert_eq!(format!("{:?}", c.cache), format!("{:?}", d.cache));
+        assert_eq!(c.compression, d.compression);
     }
 }

@@ -632,7 +632,8 @@ fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
         .any(|t| t == "*" || t.trim_start_matches("W/") == etag)
 }
 
-/// A write's condition: `If-Match: "<etag>"` / `If-Match: *` / `If-None-Match: *`.
+/// A write's condition: `If-Match: "<etag>"` (or its weak form) / `If-Match: *` /
+/// `If-None-Match: *`.
 fn write_condition(headers: &HeaderMap) -> Result<Condition, EdgeError> {
     let bad = || {
         refuse(
@@ -645,7 +646,10 @@ fn write_condition(headers: &HeaderMap) -> Result<Condition, EdgeError> {
         let tags: Vec<&str> = crate::headers::list(headers, header::IF_MATCH).collect();
         condition = match tags.as_slice() {
             ["*"] => Condition::Present,
+            // A tag names a version whatever coding its answer came in: a browser's
+            // GET compressed at the edge carries it weak (`phases::compress`).
             [tag] => tag
+                .trim_start_matches("W/")
                 .strip_prefix('"')
                 .and_then(|t| t.strip_suffix('"'))
                 .and_then(|t| u64::from_str_radix(t, 16).ok())

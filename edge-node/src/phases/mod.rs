@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod cache;
 pub mod challenge;
+pub mod compress;
 pub mod early;
 pub mod filter;
 pub mod forwarding;

@@ -122,6 +122,10 @@ pub struct RouteSettings {
     /// Responses carry Server-Timing (the edge's time per step).
     #[serde(default = "yes")]
     pub server_timing: bool,
+    /// Responses may be compressed (`[compression]`); `false` for routes whose answers
+    /// mix secrets with what a client sends back (BREACH).
+    #[serde(default = "yes")]
+    pub compress: bool,
     /// A `[[function]]` that sees each request before the cache and the handler: it
     /// lets it go on (rewritten) or answers it (`phases::filter`).
     #[serde(default)]

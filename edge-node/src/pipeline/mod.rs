@@ -372,6 +372,14 @@ impl Pipeline {
                 metrics: metrics.clone(),
             }));
         }
+        // Before the cache: its response hook sees hits too (a kept compressed copy).
+        if config.compression.enabled {
+            phases.push(Box::new(crate::phases::compress::CompressPhase::new(
+                config.compression.clone(),
+                config.route.iter().map(|r| r.compress).collect(),
+                metrics.clone(),
+            )));
+        }
         phases.push(Box::new(CachePhase {
             store: cache,
             pool: pool.clone(),

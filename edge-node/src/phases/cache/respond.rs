@@ -110,6 +110,14 @@ pub fn respond(
     let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
+    // Which copy answered: what it is compressed into can be kept (`phases::compress`).
+    if status == StatusCode::OK {
+        resp.extensions_mut()
+            .insert(crate::phases::compress::StoredCopy {
+                key: entry.key.clone(),
+                stored_at: entry.stored_at,
+            });
+    }
     resp
 }
 
