@@ -305,6 +305,7 @@ fn instance_cost(
         max_instances: 64,
         upstreams: Vec::new(),
         env: Default::default(),
+        kv: Vec::new(),
     };
     let pool = edge_node::upstream::Pool::new(Duration::from_secs(2), 1);
     let runtime = Runtime::default();
@@ -314,6 +315,7 @@ fn instance_cost(
         &[f],
         &HashMap::new(),
         &pool,
+        &HashMap::new(),
     )?);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
