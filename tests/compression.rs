@@ -94,6 +94,24 @@ fn responses_are_compressed_by_what_the_client_accepts() {
     assert_eq!(header(&short, "vary").as_deref(), Some("accept-encoding"));
     let cookie = get(&p, "app.test", "/c?size=6000&cookie=s%3D1", "br", &[]);
     assert_eq!(header(&cookie, "content-encoding"), None);
+    // BREACH: an answer to a credentialed request is this client's alone: as it is,
+    // unless the origin marks it public.
+    let auth = get(
+        &p,
+        "app.test",
+        big,
+        "br",
+        &["-H", "Authorization: Bearer t0k3n"],
+    );
+    assert_eq!(header(&auth, "content-encoding"), None);
+    let public = get(
+        &p,
+        "app.test",
+        "/pub?size=6000&cc=public%2C%20max-age%3D0",
+        "br",
+        &["-H", "Authorization: Bearer t0k3n"],
+    );
+    assert_eq!(header(&public, "content-encoding").as_deref(), Some("br"));
     let opted_out = get(&p, "plain.test", big, "br", &[]);
     assert_eq!(header(&opted_out, "content-encoding"), None);
     assert_eq!(header(&opted_out, "vary"), None);
@@ -147,6 +165,24 @@ fn cached_answers_are_compressed_once_per_coding() {
     assert_eq!(
         (count("gzip", "stored"), count("gzip", "reused")),
         (1.0, 1.0)
+    );
+    // A revalidation of the compressed answer: the 304 carries its weak validator and
+    // Vary.
+    let tagged = "/tagged?size=8000&cc=max-age%3D60&etag=t1";
+    let first = get(&p, "cached.test", tagged, "br", &[]);
+    assert_eq!(header(&first, "etag").as_deref(), Some("w/\"t1\""));
+    let revalidated = get(
+        &p,
+        "cached.test",
+        tagged,
+        "br",
+        &["-H", "If-None-Match: W/\"t1\""],
+    );
+    assert_eq!(revalidated.status, 304);
+    assert_eq!(header(&revalidated, "etag").as_deref(), Some("w/\"t1\""));
+    assert_eq!(
+        header(&revalidated, "vary").as_deref(),
+        Some("accept-encoding")
     );
     // The cache keeps the identity copy: a client without Accept-Encoding gets it.
     let again = curl(&p, "cached.test", path, &[]);

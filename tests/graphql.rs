@@ -126,6 +126,7 @@ fn node_with(extra: &str, kv_extra: &str) -> (Proxy, Dir) {
          [[graphql.resolver]]\nfield = \"Query.echo\"\nfunction = \"echo\"\n\
          [[function]]\nname = \"echo\"\nfile = \"{echo}\"\n\
          [[route]]\nhosts = [\"api.test\"]\npath_prefix = \"/graphql\"\nhandler = {{ graphql = \"api\" }}\n\
+         [[route]]\nhosts = [\"blog\"]\nupstream = \"blog\"\n[route.cache]\n\
          [[route]]\nhosts = [\"kv.test\"]\nhandler = {{ kv = \"users\" }}\n\
          [route.auth]\nprovider = \"hs\"\nmode = \"optional\"\n",
         data = dir.0.join("data").display(),
@@ -209,6 +210,22 @@ fn queries_resolve_from_kv_and_an_origin() {
             .unwrap_or_else(|| panic!("{v}"))
     };
     assert_eq!((served(7), served(7), served(7)), (1, 1, 1));
+    // A proxied, cached route asked the same URL with the upstream's name as its host
+    // neither reads nor plants the resolver's copy.
+    let proxied = curl(&p, "blog", "/posts?limit=7", &[]);
+    assert!(
+        proxied.headers.contains("x-cache: miss"),
+        "{}",
+        proxied.headers
+    );
+    assert!(proxied.body.contains("\"served\":2"), "{}", proxied.body);
+    let proxied = curl(&p, "blog", "/posts?limit=7", &[]);
+    assert!(
+        proxied.headers.contains("x-cache: hit"),
+        "{}",
+        proxied.headers
+    );
+    assert_eq!(served(7), 1, "the resolver's own copy");
     assert_eq!(
         (served(2), served(2)),
         (2, 3),

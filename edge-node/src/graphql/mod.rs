@@ -411,7 +411,12 @@ async fn cached_get(
     let (target_path, query) = path
         .split_once('?')
         .map_or((path, None), |(p, q)| (p, Some(q)));
-    let key = crate::cache::url_material("http", &upstream.name, target_path, query).finish();
+    // The URL alone would be a proxy route's key for a request with that Host: a
+    // client could read or plant the resolver's answer. The resolver's field keeps
+    // them apart (a purge by URL still finds both).
+    let mut material = crate::cache::url_material("http", &upstream.name, target_path, query);
+    material.field(b'G', b"graphql-resolver");
+    let key = material.finish();
     let now = std::time::Instant::now();
     if let Some(cache) = &backends.cache
         && let Lookup::Hit(e) = cache.lookup(&key, req.headers(), now)

@@ -2,8 +2,12 @@
 //! a response is compressed on the fly with what the client accepts (`Accept-Encoding`
 //! with q-values; zstd, then br, then gzip when the client rates them alike) when its
 //! type is text-like, its body is not known to be under `min_bytes`, and nothing else
-//! encoded it. Responses that set cookies are not (BREACH: a secret and what an attacker
-//! reflects in one compressed body), nor `no-transform` ones, ranges or 204/304.
+//! encoded it. BREACH (a secret and what an attacker reflects, compressed together,
+//! leak through the length): answers that set cookies, and answers to credentialed
+//! requests (`Authorization`, or an identity the route's auth established) unless they
+//! are public or shared from the cache, are sent as they are; so are `no-transform`
+//! answers, ranges and 204s. A 304 for a client that accepts a coding carries the weak
+//! validator and `Vary` of the 200 it revalidates.
 //!
 //! The cache keeps the identity copy; a hit is compressed once per encoding and the
 //! result kept (`memo_bytes`), so a hot object costs the CPU once, not per request.
@@ -106,8 +110,10 @@ fn default_memo_bytes() -> u64 {
 
 impl CompressionSettings {
     pub fn validate(&self) -> Result<()> {
-        if self.gzip_level > 9 || self.brotli_level > 11 || !(1..=19).contains(&self.zstd_level) {
-            bail!("compression: gzip_level is 0 to 9, brotli_level 0 to 11, zstd_level 1 to 19");
+        // Every miss is compressed as it streams: the slowest levels (brotli 10-11, zstd
+        // past 15) would make each one a CPU sink an attacker can call on.
+        if self.gzip_level > 9 || self.brotli_level > 9 || !(1..=15).contains(&self.zstd_level) {
+            bail!("compression: gzip_level is 0 to 9, brotli_level 0 to 9, zstd_level 1 to 15");
         }
         for t in &self.types {
             let ok = t
@@ -219,9 +225,10 @@ fn parse_q(v: &str) -> Option<u16> {
     }
 }
 
-/// The coding the client accepts, read before any phase rewrites `Accept-Encoding`, and
-/// the request's method.
-struct Accepted(Encoding, Method);
+/// The coding the client accepts, read before any phase rewrites `Accept-Encoding`, the
+/// request's method, and whether it carried `Authorization` (its answer may hold a
+/// secret).
+struct Accepted(Encoding, Method, bool);
 
 /// A cached answer's identity (`phases::cache` puts it on a hit's response): the key
 /// it was stored under and when, so its compressed copies can be kept.
@@ -325,13 +332,24 @@ impl Phase for CompressPhase {
         // Most requests (tools, benchmarks, origins' health checks) accept nothing: no
         // state kept for them.
         if let Some(e) = negotiate(req.headers()) {
-            ctx.state.put(Accepted(e, req.method().clone()));
+            let credentialed = req.headers().contains_key(header::AUTHORIZATION);
+            ctx.state
+                .put(Accepted(e, req.method().clone(), credentialed));
         }
         Box::pin(std::future::ready(Ok(Flow::Continue)))
     }
 
     fn response(&self, ctx: &mut RequestCtx, resp: &mut Response<Body>) {
         if !ctx.route_index().is_some_and(|i| self.routes[i]) {
+            return;
+        }
+        // A revalidation: the 200 it stands for went out compressed to this client, so
+        // the 304 carries that answer's validator and Vary.
+        if resp.status() == StatusCode::NOT_MODIFIED {
+            if ctx.state.get::<Accepted>().is_some() {
+                add_vary(resp.headers_mut());
+                weaken_etag(resp.headers_mut());
+            }
             return;
         }
         match self.candidate(resp) {
@@ -342,9 +360,17 @@ impl Phase for CompressPhase {
             }
             Candidate::Yes => add_vary(resp.headers_mut()),
         }
-        let Some(Accepted(encoding, method)) = ctx.state.take::<Accepted>() else {
+        let Some(Accepted(encoding, method, credentialed)) = ctx.state.take::<Accepted>() else {
             return;
         };
+        // BREACH: an answer for this client alone (its token, or the identity the
+        // route's auth found) is sent as it is, unless it is meant for everyone.
+        let shared = resp.extensions().get::<StoredCopy>().is_some()
+            || crate::headers::list(resp.headers(), header::CACHE_CONTROL)
+                .any(|d| d.eq_ignore_ascii_case("public"));
+        if (credentialed || ctx.user.is_some()) && !shared {
+            return;
+        }
         let h = resp.headers_mut();
         h.insert(
             header::CONTENT_ENCODING,
@@ -352,12 +378,7 @@ impl Phase for CompressPhase {
         );
         h.remove(header::CONTENT_LENGTH);
         h.remove(header::ACCEPT_RANGES);
-        if let Some(etag) = h.get(header::ETAG).cloned()
-            && !etag.as_bytes().starts_with(b"W/")
-            && let Ok(weak) = HeaderValue::from_bytes(&[b"W/", etag.as_bytes()].concat())
-        {
-            h.insert(header::ETAG, weak);
-        }
+        weaken_etag(h);
         if method == Method::HEAD {
             return;
         }
@@ -375,10 +396,7 @@ impl Phase for CompressPhase {
                     }
                     None => {
                         self.metrics.compressed(encoding.token(), "stored");
-                        let memo = self.memo.clone();
-                        once_compressed(body, encoding, level, move |done| {
-                            memo.insert(key, done);
-                        })
+                        once_compressed(body, encoding, level, self.memo.clone(), key)
                     }
                 }
             }
@@ -387,6 +405,16 @@ impl Phase for CompressPhase {
                 streamed(body, encoding, level)
             }
         };
+    }
+}
+
+/// A strong validator names the origin's bytes; the compressed ones get its weak form.
+fn weaken_etag(h: &mut HeaderMap) {
+    if let Some(etag) = h.get(header::ETAG).cloned()
+        && !etag.as_bytes().starts_with(b"W/")
+        && let Ok(weak) = HeaderValue::from_bytes(&[b"W/", etag.as_bytes()].concat())
+    {
+        h.insert(header::ETAG, weak);
     }
 }
 
@@ -417,23 +445,36 @@ fn streamed(body: Body, encoding: Encoding, level: Level) -> Body {
     BodyExt::boxed(http_body_util::StreamBody::new(frames))
 }
 
-/// `body` (a cached answer, in memory) compressed whole, `keep` given the result.
+/// `body` (a cached answer, in memory) compressed whole and kept in `memo`: on a
+/// blocking thread (a large object must not hold a runtime worker for the whole
+/// compression), and once for concurrent hits of the same copy (the memo's `get_with`
+/// lets one compress while the others wait for its result).
 fn once_compressed(
     body: Body,
     encoding: Encoding,
     level: Level,
-    keep: impl FnOnce(Bytes) + Send + Sync + 'static,
+    memo: moka::sync::Cache<MemoKey, Bytes>,
+    key: MemoKey,
 ) -> Body {
     let done = async move {
-        let mut compressed = streamed(body, encoding, level);
-        let mut out = bytes::BytesMut::new();
-        while let Some(frame) = compressed.frame().await {
-            if let Ok(data) = frame?.into_data() {
-                out.extend_from_slice(&data);
-            }
-        }
-        let out = out.freeze();
-        keep(out.clone());
+        let whole = body.collect().await?.to_bytes();
+        let runtime = tokio::runtime::Handle::current();
+        let out = tokio::task::spawn_blocking(move || {
+            memo.get_with(key, || {
+                runtime.block_on(async {
+                    let mut compressed = streamed(crate::error::full(whole), encoding, level);
+                    let mut out = bytes::BytesMut::new();
+                    while let Some(Ok(frame)) = compressed.frame().await {
+                        if let Ok(data) = frame.into_data() {
+                            out.extend_from_slice(&data);
+                        }
+                    }
+                    out.freeze()
+                })
+            })
+        })
+        .await
+        .map_err(|e| -> BoxError { Box::new(e) })?;
         Ok::<_, BoxError>(hyper::body::Frame::data(out))
     };
     BodyExt::boxed(http_body_util::StreamBody::new(futures_util::stream::once(
