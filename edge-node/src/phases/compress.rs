@@ -137,6 +137,11 @@ impl CompressionSettings {
         let Some((top, _)) = essence.split_once('/') else {
             return false;
         };
+        // gRPC frames its messages and compresses them itself (grpc-encoding), whatever
+        // its suffix says.
+        if essence.starts_with("application/grpc") {
+            return false;
+        }
         self.types.iter().any(|t| {
             t.eq_ignore_ascii_case(&essence)
                 || t.strip_suffix("/*")
@@ -525,6 +530,7 @@ mod tests {
         }
         for t in [
             "image/png",
+            "application/grpc+json",
             "application/octet-stream",
             "video/mp4",
             "",
