@@ -348,10 +348,16 @@ impl Phase for CompressPhase {
         if !ctx.route_index().is_some_and(|i| self.routes[i]) {
             return;
         }
-        // A revalidation: the 200 it stands for went out compressed to this client, so
-        // the 304 carries that answer's validator and Vary.
+        // A revalidation: when the 200 it stands for went out compressed to this client
+        // (its type says so; the cache's 304s carry the stored headers), the 304 carries
+        // that answer's validator and Vary.
         if resp.status() == StatusCode::NOT_MODIFIED {
-            if ctx.state.get::<Accepted>().is_some() {
+            let compressible = resp
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| self.settings.compressible(t));
+            if compressible && ctx.state.get::<Accepted>().is_some() {
                 add_vary(resp.headers_mut());
                 weaken_etag(resp.headers_mut());
             }
