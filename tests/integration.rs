@@ -20,6 +20,7 @@ mod security;
 mod service;
 mod shield;
 mod tls;
+mod traces;
 mod transport;
 mod upstreams;
 mod xdp_prog;

@@ -13,6 +13,9 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 pub const TIMING_ALLOW_ORIGIN: HeaderName = HeaderName::from_static("timing-allow-origin");
+/// W3C Trace Context.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The members of a comma-separated list field (RFC 9110 5.6.1) over all its lines,
 /// trimmed, empty ones skipped (lines that are not text count as none).

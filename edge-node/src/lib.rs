@@ -40,6 +40,7 @@ pub mod kv;
 mod layering;
 pub mod limits;
 pub mod metrics;
+pub mod otel;
 pub mod phases;
 pub mod pipeline;
 pub mod policy;

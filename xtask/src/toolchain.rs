@@ -306,7 +306,12 @@ pub fn ensure_test_packages() -> Result<()> {
     // deliberately slow ONNX model (onnx).
     ensure_python_module("mmdb_writer", "mmdb-writer")?;
     ensure_python_module("aioquic", "aioquic")?;
-    ensure_python_module("onnx", "onnx")
+    ensure_python_module("onnx", "onnx")?;
+    // The trace tests' OTLP receiver decodes with the OpenTelemetry protobuf definitions.
+    ensure_python_module(
+        "opentelemetry.proto.collector.trace.v1.trace_service_pb2",
+        "opentelemetry-proto",
+    )
 }
 
 /// pip-installs `package` when `import module` fails.

@@ -83,6 +83,9 @@ pub struct Config {
     /// `[[graphql]]`: schemas over KV and upstreams (`handler = { graphql = "name" }`).
     #[serde(default)]
     pub graphql: Vec<crate::graphql::GraphqlSettings>,
+    /// OpenTelemetry traces over OTLP (off without an endpoint).
+    #[serde(default)]
+    pub traces: crate::otel::TraceSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -262,6 +265,7 @@ impl Config {
         self.compression
             .validate()
             .context(Table::one("compression"))?;
+        self.traces.validate().context(Table::one("traces"))?;
         if self.intent.enabled {
             // Loads the model: a missing or broken file is a config error.
             crate::intent::load(self.intent.model.as_deref())
@@ -656,5 +660,6 @@ mod example_tests {
         assert_eq!(format!("{:?}", c.challenge), format!("{:?}", d.challenge));
         assert_eq!(format!("{:?}", c.cache), format!("{:?}", d.cache));
         assert_eq!(c.compression, d.compression);
+        assert_eq!(c.traces, d.traces);
     }
 }

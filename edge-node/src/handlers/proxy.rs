@@ -71,6 +71,10 @@ impl ProxyHandler {
         let started = Instant::now();
         let served = self.send(ctx, parts, body, body_is_empty).await;
         ctx.timings.record("origin", None, started.elapsed());
+        if let Some(t) = &mut ctx.trace {
+            let status = served.as_ref().ok().map(|r| r.status().as_u16());
+            t.exchange_done(&ctx.upstream, status);
+        }
         let mut resp = served?;
         // The client's protocol version, whatever the origin spoke.
         *resp.version_mut() = version;

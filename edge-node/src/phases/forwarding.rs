@@ -28,6 +28,14 @@ pub fn set<B>(ctx: &mut RequestCtx, req: &mut Request<B>) {
         headers.insert(headers::X_FORWARDED_FOR, v);
     }
     headers.insert(headers::X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    // Traced: the origin continues the node's trace, under the exchange's span; a
+    // tracestate belongs to the parent's trace, kept only when that parent was taken.
+    if let Some(t) = &mut ctx.trace {
+        headers.insert(headers::TRACEPARENT, t.exchange_started());
+        if t.parent.is_none() {
+            headers.remove(headers::TRACESTATE);
+        }
+    }
     if let Ok(v) = HeaderValue::from_str(ctx.forwarded_host.as_deref().unwrap_or(&ctx.host)) {
         headers.insert(headers::X_FORWARDED_HOST, v);
     }

@@ -4,8 +4,9 @@
 //! documented on [`Phase`].
 
 pub mod retained;
+mod traces;
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Instant};
 
 use anyhow::{Result, bail};
 use http::{HeaderValue, Request, Response, header};
@@ -77,6 +78,8 @@ pub struct Pipeline {
     /// The source policy when userspace enforces it (XDP not active); `None` when the
     /// kernel does, or without XDP state at all.
     userspace_policy: Option<SharedPolicy>,
+    /// Traces, when `[traces]` names an endpoint.
+    traces: Option<traces::Traces>,
 }
 
 impl Pipeline {
@@ -416,6 +419,13 @@ impl Pipeline {
             upstreams: upstreams.into_values().collect(),
             providers: providers.into_values().collect(),
             userspace_policy,
+            traces: match config.traces.enabled() {
+                true => Some(traces::Traces {
+                    settings: config.traces.clone(),
+                    exporter: retained.trace_exporter(config.traces.export_key(&config.node.id))?,
+                }),
+                false => None,
+            },
         })
     }
 
@@ -519,6 +529,10 @@ impl Pipeline {
     {
         let mut ctx = RequestCtx::new(client);
         ctx.scheme = scheme;
+        if let Some(t) = &self.traces {
+            let trace = t.start(&ctx, req.headers(), client.ip(), &self.trusted_proxies);
+            ctx.trace = Some(Box::new(trace));
+        }
         let method = req.method().clone();
         // A clone shares the request's buffer; the path is only read by the logs.
         let uri = req.uri().clone();
@@ -527,8 +541,12 @@ impl Pipeline {
         let req = req.map(|b| b.map_err(Into::into).boxed());
         let span = tracing::info_span!("request", %client, %method, %path);
         let reply = tracing::Instrument::instrument(self.run(&mut ctx, req), span).await;
+        let mut failure = None;
         let mut resp = reply.unwrap_or_else(|mut e| {
             e.json |= ctx.api();
+            if ctx.trace.is_some() {
+                failure = Some(e.to_string());
+            }
             if e.kind == crate::error::ErrorKind::BadRequest {
                 self.threat.signal(ctx.source(), Signal::MalformedRequest);
             }
@@ -605,28 +623,61 @@ impl Pipeline {
         for p in &self.phases {
             p.log(&ctx, resp.status());
         }
+        if let (Some(t), Some(trace)) = (&self.traces, &ctx.trace) {
+            let end = traces::End {
+                method: &method,
+                path,
+                version,
+                status: resp.status(),
+                elapsed,
+                error: failure,
+            };
+            t.finish(&ctx, trace, end);
+        }
         resp
     }
 
     /// The life of a request: before routing, with the route, the route's handler, and
     /// what the handler answered; a phase that answers or fails ends it early.
+    /// With traces on, each hook and the handler is a step of the request's trace.
     async fn run(&self, ctx: &mut RequestCtx, mut req: Request<Body>) -> Reply {
         for p in &self.phases {
-            if let Flow::Answer(resp) = p.early_request(ctx, &mut req).await? {
+            let from = ctx.trace.is_some().then(Instant::now);
+            let flow = p.early_request(ctx, &mut req).await;
+            traced(ctx, p.name(), from, flow.is_err());
+            if let Flow::Answer(resp) = flow? {
                 return Ok(resp);
             }
         }
         for p in &self.phases {
-            if let Flow::Answer(resp) = p.request(ctx, &mut req).await? {
+            let from = ctx.trace.is_some().then(Instant::now);
+            let flow = p.request(ctx, &mut req).await;
+            traced(ctx, p.name(), from, flow.is_err());
+            if let Flow::Answer(resp) = flow? {
                 return Ok(resp);
             }
         }
         let index = ctx.route_index().expect("the route phase chose a route");
-        let mut reply = self.handlers[index].handle(ctx, req).await;
+        let handler = &self.handlers[index];
+        let from = Instant::now();
+        if let Some(t) = &mut ctx.trace {
+            t.handler_started();
+        }
+        let mut reply = handler.handle(ctx, req).await;
+        if let Some(t) = &mut ctx.trace {
+            t.handler_done(handler.name(), from, reply.is_err());
+        }
         for p in &self.phases {
             reply = p.origin_response(ctx, reply);
         }
         reply
+    }
+}
+
+/// Records a hook that started at `from` (set only when the request is traced).
+fn traced(ctx: &mut RequestCtx, name: &'static str, from: Option<Instant>, failed: bool) {
+    if let (Some(t), Some(from)) = (&mut ctx.trace, from) {
+        t.record(name, from, failed);
     }
 }
 

@@ -43,6 +43,8 @@ pub struct Retained {
     rooms: Mutex<HashMap<String, Weak<crate::rooms::Rooms>>>,
     /// Fleet namespaces' Redis clients and listeners, by (namespace, URL, prefix).
     fleets: Mutex<HashMap<(String, String, String), Weak<crate::kv::fleet::Fleet>>>,
+    /// The trace exporter (its thread and queue), while its settings stay.
+    traces: Mutex<HashMap<crate::otel::ExportKey, Weak<crate::otel::Exporter>>>,
 }
 
 impl Retained {
@@ -61,6 +63,21 @@ impl Retained {
             last_good,
             verified,
         }
+    }
+
+    /// The trace exporter for `key`, started on first use.
+    pub fn trace_exporter(
+        &self,
+        key: crate::otel::ExportKey,
+    ) -> anyhow::Result<Arc<crate::otel::Exporter>> {
+        let mut map = crate::sync::lock(&self.traces);
+        map.retain(|_, v| v.strong_count() > 0);
+        if let Some(e) = map.get(&key).and_then(Weak::upgrade) {
+            return Ok(e);
+        }
+        let e = Arc::new(crate::otel::Exporter::start(&key)?);
+        map.insert(key, Arc::downgrade(&e));
+        Ok(e)
     }
 
     /// The store in `s.dir`, opened on first use. It keeps the directory and window it

@@ -54,6 +54,8 @@ pub struct RequestCtx {
     pub variant: Option<String>,
     /// Time spent per step, for Server-Timing and the access log.
     pub timings: Timings,
+    /// The request's trace when traces are on (`[traces]`), else `None`.
+    pub trace: Option<Box<super::trace::Trace>>,
     /// What phases keep for their later hooks, one value per type.
     pub state: PhaseState,
     pub started: Instant,
@@ -146,6 +148,7 @@ impl RequestCtx {
             forwarding_set: false,
             variant: None,
             timings: Timings::default(),
+            trace: None,
             state: PhaseState::default(),
             started: Instant::now(),
         }

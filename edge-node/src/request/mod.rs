@@ -5,6 +5,7 @@
 mod ctx;
 mod phase;
 pub mod timing;
+pub mod trace;
 
 pub use ctx::{EarlyData, PhaseState, RequestCtx, RouteInfo};
 pub use phase::{Flow, Handler, HandlerFuture, Phase, PhaseFuture, Reply};
