@@ -12,6 +12,7 @@ mod http_protocol;
 mod http_proxy;
 mod intent;
 mod kv;
+mod package;
 mod personalize;
 mod pipeline;
 mod request_target;

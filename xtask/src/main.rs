@@ -64,6 +64,9 @@ enum Cmd {
     /// Build the WebAssembly components (wasm32-wasip2, installed if missing): the
     /// functions runtime's test components and the examples, into target/components/.
     BuildComponents,
+    /// Build the release binary and its Debian package (deploy/debian/build-deb.sh)
+    /// into target/package/.
+    Package,
     /// Install the system packages the tests and benchmarks use (apt, as root).
     Setup,
     /// Benchmarks, run side by side with their peers; results go to bench/RESULTS.md.
@@ -127,6 +130,23 @@ fn main() -> Result<()> {
             None => bail!("libFuzzer arguments need a target"),
         },
         Cmd::BuildComponents => components::build_all(),
+        Cmd::Package => {
+            toolchain::ensure_bpf_toolchain()?;
+            cargo(&["build", "--release", "--package", "edge-node", "--bins"])?;
+            let root = toolchain::workspace_root();
+            let status = Command::new(root.join("deploy/debian/build-deb.sh"))
+                .arg(
+                    std::env::var_os("CARGO_TARGET_DIR")
+                        .map_or_else(|| root.join("target"), Into::into)
+                        .join("release/edge-node"),
+                )
+                .arg(root.join("target/package"))
+                .status()?;
+            if !status.success() {
+                bail!("deploy/debian/build-deb.sh failed ({status})");
+            }
+            Ok(())
+        }
         Cmd::Setup => {
             toolchain::ensure_test_packages()?;
             toolchain::ensure_bench_packages()?;

@@ -295,6 +295,9 @@ pub fn ensure_test_packages() -> Result<()> {
         ("nghttp", "nghttp2-client"),
         ("systemd-analyze", "systemd"),
         ("openssl", "openssl"),
+        // The package test builds and reads a .deb.
+        ("dpkg-deb", "dpkg"),
+        ("strip", "binutils"),
         ("python3", "python3"),
         // The challenge test: a real browser runs the proof-of-work page.
         ("chromium", "chromium"),
