@@ -3,6 +3,7 @@
 //! bench/RESULTS.md. Machines here are small and noisy: only same-run ratios mean much.
 
 mod cache;
+mod compress;
 mod cost;
 mod flood;
 mod functions;
@@ -74,6 +75,9 @@ enum Cmd {
     Graphql(graphql::Args),
     /// The security phases: criterion costs, auth on/off requests/s, escalation latency.
     Security(security::Args),
+    /// Compression: CPU per compressed response and ratio, edge-node against nginx's
+    /// gzip and brotli modules on the same HTML and JSON at the same levels.
+    Compression(compress::Args),
 }
 
 fn main() -> Result<()> {
@@ -90,5 +94,6 @@ fn main() -> Result<()> {
         Cmd::Rooms(args) => rooms::run(args),
         Cmd::RoomsLoad(args) => rooms_load::run(args),
         Cmd::Graphql(args) => graphql::run(args),
+        Cmd::Compression(args) => compress::run(args),
     }
 }

@@ -262,13 +262,23 @@ fn nginx_paths(dir: &Path, name: &str) -> String {
 }
 
 pub(crate) fn start_nginx(dir: &Path, name: &str, http_block: &str) -> Result<Proc> {
+    start_nginx_with(dir, name, "", http_block)
+}
+
+/// [`start_nginx`] with `main` directives first (`load_module`).
+pub(crate) fn start_nginx_with(
+    dir: &Path,
+    name: &str,
+    main: &str,
+    http_block: &str,
+) -> Result<Proc> {
     let conf = dir.join(format!("{name}.conf"));
     // worker_processes auto: one per core, as in Debian's own nginx.conf. A request on a
     // keep-alive connection is never the one that closes it (keepalive_requests is
     // 1000 by default), so every server keeps its clients' connections for the whole run
     // as edge-node and haproxy do; h2load does not reconnect after a GOAWAY.
     let text = format!(
-        "daemon off;\nworker_processes auto;\n{}\
+        "{main}daemon off;\nworker_processes auto;\n{}\
          access_log off;\n\
          keepalive_requests 1000000;\n\
          {http_block}\n}}\n",

@@ -40,6 +40,9 @@ pub enum BenchCmd {
     /// GraphQL over KV: a query resolving `user(id)` from a `[[kv]]` namespace against
     /// the KV GET of the same record on the same node (wrk).
     Graphql(Common),
+    /// Compression: CPU per compressed response and ratio, edge-node against nginx's
+    /// gzip and brotli modules on the same HTML and JSON at the same levels.
+    Compression(Common),
     /// HTTP/3 against HTTP/2 and HTTP/1.1 on one route: req/s, p50, p99.
     H3(Common),
     /// Intent inference latency p50/p99 (criterion) and end-to-end req/s with
@@ -103,6 +106,9 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         crate::components::build_all()?;
     } else if matches!(cmd, BenchCmd::Kv(_)) {
         toolchain::ensure_kv_bench_packages()?;
+    } else if matches!(cmd, BenchCmd::Compression(_)) {
+        toolchain::ensure_proxy_bench_packages()?;
+        toolchain::ensure_compression_bench_packages()?;
     } else if matches!(cmd, BenchCmd::Graphql(_)) {
         toolchain::ensure_graphql_bench_packages()?;
     } else if matches!(cmd, BenchCmd::Rooms(_)) {
@@ -124,6 +130,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Kv(c) => run_bench("kv", &c),
         BenchCmd::Rooms(c) => run_bench("rooms", &c),
         BenchCmd::Graphql(c) => run_bench("graphql", &c),
+        BenchCmd::Compression(c) => run_bench("compression", &c),
         BenchCmd::Intent(c) => {
             // Criterion, with its per-call percentiles kept for the report.
             let log = crate::toolchain::workspace_root().join("target/intent-bench.log");

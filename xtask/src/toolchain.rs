@@ -370,6 +370,30 @@ pub fn ensure_cache_bench_packages() -> Result<()> {
 
 /// What the GraphQL benchmark loads the node with (wrk) and samples its answers with
 /// (curl).
+/// The compression benchmark's peer module: nginx's brotli filter (Debian's
+/// libnginx-mod-http-brotli-filter; a module file, no binary to look for).
+pub fn ensure_compression_bench_packages() -> Result<()> {
+    let module = Path::new("/usr/lib/nginx/modules/ngx_http_brotli_filter_module.so");
+    if module.is_file() {
+        return Ok(());
+    }
+    if !is_root() {
+        eprintln!(
+            "xtask: {} missing; install libnginx-mod-http-brotli-filter",
+            module.display()
+        );
+        return Ok(());
+    }
+    eprintln!("xtask: apt-get install libnginx-mod-http-brotli-filter");
+    run(Command::new("apt-get")
+        .args(["update", "-qq"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .arg("libnginx-mod-http-brotli-filter")
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
 pub fn ensure_graphql_bench_packages() -> Result<()> {
     ensure_packages(&[("wrk", "wrk"), ("curl", "curl")])
 }
