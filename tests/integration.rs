@@ -4,6 +4,7 @@
 mod cache;
 mod cache_http;
 mod compression;
+mod fleet;
 mod functions;
 mod functions_kv;
 mod graphql;

@@ -12,7 +12,7 @@ use std::{
 use edge_common::Reason;
 use edge_node::xdp::PinnedMaps;
 use edge_tests::{
-    BpfFs,
+    BpfFs, http_from, http_from_with,
     netns::{Netns, veth},
     node::Node,
     privileged,
@@ -497,30 +497,6 @@ fn auto_mode_degrades_loudly_and_strict_mode_refuses() {
         "strict mode must refuse to start: {code:?}"
     );
     assert!(strict.log().contains("nosuchif0"), "{}", strict.log());
-}
-
-/// One HTTP request from `src` on a fresh connection: `Err` when the connection could
-/// not even be made (SYN dropped), else the status (0 when the server closed unread).
-fn http_from(src: &str, to: SocketAddr, auth: &str) -> std::io::Result<u16> {
-    http_from_with(src, to, auth, "")
-}
-
-/// [`http_from`] with `extra` header lines (each ending in CRLF).
-fn http_from_with(src: &str, to: SocketAddr, auth: &str, extra: &str) -> std::io::Result<u16> {
-    use std::io::{Read, Write};
-    let mut s = edge_tests::connect_from(src, to, Duration::from_millis(700))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let _ = write!(
-        s,
-        "GET / HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {auth}\r\n{extra}Connection: close\r\n\r\n"
-    );
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    Ok(out
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|r| r.get(..3))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0))
 }
 
 /// A node on SERVER:8080 (drop threshold 50, no challenge) whose one route needs an

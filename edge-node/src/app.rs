@@ -103,6 +103,17 @@ impl App {
             self.config.xdp.drop_threshold,
             Some(policy.clone()),
         ));
+        // The fleet's threat stream: before the first pipeline, which tells it what a
+        // remote event may never stop.
+        if self.config.fleet.shares_threats() {
+            let feed = crate::fleet::threats::ThreatFeed::start(
+                &self.config.fleet,
+                &self.config.node.id,
+                policy.clone(),
+                metrics.clone(),
+            )?;
+            threat.share_with(feed);
+        }
         let userspace_policy = match xdp.enforcement() {
             Enforcement::Kernel => None,
             Enforcement::Userspace { .. } => Some(policy.clone()),
@@ -368,6 +379,7 @@ fn warn_restart_only(old: &Config, new: &Config) {
             old.http.tls_listen != new.http.tls_listen,
         ),
         ("admin.listen", old.admin.listen != new.admin.listen),
+        ("fleet", old.fleet != new.fleet),
         (
             "admin.token",
             old.admin.token != new.admin.token || old.admin.token_file != new.admin.token_file,

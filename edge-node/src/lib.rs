@@ -29,6 +29,7 @@ pub mod clock;
 pub mod config;
 pub mod duration;
 pub mod error;
+pub mod fleet;
 pub mod functions;
 pub mod graphql;
 pub mod handlers;

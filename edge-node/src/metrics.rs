@@ -169,6 +169,7 @@ pub struct Metrics {
     connections_shed: Counter,
     /// Connections closed at accept by the source policy, by reason.
     connections_refused: Family<ReasonLabels, Counter>,
+    fleet_threats: Family<OutcomeLabels, Counter>,
     /// Responses compressed, by coding and how (streamed, stored once, reused).
     compressed: Family<CompressedLabels, Counter>,
     /// WebAssembly function calls by function, role and outcome, and their time to a
@@ -223,6 +224,13 @@ impl Metrics {
              not attached), by reason: syn_rate, blocked, threat",
             connections_refused.clone(),
         );
+        let fleet_threats = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "edge_fleet_threat_events",
+            "Threat events of the fleet's stream, by outcome: published, publish_dropped \
+             (backlog full while Redis was unreachable), applied, refused, expired",
+            fleet_threats.clone(),
+        );
         let compressed = Family::<CompressedLabels, Counter>::default();
         registry.register(
             "edge_compressed_responses",
@@ -272,6 +280,7 @@ impl Metrics {
             servers,
             connections_shed,
             connections_refused,
+            fleet_threats,
             compressed,
             function_calls,
             function_time,
@@ -388,6 +397,14 @@ impl Metrics {
     pub fn compressed(&self, encoding: &'static str, how: &'static str) {
         self.compressed
             .get_or_create(&CompressedLabels { encoding, how })
+            .inc();
+    }
+
+    /// A threat event of the fleet's stream: `published`, `publish_dropped`, `applied`,
+    /// `refused`, `expired`.
+    pub fn fleet_threat(&self, outcome: &'static str) {
+        self.fleet_threats
+            .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }
 

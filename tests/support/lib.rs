@@ -118,6 +118,36 @@ pub fn edge_node_bin() -> PathBuf {
     );
 }
 
+/// One `GET /` (Host `app.test`, the bearer `auth`) from `src` on a fresh connection:
+/// `Err` when the connection could not even be made (SYN dropped), else the status (0
+/// when the server closed it unanswered).
+pub fn http_from(src: &str, to: std::net::SocketAddr, auth: &str) -> std::io::Result<u16> {
+    http_from_with(src, to, auth, "")
+}
+
+/// [`http_from`] with `extra` header lines (each ending in CRLF).
+pub fn http_from_with(
+    src: &str,
+    to: std::net::SocketAddr,
+    auth: &str,
+    extra: &str,
+) -> std::io::Result<u16> {
+    use std::io::{Read, Write};
+    let mut s = connect_from(src, to, std::time::Duration::from_millis(700))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    let _ = write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {auth}\r\n{extra}Connection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    Ok(out
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0))
+}
+
 /// A TCP connection from source address `src` (IPv4) with a connect timeout: std can
 /// neither bind before connecting nor time out a connect from a chosen address.
 pub fn connect_from(

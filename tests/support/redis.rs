@@ -38,6 +38,11 @@ impl Redis {
             .local_addr()
             .unwrap()
             .port();
+        Some(Self::start_on(port))
+    }
+
+    /// Starts one on `port` (where a killed one ran: it comes back, empty).
+    pub fn start_on(port: u16) -> Self {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args([
@@ -57,7 +62,7 @@ impl Redis {
             assert!(Instant::now() < deadline, "redis-server did not come up");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Some(redis)
+        redis
     }
 
     pub fn url(&self) -> String {

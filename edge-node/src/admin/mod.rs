@@ -298,17 +298,13 @@ async fn policy_change(st: &AdminState, path: &str, query: &str) -> Response<Bod
         Ok(t) => t,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("ttl: {e}\n")),
     };
-    enum Change {
-        Score(std::net::IpAddr, u32),
-        Block(ipnet::IpNet),
-        Unblock(ipnet::IpNet),
-    }
+    use crate::fleet::threats::Change;
     let change = match path {
         "/policy/score" => {
             let ip = args.get("ip").and_then(|v| v.parse().ok());
             let score = args.get("score").and_then(|v| v.parse().ok());
             match (ip, score) {
-                (Some(ip), Some(score)) => Change::Score(ip, score),
+                (Some(ip), Some(score)) => Change::Score { ip, score },
                 _ => return text(StatusCode::BAD_REQUEST, "need ip=ADDRESS and score=N\n"),
             }
         }
@@ -326,28 +322,24 @@ async fn policy_change(st: &AdminState, path: &str, query: &str) -> Response<Bod
             }
         },
     };
-    if let Change::Score(ip, 0) = change {
+    if let Change::Score { ip, score: 0 } = change {
         // Cleared by an operator: the proxy forgets what it held against the source too.
         st.threat.clear(ip);
     }
     let p = st.policy.clone();
     let done = tokio::task::spawn_blocking(move || {
-        let mut p = p.lock().expect("policy lock");
-        match change {
-            Change::Score(ip, score) => p
-                .set_score(ip, score, ttl)
-                .map(|()| format!("score {ip} = {score}\n")),
-            Change::Block(net) => p.block(net, ttl).map(|()| format!("blocked {net}\n")),
-            Change::Unblock(net) => p.unblock(net).map(|was| {
-                if was {
-                    format!("unblocked {net}\n")
-                } else {
-                    format!("{net} was not blocked\n")
-                }
-            }),
-        }
+        change.apply(&p, ttl).map(|changed| match change {
+            Change::Score { ip, score } => format!("score {ip} = {score}\n"),
+            Change::Block(net) => format!("blocked {net}\n"),
+            Change::Unblock(net) if changed => format!("unblocked {net}\n"),
+            Change::Unblock(net) => format!("{net} was not blocked\n"),
+        })
     })
     .await;
+    if let Ok(Ok(_)) = &done {
+        // The same change on every node of the fleet (when this one shares).
+        st.threat.share(change, ttl);
+    }
     match done {
         Ok(Ok(msg)) => {
             info!(change = %msg.trim(), "source policy changed through the admin API");

@@ -86,6 +86,9 @@ pub struct Config {
     /// OpenTelemetry traces over OTLP (off without an endpoint).
     #[serde(default)]
     pub traces: crate::otel::TraceSettings,
+    /// What a fleet of nodes shares through Redis (off without `redis`).
+    #[serde(default)]
+    pub fleet: crate::fleet::FleetSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -266,6 +269,7 @@ impl Config {
             .validate()
             .context(Table::one("compression"))?;
         self.traces.validate().context(Table::one("traces"))?;
+        self.fleet.validate().context(Table::one("fleet"))?;
         if self.intent.enabled {
             // Loads the model: a missing or broken file is a config error.
             crate::intent::load(self.intent.model.as_deref())
@@ -661,5 +665,6 @@ mod example_tests {
         assert_eq!(format!("{:?}", c.cache), format!("{:?}", d.cache));
         assert_eq!(c.compression, d.compression);
         assert_eq!(c.traces, d.traces);
+        assert_eq!(c.fleet, d.fleet);
     }
 }

@@ -21,7 +21,10 @@ use tracing::{error, warn};
 
 pub use settings::{Signal, ThreatSettings};
 
-use crate::xdp::SharedPolicy;
+use crate::{
+    fleet::threats::{Change, ThreatFeed},
+    xdp::SharedPolicy,
+};
 
 /// Who a signal is about, as the connection and the early phase established it.
 #[derive(Debug, Clone, Copy)]
@@ -101,6 +104,8 @@ pub struct ThreatEngine {
     /// `xdp.ipv6_source_prefix`: how much of an IPv6 address names a source ([`Self::key`]).
     ipv6_prefix: AtomicU32,
     escalate: Option<mpsc::Sender<Escalation>>,
+    /// The fleet's threat stream, when this node shares: escalations go there too.
+    feed: Arc<arc_swap::ArcSwapOption<ThreatFeed>>,
 }
 
 impl ThreatEngine {
@@ -111,7 +116,8 @@ impl ThreatEngine {
         drop_threshold: u32,
         policy: Option<SharedPolicy>,
     ) -> Self {
-        let escalate = policy.map(spawn_writer);
+        let feed = Arc::new(arc_swap::ArcSwapOption::empty());
+        let escalate = policy.map(|p| spawn_writer(p, feed.clone()));
         Self {
             config: ArcSwap::from_pointee((settings.clone(), drop_threshold)),
             scores: moka::sync::Cache::builder()
@@ -126,7 +132,28 @@ impl ThreatEngine {
             allowed: ArcSwap::from_pointee(Vec::new()),
             ipv6_prefix: AtomicU32::new(crate::xdp::settings::DEFAULT_IPV6_SOURCE_PREFIX.into()),
             escalate,
+            feed,
         }
+    }
+
+    /// What events from other nodes may never block or score here (`xdp.allow`, the
+    /// trusted proxies); every configuration load says it again.
+    pub fn protect_from_fleet(&self, nets: impl IntoIterator<Item = ipnet::IpNet>) {
+        if let Some(f) = self.feed.load().as_ref() {
+            f.protect(nets);
+        }
+    }
+
+    /// Shares an operator's change with the fleet (when this node shares).
+    pub fn share(&self, change: Change, ttl: Option<Duration>) {
+        if let Some(f) = self.feed.load().as_ref() {
+            f.publish(change, ttl);
+        }
+    }
+
+    /// Shares this node's escalations with the fleet from now on.
+    pub fn share_with(&self, feed: Arc<ThreatFeed>) {
+        self.feed.store(Some(feed));
     }
 
     /// The prefixes that are never refused (`xdp.allow`; a reload swaps them).
@@ -262,7 +289,11 @@ impl ThreatEngine {
 }
 
 /// Map writes are syscalls under a lock: one task does them, off the request path.
-fn spawn_writer(policy: SharedPolicy) -> mpsc::Sender<Escalation> {
+/// Each escalation written here is then shared with the fleet (when it is on).
+fn spawn_writer(
+    policy: SharedPolicy,
+    feed: Arc<arc_swap::ArcSwapOption<ThreatFeed>>,
+) -> mpsc::Sender<Escalation> {
     let (tx, mut rx) = mpsc::channel::<Escalation>(4096);
     tokio::spawn(async move {
         while let Some((ip, score, ttl)) = rx.recv().await {
@@ -274,7 +305,11 @@ fn spawn_writer(policy: SharedPolicy) -> mpsc::Sender<Escalation> {
             })
             .await;
             match written {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => {
+                    if let Some(f) = feed.load().as_ref() {
+                        f.publish(Change::Score { ip, score }, Some(ttl));
+                    }
+                }
                 Ok(Err(e)) => {
                     error!(%ip, error = %format!("{e:#}"), "writing the threat score failed")
                 }

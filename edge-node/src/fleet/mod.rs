@@ -1,0 +1,158 @@
+//! The fleet (`[fleet]`): nodes that share what any of them learns, through Redis.
+//! Today: threat intelligence ([`threats`]): escalations and operator blocks, unblocks
+//! and scores on any node are applied by every node to its source policy (the XDP maps,
+//! or the userspace tables).
+
+pub mod threats;
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use serde::Deserialize;
+
+/// `[fleet]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSettings {
+    /// The fleet's Redis: `redis://[user:password@]host:port[/db]`, or `rediss://` for
+    /// TLS. None: this node shares nothing.
+    #[serde(default)]
+    pub redis: Option<String>,
+    /// This node's region (for `scope = "region"`; also named in what it publishes).
+    #[serde(default)]
+    pub region: String,
+    /// What is shared: `fleet` (every node), `region` (nodes of this `region`), or
+    /// `local` (nothing: decisions stay on this node).
+    #[serde(default)]
+    pub scope: Scope,
+    /// The Redis Stream threat events go to.
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    /// Longest wait for one Redis call.
+    #[serde(default = "default_timeout", with = "crate::duration")]
+    pub timeout: Duration,
+    /// How far back a starting node reads the stream (what it missed while away).
+    #[serde(default = "default_catch_up", with = "crate::duration")]
+    pub catch_up: Duration,
+    /// Entries the stream keeps at most (approximately; older ones are trimmed).
+    #[serde(default = "default_max_len")]
+    pub max_len: u64,
+    /// An event whose node clock is further than this from Redis' clock is refused.
+    #[serde(default = "default_skew", with = "crate::duration")]
+    pub max_clock_skew: Duration,
+    /// Events kept for publishing while Redis is unreachable (then the oldest go).
+    #[serde(default = "default_backlog")]
+    pub backlog: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    #[default]
+    Fleet,
+    Region,
+    Local,
+}
+
+impl Default for FleetSettings {
+    fn default() -> Self {
+        Self {
+            redis: None,
+            region: String::new(),
+            scope: Scope::default(),
+            stream: default_stream(),
+            timeout: default_timeout(),
+            catch_up: default_catch_up(),
+            max_len: default_max_len(),
+            max_clock_skew: default_skew(),
+            backlog: default_backlog(),
+        }
+    }
+}
+
+fn default_stream() -> String {
+    "edge-node:threats".into()
+}
+fn default_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_catch_up() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_max_len() -> u64 {
+    100_000
+}
+fn default_skew() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_backlog() -> usize {
+    10_000
+}
+
+impl FleetSettings {
+    /// Whether threat events are shared at all.
+    pub fn shares_threats(&self) -> bool {
+        self.redis.is_some() && self.scope != Scope::Local
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if let Some(url) = &self.redis {
+            let info: redis::ConnectionInfo =
+                redis::IntoConnectionInfo::into_connection_info(url.as_str())
+                    .map_err(|e| anyhow::anyhow!("fleet.redis {url:?} is no Redis URL: {e}"))?;
+            drop(info);
+        }
+        if self.scope == Scope::Region && self.region.is_empty() {
+            bail!("fleet.scope = \"region\" needs fleet.region");
+        }
+        let token = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        };
+        if self.stream.is_empty() || !token(&self.stream) || !token(&self.region) {
+            bail!("fleet.stream and fleet.region may hold letters, digits and - _ . : only");
+        }
+        if self.timeout.is_zero() || self.max_clock_skew.is_zero() {
+            bail!("fleet.timeout and fleet.max_clock_skew must be longer than 0s");
+        }
+        if self.max_len < 1000 || self.backlog == 0 {
+            bail!("fleet.max_len is at least 1000 and fleet.backlog at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_refuse_nonsense() {
+        let parse = |s: &str| -> Result<FleetSettings> {
+            let f: FleetSettings = toml::from_str(s)?;
+            f.validate()?;
+            Ok(f)
+        };
+        assert!(!parse("").unwrap().shares_threats());
+        assert!(
+            parse("redis = \"redis://127.0.0.1:6379\"")
+                .unwrap()
+                .shares_threats()
+        );
+        assert!(
+            !parse("redis = \"redis://127.0.0.1:6379\"\nscope = \"local\"")
+                .unwrap()
+                .shares_threats()
+        );
+        for bad in [
+            "redis = \"http://x\"",
+            "scope = \"region\"",
+            "scope = \"planet\"",
+            "stream = \"a b\"",
+            "timeout = \"0s\"",
+            "max_len = 10",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! A fleet of three nodes sharing threat intelligence through a real redis-server: each
+//! node runs in the server namespace with its XDP program on its own veth, and the client
+//! namespace reaches all three from the same addresses. What one node learns (a client
+//! failing auth) or an operator decides on one (a block through the admin API) is
+//! dropped at every node's NIC; Redis killed and restarted, the nodes carry on and catch
+//! up; a node restarted while it was away applies what it missed.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use edge_common::Reason;
+use edge_node::xdp::PinnedMaps;
+use edge_tests::{
+    BpfFs, http_from,
+    netns::{Netns, veth},
+    node::Node,
+    privileged,
+    redis::Redis,
+};
+
+/// The abusive client, on the client namespace's loopback: the same source at every node.
+const ABUSER: &str = "10.242.0.10";
+/// A client an operator blocks.
+const BLOCKED: &str = "10.242.0.11";
+/// A client nobody holds anything against.
+const NEIGHBOUR: &str = "10.242.0.12";
+const TOKEN: &str = "fleet-admin-token-0123456789";
+
+struct Fleet {
+    client: Netns,
+    server: Netns,
+    redis: Redis,
+    nodes: Vec<Node>,
+    fs: Vec<BpfFs>,
+}
+
+impl Fleet {
+    /// Three nodes (a, b, c) on links 10.242.{1,2,3}.0/24, sharing through one Redis.
+    fn new(test: &str) -> Option<Self> {
+        let client = Netns::new("fcl");
+        let server = Netns::new("fsv");
+        for a in [ABUSER, BLOCKED, NEIGHBOUR] {
+            client.ip(&["addr", "add", &format!("{a}/32"), "dev", "lo"]);
+        }
+        let redis = server.enter(|| Redis::start(test))?;
+        let mut nodes = Vec::new();
+        let mut fs = Vec::new();
+        for i in 1..=3u8 {
+            let (_, server_if) = veth(
+                &client,
+                &format!("10.242.{i}.2/24"),
+                &server,
+                &format!("10.242.{i}.1/24"),
+            );
+            // Each node answers the clients over its own link: replies from its address
+            // leave by its veth (the clients' addresses are the same behind every link).
+            let table = (100 + i).to_string();
+            server.ip(&[
+                "rule",
+                "add",
+                "from",
+                &format!("10.242.{i}.1"),
+                "table",
+                &table,
+            ]);
+            server.ip(&[
+                "route",
+                "add",
+                "10.242.0.0/24",
+                "dev",
+                &server_if,
+                "table",
+                &table,
+            ]);
+            let bpf = BpfFs::new();
+            let config = format!(
+                "[node]\nid = \"edge-{name}\"\n\n\
+                 [xdp]\nmode = \"native\"\ninterfaces = [\"{server_if}\"]\npin_root = \"{pin}\"\n\
+                 drop_threshold = 50\n\n\
+                 [http]\nlisten = [\"10.242.{i}.1:8080\"]\n\n\
+                 [admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{TOKEN}\"\n\n\
+                 [threat]\nchallenge_threshold = 0\nhalf_life = \"60s\"\nblock_ttl = \"60s\"\n\n\
+                 [fleet]\nredis = \"{url}\"\nregion = \"eu\"\ntimeout = \"300ms\"\n\n\
+                 [[jwt_provider]]\nname = \"idp\"\nalgorithms = [\"HS256\"]\n\
+                 secret = \"an-hmac-secret-of-at-least-32-bytes!\"\n\n\
+                 [[upstream]]\nname = \"demo\"\nbuiltin = \"demo\"\n\n\
+                 [[route]]\nhosts = [\"*\"]\nupstream = \"demo\"\n[route.auth]\nprovider = \"idp\"\n",
+                name = (b'a' + i - 1) as char,
+                pin = bpf.path().display(),
+                admin = 9900 + u16::from(i),
+                url = redis.url(),
+            );
+            let node = Node::start(&config, Some(&server));
+            assert!(
+                node.wait_running(Duration::from_secs(20)),
+                "node {i} did not start:\n{}",
+                node.log()
+            );
+            nodes.push(node);
+            fs.push(bpf);
+        }
+        Some(Self {
+            client,
+            server,
+            redis,
+            nodes,
+            fs,
+        })
+    }
+
+    fn addr(n: usize) -> SocketAddr {
+        format!("10.242.{}.1:8080", n + 1).parse().unwrap()
+    }
+
+    /// A request with a bad token from `src` to node `n`.
+    fn call(&self, n: usize, src: &str) -> std::io::Result<u16> {
+        self.client
+            .enter(|| http_from(src, Self::addr(n), "not-a-valid-token"))
+    }
+
+    /// Whether node `n` drops `src`'s SYNs within `wait` (polled).
+    fn dropped_within(&self, n: usize, src: &str, wait: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < wait {
+            if self.call(n, src).is_err() {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Whether node `n` answers `src` again within `wait` (polled).
+    fn answers_within(&self, n: usize, src: &str, wait: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < wait {
+            if let Ok(401) = self.call(n, src) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// An admin API call on node `n`: status and body.
+    fn admin(&self, n: usize, method: &str, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let port = 9901 + n as u16;
+        self.server.enter(|| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("admin");
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            write!(
+                s,
+                "{method} {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TOKEN}\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+            let body = out
+                .split_once("\r\n\r\n")
+                .map_or("", |(_, b)| b)
+                .to_string();
+            (status, body)
+        })
+    }
+
+    fn maps(&self, n: usize) -> PinnedMaps {
+        PinnedMaps::open(&self.fs[n].pin_dir()).expect("pinned maps")
+    }
+
+    fn threat_drops(&self, n: usize) -> u64 {
+        self.maps(n).counters().unwrap()[Reason::DropThreat as usize].packets
+    }
+
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("--- node {i}:\n{}", n.log()))
+            .collect()
+    }
+
+    /// Fails auth at node `n` until its NIC drops the abuser; the failures it took.
+    fn escalate_at(&self, n: usize) -> usize {
+        let mut failures = 0;
+        for _ in 0..60 {
+            match self.call(n, ABUSER) {
+                Ok(401) => failures += 1,
+                // Closed at accept until the kernel's map write lands.
+                Ok(0) => std::thread::sleep(Duration::from_millis(50)),
+                Ok(other) => panic!("status {other}"),
+                Err(_) => return failures,
+            }
+        }
+        panic!("node {n} never dropped the abuser:\n{}", self.logs());
+    }
+}
+
+#[test]
+fn what_one_node_learns_or_an_operator_decides_every_node_drops() {
+    let test = "what_one_node_learns_or_an_operator_decides_every_node_drops";
+    if !privileged(test) {
+        return;
+    }
+    let Some(f) = Fleet::new(test) else { return };
+    for n in 0..3 {
+        assert_eq!(f.call(n, ABUSER).unwrap(), 401, "node {n}");
+    }
+    let before = [f.threat_drops(1), f.threat_drops(2)];
+    // The abuser fails auth at node a until a drops it at its NIC...
+    let failures = f.escalate_at(0);
+    assert!(failures >= 5, "dropped after only {failures} failures");
+    // ...and b and c drop it too, though it never misbehaved there.
+    for n in [1, 2] {
+        let took = f
+            .dropped_within(n, ABUSER, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("node {n} never dropped the abuser:\n{}", f.logs()));
+        eprintln!("node {n} dropped the abuser {took:?} after node a did");
+        assert!(
+            f.threat_drops(n) > before[n - 1],
+            "node {n}: no XDP threat drop counted"
+        );
+        let listed = f.nodes[n].cli_ok(&["xdp", "list"]);
+        assert!(listed.contains(ABUSER), "node {n}: {listed}");
+        // Everyone else is served as before.
+        assert_eq!(f.call(n, NEIGHBOUR).unwrap(), 401, "node {n}");
+    }
+
+    // An operator blocks a client on b: a and c drop it; unblocked on b, they serve it.
+    assert_eq!(f.call(0, BLOCKED).unwrap(), 401);
+    let (status, body) = f.admin(
+        1,
+        "POST",
+        &format!("/policy/block?cidr={BLOCKED}/32&ttl=60s"),
+    );
+    assert_eq!(status, 200, "{body}");
+    for n in [0, 1, 2] {
+        assert!(
+            f.dropped_within(n, BLOCKED, Duration::from_secs(5))
+                .is_some(),
+            "node {n} never dropped the operator's block:\n{}",
+            f.logs()
+        );
+    }
+    let (status, body) = f.admin(1, "POST", &format!("/policy/unblock?cidr={BLOCKED}/32"));
+    assert_eq!(
+        (status, body.trim()),
+        (200, format!("unblocked {BLOCKED}/32").as_str())
+    );
+    for n in [0, 2] {
+        assert!(
+            f.answers_within(n, BLOCKED, Duration::from_secs(5)),
+            "node {n} still drops an unblocked client:\n{}",
+            f.logs()
+        );
+    }
+    // Every node counted what it applied from the others.
+    let (_, metrics) = f.admin(2, "GET", "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("edge_fleet_threat_events_total{outcome=\"applied\"} ")),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn the_fleet_carries_on_without_redis_and_catches_up() {
+    let test = "the_fleet_carries_on_without_redis_and_catches_up";
+    if !privileged(test) {
+        return;
+    }
+    let Some(mut f) = Fleet::new(test) else {
+        return;
+    };
+    // Redis goes away: a still learns and drops on its own.
+    let port = f.redis.port;
+    f.redis.kill();
+    f.escalate_at(0);
+    assert_eq!(f.call(1, ABUSER).unwrap(), 401, "b cannot know yet");
+    // Redis is back (empty): a's event waited and is shared now.
+    f.redis = f.server.enter(|| Redis::start_on(port));
+    for n in [1, 2] {
+        assert!(
+            f.dropped_within(n, ABUSER, Duration::from_secs(10))
+                .is_some(),
+            "node {n} never caught up after Redis came back:\n{}",
+            f.logs()
+        );
+    }
+    // c is away while an operator blocks a client on a; back, it applies what it missed.
+    f.nodes[2].stop();
+    let (status, body) = f.admin(
+        0,
+        "POST",
+        &format!("/policy/block?cidr={BLOCKED}/32&ttl=60s"),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        f.dropped_within(1, BLOCKED, Duration::from_secs(5))
+            .is_some()
+    );
+    f.nodes[2].restart();
+    assert!(f.nodes[2].wait_running(Duration::from_secs(20)));
+    assert!(
+        f.dropped_within(2, BLOCKED, Duration::from_secs(10))
+            .is_some(),
+        "node c did not catch up on what it missed:\n{}",
+        f.logs()
+    );
+    assert_eq!(f.call(2, NEIGHBOUR).unwrap(), 401);
+}
