@@ -3,7 +3,8 @@
 //! namespace reaches all three from the same addresses. What one node learns (a client
 //! failing auth) or an operator decides on one (a block through the admin API) is
 //! dropped at every node's NIC; Redis killed and restarted, the nodes carry on and catch
-//! up; a node restarted while it was away applies what it missed.
+//! up; a node restarted while it was away applies what it missed; `edge-node fleet
+//! status` lists the members, live or lapsed.
 
 use std::{
     net::SocketAddr,
@@ -82,7 +83,7 @@ impl Fleet {
                  [http]\nlisten = [\"10.242.{i}.1:8080\"]\n\n\
                  [admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{TOKEN}\"\n\n\
                  [threat]\nchallenge_threshold = 0\nhalf_life = \"60s\"\nblock_ttl = \"60s\"\n\n\
-                 [fleet]\nredis = \"{url}\"\nregion = \"eu\"\ntimeout = \"300ms\"\n\n\
+                 [fleet]\nredis = \"{url}\"\nregion = \"eu\"\ntimeout = \"300ms\"\nheartbeat = \"200ms\"\n\n\
                  [[jwt_provider]]\nname = \"idp\"\nalgorithms = [\"HS256\"]\n\
                  secret = \"an-hmac-secret-of-at-least-32-bytes!\"\n\n\
                  [[upstream]]\nname = \"demo\"\nbuiltin = \"demo\"\n\n\
@@ -168,6 +169,22 @@ impl Fleet {
         })
     }
 
+    /// `edge-node fleet status` on node `n`, once `until` holds for it (within 10 s).
+    fn status(&self, n: usize, until: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let out = self.nodes[n].cli_ok(&["fleet", "status"]);
+            if until(&out) {
+                return out;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "fleet status never as expected:\n{out}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn maps(&self, n: usize) -> PinnedMaps {
         PinnedMaps::open(&self.fs[n].pin_dir()).expect("pinned maps")
     }
@@ -209,6 +226,20 @@ fn what_one_node_learns_or_an_operator_decides_every_node_drops() {
     let Some(f) = Fleet::new(test) else { return };
     for n in 0..3 {
         assert_eq!(f.call(n, ABUSER).unwrap(), 401, "node {n}");
+    }
+    // Every node is a member, live, in its region, at this version.
+    let status = f.status(0, |s| {
+        s.lines().filter(|l| l.ends_with("\tlive")).count() == 3
+    });
+    for name in ["edge-a", "edge-b", "edge-c"] {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}\t")))
+            .unwrap_or_else(|| panic!("{name} missing:\n{status}"));
+        assert!(
+            line.starts_with(&format!("{name}\teu\t{}\t", env!("CARGO_PKG_VERSION"))),
+            "{line}"
+        );
     }
     let before = [f.threat_drops(1), f.threat_drops(2)];
     // The abuser fails auth at node a until a drops it at its NIC...
@@ -294,6 +325,11 @@ fn the_fleet_carries_on_without_redis_and_catches_up() {
     }
     // c is away while an operator blocks a client on a; back, it applies what it missed.
     f.nodes[2].stop();
+    // The others see it lapse.
+    f.status(1, |s| {
+        s.lines()
+            .any(|l| l.starts_with("edge-c\t") && l.ends_with("\tlapsed"))
+    });
     let (status, body) = f.admin(
         0,
         "POST",

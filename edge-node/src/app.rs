@@ -103,8 +103,15 @@ impl App {
             self.config.xdp.drop_threshold,
             Some(policy.clone()),
         ));
-        // The fleet's threat stream: before the first pipeline, which tells it what a
-        // remote event may never stop.
+        // The fleet: heartbeats, and the threat stream (before the first pipeline, which
+        // tells it what a remote event may never stop).
+        let _heartbeats = match &self.config.fleet.redis {
+            Some(_) => Some(crate::fleet::members::start(
+                &self.config.fleet,
+                &self.config.node.id,
+            )?),
+            None => None,
+        };
         if self.config.fleet.shares_threats() {
             let feed = crate::fleet::threats::ThreatFeed::start(
                 &self.config.fleet,

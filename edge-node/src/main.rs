@@ -34,6 +34,15 @@ enum Command {
     Check,
     /// Inspect and edit the XDP maps of a running node.
     Xdp(XdpArgs),
+    /// The fleet this node belongs to (`[fleet]`).
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum FleetCommand {
+    /// The fleet's nodes: region, version, start, last heartbeat, live or lapsed.
+    Status,
 }
 
 /// Errors end the process with their message alone (and its causes on one line):
@@ -59,6 +68,10 @@ fn run() -> Result<()> {
             Ok(())
         }
         Command::Xdp(args) => cli::run(args, config.xdp.pin_root.clone()),
+        Command::Fleet(FleetCommand::Status) => {
+            print!("{}", edge_node::fleet::members::status(&config.fleet)?);
+            Ok(())
+        }
         Command::Run => {
             let _log = init_logging(&config);
             let runtime = tokio::runtime::Runtime::new()?;

@@ -1,8 +1,9 @@
-//! The fleet (`[fleet]`): nodes that share what any of them learns, through Redis.
-//! Today: threat intelligence ([`threats`]): escalations and operator blocks, unblocks
-//! and scores on any node are applied by every node to its source policy (the XDP maps,
-//! or the userspace tables).
+//! The fleet (`[fleet]`): nodes that share what any of them learns, through Redis:
+//! threat intelligence ([`threats`]: escalations and operator blocks, unblocks and
+//! scores on any node are applied by every node to its source policy) and membership
+//! ([`members`]: heartbeats, `edge-node fleet status`). Keys live under `prefix`.
 
+pub mod members;
 pub mod threats;
 
 use std::time::Duration;
@@ -25,9 +26,13 @@ pub struct FleetSettings {
     /// `local` (nothing: decisions stay on this node).
     #[serde(default)]
     pub scope: Scope,
-    /// The Redis Stream threat events go to.
-    #[serde(default = "default_stream")]
-    pub stream: String,
+    /// Key prefix: the threat stream is `<prefix>:threats`, membership `<prefix>:nodes`
+    /// and `<prefix>:beats`. Fleets sharing a Redis keep apart by it.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// How often this node says it is alive.
+    #[serde(default = "default_heartbeat", with = "crate::duration")]
+    pub heartbeat: Duration,
     /// Longest wait for one Redis call.
     #[serde(default = "default_timeout", with = "crate::duration")]
     pub timeout: Duration,
@@ -60,7 +65,8 @@ impl Default for FleetSettings {
             redis: None,
             region: String::new(),
             scope: Scope::default(),
-            stream: default_stream(),
+            prefix: default_prefix(),
+            heartbeat: default_heartbeat(),
             timeout: default_timeout(),
             catch_up: default_catch_up(),
             max_len: default_max_len(),
@@ -70,8 +76,11 @@ impl Default for FleetSettings {
     }
 }
 
-fn default_stream() -> String {
-    "edge-node:threats".into()
+fn default_prefix() -> String {
+    "edge-node".into()
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(2)
 }
 fn default_timeout() -> Duration {
     Duration::from_millis(500)
@@ -90,6 +99,11 @@ fn default_backlog() -> usize {
 }
 
 impl FleetSettings {
+    /// The Redis key `name` of this fleet.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}:{name}", self.prefix)
+    }
+
     /// Whether threat events are shared at all.
     pub fn shares_threats(&self) -> bool {
         self.redis.is_some() && self.scope != Scope::Local
@@ -109,11 +123,11 @@ impl FleetSettings {
             s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
         };
-        if self.stream.is_empty() || !token(&self.stream) || !token(&self.region) {
-            bail!("fleet.stream and fleet.region may hold letters, digits and - _ . : only");
+        if self.prefix.is_empty() || !token(&self.prefix) || !token(&self.region) {
+            bail!("fleet.prefix and fleet.region may hold letters, digits and - _ . : only");
         }
-        if self.timeout.is_zero() || self.max_clock_skew.is_zero() {
-            bail!("fleet.timeout and fleet.max_clock_skew must be longer than 0s");
+        if self.timeout.is_zero() || self.max_clock_skew.is_zero() || self.heartbeat.is_zero() {
+            bail!("fleet.timeout, fleet.heartbeat and fleet.max_clock_skew must be longer than 0s");
         }
         if self.max_len < 1000 || self.backlog == 0 {
             bail!("fleet.max_len is at least 1000 and fleet.backlog at least 1");
@@ -148,7 +162,8 @@ mod tests {
             "redis = \"http://x\"",
             "scope = \"region\"",
             "scope = \"planet\"",
-            "stream = \"a b\"",
+            "prefix = \"a b\"",
+            "heartbeat = \"0s\"",
             "timeout = \"0s\"",
             "max_len = 10",
         ] {

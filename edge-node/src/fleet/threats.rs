@@ -1,5 +1,6 @@
 //! Shared threat intelligence: every escalation, and every block, unblock and score an
-//! operator sets through the admin API, is appended to a Redis Stream; every node reads
+//! operator sets through the admin API, is appended to a Redis Stream
+//! (`<prefix>:threats`); every node reads
 //! the stream and applies what other nodes decided to its own source policy (the XDP
 //! maps, or the userspace tables), keeping the deciding node's TTL.
 //!
@@ -163,7 +164,7 @@ impl ThreatFeed {
                 metrics.clone(),
             )),
         ];
-        info!(stream = %settings.stream, scope = ?settings.scope, "fleet threat sharing on");
+        info!(stream = %settings.key("threats"), scope = ?settings.scope, "fleet threat sharing on");
         Ok(Arc::new(Self {
             tx,
             protected,
@@ -242,7 +243,7 @@ async fn publish(
                 p.ttl.map_or(0, |t| t.as_millis().max(1) as u64),
             );
             let mut cmd = redis::cmd("XADD");
-            cmd.arg(&settings.stream)
+            cmd.arg(settings.key("threats"))
                 .arg("MAXLEN")
                 .arg("~")
                 .arg(settings.max_len)
@@ -302,7 +303,7 @@ async fn read(
             .arg("COUNT")
             .arg(BATCH)
             .arg("STREAMS")
-            .arg(&settings.stream)
+            .arg(settings.key("threats"))
             .arg(&last);
         let got = tokio::time::timeout(
             BLOCK + settings.timeout,

@@ -1,0 +1,154 @@
+//! Fleet membership: every node with `fleet.redis` says it is alive every `heartbeat`
+//! (its region, version, start and heartbeat period in `<prefix>:nodes`, the moment on
+//! Redis' clock in `<prefix>:beats`); `edge-node fleet status` lists them. A node silent
+//! for three of its periods is shown lapsed; one silent for an hour is forgotten.
+
+use std::{fmt::Write as _, time::Duration};
+
+use anyhow::{Context as _, Result};
+use tokio::task::JoinHandle;
+use tracing::warn;
+
+use super::FleetSettings;
+
+/// Records `ARGV[1]` (described by `ARGV[2]`) as alive now, forgets nodes silent for
+/// `ARGV[3]` ms; answers Redis' now.
+const BEAT: &str = r#"
+local nodes, beats = KEYS[1], KEYS[2]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', nodes, ARGV[1], ARGV[2])
+redis.call('ZADD', beats, now, ARGV[1])
+for _, n in ipairs(redis.call('ZRANGEBYSCORE', beats, '-inf', now - tonumber(ARGV[3]))) do
+  redis.call('ZREM', beats, n); redis.call('HDEL', nodes, n)
+end
+return now
+"#;
+
+/// Answers Redis' now, then node, description and last beat for every known node.
+const LIST: &str = r#"
+local nodes, beats = KEYS[1], KEYS[2]
+local t = redis.call('TIME')
+local out = {tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))}
+for _, n in ipairs(redis.call('ZRANGE', beats, 0, -1)) do
+  table.insert(out, n)
+  table.insert(out, redis.call('HGET', nodes, n) or '')
+  table.insert(out, redis.call('ZSCORE', beats, n))
+end
+return out
+"#;
+
+/// Nodes silent this long are forgotten.
+const FORGET_MS: u64 = 3_600_000;
+/// A node is lapsed after this many of its heartbeat periods without one.
+const LAPSE_PERIODS: u64 = 3;
+
+/// This node's heartbeats, sent while it is held.
+pub struct Heartbeats(JoinHandle<()>);
+
+impl Drop for Heartbeats {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends this node's heartbeats; failures are logged (rate-limited) and retried at the
+/// next beat.
+pub fn start(settings: &FleetSettings, node: &str) -> Result<Heartbeats> {
+    let url = settings.redis.as_deref().context("fleet.redis")?;
+    let client = redis::Client::open(url).with_context(|| format!("fleet.redis {url:?}"))?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(settings.timeout))
+        .set_response_timeout(Some(settings.timeout))
+        .set_number_of_retries(1);
+    let mut conn = client
+        .get_connection_manager_lazy(config)
+        .context("fleet redis")?;
+    let (nodes, beats) = (settings.key("nodes"), settings.key("beats"));
+    let description = format!(
+        "{}\t{}\t{}\t{}",
+        settings.region,
+        env!("CARGO_PKG_VERSION"),
+        crate::clock::unix_ms(),
+        settings.heartbeat.as_millis()
+    );
+    let (node, every, timeout) = (node.to_string(), settings.heartbeat, settings.timeout);
+    Ok(Heartbeats(tokio::spawn(async move {
+        let script = redis::Script::new(BEAT);
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let mut call = script.key(&nodes);
+            call.key(&beats).arg(&node).arg(&description).arg(FORGET_MS);
+            match tokio::time::timeout(timeout, call.invoke_async::<u64>(&mut conn)).await {
+                Ok(Ok(_)) => {}
+                failed => {
+                    if let Some(more) = HEARTBEAT_LOG.admit() {
+                        let error = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => format!("no answer within {timeout:?}"),
+                        };
+                        warn!(%error, failures_since_last_log = more, "fleet: heartbeat failed");
+                    }
+                }
+            }
+        }
+    })))
+}
+
+static HEARTBEAT_LOG: crate::limits::LogEvery = crate::limits::LogEvery::new(10_000_000_000);
+
+/// `edge-node fleet status`: the fleet's nodes as Redis knows them, one line each.
+pub fn status(settings: &FleetSettings) -> Result<String> {
+    let url = settings
+        .redis
+        .as_deref()
+        .context("no fleet: set fleet.redis in the configuration")?;
+    let client = redis::Client::open(url).with_context(|| format!("fleet.redis {url:?}"))?;
+    let mut conn = client
+        .get_connection_with_timeout(settings.timeout)
+        .with_context(|| format!("cannot reach the fleet's Redis at {url}"))?;
+    conn.set_read_timeout(Some(settings.timeout))?;
+    conn.set_write_timeout(Some(settings.timeout))?;
+    let reply: Vec<String> = redis::Script::new(LIST)
+        .key(settings.key("nodes"))
+        .key(settings.key("beats"))
+        .invoke(&mut conn)
+        .context("reading the fleet's members")?;
+    let (now, rest) = reply.split_first().context("empty answer")?;
+    let now: u64 = now.parse().context("Redis' time")?;
+    let mut out = String::from("NODE\tREGION\tVERSION\tSTARTED\tLAST HEARTBEAT\tSTATE\n");
+    for n in rest.chunks(3) {
+        let [node, description, beat] = n else {
+            continue;
+        };
+        let mut d = description.split('\t');
+        let (region, version, started, period) = (
+            d.next().unwrap_or(""),
+            d.next().unwrap_or("?"),
+            d.next().and_then(|v| v.parse::<u64>().ok()),
+            d.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(2000),
+        );
+        let age = now.saturating_sub(beat.parse::<f64>().unwrap_or(0.0) as u64);
+        let started = started.map_or_else(
+            || "?".to_string(),
+            |ms| {
+                humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+                    .to_string()
+            },
+        );
+        let state = if age <= LAPSE_PERIODS * period {
+            "live"
+        } else {
+            "lapsed"
+        };
+        let _ = writeln!(
+            out,
+            "{node}\t{}\t{version}\t{started}\t{:.1}s ago\t{state}",
+            if region.is_empty() { "-" } else { region },
+            age as f64 / 1000.0
+        );
+    }
+    Ok(out)
+}
