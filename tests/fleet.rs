@@ -350,3 +350,98 @@ fn the_fleet_carries_on_without_redis_and_catches_up() {
     );
     assert_eq!(f.call(2, NEIGHBOUR).unwrap(), 401);
 }
+
+/// Three nodes on loopback with one fleet-scoped limit (20/s, bursts of 10, the whole
+/// route as the key), sharing `redis`.
+fn limited_nodes(redis: &Redis) -> Vec<Node> {
+    (0..3)
+        .map(|i| {
+            let node = Node::start(
+                &format!(
+                    "[node]\nid = \"edge-{i}\"\n[xdp]\nmode = \"off\"\n\
+                     [http]\nlisten = [\"127.0.0.1:0\"]\n[threat]\nenabled = false\n\
+                     [fleet]\nredis = \"{}\"\nheartbeat = \"200ms\"\ntimeout = \"300ms\"\n\
+                     [[upstream]]\nname = \"demo\"\nbuiltin = \"demo\"\n\
+                     [[route]]\nhosts = [\"*\"]\nupstream = \"demo\"\n\
+                     [[route.rate_limit]]\nkey = \"route\"\nper_second = 20.0\nburst = 10\n\
+                     scope = \"fleet\"\n",
+                    redis.url()
+                ),
+                None,
+            );
+            assert!(node.wait_running(Duration::from_secs(20)), "{}", node.log());
+            node
+        })
+        .collect()
+}
+
+/// Every node asked as fast as one client each can for `secs` (at most 3000 requests
+/// each): requests admitted in all, and the seconds it took.
+fn hammer(nodes: &[Node], secs: f64) -> (usize, f64) {
+    use std::io::{Read, Write};
+    let start = Instant::now();
+    let admitted: usize = std::thread::scope(|s| {
+        let workers: Vec<_> = nodes
+            .iter()
+            .map(|n| {
+                let addr = n.http_addr().expect("address");
+                s.spawn(move || {
+                    let mut ok = 0;
+                    for _ in 0..3000 {
+                        if start.elapsed().as_secs_f64() >= secs {
+                            break;
+                        }
+                        let mut c = std::net::TcpStream::connect(addr).expect("connect");
+                        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                        write!(
+                            c,
+                            "GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
+                        )
+                        .unwrap();
+                        let mut out = String::new();
+                        let _ = c.read_to_string(&mut out);
+                        match out.get(9..12) {
+                            Some("200") => ok += 1,
+                            Some("429") => {}
+                            other => panic!("unexpected answer {other:?}: {out}"),
+                        }
+                    }
+                    ok
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    (admitted, start.elapsed().as_secs_f64())
+}
+
+#[test]
+fn a_fleet_rate_limit_counts_across_nodes_and_falls_back_to_a_share() {
+    let Some(mut redis) = Redis::start("a_fleet_rate_limit_counts_across_nodes") else {
+        return;
+    };
+    let nodes = limited_nodes(&redis);
+    // Three clients, one per node, each far over the limit on its own.
+    let (admitted, secs) = hammer(&nodes, 3.0);
+    let allowed = 10.0 + 20.0 * secs;
+    eprintln!("fleet: {admitted} admitted in {secs:.2} s (limit: {allowed:.0})");
+    assert!(
+        (admitted as f64) <= allowed * 1.1,
+        "{admitted} admitted in {secs:.2} s: over the fleet limit ({allowed:.0})"
+    );
+    assert!(
+        (admitted as f64) >= 0.9 * 20.0 * secs,
+        "{admitted} admitted in {secs:.2} s: far under the fleet limit"
+    );
+    // Redis gone: each node applies its share (a third: 6.7/s, bursts of 3).
+    redis.kill();
+    let (admitted, secs) = hammer(&nodes, 3.0);
+    let allowed = 3.0 * 3.0 + 20.0 * secs;
+    eprintln!("fallback: {admitted} admitted in {secs:.2} s (limit: {allowed:.0})");
+    assert!(
+        (admitted as f64) <= allowed * 1.1 && (admitted as f64) >= 0.8 * 20.0 * secs,
+        "{admitted} admitted in {secs:.2} s without Redis; each node's share adds up to {allowed:.0}\n{}",
+        nodes[0].log()
+    );
+    assert!(nodes[0].log().contains("applies its share of the limit"));
+}

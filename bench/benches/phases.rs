@@ -140,6 +140,16 @@ fn auth_phase(c: &mut Criterion) {
     }
 }
 
+/// A local limit's check never waits: polled once, it is done.
+fn local_check(limits: &[RateLimit], ip: IpAddr, headers: &HeaderMap) -> usize {
+    use futures_util::FutureExt;
+    rate_limit::check(limits, ip, None, headers)
+        .now_or_never()
+        .expect("local limits never wait")
+        .unwrap()
+        .len()
+}
+
 fn rate_limit_phase(c: &mut Criterion) {
     let s: RateLimitSettings =
         toml::from_str("key = \"client_ip\"\nper_second = 1e9\nburst = 1000000").unwrap();
@@ -147,14 +157,14 @@ fn rate_limit_phase(c: &mut Criterion) {
     let headers = HeaderMap::new();
     let ip: IpAddr = "198.51.100.7".parse().unwrap();
     c.bench_function("rate_limit_phase_hot_key", |b| {
-        b.iter(|| black_box(rate_limit::check(&limits, ip, None, &headers).unwrap()))
+        b.iter(|| black_box(local_check(&limits, ip, &headers)))
     });
     let mut n: u32 = 0;
     c.bench_function("rate_limit_phase_new_key", |b| {
         b.iter(|| {
             n = n.wrapping_add(1);
             let ip = IpAddr::from(n.to_be_bytes());
-            black_box(rate_limit::check(&limits, ip, None, &headers).unwrap())
+            black_box(local_check(&limits, ip, &headers))
         })
     });
 }

@@ -370,6 +370,13 @@ impl Config {
         for (i, r) in self.route.iter().enumerate() {
             let at = || Table::nth("route", i);
             r.validate().context(at())?;
+            if self.fleet.redis.is_none() && r.rate_limit.iter().any(|l| l.fleet_scoped()) {
+                return Err(anyhow::anyhow!(
+                    "route {}: a rate_limit with scope = \"fleet\" needs fleet.redis",
+                    r.display_name()
+                )
+                .context(at()));
+            }
             let missing = match &r.handler {
                 crate::phases::route::HandlerSettings::Graphql(n) => {
                     (!schemas.contains(n.as_str())).then_some(("graphql", n))

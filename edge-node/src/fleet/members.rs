@@ -3,7 +3,11 @@
 //! Redis' clock in `<prefix>:beats`); `edge-node fleet status` lists them. A node silent
 //! for three of its periods is shown lapsed; one silent for an hour is forgotten.
 
-use std::{fmt::Write as _, time::Duration};
+use std::{
+    fmt::Write as _,
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use tokio::task::JoinHandle;
@@ -12,7 +16,7 @@ use tracing::warn;
 use super::FleetSettings;
 
 /// Records `ARGV[1]` (described by `ARGV[2]`) as alive now, forgets nodes silent for
-/// `ARGV[3]` ms; answers Redis' now.
+/// `ARGV[3]` ms; answers how many beat within the last `ARGV[4]` ms.
 const BEAT: &str = r#"
 local nodes, beats = KEYS[1], KEYS[2]
 local t = redis.call('TIME')
@@ -22,7 +26,7 @@ redis.call('ZADD', beats, now, ARGV[1])
 for _, n in ipairs(redis.call('ZRANGEBYSCORE', beats, '-inf', now - tonumber(ARGV[3]))) do
   redis.call('ZREM', beats, n); redis.call('HDEL', nodes, n)
 end
-return now
+return redis.call('ZCOUNT', beats, now - tonumber(ARGV[4]), '+inf')
 "#;
 
 /// Answers Redis' now, then node, description and last beat for every known node.
@@ -73,6 +77,7 @@ pub fn start(settings: &FleetSettings, node: &str) -> Result<Heartbeats> {
         settings.heartbeat.as_millis()
     );
     let (node, every, timeout) = (node.to_string(), settings.heartbeat, settings.timeout);
+    let lapse_ms = LAPSE_PERIODS * every.as_millis() as u64;
     Ok(Heartbeats(tokio::spawn(async move {
         let script = redis::Script::new(BEAT);
         let mut tick = tokio::time::interval(every);
@@ -80,9 +85,13 @@ pub fn start(settings: &FleetSettings, node: &str) -> Result<Heartbeats> {
         loop {
             tick.tick().await;
             let mut call = script.key(&nodes);
-            call.key(&beats).arg(&node).arg(&description).arg(FORGET_MS);
-            match tokio::time::timeout(timeout, call.invoke_async::<u64>(&mut conn)).await {
-                Ok(Ok(_)) => {}
+            call.key(&beats)
+                .arg(&node)
+                .arg(&description)
+                .arg(FORGET_MS)
+                .arg(lapse_ms);
+            match tokio::time::timeout(timeout, call.invoke_async::<u32>(&mut conn)).await {
+                Ok(Ok(live)) => LIVE.store(live.max(1), Ordering::Relaxed),
                 failed => {
                     if let Some(more) = HEARTBEAT_LOG.admit() {
                         let error = match failed {
@@ -95,6 +104,15 @@ pub fn start(settings: &FleetSettings, node: &str) -> Result<Heartbeats> {
             }
         }
     })))
+}
+
+/// Live members at the last heartbeat (1 before any, or alone).
+static LIVE: AtomicU32 = AtomicU32::new(1);
+
+/// How many nodes the fleet had at this node's last heartbeat (itself included; 1 when
+/// it has not counted yet): what a fleet rate limit is shared by while Redis is away.
+pub fn live_nodes() -> u32 {
+    LIVE.load(Ordering::Relaxed)
 }
 
 static HEARTBEAT_LOG: crate::limits::LogEvery = crate::limits::LogEvery::new(10_000_000_000);

@@ -1,8 +1,10 @@
 //! The fleet (`[fleet]`): nodes that share what any of them learns, through Redis:
 //! threat intelligence ([`threats`]: escalations and operator blocks, unblocks and
-//! scores on any node are applied by every node to its source policy) and membership
-//! ([`members`]: heartbeats, `edge-node fleet status`). Keys live under `prefix`.
+//! scores on any node are applied by every node to its source policy), membership
+//! ([`members`]: heartbeats, `edge-node fleet status`) and rate limits counted across
+//! nodes ([`limits`]). Keys live under `prefix`.
 
+pub mod limits;
 pub mod members;
 pub mod threats;
 

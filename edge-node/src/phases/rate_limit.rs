@@ -41,8 +41,11 @@ impl Phase for RateLimitPhase {
         let limited = ctx
             .route_index()
             .is_some_and(|i| !self.routes[i].is_empty());
-        if !limited || ctx.validated {
-            return Box::pin(std::future::ready(self.check(ctx, req)));
+        if !limited {
+            return Box::pin(std::future::ready(Ok(Flow::Continue)));
+        }
+        if ctx.validated {
+            return Box::pin(self.check(ctx, req));
         }
         // 0-RTT early data: whoever sent it may have forged the source address, and its
         // requests must not spend the buckets of the address's owner. They wait for the
@@ -61,7 +64,7 @@ impl Phase for RateLimitPhase {
                 ));
             }
             ctx.validated = true;
-            self.check(ctx, req)
+            self.check(ctx, req).await
         })
     }
 
@@ -75,7 +78,11 @@ impl Phase for RateLimitPhase {
 }
 
 impl RateLimitPhase {
-    fn check(&self, ctx: &mut RequestCtx, req: &http::Request<Body>) -> Result<Flow, EdgeError> {
+    async fn check(
+        &self,
+        ctx: &mut RequestCtx,
+        req: &http::Request<Body>,
+    ) -> Result<Flow, EdgeError> {
         let Some(limits) = ctx
             .route_index()
             .map(|i| &self.routes[i])
@@ -90,6 +97,7 @@ impl RateLimitPhase {
             ctx.user.as_deref(),
             req.headers(),
         )
+        .await
         .inspect_err(|_| {
             self.threat.signal(ctx.source(), Signal::RateLimited);
         })?;
@@ -113,6 +121,18 @@ pub struct RateLimitSettings {
     /// Most keys remembered (least recently seen forgotten first).
     #[serde(default = "default_max_keys")]
     pub max_keys: u64,
+    /// `local` (this node counts alone) or `fleet` (counted across the nodes sharing
+    /// `[fleet] redis`).
+    #[serde(default)]
+    pub scope: LimitScope,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitScope {
+    #[default]
+    Local,
+    Fleet,
 }
 
 fn default_key() -> String {
@@ -144,6 +164,8 @@ impl LimitKey {
 pub struct RateLimit {
     key: LimitKey,
     limiter: Arc<KeyedLimiter<u64>>,
+    /// Counted across the fleet (`scope = "fleet"`) instead of by `limiter`.
+    fleet: Option<Arc<crate::fleet::limits::FleetLimit>>,
 }
 
 impl RateLimitSettings {
@@ -168,6 +190,10 @@ impl RateLimitSettings {
     /// Fresh buckets for these settings.
     pub fn limiter(&self) -> KeyedLimiter<u64> {
         KeyedLimiter::new(self.per_second, self.burst, self.max_keys)
+    }
+
+    pub fn fleet_scoped(&self) -> bool {
+        self.scope == LimitScope::Fleet
     }
 
     /// What the settings say the buckets are keyed by, with the same rate and burst:
@@ -207,7 +233,14 @@ impl RateLimit {
         Ok(Self {
             key: s.limit_key()?,
             limiter,
+            fleet: None,
         })
+    }
+
+    /// The limit counted across the fleet by `fleet`.
+    pub fn counted_by(mut self, fleet: Arc<crate::fleet::limits::FleetLimit>) -> Self {
+        self.fleet = Some(fleet);
+        self
     }
 
     /// The bucket's key: a hash with the kind mixed in, so a user named like an
@@ -253,8 +286,9 @@ impl RateLimit {
 }
 
 /// Applies every limit of the route; the fields of the tightest are returned for the
-/// response, or the 429.
-pub fn check(
+/// response, or the 429. A fleet-scoped limit may wait for Redis (bounded by
+/// `fleet.timeout`).
+pub async fn check(
     limits: &[RateLimit],
     client: IpAddr,
     user: Option<&str>,
@@ -265,7 +299,11 @@ pub fn check(
     let now = crate::clock::now_ns();
     let mut tightest: Option<(&RateLimit, Decision)> = None;
     for l in limits {
-        let d = l.limiter.check(&l.key_of(client, user, headers), now);
+        let key = l.key_of(client, user, headers);
+        let d = match &l.fleet {
+            Some(f) => f.check(key).await,
+            None => l.limiter.check(&key, now),
+        };
         if !d.allowed {
             let retry = d.retry_after.as_secs_f64().ceil().max(1.0) as u64;
             let mut err = EdgeError::new(

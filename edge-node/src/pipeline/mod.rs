@@ -211,7 +211,12 @@ impl Pipeline {
                     .filter(|o| o.identity() == l.identity())
                     .count();
                 let buckets = retained.buckets(&name, route_nth, l, nth);
-                route_limits.push(rate_limit::RateLimit::sharing(l, buckets)?);
+                let mut limit = rate_limit::RateLimit::sharing(l, buckets)?;
+                if l.fleet_scoped() {
+                    let counted = retained.fleet_limit(&name, route_nth, l, nth, &config.fleet)?;
+                    limit = limit.counted_by(counted);
+                }
+                route_limits.push(limit);
             }
             limits.push(route_limits);
             auth.push(match &r.auth {

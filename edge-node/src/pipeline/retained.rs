@@ -43,6 +43,9 @@ pub struct Retained {
     rooms: Mutex<HashMap<String, Weak<crate::rooms::Rooms>>>,
     /// Fleet namespaces' Redis clients and listeners, by (namespace, URL, prefix).
     fleets: Mutex<HashMap<(String, String, String), Weak<crate::kv::fleet::Fleet>>>,
+    /// Fleet-scoped rate limits, like `buckets`, and the fleet's Redis they share.
+    fleet_limits: Mutex<HashMap<BucketKey, Weak<crate::fleet::limits::FleetLimit>>>,
+    fleet_redis: Mutex<Option<(String, redis::aio::ConnectionManager)>>,
     /// The trace exporter (its thread and queue), while its settings stay.
     traces: Mutex<HashMap<crate::otel::ExportKey, Weak<crate::otel::Exporter>>>,
 }
@@ -63,6 +66,58 @@ impl Retained {
             last_good,
             verified,
         }
+    }
+
+    /// The fleet-scoped counting of the `nth` limit with settings `s` of route `route`.
+    pub fn fleet_limit(
+        &self,
+        route: &str,
+        route_nth: usize,
+        s: &RateLimitSettings,
+        nth: usize,
+        fleet: &crate::fleet::FleetSettings,
+    ) -> anyhow::Result<Arc<crate::fleet::limits::FleetLimit>> {
+        use anyhow::Context as _;
+        let url = fleet.redis.clone().context("fleet.redis")?;
+        let conn = {
+            let mut kept = crate::sync::lock(&self.fleet_redis);
+            match &*kept {
+                Some((u, c)) if *u == url => c.clone(),
+                _ => {
+                    let config = redis::aio::ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(fleet.timeout))
+                        .set_response_timeout(Some(fleet.timeout))
+                        .set_number_of_retries(1);
+                    let c = redis::Client::open(url.as_str())
+                        .and_then(|c| c.get_connection_manager_lazy(config))
+                        .with_context(|| format!("fleet.redis {url:?}"))?;
+                    *kept = Some((url, c.clone()));
+                    c
+                }
+            }
+        };
+        // Named in Redis by what identifies it, so every node counts in the same state.
+        let identity = s.identity();
+        let name = fleet.key(&format!(
+            "rl:{:016x}",
+            crate::hash::stable_hash(
+                format!("{route}\0{route_nth}\0{identity:?}\0{nth}").as_bytes()
+            )
+        ));
+        Ok(kept(
+            &self.fleet_limits,
+            (route.to_string(), route_nth, identity, nth),
+            || {
+                crate::fleet::limits::FleetLimit::new(
+                    conn,
+                    &name,
+                    s.per_second,
+                    s.burst,
+                    s.max_keys,
+                    fleet.timeout,
+                )
+            },
+        ))
     }
 
     /// The trace exporter for `key`, started on first use.
