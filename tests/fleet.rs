@@ -79,7 +79,7 @@ impl Fleet {
             let config = format!(
                 "[node]\nid = \"edge-{name}\"\n\n\
                  [xdp]\nmode = \"native\"\ninterfaces = [\"{server_if}\"]\npin_root = \"{pin}\"\n\
-                 drop_threshold = 50\n\n\
+                 drop_threshold = 50\n{allow}\n\n\
                  [http]\nlisten = [\"10.242.{i}.1:8080\"]\n\n\
                  [admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{TOKEN}\"\n\n\
                  [threat]\nchallenge_threshold = 0\nhalf_life = \"60s\"\nblock_ttl = \"60s\"\n\n\
@@ -89,6 +89,12 @@ impl Fleet {
                  [[upstream]]\nname = \"demo\"\nbuiltin = \"demo\"\n\n\
                  [[route]]\nhosts = [\"*\"]\nupstream = \"demo\"\n[route.auth]\nprovider = \"idp\"\n",
                 name = (b'a' + i - 1) as char,
+                // Node a never lets anyone stop the neighbour.
+                allow = if i == 1 {
+                    format!("allow = [\"{NEIGHBOUR}/32\"]")
+                } else {
+                    String::new()
+                },
                 pin = bpf.path().display(),
                 admin = 9900 + u16::from(i),
                 url = redis.url(),
@@ -289,6 +295,20 @@ fn what_one_node_learns_or_an_operator_decides_every_node_drops() {
             f.logs()
         );
     }
+    // An operator on b blocks the neighbour: c follows, a refuses (its allow list).
+    let (status, body) = f.admin(
+        1,
+        "POST",
+        &format!("/policy/block?cidr={NEIGHBOUR}&ttl=60s"),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        f.dropped_within(2, NEIGHBOUR, Duration::from_secs(5))
+            .is_some()
+    );
+    assert_eq!(f.call(0, NEIGHBOUR).unwrap(), 401, "{}", f.logs());
+    assert!(f.nodes[0].wait_for_log("threat event refused", Duration::from_secs(5)));
+    f.admin(1, "POST", &format!("/policy/unblock?cidr={NEIGHBOUR}"));
     // Every node counted what it applied from the others.
     let (_, metrics) = f.admin(2, "GET", "/metrics");
     assert!(
@@ -323,6 +343,43 @@ fn the_fleet_carries_on_without_redis_and_catches_up() {
             f.logs()
         );
     }
+    // Junk in the stream (written by anyone with access to Redis): an id from the far
+    // future, a field that is not UTF-8, another format. The nodes move past it.
+    f.server.enter(|| {
+        use std::os::unix::ffi::OsStrExt;
+        let stream = "edge-node:threats";
+        for args in [
+            vec![
+                "XADD",
+                stream,
+                "99999999999999-0",
+                "v",
+                "1",
+                "kind",
+                "block",
+            ],
+            vec![
+                "XADD",
+                stream,
+                "*",
+                "v",
+                "2",
+                "kind",
+                "block",
+                "target",
+                "0.0.0.0/0",
+            ],
+        ] {
+            assert!(f.redis.cli(&args).contains('-'), "{args:?}");
+        }
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &f.redis.port.to_string(), "XADD", stream, "*"])
+            .arg(std::ffi::OsStr::from_bytes(b"\xff\xfe"))
+            .arg("x")
+            .output()
+            .expect("redis-cli");
+        assert!(out.status.success());
+    });
     // c is away while an operator blocks a client on a; back, it applies what it missed.
     f.nodes[2].stop();
     // The others see it lapse.

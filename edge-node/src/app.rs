@@ -103,8 +103,12 @@ impl App {
             self.config.xdp.drop_threshold,
             Some(policy.clone()),
         ));
-        // The fleet: heartbeats, and the threat stream (before the first pipeline, which
-        // tells it what a remote event may never stop).
+        // The fleet: heartbeats, and the threat stream.
+        if self.config.fleet.redis.is_some() && self.config.node.id == "edge-1" {
+            warn!(
+                "node.id is the default (edge-1): give each node of a fleet its own, or fleet status and logs cannot tell them apart"
+            );
+        }
         let _heartbeats = match &self.config.fleet.redis {
             Some(_) => Some(crate::fleet::members::start(
                 &self.config.fleet,
@@ -117,8 +121,15 @@ impl App {
                 &self.config.fleet,
                 &self.config.node.id,
                 policy.clone(),
+                self.config.fleet_guard(),
                 metrics.clone(),
             )?;
+            let cleared = Arc::downgrade(&threat);
+            feed.on_clear(Box::new(move |ip| {
+                if let Some(t) = cleared.upgrade() {
+                    t.clear(ip);
+                }
+            }));
             threat.share_with(feed);
         }
         let userspace_policy = match xdp.enforcement() {

@@ -111,6 +111,23 @@ fn default_node_id() -> String {
     "edge-1".to_string()
 }
 
+impl Config {
+    /// What other nodes' events must leave alone: `xdp.allow` and the trusted proxies
+    /// (never stopped from afar), and this file's blocks.
+    pub fn fleet_guard(&self) -> crate::fleet::threats::Guarded {
+        crate::fleet::threats::Guarded {
+            protected: self
+                .xdp
+                .allow
+                .iter()
+                .chain(&self.http.trusted_proxies)
+                .copied()
+                .collect(),
+            configured: self.xdp.block.clone(),
+        }
+    }
+}
+
 impl NodeSettings {
     /// The id is sent as `X-Node-Id` on every response: a header token, kept short.
     pub fn validate(&self) -> Result<()> {

@@ -50,6 +50,17 @@ pub struct FleetSettings {
     /// Events kept for publishing while Redis is unreachable (then the oldest go).
     #[serde(default = "default_backlog")]
     pub backlog: usize,
+    /// The longest another node's block or score lasts here (a permanent one too).
+    #[serde(default = "default_max_remote_ttl", with = "crate::duration")]
+    pub max_remote_ttl: Duration,
+    /// The widest prefixes another node may block here: /16 IPv4, /32 IPv6 by default.
+    #[serde(default = "default_min_prefix_v4")]
+    pub min_prefix_v4: u8,
+    #[serde(default = "default_min_prefix_v6")]
+    pub min_prefix_v6: u8,
+    /// Other nodes' events applied per second at most (bursts of ten times as many).
+    #[serde(default = "default_max_applied")]
+    pub max_applied_per_second: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -74,6 +85,10 @@ impl Default for FleetSettings {
             max_len: default_max_len(),
             max_clock_skew: default_skew(),
             backlog: default_backlog(),
+            max_remote_ttl: default_max_remote_ttl(),
+            min_prefix_v4: default_min_prefix_v4(),
+            min_prefix_v6: default_min_prefix_v6(),
+            max_applied_per_second: default_max_applied(),
         }
     }
 }
@@ -98,6 +113,18 @@ fn default_skew() -> Duration {
 }
 fn default_backlog() -> usize {
     10_000
+}
+fn default_max_remote_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_min_prefix_v4() -> u8 {
+    16
+}
+fn default_min_prefix_v6() -> u8 {
+    32
+}
+fn default_max_applied() -> u64 {
+    1000
 }
 
 impl FleetSettings {
@@ -133,6 +160,12 @@ impl FleetSettings {
         }
         if self.max_len < 1000 || self.backlog == 0 {
             bail!("fleet.max_len is at least 1000 and fleet.backlog at least 1");
+        }
+        if self.min_prefix_v4 > 32 || self.min_prefix_v6 > 128 {
+            bail!("fleet.min_prefix_v4 is 0 to 32, fleet.min_prefix_v6 0 to 128");
+        }
+        if self.max_remote_ttl.is_zero() || self.max_applied_per_second == 0 {
+            bail!("fleet.max_remote_ttl and fleet.max_applied_per_second must be above 0");
         }
         Ok(())
     }

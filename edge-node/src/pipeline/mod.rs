@@ -325,14 +325,7 @@ impl Pipeline {
         let table = Arc::new(RouteTable::new(routes));
         threat.update(&config.threat, config.xdp.drop_threshold);
         threat.set_allowed(&config.xdp.allow);
-        threat.protect_from_fleet(
-            config
-                .xdp
-                .allow
-                .iter()
-                .chain(&config.http.trusted_proxies)
-                .copied(),
-        );
+        threat.guard_from_fleet(config.fleet_guard());
         threat.set_ipv6_source_prefix(config.xdp.ipv6_source_prefix);
         // The order a request meets them: the shield before anything costly, the
         // route's own rules, then what shapes the request the origin gets (variant,

@@ -136,11 +136,11 @@ impl ThreatEngine {
         }
     }
 
-    /// What events from other nodes may never block or score here (`xdp.allow`, the
-    /// trusted proxies); every configuration load says it again.
-    pub fn protect_from_fleet(&self, nets: impl IntoIterator<Item = ipnet::IpNet>) {
+    /// What events from other nodes must leave alone (every configuration load says it
+    /// again: `Config::fleet_guard`).
+    pub fn guard_from_fleet(&self, guarded: crate::fleet::threats::Guarded) {
         if let Some(f) = self.feed.load().as_ref() {
-            f.protect(nets);
+            f.guard(guarded);
         }
     }
 
