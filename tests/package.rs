@@ -5,7 +5,7 @@
 
 use std::{path::Path, process::Command};
 
-use edge_tests::{edge_node_bin, unique};
+use edge_tests::{edge_node_bin, privileged, unique};
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -26,16 +26,23 @@ impl Drop for TempDir {
     }
 }
 
-#[test]
-fn the_debian_package_installs_a_checked_config_a_unit_and_a_dedicated_user() {
-    let dir = TempDir(std::env::temp_dir().join(unique("edge-deb-")));
+/// Builds the package from the binary under test into `dir`; its path.
+fn build(dir: &Path) -> std::path::PathBuf {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/debian/build-deb.sh");
     let deb = run(Command::new(script)
         .arg(edge_node_bin())
-        .arg(dir.0.join("out"))
+        .arg(dir.join("out"))
         .env("EDGE_DEB_COMPRESSION", "none"));
-    let deb = Path::new(deb.trim());
+    let deb = Path::new(deb.trim()).to_path_buf();
     assert!(deb.is_file(), "{deb:?}");
+    deb
+}
+
+#[test]
+fn the_debian_package_installs_a_checked_config_a_unit_and_a_dedicated_user() {
+    let dir = TempDir(std::env::temp_dir().join(unique("edge-deb-")));
+    let deb = build(&dir.0);
+    let deb = deb.as_path();
 
     let field = |name: &str| run(Command::new("dpkg-deb").arg("--field").arg(deb).arg(name));
     assert_eq!(field("Package").trim(), "edge-node");
@@ -112,4 +119,53 @@ fn the_debian_package_installs_a_checked_config_a_unit_and_a_dedicated_user() {
         "systemd-analyze verify: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The package's `postinst`, run for real in a mount namespace of its own over a copy of
+/// /etc (the host's users are never touched): it makes the group and the user once
+/// (also when the group exists already), gives the config to the group on the first
+/// install, and leaves an operator's mode alone on an upgrade.
+#[test]
+fn the_maintainer_script_makes_the_user_once_and_keeps_an_operators_modes() {
+    if !privileged("the_maintainer_script_makes_the_user_once_and_keeps_an_operators_modes") {
+        return;
+    }
+    let dir = TempDir(std::env::temp_dir().join(unique("edge-postinst-")));
+    let deb = build(&dir.0);
+    let control = dir.0.join("control");
+    run(Command::new("dpkg-deb")
+        .arg("--control")
+        .arg(&deb)
+        .arg(&control));
+    let etc = dir.0.join("etc");
+    let script = format!(
+        "set -e\n\
+         cp -a /etc/. {etc}/ && mount --bind {etc} /etc\n\
+         for u in edge-node; do userdel $u 2>/dev/null || true; groupdel $u 2>/dev/null || true; done\n\
+         groupadd --system edge-node\n\
+         mkdir -p /etc/edge-node && echo 'x = 1' > /etc/edge-node/edge-node.toml\n\
+         chmod 0644 /etc/edge-node/edge-node.toml\n\
+         sh {postinst} configure ''\n\
+         echo \"first: $(stat -c '%a %G' /etc/edge-node/edge-node.toml)\"\n\
+         echo \"user: $(getent passwd edge-node | cut -d: -f1,6,7)\"\n\
+         chmod 0600 /etc/edge-node/edge-node.toml\n\
+         sh {postinst} configure 0.1.0\n\
+         echo \"upgrade: $(stat -c '%a %G' /etc/edge-node/edge-node.toml)\"\n\
+         rm /etc/edge-node/edge-node.toml\n\
+         sh {postinst} configure 0.1.0\n\
+         echo users: $(getent passwd | grep -c '^edge-node:')\n",
+        etc = etc.display(),
+        postinst = control.join("postinst").display(),
+    );
+    std::fs::create_dir_all(&etc).unwrap();
+    let out = run(Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(&script));
+    assert!(out.contains("first: 640 edge-node"), "{out}");
+    assert!(
+        out.contains("user: edge-node:/var/lib/edge-node:/usr/sbin/nologin"),
+        "{out}"
+    );
+    assert!(out.contains("upgrade: 600 edge-node"), "{out}");
+    assert!(out.contains("users: 1"), "{out}");
 }

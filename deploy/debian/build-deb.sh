@@ -31,12 +31,14 @@ install -D -m 0644 "$repo/README.md" "$pkg/usr/share/doc/edge-node/README.md"
 install -D -m 0644 "$here/copyright" "$pkg/usr/share/doc/edge-node/copyright"
 
 # The unit of deploy/, for the package's paths and its dedicated user. bpffs belongs to
-# root: the pin directory is made the user's before the start (the `+` runs as root).
+# root and systemd mounts it 0700: before the start (the `+` runs as root) others may
+# traverse it (not list it; every pin keeps its own mode) and the pin directory, with
+# whatever an earlier root-run node pinned there, becomes the user's.
 mkdir -p "$pkg/lib/systemd/system"
 sed -e 's#/usr/local/bin/edge-node#/usr/bin/edge-node#g' \
     -e 's#file:///usr/local/share/doc/edge-node/README.md#file:///usr/share/doc/edge-node/README.md#' \
     -e '/^# edge-node as a systemd service. Install:/,/^# Reload the configuration/{/^# Reload the configuration/!d}' \
-    -e 's#^\[Service\]$#[Service]\nUser=edge-node\nGroup=edge-node\nExecStartPre=+/usr/bin/install -d -o edge-node -g edge-node -m 0700 /sys/fs/bpf/edge-node#' \
+    -e 's#^\[Service\]$#[Service]\nUser=edge-node\nGroup=edge-node\nExecStartPre=+/bin/sh -c "chmod o+x /sys/fs/bpf \&\& install -d -o edge-node -g edge-node -m 0700 /sys/fs/bpf/edge-node \&\& chown -R edge-node:edge-node /sys/fs/bpf/edge-node"#' \
     "$repo/deploy/edge-node.service" > "$pkg/lib/systemd/system/edge-node.service"
 sed -i '1i # edge-node as a systemd service, installed by its Debian package.\n# Start it: systemctl enable --now edge-node' "$pkg/lib/systemd/system/edge-node.service"
 chmod 0644 "$pkg/lib/systemd/system/edge-node.service"
