@@ -21,6 +21,7 @@ mod service;
 mod shield;
 mod tls;
 mod transport;
+mod upgrade;
 mod upstreams;
 mod xdp_prog;
 mod xdp_veth;

@@ -49,6 +49,7 @@ pub mod server;
 pub mod sync;
 pub mod target;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;
 pub mod workers;
 pub mod xdp;

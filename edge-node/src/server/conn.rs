@@ -164,6 +164,10 @@ pub enum Expired {
 /// finishing) before the connection is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// While draining, how often a connection that has not begun its first request yet
+/// looks whether it has.
+const DEFERRED_DRAIN_POLL: Duration = Duration::from_millis(5);
+
 /// Serves `conn` until it ends, a deadline passes, or the drain (`shutdown` true) asks
 /// it to finish. `first_request` is the instant by which a first request head must be
 /// complete (accept + `header_read_timeout`).
@@ -178,8 +182,18 @@ pub async fn drive<C: Served>(
     let timer = tokio::time::sleep_until(first_request);
     let mut timer = std::pin::pin!(timer);
     let mut draining = *shutdown.borrow();
+    // A connection accepted just before the drain began has not had its first request
+    // read yet (it may sit unread in the socket: closing now would reset it, and no
+    // client retries a request on a fresh connection). It is served its first request
+    // (HTTP/1.1 with `Connection: close`, HTTP/2 then GOAWAY), within the first-request
+    // deadline; an idle connection that has served requests closes at once.
+    let mut deferred = None;
     if draining {
-        conn.as_mut().graceful_shutdown();
+        if activity.begun.load(Relaxed) == 0 {
+            deferred = Some(tokio::time::interval(DEFERRED_DRAIN_POLL));
+        } else {
+            conn.as_mut().graceful_shutdown();
+        }
     }
     let mut expired = None;
     loop {
@@ -189,6 +203,16 @@ pub async fn drive<C: Served>(
                 // The sender gone counts as a drain too.
                 if changed.is_err() || *shutdown.borrow() {
                     draining = true;
+                    if activity.begun.load(Relaxed) == 0 {
+                        deferred = Some(tokio::time::interval(DEFERRED_DRAIN_POLL));
+                    } else {
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+            _ = async { deferred.as_mut().expect("guarded").tick().await }, if deferred.is_some() => {
+                if activity.begun.load(Relaxed) > 0 {
+                    deferred = None;
                     conn.as_mut().graceful_shutdown();
                 }
             }

@@ -73,28 +73,47 @@ impl ListenerHealth {
     }
 }
 
-/// A bound listener and whether it speaks TLS.
+/// A bound listener, whether it speaks TLS, and the address the configuration named.
 pub struct Bound {
     pub listener: TcpListener,
     pub tls: bool,
+    pub configured: SocketAddr,
 }
 
 /// Binds every configured address (before anything else starts, so a taken port fails
-/// the start loudly) and returns the bound listeners.
-pub async fn bind(settings: &HttpSettings) -> Result<Vec<Bound>> {
+/// the start loudly) and returns the bound listeners. A listener the process being
+/// upgraded handed over (`inherited`) is adopted instead of bound.
+pub async fn bind(
+    settings: &HttpSettings,
+    mut inherited: Option<&mut crate::upgrade::Inherited>,
+) -> Result<Vec<Bound>> {
+    use crate::upgrade::Kind;
     let mut out = Vec::new();
     for (addrs, tls) in [(&settings.listen, false), (&settings.tls_listen, true)] {
         for addr in addrs {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
+            let kind = if tls { Kind::Https } else { Kind::Http };
+            let adopted = inherited
+                .as_deref_mut()
+                .and_then(|i| i.tcp(kind, *addr))
+                .map(TcpListener::from_std)
+                .transpose()?;
+            let listener = match adopted {
+                Some(l) => l,
+                None => TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?,
+            };
             let what = if tls {
                 "https listening"
             } else {
                 "http listening"
             };
             info!(addr = %listener.local_addr()?, "{what}");
-            out.push(Bound { listener, tls });
+            out.push(Bound {
+                listener,
+                tls,
+                configured: *addr,
+            });
         }
     }
     Ok(out)
