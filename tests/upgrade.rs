@@ -738,3 +738,113 @@ fn xdp_keeps_dropping_a_blocked_prefix_across_an_upgrade() {
     assert!(wait_gone(new, Duration::from_secs(30)), "{}", node.log());
     assert_eq!(xdp_id(&rig), None, "{}", node.log());
 }
+
+/// The TLS listener and the HTTP/3 UDP sockets are handed over too, and under systemd
+/// (a notify socket) the old process names the new one the service's main process.
+#[test]
+fn tls_and_http3_sockets_are_handed_over_and_systemd_learns_the_new_main_pid() {
+    use edge_tests::{h3::free_udp_port, h3::h3, tls_origin::make_ca_and_leaf, unique};
+    use serde_json::json;
+    let dir = std::env::temp_dir().join(unique("edge-upgrade-h3-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    make_ca_and_leaf(&dir, &["app.test"]);
+    let origin = Origin::start("o");
+    let pids = Pids::default();
+    let port = free_udp_port();
+    let cfg = format!(
+        "[xdp]\nmode = \"off\"\n\n[http]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\n\
+         h3_listen = [\"127.0.0.1:{port}\"]\n\n[threat]\nenabled = false\n\n\
+         [[certificate]]\nhosts = [\"app.test\"]\ncert = \"{leaf}\"\nkey = \"{key}\"\n\n\
+         [[upstream]]\nname = \"app\"\nservers = [\"{origin}\"]\n\n\
+         [[route]]\nhosts = [\"app.test\"]\nupstream = \"app\"\n",
+        leaf = dir.join("leaf.crt").display(),
+        key = dir.join("leaf.key").display(),
+        origin = origin.addr,
+    );
+    let sock_path = dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let next = |node: &Node| {
+        let mut buf = [0u8; 512];
+        match sock.recv(&mut buf) {
+            Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+            Err(e) => panic!("no notification ({e}); node log:\n{}", node.log()),
+        }
+    };
+    let mut node = Node::start_with_env(
+        &cfg,
+        None,
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+    );
+    assert!(next(&node).contains("READY=1"));
+    let ca = dir.join("ca.crt");
+    let tls_addr = node.logged_addr("https listening").expect("https address");
+    let https = |path: &str| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+            ])
+            .arg("--cacert")
+            .arg(&ca)
+            .arg("--resolve")
+            .arg(format!("app.test:{}:127.0.0.1", tls_addr.port()))
+            .arg(format!("https://app.test:{}{path}", tls_addr.port()))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let get3 = |path: &str| {
+        h3(
+            port,
+            &ca,
+            json!([{"method": "GET", "authority": "app.test", "path": path}]),
+        )[0]["status"]
+            .clone()
+    };
+    assert_eq!(get3("/before"), 200, "{}", node.log());
+    assert_eq!(https("/before"), "200");
+    node.signal(libc::SIGUSR2);
+    // The next notification is the old process's: the new main pid (the new process
+    // sends nothing before it is the main process: systemd would refuse it).
+    let handed = next(&node);
+    let new: u32 = handed
+        .lines()
+        .find_map(|l| l.strip_prefix("MAINPID="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{handed}\n{}", node.log()));
+    pids.add(new);
+    assert!(
+        !handed.contains("READY=1") && !handed.contains("STOPPING=1"),
+        "{handed}"
+    );
+    assert_eq!(
+        node.wait_exit(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        node.log()
+    );
+    // The old one is gone: the new one answers on all three.
+    assert_eq!(get3("/after"), 200, "{}", node.log());
+    assert_eq!(https("/after"), "200", "{}", node.log());
+    let log = node.log();
+    for kind in ["http", "https", "h3"] {
+        assert!(
+            log.contains(&format!("adopted a handed-over socket kind=\"{kind}\"")),
+            "{kind}: {log}"
+        );
+    }
+    // The old process sent no STOPPING=1 (the service is not stopping); the new one
+    // does when it stops.
+    // SAFETY: kill(2) on the node the upgrade started.
+    unsafe { libc::kill(new as i32, libc::SIGTERM) };
+    assert!(next(&node).contains("STOPPING=1"));
+    assert!(wait_gone(new, Duration::from_secs(30)));
+    let _ = std::fs::remove_dir_all(&dir);
+}
