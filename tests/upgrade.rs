@@ -632,17 +632,29 @@ fn a_new_binary_that_cannot_start_leaves_the_old_one_serving() {
 
 #[test]
 fn xdp_keeps_dropping_a_blocked_prefix_across_an_upgrade() {
-    use crate::xdp_veth::{BLOCKED, PLAIN, Rig, ip};
-    use edge_common::Reason;
     if !privileged("xdp_keeps_dropping_a_blocked_prefix_across_an_upgrade") {
         return;
     }
+    // keep_attached = false: the old process owns its link unpinned and must pin it for
+    // the new one, which unpins it again once it runs.
+    xdp_upgrade(false);
+}
+
+#[test]
+fn xdp_keep_attached_link_is_taken_over_by_the_upgrade() {
+    if !privileged("xdp_keep_attached_link_is_taken_over_by_the_upgrade") {
+        return;
+    }
+    xdp_upgrade(true);
+}
+
+fn xdp_upgrade(keep_attached: bool) {
+    use crate::xdp_veth::{BLOCKED, PLAIN, Rig, ip};
+    use edge_common::Reason;
     let pids = Pids::default();
     let rig = Rig::new();
-    // keep_attached = false: the harder case, where the old process owns its link
-    // unpinned and must pin it for the new one.
-    let block = format!("block = [\"{BLOCKED}/32\"]");
-    let mut node = rig.start("native", &block);
+    let settings = |block: &str| format!("keep_attached = {keep_attached}\nblock = [{block}]");
+    let mut node = rig.start("native", &settings(&format!("\"{BLOCKED}/32\"")));
     let xdp_id = |rig: &Rig| -> Option<String> {
         let out = rig
             .server
@@ -707,6 +719,11 @@ fn xdp_keeps_dropping_a_blocked_prefix_across_an_upgrade() {
     let after_id = xdp_id(&rig).expect("still attached");
     let status = node.cli_ok(&["xdp", "status"]);
     assert!(status.contains(&after_id), "{status}\n{}", node.log());
+    assert_eq!(
+        rig.fs.pin_dir().join("links").join(&rig.server_if).exists(),
+        keep_attached,
+        "the link is pinned only with keep_attached once the new process runs"
+    );
     let _ = before_id;
     let log = node.log();
     assert!(log.contains("taken_over=true"), "{log}");
@@ -715,7 +732,7 @@ fn xdp_keeps_dropping_a_blocked_prefix_across_an_upgrade() {
         node.config_path(),
         rig.config(
             "native",
-            &format!("block = [\"{BLOCKED}/32\", \"{PLAIN}/32\"]"),
+            &settings(&format!("\"{BLOCKED}/32\", \"{PLAIN}/32\"")),
         ),
     )
     .unwrap();
@@ -732,11 +749,18 @@ fn xdp_keeps_dropping_a_blocked_prefix_across_an_upgrade() {
         0,
         "blocked by the new process"
     );
-    // Without keep_attached, the new process detaches when it stops, like any node.
+    // When the new process stops it does what its configuration says, like any node:
+    // without keep_attached it detaches; with it, the program stays and filters.
     // SAFETY: as above.
     unsafe { libc::kill(new as i32, libc::SIGTERM) };
     assert!(wait_gone(new, Duration::from_secs(30)), "{}", node.log());
-    assert_eq!(xdp_id(&rig), None, "{}", node.log());
+    if keep_attached {
+        assert_eq!(xdp_id(&rig), Some(after_id), "{}", node.log());
+        let got = rig.udp_exchange(&[PLAIN], 30);
+        assert_eq!(got.get(&ip(PLAIN)).copied().unwrap_or(0), 0);
+    } else {
+        assert_eq!(xdp_id(&rig), None, "{}", node.log());
+    }
 }
 
 /// The TLS listener and the HTTP/3 UDP sockets are handed over too, and under systemd

@@ -18,7 +18,7 @@
 //!    `cache`, `policy`, `intent`, `xdp`, `limits` (each over only those after it);
 //! 9. leaves, the small helpers everything shares: `body` (over `error`), `error`,
 //!    `headers` (names and value parsers), `target`, `tls`, `workers`, `sync`,
-//!    `duration`, `clock`, `hash`.
+//!    `duration`, `clock`, `hash`, `upgrade` (the sockets a binary upgrade hands over).
 
 pub mod admin;
 pub mod app;

@@ -13,6 +13,12 @@
 //!   same address, so a connection's packets, its crypto, its streams and its requests
 //!   stay on one thread (the kernel keeps a client's 4-tuple on one socket; a client
 //!   whose address changes mid-connection starts a new one).
+//! - a binary upgrade hands these sockets to the new process; until the old one has
+//!   drained, both read them. A packet of an old connection that the new process reads
+//!   is dropped there (its stateless reset carries a token the client does not know),
+//!   and QUIC's loss recovery sends it again; a new connection's first packet that the
+//!   old process reads is dropped (it no longer takes connections), and the client's
+//!   retransmission tries again. Nothing is refused, some packets are late.
 
 use std::{
     net::SocketAddr,
