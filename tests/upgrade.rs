@@ -872,3 +872,78 @@ fn tls_and_http3_sockets_are_handed_over_and_systemd_learns_the_new_main_pid() {
     assert!(wait_gone(new, Duration::from_secs(30)));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The new configuration decides what is listened on: an address it adds is bound, one
+/// it no longer names is closed once the old process is gone, the others are adopted.
+#[test]
+fn an_upgrade_binds_added_listeners_and_closes_removed_ones() {
+    let origin = Origin::start("o");
+    let pids = Pids::default();
+    let cfg = config(&origin);
+    let mut node = Node::start(&cfg, None);
+    assert!(node.wait_running(Duration::from_secs(20)), "{}", node.log());
+    let first = node.http_addr().expect("http address");
+    let second = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let status = |addr: SocketAddr| -> Result<u16, String> {
+        let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        read_response(&mut s).map(|r| r.0).map_err(|e| e.1)
+    };
+    let upgrade = |node: &Node| -> u32 {
+        let out = node.cli(&["upgrade"]);
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{said}{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            node.log()
+        );
+        said.trim()
+            .strip_prefix("upgraded: new pid ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{said}"))
+    };
+    // Added: the first address is adopted (same configured address), the second bound.
+    std::fs::write(
+        node.config_path(),
+        cfg.replace(
+            "listen = [\"127.0.0.1:0\"]",
+            &format!("listen = [\"127.0.0.1:0\", \"{second}\"]"),
+        ),
+    )
+    .unwrap();
+    let p2 = upgrade(&node);
+    pids.add(p2);
+    assert_eq!(node.wait_exit(Duration::from_secs(60)), Some(0));
+    assert_eq!(status(first), Ok(200), "{}", node.log());
+    assert_eq!(status(second), Ok(200), "{}", node.log());
+    // Removed: the first address is no longer configured.
+    std::fs::write(
+        node.config_path(),
+        cfg.replace(
+            "listen = [\"127.0.0.1:0\"]",
+            &format!("listen = [\"{second}\"]"),
+        ),
+    )
+    .unwrap();
+    let p3 = upgrade(&node);
+    pids.add(p3);
+    assert!(wait_gone(p2, Duration::from_secs(60)), "{}", node.log());
+    assert_eq!(status(second), Ok(200), "{}", node.log());
+    let refused = status(first);
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("refused")),
+        "{refused:?}\n{}",
+        node.log()
+    );
+    let log = node.log();
+    assert!(
+        log.contains("handed-over socket no longer configured; closed"),
+        "{log}"
+    );
+}

@@ -400,3 +400,68 @@ pub fn request(admin: SocketAddr, token: &str) -> Result<String> {
         _ => bail!("{body} ({status})"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> (PathBuf, Vec<OsString>) {
+        ("/bin/sh".into(), vec!["-c".into(), script.into()])
+    }
+
+    #[tokio::test]
+    async fn ready_once_the_new_process_writes_its_byte_with_the_sockets_inherited() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = l.as_raw_fd();
+        let socket = Socket {
+            kind: Kind::Http,
+            configured: "127.0.0.1:0".parse().unwrap(),
+            fd,
+        };
+        // The child sees the listener open at the same number, and the spec naming it.
+        let (exe, args) = sh(&format!(
+            "test -e /proc/self/fd/{fd} && [ \"${FDS_ENV}\" = \"http@127.0.0.1:0={fd}\" ] && \
+             printf R > /proc/self/fd/${READY_ENV} && sleep 1"
+        ));
+        let pid = start_successor(exe, args, vec![socket], Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(pid > 0);
+        // This process's copy still has FD_CLOEXEC: nothing else it starts inherits it.
+        // SAFETY: fcntl on an fd this test owns.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+    }
+
+    #[tokio::test]
+    async fn a_new_process_that_exits_before_ready_is_an_error_with_its_status() {
+        let (exe, args) = sh("exit 3");
+        let e = start_successor(exe, args, vec![], Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.contains("exited") && e.contains("3"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_new_process_that_never_reports_ready_is_stopped() {
+        let (exe, args) = sh("sleep 30");
+        let e = start_successor(exe, args, vec![], Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("did not report ready"), "{e:#}");
+    }
+
+    #[tokio::test]
+    async fn a_binary_that_is_not_there_is_an_error() {
+        let e = start_successor(
+            "/nonexistent/edge-node".into(),
+            vec![],
+            vec![],
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("cannot start"), "{e:#}");
+    }
+}
