@@ -947,3 +947,38 @@ fn an_upgrade_binds_added_listeners_and_closes_removed_ones() {
         "{log}"
     );
 }
+
+/// A node whose store is open (KV here) is not upgraded in place: the new process could
+/// not open the locked store. The command says so; the node serves on.
+#[test]
+fn a_node_with_its_store_open_refuses_the_upgrade_and_serves_on() {
+    let origin = Origin::start("o");
+    let data = std::env::temp_dir().join(edge_tests::unique("edge-upgrade-kv-"));
+    let cfg = config(&origin).replace(
+        "[[route]]",
+        &format!(
+            "[storage]\ndir = \"{}\"\n\n[[kv]]\nname = \"users\"\n\n\
+             [[route]]\nhosts = [\"kv.test\"]\nhandler = {{ kv = \"users\" }}\n\n[[route]]",
+            data.display()
+        ),
+    );
+    let mut node = Node::start(&cfg, None);
+    assert!(node.wait_running(Duration::from_secs(20)), "{}", node.log());
+    let addr = node.http_addr().expect("http address");
+    let out = node.cli(&["upgrade"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{stderr}\n{}", node.log());
+    assert!(
+        stderr.contains("upgrade failed") && stderr.contains("edge-node.redb is in use"),
+        "{stderr}"
+    );
+    assert!(!node.log().contains("upgrade: handing the listeners over"));
+    assert!(!node.exited());
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut s).map(|r| r.0).ok(), Some(200));
+    node.stop();
+    let _ = std::fs::remove_dir_all(&data);
+}

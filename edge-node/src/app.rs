@@ -294,13 +294,13 @@ impl App {
                     }
                 }
                 _ = usr2.recv() => {
-                    if let Ok(pid) = self.upgrade(&handover, &mut xdp).await {
+                    if let Ok(pid) = self.upgrade(&handover, &shared, &mut xdp).await {
                         upgraded = Some(pid);
                         break;
                     }
                 }
                 Some(reply) = upgrade_rx.recv() => {
-                    let result = self.upgrade(&handover, &mut xdp).await;
+                    let result = self.upgrade(&handover, &shared, &mut xdp).await;
                     let _ = reply.send(result.as_ref().map(|p| *p).map_err(|e| format!("{e:#}")));
                     if let Ok(pid) = result {
                         upgraded = Some(pid);
@@ -366,8 +366,22 @@ impl App {
     /// Starts the binary on disk with this process's arguments and listening sockets
     /// and waits until it accepts: its pid. On failure (it does not start, exits, or is
     /// not ready within `upgrade::READY_TIMEOUT`) this process serves on, untouched.
-    async fn upgrade(&mut self, handover: &[upgrade::Socket], xdp: &mut XdpHandle) -> Result<u32> {
+    async fn upgrade(
+        &mut self,
+        handover: &[upgrade::Socket],
+        shared: &Shared,
+        xdp: &mut XdpHandle,
+    ) -> Result<u32> {
         let result = async {
+            // The store is one process's at a time (its file is locked): the new
+            // process could not start, so say why without trying.
+            if let Some(path) = shared.retained.open_store() {
+                anyhow::bail!(
+                    "the store {} is in use (storage: KV, rooms) and cannot be opened by a \
+                     second process while this one serves; restart the node instead",
+                    path.display()
+                );
+            }
             let (exe, args) = upgrade::successor_command()?;
             info!(exe = %exe.display(), sockets = handover.len(), "upgrade: handing the listeners over to a new process");
             xdp.prepare_handover()
