@@ -251,7 +251,10 @@ impl App {
             // Not the service's main process yet: the old one names this one (MAINPID)
             // once told that it accepts.
             Some(i) => {
-                i.ready()?;
+                // The old process gone meanwhile (killed): this one serves all the same.
+                if let Err(e) = i.ready() {
+                    warn!(error = %format!("{e:#}"), "upgrade: the old process is gone; serving on");
+                }
                 info!(
                     pid = std::process::id(),
                     "upgrade: accepting on the handed-over sockets; the old process drains"
@@ -336,7 +339,6 @@ impl App {
             info!("shutting down: draining requests in flight");
             notify(&[NotifyState::Stopping]);
         }
-        handover.clear();
         let _ = stop_tx.send(true);
         for s in servers {
             let _ = s.await;
