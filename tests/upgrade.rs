@@ -99,6 +99,8 @@ struct Tally {
     /// HTTP/2 requests the client never sent (the connection was going away) and sent
     /// on a new connection.
     h2_unsent_resent: AtomicU64,
+    /// HTTP/1.1 answers that said `Connection: close` (the drain's).
+    h1_told_close: AtomicU64,
     /// Everything else: refused connects, resets, truncated or wrong answers.
     failures: Mutex<Vec<String>>,
 }
@@ -213,6 +215,7 @@ fn h1_client(id: usize, addr: SocketAddr, stop: &AtomicBool, tally: &Tally, serv
                         tally.fail(format!("{path}: {status} {body:?}"));
                     }
                     if close {
+                        tally.h1_told_close.fetch_add(1, Relaxed);
                         conn = None;
                     }
                     break;
@@ -505,7 +508,8 @@ fn an_upgrade_under_keep_alive_and_http2_load_loses_no_request() {
     let failures = tally.failures.lock().unwrap();
     let ok = tally.ok.load(Relaxed);
     eprintln!(
-        "answered {ok}, idle keep-alive retries {}, unsent HTTP/2 requests resent {}",
+        "answered {ok}, told to close {}, idle keep-alive retries {}, unsent HTTP/2 requests resent {}",
+        tally.h1_told_close.load(Relaxed),
         tally.h1_idle_retries.load(Relaxed),
         tally.h2_unsent_resent.load(Relaxed)
     );
@@ -515,6 +519,9 @@ fn an_upgrade_under_keep_alive_and_http2_load_loses_no_request() {
         failures.len()
     );
     assert!(ok > 6 * 90, "{ok}");
+    // Every keep-alive HTTP/1.1 client was told on an answer that its connection to the
+    // draining process ends there.
+    assert!(tally.h1_told_close.load(Relaxed) >= 4, "{log}");
     // Each old process said what it did.
     assert_eq!(
         log.matches("upgrade: handing the listeners over").count(),

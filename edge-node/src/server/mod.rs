@@ -206,14 +206,30 @@ pub fn spawn(
                     let send_timeout = settings.send_timeout;
                     let activity = conn::Activity::new(opened);
                     let requests = activity.clone();
+                    let draining = shutdown.clone();
                     let service = service_fn(move |req: Request<Incoming>| {
                         let current = p.load_full();
                         // Until its response is sent the connection is not idle.
                         let in_flight = requests.begin();
+                        let h1 = req.version() < http::Version::HTTP_2;
+                        let draining = draining.clone();
                         // Boxed: the pipeline's future is kilobytes, and hyper moves a
                         // request's future into its slot (HTTP/1.1) or its own task (HTTP/2).
                         Box::pin(async move {
-                            let resp = current.handle(req, peer, scheme).await;
+                            let mut resp = current.handle(req, peer, scheme).await;
+                            // Draining (shutdown, upgrade): an HTTP/1 client learns from
+                            // this answer that the connection ends with it, instead of
+                            // sending its next request into a closing connection (hyper
+                            // closes after the answer but does not say so).
+                            if h1
+                                && *draining.borrow()
+                                && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+                            {
+                                resp.headers_mut().insert(
+                                    http::header::CONNECTION,
+                                    http::HeaderValue::from_static("close"),
+                                );
+                            }
                             let resp = resp.map(|b| send_deadline::guard(b, send_timeout));
                             Ok::<_, std::convert::Infallible>(conn::Tracked::wrap(resp, in_flight))
                         })
