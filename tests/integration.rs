@@ -24,6 +24,7 @@ mod shield;
 mod tls;
 mod traces;
 mod transport;
+mod upgrade;
 mod upstreams;
 mod xdp_prog;
 mod xdp_veth;

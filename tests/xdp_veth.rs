@@ -18,22 +18,22 @@ use edge_tests::{
     privileged,
 };
 
-const SERVER: &str = "10.231.0.1";
-const PLAIN: &str = "10.231.0.10";
-const BLOCKED: &str = "10.231.0.20";
+pub(crate) const SERVER: &str = "10.231.0.1";
+pub(crate) const PLAIN: &str = "10.231.0.10";
+pub(crate) const BLOCKED: &str = "10.231.0.20";
 const ALLOWED: &str = "10.231.0.21";
 const UDP_PORT: u16 = 9000;
 
 /// Two namespaces joined by a veth pair; the client has several addresses.
-struct Rig {
-    client: Netns,
-    server: Netns,
-    server_if: String,
-    fs: BpfFs,
+pub(crate) struct Rig {
+    pub(crate) client: Netns,
+    pub(crate) server: Netns,
+    pub(crate) server_if: String,
+    pub(crate) fs: BpfFs,
 }
 
 impl Rig {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let client = Netns::new("ecl");
         let server = Netns::new("esv");
         let (client_if, server_if) = veth(
@@ -53,7 +53,7 @@ impl Rig {
         }
     }
 
-    fn config(&self, mode: &str, extra: &str) -> String {
+    pub(crate) fn config(&self, mode: &str, extra: &str) -> String {
         format!(
             "[xdp]\nmode = \"{mode}\"\ninterfaces = [\"{}\"]\npin_root = \"{}\"\n{extra}\n",
             self.server_if,
@@ -61,7 +61,7 @@ impl Rig {
         )
     }
 
-    fn start(&self, mode: &str, extra: &str) -> Node {
+    pub(crate) fn start(&self, mode: &str, extra: &str) -> Node {
         let node = Node::start(&self.config(mode, extra), Some(&self.server));
         assert!(
             node.wait_running(Duration::from_secs(20)),
@@ -71,7 +71,7 @@ impl Rig {
         node
     }
 
-    fn maps(&self) -> PinnedMaps {
+    pub(crate) fn maps(&self) -> PinnedMaps {
         PinnedMaps::open(&self.fs.pin_dir()).expect("pinned maps")
     }
 
@@ -98,7 +98,7 @@ impl Rig {
 
     /// Sends `n` datagrams from each source; returns how many the server received from
     /// each (after the link has gone quiet).
-    fn udp_exchange(&self, sources: &[&str], n: usize) -> HashMap<IpAddr, usize> {
+    pub(crate) fn udp_exchange(&self, sources: &[&str], n: usize) -> HashMap<IpAddr, usize> {
         let server = self.server_udp();
         let senders: Vec<UdpSocket> = self.client.enter(|| {
             sources
@@ -140,7 +140,7 @@ fn drain(sock: &UdpSocket, quiet: Duration) -> HashMap<IpAddr, usize> {
     got
 }
 
-fn ip(s: &str) -> IpAddr {
+pub(crate) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 

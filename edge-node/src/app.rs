@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use std::os::fd::AsRawFd as _;
+
+use anyhow::{Context as _, Result};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
@@ -17,6 +19,7 @@ use crate::{
     pipeline::{Pipeline, retained::Retained},
     policy::ThreatEngine,
     server::{self, tls},
+    upgrade::{self, Inherited},
     upstream::Pool,
     xdp::{Enforcement, XdpHandle},
 };
@@ -53,26 +56,46 @@ pub fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGu
 pub struct App {
     config: Config,
     config_path: Option<PathBuf>,
+    /// The listening sockets of the process this one replaces (an upgrade).
+    inherited: Option<Inherited>,
 }
+
+/// What the admin API's `POST /upgrade` waits for: the new process's pid, or why not.
+pub type UpgradeRequest = admin::UpgradeRequest;
 
 impl App {
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Self {
         Self {
             config,
             config_path,
+            inherited: None,
         }
     }
 
+    /// Adopts the sockets a running node handed over (`upgrade::Inherited::from_env`)
+    /// instead of binding, and tells that node when this one accepts.
+    pub fn inherit(mut self, inherited: Option<Inherited>) -> Self {
+        self.inherited = inherited;
+        self
+    }
+
     /// Runs until SIGINT or SIGTERM; SIGHUP (or `POST /reload` on the admin API)
-    /// reloads the configuration (a bad one is refused and the running one stays).
+    /// reloads the configuration (a bad one is refused and the running one stays);
+    /// SIGUSR2 (or `POST /upgrade`, `edge-node upgrade`) hands the listeners to the
+    /// binary now on disk and drains once it accepts (see `upgrade`).
     pub async fn run(mut self) -> Result<()> {
         // Signal handlers before anything else: a SIGHUP right after READY (systemd may
         // send one) must reload, not kill the process with the default action.
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
+        let mut usr2 = signal(SignalKind::user_defined2())?;
+        let mut inherited = self.inherited.take();
+        if inherited.is_some() {
+            info!("upgrade: adopting the listening sockets of the running node");
+        }
         // Listeners first: a taken port fails the start before anything is attached.
-        let listeners = server::bind(&self.config.http).await?;
+        let listeners = server::bind(&self.config.http, inherited.as_mut()).await?;
         let tls: Option<tls::SharedTls> =
             if self.config.http.tls_listen.is_empty() && self.config.http.h3_listen.is_empty() {
                 None
@@ -81,17 +104,43 @@ impl App {
             };
         let workers = server::Workers::start(server::workers::default_count())?;
         let h3_endpoints = match &tls {
-            Some(t) => server::h3::bind(&self.config.http, t, workers.len())?,
+            Some(t) => server::h3::bind(&self.config.http, t, workers.len(), inherited.as_mut())?,
             None => Vec::new(),
         };
         let admin_token = self.config.admin.token()?;
         let admin_listener = match &admin_token {
-            Some(_) => Some(admin::bind(&self.config.admin).await?),
+            Some(_) => Some(admin::bind(&self.config.admin, inherited.as_mut()).await?),
             None => {
                 info!("admin API off: set admin.token or admin.token_file to enable it");
                 None
             }
         };
+        // What the configuration no longer listens on closes here (the old process
+        // keeps its copy until it has drained).
+        if let Some(i) = inherited.as_mut() {
+            i.close_unclaimed();
+        }
+        // What an upgrade of this process hands over.
+        let mut handover: Vec<upgrade::Socket> = listeners
+            .iter()
+            .map(|b| upgrade::Socket {
+                kind: if b.tls {
+                    upgrade::Kind::Https
+                } else {
+                    upgrade::Kind::Http
+                },
+                configured: b.configured,
+                fd: b.listener.as_raw_fd(),
+            })
+            .collect();
+        handover.extend(h3_endpoints.iter().map(|e| e.handover()));
+        if let Some(l) = &admin_listener {
+            handover.push(upgrade::Socket {
+                kind: upgrade::Kind::Admin,
+                configured: self.config.admin.listen,
+                fd: l.as_raw_fd(),
+            });
+        }
         let pool = Pool::new(self.config.http.upstream_connect_timeout, workers.len());
         let metrics = Arc::new(Metrics::new(pool.registry.clone()));
         let mut xdp = XdpHandle::start(&self.config.xdp, &self.config.http.trusted_proxies)?;
@@ -198,6 +247,7 @@ impl App {
         }
         let mut cert_stamp = tls::stamp(&self.config.certificate);
         let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<admin::ReloadRequest>(4);
+        let (upgrade_tx, mut upgrade_rx) = tokio::sync::mpsc::channel::<UpgradeRequest>(4);
         let mut admin_task = None;
         if let (Some(l), Some(token)) = (admin_listener, admin_token) {
             let state = admin::AdminState {
@@ -209,6 +259,7 @@ impl App {
                 threat: threat.clone(),
                 cache: cache.clone(),
                 reload: reload_tx,
+                upgrade: upgrade_tx,
                 functions: retained.functions.clone(),
                 deploying: Default::default(),
                 upload_timeout: admin::UPLOAD_TIMEOUT,
@@ -225,7 +276,24 @@ impl App {
             retained,
         };
         info!(node = %self.config.node.id, enforcement = ?xdp.enforcement(), "edge-node running");
-        notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+        match inherited.as_mut() {
+            // Not the service's main process yet: the old one names this one (MAINPID)
+            // once told that it accepts.
+            Some(i) => {
+                // The old process gone meanwhile (killed): this one serves all the same.
+                if let Err(e) = i.ready() {
+                    warn!(error = %format!("{e:#}"), "upgrade: the old process is gone; serving on");
+                }
+                info!(
+                    pid = std::process::id(),
+                    "upgrade: accepting on the handed-over sockets; the old process drains"
+                );
+            }
+            None => notify(&[NotifyState::Ready, NotifyState::Status("serving")]),
+        }
+        drop(inherited);
+        xdp.settle();
+        let mut upgraded = None;
         // Expired blocks and scores no longer apply; sweeping them keeps the source trie
         // (and `xdp list`) to what is in force.
         let mut sweep = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -257,6 +325,20 @@ impl App {
                         Err(e) => error!(error = %format!("{e:#}"), "sweeping expired entries failed"),
                     }
                 }
+                _ = usr2.recv() => {
+                    if let Ok(pid) = self.upgrade(&handover, &shared, &mut xdp).await {
+                        upgraded = Some(pid);
+                        break;
+                    }
+                }
+                Some(reply) = upgrade_rx.recv() => {
+                    let result = self.upgrade(&handover, &shared, &mut xdp).await;
+                    let _ = reply.send(result.as_ref().map(|p| *p).map_err(|e| format!("{e:#}")));
+                    if let Ok(pid) = result {
+                        upgraded = Some(pid);
+                        break;
+                    }
+                }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 // A reload reads files, loads certificates and models and writes maps:
@@ -275,8 +357,17 @@ impl App {
                 }
             }
         }
-        info!("shutting down: draining requests in flight");
-        notify(&[NotifyState::Stopping]);
+        if upgraded.is_some() {
+            // The new process answers the admin API now (`/readyz` here would say
+            // "draining" to half the probes).
+            if let Some(a) = admin_task.take() {
+                a.abort();
+            }
+            info!("upgrade: stopped accepting; draining requests in flight");
+        } else {
+            info!("shutting down: draining requests in flight");
+            notify(&[NotifyState::Stopping]);
+        }
         let _ = stop_tx.send(true);
         for s in servers {
             let _ = s.await;
@@ -290,8 +381,59 @@ impl App {
         shared.retained.flush_store();
         // Whatever outlived the drain (tunnels, idle origin connections) ends with them.
         drop(workers);
-        xdp.shutdown()?;
+        match upgraded {
+            Some(pid) => {
+                xdp.handed_over();
+                info!(
+                    new_pid = pid,
+                    "upgrade: drain finished; the old process exits"
+                );
+            }
+            None => xdp.shutdown()?,
+        }
         Ok(())
+    }
+
+    /// Starts the binary on disk with this process's arguments and listening sockets
+    /// and waits until it accepts: its pid. On failure (it does not start, exits, or is
+    /// not ready within `upgrade::READY_TIMEOUT`) this process serves on, untouched.
+    async fn upgrade(
+        &mut self,
+        handover: &[upgrade::Socket],
+        shared: &Shared,
+        xdp: &mut XdpHandle,
+    ) -> Result<u32> {
+        let result = async {
+            // The store is one process's at a time (its file is locked): the new
+            // process could not start, so say why without trying.
+            if let Some(path) = shared.retained.open_store() {
+                anyhow::bail!(
+                    "the store {} is in use (storage: KV, rooms) and cannot be opened by a \
+                     second process while this one serves; restart the node instead",
+                    path.display()
+                );
+            }
+            let (exe, args) = upgrade::successor_command()?;
+            info!(exe = %exe.display(), sockets = handover.len(), "upgrade: handing the listeners over to a new process");
+            xdp.prepare_handover()
+                .context("pinning the XDP links for the new process")?;
+            upgrade::start_successor(exe, args, handover.to_vec(), upgrade::READY_TIMEOUT).await
+        }
+        .await;
+        match &result {
+            Ok(pid) => {
+                info!(new_pid = pid, "upgrade: new process ready");
+                // Under systemd the new process becomes the service's main process.
+                notify(&[
+                    NotifyState::MainPid(*pid),
+                    NotifyState::Status("upgraded; the old process drains"),
+                ]);
+            }
+            Err(e) => {
+                error!(error = %format!("{e:#}"), "upgrade failed; this process keeps serving")
+            }
+        }
+        result
     }
 
     /// Re-reads the configuration and swaps it in; on any error the running one stays.

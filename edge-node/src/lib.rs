@@ -18,7 +18,7 @@
 //!    `cache`, `policy`, `intent`, `xdp`, `limits` (each over only those after it);
 //! 9. leaves, the small helpers everything shares: `body` (over `error`), `error`,
 //!    `headers` (names and value parsers), `target`, `tls`, `workers`, `sync`,
-//!    `duration`, `clock`, `hash`.
+//!    `duration`, `clock`, `hash`, `upgrade` (the sockets a binary upgrade hands over).
 
 pub mod admin;
 pub mod app;
@@ -51,6 +51,7 @@ pub mod server;
 pub mod sync;
 pub mod target;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;
 pub mod workers;
 pub mod xdp;

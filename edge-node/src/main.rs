@@ -34,6 +34,12 @@ enum Command {
     Check,
     /// Inspect and edit the XDP maps of a running node.
     Xdp(XdpArgs),
+    /// Replace the running node with the binary now on disk, without losing a
+    /// connection: it hands its listening sockets and XDP state to the new process,
+    /// which takes over, then drains. Asks through the admin API (admin.listen, with the
+    /// configured token); the same as sending the node SIGUSR2. Exits non-zero with the
+    /// reason when the new process does not start (the running node serves on).
+    Upgrade,
     /// The fleet this node belongs to (`[fleet]`).
     #[command(subcommand)]
     Fleet(FleetCommand),
@@ -59,6 +65,10 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> Result<()> {
+    // Before anything else: while this process is single-threaded (the environment is
+    // edited), and while the binary's path still names this binary.
+    edge_node::upgrade::record_exe();
+    let inherited = edge_node::upgrade::Inherited::from_env()?;
     let cli = Cli::parse();
     let (config, source) = Config::load(cli.config.as_deref())?;
     match cli.command.unwrap_or(Command::Run) {
@@ -72,10 +82,22 @@ fn run() -> Result<()> {
             print!("{}", edge_node::fleet::members::status(&config.fleet)?);
             Ok(())
         }
+        Command::Upgrade => {
+            let token = config.admin.token()?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "edge-node upgrade asks through the admin API, which is off (set admin.token \
+                     or admin.token_file); or send the node SIGUSR2 \
+                     (systemctl kill -s USR2 edge-node)"
+                )
+            })?;
+            let done = edge_node::upgrade::request(config.admin.listen, &token)?;
+            println!("{done}");
+            Ok(())
+        }
         Command::Run => {
             let _log = init_logging(&config);
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(App::new(config, cli.config).run())
+            runtime.block_on(App::new(config, cli.config).inherit(inherited).run())
         }
     }
 }

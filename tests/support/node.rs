@@ -119,6 +119,16 @@ impl Node {
             .next()
     }
 
+    /// The process's id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// The directory of its config file and log.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// Sends a signal to the node (SIGHUP reloads).
     pub fn signal(&self, sig: i32) {
         if let Some(c) = &self.child {

@@ -1,5 +1,6 @@
 //! The admin listener: a separate address, every endpoint but `/healthz` behind a bearer
-//! token. `/metrics` (Prometheus), `/readyz`, `POST /reload`, and the source policy:
+//! token. `/metrics` (Prometheus), `/readyz`, `POST /reload`, `POST /upgrade`, and the
+//! source policy:
 //! `GET /policy`, `POST /policy/score`, `/policy/block`, `/policy/unblock`;
 //! `PUT /functions/<name>` (a function's new component, then a reload).
 
@@ -30,6 +31,9 @@ use crate::{
 /// What the admin API asks of the running node.
 pub type ReloadRequest = oneshot::Sender<Result<(), String>>;
 
+/// An upgrade asked through the admin API: the new process's pid, or why there is none.
+pub type UpgradeRequest = oneshot::Sender<Result<u32, String>>;
+
 #[derive(Clone)]
 pub struct AdminState {
     pub token: Arc<str>,
@@ -42,6 +46,8 @@ pub struct AdminState {
     pub threat: Arc<crate::policy::ThreatEngine>,
     pub cache: Arc<crate::cache::Store>,
     pub reload: mpsc::Sender<ReloadRequest>,
+    /// `POST /upgrade`: the node hands its listeners to the binary on disk.
+    pub upgrade: mpsc::Sender<UpgradeRequest>,
     /// The functions runtime: checks and writes uploaded components.
     pub functions: crate::functions::Runtime,
     /// One deploy at a time: each answer then says what its own upload did (a second
@@ -53,10 +59,20 @@ pub struct AdminState {
     pub draining: watch::Receiver<bool>,
 }
 
-pub async fn bind(settings: &AdminSettings) -> Result<TcpListener> {
-    let l = TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (admin)", settings.listen))?;
+pub async fn bind(
+    settings: &AdminSettings,
+    inherited: Option<&mut crate::upgrade::Inherited>,
+) -> Result<TcpListener> {
+    let adopted = inherited
+        .and_then(|i| i.tcp(crate::upgrade::Kind::Admin, settings.listen))
+        .map(TcpListener::from_std)
+        .transpose()?;
+    let l = match adopted {
+        Some(l) => l,
+        None => TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (admin)", settings.listen))?,
+    };
     info!(addr = %l.local_addr()?, "admin listening");
     Ok(l)
 }
@@ -154,6 +170,7 @@ async fn handle(st: AdminState, req: Request<Incoming>) -> Response<Body> {
             Ok(()) => text(StatusCode::OK, "reloaded\n"),
             Err((status, why)) => text(status, format!("{why}\n")),
         },
+        (Method::POST, "/upgrade") => upgrade(&st).await,
         (Method::PUT, p) if p.starts_with("/functions/") => {
             let name = p["/functions/".len()..].to_string();
             deploy_function(&st, &name, req).await
@@ -175,10 +192,31 @@ async fn handle(st: AdminState, req: Request<Incoming>) -> Response<Body> {
         }
         (
             _,
-            "/readyz" | "/metrics" | "/reload" | "/policy" | "/policy/score" | "/policy/block"
-            | "/policy/unblock",
+            "/readyz" | "/metrics" | "/reload" | "/upgrade" | "/policy" | "/policy/score"
+            | "/policy/block" | "/policy/unblock",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "405\n"),
         _ => text(StatusCode::NOT_FOUND, "404\n"),
+    }
+}
+
+/// Asks the node to upgrade (start the binary on disk, hand it the listeners) and waits
+/// until the new process accepts or the upgrade failed; this process drains after a
+/// success.
+async fn upgrade(st: &AdminState) -> Response<Body> {
+    if *st.draining.borrow() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    }
+    let (tx, rx) = oneshot::channel();
+    if st.upgrade.send(tx).await.is_err() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    }
+    match rx.await {
+        Ok(Ok(pid)) => text(StatusCode::OK, format!("upgraded: new pid {pid}\n")),
+        Ok(Err(e)) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("upgrade failed: {e}\n"),
+        ),
+        Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
     }
 }
 
@@ -543,6 +581,7 @@ mod tests {
             )),
             cache: crate::cache::Store::new(&Default::default()).unwrap(),
             reload: reload_tx,
+            upgrade: mpsc::channel(1).0,
             functions: runtime.clone(),
             deploying: Default::default(),
             upload_timeout: std::time::Duration::from_millis(500),

@@ -219,6 +219,13 @@ impl Retained {
     }
 
     /// Puts every acknowledged write on disk (at shutdown).
+    /// The file of the store while a pipeline uses it.
+    pub fn open_store(&self) -> Option<std::path::PathBuf> {
+        crate::sync::lock(&self.store)
+            .upgrade()
+            .map(|s| s.path().to_path_buf())
+    }
+
     pub fn flush_store(&self) {
         if let Some(store) = crate::sync::lock(&self.store).upgrade() {
             store.flush();

@@ -120,6 +120,10 @@ impl HttpBody for Tracked {
 
 /// A served connection the deadlines and the drain can ask to finish.
 pub trait Served: Future<Output = Result<(), hyper::Error>> {
+    /// HTTP/1: each answer can say it is the last (`Connection: close`); HTTP/2 has
+    /// GOAWAY for the whole connection instead.
+    const CLOSES_PER_ANSWER: bool;
+
     fn graceful_shutdown(self: Pin<&mut Self>);
 }
 
@@ -131,6 +135,8 @@ where
     B: HttpBody + 'static,
     B::Error: Into<BoxError>,
 {
+    const CLOSES_PER_ANSWER: bool = true;
+
     fn graceful_shutdown(self: Pin<&mut Self>) {
         hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self);
     }
@@ -146,6 +152,8 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    const CLOSES_PER_ANSWER: bool = false;
+
     fn graceful_shutdown(self: Pin<&mut Self>) {
         hyper::server::conn::http2::Connection::graceful_shutdown(self);
     }
@@ -164,6 +172,38 @@ pub enum Expired {
 /// finishing) before the connection is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// While draining, how often a connection that is not finishing yet looks again.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+
+/// While draining, how long an HTTP/1 connection may sit idle between answers before it
+/// is closed: a client sending requests back to back gets its next one answered (with
+/// `Connection: close`) instead of racing a close.
+const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
+
+/// Whether a draining connection is asked to finish now (`graceful_shutdown`); true once
+/// it has been.
+///
+/// - Its first request not read yet: not now. The connection was accepted just before
+///   the drain began and its request may sit unread in the socket: closing now would
+///   reset it, and no client resends a request on a fresh connection. It is served (the
+///   first-request deadline still holds), then finishes as below.
+/// - HTTP/2: now (GOAWAY; streams the client already opened are served).
+/// - HTTP/1: its next answer says `Connection: close` (see `server::spawn`) and ends it;
+///   once it has sat idle between answers for DRAIN_IDLE_GRACE (at once for one idle
+///   that long already), it is closed.
+fn drain_step<C: Served>(conn: Pin<&mut C>, activity: &Activity) -> bool {
+    if activity.begun.load(Relaxed) == 0 {
+        return false;
+    }
+    let idle_long = activity.in_flight.load(Relaxed) == 0
+        && activity.idle_since() + DRAIN_IDLE_GRACE <= Instant::now();
+    if C::CLOSES_PER_ANSWER && !idle_long {
+        return false;
+    }
+    conn.graceful_shutdown();
+    true
+}
+
 /// Serves `conn` until it ends, a deadline passes, or the drain (`shutdown` true) asks
 /// it to finish. `first_request` is the instant by which a first request head must be
 /// complete (accept + `header_read_timeout`).
@@ -178,8 +218,11 @@ pub async fn drive<C: Served>(
     let timer = tokio::time::sleep_until(first_request);
     let mut timer = std::pin::pin!(timer);
     let mut draining = *shutdown.borrow();
-    if draining {
-        conn.as_mut().graceful_shutdown();
+    // Draining, a connection is asked to finish when `drain_step` says so; until then
+    // it is looked at every DRAIN_POLL.
+    let mut drain_poll = None;
+    if draining && !drain_step(conn.as_mut(), activity) {
+        drain_poll = Some(tokio::time::interval(DRAIN_POLL));
     }
     let mut expired = None;
     loop {
@@ -189,7 +232,14 @@ pub async fn drive<C: Served>(
                 // The sender gone counts as a drain too.
                 if changed.is_err() || *shutdown.borrow() {
                     draining = true;
-                    conn.as_mut().graceful_shutdown();
+                    if !drain_step(conn.as_mut(), activity) {
+                        drain_poll = Some(tokio::time::interval(DRAIN_POLL));
+                    }
+                }
+            }
+            _ = async { drain_poll.as_mut().expect("guarded").tick().await }, if drain_poll.is_some() => {
+                if drain_step(conn.as_mut(), activity) {
+                    drain_poll = None;
                 }
             }
             () = timer.as_mut() => {

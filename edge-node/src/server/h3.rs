@@ -13,6 +13,12 @@
 //!   same address, so a connection's packets, its crypto, its streams and its requests
 //!   stay on one thread (the kernel keeps a client's 4-tuple on one socket; a client
 //!   whose address changes mid-connection starts a new one).
+//! - a binary upgrade hands these sockets to the new process; until the old one has
+//!   drained, both read them. A packet of an old connection that the new process reads
+//!   is dropped there (its stateless reset carries a token the client does not know),
+//!   and QUIC's loss recovery sends it again; a new connection's first packet that the
+//!   old process reads is dropped (it no longer takes connections), and the client's
+//!   retransmission tries again. Nothing is refused, some packets are late.
 
 use std::{
     net::SocketAddr,
@@ -67,6 +73,8 @@ pub fn quic_config(
 pub struct Bound {
     socket: std::net::UdpSocket,
     worker: usize,
+    /// The address the configuration named (what an upgrade hands over under).
+    configured: SocketAddr,
 }
 
 impl Bound {
@@ -78,23 +86,56 @@ impl Bound {
             .map_or_else(|_| "?".into(), |a| a.to_string());
         format!("{addr} (worker {})", self.worker)
     }
+
+    /// The socket as an upgrade hands it over.
+    pub fn handover(&self) -> crate::upgrade::Socket {
+        use std::os::fd::AsRawFd;
+        crate::upgrade::Socket {
+            kind: crate::upgrade::Kind::H3,
+            configured: self.configured,
+            fd: self.socket.as_raw_fd(),
+        }
+    }
 }
 
-/// Binds every `http.h3_listen` address (UDP), one SO_REUSEPORT socket per worker.
-pub fn bind(s: &HttpSettings, tls: &SharedTls, workers: usize) -> Result<Vec<Bound>> {
+/// Binds every `http.h3_listen` address (UDP), one SO_REUSEPORT socket per worker. The
+/// sockets an upgraded process handed over (`inherited`) are adopted first, all of them
+/// (spread over the workers): one left out would stay in the port's SO_REUSEPORT group
+/// while the old process drains, and the clients the kernel hashes to it would reach
+/// only the old process, which no longer takes connections.
+pub fn bind(
+    s: &HttpSettings,
+    tls: &SharedTls,
+    workers: usize,
+    mut inherited: Option<&mut crate::upgrade::Inherited>,
+) -> Result<Vec<Bound>> {
     // The certificates must serve QUIC before anything is bound.
     quic_config(&crate::sync::read(tls).clone(), s)?;
+    let workers = workers.max(1);
     let mut out = Vec::new();
     for addr in &s.h3_listen {
         let mut at = *addr;
-        for worker in 0..workers.max(1) {
-            let socket =
-                reuseport_udp(at).with_context(|| format!("cannot listen on udp {at} (HTTP/3)"))?;
+        let adopted = inherited
+            .as_deref_mut()
+            .map(|i| i.udp(*addr))
+            .unwrap_or_default();
+        let count = adopted.len().max(workers);
+        let mut adopted = adopted.into_iter();
+        for worker in 0..count {
+            let socket = match adopted.next() {
+                Some(s) => s,
+                None => reuseport_udp(at)
+                    .with_context(|| format!("cannot listen on udp {at} (HTTP/3)"))?,
+            };
             // Port 0: the others join the port the first one got.
             at = socket.local_addr()?;
-            out.push(Bound { socket, worker });
+            out.push(Bound {
+                socket,
+                worker: worker % workers,
+                configured: *addr,
+            });
         }
-        info!(addr = %at, endpoints = workers.max(1), "h3 listening");
+        info!(addr = %at, endpoints = count, "h3 listening");
     }
     Ok(out)
 }

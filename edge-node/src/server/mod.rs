@@ -73,28 +73,47 @@ impl ListenerHealth {
     }
 }
 
-/// A bound listener and whether it speaks TLS.
+/// A bound listener, whether it speaks TLS, and the address the configuration named.
 pub struct Bound {
     pub listener: TcpListener,
     pub tls: bool,
+    pub configured: SocketAddr,
 }
 
 /// Binds every configured address (before anything else starts, so a taken port fails
-/// the start loudly) and returns the bound listeners.
-pub async fn bind(settings: &HttpSettings) -> Result<Vec<Bound>> {
+/// the start loudly) and returns the bound listeners. A listener the process being
+/// upgraded handed over (`inherited`) is adopted instead of bound.
+pub async fn bind(
+    settings: &HttpSettings,
+    mut inherited: Option<&mut crate::upgrade::Inherited>,
+) -> Result<Vec<Bound>> {
+    use crate::upgrade::Kind;
     let mut out = Vec::new();
     for (addrs, tls) in [(&settings.listen, false), (&settings.tls_listen, true)] {
         for addr in addrs {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
+            let kind = if tls { Kind::Https } else { Kind::Http };
+            let adopted = inherited
+                .as_deref_mut()
+                .and_then(|i| i.tcp(kind, *addr))
+                .map(TcpListener::from_std)
+                .transpose()?;
+            let listener = match adopted {
+                Some(l) => l,
+                None => TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?,
+            };
             let what = if tls {
                 "https listening"
             } else {
                 "http listening"
             };
             info!(addr = %listener.local_addr()?, "{what}");
-            out.push(Bound { listener, tls });
+            out.push(Bound {
+                listener,
+                tls,
+                configured: *addr,
+            });
         }
     }
     Ok(out)
@@ -187,14 +206,30 @@ pub fn spawn(
                     let send_timeout = settings.send_timeout;
                     let activity = conn::Activity::new(opened);
                     let requests = activity.clone();
+                    let draining = shutdown.clone();
                     let service = service_fn(move |req: Request<Incoming>| {
                         let current = p.load_full();
                         // Until its response is sent the connection is not idle.
                         let in_flight = requests.begin();
+                        let h1 = req.version() < http::Version::HTTP_2;
+                        let draining = draining.clone();
                         // Boxed: the pipeline's future is kilobytes, and hyper moves a
                         // request's future into its slot (HTTP/1.1) or its own task (HTTP/2).
                         Box::pin(async move {
-                            let resp = current.handle(req, peer, scheme).await;
+                            let mut resp = current.handle(req, peer, scheme).await;
+                            // Draining (shutdown, upgrade): an HTTP/1 client learns from
+                            // this answer that the connection ends with it, instead of
+                            // sending its next request into a closing connection (hyper
+                            // closes after the answer but does not say so).
+                            if h1
+                                && *draining.borrow()
+                                && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+                            {
+                                resp.headers_mut().insert(
+                                    http::header::CONNECTION,
+                                    http::HeaderValue::from_static("close"),
+                                );
+                            }
                             let resp = resp.map(|b| send_deadline::guard(b, send_timeout));
                             Ok::<_, std::convert::Infallible>(conn::Tracked::wrap(resp, in_flight))
                         })

@@ -146,13 +146,17 @@ pub fn ifname(ifindex: u32) -> Option<String> {
 }
 
 /// Attaches the loaded program to `interface` in the configured mode. A link pinned by an
-/// earlier run (keep_attached) is taken over atomically: no packet goes unfiltered.
+/// earlier run (keep_attached) or by a node handing over to this one (an upgrade) is
+/// taken over atomically: the link is updated to this program, no packet goes
+/// unfiltered, and the pin stays (a process that dies while starting leaves the
+/// program attached). Returns the link's id while this program owns it unpinned (what
+/// an upgrade must pin before handing over).
 pub fn attach(
     ebpf: &mut Ebpf,
     maps: &mut PinnedMaps,
     settings: &XdpSettings,
     interface: &str,
-) -> Result<Attachment> {
+) -> Result<(Attachment, Option<aya::programs::xdp::XdpLinkId>)> {
     let ifindex = ifindex(interface)?;
     let pin_path = link_pin_path(maps.dir(), interface);
     let prev_mode = maps
@@ -173,38 +177,38 @@ pub fn attach(
             }
         }
     }
-    let (link_id, mode) = match taken_over {
-        Some(id) => {
-            let mode = match prev_mode {
-                Some(m) if m == AttachMode::Native as u32 => AttachMode::Native,
-                _ => AttachMode::Generic,
-            };
-            (id, mode)
-        }
-        None => attach_fresh(xdp, interface, settings.mode)?,
-    };
-
+    let mut owned = None;
     let mut persistent = false;
-    if settings.keep_attached {
-        let link = xdp.take_link(link_id)?;
-        match FdLink::try_from(link) {
-            Ok(fd_link) => {
-                if let Some(parent) = pin_path.parent() {
-                    fs::create_dir_all(parent)?;
-                }
-                let _ = fs::remove_file(&pin_path);
-                let pinned = fd_link
-                    .pin(&pin_path)
-                    .with_context(|| format!("pinning the link at {}", pin_path.display()))?;
-                // The pin keeps the program attached; our handle may go.
-                drop(pinned);
-                persistent = true;
-            }
-            Err(e) => {
-                warn!(interface, error = %e, "kernel attached XDP through netlink; keep_attached needs bpf links (Linux 5.9+)");
-            }
+    let was_taken_over = taken_over.is_some();
+    let mode = if let Some(link_id) = taken_over {
+        // Still pinned: persistent when the configuration keeps it attached; otherwise
+        // this program owns it and `unpin_owned` removes the pin once the node runs.
+        persistent = settings.keep_attached;
+        if !persistent {
+            owned = Some(link_id);
         }
-    }
+        match prev_mode {
+            Some(m) if m == AttachMode::Native as u32 => AttachMode::Native,
+            _ => AttachMode::Generic,
+        }
+    } else {
+        let (link_id, mode) = attach_fresh(xdp, interface, settings.mode)?;
+        if settings.keep_attached {
+            let link = xdp.take_link(link_id)?;
+            match FdLink::try_from(link) {
+                Ok(fd_link) => {
+                    pin(fd_link, &pin_path)?;
+                    persistent = true;
+                }
+                Err(e) => {
+                    warn!(interface, error = %e, "kernel attached XDP through netlink; keep_attached needs bpf links (Linux 5.9+)");
+                }
+            }
+        } else {
+            owned = Some(link_id);
+        }
+        mode
+    };
 
     let rec = AttachRecord {
         ifindex,
@@ -214,19 +218,58 @@ pub fn attach(
         attached_at_ns: crate::clock::now_ns(),
     };
     maps.record_attach(rec)?;
-    info!(interface, ifindex, mode = ?mode, prog_id, persistent, "XDP program attached");
-    Ok(Attachment {
-        interface: interface.to_string(),
-        ifindex,
-        mode,
-        prog_id,
-        persistent,
-    })
+    info!(interface, ifindex, mode = ?mode, prog_id, persistent, taken_over = was_taken_over, "XDP program attached");
+    Ok((
+        Attachment {
+            interface: interface.to_string(),
+            ifindex,
+            mode,
+            prog_id,
+            persistent,
+        },
+        owned,
+    ))
 }
 
+/// Pins `link` at `pin_path`; the pin keeps the program attached, the handle may go.
+fn pin(link: FdLink, pin_path: &Path) -> Result<()> {
+    if let Some(parent) = pin_path.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let _ = fs::remove_file(pin_path);
+    let pinned = link
+        .pin(pin_path)
+        .with_context(|| format!("pinning the link at {}", pin_path.display()))?;
+    drop(pinned);
+    Ok(())
+}
+
+/// Before an upgrade: pins the link this program owns on `interface`, so the new process
+/// takes it over (an unpinned link would detach when this process exits, and a second
+/// XDP link on the interface is refused). Shutting down without handing over still
+/// detaches it (`detach` unpins what is not persistent).
+pub fn pin_for_handover(
+    ebpf: &mut Ebpf,
+    pin_dir: &Path,
+    interface: &str,
+    link_id: aya::programs::xdp::XdpLinkId,
+) -> Result<()> {
+    let link = program(ebpf)?.take_link(link_id)?;
+    let fd_link = FdLink::try_from(link).map_err(|e| {
+        anyhow!("XDP on {interface} is attached through netlink, not a bpf link (Linux 5.9+): it cannot be handed over ({e})")
+    })?;
+    pin(fd_link, &link_pin_path(pin_dir, interface))
+}
+
+/// Removes the pin of a link this program owns (one taken over without keep_attached):
+/// the link is the program's again, and goes when the process does.
+pub fn unpin_owned(pin_dir: &Path, interface: &str) {
+    let _ = fs::remove_file(link_pin_path(pin_dir, interface));
+}
+
+/// Updates the pinned link to this program; the pin stays where it is.
 fn take_over(xdp: &mut Xdp, pin_path: &Path) -> Result<aya::programs::xdp::XdpLinkId> {
-    let pinned = PinnedLink::from_pin(pin_path)?;
-    let fd_link = pinned.unpin()?;
+    let fd_link: FdLink = PinnedLink::from_pin(pin_path)?.into();
     let link = XdpLink::try_from(fd_link)?;
     Ok(xdp.attach_to_link(link)?)
 }

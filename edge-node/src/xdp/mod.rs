@@ -69,6 +69,8 @@ struct Loaded {
     keep_attached: bool,
     pin_dir: std::path::PathBuf,
     log_task: Option<JoinHandle<()>>,
+    /// Links this program owns unpinned (no keep_attached): an upgrade pins them first.
+    owned_links: Vec<(String, aya::programs::xdp::XdpLinkId)>,
 }
 
 impl XdpHandle {
@@ -168,9 +170,15 @@ impl XdpHandle {
         let log_task = spawn_log_forwarder(&mut ebpf);
         loader::forget_unlisted(&mut maps, &settings.interfaces)?;
         let mut attachments = Vec::new();
+        let mut owned_links = Vec::new();
         for iface in &settings.interfaces {
             match loader::attach(&mut ebpf, &mut maps, settings, iface) {
-                Ok(a) => attachments.push(a),
+                Ok((a, link)) => {
+                    if let Some(id) = link {
+                        owned_links.push((iface.clone(), id));
+                    }
+                    attachments.push(a)
+                }
                 Err(e) if settings.strict => return Err(e),
                 Err(e) => {
                     error!(interface = %iface, error = %format!("{e:#}"), "XDP attach failed")
@@ -184,6 +192,7 @@ impl XdpHandle {
                 keep_attached: settings.keep_attached,
                 pin_dir,
                 log_task,
+                owned_links,
             },
             maps,
         ))
@@ -242,6 +251,41 @@ impl XdpHandle {
 
     pub fn attachments(&self) -> &[Attachment] {
         self.loaded.as_ref().map_or(&[], |l| &l.attachments)
+    }
+
+    /// Once the node runs: links taken over from a pin without keep_attached are this
+    /// process's alone again (the pin kept them attached while it started; a crash later
+    /// detaches them, as keep_attached = false says).
+    pub fn settle(&mut self) {
+        if let Some(l) = &self.loaded {
+            for (iface, _) in &l.owned_links {
+                loader::unpin_owned(&l.pin_dir, iface);
+            }
+        }
+    }
+
+    /// Before an upgrade: every link attached to the program is pinned, so the new
+    /// process takes it over and nothing detaches when this one exits.
+    pub fn prepare_handover(&mut self) -> Result<()> {
+        let Some(l) = self.loaded.as_mut() else {
+            return Ok(());
+        };
+        for (iface, id) in std::mem::take(&mut l.owned_links) {
+            loader::pin_for_handover(&mut l.ebpf, &l.pin_dir, &iface, id)?;
+        }
+        Ok(())
+    }
+
+    /// After an upgrade: the new process runs the pinned links and maps. Nothing is
+    /// detached, unpinned or forgotten; the log forwarder stops and the program's handle
+    /// goes.
+    pub fn handed_over(mut self) {
+        if let Some(loaded) = self.loaded.take() {
+            if let Some(task) = &loaded.log_task {
+                task.abort();
+            }
+            info!("XDP left to the new process: links and maps stay pinned");
+        }
     }
 
     /// Detaches (unless keep_attached) and stops forwarding logs. Maps stay pinned, so
