@@ -192,7 +192,11 @@ fn a_request_is_a_trace_of_its_phases_and_the_origin_continues_it() {
 fn unsampled_requests_stay_home_and_failures_are_always_traced() {
     let receiver = Receiver::start();
     let origin = Origin::start("app");
-    let p = node(&origin, "", &traces(&receiver, "ratio = 0.0"));
+    let p = node(
+        &origin,
+        "",
+        &traces(&receiver, "ratio = 0.0\nerrors_per_second = 5"),
+    );
     let ok = curl(&p, "app.test", "/fine", &[]);
     assert_eq!(ok.status, 200);
     let (quiet, _, flags) = origin_traceparent(&ok.body).expect("traceparent");
@@ -226,6 +230,39 @@ fn unsampled_requests_stay_home_and_failures_are_always_traced() {
     assert!(
         !spans.iter().any(|s| s["trace_id"] == quiet.as_str()),
         "an unsampled trace was exported: {spans:#?}"
+    );
+    // Failures beyond errors_per_second (5) are not traced: a flood of them costs the
+    // collector a bounded share.
+    let start = std::time::Instant::now();
+    for i in 0..40 {
+        // 502, then 503 once the pool has ejected its dead server.
+        let status = curl(&p, "gone.test", &format!("/flood{i}"), &[]).status;
+        assert!(matches!(status, 502 | 503), "{status}");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    // A last failure after the flood, once its export arrived, all before it did too.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    assert!(curl(&p, "gone.test", "/last", &[]).status >= 500);
+    assert!(eventually(Duration::from_secs(15), || {
+        receiver
+            .all()
+            .iter()
+            .any(|s| s["attributes"]["url.path"] == "/last")
+    }));
+    let flooded = receiver
+        .all()
+        .iter()
+        .filter(|s| {
+            s["kind"] == SERVER
+                && s["attributes"]["url.path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("/flood"))
+        })
+        .count();
+    let allowed = 5.0 + 5.0 * secs;
+    assert!(
+        flooded >= 1 && flooded as f64 <= allowed + 1.0,
+        "{flooded} of 40 failures traced in {secs:.2} s (at most {allowed:.0})"
     );
 }
 

@@ -36,9 +36,12 @@ pub struct TraceSettings {
     /// Share of requests traced, 0 to 1, decided on the trace id.
     #[serde(default = "default_ratio")]
     pub ratio: f64,
-    /// Every failed request (5xx, or an error the node answered) is traced too.
+    /// Every failed request (5xx) is traced too, up to `errors_per_second`.
     #[serde(default = "yes")]
     pub errors: bool,
+    /// Failed requests traced beyond the ratio per second at most (bursts of as many).
+    #[serde(default = "default_errors_per_second")]
+    pub errors_per_second: u32,
     /// Whose incoming `traceparent` continues their trace: `trusted` (the
     /// `http.trusted_proxies`), `any`, or `none`. Others start a new trace, so a client
     /// cannot choose to be sampled.
@@ -76,6 +79,7 @@ impl Default for TraceSettings {
             endpoint: None,
             ratio: default_ratio(),
             errors: true,
+            errors_per_second: default_errors_per_second(),
             parent: ParentPolicy::default(),
             service_name: default_service(),
             headers: BTreeMap::new(),
@@ -91,6 +95,9 @@ fn default_ratio() -> f64 {
 }
 fn yes() -> bool {
     true
+}
+fn default_errors_per_second() -> u32 {
+    20
 }
 fn default_service() -> String {
     "edge-node".into()
@@ -126,6 +133,9 @@ impl TraceSettings {
         }
         if self.timeout.is_zero() || self.export_interval.is_zero() {
             bail!("traces.timeout and traces.export_interval must be longer than 0s");
+        }
+        if self.errors_per_second == 0 {
+            bail!("traces.errors_per_second must be at least 1 (errors = false turns it off)");
         }
         if !(1..=1_000_000).contains(&self.queue) {
             bail!("traces.queue is 1 to 1000000 spans (is {})", self.queue);
@@ -344,11 +354,6 @@ fn step_span(step: &Step, start: std::time::SystemTime, end: std::time::SystemTi
             Status::Unset
         },
     }
-}
-
-/// Whether a finished request's trace is exported.
-pub fn keep(trace: &Trace, settings: &TraceSettings, failed: bool) -> bool {
-    trace.sampled || (settings.errors && failed)
 }
 
 #[cfg(test)]

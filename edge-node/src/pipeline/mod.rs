@@ -429,6 +429,10 @@ impl Pipeline {
                 true => Some(traces::Traces {
                     settings: config.traces.clone(),
                     exporter: retained.trace_exporter(config.traces.export_key(&config.node.id))?,
+                    errors: std::sync::Mutex::new(crate::limits::Bucket::new(
+                        f64::from(config.traces.errors_per_second),
+                        u64::from(config.traces.errors_per_second),
+                    )),
                 }),
                 false => None,
             },
@@ -629,7 +633,8 @@ impl Pipeline {
         for p in &self.phases {
             p.log(&ctx, resp.status());
         }
-        if let (Some(t), Some(trace)) = (&self.traces, &ctx.trace) {
+        if let (Some(t), Some(mut trace)) = (&self.traces, ctx.trace.take()) {
+            trace.close_exchange();
             let end = traces::End {
                 method: &method,
                 path,
@@ -638,7 +643,7 @@ impl Pipeline {
                 elapsed,
                 error: failure,
             };
-            t.finish(&ctx, trace, end);
+            t.finish(&ctx, &trace, end);
         }
         resp
     }

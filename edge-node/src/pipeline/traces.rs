@@ -17,6 +17,9 @@ use crate::{
 pub struct Traces {
     pub settings: TraceSettings,
     pub exporter: Arc<Exporter>,
+    /// Failed requests traced beyond the ratio, at most `errors_per_second`: whoever
+    /// can make requests fail (a dead origin) must not flood the collector.
+    pub errors: std::sync::Mutex<crate::limits::Bucket>,
 }
 
 impl Traces {
@@ -44,7 +47,11 @@ impl Traces {
     /// Exports the request's trace if it is kept (sampled, or failed with `errors`).
     pub fn finish(&self, ctx: &RequestCtx, trace: &Trace, end: End<'_>) {
         let failed = end.status.is_server_error();
-        if !crate::otel::keep(trace, &self.settings, failed) {
+        let kept = trace.sampled
+            || (self.settings.errors
+                && failed
+                && crate::sync::lock(&self.errors).admit(crate::clock::now_ns()));
+        if !kept {
             return;
         }
         let route = ctx.route.as_ref().map(|_| ctx.route_name());

@@ -112,6 +112,18 @@ impl Trace {
         header
     }
 
+    /// Ends an exchange some handler started and did not report (a function's or a
+    /// room's origin call): its span still exists for the origin that continued it.
+    pub fn close_exchange(&mut self) {
+        if self.exchange.is_some() {
+            self.exchange_done("", None);
+            if let Some(s) = self.steps.last_mut() {
+                s.failed = false;
+                s.attributes.retain(|(k, _)| *k != "edge.upstream");
+            }
+        }
+    }
+
     /// The exchange under way ended with `status` (none: it failed) from `upstream`.
     pub fn exchange_done(&mut self, upstream: &str, status: Option<u16>) {
         let Some((id, from)) = self.exchange.take() else {
