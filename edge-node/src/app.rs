@@ -73,11 +73,19 @@ impl App {
         let mut hup = signal(SignalKind::hangup())?;
         // Listeners first: a taken port fails the start before anything is attached.
         let listeners = server::bind(&self.config.http).await?;
+        // JWKS keys, verified tokens, rate-limit buckets and ACME certificates outlive
+        // reloads.
+        let retained = Arc::new(Retained::default());
+        let acme_plans = self.config.acme_plan()?;
+        retained.acme.set_names(&acme_plans);
         let tls: Option<tls::SharedTls> =
             if self.config.http.tls_listen.is_empty() && self.config.http.h3_listen.is_empty() {
                 None
             } else {
-                Some(Arc::new(RwLock::new(tls::build(&self.config.certificate)?)))
+                Some(Arc::new(RwLock::new(tls::build(
+                    &self.config.certificate,
+                    &retained.acme,
+                )?)))
             };
         let workers = server::Workers::start(server::workers::default_count())?;
         let h3_endpoints = match &tls {
@@ -111,8 +119,6 @@ impl App {
         let cache = crate::cache::Store::new(&self.config.cache)?;
         cache.set_path_policy(self.config.http.path);
         cache.listen_for_purges();
-        // JWKS keys, verified tokens and rate-limit buckets outlive reloads as well.
-        let retained = Arc::new(Retained::default());
         let first = Pipeline::new(
             &self.config,
             pool.clone(),
@@ -123,6 +129,14 @@ impl App {
             &retained,
         )?;
         first.start_background();
+        // Stored ACME certificates are in force before the first connection is taken;
+        // missing or due ones are ordered in the background.
+        let acme = crate::acme::Manager::new(
+            retained.acme.clone(),
+            &self.config.storage.dir,
+            metrics.clone(),
+        );
+        acme.apply(&acme_plans);
         // Functions: what `PUT /functions/<name>` may replace.
         retained
             .functions
@@ -194,6 +208,7 @@ impl App {
             userspace_policy,
             cache: cache.clone(),
             retained,
+            acme,
         };
         info!(node = %self.config.node.id, enforcement = ?xdp.enforcement(), "edge-node running");
         notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
@@ -208,7 +223,7 @@ impl App {
                     if now != cert_stamp {
                         cert_stamp = now;
                         if let Some(t) = &tls {
-                            match tls::build(&self.config.certificate) {
+                            match tls::build(&self.config.certificate, &shared.retained.acme) {
                                 Ok(c) => {
                                     *t.write().expect("tls lock") = c;
                                     info!("certificates reloaded (files changed)");
@@ -282,12 +297,22 @@ impl App {
         let result = (|| -> Result<()> {
             let (new, source) = Config::load(self.config_path.as_deref())
                 .inspect_err(|e| error!(error = %format!("{e:#}"), "new configuration refused; keeping the running one"))?;
+            let acme_plans = new.acme_plan()
+                .inspect_err(|e| error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"))?;
+            // The resolver reads which names ACME keeps from the shared state: built
+            // against the new names, swapped back if the reload fails below.
+            let acme = &shared.retained.acme;
+            let old_names = acme.names();
+            acme.set_names(&acme_plans);
             let certs = match tls {
-                Some(_) => Some(tls::build(&new.certificate)),
+                Some(_) => Some(tls::build(&new.certificate, acme)),
                 None => None,
             }
             .transpose()
-            .inspect_err(|e| error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"))?;
+            .inspect_err(|e| {
+                acme.restore_names(old_names.clone());
+                error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration")
+            })?;
             let p = Pipeline::new(
                 &new,
                 shared.pool.clone(),
@@ -301,7 +326,11 @@ impl App {
                 xdp.apply(&new.xdp, &new.http.trusted_proxies)
                     .map(|()| p)
             })
-                .inspect_err(|e| error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"))?;
+                .inspect_err(|e| {
+                    acme.restore_names(old_names.clone());
+                    error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration")
+                })?;
+            shared.acme.apply(&acme_plans);
             // New requests take the new routes; requests in flight finish on the
             // pipeline they started with.
             p.start_background();
@@ -340,6 +369,8 @@ struct Shared {
     userspace_policy: Option<crate::xdp::SharedPolicy>,
     cache: Arc<crate::cache::Store>,
     retained: Arc<Retained>,
+    /// Keeps the certificates obtained over ACME.
+    acme: crate::acme::Manager,
 }
 
 /// Keys that only take effect at start: say so instead of pretending they were applied.

@@ -20,6 +20,7 @@
 //!    `headers` (names and value parsers), `target`, `tls`, `workers`, `sync`,
 //!    `duration`, `clock`, `hash`.
 
+pub mod acme;
 pub mod admin;
 pub mod app;
 pub mod auth;

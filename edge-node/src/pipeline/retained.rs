@@ -43,6 +43,8 @@ pub struct Retained {
     rooms: Mutex<HashMap<String, Weak<crate::rooms::Rooms>>>,
     /// Fleet namespaces' Redis clients and listeners, by (namespace, URL, prefix).
     fleets: Mutex<HashMap<(String, String, String), Weak<crate::kv::fleet::Fleet>>>,
+    /// Certificates obtained over ACME and the challenges being answered.
+    pub acme: Arc<crate::acme::AcmeState>,
 }
 
 impl Retained {
