@@ -585,3 +585,76 @@ upstream = "app"
     }
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn reload_adds_a_certificate_and_keeps_the_ones_in_force() {
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(http, https, 3600);
+    let origin = Origin::start("a");
+    let data = data_dir();
+    let one = config(
+        http,
+        https,
+        &data,
+        &pebble,
+        &origin,
+        (
+            "",
+            "[[certificate]]\nhosts = [\"one.test\"]\nacme = {}\n",
+            &["one.test", "two.test"],
+        ),
+    );
+    let node = Node::start(&one, None);
+    assert!(node.wait_running(Duration::from_secs(20)), "{}", node.log());
+    let root = pebble.issuing_root();
+    let first = leaf(&wait_cert(&node, https, "one.test", &root));
+    // two.test is a route host no [[certificate]] serves: [acme] gets it one of its own.
+    // The reload gives it a [[certificate]] shared with a new name instead.
+    let second = leaf(&wait_cert(&node, https, "two.test", &root));
+    let two = one
+        .replace(
+            "[[certificate]]\nhosts = [\"one.test\"]\nacme = {}\n",
+            "[[certificate]]\nhosts = [\"one.test\"]\nacme = {}\n\
+         [[certificate]]\nhosts = [\"two.test\", \"three.test\"]\nacme = {}\n",
+        )
+        .replace(
+            "hosts = [\"one.test\", \"two.test\"]",
+            "hosts = [\"one.test\", \"two.test\", \"three.test\"]",
+        );
+    std::fs::write(node.config_path(), two).unwrap();
+    node.signal(libc::SIGHUP);
+    assert!(
+        node.wait_for_log("configuration reloaded", Duration::from_secs(20)),
+        "{}",
+        node.log()
+    );
+    // The new certificate (two names) is ordered and served for both.
+    let c = wait_cert(&node, https, "three.test", &root);
+    let three = leaf(&c);
+    assert!(get(c, "three.test").contains("200"));
+    let c = connect(https, "two.test", &root).unwrap();
+    assert_eq!(leaf(&c), three, "two.test moved to the new certificate");
+    assert_ne!(three, second);
+    // one.test's certificate did not change: not ordered again.
+    let c = connect(https, "one.test", &root).unwrap();
+    assert_eq!(leaf(&c), first);
+    // A name the configuration no longer has is not served its old certificate.
+    let less = std::fs::read_to_string(node.config_path())
+        .unwrap()
+        .replace("[[certificate]]\nhosts = [\"one.test\"]\nacme = {}\n", "")
+        .replace("\"one.test\", ", "");
+    std::fs::write(node.config_path(), less).unwrap();
+    node.signal(libc::SIGHUP);
+    let start = Instant::now();
+    while connect(https, "one.test", &root).is_ok() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "one.test still served:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let obtained = node.log().matches("ACME certificate obtained").count();
+    assert_eq!(obtained, 3, "{}", node.log());
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -71,6 +71,7 @@ impl Manager {
     /// and a task to order or renew it; a removed one's task ends.
     pub fn apply(&self, plans: &[AcmeCert]) {
         self.state.set_names(plans);
+        self.state.prune();
         let mut tasks = crate::sync::lock(&self.tasks);
         tasks.retain(|plan, task| {
             let keep = plans.contains(plan);

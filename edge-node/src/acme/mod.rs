@@ -262,6 +262,16 @@ impl AcmeState {
         });
     }
 
+    /// Drops the certificates of names no longer kept (a reload removed them).
+    pub fn prune(&self) {
+        let names = self.names.load();
+        self.certs.rcu(|old| {
+            let mut m = HashMap::clone(old);
+            m.retain(|n, _| names.contains(n));
+            m
+        });
+    }
+
     /// The key authorization for an HTTP-01 `token`.
     pub fn http_answer(&self, token: &str) -> Option<String> {
         crate::sync::lock(&self.http).get(token).cloned()
