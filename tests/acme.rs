@@ -13,7 +13,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use edge_tests::{node::Node, origin::Origin, tls_origin::make_ca_and_leaf, unique};
+use edge_tests::{
+    node::Node,
+    origin::Origin,
+    proxy::{ADMIN_TOKEN, admin_section},
+    tls_origin::make_ca_and_leaf,
+    unique,
+};
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 
 fn free_port() -> u16 {
@@ -162,6 +168,7 @@ impl Pebble {
 impl Drop for Pebble {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -405,6 +412,7 @@ fn failed_validation_is_retried_and_other_names_are_served() {
             &["good.test", "bad.test"],
         ),
     );
+    let cfg = cfg + &admin_section();
     let node = Node::start(&cfg, None);
     assert!(node.wait_running(Duration::from_secs(20)), "{}", node.log());
     let root = pebble.issuing_root();
@@ -442,6 +450,34 @@ fn failed_validation_is_retried_and_other_names_are_served() {
     // The node keeps serving.
     let c = connect(https, "good.test", &root).unwrap();
     assert!(get(c, "good.test").contains("200"));
+    // Orders and expiry are in the metrics.
+    let admin = node.logged_addr("admin listening").expect("admin address");
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-H"])
+        .arg(format!("Authorization: Bearer {ADMIN_TOKEN}"))
+        .arg(format!("http://{admin}/metrics"))
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&out.stdout);
+    let value = |line: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(line))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in\n{metrics}"))
+    };
+    assert_eq!(value("edge_acme_orders_total{result=\"ok\"}"), 1.0);
+    assert!(value("edge_acme_orders_total{result=\"failed\"}") >= 2.0);
+    let expiry = value("edge_acme_certificate_expiry_timestamp_seconds{name=\"good.test\"}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        expiry > now && expiry <= now + 3600.0 + 60.0,
+        "{expiry} vs {now}"
+    );
     let _ = std::fs::remove_dir_all(&data);
 }
 
