@@ -694,3 +694,58 @@ fn reload_adds_a_certificate_and_keeps_the_ones_in_force() {
     assert_eq!(obtained, 3, "{}", node.log());
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn a_fleet_shares_one_certificate_per_name_through_redis() {
+    let Some(redis) = edge_tests::redis::Redis::start("acme fleet") else {
+        return;
+    };
+    // Pebble validates on node A's ports only.
+    let (a_http, a_https, b_http, b_https) = (free_port(), free_port(), free_port(), free_port());
+    let pebble = Pebble::start(a_http, a_https, 3600);
+    let origin = Origin::start("a");
+    let (a_data, b_data) = (data_dir(), data_dir());
+    let fleet = format!("redis = \"{}\"", redis.url());
+    let cert = (
+        fleet.as_str(),
+        "[[certificate]]\nhosts = [\"fleet.test\"]\nacme = {}\n",
+        &["fleet.test"][..],
+    );
+    // B orders first, while A is not up: the validation fails (the CA reaches A's
+    // port), B keeps the fleet's lock over its backoff and retries.
+    let b = Node::start(
+        &config(b_http, b_https, &b_data, &pebble, &origin, cert),
+        None,
+    );
+    assert!(
+        b.wait_for_log("ACME order failed", Duration::from_secs(30)),
+        "{}",
+        b.log()
+    );
+    // A comes up meanwhile: it finds B's lock and waits; B's retry is validated on A,
+    // which answers with the token B put in Redis.
+    let a = Node::start(
+        &config(a_http, a_https, &a_data, &pebble, &origin, cert),
+        None,
+    );
+    assert!(a.wait_running(Duration::from_secs(20)), "{}", a.log());
+    let root = pebble.issuing_root();
+    let on_b = leaf(&wait_cert(&b, b_https, "fleet.test", &root));
+    let c = wait_cert(&a, a_https, "fleet.test", &root);
+    assert_eq!(leaf(&c), on_b, "one certificate for the fleet");
+    assert!(get(c, "fleet.test").contains("200"));
+    assert_eq!(
+        b.log().matches("ACME certificate obtained").count(),
+        1,
+        "{}",
+        b.log()
+    );
+    assert!(
+        !a.log().contains("ACME certificate obtained"),
+        "{}",
+        a.log()
+    );
+    assert!(a.log().contains("taken from the fleet"), "{}", a.log());
+    let _ = std::fs::remove_dir_all(&a_data);
+    let _ = std::fs::remove_dir_all(&b_data);
+}

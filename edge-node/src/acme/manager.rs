@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use super::{
     AcmeCert, AcmeState, ChallengeKind, challenge_cert,
+    fleet::Fleet,
     store::{Issued, Store, parse},
 };
 use crate::metrics::Metrics;
@@ -33,6 +34,8 @@ const VALIDATION_TIMEOUT: Duration = Duration::from_secs(120);
 /// The longest sleep between two looks at the clock (a suspended machine, a clock
 /// stepped forward).
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
+/// How often a node waiting for another's order looks for its result.
+const FLEET_POLL: Duration = Duration::from_secs(1);
 
 /// The running certificate keepers, one task per certificate.
 pub struct Manager {
@@ -42,6 +45,8 @@ pub struct Manager {
     /// Accounts by directory URL, shared by the certificates of one CA.
     accounts: Arc<tokio::sync::Mutex<HashMap<String, Account>>>,
     tasks: Mutex<HashMap<AcmeCert, JoinHandle<()>>>,
+    /// Redis clients by URL (`acme.redis`).
+    fleets: Mutex<HashMap<String, Arc<Fleet>>>,
 }
 
 impl Drop for Manager {
@@ -63,6 +68,7 @@ impl Manager {
             metrics,
             accounts: Default::default(),
             tasks: Default::default(),
+            fleets: Default::default(),
         }
     }
 
@@ -72,6 +78,25 @@ impl Manager {
     pub fn apply(&self, plans: &[AcmeCert]) {
         self.state.set_names(plans);
         self.state.prune();
+        let fleets = {
+            let mut fleets = crate::sync::lock(&self.fleets);
+            fleets.retain(|url, _| plans.iter().any(|p| p.redis.as_ref() == Some(url)));
+            for url in plans.iter().filter_map(|p| p.redis.as_ref()) {
+                if fleets.contains_key(url) {
+                    continue;
+                }
+                match Fleet::connect(url) {
+                    Ok(f) => {
+                        fleets.insert(url.clone(), Arc::new(f));
+                    }
+                    Err(e) => {
+                        warn!(error = %format!("{e:#}"), "ACME fleet unavailable; ordering alone")
+                    }
+                }
+            }
+            self.state.set_fleets(fleets.values().cloned().collect());
+            fleets.clone()
+        };
         let mut tasks = crate::sync::lock(&self.tasks);
         tasks.retain(|plan, task| {
             let keep = plans.contains(plan);
@@ -102,6 +127,7 @@ impl Manager {
                 }
             };
             let keeper = Keeper {
+                fleet: plan.redis.as_ref().and_then(|u| fleets.get(u).cloned()),
                 plan: plan.clone(),
                 state: self.state.clone(),
                 store: self.store.clone(),
@@ -114,6 +140,7 @@ impl Manager {
 }
 
 struct Keeper {
+    fleet: Option<Arc<Fleet>>,
     plan: AcmeCert,
     state: Arc<AcmeState>,
     store: Store,
@@ -135,9 +162,53 @@ impl Keeper {
                 }
                 info!(?names, serial = %c.serial, "ACME certificate due for renewal");
             }
+            let mut locked = false;
+            if let Some(f) = &self.fleet {
+                match self.shared_by_fleet(f, current.as_ref()).await {
+                    Ok(Some(issued)) => {
+                        for n in names {
+                            self.state.remove_alpn(n);
+                        }
+                        self.metrics.acme_expiry(&names[0], issued.not_after);
+                        self.state.install(names, issued.key.clone());
+                        info!(?names, serial = %issued.serial, expires = %humantime::format_rfc3339_seconds(issued.not_after), "ACME certificate taken from the fleet and in use");
+                        current = Some(issued);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(?names, error = %format!("{e:#}"), "ACME fleet: shared certificate unreadable")
+                    }
+                }
+                match f.lock(&self.plan).await {
+                    Ok(true) => locked = true,
+                    Ok(false) => {
+                        // Another node orders: answer its TLS-ALPN-01 challenges here
+                        // too (the CA may reach this node), and look again shortly.
+                        self.mirror_alpn(f).await;
+                        tokio::time::sleep(FLEET_POLL).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        warn!(?names, error = %format!("{e:#}"), "ACME fleet lock unavailable; ordering alone")
+                    }
+                }
+            }
             let result = tokio::time::timeout(ORDER_TIMEOUT, self.obtain())
                 .await
                 .unwrap_or_else(|_| Err(anyhow!("the order took longer than {ORDER_TIMEOUT:?}")));
+            if locked && let Some(f) = &self.fleet {
+                // After a failure the fleet waits out this node's backoff, and a
+                // moment more: the failing node, whose lock it still is, retries first.
+                let hold = if result.is_ok() {
+                    Duration::ZERO
+                } else {
+                    backoff + FLEET_POLL * 2
+                };
+                if let Err(e) = f.unlock(&self.plan, hold).await {
+                    warn!(?names, error = %format!("{e:#}"), "ACME fleet: releasing the lock failed (it expires)");
+                }
+            }
             match result {
                 Ok(issued) => {
                     self.metrics.acme_order(true);
@@ -162,6 +233,43 @@ impl Keeper {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
+            }
+        }
+    }
+
+    /// The fleet's certificate, when it is usable and newer than `current`: stored
+    /// here too, so that a restart without Redis serves it.
+    async fn shared_by_fleet(&self, f: &Fleet, current: Option<&Issued>) -> Result<Option<Issued>> {
+        let Some((chain, key)) = f.cert(&self.plan).await? else {
+            return Ok(None);
+        };
+        let issued = parse(chain.as_bytes(), key.as_bytes(), &self.plan.names)
+            .context("the certificate shared in Redis")?;
+        let fresh = issued.renew_at(self.plan.renew_before) > SystemTime::now();
+        let newer =
+            current.is_none_or(|c| c.serial != issued.serial && c.not_after < issued.not_after);
+        if !fresh || !newer {
+            return Ok(None);
+        }
+        self.store.save(&self.plan, &chain, &key)?;
+        Ok(Some(issued))
+    }
+
+    /// TLS-ALPN-01 answers another node put up, served here as well.
+    async fn mirror_alpn(&self, f: &Fleet) {
+        if self.plan.challenge != ChallengeKind::TlsAlpn01 {
+            return;
+        }
+        for n in &self.plan.names {
+            match f.alpn(n).await {
+                Ok(Some(digest)) => match challenge_cert(n, &digest) {
+                    Ok(k) => self.state.add_alpn(n, k),
+                    Err(e) => {
+                        warn!(name = %n, error = %format!("{e:#}"), "ACME fleet: challenge certificate")
+                    }
+                },
+                Ok(None) => self.state.remove_alpn(n),
+                Err(_) => {}
             }
         }
     }
@@ -261,11 +369,17 @@ impl Keeper {
                     ChallengeKind::Http01 => {
                         self.state.add_http(&ch.token, ka.as_str());
                         answers.http.push(ch.token.clone());
+                        if let Some(f) = &self.fleet {
+                            f.put_http(&ch.token, ka.as_str()).await?;
+                        }
                     }
                     ChallengeKind::TlsAlpn01 => {
                         self.state
                             .add_alpn(&ident, challenge_cert(&ident, ka.digest().as_ref())?);
                         answers.alpn.push(ident.clone());
+                        if let Some(f) = &self.fleet {
+                            f.put_alpn(&ident, ka.digest().as_ref()).await?;
+                        }
                     }
                 }
                 ch.set_ready()
@@ -291,6 +405,9 @@ impl Keeper {
                 why(&mut order).await.unwrap_or_else(|| e.to_string())
             ),
         }
+        if let Some(f) = &self.fleet {
+            f.clear_challenges(&answers.http, &answers.alpn).await;
+        }
         drop(answers);
         let key_pem = order.finalize().await.context("finalizing the order")?;
         let chain = order
@@ -300,6 +417,11 @@ impl Keeper {
         let issued = parse(chain.as_bytes(), key_pem.as_bytes(), &plan.names)
             .context("the certificate the CA issued")?;
         self.store.save(plan, &chain, &key_pem)?;
+        if let Some(f) = &self.fleet
+            && let Err(e) = f.put_cert(plan, &chain, &key_pem).await
+        {
+            warn!(names = ?plan.names, error = %format!("{e:#}"), "ACME fleet: sharing the certificate failed");
+        }
         Ok(issued)
     }
 }

@@ -6,10 +6,13 @@
 //! background (`manager`). An obtained certificate is swapped in like a reload: new
 //! handshakes take it, connections in flight keep theirs.
 //!
+//! A fleet shares one certificate per name through Redis (`fleet`).
+//!
 //! Until a name's first certificate exists, a handshake for it is refused (no
 //! placeholder certificate: a client would only learn to click through warnings),
 //! unless a static wildcard `[[certificate]]` covers the name.
 
+pub mod fleet;
 pub mod manager;
 pub mod store;
 
@@ -69,6 +72,9 @@ pub struct AcmeSettings {
     /// Renew when less than this is left; default a third of the certificate's lifetime.
     #[serde(default, with = "crate::duration::option")]
     pub renew_before: Option<Duration>,
+    /// Redis URL through which a fleet shares one certificate per name (one node
+    /// orders, the others take it); default: this node orders its own.
+    pub redis: Option<String>,
 }
 
 /// One certificate to keep over ACME, settings resolved.
@@ -81,6 +87,7 @@ pub struct AcmeCert {
     pub directory_ca: Option<PathBuf>,
     pub challenge: ChallengeKind,
     pub renew_before: Option<Duration>,
+    pub redis: Option<String>,
 }
 
 impl AcmeCert {
@@ -117,6 +124,10 @@ impl AcmeCert {
         if let Some(p) = &directory_ca {
             load_root(p)?;
         }
+        let redis = pick!(|s: &AcmeSettings| s.redis.clone());
+        if let Some(u) = &redis {
+            fleet::check_url(u)?;
+        }
         let renew_before = pick!(|s: &AcmeSettings| s.renew_before);
         if renew_before == Some(Duration::ZERO) {
             bail!("acme.renew_before must be longer than 0s");
@@ -139,6 +150,7 @@ impl AcmeCert {
             directory_ca,
             challenge: pick!(|s: &AcmeSettings| s.challenge).unwrap_or_default(),
             renew_before,
+            redis,
         })
     }
 }
@@ -202,6 +214,9 @@ pub struct AcmeState {
     http: Mutex<HashMap<String, String>>,
     /// TLS-ALPN-01: name → challenge certificate.
     alpn: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    /// The Redis servers certificates are shared through (HTTP-01 tokens another node
+    /// put up are looked up there).
+    fleets: ArcSwap<Vec<Arc<fleet::Fleet>>>,
 }
 
 impl std::fmt::Debug for AcmeState {
@@ -270,6 +285,25 @@ impl AcmeState {
             m.retain(|n, _| names.contains(n));
             m
         });
+    }
+
+    pub fn set_fleets(&self, fleets: Vec<Arc<fleet::Fleet>>) {
+        self.fleets.store(Arc::new(fleets));
+    }
+
+    /// The key authorization for an HTTP-01 `token` put up by another node of the fleet.
+    pub async fn fleet_http_answer(&self, token: &str) -> Option<String> {
+        let fleets = self.fleets.load_full();
+        for f in fleets.iter() {
+            match f.http(token).await {
+                Ok(Some(a)) => return Some(a),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "ACME challenge lookup in Redis failed")
+                }
+            }
+        }
+        None
     }
 
     /// The key authorization for an HTTP-01 `token`.

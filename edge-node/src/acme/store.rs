@@ -225,6 +225,7 @@ mod tests {
             directory_ca: None,
             challenge: super::super::ChallengeKind::Http01,
             renew_before: None,
+            redis: None,
         }
     }
 

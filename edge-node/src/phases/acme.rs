@@ -30,7 +30,20 @@ impl Phase for AcmeChallengePhase {
         ctx: &'a mut RequestCtx,
         req: &'a mut Request<Body>,
     ) -> PhaseFuture<'a> {
-        Box::pin(std::future::ready(Ok(self.answer(ctx.scheme, req))))
+        Box::pin(async move {
+            let flow = self.answer(ctx.scheme, req);
+            // A token this node does not know may be another node's (a fleet sharing
+            // certificates through Redis: the CA reaches any of them).
+            if let Flow::Answer(resp) = &flow
+                && resp.status() == StatusCode::NOT_FOUND
+                && (req.method() == Method::GET || req.method() == Method::HEAD)
+                && let Some(token) = req.uri().path().strip_prefix(PREFIX)
+                && let Some(answer) = self.state.fleet_http_answer(token).await
+            {
+                return Ok(Flow::Answer(respond(StatusCode::OK, answer)));
+            }
+            Ok(flow)
+        })
     }
 }
 
@@ -52,18 +65,22 @@ impl AcmeChallengePhase {
                 "no such ACME challenge\n".to_string(),
             ),
         };
-        let mut resp = Response::new(full(body));
-        *resp.status_mut() = status;
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/plain"),
-        );
-        resp.headers_mut().insert(
-            header::CACHE_CONTROL,
-            http::HeaderValue::from_static("no-store"),
-        );
-        Flow::Answer(resp)
+        Flow::Answer(respond(status, body))
     }
+}
+
+fn respond(status: StatusCode, body: String) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    resp
 }
 
 #[cfg(test)]
@@ -102,6 +119,7 @@ mod tests {
             directory_ca: None,
             challenge: ChallengeKind::Http01,
             renew_before: None,
+            redis: None,
         }]);
         assert_eq!(
             status(phase.answer("http", &req(Method::GET, path))),
