@@ -38,6 +38,7 @@ impl Phase for AcmeChallengePhase {
                 && resp.status() == StatusCode::NOT_FOUND
                 && (req.method() == Method::GET || req.method() == Method::HEAD)
                 && let Some(token) = req.uri().path().strip_prefix(PREFIX)
+                && token_like(token)
                 && let Some(answer) = self.state.fleet_http_answer(token).await
             {
                 return Ok(Flow::Answer(respond(StatusCode::OK, answer)));
@@ -67,6 +68,14 @@ impl AcmeChallengePhase {
         };
         Flow::Answer(respond(status, body))
     }
+}
+
+/// What an ACME token can be (base64url, RFC 8555 §8.1): anything else is not looked
+/// up in Redis.
+fn token_like(t: &str) -> bool {
+    (1..=128).contains(&t.len())
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn respond(status: StatusCode, body: String) -> Response<Body> {
