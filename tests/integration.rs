@@ -1,6 +1,7 @@
 //! edge-node's integration suites, one module each, in one test binary.
 //! Run a single suite with `cargo test -p edge-tests --test integration <suite>::`.
 
+mod acme;
 mod cache;
 mod cache_http;
 mod compression;

@@ -96,11 +96,19 @@ impl App {
         }
         // Listeners first: a taken port fails the start before anything is attached.
         let listeners = server::bind(&self.config.http, inherited.as_mut()).await?;
+        // JWKS keys, verified tokens, rate-limit buckets and ACME certificates outlive
+        // reloads.
+        let retained = Arc::new(Retained::default());
+        let acme_plans = self.config.acme_plan()?;
+        retained.acme.set_names(&acme_plans);
         let tls: Option<tls::SharedTls> =
             if self.config.http.tls_listen.is_empty() && self.config.http.h3_listen.is_empty() {
                 None
             } else {
-                Some(Arc::new(RwLock::new(tls::build(&self.config.certificate)?)))
+                Some(Arc::new(RwLock::new(tls::build(
+                    &self.config.certificate,
+                    &retained.acme,
+                )?)))
             };
         let workers = server::Workers::start(server::workers::default_count())?;
         let h3_endpoints = match &tls {
@@ -189,8 +197,6 @@ impl App {
         let cache = crate::cache::Store::new(&self.config.cache)?;
         cache.set_path_policy(self.config.http.path);
         cache.listen_for_purges();
-        // JWKS keys, verified tokens and rate-limit buckets outlive reloads as well.
-        let retained = Arc::new(Retained::default());
         let first = Pipeline::new(
             &self.config,
             pool.clone(),
@@ -201,6 +207,14 @@ impl App {
             &retained,
         )?;
         first.start_background();
+        // Stored ACME certificates are in force before the first connection is taken;
+        // missing or due ones are ordered in the background.
+        let acme = crate::acme::Manager::new(
+            retained.acme.clone(),
+            &self.config.storage.dir,
+            metrics.clone(),
+        );
+        acme.apply(&acme_plans);
         // Functions: what `PUT /functions/<name>` may replace.
         retained
             .functions
@@ -274,6 +288,7 @@ impl App {
             userspace_policy,
             cache: cache.clone(),
             retained,
+            acme,
         };
         info!(node = %self.config.node.id, enforcement = ?xdp.enforcement(), "edge-node running");
         match inherited.as_mut() {
@@ -305,7 +320,7 @@ impl App {
                     if now != cert_stamp {
                         cert_stamp = now;
                         if let Some(t) = &tls {
-                            match tls::build(&self.config.certificate) {
+                            match tls::build(&self.config.certificate, &shared.retained.acme) {
                                 Ok(c) => {
                                     *t.write().expect("tls lock") = c;
                                     info!("certificates reloaded (files changed)");
@@ -453,12 +468,22 @@ impl App {
         let result = (|| -> Result<()> {
             let (new, source) = Config::load(self.config_path.as_deref())
                 .inspect_err(|e| error!(error = %format!("{e:#}"), "new configuration refused; keeping the running one"))?;
+            let acme_plans = new.acme_plan()
+                .inspect_err(|e| error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"))?;
+            // The resolver reads which names ACME keeps from the shared state: built
+            // against the new names, swapped back if the reload fails below.
+            let acme = &shared.retained.acme;
+            let old_names = acme.names();
+            acme.set_names(&acme_plans);
             let certs = match tls {
-                Some(_) => Some(tls::build(&new.certificate)),
+                Some(_) => Some(tls::build(&new.certificate, acme)),
                 None => None,
             }
             .transpose()
-            .inspect_err(|e| error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"))?;
+            .inspect_err(|e| {
+                acme.restore_names(old_names.clone());
+                error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration")
+            })?;
             let p = Pipeline::new(
                 &new,
                 shared.pool.clone(),
@@ -472,7 +497,11 @@ impl App {
                 xdp.apply(&new.xdp, &new.http.trusted_proxies)
                     .map(|()| p)
             })
-                .inspect_err(|e| error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"))?;
+                .inspect_err(|e| {
+                    acme.restore_names(old_names.clone());
+                    error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration")
+                })?;
+            shared.acme.apply(&acme_plans);
             // New requests take the new routes; requests in flight finish on the
             // pipeline they started with.
             p.start_background();
@@ -511,6 +540,8 @@ struct Shared {
     userspace_policy: Option<crate::xdp::SharedPolicy>,
     cache: Arc<crate::cache::Store>,
     retained: Arc<Retained>,
+    /// Keeps the certificates obtained over ACME.
+    acme: crate::acme::Manager,
 }
 
 /// Keys that only take effect at start: say so instead of pretending they were applied.

@@ -20,6 +20,7 @@
 //!    `headers` (names and value parsers), `target`, `tls`, `workers`, `sync`,
 //!    `duration`, `clock`, `hash`, `upgrade` (the sockets a binary upgrade hands over).
 
+pub mod acme;
 pub mod admin;
 pub mod app;
 pub mod auth;

@@ -179,6 +179,20 @@ pub struct Metrics {
     /// Rooms in memory and their members, by `[[rooms]]` name.
     rooms_live: Family<RoomsLabels, Gauge>,
     room_members: Family<RoomsLabels, Gauge>,
+    /// ACME orders by result (`ok`, `failed`).
+    acme_orders: Family<ResultLabels, Counter>,
+    /// When each ACME certificate in use expires (Unix seconds), by its first name.
+    acme_expiry: Family<NameLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NameLabels {
+    pub name: String,
 }
 
 impl Metrics {
@@ -265,6 +279,18 @@ impl Metrics {
             "WebSocket members connected to rooms, by [[rooms]] name",
             room_members.clone(),
         );
+        let acme_orders = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "edge_acme_orders",
+            "ACME certificate orders by result (ok, failed)",
+            acme_orders.clone(),
+        );
+        let acme_expiry = Family::<NameLabels, Gauge>::default();
+        registry.register(
+            "edge_acme_certificate_expiry_timestamp_seconds",
+            "When the ACME certificate in use expires (Unix time), by its first name",
+            acme_expiry.clone(),
+        );
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let cache_by_outcome = CACHE_OUTCOMES
             .iter()
@@ -286,7 +312,29 @@ impl Metrics {
             function_time,
             rooms_live,
             room_members,
+            acme_orders,
+            acme_expiry,
         }
+    }
+
+    /// One ACME order ended.
+    pub fn acme_order(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.acme_orders
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// The ACME certificate for `name` in use now expires at `not_after`.
+    pub fn acme_expiry(&self, name: &str, not_after: std::time::SystemTime) {
+        let secs = not_after
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.acme_expiry
+            .get_or_create(&NameLabels {
+                name: name.to_string(),
+            })
+            .set(secs);
     }
 
     /// The gauges of the rooms `name`: rooms in memory, members connected.

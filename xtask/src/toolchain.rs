@@ -286,7 +286,7 @@ fn ensure_packages(wanted: &[(&str, &str)]) -> Result<()> {
 }
 
 /// What the test suite drives: ip (netns, veth), curl, nghttp (a second HTTP/2 client),
-/// redis-server (the regional cache tier), chromium.
+/// redis-server (the regional cache tier), chromium, pebble (the ACME test CA).
 pub fn ensure_test_packages() -> Result<()> {
     ensure_packages(&[
         ("ip", "iproute2"),
@@ -303,6 +303,9 @@ pub fn ensure_test_packages() -> Result<()> {
         ("chromium", "chromium"),
         // The regional cache tier: the tests start their own redis-server.
         ("redis-server", "redis-server"),
+        // Automatic certificates: Pebble, the ACME test CA, and its DNS
+        // (pebble-challtestsrv, from the same package).
+        ("pebble", "pebble"),
     ])?;
     // The geo test writes its MaxMind database with an independent writer; the HTTP/3
     // tests speak through an independent client (aioquic); an intent test writes a

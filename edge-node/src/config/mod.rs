@@ -47,6 +47,10 @@ pub struct Config {
     /// `[[certificate]]`s for the TLS listeners, chosen by SNI.
     #[serde(default)]
     pub certificate: Vec<CertificateSettings>,
+    /// `[acme]`: defaults for certificates obtained over ACME; with a directory, also
+    /// a certificate for every route host no `[[certificate]]` serves.
+    #[serde(default)]
+    pub acme: Option<crate::acme::AcmeSettings>,
     /// `[[jwt_provider]]`s routes authenticate against.
     #[serde(default)]
     pub jwt_provider: Vec<crate::auth::JwtProviderSettings>,
@@ -233,6 +237,71 @@ impl Config {
         Ok(config)
     }
 
+    /// Every certificate the configuration keeps over ACME: the `[[certificate]]`s with
+    /// `acme`, then (with a global `[acme]` that names a directory) one for each exact
+    /// route host that no `[[certificate]]` serves.
+    pub fn acme_plan(&self) -> Result<Vec<crate::acme::AcmeCert>> {
+        let config = self;
+        let global = config.acme.as_ref();
+        let mut out = Vec::new();
+        for c in &config.certificate {
+            if let Some(own) = &c.acme {
+                out.push(crate::acme::AcmeCert::resolve(&c.hosts, own, global)?);
+            }
+        }
+        if let Some(g) = global
+            && g.directory.is_some()
+        {
+            let served = |h: &str| {
+                config.certificate.iter().flat_map(|c| &c.hosts).any(|n| {
+                    let n = n.to_ascii_lowercase();
+                    n == h
+                        || n.strip_prefix("*.").is_some_and(|s| {
+                            h.len() > s.len() + 1
+                                && h.ends_with(s)
+                                && h.as_bytes()[h.len() - s.len() - 1] == b'.'
+                        })
+                })
+            };
+            let mut seen = Vec::new();
+            for r in &config.route {
+                for h in &r.hosts {
+                    let h = h.to_ascii_lowercase();
+                    // A host with a port is matched without it.
+                    let h = h
+                        .rsplit_once(':')
+                        .map_or(h.as_str(), |(n, _)| n)
+                        .to_string();
+                    if h.starts_with("*.")
+                        || h.parse::<std::net::IpAddr>().is_ok()
+                        || served(&h)
+                        || seen.contains(&h)
+                    {
+                        continue;
+                    }
+                    seen.push(h.clone());
+                    out.push(
+                        crate::acme::AcmeCert::resolve(
+                            std::slice::from_ref(&h),
+                            &crate::acme::AcmeSettings::default(),
+                            Some(g),
+                        )
+                        .with_context(|| format!("route host {h:?} (certificate from [acme])"))?,
+                    );
+                }
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for c in &out {
+            for n in &c.names {
+                if !names.insert(n.clone()) {
+                    bail!("acme: {n:?} is in two certificates obtained over ACME");
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Settings implied by others: the HTTP/3 ports are QUIC ports, so the XDP UDP
     /// budget covers them and a flood against them dies at the NIC.
     pub fn complete(&mut self) {
@@ -271,13 +340,37 @@ impl Config {
             .context(Table::one("admin")));
         }
         self.threat.validate().context(Table::one("threat"))?;
-        if !self.http.h3_listen.is_empty() && self.certificate.is_empty() {
+        for (i, c) in self.certificate.iter().enumerate() {
+            c.validate().context(Table::nth("certificate", i))?;
+            if let Some(own) = &c.acme {
+                crate::acme::AcmeCert::resolve(&c.hosts, own, self.acme.as_ref())
+                    .context(Table::nth("certificate", i))?;
+            }
+        }
+        let acme = self.acme_plan().context(Table::one("acme"))?;
+        for p in &acme {
+            let (needs, key) = match p.challenge {
+                crate::acme::ChallengeKind::Http01 => (&self.http.listen, "http.listen"),
+                crate::acme::ChallengeKind::TlsAlpn01 => (&self.http.tls_listen, "http.tls_listen"),
+            };
+            if needs.is_empty() {
+                return Err(anyhow::anyhow!(
+                    "acme.challenge {} for {} needs a listener in {key}: the CA connects there",
+                    p.challenge.as_str(),
+                    p.names[0]
+                )
+                .context(Table::one("http")));
+            }
+        }
+        if !self.http.h3_listen.is_empty() && self.certificate.is_empty() && acme.is_empty() {
             bail!("http.h3_listen needs at least one [[certificate]]");
         }
         if !self.http.tls_listen.is_empty() || !self.certificate.is_empty() {
             // Loads the files: a missing or mismatched key is a config error, not a
             // failed handshake later.
-            crate::tls::build(&self.certificate).context("in [[certificate]]")?;
+            let state = std::sync::Arc::new(crate::acme::AcmeState::default());
+            state.set_names(&acme);
+            crate::tls::build(&self.certificate, &state).context("in [[certificate]]")?;
         }
         self.geo.open_db().context(Table::one("geo"))?;
         self.challenge.validate().context(Table::one("challenge"))?;

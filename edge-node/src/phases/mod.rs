@@ -1,6 +1,7 @@
 //! The request phases, in the order the pipeline runs them. Each documents what it does
 //! when it has nothing to do.
 
+pub mod acme;
 pub mod auth;
 pub mod cache;
 pub mod challenge;

@@ -331,6 +331,10 @@ impl Pipeline {
         // route's own rules, then what shapes the request the origin gets (variant,
         // intent) before the cache keys it.
         let mut phases: Vec<Box<dyn Phase>> = vec![
+            // The CA's HTTP-01 requests: answered before anything may turn them away.
+            Box::new(crate::phases::acme::AcmeChallengePhase {
+                state: retained.acme.clone(),
+            }),
             Box::new(EarlyPhase {
                 trusted_proxies: config.http.trusted_proxies.clone(),
                 path_policy: config.http.path,

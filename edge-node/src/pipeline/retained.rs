@@ -48,6 +48,8 @@ pub struct Retained {
     fleet_redis: Mutex<Option<(String, redis::aio::ConnectionManager)>>,
     /// The trace exporter (its thread and queue), while its settings stay.
     traces: Mutex<HashMap<crate::otel::ExportKey, Weak<crate::otel::Exporter>>>,
+    /// Certificates obtained over ACME and the challenges being answered.
+    pub acme: Arc<crate::acme::AcmeState>,
 }
 
 impl Retained {

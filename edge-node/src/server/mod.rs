@@ -299,6 +299,11 @@ pub fn spawn(
                                         return;
                                     }
                                 };
+                                // A TLS-ALPN-01 validation ends with its handshake.
+                                if stream.get_ref().1.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) {
+                                    debug!(%peer, "acme-tls/1 handshake done: closed");
+                                    return;
+                                }
                                 if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                                     let stream = match tokio::time::timeout_at(first_request, conn::sniff(stream)).await {
                                         Ok(Ok((true, stream))) => stream,
