@@ -73,8 +73,7 @@ pub struct AcmeSettings {
     #[serde(default, with = "crate::duration::option")]
     pub renew_before: Option<Duration>,
     /// Redis URL through which a fleet shares one certificate per name (one node
-    /// orders, the others take it); default: `[fleet] redis`, and without a fleet this
-    /// node orders its own.
+    /// orders, the others take it); default: this node orders its own.
     pub redis: Option<String>,
 }
 

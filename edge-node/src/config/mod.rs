@@ -291,12 +291,6 @@ impl Config {
                 }
             }
         }
-        // A fleet shares its certificates through its Redis unless told otherwise.
-        for c in &mut out {
-            if c.redis.is_none() {
-                c.redis.clone_from(&self.fleet.redis);
-            }
-        }
         let mut names = std::collections::HashSet::new();
         for c in &out {
             for n in &c.names {
