@@ -550,7 +550,7 @@ acme = {{ directory = "https://127.0.0.1:{dead}/dir" }}
 name = "app"
 servers = ["{o}"]
 [[route]]
-hosts = ["web.test"]
+hosts = ["web.test", "other.test"]
 upstream = "app"
 "#,
         data = data.display(),
@@ -558,22 +558,29 @@ upstream = "app"
     );
     let node = Node::start(&cfg, None);
     assert!(node.wait_running(Duration::from_secs(20)), "{}", node.log());
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "10",
-        ])
-        .arg(format!(
-            "http://127.0.0.1:{http}/.well-known/acme-challenge/unknown-token"
-        ))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+    let challenge = |host: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "--max-time", "10"])
+            .args(["-H", &format!("Host: {host}")])
+            .arg(format!(
+                "http://127.0.0.1:{http}/.well-known/acme-challenge/unknown-token"
+            ))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let kept = challenge("web.test");
+    assert!(
+        kept.ends_with("\n404") && kept.contains("no such ACME challenge"),
+        "{kept}"
+    );
+    // A host not kept over ACME (its origin may run its own ACME client): the path
+    // goes to the origin like any other.
+    let other = challenge("other.test");
+    assert!(
+        other.ends_with("\n200") && other.contains("origin=a"),
+        "{other}"
+    );
     // Other paths still go to the origin.
     let out = Command::new("curl")
         .args([

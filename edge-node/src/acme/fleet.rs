@@ -84,7 +84,10 @@ impl Fleet {
             .get_connection_manager_lazy(config)
             .context("acme.redis")?;
         Ok(Self {
-            url: url.to_string(),
+            // Said in errors: the address only, never the credentials in the URL.
+            url: redis::IntoConnectionInfo::into_connection_info(url)
+                .map(|i| i.addr().to_string())
+                .unwrap_or_else(|_| "(acme.redis)".into()),
             conn,
             owner: format!("{}-{:016x}", std::process::id(), fastrand::u64(..)),
         })

@@ -24,6 +24,10 @@ use super::{
 };
 use crate::metrics::Metrics;
 
+/// A certificate from the fleet's Redis may start this much in our future.
+const SHARED_SKEW: Duration = Duration::from_secs(300);
+/// The longest-lived certificate taken from the fleet (publicly trusted ones: 398 days).
+const MAX_SHARED_LIFETIME: Duration = Duration::from_secs(398 * 86_400);
 /// The first retry after a failed order; doubled on every failure up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
@@ -215,9 +219,19 @@ impl Keeper {
                     self.metrics.acme_expiry(&names[0], issued.not_after);
                     self.state.install(names, issued.key.clone());
                     info!(?names, serial = %issued.serial, expires = %humantime::format_rfc3339_seconds(issued.not_after), "ACME certificate obtained and in use");
+                    // A certificate already due when it arrives (a clock far off the
+                    // CA's, or lifetimes shorter than renew_before) must not make the
+                    // loop order again at once: it waits as after a failure.
+                    let due = issued.renew_at(self.plan.renew_before) <= SystemTime::now();
                     current = Some(issued);
-                    backoff = FIRST_BACKOFF;
-                    failures = 0;
+                    if due {
+                        warn!(?names, retry_in = ?backoff, "ACME certificate due for renewal on arrival: is this node's clock right?");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    } else {
+                        backoff = FIRST_BACKOFF;
+                        failures = 0;
+                    }
                 }
                 Err(e) => {
                     self.metrics.acme_order(false);
@@ -245,6 +259,22 @@ impl Keeper {
         };
         let issued = parse(chain.as_bytes(), key.as_bytes(), &self.plan.names)
             .context("the certificate shared in Redis")?;
+        // Whoever wrote it, it must be one a CA could have issued now: valid now (give
+        // or take clock skew) and no longer-lived than publicly trusted certificates.
+        let now = SystemTime::now();
+        let lifetime = issued
+            .not_after
+            .duration_since(issued.not_before)
+            .unwrap_or_default();
+        if issued.not_before > now + SHARED_SKEW
+            || issued.not_after <= now
+            || lifetime > MAX_SHARED_LIFETIME
+        {
+            anyhow::bail!(
+                "the certificate shared in Redis is not valid now or lives longer than {} days",
+                MAX_SHARED_LIFETIME.as_secs() / 86_400
+            );
+        }
         let fresh = issued.renew_at(self.plan.renew_before) > SystemTime::now();
         let newer =
             current.is_none_or(|c| c.serial != issued.serial && c.not_after < issued.not_after);
@@ -369,16 +399,21 @@ impl Keeper {
                     ChallengeKind::Http01 => {
                         self.state.add_http(&ch.token, ka.as_str());
                         answers.http.push(ch.token.clone());
-                        if let Some(f) = &self.fleet {
-                            f.put_http(&ch.token, ka.as_str()).await?;
+                        // Redis away: this node answers alone (the CA may reach it).
+                        if let Some(f) = &self.fleet
+                            && let Err(e) = f.put_http(&ch.token, ka.as_str()).await
+                        {
+                            warn!(%ident, error = %format!("{e:#}"), "ACME fleet: challenge not shared; answered by this node only");
                         }
                     }
                     ChallengeKind::TlsAlpn01 => {
                         self.state
                             .add_alpn(&ident, challenge_cert(&ident, ka.digest().as_ref())?);
                         answers.alpn.push(ident.clone());
-                        if let Some(f) = &self.fleet {
-                            f.put_alpn(&ident, ka.digest().as_ref()).await?;
+                        if let Some(f) = &self.fleet
+                            && let Err(e) = f.put_alpn(&ident, ka.digest().as_ref()).await
+                        {
+                            warn!(%ident, error = %format!("{e:#}"), "ACME fleet: challenge not shared; answered by this node only");
                         }
                     }
                 }

@@ -1,8 +1,8 @@
 //! ACME HTTP-01 phase: on the plain HTTP listeners, `GET /.well-known/acme-challenge/
 //! <token>` is answered with the token's key authorization, before anything else (the
 //! shield, routing, auth and rate limits must not stand between the CA and its
-//! answer). An unknown token is a 404. With nothing kept over ACME it does nothing, and
-//! the path goes through the pipeline like any other.
+//! answer). An unknown token is a 404. Only for hosts kept over ACME: with nothing kept,
+//! or for any other host, the path goes through the pipeline like any other.
 
 use std::sync::Arc;
 
@@ -51,6 +51,23 @@ impl Phase for AcmeChallengePhase {
 impl AcmeChallengePhase {
     fn answer(&self, scheme: &str, req: &Request<Body>) -> Flow {
         if scheme != "http" || !self.state.active() {
+            return Flow::Continue;
+        }
+        // Only for the names kept here: another host's challenges (an origin running
+        // its own ACME client) go through the pipeline like any other request, and no
+        // Redis lookup is spent on them.
+        let host = req
+            .uri()
+            .host()
+            .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
+            .map(|h| {
+                let h = h.strip_suffix('.').unwrap_or(h);
+                h.rsplit_once(':')
+                    .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+                    .map_or(h, |(n, _)| n)
+                    .to_ascii_lowercase()
+            });
+        if !host.is_some_and(|h| self.state.manages(&h)) {
             return Flow::Continue;
         }
         let Some(token) = req.uri().path().strip_prefix(PREFIX) else {
