@@ -75,6 +75,9 @@ impl App {
     /// Adopts the sockets a running node handed over (`upgrade::Inherited::from_env`)
     /// instead of binding, and tells that node when this one accepts.
     pub fn inherit(mut self, inherited: Option<Inherited>) -> Self {
+        if inherited.is_some() {
+            crate::xdp::loader::INHERITING.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         self.inherited = inherited;
         self
     }
@@ -378,6 +381,9 @@ impl App {
             if let Some(a) = admin_task.take() {
                 a.abort();
             }
+            // Certificates are the new process's to order now: the CA reaches it, and
+            // two orders for one name would only fail each other's validations.
+            shared.acme.stop();
             info!("upgrade: stopped accepting; draining requests in flight");
         } else {
             info!("shutting down: draining requests in flight");

@@ -86,12 +86,23 @@ static EXE: OnceLock<Option<PathBuf>> = OnceLock::new();
 /// upgrade must start the file now at that path.
 pub fn record_exe() {
     EXE.get_or_init(|| {
-        std::env::current_exe().ok().map(|p| {
-            let s = p.as_os_str().to_string_lossy();
-            match s.strip_suffix(" (deleted)") {
-                Some(orig) => PathBuf::from(orig),
-                None => p,
-            }
+        // The path it was started by (made absolute now, symlinks kept): a deploy that
+        // points a symlink at a new release upgrades to that release. `current_exe`
+        // (the resolved file) only when started through PATH.
+        let invoked = std::env::args_os()
+            .next()
+            .map(PathBuf::from)
+            .filter(|p| p.components().count() > 1)
+            .and_then(|p| std::path::absolute(p).ok())
+            .filter(|p| p.is_file());
+        invoked.or_else(|| {
+            std::env::current_exe().ok().map(|p| {
+                let s = p.as_os_str().to_string_lossy();
+                match s.strip_suffix(" (deleted)") {
+                    Some(orig) => PathBuf::from(orig),
+                    None => p,
+                }
+            })
         })
     });
 }
@@ -134,6 +145,12 @@ impl Inherited {
             .parse()
             .with_context(|| format!("{READY_ENV} is not a file descriptor"))?;
         let mut sockets = Vec::new();
+        // Descriptors named twice, or the standard streams, are a broken (or hostile)
+        // environment: adopting one would give it two owners.
+        let mut seen = std::collections::HashSet::from([ready]);
+        if ready < 3 {
+            anyhow::bail!("{READY_ENV} names fd {ready}, a standard stream");
+        }
         for entry in fds.split(';').filter(|e| !e.is_empty()) {
             let parsed = (|| {
                 let (kind, rest) = entry.split_once('@')?;
@@ -146,6 +163,9 @@ impl Inherited {
             })();
             let (kind, addr, fd) =
                 parsed.ok_or_else(|| anyhow!("{FDS_ENV}: cannot read {entry:?}"))?;
+            if fd < 3 || !seen.insert(fd) {
+                anyhow::bail!("{FDS_ENV}: fd {fd} is a standard stream or named twice");
+            }
             sockets.push((kind, addr, Some(adopt_fd(fd)?)));
         }
         Ok(Some(Self {
@@ -186,7 +206,11 @@ impl Inherited {
             let fd = slot.take()?;
             let sock = socket2::SockRef::from(&fd);
             let local = sock.local_addr().ok().and_then(|a| a.as_socket());
-            let fits = sock.r#type().is_ok_and(|t| t == ty)
+            // A TCP socket must be listening (an fd number the old process reused for
+            // an accepted connection is not a listener).
+            let listening = ty != socket2::Type::STREAM || sock.is_listener().unwrap_or(false);
+            let fits = listening
+                && sock.r#type().is_ok_and(|t| t == ty)
                 && local.is_some_and(|l| {
                     l.ip() == configured.ip()
                         && (configured.port() == 0 || l.port() == configured.port())

@@ -55,9 +55,7 @@ pub struct Manager {
 
 impl Drop for Manager {
     fn drop(&mut self) {
-        for (_, t) in crate::sync::lock(&self.tasks).drain() {
-            t.abort();
-        }
+        self.stop();
     }
 }
 
@@ -73,6 +71,14 @@ impl Manager {
             accounts: Default::default(),
             tasks: Default::default(),
             fleets: Default::default(),
+        }
+    }
+
+    /// Ends every order and renewal (the node handed over to an upgrade); certificates
+    /// in use stay served.
+    pub fn stop(&self) {
+        for (_, t) in crate::sync::lock(&self.tasks).drain() {
+            t.abort();
         }
     }
 

@@ -145,6 +145,9 @@ pub fn ifname(ifindex: u32) -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
+/// Set by a process started by an upgrade (`App::inherit`): see `attach`.
+pub static INHERITING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Attaches the loaded program to `interface` in the configured mode. A link pinned by an
 /// earlier run (keep_attached) or by a node handing over to this one (an upgrade) is
 /// taken over atomically: the link is updated to this program, no packet goes
@@ -171,6 +174,13 @@ pub fn attach(
     if pin_path.exists() {
         match take_over(xdp, &pin_path) {
             Ok(id) => taken_over = Some(id),
+            // A process taking over from an upgrade leaves the pin alone: it is what
+            // keeps the running node's program attached, and that node serves on.
+            Err(e) if INHERITING.load(std::sync::atomic::Ordering::Relaxed) => {
+                return Err(e.context(format!(
+                    "upgrade: cannot take over the pinned XDP link of {interface} (the running node keeps it)"
+                )));
+            }
             Err(e) => {
                 warn!(interface, error = %format!("{e:#}"), "could not take over the pinned XDP link; attaching anew");
                 let _ = fs::remove_file(&pin_path);
