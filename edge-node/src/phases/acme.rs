@@ -118,6 +118,7 @@ mod tests {
         Request::builder()
             .method(method)
             .uri(path)
+            .header(header::HOST, "a.example.com:80")
             .body(crate::error::empty())
             .unwrap()
     }
@@ -152,6 +153,13 @@ mod tests {
             Some(StatusCode::NOT_FOUND)
         );
         state.add_http("tok", "tok.thumb");
+        // Another host's challenge path is its routes', whatever the token.
+        let mut other = req(Method::GET, path);
+        other.headers_mut().insert(
+            header::HOST,
+            http::HeaderValue::from_static("b.example.com"),
+        );
+        assert_eq!(status(phase.answer("http", &other)), None);
         assert_eq!(
             status(phase.answer("http", &req(Method::GET, path))),
             Some(StatusCode::OK)
