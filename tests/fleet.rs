@@ -14,11 +14,11 @@ use std::{
 use edge_common::Reason;
 use edge_node::xdp::PinnedMaps;
 use edge_tests::{
-    BpfFs, http_from,
+    BpfFs, connect_from, http_from,
     netns::{Netns, veth},
     node::Node,
     privileged,
-    redis::Redis,
+    redis::{Redis, RedisCluster, RedisSentinel},
 };
 
 /// The abusive client, on the client namespace's loopback: the same source at every node.
@@ -29,10 +29,28 @@ const BLOCKED: &str = "10.242.0.11";
 const NEIGHBOUR: &str = "10.242.0.12";
 const TOKEN: &str = "fleet-admin-token-0123456789";
 
+/// The fleet's Redis: one server, a Cluster, or a primary behind a Sentinel.
+enum Backend {
+    Server(Redis),
+    Cluster(RedisCluster),
+    Sentinel(RedisSentinel),
+}
+
+impl Backend {
+    /// The `fleet.redis` value naming it.
+    fn toml(&self) -> String {
+        match self {
+            Self::Server(r) => format!("\"{}\"", r.url()),
+            Self::Cluster(c) => c.toml(),
+            Self::Sentinel(s) => s.toml(),
+        }
+    }
+}
+
 struct Fleet {
     client: Netns,
     server: Netns,
-    redis: Redis,
+    redis: Backend,
     nodes: Vec<Node>,
     fs: Vec<BpfFs>,
 }
@@ -40,12 +58,17 @@ struct Fleet {
 impl Fleet {
     /// Three nodes (a, b, c) on links 10.242.{1,2,3}.0/24, sharing through one Redis.
     fn new(test: &str) -> Option<Self> {
+        Self::with(test, |t| Redis::start(t).map(Backend::Server))
+    }
+
+    /// The same, sharing through the Redis `start` makes (in the nodes' namespace).
+    fn with(test: &str, start: impl FnOnce(&str) -> Option<Backend> + Send) -> Option<Self> {
         let client = Netns::new("fcl");
         let server = Netns::new("fsv");
         for a in [ABUSER, BLOCKED, NEIGHBOUR] {
             client.ip(&["addr", "add", &format!("{a}/32"), "dev", "lo"]);
         }
-        let redis = server.enter(|| Redis::start(test))?;
+        let redis = server.enter(|| start(test))?;
         let mut nodes = Vec::new();
         let mut fs = Vec::new();
         for i in 1..=3u8 {
@@ -83,7 +106,7 @@ impl Fleet {
                  [http]\nlisten = [\"10.242.{i}.1:8080\"]\n\n\
                  [admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{TOKEN}\"\n\n\
                  [threat]\nchallenge_threshold = 0\nhalf_life = \"60s\"\nblock_ttl = \"60s\"\n\n\
-                 [fleet]\nredis = \"{url}\"\nregion = \"eu\"\ntimeout = \"300ms\"\nheartbeat = \"200ms\"\n\n\
+                 [fleet]\nredis = {url}\nregion = \"eu\"\ntimeout = \"300ms\"\nheartbeat = \"200ms\"\n\n\
                  [[jwt_provider]]\nname = \"idp\"\nalgorithms = [\"HS256\"]\n\
                  secret = \"an-hmac-secret-of-at-least-32-bytes!\"\n\n\
                  [[upstream]]\nname = \"demo\"\nbuiltin = \"demo\"\n\n\
@@ -97,7 +120,7 @@ impl Fleet {
                 },
                 pin = bpf.path().display(),
                 admin = 9900 + u16::from(i),
-                url = redis.url(),
+                url = redis.toml(),
             );
             let node = Node::start(&config, Some(&server));
             assert!(
@@ -117,6 +140,14 @@ impl Fleet {
         })
     }
 
+    /// The single server the fleet shares through.
+    fn server_redis(&self) -> &Redis {
+        match &self.redis {
+            Backend::Server(r) => r,
+            _ => panic!("this fleet has no single Redis server"),
+        }
+    }
+
     fn addr(n: usize) -> SocketAddr {
         format!("10.242.{}.1:8080", n + 1).parse().unwrap()
     }
@@ -127,11 +158,16 @@ impl Fleet {
             .enter(|| http_from(src, Self::addr(n), "not-a-valid-token"))
     }
 
-    /// Whether node `n` drops `src`'s SYNs within `wait` (polled).
+    /// Whether node `n` drops `src`'s SYNs within `wait` (polled). Connections only,
+    /// no requests: a poll must not be a failed request the node scores (it would drop
+    /// the client on its own, not because another node told it to).
     fn dropped_within(&self, n: usize, src: &str, wait: Duration) -> Option<Duration> {
         let start = Instant::now();
         while start.elapsed() < wait {
-            if self.call(n, src).is_err() {
+            let connected = self
+                .client
+                .enter(|| connect_from(src, Self::addr(n), Duration::from_millis(700)));
+            if connected.is_err() {
                 return Some(start.elapsed());
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -199,11 +235,17 @@ impl Fleet {
         self.maps(n).counters().unwrap()[Reason::DropThreat as usize].packets
     }
 
+    /// The last lines of each node's log (a failure's message stays readable).
     fn logs(&self) -> String {
         self.nodes
             .iter()
             .enumerate()
-            .map(|(i, n)| format!("--- node {i}:\n{}", n.log()))
+            .map(|(i, n)| {
+                let log = n.log();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(25)..].join("\n");
+                format!("--- node {i} (last lines):\n{tail}\n")
+            })
             .collect()
     }
 
@@ -223,17 +265,8 @@ impl Fleet {
     }
 }
 
-#[test]
-fn what_one_node_learns_or_an_operator_decides_every_node_drops() {
-    let test = "what_one_node_learns_or_an_operator_decides_every_node_drops";
-    if !privileged(test) {
-        return;
-    }
-    let Some(f) = Fleet::new(test) else { return };
-    for n in 0..3 {
-        assert_eq!(f.call(n, ABUSER).unwrap(), 401, "node {n}");
-    }
-    // Every node is a member, live, in its region, at this version.
+/// Every node is a member, live, in its region, at this version.
+fn every_node_is_a_live_member(f: &Fleet) {
     let status = f.status(0, |s| {
         s.lines().filter(|l| l.ends_with("\tlive")).count() == 3
     });
@@ -247,11 +280,17 @@ fn what_one_node_learns_or_an_operator_decides_every_node_drops() {
             "{line}"
         );
     }
+}
+
+/// The abuser fails auth at node a until a drops it at its NIC; b and c drop it too,
+/// though it never misbehaved there, and serve everyone else.
+fn an_escalation_at_a_is_dropped_everywhere(f: &Fleet) {
+    for n in 0..3 {
+        assert_eq!(f.call(n, ABUSER).unwrap(), 401, "node {n}");
+    }
     let before = [f.threat_drops(1), f.threat_drops(2)];
-    // The abuser fails auth at node a until a drops it at its NIC...
     let failures = f.escalate_at(0);
     assert!(failures >= 5, "dropped after only {failures} failures");
-    // ...and b and c drop it too, though it never misbehaved there.
     for n in [1, 2] {
         let took = f
             .dropped_within(n, ABUSER, Duration::from_secs(5))
@@ -263,11 +302,12 @@ fn what_one_node_learns_or_an_operator_decides_every_node_drops() {
         );
         let listed = f.nodes[n].cli_ok(&["xdp", "list"]);
         assert!(listed.contains(ABUSER), "node {n}: {listed}");
-        // Everyone else is served as before.
         assert_eq!(f.call(n, NEIGHBOUR).unwrap(), 401, "node {n}");
     }
+}
 
-    // An operator blocks a client on b: a and c drop it; unblocked on b, they serve it.
+/// An operator blocks a client on b: a and c drop it; unblocked on b, they serve it.
+fn an_operator_block_on_b_reaches_everyone(f: &Fleet, wait: Duration) {
     assert_eq!(f.call(0, BLOCKED).unwrap(), 401);
     let (status, body) = f.admin(
         1,
@@ -277,8 +317,7 @@ fn what_one_node_learns_or_an_operator_decides_every_node_drops() {
     assert_eq!(status, 200, "{body}");
     for n in [0, 1, 2] {
         assert!(
-            f.dropped_within(n, BLOCKED, Duration::from_secs(5))
-                .is_some(),
+            f.dropped_within(n, BLOCKED, wait).is_some(),
             "node {n} never dropped the operator's block:\n{}",
             f.logs()
         );
@@ -290,11 +329,23 @@ fn what_one_node_learns_or_an_operator_decides_every_node_drops() {
     );
     for n in [0, 2] {
         assert!(
-            f.answers_within(n, BLOCKED, Duration::from_secs(5)),
+            f.answers_within(n, BLOCKED, wait),
             "node {n} still drops an unblocked client:\n{}",
             f.logs()
         );
     }
+}
+
+#[test]
+fn what_one_node_learns_or_an_operator_decides_every_node_drops() {
+    let test = "what_one_node_learns_or_an_operator_decides_every_node_drops";
+    if !privileged(test) {
+        return;
+    }
+    let Some(f) = Fleet::new(test) else { return };
+    every_node_is_a_live_member(&f);
+    an_escalation_at_a_is_dropped_everywhere(&f);
+    an_operator_block_on_b_reaches_everyone(&f, Duration::from_secs(5));
     // An operator on b blocks the neighbour: c follows, a refuses (its allow list).
     let (status, body) = f.admin(
         1,
@@ -329,12 +380,15 @@ fn the_fleet_carries_on_without_redis_and_catches_up() {
         return;
     };
     // Redis goes away: a still learns and drops on its own.
-    let port = f.redis.port;
-    f.redis.kill();
+    let Backend::Server(redis) = &mut f.redis else {
+        unreachable!("Fleet::new shares through one server")
+    };
+    let port = redis.port;
+    redis.kill();
     f.escalate_at(0);
     assert_eq!(f.call(1, ABUSER).unwrap(), 401, "b cannot know yet");
     // Redis is back (empty): a's event waited and is shared now.
-    f.redis = f.server.enter(|| Redis::start_on(port));
+    f.redis = Backend::Server(f.server.enter(|| Redis::start_on(port)));
     for n in [1, 2] {
         assert!(
             f.dropped_within(n, ABUSER, Duration::from_secs(10))
@@ -370,10 +424,16 @@ fn the_fleet_carries_on_without_redis_and_catches_up() {
                 "0.0.0.0/0",
             ],
         ] {
-            assert!(f.redis.cli(&args).contains('-'), "{args:?}");
+            assert!(f.server_redis().cli(&args).contains('-'), "{args:?}");
         }
         let out = std::process::Command::new("redis-cli")
-            .args(["-p", &f.redis.port.to_string(), "XADD", stream, "*"])
+            .args([
+                "-p",
+                &f.server_redis().port.to_string(),
+                "XADD",
+                stream,
+                "*",
+            ])
             .arg(std::ffi::OsStr::from_bytes(b"\xff\xfe"))
             .arg("x")
             .output()
@@ -409,20 +469,19 @@ fn the_fleet_carries_on_without_redis_and_catches_up() {
 }
 
 /// Three nodes on loopback with one fleet-scoped limit (20/s, bursts of 10, the whole
-/// route as the key), sharing `redis`.
-fn limited_nodes(redis: &Redis) -> Vec<Node> {
+/// route as the key), sharing the Redis `fleet.redis = redis` names.
+fn limited_nodes(redis: &str) -> Vec<Node> {
     (0..3)
         .map(|i| {
             let node = Node::start(
                 &format!(
                     "[node]\nid = \"edge-{i}\"\n[xdp]\nmode = \"off\"\n\
                      [http]\nlisten = [\"127.0.0.1:0\"]\n[threat]\nenabled = false\n\
-                     [fleet]\nredis = \"{}\"\nheartbeat = \"200ms\"\ntimeout = \"300ms\"\n\
+                     [fleet]\nredis = {redis}\nheartbeat = \"200ms\"\ntimeout = \"300ms\"\n\
                      [[upstream]]\nname = \"demo\"\nbuiltin = \"demo\"\n\
                      [[route]]\nhosts = [\"*\"]\nupstream = \"demo\"\n\
                      [[route.rate_limit]]\nkey = \"route\"\nper_second = 20.0\nburst = 10\n\
                      scope = \"fleet\"\n",
-                    redis.url()
                 ),
                 None,
             );
@@ -472,14 +531,10 @@ fn hammer(nodes: &[Node], secs: f64) -> (usize, f64) {
     (admitted, start.elapsed().as_secs_f64())
 }
 
-#[test]
-fn a_fleet_rate_limit_counts_across_nodes_and_falls_back_to_a_share() {
-    let Some(mut redis) = Redis::start("a_fleet_rate_limit_counts_across_nodes") else {
-        return;
-    };
-    let nodes = limited_nodes(&redis);
-    // Three clients, one per node, each far over the limit on its own.
-    let (admitted, secs) = hammer(&nodes, 3.0);
+/// Three clients, one per node, each far over the limit on its own: what the nodes
+/// admit together stays within 10 % of the fleet's limit.
+fn admitted_within_the_fleet_limit(nodes: &[Node]) {
+    let (admitted, secs) = hammer(nodes, 3.0);
     let allowed = 10.0 + 20.0 * secs;
     eprintln!("fleet: {admitted} admitted in {secs:.2} s (limit: {allowed:.0})");
     assert!(
@@ -490,6 +545,15 @@ fn a_fleet_rate_limit_counts_across_nodes_and_falls_back_to_a_share() {
         (admitted as f64) >= 0.9 * 20.0 * secs,
         "{admitted} admitted in {secs:.2} s: far under the fleet limit"
     );
+}
+
+#[test]
+fn a_fleet_rate_limit_counts_across_nodes_and_falls_back_to_a_share() {
+    let Some(mut redis) = Redis::start("a_fleet_rate_limit_counts_across_nodes") else {
+        return;
+    };
+    let nodes = limited_nodes(&format!("\"{}\"", redis.url()));
+    admitted_within_the_fleet_limit(&nodes);
     // Redis gone: each node applies its share (a third: 6.7/s, bursts of 3).
     redis.kill();
     let (admitted, secs) = hammer(&nodes, 3.0);
@@ -501,4 +565,129 @@ fn a_fleet_rate_limit_counts_across_nodes_and_falls_back_to_a_share() {
         nodes[0].log()
     );
     assert!(nodes[0].log().contains("applies its share of the limit"));
+}
+
+#[test]
+fn a_fleet_on_a_redis_cluster_shares_threats_membership_and_limits() {
+    let test = "a_fleet_on_a_redis_cluster_shares_threats_membership_and_limits";
+    if !privileged(test) {
+        return;
+    }
+    let Some(f) = Fleet::with(test, |t| RedisCluster::start(t).map(Backend::Cluster)) else {
+        return;
+    };
+    every_node_is_a_live_member(&f);
+    an_escalation_at_a_is_dropped_everywhere(&f);
+    an_operator_block_on_b_reaches_everyone(&f, Duration::from_secs(5));
+    drop(f);
+    // A fleet rate limit counted on the Cluster.
+    let Some(cluster) = RedisCluster::start(test) else {
+        return;
+    };
+    let nodes = limited_nodes(&cluster.toml());
+    admitted_within_the_fleet_limit(&nodes);
+}
+
+#[test]
+fn a_fleet_behind_a_sentinel_follows_a_failover() {
+    let test = "a_fleet_behind_a_sentinel_follows_a_failover";
+    if !privileged(test) {
+        return;
+    }
+    let Some(mut f) = Fleet::with(test, |t| RedisSentinel::start(t).map(Backend::Sentinel)) else {
+        return;
+    };
+    every_node_is_a_live_member(&f);
+    an_escalation_at_a_is_dropped_everywhere(&f);
+    // The Sentinel promotes the replica and the old primary is gone: every node finds
+    // the new primary through the Sentinel, publishes and reads there.
+    let Backend::Sentinel(sentinel) = &mut f.redis else {
+        unreachable!()
+    };
+    let old = sentinel.primary.port;
+    f.server.enter(|| sentinel.fail_over());
+    assert_ne!(f.server.enter(|| sentinel.primary_port()), old);
+    an_operator_block_on_b_reaches_everyone(&f, Duration::from_secs(10));
+    every_node_is_a_live_member(&f);
+}
+
+#[test]
+fn a_fleet_reaches_its_redis_over_tls_with_a_password() {
+    let test = "a_fleet_reaches_its_redis_over_tls_with_a_password";
+    let dir = std::env::temp_dir().join(edge_tests::unique("fleet-tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    edge_tests::tls_origin::make_ca_and_leaf(&dir, &["localhost"]);
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let file = |name: &str| dir.join(name).display().to_string();
+    // TLS on its own port (clients need not show a certificate); the plain port is the
+    // test's, and the password is set once the server is up.
+    let Some(redis) = Redis::start_configured(
+        test,
+        &[
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            &file("leaf.crt"),
+            "--tls-key-file",
+            &file("leaf.key"),
+            "--tls-ca-cert-file",
+            &file("ca.crt"),
+            "--tls-auth-clients",
+            "no",
+        ],
+    ) else {
+        return;
+    };
+    assert_eq!(
+        redis.cli(&["CONFIG", "SET", "requirepass", "fleet-secret"]),
+        "OK"
+    );
+    let node = |password: &str| {
+        let node = Node::start_with_env(
+            &format!(
+                "[node]\nid = \"edge-tls\"\n[xdp]\nmode = \"off\"\n\
+                 [http]\nlisten = [\"127.0.0.1:0\"]\n\
+                 [fleet]\nredis = \"rediss://:{password}@localhost:{tls_port}\"\n\
+                 heartbeat = \"200ms\"\ntimeout = \"500ms\"\n\
+                 [[upstream]]\nname = \"demo\"\nbuiltin = \"demo\"\n\
+                 [[route]]\nhosts = [\"*\"]\nupstream = \"demo\"\n"
+            ),
+            None,
+            // The test's CA, as an operator with a private CA would name it.
+            &[("SSL_CERT_FILE", &file("ca.crt"))],
+        );
+        assert!(node.wait_running(Duration::from_secs(20)), "{}", node.log());
+        node
+    };
+    let good = node("fleet-secret");
+    let start = Instant::now();
+    let status = loop {
+        let out = good.cli_ok(&["fleet", "status"]);
+        if out
+            .lines()
+            .any(|l| l.starts_with("edge-tls\t") && l.ends_with("\tlive"))
+        {
+            break out;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{out}\n{}",
+            good.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("{status}");
+    drop(good);
+    // A wrong password: refused, said so, and the password never shown.
+    let bad = node("not-the-secret");
+    let out = bad.cli(&["fleet", "status"]);
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stderr), bad.log());
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("rediss://:***@localhost"), "{said}");
+    assert!(!said.contains("not-the-secret"), "{said}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -18,7 +18,8 @@
 //!    `cache`, `policy`, `intent`, `xdp`, `limits` (each over only those after it);
 //! 9. leaves, the small helpers everything shares: `body` (over `error`), `error`,
 //!    `headers` (names and value parsers), `target`, `tls`, `workers`, `sync`,
-//!    `duration`, `clock`, `hash`, `upgrade` (the sockets a binary upgrade hands over).
+//!    `duration`, `clock`, `hash`, `upgrade` (the sockets a binary upgrade hands over),
+//!    `redis_link` (a connection to the Redis a configuration names).
 
 pub mod acme;
 pub mod admin;
@@ -46,6 +47,7 @@ pub mod otel;
 pub mod phases;
 pub mod pipeline;
 pub mod policy;
+pub mod redis_link;
 pub mod request;
 pub mod rooms;
 pub mod server;

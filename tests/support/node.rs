@@ -64,15 +64,19 @@ impl Node {
         node
     }
 
+    /// The binary in the node's namespace, with the node's environment (the CLI sees
+    /// what the service does).
     fn command(&self) -> Command {
-        match &self.netns {
+        let mut c = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns]).arg(edge_node_bin());
                 c
             }
             None => Command::new(edge_node_bin()),
-        }
+        };
+        c.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        c
     }
 
     fn spawn(&mut self) {
@@ -88,7 +92,6 @@ impl Node {
         let child = cmd
             .env("RUST_LOG", "info")
             .env_remove("EDGE_NODE_CONFIG")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -110,7 +110,13 @@ fn main() -> Result<()> {
                 cmd.push("--");
                 cmd.extend(args.iter().map(String::as_str));
             }
-            cargo(&cmd)?;
+            // In CI a failing test's output ends with its panic message (what a log's
+            // tail shows), not with a backtrace of the test harness.
+            let backtrace = match std::env::var_os("CI") {
+                Some(_) => "0",
+                None => "",
+            };
+            cargo_with(&cmd, &[("RUST_BACKTRACE", backtrace)])?;
             if fuzz_seconds > 0 {
                 fuzz::run_all(fuzz::Build::Quick, fuzz_seconds)?;
             }
@@ -159,9 +165,15 @@ fn main() -> Result<()> {
 
 /// Runs cargo (the one that runs us) in the workspace root.
 pub fn cargo(args: &[&str]) -> Result<()> {
+    cargo_with(args, &[])
+}
+
+/// `cargo` with `env` set (an empty value leaves the variable as it is).
+pub fn cargo_with(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .args(args)
+        .envs(env.iter().filter(|(_, v)| !v.is_empty()).copied())
         .current_dir(toolchain::workspace_root())
         .status()?;
     if !status.success() {

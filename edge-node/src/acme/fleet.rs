@@ -67,14 +67,20 @@ impl std::fmt::Debug for Fleet {
 
 /// Whether `url` is a Redis URL (checked at configuration time; nothing is contacted).
 pub fn check_url(url: &str) -> Result<()> {
-    redis::Client::open(url).with_context(|| format!("acme.redis {url:?} is not a Redis URL"))?;
+    redis::Client::open(url).with_context(|| {
+        format!(
+            "acme.redis {:?} is not a Redis URL",
+            crate::redis_link::redacted(url)
+        )
+    })?;
     Ok(())
 }
 
 impl Fleet {
     /// A client that connects on first use and reconnects after failures.
     pub fn connect(url: &str) -> Result<Self> {
-        let client = redis::Client::open(url).with_context(|| format!("acme.redis {url:?}"))?;
+        let client = redis::Client::open(url)
+            .with_context(|| format!("acme.redis {:?}", crate::redis_link::redacted(url)))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT))

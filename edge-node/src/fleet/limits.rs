@@ -12,10 +12,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redis::aio::ConnectionManager;
 use tracing::warn;
 
-use crate::limits::{Decision, KeyedLimiter};
+use crate::{
+    limits::{Decision, KeyedLimiter},
+    redis_link::RedisConn,
+};
 
 /// Takes up to `ARGV[3]` tokens for `KEYS[1]` (interval `ARGV[1]` µs, burst tolerance
 /// `ARGV[2]` µs), on Redis' clock; answers the tokens granted and how far (µs) the
@@ -50,7 +52,7 @@ struct Lease {
 }
 
 pub struct FleetLimit {
-    conn: ConnectionManager,
+    conn: RedisConn,
     script: redis::Script,
     /// `<prefix>:rl:<limit>:` (the key's hash follows).
     prefix: String,
@@ -71,7 +73,7 @@ static FALLBACK_LOG: crate::limits::LogEvery = crate::limits::LogEvery::new(10_0
 impl FleetLimit {
     /// A limit of `per_second` with bursts of `burst` per key, named `name` in Redis.
     pub fn new(
-        conn: ConnectionManager,
+        conn: RedisConn,
         name: &str,
         per_second: f64,
         burst: u64,

@@ -1,6 +1,6 @@
 //! Fleet membership: every node with `fleet.redis` says it is alive every `heartbeat`
-//! (its region, version, start and heartbeat period in `<prefix>:nodes`, the moment on
-//! Redis' clock in `<prefix>:beats`); `edge-node fleet status` lists them. A node silent
+//! (its region, version, start and heartbeat period in `{<prefix>:members}:nodes`, the
+//! moment on Redis' clock in `{<prefix>:members}:beats`); `edge-node fleet status` lists them. A node silent
 //! for three of its periods is shown lapsed; one silent for an hour is forgotten.
 
 use std::{
@@ -59,16 +59,8 @@ impl Drop for Heartbeats {
 /// Sends this node's heartbeats; failures are logged (rate-limited) and retried at the
 /// next beat.
 pub fn start(settings: &FleetSettings, node: &str) -> Result<Heartbeats> {
-    let url = settings.redis.as_deref().context("fleet.redis")?;
-    let client = redis::Client::open(url).with_context(|| format!("fleet.redis {url:?}"))?;
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(settings.timeout))
-        .set_response_timeout(Some(settings.timeout))
-        .set_number_of_retries(1);
-    let mut conn = client
-        .get_connection_manager_lazy(config)
-        .context("fleet redis")?;
-    let (nodes, beats) = (settings.key("nodes"), settings.key("beats"));
+    let mut conn = settings.target()?.connect(settings.timeout)?;
+    let (nodes, beats) = settings.member_keys();
     let description = format!(
         "{}\t{}\t{}\t{}",
         settings.region,
@@ -119,21 +111,23 @@ static HEARTBEAT_LOG: crate::limits::LogEvery = crate::limits::LogEvery::new(10_
 
 /// `edge-node fleet status`: the fleet's nodes as Redis knows them, one line each.
 pub fn status(settings: &FleetSettings) -> Result<String> {
-    let url = settings
-        .redis
-        .as_deref()
-        .context("no fleet: set fleet.redis in the configuration")?;
-    let client = redis::Client::open(url).with_context(|| format!("fleet.redis {url:?}"))?;
-    let mut conn = client
-        .get_connection_with_timeout(settings.timeout)
-        .with_context(|| format!("cannot reach the fleet's Redis at {url}"))?;
-    conn.set_read_timeout(Some(settings.timeout))?;
-    conn.set_write_timeout(Some(settings.timeout))?;
-    let reply: Vec<String> = redis::Script::new(LIST)
-        .key(settings.key("nodes"))
-        .key(settings.key("beats"))
-        .invoke(&mut conn)
-        .context("reading the fleet's members")?;
+    let target = settings.target()?;
+    let (nodes, beats) = settings.member_keys();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let reply: Vec<String> = runtime
+        .block_on(async {
+            let mut conn = target.connect(settings.timeout)?;
+            let script = redis::Script::new(LIST);
+            let mut call = script.key(nodes);
+            call.key(beats);
+            tokio::time::timeout(settings.timeout * 2, call.invoke_async(&mut conn))
+                .await
+                .map_err(|_| anyhow::anyhow!("no answer within {:?}", settings.timeout * 2))?
+                .map_err(anyhow::Error::from)
+        })
+        .with_context(|| format!("reading the fleet's members from {target}"))?;
     let (now, rest) = reply.split_first().context("empty answer")?;
     let now: u64 = now.parse().context("Redis' time")?;
     let mut out = String::from("NODE\tREGION\tVERSION\tSTARTED\tLAST HEARTBEAT\tSTATE\n");

@@ -10,17 +10,20 @@ pub mod threats;
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
+
+use crate::redis_link::RedisTarget;
 
 /// `[fleet]`
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FleetSettings {
-    /// The fleet's Redis: `redis://[user:password@]host:port[/db]`, or `rediss://` for
-    /// TLS. None: this node shares nothing.
+    /// The fleet's Redis: `"redis://[user:password@]host:port[/db]"` (`rediss://` for
+    /// TLS), `{ cluster = [URLs] }` or `{ sentinel = [URLs], master = "name" }`. None:
+    /// this node shares nothing.
     #[serde(default)]
-    pub redis: Option<String>,
+    pub redis: Option<RedisTarget>,
     /// This node's region (for `scope = "region"`; also named in what it publishes).
     #[serde(default)]
     pub region: String,
@@ -28,8 +31,9 @@ pub struct FleetSettings {
     /// `local` (nothing: decisions stay on this node).
     #[serde(default)]
     pub scope: Scope,
-    /// Key prefix: the threat stream is `<prefix>:threats`, membership `<prefix>:nodes`
-    /// and `<prefix>:beats`. Fleets sharing a Redis keep apart by it.
+    /// Key prefix: the threat stream is `<prefix>:threats`, membership
+    /// `{<prefix>:members}:nodes` and `:beats` (one Cluster slot: a script reads both).
+    /// Fleets sharing a Redis keep apart by it.
     #[serde(default = "default_prefix")]
     pub prefix: String,
     /// How often this node says it is alive.
@@ -133,17 +137,27 @@ impl FleetSettings {
         format!("{}:{name}", self.prefix)
     }
 
+    /// The membership keys (nodes, beats): in one Cluster hash slot.
+    pub fn member_keys(&self) -> (String, String) {
+        let tag = format!("{{{}:members}}", self.prefix);
+        (format!("{tag}:nodes"), format!("{tag}:beats"))
+    }
+
+    /// The fleet's Redis, or why there is none.
+    pub fn target(&self) -> Result<&RedisTarget> {
+        self.redis
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no fleet: set fleet.redis in the configuration"))
+    }
+
     /// Whether threat events are shared at all.
     pub fn shares_threats(&self) -> bool {
         self.redis.is_some() && self.scope != Scope::Local
     }
 
     pub fn validate(&self) -> Result<()> {
-        if let Some(url) = &self.redis {
-            let info: redis::ConnectionInfo =
-                redis::IntoConnectionInfo::into_connection_info(url.as_str())
-                    .map_err(|e| anyhow::anyhow!("fleet.redis {url:?} is no Redis URL: {e}"))?;
-            drop(info);
+        if let Some(target) = &self.redis {
+            target.validate().context("fleet.redis")?;
         }
         if self.scope == Scope::Region && self.region.is_empty() {
             bail!("fleet.scope = \"region\" needs fleet.region");

@@ -35,10 +35,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use ipnet::IpNet;
-use redis::{Value, aio::ConnectionManager};
+use redis::Value;
+
+use crate::redis_link::RedisConn;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{info, warn};
 
@@ -161,23 +163,12 @@ impl ThreatFeed {
         guarded: Guarded,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>> {
-        let url = settings.redis.as_deref().context("fleet.redis")?;
-        let client = redis::Client::open(url).with_context(|| format!("fleet.redis {url:?}"))?;
-        let manager = |response: Duration| {
-            let config = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(settings.timeout))
-                .set_response_timeout(Some(response))
-                .set_number_of_retries(1)
-                .set_max_delay(MAX_RETRY_DELAY);
-            client
-                .get_connection_manager_lazy(config)
-                .context("fleet redis")
-        };
+        let target = settings.target()?;
         // The reader blocks in XREAD: a connection of its own, so appends never queue
         // behind it.
         let (writer, reader) = (
-            manager(settings.timeout)?,
-            manager(BLOCK + settings.timeout)?,
+            target.connect(settings.timeout)?,
+            target.connect_with(settings.timeout, BLOCK + settings.timeout)?,
         );
         let (tx, rx) = mpsc::channel(settings.backlog);
         let guarded = Arc::new(ArcSwap::from_pointee(guarded));
@@ -254,7 +245,7 @@ static APPLY_LOG: crate::limits::LogEvery = crate::limits::LogEvery::new(1_000_0
 /// retries with backoff.
 async fn publish(
     mut rx: mpsc::Receiver<Pending>,
-    mut conn: ConnectionManager,
+    mut conn: RedisConn,
     settings: FleetSettings,
     me: Identity,
     metrics: Arc<Metrics>,
@@ -332,7 +323,7 @@ async fn publish(
 }
 
 /// Redis' clock, in ms.
-async fn redis_now(conn: &mut ConnectionManager, timeout: Duration) -> Result<u64> {
+async fn redis_now(conn: &mut RedisConn, timeout: Duration) -> Result<u64> {
     let (s, us): (u64, u64) = tokio::time::timeout(timeout, redis::cmd("TIME").query_async(conn))
         .await
         .map_err(|_| anyhow::anyhow!("no answer within {timeout:?}"))??;
@@ -341,7 +332,7 @@ async fn redis_now(conn: &mut ConnectionManager, timeout: Duration) -> Result<u6
 
 /// Reads the stream from `catch_up` ago, then follows it, applying other nodes' changes.
 async fn read(
-    mut conn: ConnectionManager,
+    mut conn: RedisConn,
     settings: FleetSettings,
     me: Identity,
     policy: SharedPolicy,

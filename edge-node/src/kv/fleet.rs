@@ -84,7 +84,8 @@ fn failed(e: impl std::fmt::Display) -> WriteError {
 impl Fleet {
     /// A client that connects on first use and reconnects after failures.
     pub fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self> {
-        let client = redis::Client::open(url).with_context(|| format!("kv redis_url {url:?}"))?;
+        let client = redis::Client::open(url)
+            .with_context(|| format!("kv redis_url {:?}", crate::redis_link::redacted(url)))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
             .set_response_timeout(Some(timeout))

@@ -23,6 +23,9 @@ type BucketKey = (String, usize, (String, u64, u64, u64), usize);
 /// A provider's settings and the digest of its static key material.
 type VerifierKey = (JwtProviderSettings, [u8; 32]);
 
+/// The fleet's Redis and the timeout its connection bounds calls by.
+type FleetRedisKey = (crate::redis_link::RedisTarget, std::time::Duration);
+
 /// One per process, passed to every `Pipeline::new`.
 #[derive(Default)]
 pub struct Retained {
@@ -45,7 +48,7 @@ pub struct Retained {
     fleets: Mutex<HashMap<(String, String, String), Weak<crate::kv::fleet::Fleet>>>,
     /// Fleet-scoped rate limits, like `buckets`, and the fleet's Redis they share.
     fleet_limits: Mutex<HashMap<BucketKey, Weak<crate::fleet::limits::FleetLimit>>>,
-    fleet_redis: Mutex<Option<(String, redis::aio::ConnectionManager)>>,
+    fleet_redis: Mutex<Option<(FleetRedisKey, crate::redis_link::RedisConn)>>,
     /// The trace exporter (its thread and queue), while its settings stay.
     traces: Mutex<HashMap<crate::otel::ExportKey, Weak<crate::otel::Exporter>>>,
     /// Certificates obtained over ACME and the challenges being answered.
@@ -79,21 +82,14 @@ impl Retained {
         nth: usize,
         fleet: &crate::fleet::FleetSettings,
     ) -> anyhow::Result<Arc<crate::fleet::limits::FleetLimit>> {
-        use anyhow::Context as _;
-        let url = fleet.redis.clone().context("fleet.redis")?;
+        let target = fleet.target()?;
         let conn = {
             let mut kept = crate::sync::lock(&self.fleet_redis);
             match &*kept {
-                Some((u, c)) if *u == url => c.clone(),
+                Some(((t, timeout), c)) if t == target && *timeout == fleet.timeout => c.clone(),
                 _ => {
-                    let config = redis::aio::ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(fleet.timeout))
-                        .set_response_timeout(Some(fleet.timeout))
-                        .set_number_of_retries(1);
-                    let c = redis::Client::open(url.as_str())
-                        .and_then(|c| c.get_connection_manager_lazy(config))
-                        .with_context(|| format!("fleet.redis {url:?}"))?;
-                    *kept = Some((url, c.clone()));
+                    let c = target.connect(fleet.timeout)?;
+                    *kept = Some(((target.clone(), fleet.timeout), c.clone()));
                     c
                 }
             }

@@ -118,8 +118,8 @@ impl Registry {
     pub fn connect(s: &RoomsSettings) -> Result<Self> {
         let url = s.redis_url.as_deref().context("redis_url")?;
         let me = s.relay_url.clone().context("relay_url")?;
-        let client =
-            redis::Client::open(url).with_context(|| format!("rooms redis_url {url:?}"))?;
+        let client = redis::Client::open(url)
+            .with_context(|| format!("rooms redis_url {:?}", crate::redis_link::redacted(url)))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(s.redis_timeout.max(Duration::from_millis(200))))
             .set_response_timeout(Some(s.redis_timeout))
