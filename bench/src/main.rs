@@ -5,6 +5,7 @@
 mod cache;
 mod compress;
 mod cost;
+mod fleet;
 mod flood;
 mod functions;
 mod graphql;
@@ -75,6 +76,9 @@ enum Cmd {
     Graphql(graphql::Args),
     /// The security phases: criterion costs, auth on/off requests/s, escalation latency.
     Security(security::Args),
+    /// The fleet: propagation delay of an escalation to the other nodes' XDP tries
+    /// (p50, p99), and requests/s with fleet rate limits against local ones.
+    Fleet(fleet::Args),
     /// Compression: CPU per compressed response and ratio, edge-node against nginx's
     /// gzip and brotli modules on the same HTML and JSON at the same levels.
     Compression(compress::Args),
@@ -95,5 +99,6 @@ fn main() -> Result<()> {
         Cmd::RoomsLoad(args) => rooms_load::run(args),
         Cmd::Graphql(args) => graphql::run(args),
         Cmd::Compression(args) => compress::run(args),
+        Cmd::Fleet(args) => fleet::run(args),
     }
 }

@@ -538,7 +538,7 @@ fn machine_busy_seconds() -> f64 {
 }
 
 /// Where the machine's CPU time went during one run.
-struct CpuSnapshot {
+pub(crate) struct CpuSnapshot {
     target_user: f64,
     target_system: f64,
     machine_busy: f64,
@@ -546,7 +546,7 @@ struct CpuSnapshot {
 }
 
 impl CpuSnapshot {
-    fn take(pid: i32) -> Self {
+    pub(crate) fn take(pid: i32) -> Self {
         let (target_user, target_system) = tree_cpu_split(pid);
         Self {
             target_user,
@@ -557,7 +557,7 @@ impl CpuSnapshot {
     }
 
     /// Fills `s`'s CPU fields from the time since `self`, at `s.rps` requests per second.
-    fn charge(&self, pid: i32, s: &mut Sample) {
+    pub(crate) fn charge(&self, pid: i32, s: &mut Sample) {
         let now = Self::take(pid);
         let per_req = |d: f64| d / now.at.duration_since(self.at).as_secs_f64() / s.rps * 1e6;
         let user = per_req(now.target_user - self.target_user);

@@ -1,6 +1,7 @@
 //! Shared test support: the privilege gate, private bpffs mounts, throw-away network
 //! namespaces, crafted packets, and the edge-node binary.
 
+pub mod fleet;
 pub mod h3;
 pub mod jwt;
 pub mod netns;

@@ -43,6 +43,9 @@ pub enum BenchCmd {
     /// Compression: CPU per compressed response and ratio, edge-node against nginx's
     /// gzip and brotli modules on the same HTML and JSON at the same levels.
     Compression(Common),
+    /// The fleet: propagation of an escalation to the other nodes' XDP tries (p50, p99
+    /// of 100 trials), and req/s with fleet rate limits against local ones.
+    Fleet(Common),
     /// HTTP/3 against HTTP/2 and HTTP/1.1 on one route: req/s, p50, p99.
     H3(Common),
     /// Intent inference latency p50/p99 (criterion) and end-to-end req/s with
@@ -104,7 +107,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         toolchain::ensure_wasmtime()?;
         // hello.wasm and echo.wasm, from tests/components.
         crate::components::build_all()?;
-    } else if matches!(cmd, BenchCmd::Kv(_)) {
+    } else if matches!(cmd, BenchCmd::Kv(_) | BenchCmd::Fleet(_)) {
         toolchain::ensure_kv_bench_packages()?;
     } else if matches!(cmd, BenchCmd::Compression(_)) {
         toolchain::ensure_proxy_bench_packages()?;
@@ -131,6 +134,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Rooms(c) => run_bench("rooms", &c),
         BenchCmd::Graphql(c) => run_bench("graphql", &c),
         BenchCmd::Compression(c) => run_bench("compression", &c),
+        BenchCmd::Fleet(c) => run_bench("fleet", &c),
         BenchCmd::Intent(c) => {
             // Criterion, with its per-call percentiles kept for the report.
             let log = crate::toolchain::workspace_root().join("target/intent-bench.log");
