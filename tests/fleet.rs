@@ -365,9 +365,9 @@ fn a_fleet_behind_a_sentinel_follows_a_failover() {
 #[test]
 fn a_fleet_reaches_its_redis_over_tls_with_a_password() {
     let test = "a_fleet_reaches_its_redis_over_tls_with_a_password";
-    let dir = std::env::temp_dir().join(edge_tests::unique("fleet-tls"));
-    std::fs::create_dir_all(&dir).unwrap();
-    edge_tests::tls_origin::make_ca_and_leaf(&dir, &["localhost"]);
+    let scratch = edge_tests::Scratch::new("fleet-tls");
+    let dir = &scratch.0;
+    edge_tests::tls_origin::make_ca_and_leaf(dir, &["localhost"]);
     let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -440,5 +440,4 @@ fn a_fleet_reaches_its_redis_over_tls_with_a_password() {
     assert!(!out.status.success(), "{said}");
     assert!(said.contains("rediss://:***@localhost"), "{said}");
     assert!(!said.contains("not-the-secret"), "{said}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,16 +5,23 @@
 //! Sentinels again after a failover), and bounds every connect and answer by the
 //! timeouts it was made with.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, bail};
 use arc_swap::ArcSwapOption;
-use futures_util::FutureExt as _;
+use futures_util::{
+    FutureExt as _,
+    future::{BoxFuture, Shared},
+};
 use redis::{
     AsyncConnectionConfig, Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, RedisResult,
     Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
-    cluster::{ClusterClient, ClusterClientBuilder},
+    cluster::ClusterClientBuilder,
     cluster_async::ClusterConnection,
     sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType},
 };
@@ -22,7 +29,7 @@ use serde::Deserialize;
 
 /// Where the Redis is. In TOML: `"redis://…"`, `{ cluster = [URLs] }` or
 /// `{ sentinel = [URLs], master = "name", … }`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(
     untagged,
     expecting = "a Redis URL (\"redis://…\" or \"rediss://…\"), { cluster = [\"redis://…\", …] } \
@@ -36,7 +43,7 @@ pub enum RedisTarget {
 }
 
 /// A Redis Cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterTarget {
     /// Some of its nodes (`redis://[user:password@]host:port`, or `rediss://`): the rest
@@ -45,7 +52,7 @@ pub struct ClusterTarget {
 }
 
 /// The primary that Redis Sentinels name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SentinelTarget {
     /// The Sentinels (`redis://[user:password@]host:26379`, or `rediss://`).
@@ -94,6 +101,11 @@ impl RedisTarget {
 
     /// A connection whose calls may take `response` (a blocking read's own).
     pub fn connect_with(&self, timeout: Duration, response: Duration) -> Result<RedisConn> {
+        // A Cluster or Sentinel connection is made by a task of its own, given longer
+        // than one call: a caller's timeout ends only its wait, never the attempt every
+        // waiting call shares, and a Sentinel that does not answer leaves time to ask
+        // the next.
+        let budget = (timeout * 4).max(MIN_CONNECT_BUDGET);
         let link = match self {
             Self::Server(url) => {
                 let config = ConnectionManagerConfig::new()
@@ -107,17 +119,21 @@ impl RedisTarget {
                         .with_context(|| self.to_string())?,
                 )
             }
-            Self::Cluster(c) => Link::Cluster(Arc::new(Lazy {
-                client: ClusterClientBuilder::new(c.cluster.iter().map(String::as_str))
+            Self::Cluster(c) => {
+                let client = ClusterClientBuilder::new(c.cluster.iter().map(String::as_str))
                     .connection_timeout(timeout)
                     .response_timeout(response)
                     .retries(1)
                     .build()
-                    .with_context(|| self.to_string())?,
-                timeout,
-                conn: ArcSwapOption::empty(),
-                connecting: tokio::sync::Mutex::new(()),
-            })),
+                    .with_context(|| self.to_string())?;
+                Link::Cluster(Lazy::new(
+                    budget,
+                    Box::new(move || {
+                        let client = client.clone();
+                        async move { client.get_async_connection().await }.boxed()
+                    }),
+                ))
+            }
             Self::Sentinel(s) => {
                 let mut info = redis::RedisConnectionInfo::default().set_db(s.db);
                 if let Some(u) = &s.username {
@@ -138,20 +154,34 @@ impl RedisTarget {
                     SentinelServerType::Master,
                 )
                 .with_context(|| self.to_string())?;
-                Link::Sentinel(Arc::new(Lazy {
-                    client: tokio::sync::Mutex::new(client),
-                    timeout,
-                    conn: ArcSwapOption::empty(),
-                    connecting: tokio::sync::Mutex::new(()),
-                }))
+                let client = Arc::new(tokio::sync::Mutex::new(client));
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(response));
+                Link::Sentinel(
+                    Lazy::new(
+                        budget,
+                        Box::new(move || {
+                            let (client, config) = (client.clone(), config.clone());
+                            async move {
+                                let mut client = client.lock().await;
+                                client.get_async_connection_with_config(&config).await
+                            }
+                            .boxed()
+                        }),
+                    ),
+                    s.db,
+                )
             }
         };
-        Ok(RedisConn {
-            link,
-            config: AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(timeout))
-                .set_response_timeout(Some(response)),
-        })
+        Ok(RedisConn { link })
+    }
+}
+
+/// As `Display`: a configuration printed for debugging shows no password.
+impl fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisTarget({self})")
     }
 }
 
@@ -177,121 +207,172 @@ impl fmt::Display for RedisTarget {
     }
 }
 
-/// `url` with its password (between `:` and `@` of the authority) starred out.
+/// `url` with its password (between the userinfo's `:` and the last `@`, which may
+/// hold `/` and `:` of its own) and any `pass=` / `password=` query value starred out.
 pub fn redacted(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
+    let mut out = match rest.rfind('@') {
         Some(at) => {
             let user = rest[..at].split(':').next().unwrap_or("");
             format!("{scheme}://{user}:***{}", &rest[at..])
         }
         None => url.to_string(),
+    };
+    if let Some(q) = out.find('?') {
+        let query: Vec<String> = out[q + 1..]
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k == "pass" || k == "password" => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        out = format!("{}?{}", &out[..q], query.join("&"));
     }
+    out
 }
 
 /// The longest wait between reconnection attempts of a single server's connection.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
+/// The least time an attempt to connect to a Cluster or through Sentinels is given.
+const MIN_CONNECT_BUDGET: Duration = Duration::from_secs(3);
+/// After a failed attempt, calls fail at once for this long before another is made.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
 
 /// A connection to a [`RedisTarget`]; clones share it.
 #[derive(Clone)]
 pub struct RedisConn {
     link: Link,
-    config: AsyncConnectionConfig,
 }
 
 #[derive(Clone)]
 enum Link {
     Server(ConnectionManager),
-    Cluster(Arc<Lazy<ClusterClient, ClusterConnection>>),
-    Sentinel(Arc<Lazy<tokio::sync::Mutex<SentinelClient>, MultiplexedConnection>>),
+    Cluster(Arc<Lazy<ClusterConnection>>),
+    /// And the primary's database.
+    Sentinel(Arc<Lazy<MultiplexedConnection>>, i64),
 }
 
-/// A connection made on first use and made again after it failed.
-struct Lazy<C, T> {
-    client: C,
-    timeout: Duration,
+type Connect<T> = Box<dyn Fn() -> BoxFuture<'static, RedisResult<T>> + Send + Sync>;
+type Attempt = Shared<BoxFuture<'static, Result<(), String>>>;
+
+/// A connection made on first use and made again once it is lost.
+struct Lazy<T> {
+    connect: Connect<T>,
+    budget: Duration,
     conn: ArcSwapOption<T>,
-    /// One attempt at a time.
-    connecting: tokio::sync::Mutex<()>,
+    /// The last attempt to connect and when it began.
+    attempt: Mutex<Option<(Attempt, Instant)>>,
 }
 
-impl<C, T: Clone> Lazy<C, T> {
-    /// The connection, made by `connect` (not polled while one is there).
-    async fn get(&self, connect: impl Future<Output = RedisResult<T>>) -> RedisResult<T> {
-        if let Some(c) = self.conn.load_full() {
-            return Ok((*c).clone());
-        }
-        let _one = self.connecting.lock().await;
-        if let Some(c) = self.conn.load_full() {
-            return Ok((*c).clone());
-        }
-        let made = tokio::time::timeout(self.timeout, connect)
-            .await
-            .map_err(|_| {
-                RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "no connection within the timeout",
-                ))
-            })??;
-        self.conn.store(Some(Arc::new(made.clone())));
-        Ok(made)
-    }
-
-    /// After `e`, whether the next call connects again (a failover leaves the old
-    /// primary read-only or gone).
-    fn forget_after(&self, e: &RedisError) {
-        if e.is_io_error()
-            || e.is_timeout()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-            || e.is_unrecoverable_error()
-            || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
-        {
-            self.conn.store(None);
-        }
-    }
-}
-
-impl RedisConn {
-    async fn cluster(
-        lazy: &Lazy<ClusterClient, ClusterConnection>,
-    ) -> RedisResult<ClusterConnection> {
-        lazy.get(lazy.client.get_async_connection()).await
-    }
-
-    async fn sentinel(
-        lazy: &Lazy<tokio::sync::Mutex<SentinelClient>, MultiplexedConnection>,
-        config: &AsyncConnectionConfig,
-    ) -> RedisResult<MultiplexedConnection> {
-        lazy.get(async {
-            let mut client = lazy.client.lock().await;
-            client.get_async_connection_with_config(config).await
+impl<T: Clone + Send + Sync + 'static> Lazy<T> {
+    fn new(budget: Duration, connect: Connect<T>) -> Arc<Self> {
+        Arc::new(Self {
+            connect,
+            budget,
+            conn: ArcSwapOption::empty(),
+            attempt: Mutex::new(None),
         })
-        .await
     }
+
+    /// The connection; without one, waits for the attempt under way (starting one
+    /// unless the last failed a moment ago).
+    async fn get(self: &Arc<Self>) -> RedisResult<Arc<T>> {
+        if let Some(c) = self.conn.load_full() {
+            return Ok(c);
+        }
+        let attempt = {
+            let mut last = crate::sync::lock(&self.attempt);
+            match &*last {
+                Some((a, _)) if a.peek().is_none() => a.clone(),
+                Some((a, began)) if began.elapsed() < RETRY_AFTER => a.clone(),
+                _ => {
+                    let me = self.clone();
+                    let task = tokio::spawn(async move {
+                        match tokio::time::timeout(me.budget, (me.connect)()).await {
+                            Ok(Ok(c)) => {
+                                me.conn.store(Some(Arc::new(c)));
+                                Ok(())
+                            }
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(_) => Err(format!("no connection within {:?}", me.budget)),
+                        }
+                    });
+                    let a = async move { task.await.unwrap_or_else(|e| Err(e.to_string())) }
+                        .boxed()
+                        .shared();
+                    *last = Some((a.clone(), Instant::now()));
+                    a
+                }
+            }
+        };
+        let not_connected = |why: String| {
+            RedisError::from(std::io::Error::new(std::io::ErrorKind::NotConnected, why))
+        };
+        attempt.await.map_err(not_connected)?;
+        self.conn
+            .load_full()
+            .ok_or_else(|| not_connected("the connection was lost again".into()))
+    }
+
+    /// Forgets `used` when `lost`, unless another call has replaced it already.
+    fn forget_if(&self, used: &Arc<T>, lost: bool) {
+        if lost {
+            let current = Some(used.clone());
+            self.conn.compare_and_swap(&current, None);
+        }
+    }
+
+    /// Sends `cmd` (or `pipeline`'s commands) on the connection; `lost` says which
+    /// errors mean it must be made again.
+    async fn send<R>(
+        self: &Arc<Self>,
+        lost: fn(&RedisError) -> bool,
+        call: impl AsyncFnOnce(&mut T) -> RedisResult<R>,
+    ) -> RedisResult<R> {
+        let used = self.get().await?;
+        let mut conn = (*used).clone();
+        call(&mut conn)
+            .await
+            .inspect_err(|e| self.forget_if(&used, lost(e)))
+    }
+}
+
+/// Errors after which a Sentinel-named primary is asked for again: it is gone, or it
+/// is a replica now.
+fn primary_lost(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
+        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+}
+
+/// A Cluster connection reconnects to its shards and follows the slots on its own;
+/// only an error it cannot recover from makes it anew.
+fn cluster_lost(e: &RedisError) -> bool {
+    e.is_unrecoverable_error()
 }
 
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match &mut self.link {
             Link::Server(c) => c.req_packed_command(cmd),
-            Link::Cluster(lazy) => async move {
-                let mut c = Self::cluster(lazy).await?;
-                c.req_packed_command(cmd)
-                    .await
-                    .inspect_err(|e| lazy.forget_after(e))
-            }
-            .boxed(),
-            Link::Sentinel(lazy) => {
-                let config = &self.config;
+            Link::Cluster(lazy) => {
+                let lazy = lazy.clone();
                 async move {
-                    let mut c = Self::sentinel(lazy, config).await?;
-                    c.req_packed_command(cmd)
+                    lazy.send(cluster_lost, async |c| c.req_packed_command(cmd).await)
                         .await
-                        .inspect_err(|e| lazy.forget_after(e))
+                }
+                .boxed()
+            }
+            Link::Sentinel(lazy, _) => {
+                let lazy = lazy.clone();
+                async move {
+                    lazy.send(primary_lost, async |c| c.req_packed_command(cmd).await)
+                        .await
                 }
                 .boxed()
             }
@@ -306,20 +387,23 @@ impl ConnectionLike for RedisConn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match &mut self.link {
             Link::Server(c) => c.req_packed_commands(pipeline, offset, count),
-            Link::Cluster(lazy) => async move {
-                let mut c = Self::cluster(lazy).await?;
-                c.req_packed_commands(pipeline, offset, count)
-                    .await
-                    .inspect_err(|e| lazy.forget_after(e))
-            }
-            .boxed(),
-            Link::Sentinel(lazy) => {
-                let config = &self.config;
+            Link::Cluster(lazy) => {
+                let lazy = lazy.clone();
                 async move {
-                    let mut c = Self::sentinel(lazy, config).await?;
-                    c.req_packed_commands(pipeline, offset, count)
-                        .await
-                        .inspect_err(|e| lazy.forget_after(e))
+                    lazy.send(cluster_lost, async |c| {
+                        c.req_packed_commands(pipeline, offset, count).await
+                    })
+                    .await
+                }
+                .boxed()
+            }
+            Link::Sentinel(lazy, _) => {
+                let lazy = lazy.clone();
+                async move {
+                    lazy.send(primary_lost, async |c| {
+                        c.req_packed_commands(pipeline, offset, count).await
+                    })
+                    .await
                 }
                 .boxed()
             }
@@ -330,7 +414,7 @@ impl ConnectionLike for RedisConn {
         match &self.link {
             Link::Server(c) => c.get_db(),
             Link::Cluster(_) => 0,
-            Link::Sentinel(_) => 0,
+            Link::Sentinel(_, db) => *db,
         }
     }
 }
@@ -382,6 +466,15 @@ mod tests {
         );
         assert_eq!(redacted("redis://:pw@h:1"), "redis://:***@h:1");
         assert_eq!(redacted("redis://h:1/0"), "redis://h:1/0");
+        assert_eq!(
+            redacted("redis://u:ab/c:d@h:1/0"),
+            "redis://u:***@h:1/0",
+            "a password holding / and :"
+        );
+        assert_eq!(
+            redacted("redis+unix:///run/redis.sock?db=1&pass=s3cret"),
+            "redis+unix:///run/redis.sock?db=1&pass=***"
+        );
         let target = RedisTarget::Sentinel(SentinelTarget {
             sentinel: vec!["redis://u:pw@s:26379".into()],
             master: "m".into(),
@@ -390,7 +483,7 @@ mod tests {
             db: 0,
             tls: false,
         });
-        let shown = format!("{target}");
+        let shown = format!("{target} {target:?}");
         assert!(
             !shown.contains("pw@") && !shown.contains("primary-secret"),
             "{shown}"

@@ -45,6 +45,23 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}{n}", std::process::id() % 100_000)
 }
 
+/// A scratch directory under the system's temporary one, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique(name));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A private bpffs mounted in a temporary directory, unmounted and removed on drop.
 /// Tests pin their maps here, never in the system's /sys/fs/bpf.
 pub struct BpfFs {

@@ -2,9 +2,10 @@
 //! killed on drop. `redis-cli` reads and edits it. Also a three-shard Redis Cluster and
 //! a primary with a replica watched by a Sentinel, both of real redis-servers.
 
+use crate::Scratch;
+
 use std::{
     net::TcpListener,
-    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -12,6 +13,8 @@ use std::{
 pub struct Redis {
     pub port: u16,
     child: Child,
+    /// Its working directory: what a replica saves of its primary lands here.
+    _dir: Scratch,
 }
 
 impl Redis {
@@ -34,9 +37,11 @@ impl Redis {
 
     /// Starts one on `port` with more `redis-server` options.
     pub fn start_with(port: u16, options: &[&str]) -> Self {
+        let dir = Scratch::new("redis");
         let redis = Self {
             port,
-            child: spawn(port, options),
+            child: spawn(port, &dir, options),
+            _dir: dir,
         };
         wait_for_ping(port);
         redis
@@ -114,9 +119,11 @@ fn cluster_port() -> u16 {
     }
 }
 
-fn spawn(port: u16, options: &[&str]) -> Child {
+fn spawn(port: u16, dir: &Scratch, options: &[&str]) -> Child {
     Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .arg("--dir")
+        .arg(&dir.0)
         .args([
             "--save",
             "",
@@ -154,23 +161,6 @@ fn cli_at(port: u16, args: &[&str]) -> String {
         .output()
         .expect("redis-cli");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(crate::unique(name));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A Redis Cluster of three primaries (the slots split in three), made with
@@ -281,7 +271,11 @@ impl RedisSentinel {
             .stdout(Stdio::null())
             .spawn()
             .expect("start redis-server --sentinel");
-        let sentinel = Redis { port, child };
+        let sentinel = Redis {
+            port,
+            child,
+            _dir: Scratch::new("redis-sentinel-run"),
+        };
         wait_for_ping(port);
         wait_until("the Sentinel knows the replica", || {
             sentinel

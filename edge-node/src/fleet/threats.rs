@@ -322,9 +322,13 @@ async fn publish(
     }
 }
 
-/// Redis' clock, in ms.
-async fn redis_now(conn: &mut RedisConn, timeout: Duration) -> Result<u64> {
-    let (s, us): (u64, u64) = tokio::time::timeout(timeout, redis::cmd("TIME").query_async(conn))
+/// The clock of the Redis holding the stream (on a Cluster, the shard whose clock
+/// made its entries' ids), in ms.
+async fn redis_now(conn: &mut RedisConn, settings: &FleetSettings) -> Result<u64> {
+    let timeout = settings.timeout;
+    let script = redis::Script::new("return redis.call('TIME')");
+    let invocation = script.key(settings.key("threats"));
+    let (s, us): (u64, u64) = tokio::time::timeout(timeout, invocation.invoke_async(conn))
         .await
         .map_err(|_| anyhow::anyhow!("no answer within {timeout:?}"))??;
     Ok(s * 1000 + us / 1000)
@@ -349,7 +353,7 @@ async fn read(
             let from = match &last {
                 Some(id) => id.clone(),
                 None => {
-                    let now = redis_now(&mut conn, settings.timeout).await?;
+                    let now = redis_now(&mut conn, &settings).await?;
                     format!(
                         "{}-0",
                         now.saturating_sub(settings.catch_up.as_millis() as u64)
@@ -374,7 +378,7 @@ async fn read(
             let now = if entries.is_empty() {
                 0
             } else {
-                redis_now(&mut conn, settings.timeout).await?
+                redis_now(&mut conn, &settings).await?
             };
             anyhow::Ok((from, entries, now))
         };
