@@ -105,7 +105,7 @@ impl RedisTarget {
         // than one call: a caller's timeout ends only its wait, never the attempt every
         // waiting call shares, and a Sentinel that does not answer leaves time to ask
         // the next.
-        let budget = (timeout * 4).max(MIN_CONNECT_BUDGET);
+        let budget = connect_budget(timeout);
         let link = match self {
             Self::Server(url) => {
                 let config = ConnectionManagerConfig::new()
@@ -231,6 +231,12 @@ pub fn redacted(url: &str) -> String {
         out = format!("{}?{}", &out[..q], query.join("&"));
     }
     out
+}
+
+/// How long an attempt to connect with calls bounded by `timeout` is given: four calls
+/// worth, at least `MIN_CONNECT_BUDGET` (room to get past Sentinels that do not answer).
+pub fn connect_budget(timeout: Duration) -> Duration {
+    (timeout * 4).max(MIN_CONNECT_BUDGET)
 }
 
 /// The longest wait between reconnection attempts of a single server's connection.

@@ -227,11 +227,14 @@ impl RedisCluster {
     }
 }
 
-/// A primary, its replica, and a Sentinel watching them as `edge` (quorum 1).
+/// A primary, its replica, and a Sentinel watching them as `edge` (quorum 1); named
+/// after a Sentinel that never answers (a listener nobody reads), which clients must
+/// get past.
 pub struct RedisSentinel {
     pub primary: Redis,
     pub replica: Redis,
     sentinel: Redis,
+    silent: TcpListener,
     _dir: Scratch,
 }
 
@@ -286,6 +289,7 @@ impl RedisSentinel {
             primary,
             replica,
             sentinel,
+            silent: TcpListener::bind("127.0.0.1:0").unwrap(),
             _dir: dir,
         })
     }
@@ -293,7 +297,8 @@ impl RedisSentinel {
     /// The TOML value naming it.
     pub fn toml(&self) -> String {
         format!(
-            "{{ sentinel = [\"{}\"], master = \"edge\" }}",
+            "{{ sentinel = [\"redis://{}\", \"{}\"], master = \"edge\" }}",
+            self.silent.local_addr().unwrap(),
             self.sentinel.url()
         )
     }

@@ -122,9 +122,11 @@ pub fn status(settings: &FleetSettings) -> Result<String> {
             let script = redis::Script::new(LIST);
             let mut call = script.key(nodes);
             call.key(beats);
-            tokio::time::timeout(settings.timeout * 2, call.invoke_async(&mut conn))
+            // A first call: connecting (the Sentinels asked) is part of it.
+            let bound = crate::redis_link::connect_budget(settings.timeout) + settings.timeout;
+            tokio::time::timeout(bound, call.invoke_async(&mut conn))
                 .await
-                .map_err(|_| anyhow::anyhow!("no answer within {:?}", settings.timeout * 2))?
+                .map_err(|_| anyhow::anyhow!("no answer within {bound:?}"))?
                 .map_err(anyhow::Error::from)
         })
         .with_context(|| format!("reading the fleet's members from {target}"))?;
