@@ -189,6 +189,39 @@ fn the_fleet_carries_on_without_redis_and_catches_up() {
             .output()
             .expect("redis-cli");
         assert!(out.status.success());
+        // A well-formed entry blocking the neighbour, written by someone with access to
+        // Redis but not the fleet's secret: refused.
+        let now = f.server_redis().cli(&["TIME"]);
+        let mut t = now.lines().map(|l| l.trim().parse::<u64>().unwrap());
+        let ms = (t.next().unwrap() * 1000 + t.next().unwrap() / 1000).to_string();
+        let forged = f.server_redis().cli(&[
+            "XADD",
+            stream,
+            "*",
+            "v",
+            "1",
+            "node",
+            "edge-b",
+            "proc",
+            "forged",
+            "region",
+            "eu",
+            "kind",
+            "block",
+            "target",
+            &format!("{NEIGHBOUR}/32"),
+            "score",
+            "0",
+            "ttl_ms",
+            "60000",
+            "age_ms",
+            "0",
+            "node_ms",
+            &ms,
+            "redis_ms",
+            &ms,
+        ]);
+        assert!(forged.contains('-'), "{forged}");
     });
     // c is away while an operator blocks a client on a; back, it applies what it missed.
     f.nodes[2].stop();
@@ -207,6 +240,8 @@ fn the_fleet_carries_on_without_redis_and_catches_up() {
         f.dropped_within(1, BLOCKED, Duration::from_secs(5))
             .is_some()
     );
+    // b has read past the forged entry by now, and refused it.
+    assert_eq!(f.call(1, NEIGHBOUR).unwrap(), 401, "{}", f.logs());
     f.nodes[2].restart();
     assert!(f.nodes[2].wait_running(Duration::from_secs(20)));
     assert!(

@@ -19,7 +19,7 @@
 //! 9. leaves, the small helpers everything shares: `body` (over `error`), `error`,
 //!    `headers` (names and value parsers), `target`, `tls`, `workers`, `sync`,
 //!    `duration`, `clock`, `hash`, `upgrade` (the sockets a binary upgrade hands over),
-//!    `redis_link` (a connection to the Redis a configuration names).
+//!    `redis_link` (a connection to the Redis a configuration names), `secret`.
 
 pub mod acme;
 pub mod admin;
@@ -50,6 +50,7 @@ pub mod policy;
 pub mod redis_link;
 pub mod request;
 pub mod rooms;
+pub mod secret;
 pub mod server;
 pub mod sync;
 pub mod target;

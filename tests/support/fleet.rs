@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    BpfFs, connect_from, http_from,
+    BpfFs, Scratch, connect_from, http_from,
     netns::{Netns, veth},
     node::Node,
     redis::{Redis, RedisCluster, RedisSentinel},
@@ -49,6 +49,8 @@ pub struct Fleet {
     pub redis: Backend,
     pub nodes: Vec<Node>,
     pub fs: Vec<BpfFs>,
+    /// The fleet's secret file.
+    _secret: Scratch,
 }
 
 impl Fleet {
@@ -70,6 +72,10 @@ impl Fleet {
             client.ip(&["addr", "add", &format!("{a}/32"), "dev", "lo"]);
         }
         let redis = server.enter(|| start(test))?;
+        // The fleet signs its threat entries, as a production fleet should.
+        let secret = Scratch::new("fleet-secret");
+        let secret_file = secret.0.join("secret");
+        std::fs::write(&secret_file, "a fleet secret of thirty-two bytes or more\n").unwrap();
         let mut nodes = Vec::new();
         let mut fs = Vec::new();
         for i in 1..=3u8 {
@@ -107,7 +113,7 @@ impl Fleet {
                  [http]\nlisten = [\"10.242.{i}.1:8080\"]\n\n\
                  [admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{TOKEN}\"\n\n\
                  [threat]\nchallenge_threshold = 0\nhalf_life = \"60s\"\nblock_ttl = \"60s\"\n{threat}\n\
-                 [fleet]\nredis = {url}\nregion = \"eu\"\ntimeout = \"300ms\"\nheartbeat = \"200ms\"\n\n\
+                 [fleet]\nredis = {url}\nsecret_file = \"{secret}\"\nregion = \"eu\"\ntimeout = \"300ms\"\nheartbeat = \"200ms\"\n\n\
                  [[jwt_provider]]\nname = \"idp\"\nalgorithms = [\"HS256\"]\n\
                  secret = \"an-hmac-secret-of-at-least-32-bytes!\"\n\n\
                  [[upstream]]\nname = \"demo\"\nbuiltin = \"demo\"\n\n\
@@ -121,6 +127,7 @@ impl Fleet {
                 },
                 pin = bpf.path().display(),
                 admin = 9900 + u16::from(i),
+                secret = secret_file.display(),
                 url = redis.toml(),
             );
             let node = Node::start(&config, Some(&server));
@@ -138,6 +145,7 @@ impl Fleet {
             redis,
             nodes,
             fs,
+            _secret: secret,
         })
     }
 

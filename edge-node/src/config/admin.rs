@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::Result;
 use serde::Deserialize;
 
 /// `[admin]`
@@ -40,21 +40,11 @@ impl AdminSettings {
     /// The token, if the admin API is configured. Without one it does not start: an
     /// admin API nobody can authenticate to, or anybody can, is worse than none.
     pub fn token(&self) -> Result<Option<String>> {
-        let token = match (&self.token, &self.token_file) {
-            (Some(_), Some(_)) => bail!("admin: set token or token_file, not both"),
-            (Some(t), None) => t.clone(),
-            (None, Some(f)) => std::fs::read_to_string(f)
-                .with_context(|| format!("admin.token_file {}", f.display()))?
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string(),
-            (None, None) => return Ok(None),
-        };
-        if token.len() < 16 {
-            bail!("admin token must be at least 16 characters");
-        }
-        Ok(Some(token))
+        crate::secret::read(
+            self.token.as_deref(),
+            self.token_file.as_deref(),
+            ("admin.token", "admin.token_file"),
+            16,
+        )
     }
 }

@@ -24,6 +24,13 @@ pub struct FleetSettings {
     /// this node shares nothing.
     #[serde(default)]
     pub redis: Option<RedisTarget>,
+    /// The fleet's shared secret (at least 32 characters), inline or in a file: threat
+    /// entries are signed with it (HMAC-SHA256) and entries not signed with it are
+    /// refused. Without it, anyone who can write the stream is believed.
+    #[serde(default)]
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub secret_file: Option<std::path::PathBuf>,
     /// This node's region (for `scope = "region"`; also named in what it publishes).
     #[serde(default)]
     pub region: String,
@@ -80,6 +87,8 @@ impl Default for FleetSettings {
     fn default() -> Self {
         Self {
             redis: None,
+            secret: None,
+            secret_file: None,
             region: String::new(),
             scope: Scope::default(),
             prefix: default_prefix(),
@@ -143,6 +152,17 @@ impl FleetSettings {
         (format!("{tag}:nodes"), format!("{tag}:beats"))
     }
 
+    /// The key threat entries are signed and checked with, if the fleet has a secret.
+    pub fn signing_key(&self) -> Result<Option<ring::hmac::Key>> {
+        let secret = crate::secret::read(
+            self.secret.as_deref(),
+            self.secret_file.as_deref(),
+            ("fleet.secret", "fleet.secret_file"),
+            32,
+        )?;
+        Ok(secret.map(|s| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, s.as_bytes())))
+    }
+
     /// The fleet's Redis, or why there is none.
     pub fn target(&self) -> Result<&RedisTarget> {
         self.redis
@@ -159,6 +179,7 @@ impl FleetSettings {
         if let Some(target) = &self.redis {
             target.validate().context("fleet.redis")?;
         }
+        self.signing_key()?;
         if self.scope == Scope::Region && self.region.is_empty() {
             bail!("fleet.scope = \"region\" needs fleet.region");
         }
@@ -215,6 +236,8 @@ mod tests {
             "heartbeat = \"0s\"",
             "timeout = \"0s\"",
             "max_len = 10",
+            "secret = \"shorter than 32 bytes\"",
+            "secret = \"a fleet secret of thirty-two bytes\"\nsecret_file = \"/etc/x\"",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }

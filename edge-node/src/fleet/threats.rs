@@ -177,6 +177,7 @@ impl ThreatFeed {
             node: node.to_string(),
             process: format!("{:016x}", fastrand::u64(..)),
             region: settings.region.clone(),
+            signing: settings.signing_key()?,
         };
         let tasks = vec![
             tokio::spawn(publish(
@@ -235,6 +236,50 @@ struct Identity {
     node: String,
     process: String,
     region: String,
+    /// The fleet's key (`fleet.secret`): entries are signed with it and read only when
+    /// signed with it.
+    signing: Option<ring::hmac::Key>,
+}
+
+/// The fields an entry's signature covers, in this order (`redis_ms` is Redis' own
+/// stamp; a replayed entry keeps its `node_ms`, so `max_clock_skew` refuses it).
+const SIGNED: [&str; 10] = [
+    "v", "node", "proc", "region", "kind", "target", "score", "ttl_ms", "age_ms", "node_ms",
+];
+
+/// What the signature of `values` (of the `SIGNED` fields, in order) is computed over:
+/// each length-prefixed, so no two lists of values share it.
+fn signed_message(values: &[&str]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for v in values {
+        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        out.extend_from_slice(v.as_bytes());
+    }
+    out
+}
+
+fn sign(key: &ring::hmac::Key, values: &[&str]) -> String {
+    use base64::Engine as _;
+    let tag = ring::hmac::sign(key, &signed_message(values));
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref())
+}
+
+/// Whether `fields` carry a `sig` of their `SIGNED` values under `key`.
+fn signed_by(key: &ring::hmac::Key, fields: &[(String, String)]) -> bool {
+    use base64::Engine as _;
+    let field = |k: &str| fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.as_str());
+    let values: Option<Vec<&str>> = SIGNED.iter().map(|k| field(k)).collect();
+    let sig = field("sig").and_then(|s| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s)
+            .ok()
+    });
+    match (values, sig) {
+        (Some(values), Some(sig)) => {
+            ring::hmac::verify(key, &signed_message(&values), &sig).is_ok()
+        }
+        _ => false,
+    }
 }
 
 static FAILURE_LOG: crate::limits::LogEvery = crate::limits::LogEvery::new(1_000_000_000);
@@ -281,7 +326,7 @@ async fn publish(
             let ttl_ms = p.ttl.map_or(0, |t| t.as_millis().max(1) as u64);
             let mut call = script.key(settings.key("threats"));
             call.arg(settings.max_len);
-            for (k, v) in [
+            let mut entry = vec![
                 ("v", FORMAT.to_string()),
                 ("node", me.node.clone()),
                 ("proc", me.process.clone()),
@@ -292,7 +337,14 @@ async fn publish(
                 ("ttl_ms", ttl_ms.to_string()),
                 ("age_ms", (age.as_millis() as u64).to_string()),
                 ("node_ms", crate::clock::unix_ms().to_string()),
-            ] {
+            ];
+            debug_assert!(entry.iter().map(|(k, _)| *k).eq(SIGNED));
+            if let Some(key) = &me.signing {
+                let values: Vec<&str> = entry.iter().map(|(_, v)| v.as_str()).collect();
+                let sig = sign(key, &values);
+                entry.push(("sig", sig));
+            }
+            for (k, v) in entry {
                 call.arg(k).arg(v);
             }
             let sent =
@@ -537,6 +589,14 @@ fn accept(
 ) -> Verdict {
     let field = |k: &str| fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.as_str());
     let number = |k: &str| field(k).and_then(|v| v.parse::<u64>().ok());
+    if let Some(key) = &me.signing
+        && !signed_by(key, fields)
+    {
+        return Verdict::Refuse(format!(
+            "not signed with fleet.secret (from {:?})",
+            field("node").unwrap_or("?")
+        ));
+    }
     if field("v") != Some(FORMAT) {
         return Verdict::Refuse(format!(
             "format {:?}, this node reads {FORMAT} (a node of another version?)",
@@ -654,12 +714,62 @@ mod tests {
     }
 
     #[test]
+    fn with_a_secret_only_entries_signed_with_it_are_read() {
+        let key = |s: &[u8]| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, s);
+        let me = Identity {
+            node: "edge-1".into(),
+            process: "me".into(),
+            region: "eu".into(),
+            signing: Some(key(b"the fleet's secret of 32 bytes or more")),
+        };
+        let (settings, guarded) = (FleetSettings::default(), Guarded::default());
+        let now = 1_800_000_000_000;
+        let signed_with = |k: &ring::hmac::Key, target: &str| {
+            let mut f = fields("block", target, "other", now);
+            let values: Vec<String> = SIGNED
+                .iter()
+                .map(|n| f.iter().find(|(k, _)| k == n).unwrap().1.clone())
+                .collect();
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            f.push(("sig".into(), sign(k, &values)));
+            f
+        };
+        let good = signed_with(me.signing.as_ref().unwrap(), "203.0.113.0/24");
+        assert!(matches!(
+            accept(&good, now, &settings, &me, &guarded),
+            Verdict::Apply(Change::Block(_), _)
+        ));
+        // Unsigned, signed with another key, or a signed entry edited afterwards.
+        let mut edited = good.clone();
+        edited.iter_mut().find(|(k, _)| k == "target").unwrap().1 = "198.51.100.0/24".into();
+        for bad in [
+            fields("block", "203.0.113.0/24", "other", now),
+            signed_with(
+                &key(b"another fleet's secret, also 32 bytes"),
+                "203.0.113.0/24",
+            ),
+            edited,
+        ] {
+            assert!(
+                matches!(
+                    accept(&bad, now, &settings, &me, &guarded),
+                    Verdict::Refuse(_)
+                ),
+                "{bad:?}"
+            );
+        }
+        // Length prefixes: moving a byte between two values changes the message.
+        assert_ne!(signed_message(&["ab", "c"]), signed_message(&["a", "bc"]));
+    }
+
+    #[test]
     fn entries_are_applied_skipped_or_refused_for_a_reason() {
         let settings = FleetSettings::default();
         let me = Identity {
             node: "edge-1".into(),
             process: "me".into(),
             region: "eu".into(),
+            signing: None,
         };
         let guarded = Guarded {
             protected: vec![
