@@ -378,8 +378,9 @@ impl App {
         if upgraded.is_some() {
             // The new process answers the admin API now (`/readyz` here would say
             // "draining" to half the probes).
+            // The answer to the `POST /upgrade` that got us here is written first.
             if let Some(a) = admin_task.take() {
-                a.abort();
+                a.stop().await;
             }
             // Certificates are the new process's to order now: the CA reaches it, and
             // two orders for one name would only fail each other's validations.
@@ -394,7 +395,7 @@ impl App {
             let _ = s.await;
         }
         if let Some(a) = admin_task {
-            a.abort();
+            a.stop().await;
         }
         // Rooms' write-behind states, then writes acknowledged within
         // storage.sync_window, reach the disk before the exit.

@@ -77,26 +77,64 @@ pub async fn bind(
     Ok(l)
 }
 
-/// Serves the admin API until the task is aborted: through the drain too, so load
+/// The admin API, served until [`AdminServer::stop`]: through the drain too, so load
 /// balancers read `/readyz` as 503 rather than a refused connection.
-pub fn spawn(listener: TcpListener, state: AdminState) -> JoinHandle<()> {
-    tokio::spawn(async move {
+pub struct AdminServer {
+    task: JoinHandle<()>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+/// How long a stopping admin API gives the requests in flight to be answered.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl AdminServer {
+    /// Stops accepting and answers the requests in flight (within `STOP_GRACE`), idle
+    /// connections closed: the answer to the `POST /upgrade` that ends this process is
+    /// written before it exits.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if tokio::time::timeout(STOP_GRACE * 2, &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+    }
+}
+
+pub fn spawn(listener: TcpListener, state: AdminState) -> AdminServer {
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let connections = hyper_util::server::graceful::GracefulShutdown::new();
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = tokio::select! {
+                _ = &mut stopped => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(_) => continue,
+                },
             };
             let st = state.clone();
             let service = service_fn(move |req| {
                 let st = st.clone();
                 async move { Ok::<_, std::convert::Infallible>(handle(st, req).await) }
             });
+            let watcher = connections.watcher();
             tokio::spawn(async move {
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                let _ = watcher.watch(conn).await;
             });
         }
-    })
+        drop(listener);
+        let _ = tokio::time::timeout(STOP_GRACE, connections.shutdown()).await;
+    });
+    AdminServer {
+        task,
+        stop: Some(stop),
+    }
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
@@ -650,7 +688,7 @@ mod tests {
         let answer = String::from_utf8_lossy(&answer[..n]);
         assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
         assert_eq!(std::fs::read(&file).unwrap(), echo);
-        admin.abort();
+        admin.stop().await;
         let _ = std::fs::remove_dir_all(dir);
     }
 }
