@@ -6,7 +6,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command},
     sync::Arc,
@@ -14,6 +14,7 @@ use std::{
 };
 
 use edge_tests::{
+    free_port,
     node::Node,
     origin::Origin,
     proxy::{ADMIN_TOKEN, admin_section},
@@ -21,14 +22,6 @@ use edge_tests::{
     unique,
 };
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn udp_free_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")

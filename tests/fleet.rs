@@ -403,11 +403,7 @@ fn a_fleet_reaches_its_redis_over_tls_with_a_password() {
     let scratch = edge_tests::Scratch::new("fleet-tls");
     let dir = &scratch.0;
     edge_tests::tls_origin::make_ca_and_leaf(dir, &["localhost"]);
-    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let tls_port = edge_tests::free_port();
     let file = |name: &str| dir.join(name).display().to_string();
     // TLS on its own port (clients need not show a certificate); the plain port is the
     // test's, and the password is set once the server is up.

@@ -7,6 +7,7 @@
 use std::{net::TcpStream, time::Duration};
 
 use edge_tests::{
+    free_port,
     jwt::{SECRET, bearer, hs_provider, hs256},
     proxy::{Proxy, admin_section, curl, start_config},
     unique,
@@ -519,14 +520,6 @@ fn fleet_node(redis: &edge_tests::redis::Redis, prefix: &str, port: u16) -> (Pro
         url = redis.url(),
     ));
     (p, data)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Rooms live on a node (`edge_rooms_live`).

@@ -2,7 +2,7 @@
 //! killed on drop. `redis-cli` reads and edits it. Also a three-shard Redis Cluster and
 //! a primary with a replica watched by a Sentinel, both of real redis-servers.
 
-use crate::Scratch;
+use crate::{Scratch, free_port};
 
 use std::{
     net::TcpListener,
@@ -98,14 +98,6 @@ fn available(test: &str) -> bool {
          installs it) !!!!!!!!\n"
     );
     false
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A free port whose cluster bus port (10000 above it) is free too.
